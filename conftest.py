@@ -1,0 +1,19 @@
+"""Session-wide pytest hooks: an empty or all-skipped run is a failure."""
+
+from __future__ import annotations
+
+import pytest
+
+_passed = 0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _passed
+    if report.when == "call" and report.passed:
+        _passed += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Only the full run (not a -k / file selection of skipped tests) is judged.
+    if exitstatus == 0 and _passed == 0 and not session.config.option.collectonly:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
