@@ -53,9 +53,7 @@ class LeaderTransferringError(ProposalDroppedError):
 
 class ConfChangePendingError(ProposalDroppedError):
     def __init__(self, leader_id: int, pending_index: int) -> None:
-        super().__init__(
-            f"a conf change at index {pending_index} is not applied yet", leader_id
-        )
+        super().__init__(f"a conf change at index {pending_index} is not applied yet", leader_id)
         self.pending_index = pending_index
 
 

@@ -137,7 +137,8 @@ class MemoryStorage:
         """Replace the whole log with the snapshot's compaction point."""
         if snap.metadata.index <= self._snapshot.metadata.index:
             raise SnapshotOutOfDateError(
-                f"snapshot at {snap.metadata.index} is not newer than {self._snapshot.metadata.index}"
+                f"snapshot at {snap.metadata.index} is not newer than "
+                f"{self._snapshot.metadata.index}"
             )
         self._snapshot = snap
         self._ents = [Entry(term=snap.metadata.term, index=snap.metadata.index)]

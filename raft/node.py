@@ -1,0 +1,242 @@
+"""The driver of one Raft group member: inputs in, `Ready` out, `advance` back.
+
+Rules of this package: no I/O, no clock, no trio, no global random.
+
+How to drive a `RaftNode` (one loop iteration):
+
+1. feed it: `tick()` on a timer, `step(msg)` for each received message,
+   `propose(...)`, `read_index(ctx)`, `transfer_leader(id)`;
+2. if `has_ready()`, take `rd = ready()` and handle it in this order:
+   a. send `rd.messages` (they need not wait for the write below);
+   b. write `rd.snapshot` (if any), then `rd.entries` (replacing any stored
+      suffix they conflict with), then `rd.hard_state` (if any) to stable
+      storage, durably if `rd.must_sync`;
+   c. send `rd.persisted_messages` (only now: they vouch for what b wrote);
+   d. apply `rd.committed_entries` in order (for a CONF_CHANGE entry call
+      `apply_conf_change`), then serve `rd.read_states` once applied up to
+      their index;
+3. call `advance(rd)`.
+
+`ready()` may not be called again before `advance()`; `step()` and the other
+inputs may be called in between.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from raft.config import Config
+from raft.core import Raft
+from raft.storage import LogStorage
+from raft.types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    HardState,
+    Message,
+    ReadState,
+    Role,
+    Snapshot,
+    SoftState,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a node needs done, in the order of the module docstring."""
+
+    # Changed since the last Ready (None if not): leader and role.
+    soft_state: SoftState | None
+    # Changed since the last Ready (None if not): persist with the entries.
+    hard_state: HardState | None
+    # Messages that may be sent before the entries and hard state are durable.
+    messages: tuple[Message, ...]
+    # A snapshot to install into stable storage (before `entries`).
+    snapshot: Snapshot | None
+    # Entries to append to stable storage.
+    entries: tuple[Entry, ...]
+    # Messages that must be sent only after the writes above are durable.
+    persisted_messages: tuple[Message, ...]
+    # Entries to apply to the state machine, in order (they may include
+    # entries of `entries` above: persist first, then apply).
+    committed_entries: tuple[Entry, ...]
+    # ReadIndex results, served once applied up to their index.
+    read_states: tuple[ReadState, ...]
+    # Whether the writes must be fsynced (term, vote or entries changed;
+    # a commit index alone may be written lazily).
+    must_sync: bool
+
+    def all_messages(self) -> tuple[Message, ...]:
+        return self.messages + self.persisted_messages
+
+
+class RaftNode:
+    """One member of one Raft group (etcd's RawNode)."""
+
+    def __init__(
+        self, config: Config, storage: LogStorage, rng: random.Random | None = None
+    ) -> None:
+        # A fixed default seed keeps a node deterministic unless told otherwise.
+        self._raft = Raft(config, storage, rng if rng is not None else random.Random(config.id))
+        self._prev_soft = self._raft.soft_state()
+        self._prev_hard = self._raft.hard_state()
+        self._outstanding: Ready | None = None
+
+    # -- inputs ---------------------------------------------------------------
+
+    def tick(self) -> None:
+        self._raft.tick()
+
+    def campaign(self) -> None:
+        """Start an election now (PreVote first if enabled)."""
+        self._raft.hup(transfer=False)
+
+    def step(self, m: Message) -> None:
+        self._raft.step(m)
+
+    def propose(self, data: bytes) -> int:
+        """Propose `data` as a new entry; returns its log index.
+
+        Raises `NotLeaderError` (with the known leader), `LeaderTransferringError`
+        or another `ProposalDroppedError`: a proposal is never dropped silently.
+        An accepted proposal may still be lost to a leader change; the caller
+        learns that when another entry commits at its index.
+        """
+        return self._raft.propose(data)
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        """Like `propose`; also raises `ConfChangePendingError` while an earlier
+        change is unapplied and `ConfChangeError` if `cc` is invalid now."""
+        return self._raft.propose_conf_change(cc)
+
+    def apply_conf_change(self, cc: ConfChange) -> ConfState:
+        """Apply a committed conf change entry; returns the new ConfState.
+
+        Raises `ConfChangeError` without changing anything if `cc` is invalid
+        for the current config: every member sees the same log, so every
+        member skips it alike.
+        """
+        return self._raft.apply_conf_change(cc)
+
+    def read_index(self, ctx: bytes) -> None:
+        """Request a linearizable read point, answered by a `ReadState` with
+        this `ctx` in a later Ready. Contexts must be unique among pending
+        reads. Unanswered if leadership is lost: the caller times out."""
+        self._raft.read_index(ctx)
+
+    def transfer_leader(self, transferee: int) -> None:
+        self._raft.transfer_leader(transferee)
+
+    def report_unreachable(self, node_id: int) -> None:
+        self._raft.report_unreachable(node_id)
+
+    def report_snapshot(self, node_id: int, success: bool) -> None:
+        """Tell the leader whether the snapshot sent to `node_id` was applied."""
+        self._raft.report_snapshot(node_id, success)
+
+    # -- outputs --------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        r = self._raft
+        if self._outstanding is not None:
+            return False
+        if r.msgs or r.msgs_after_persist or r.read_states:
+            return True
+        if r.role == Role.LEADER and r.read_only.unbroadcast:
+            return True
+        if r.soft_state() != self._prev_soft:
+            return True
+        if r.hard_state() != self._prev_hard:
+            return True
+        lg = r.log
+        return bool(
+            lg.unstable.snapshot is not None
+            or lg.unstable.entries
+            or lg.has_next_committed_entries()
+        )
+
+    def ready(self) -> Ready:
+        if self._outstanding is not None:
+            raise AssertionError("ready() called again before advance()")
+        r = self._raft
+        r.flush_read_rounds()
+        soft = r.soft_state()
+        hard = r.hard_state()
+        entries = tuple(r.log.unstable_entries())
+        rd = Ready(
+            soft_state=soft if soft != self._prev_soft else None,
+            hard_state=hard if hard != self._prev_hard else None,
+            messages=tuple(r.msgs),
+            snapshot=r.log.unstable.snapshot,
+            entries=entries,
+            persisted_messages=tuple(r.msgs_after_persist),
+            committed_entries=tuple(r.log.next_committed_entries()),
+            read_states=tuple(r.read_states),
+            must_sync=bool(entries)
+            or hard.term != self._prev_hard.term
+            or hard.vote != self._prev_hard.vote,
+        )
+        r.msgs = []
+        r.msgs_after_persist = []
+        r.read_states = []
+        self._prev_soft = soft
+        self._prev_hard = hard
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """Everything `rd` asked for is done: writes durable, messages sent,
+        committed entries applied."""
+        if rd is not self._outstanding:
+            raise AssertionError("advance() with a Ready that is not outstanding")
+        self._outstanding = None
+        r = self._raft
+        if rd.snapshot is not None:
+            r.log.stable_snap_to(rd.snapshot.metadata.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            r.on_persisted(last.index, last.term)
+        if rd.committed_entries:
+            r.on_applied(rd.committed_entries[-1].index)
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self._raft.id
+
+    @property
+    def raft(self) -> Raft:
+        """The state machine, for inspection by tests and `describe_*`."""
+        return self._raft
+
+    @property
+    def term(self) -> int:
+        return self._raft.term
+
+    @property
+    def role(self) -> Role:
+        return self._raft.role
+
+    @property
+    def leader_id(self) -> int:
+        return self._raft.lead
+
+    @property
+    def commit_index(self) -> int:
+        return self._raft.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self._raft.log.applied
+
+    @property
+    def last_index(self) -> int:
+        return self._raft.log.last_index()
+
+    def conf_state(self) -> ConfState:
+        return self._raft.trk.conf_state()
+
+    def hard_state(self) -> HardState:
+        return self._raft.hard_state()
