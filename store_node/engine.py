@@ -1,0 +1,352 @@
+"""The storage engine of a store: two LMDB environments, `kv/` and `raft/`.
+
+* `raft/` holds every region's Raft log and hard state. It is written once
+  per loop round, for all regions together, in one transaction with one fsync
+  (group commit across Raft groups).
+* `kv/` holds user data, region states and apply states. Applying a batch of
+  committed entries writes the data and the applied index in one transaction,
+  so a crash never separates them. It is not fsynced per round by default:
+  the Raft log is the redo log, and a log prefix is deleted only after
+  `sync_kv()` made the kv state that includes it durable (`kv_durable_seq`).
+
+Threads: writes run in one worker thread at a time (the store loop hands them
+over), reads run anywhere. When a map fills up, the writer grows it and
+retries the whole transaction; growing needs no reader inside the
+environment, so readers hold `reading()` around their transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import lmdb
+
+from store_node import keys
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling when full
+MAX_DBS = 8
+
+
+class _ReadWriteLock:
+    """Many readers or one exclusive holder (the map resizer)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._readers:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Writes to one environment, applied in order in one transaction."""
+
+    # (op, db, key, value_or_end): op in {"put", "del", "delrange"}.
+    ops: list[tuple[str, bytes, bytes, bytes]] = field(default_factory=list)
+    nbytes: int = 0
+
+    def put(self, db: bytes, key: bytes, value: bytes) -> None:
+        self.ops.append(("put", db, key, value))
+        self.nbytes += len(key) + len(value)
+
+    def delete(self, db: bytes, key: bytes) -> None:
+        self.ops.append(("del", db, key, b""))
+        self.nbytes += len(key)
+
+    def delete_range(self, db: bytes, start: bytes, end: bytes) -> None:
+        """Delete keys in [start, end); an empty `end` means to the end."""
+        self.ops.append(("delrange", db, start, end))
+        self.nbytes += len(start) + len(end)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def extend(self, other: WriteBatch) -> None:
+        self.ops.extend(other.ops)
+        self.nbytes += other.nbytes
+
+
+class KvTxn(Protocol):
+    """What apply logic may do inside a `kv/` write transaction."""
+
+    def get(self, db: bytes, key: bytes) -> bytes | None: ...
+
+    def put(self, db: bytes, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, db: bytes, key: bytes) -> bool: ...
+
+    def delete_range(self, db: bytes, start: bytes, end: bytes) -> int: ...
+
+    def scan(
+        self, db: bytes, start: bytes, end: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class _Env:
+    """One LMDB environment with named databases and a growable map."""
+
+    def __init__(self, path: Path, db_names: tuple[bytes, ...], *, sync: bool, map_size: int):
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=MAX_DBS,
+            sync=sync,
+            # The meta page is synced with the data pages when `sync` is on;
+            # without it, a process crash still loses nothing (OS buffers).
+            metasync=sync,
+            readahead=False,
+            lock=True,
+        )
+        self.dbs: dict[bytes, Any] = {name: self.env.open_db(name) for name in db_names}
+        self.sync = sync
+        self.lock = _ReadWriteLock()
+
+    def grow(self) -> None:
+        with self.lock.exclusive():
+            size = self.env.info()["map_size"] * 2
+            log.info("LMDB map of %s is full, growing it to %d MiB", self.path, size >> 20)
+            self.env.set_mapsize(size)
+
+    def write(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(txn)` in a write transaction and commit it; on a full map,
+        grow the map and run `fn` again from scratch (so `fn` must not change
+        anything outside the transaction)."""
+        while True:
+            try:
+                with self.lock.shared(), self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self.grow()
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        with self.lock.shared(), self.env.begin(write=False) as txn:
+            yield txn
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _apply_batch(txn: Any, dbs: dict[bytes, Any], batch: WriteBatch) -> None:
+    for op, db_name, key, value in batch.ops:
+        db = dbs[db_name]
+        if op == "put":
+            txn.put(key, value, db=db)
+        elif op == "del":
+            txn.delete(key, db=db)
+        else:
+            _delete_range(txn, db, key, value)
+
+
+def _delete_range(txn: Any, db: Any, start: bytes, end: bytes) -> int:
+    n = 0
+    with txn.cursor(db=db) as cur:
+        if not cur.set_range(start):
+            return 0
+        while True:
+            k = cur.key()
+            if end and k >= end:
+                break
+            n += 1
+            if not cur.delete():
+                break
+            # After delete the cursor sits on the next item (or is unset).
+            if not cur.key():
+                break
+    return n
+
+
+class _LmdbKvTxn:
+    """`KvTxn` over an LMDB write transaction."""
+
+    __slots__ = ("_dbs", "_txn")
+
+    def __init__(self, txn: Any, dbs: dict[bytes, Any]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    def get(self, db: bytes, key: bytes) -> bytes | None:
+        v = self._txn.get(key, db=self._dbs[db])
+        return None if v is None else bytes(v)
+
+    def put(self, db: bytes, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._dbs[db])
+
+    def delete(self, db: bytes, key: bytes) -> bool:
+        return bool(self._txn.delete(key, db=self._dbs[db]))
+
+    def delete_range(self, db: bytes, start: bytes, end: bytes) -> int:
+        return _delete_range(self._txn, self._dbs[db], start, end)
+
+    def scan(
+        self, db: bytes, start: bytes, end: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return scan_cursor(self._txn, self._dbs[db], start, end, reverse=reverse)
+
+
+def scan_cursor(
+    txn: Any, db: Any, start: bytes, end: bytes, *, reverse: bool = False
+) -> Iterator[tuple[bytes, bytes]]:
+    """Items with start <= key < end (empty end: no bound) in key order, or in
+    reverse order."""
+    with txn.cursor(db=db) as cur:
+        if not reverse:
+            if not cur.set_range(start):
+                return
+            for k, v in cur:
+                if end and k >= end:
+                    return
+                yield k, v
+            return
+        if end:
+            # Position on the first key >= end, then step back once.
+            if cur.set_range(end):
+                if not cur.prev():
+                    return
+            elif not cur.last():
+                return
+        elif not cur.last():
+            return
+        while True:
+            k = cur.key()
+            if k < start:
+                return
+            yield k, cur.value()
+            if not cur.prev():
+                return
+
+
+class Engine:
+    """The two environments of one store's data directory."""
+
+    KV_DBS = (keys.DATA_DB, keys.REGION_DB, keys.APPLY_DB, keys.META_DB)
+    RAFT_DBS = (keys.LOG_DB, keys.STATE_DB)
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        raft_dir: str | os.PathLike[str] | None = None,
+        *,
+        sync: bool = True,
+        map_size: int = DEFAULT_MAP_SIZE,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        raft_path = Path(raft_dir) if raft_dir is not None else self.data_dir / "raft"
+        # `sync` governs the raft log (the durability point); kv is synced on
+        # demand by `sync_kv`, see the module docstring.
+        self.kv = _Env(self.data_dir / "kv", self.KV_DBS, sync=False, map_size=map_size)
+        self.raft = _Env(raft_path, self.RAFT_DBS, sync=sync, map_size=map_size)
+        self.sync = sync
+        # Bumped by every kv write; `kv_durable_seq` is the last one synced.
+        self._kv_seq = 0
+        self.kv_durable_seq = 0
+
+    def close(self) -> None:
+        self.kv.close()
+        self.raft.close()
+
+    # -- writes (one worker thread at a time) --------------------------------
+
+    def write_raft(self, batch: WriteBatch) -> None:
+        if batch.ops:
+            self.raft.write(lambda txn: _apply_batch(txn, self.raft.dbs, batch))
+
+    def write_kv(self, fn: Callable[[KvTxn], T]) -> T:
+        """Run `fn` in one kv transaction (see `_Env.write` for retries)."""
+        result = self.kv.write(lambda txn: fn(_LmdbKvTxn(txn, self.kv.dbs)))
+        self._kv_seq += 1
+        return result
+
+    def write_kv_batch(self, batch: WriteBatch) -> None:
+        if batch.ops:
+            self.kv.write(lambda txn: _apply_batch(txn, self.kv.dbs, batch))
+            self._kv_seq += 1
+
+    def sync_kv(self) -> int:
+        """Make every kv write so far durable; returns the synced sequence."""
+        seq = self._kv_seq
+        with self.kv.lock.shared():
+            self.kv.env.sync(True)
+        self.kv_durable_seq = seq
+        return seq
+
+    # -- reads -----------------------------------------------------------------
+
+    @contextmanager
+    def read_kv(self) -> Iterator[Any]:
+        with self.kv.read() as txn:
+            yield txn
+
+    @contextmanager
+    def read_raft(self) -> Iterator[Any]:
+        with self.raft.read() as txn:
+            yield txn
+
+    def kv_get(self, db: bytes, key: bytes) -> bytes | None:
+        with self.kv.read() as txn:
+            v = txn.get(key, db=self.kv.dbs[db])
+            return None if v is None else bytes(v)
+
+    def raft_get(self, db: bytes, key: bytes) -> bytes | None:
+        with self.raft.read() as txn:
+            v = txn.get(key, db=self.raft.dbs[db])
+            return None if v is None else bytes(v)
+
+    def kv_items(
+        self, db: bytes, start: bytes = b"", end: bytes = b""
+    ) -> list[tuple[bytes, bytes]]:
+        with self.kv.read() as txn:
+            return [(bytes(k), bytes(v)) for k, v in scan_cursor(txn, self.kv.dbs[db], start, end)]
+
+    def raft_items(
+        self, db: bytes, start: bytes = b"", end: bytes = b""
+    ) -> list[tuple[bytes, bytes]]:
+        with self.raft.read() as txn:
+            return [
+                (bytes(k), bytes(v)) for k, v in scan_cursor(txn, self.raft.dbs[db], start, end)
+            ]
+
+    def kv_db(self, name: bytes) -> Any:
+        return self.kv.dbs[name]
+
+    def raft_db(self, name: bytes) -> Any:
+        return self.raft.dbs[name]

@@ -1,0 +1,77 @@
+"""Fixed binary forms of the per-region records on the hot path.
+
+Log entries, hard states and apply states are written every round, so they
+use fixed `struct` layouts rather than CBOR. A leading version byte lets the
+layouts evolve; an unknown version is a corrupt data directory, never guessed.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from raft.types import Entry, EntryType, HardState
+
+_ENTRY = struct.Struct(">BQQB")  # version, term, index, type; then data
+_HARD_STATE = struct.Struct(">BQQQ")  # version, term, vote, commit
+_APPLY_STATE = struct.Struct(">BQQQ")  # version, applied, truncated index/term
+_VERSION = 1
+
+
+class CorruptRecordError(Exception):
+    """A stored record could not be decoded: the data directory is damaged."""
+
+
+def encode_entry(e: Entry) -> bytes:
+    return _ENTRY.pack(_VERSION, e.term, e.index, e.type) + e.data
+
+
+def decode_entry(b: bytes) -> Entry:
+    try:
+        version, term, index, etype = _ENTRY.unpack_from(b, 0)
+        if version != _VERSION:
+            raise CorruptRecordError(f"unknown entry version {version}")
+        return Entry(term=term, index=index, type=EntryType(etype), data=bytes(b[_ENTRY.size :]))
+    except (struct.error, ValueError) as e:
+        raise CorruptRecordError(f"bad log entry: {e}") from e
+
+
+def encode_hard_state(hs: HardState) -> bytes:
+    return _HARD_STATE.pack(_VERSION, hs.term, hs.vote, hs.commit)
+
+
+def decode_hard_state(b: bytes) -> HardState:
+    try:
+        version, term, vote, commit = _HARD_STATE.unpack(b)
+    except struct.error as e:
+        raise CorruptRecordError(f"bad hard state: {e}") from e
+    if version != _VERSION:
+        raise CorruptRecordError(f"unknown hard state version {version}")
+    return HardState(term=term, vote=vote, commit=commit)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyState:
+    """How far a region's log is applied to `kv/`, and where it is truncated.
+
+    Invariant: truncated_index <= applied_index. Entries up to
+    truncated_index are gone from the log; their effects are in `kv/`.
+    """
+
+    applied_index: int = 0
+    truncated_index: int = 0
+    truncated_term: int = 0
+
+
+def encode_apply_state(a: ApplyState) -> bytes:
+    return _APPLY_STATE.pack(_VERSION, a.applied_index, a.truncated_index, a.truncated_term)
+
+
+def decode_apply_state(b: bytes) -> ApplyState:
+    try:
+        version, applied, tindex, tterm = _APPLY_STATE.unpack(b)
+    except struct.error as e:
+        raise CorruptRecordError(f"bad apply state: {e}") from e
+    if version != _VERSION:
+        raise CorruptRecordError(f"unknown apply state version {version}")
+    return ApplyState(applied, tindex, tterm)
