@@ -279,16 +279,38 @@ class Engine:
         # Bumped by every kv write; `kv_durable_seq` is the last one synced.
         self._kv_seq = 0
         self.kv_durable_seq = 0
+        # Raft writes that need no fsync of their own (a commit index moving):
+        # they ride with the next synced write, or `flush()`.
+        self._deferred = WriteBatch()
 
     def close(self) -> None:
+        self.flush()
+        self.sync_kv()
         self.kv.close()
         self.raft.close()
 
     # -- writes (one worker thread at a time) --------------------------------
 
-    def write_raft(self, batch: WriteBatch) -> None:
-        if batch.ops:
-            self.raft.write(lambda txn: _apply_batch(txn, self.raft.dbs, batch))
+    def write_raft(self, batch: WriteBatch, must_sync: bool = True) -> None:
+        """Write a round's Raft batch in one transaction (one fsync when the
+        engine is durable). A batch that need not be synced is deferred and
+        written, in order, before the next one that must."""
+        if not batch.ops:
+            return
+        if not must_sync and self.sync:
+            self._deferred.extend(batch)
+            return
+        if self._deferred.ops:
+            combined, self._deferred = self._deferred, WriteBatch()
+            combined.extend(batch)
+            batch = combined
+        self.raft.write(lambda txn: _apply_batch(txn, self.raft.dbs, batch))
+
+    def flush(self) -> None:
+        """Write deferred Raft writes now (on shutdown)."""
+        if self._deferred.ops:
+            deferred, self._deferred = self._deferred, WriteBatch()
+            self.raft.write(lambda txn: _apply_batch(txn, self.raft.dbs, deferred))
 
     def write_kv(self, fn: Callable[[KvTxn], T]) -> T:
         """Run `fn` in one kv transaction (see `_Env.write` for retries)."""

@@ -1,0 +1,145 @@
+"""Commands proposed through a region's Raft log (tags 240..279).
+
+A `RaftCmdRequest` is the payload of one normal log entry. A store batches
+the writes of one loop round for one region into one command; each write op
+gets its own result, in order. Admin commands change the region itself and
+are checked and bumped by the rules in `kvproto.epoch`.
+
+Tags and enum values are part of the log format: never reused, never
+renumbered (old entries are replayed after upgrades).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TypeAlias
+
+from kvproto.codec import wire
+from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId
+
+
+@wire(240)
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: bytes
+    value: bytes
+
+
+@wire(241)
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: bytes
+
+
+@wire(242)
+@dataclass(frozen=True, slots=True)
+class DeleteRange:
+    """Delete every key in [start_key, end_key) within the region."""
+
+    start_key: bytes
+    end_key: bytes
+
+
+@wire(243)
+@dataclass(frozen=True, slots=True)
+class CompareAndSet:
+    """If the current value equals `expected` (None: the key is absent), set
+    it to `new_value` (None: delete it)."""
+
+    key: bytes
+    expected: bytes | None
+    new_value: bytes | None
+
+
+WriteOp: TypeAlias = Put | Delete | DeleteRange | CompareAndSet
+
+
+@wire(244)
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The outcome of one write op: `succeeded` is False only for a failed
+    compare-and-set; `previous` is the value before (CAS only)."""
+
+    succeeded: bool = True
+    previous: bytes | None = None
+
+
+class ChangePeerType(IntEnum):
+    ADD_VOTER = 0  # also: promote a learner
+    REMOVE = 1
+    ADD_LEARNER = 2  # also: demote a voter (inside a joint change)
+
+
+@wire(245)
+@dataclass(frozen=True, slots=True)
+class ChangePeer:
+    change_type: ChangePeerType
+    peer: Peer
+
+
+@wire(246)
+@dataclass(frozen=True, slots=True)
+class ChangePeerRequest:
+    """A membership change; more than one voter touched goes through a joint
+    configuration, left automatically."""
+
+    changes: tuple[ChangePeer, ...]
+
+
+@wire(247)
+@dataclass(frozen=True, slots=True)
+class SplitRequest:
+    """One new region: it starts at `split_key`; `new_peer_ids` are the ids of
+    its peers, one per peer of the original region, in the same order."""
+
+    split_key: bytes
+    new_region_id: RegionId
+    new_peer_ids: tuple[PeerId, ...]
+
+
+@wire(248)
+@dataclass(frozen=True, slots=True)
+class BatchSplitRequest:
+    """Split at each `split_key` (strictly increasing, inside the region): the
+    original region keeps [start, first split key)."""
+
+    requests: tuple[SplitRequest, ...]
+
+
+@wire(249)
+@dataclass(frozen=True, slots=True)
+class CompactLogRequest:
+    """Truncate this region's log up to (compact_index, compact_term)."""
+
+    compact_index: int
+    compact_term: int
+
+
+AdminRequest: TypeAlias = ChangePeerRequest | BatchSplitRequest | CompactLogRequest
+
+
+@wire(250)
+@dataclass(frozen=True, slots=True)
+class RaftRequestHeader:
+    region_id: RegionId
+    peer_id: PeerId
+    region_epoch: RegionEpoch
+
+
+@wire(251)
+@dataclass(frozen=True, slots=True)
+class RaftCmdRequest:
+    """One log entry's command: either write ops or one admin request."""
+
+    header: RaftRequestHeader
+    requests: tuple[WriteOp, ...] = ()
+    admin: AdminRequest | None = None
+
+
+@wire(252)
+@dataclass(frozen=True, slots=True)
+class AdminResponse:
+    """What an applied admin command produced: the region(s) after it."""
+
+    regions: tuple[Region, ...] = ()

@@ -1,0 +1,72 @@
+"""Store-to-store and on-disk region metadata (tags 280..319).
+
+Tags and enum values are part of the wire and disk formats: never reused,
+never renumbered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from kvproto.codec import wire
+from kvproto.metapb import Peer, Region, RegionEpoch, RegionId, StoreId
+from raft.types import Message
+
+
+@wire(280)
+@dataclass(frozen=True, slots=True)
+class RaftMessage:
+    """One Raft message of one region between two peers.
+
+    `region_epoch`, `start_key` and `end_key` describe the region as the
+    sender knows it, so that a store that has no peer for the region yet can
+    decide whether to create one (and a stale sender can be told so).
+    `is_tombstone` asks the receiver to destroy its peer (it was removed).
+    """
+
+    region_id: RegionId
+    from_peer: Peer
+    to_peer: Peer
+    region_epoch: RegionEpoch
+    message: Message
+    start_key: bytes = b""
+    end_key: bytes = b""
+    is_tombstone: bool = False
+
+
+@wire(281)
+@dataclass(frozen=True, slots=True)
+class RaftMessageBatch:
+    """Every message of one loop round from one store to another: one frame."""
+
+    from_store: StoreId
+    messages: tuple[RaftMessage, ...]
+
+
+class PeerState(IntEnum):
+    NORMAL = 0
+    # A snapshot is being applied: the data range is not consistent yet.
+    APPLYING = 1
+    # The peer was removed (or replaced by a newer one): its data is gone and
+    # messages for it are ignored.
+    TOMBSTONE = 2
+
+
+@wire(282)
+@dataclass(frozen=True, slots=True)
+class RegionLocalState:
+    """What a store knows of one of its regions, written in the same kv/
+    transaction as the region's applied index."""
+
+    region: Region
+    state: PeerState = PeerState.NORMAL
+
+
+@wire(283)
+@dataclass(frozen=True, slots=True)
+class StoreIdent:
+    """Written once into a data directory: whose it is."""
+
+    cluster_id: int
+    store_id: StoreId

@@ -1,0 +1,242 @@
+"""Applying committed entries to `kv/`: the state machine of every region.
+
+Runs inside one `kv/` write transaction for all regions of a round (in the
+store's worker thread). It reads nothing but the transaction and its task,
+and returns what happened as values, so that it can be re-run from scratch
+when LMDB asks for a bigger map, and tested without a store.
+
+Every command is checked again here against the region *as of this entry*
+(a split or conf change applied earlier in the log may have changed it since
+the command was proposed): a mismatch is `EpochNotMatch` and nothing of the
+command is written. Data and the applied index land in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from kvproto import codec, epoch
+from kvproto.codec import DecodeError
+from kvproto.errorpb import EpochNotMatch, KeyNotInRegion, RegionError, RegionNotFound
+from kvproto.metapb import Region
+from kvproto.raft_cmdpb import (
+    BatchSplitRequest,
+    ChangePeerRequest,
+    CompactLogRequest,
+    CompareAndSet,
+    Delete,
+    DeleteRange,
+    Put,
+    RaftCmdRequest,
+    WriteOp,
+    WriteResult,
+)
+from kvproto.raft_serverpb import PeerState, RegionLocalState
+from raft.errors import ConfChangeError
+from raft.types import ConfChange, Entry, EntryType
+from store_node import keys, membership
+from store_node.engine import KvTxn
+from store_node.records import ApplyState, encode_apply_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyTask:
+    """Committed entries of one region, with the region state they start from."""
+
+    region: Region
+    apply_state: ApplyState
+    entries: tuple[Entry, ...]
+
+
+@dataclass(slots=True)
+class EntryResult:
+    index: int
+    term: int
+    results: tuple[WriteResult, ...] = ()
+    region_error: RegionError | None = None
+    # A conf change the Raft node must now apply (same change, same order).
+    conf_change: ConfChange | None = None
+
+
+@dataclass(slots=True)
+class ApplyOutcome:
+    region: Region
+    apply_state: ApplyState
+    entries: list[EntryResult] = field(default_factory=list)
+    region_changed: bool = False
+    # Approximate bytes and keys written (for size-based split checks).
+    written_bytes: int = 0
+    written_keys: int = 0
+
+
+def region_state_bytes(region: Region, state: PeerState = PeerState.NORMAL) -> bytes:
+    return codec.dumps(RegionLocalState(region=region, state=state))
+
+
+def write_region_state(txn: KvTxn, region: Region, state: PeerState = PeerState.NORMAL) -> None:
+    txn.put(keys.REGION_DB, keys.region_key(region.id), region_state_bytes(region, state))
+
+
+def write_apply_state(txn: KvTxn, region_id: int, a: ApplyState) -> None:
+    txn.put(keys.APPLY_DB, keys.region_key(region_id), encode_apply_state(a))
+
+
+def apply_round(txn: KvTxn, tasks: list[ApplyTask]) -> list[ApplyOutcome]:
+    return [apply_task(txn, t) for t in tasks]
+
+
+def apply_task(txn: KvTxn, task: ApplyTask) -> ApplyOutcome:
+    out = ApplyOutcome(region=task.region, apply_state=task.apply_state)
+    for e in task.entries:
+        if e.index <= out.apply_state.applied_index:
+            raise AssertionError(
+                f"region {task.region.id}: entry {e.index} already applied "
+                f"(applied {out.apply_state.applied_index})"
+            )
+        if e.type == EntryType.CONF_CHANGE:
+            res = _apply_conf_change(txn, out, e)
+        elif not e.data:
+            res = EntryResult(e.index, e.term)  # a new leader's empty entry
+        else:
+            res = _apply_command(txn, out, e)
+        out.entries.append(res)
+        out.apply_state = ApplyState(
+            applied_index=e.index,
+            truncated_index=out.apply_state.truncated_index,
+            truncated_term=out.apply_state.truncated_term,
+        )
+    if out.region_changed:
+        write_region_state(txn, out.region)
+    write_apply_state(txn, out.region.id, out.apply_state)
+    return out
+
+
+def _decode_command(e: Entry, region_id: int) -> RaftCmdRequest | None:
+    try:
+        return codec.loads(e.data, RaftCmdRequest)
+    except DecodeError as err:
+        # Every replica decodes the same bytes the same way, so skipping is
+        # deterministic; but it means a proposer wrote garbage: loud log.
+        log.error("region %d: undecodable command at index %d: %s", region_id, e.index, err)
+        return None
+
+
+def _apply_command(txn: KvTxn, out: ApplyOutcome, e: Entry) -> EntryResult:
+    region = out.region
+    cmd = _decode_command(e, region.id)
+    if cmd is None:
+        return EntryResult(e.index, e.term, region_error=RegionNotFound(region.id))
+    if cmd.header.region_id != region.id:
+        return EntryResult(e.index, e.term, region_error=RegionNotFound(cmd.header.region_id))
+    admin_type = _admin_type(cmd)
+    if not epoch.check_request_epoch(cmd.header.region_epoch, region, admin_type):
+        return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
+    if cmd.admin is not None:
+        # Log compaction is decided locally by each peer; a CompactLog
+        # command from a newer store version is a no-op here.
+        return EntryResult(e.index, e.term)
+    bad = _key_outside(region, cmd.requests)
+    if bad is not None:
+        return EntryResult(e.index, e.term, region_error=bad)
+    results = []
+    for op in cmd.requests:
+        results.append(_apply_op(txn, region, op, out))
+    return EntryResult(e.index, e.term, results=tuple(results))
+
+
+def _admin_type(cmd: RaftCmdRequest) -> epoch.AdminCmdType | None:
+    if cmd.admin is None:
+        return None
+    if isinstance(cmd.admin, ChangePeerRequest):
+        return epoch.AdminCmdType.CHANGE_PEER
+    if isinstance(cmd.admin, BatchSplitRequest):
+        return epoch.AdminCmdType.BATCH_SPLIT
+    if isinstance(cmd.admin, CompactLogRequest):
+        return epoch.AdminCmdType.COMPACT_LOG
+    raise AssertionError(f"unknown admin request {cmd.admin!r}")
+
+
+def range_inside(region: Region, start: bytes, end: bytes) -> bool:
+    """Whether [start, end) (empty end: +infinity) lies within the region."""
+    if start < region.start_key:
+        return False
+    if not region.end_key:
+        return True
+    return bool(end) and end <= region.end_key
+
+
+def _key_outside(region: Region, ops: tuple[WriteOp, ...]) -> RegionError | None:
+    for op in ops:
+        if isinstance(op, DeleteRange):
+            key = op.start_key
+            inside = range_inside(region, op.start_key, op.end_key)
+        else:
+            key = op.key
+            inside = region.contains(op.key)
+        if not inside:
+            return KeyNotInRegion(key, region.id, region.start_key, region.end_key)
+    return None
+
+
+def _apply_op(txn: KvTxn, region: Region, op: WriteOp, out: ApplyOutcome) -> WriteResult:
+    if isinstance(op, Put):
+        txn.put(keys.DATA_DB, op.key, op.value)
+        out.written_bytes += len(op.key) + len(op.value)
+        out.written_keys += 1
+        return WriteResult()
+    if isinstance(op, Delete):
+        txn.delete(keys.DATA_DB, op.key)
+        return WriteResult()
+    if isinstance(op, DeleteRange):
+        txn.delete_range(keys.DATA_DB, op.start_key, op.end_key)
+        return WriteResult()
+    if isinstance(op, CompareAndSet):
+        previous = txn.get(keys.DATA_DB, op.key)
+        if previous != op.expected:
+            return WriteResult(succeeded=False, previous=previous)
+        if op.new_value is None:
+            txn.delete(keys.DATA_DB, op.key)
+        else:
+            txn.put(keys.DATA_DB, op.key, op.new_value)
+            out.written_bytes += len(op.key) + len(op.new_value)
+            out.written_keys += 1
+        return WriteResult(succeeded=True, previous=previous)
+    raise AssertionError(f"unknown write op {op!r}")
+
+
+def _apply_conf_change(txn: KvTxn, out: ApplyOutcome, e: Entry) -> EntryResult:
+    region = out.region
+    try:
+        cc = ConfChange.decode(e.data)
+    except ValueError as err:
+        log.error("region %d: undecodable conf change at %d: %s", region.id, e.index, err)
+        return EntryResult(e.index, e.term, region_error=RegionNotFound(region.id))
+    req: ChangePeerRequest | None = None
+    if not cc.leaves_joint:
+        cmd = _decode_command(Entry(e.term, e.index, data=cc.context), region.id)
+        if cmd is None or not isinstance(cmd.admin, ChangePeerRequest):
+            return EntryResult(e.index, e.term, region_error=RegionNotFound(region.id))
+        if not epoch.check_request_epoch(
+            cmd.header.region_epoch, region, epoch.AdminCmdType.CHANGE_PEER
+        ):
+            return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
+        req = cmd.admin
+    try:
+        changed = membership.apply_to_region(region, cc, req)
+    except ConfChangeError as err:
+        # Every replica refuses it alike; the Raft node is not told either.
+        log.warning("region %d: conf change at %d refused: %s", region.id, e.index, err)
+        return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
+    out.region = changed.with_epoch(epoch.bumped(region.epoch, epoch.AdminCmdType.CHANGE_PEER))
+    out.region_changed = True
+    log.info(
+        "region %d: conf change applied at %d: %s -> peers %s",
+        region.id,
+        e.index,
+        "leave joint" if req is None else ", ".join(map(membership.describe_change, req.changes)),
+        [(p.id, p.store_id, p.role.name) for p in out.region.peers],
+    )
+    return EntryResult(e.index, e.term, conf_change=cc)

@@ -1,0 +1,185 @@
+"""One replica of one region on this store: a Raft node plus what waits on it.
+
+A `Peer` owns its `RaftNode` and `PeerStorage`, the writes and reads queued
+during the current round, the proposals in flight and the reads waiting for
+a read index or for apply. It never does I/O itself beyond its storage seam;
+`StoreCore` drives it round by round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from kvproto.errorpb import RegionError, StaleCommand
+from kvproto.metapb import Peer as PeerMeta
+from kvproto.metapb import PeerId, Region
+from kvproto.raft_cmdpb import WriteOp, WriteResult
+from raft.node import RaftNode
+from raft.types import Role
+from store_node.peer_storage import PeerStorage
+from store_node.records import ApplyState
+
+log = logging.getLogger(__name__)
+
+Token = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class WriteDone:
+    results: tuple[WriteResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPermit:
+    """The read may now run against `kv/`: everything committed before it
+    arrived is applied. `region` is the region as of now."""
+
+    region: Region
+
+
+@dataclass(frozen=True, slots=True)
+class AdminDone:
+    region: Region
+
+
+ReplyValue = WriteDone | ReadPermit | AdminDone | RegionError
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    token: Token
+    value: ReplyValue
+
+
+@dataclass(slots=True)
+class Proposal:
+    """A proposed entry and who waits for it: each waiter gets the results of
+    its own slice of the command's ops."""
+
+    index: int
+    term: int
+    waiters: list[tuple[Token, int, int]]  # (token, first op, end op)
+    is_admin: bool = False
+
+
+@dataclass(slots=True)
+class ReadBatch:
+    """Reads that share one ReadIndex round."""
+
+    tokens: list[Token]
+    index: int = 0  # known once the ReadState arrives
+
+
+@dataclass(slots=True)
+class QueuedWrite:
+    token: Token
+    ops: tuple[WriteOp, ...]
+    nbytes: int
+
+
+@dataclass(slots=True)
+class Peer:
+    region: Region
+    meta: PeerMeta
+    storage: PeerStorage
+    node: RaftNode
+    proposals: deque[Proposal] = field(default_factory=deque)
+    queued_writes: list[QueuedWrite] = field(default_factory=list)
+    queued_reads: list[Token] = field(default_factory=list)
+    # ReadIndex rounds in flight, by request context.
+    reading: dict[bytes, ReadBatch] = field(default_factory=dict)
+    # Reads whose index is known, waiting for apply to reach it (index order).
+    read_waiting: deque[ReadBatch] = field(default_factory=deque)
+    read_seq: int = 0
+    # Peers we ever knew in this region (messages to removed peers still go out).
+    peer_cache: dict[PeerId, PeerMeta] = field(default_factory=dict)
+    # Leader id and epoch last reported to the PD.
+    reported_leader: int = 0
+    pending_remove: bool = False
+
+    @property
+    def region_id(self) -> int:
+        return self.region.id
+
+    @property
+    def apply_state(self) -> ApplyState:
+        return self.storage.apply_state
+
+    def is_leader(self) -> bool:
+        return self.node.role == Role.LEADER
+
+    def leader_meta(self) -> PeerMeta | None:
+        lid = self.node.leader_id
+        if lid == 0:
+            return None
+        return self.peer_cache.get(PeerId(lid)) or self.region.find_peer(PeerId(lid))
+
+    def remember_peers(self, region: Region) -> None:
+        for p in region.peers:
+            self.peer_cache[p.id] = p
+
+    # -- proposals ---------------------------------------------------------------
+
+    def resolve_applied(
+        self, index: int, term: int, results: tuple[WriteResult, ...], err: RegionError | None
+    ) -> list[Reply]:
+        """Answer the proposals an entry applied at (index, term) decides.
+
+        The entry at `index` answers the proposal made at (index, term); one of
+        another term there was overwritten. A proposal of an older term than
+        `term` can never commit any more (entries after `index` are all of
+        term >= `term`): it is stale too, whatever its index.
+        """
+        replies: list[Reply] = []
+        keep: deque[Proposal] = deque()
+        for p in self.proposals:
+            if p.index < index or (p.index == index and p.term != term) or p.term < term:
+                replies.extend(Reply(t, StaleCommand()) for t, _, _ in p.waiters)
+            elif p.index == index:
+                for t, lo, hi in p.waiters:
+                    if err is not None:
+                        replies.append(Reply(t, err))
+                    elif p.is_admin:
+                        replies.append(Reply(t, AdminDone(self.region)))
+                    else:
+                        replies.append(Reply(t, WriteDone(results[lo:hi])))
+            else:
+                keep.append(p)
+        self.proposals = keep
+        return replies
+
+    def fail_all(self, err: RegionError) -> list[Reply]:
+        """Answer everything waiting (the peer is being destroyed or stopped)."""
+        replies = [Reply(t, err) for p in self.proposals for t, _, _ in p.waiters]
+        replies += [Reply(w.token, err) for w in self.queued_writes]
+        replies += [Reply(t, err) for t in self.queued_reads]
+        for b in list(self.reading.values()) + list(self.read_waiting):
+            replies += [Reply(t, err) for t in b.tokens]
+        self.proposals.clear()
+        self.queued_writes.clear()
+        self.queued_reads.clear()
+        self.reading.clear()
+        self.read_waiting.clear()
+        return replies
+
+    def fail_reads(self, err: RegionError) -> list[Reply]:
+        """Reads in a ReadIndex round die with leadership (the round would
+        never complete); reads already given an index stay valid."""
+        replies = [Reply(t, err) for b in self.reading.values() for t in b.tokens]
+        self.reading.clear()
+        return replies
+
+    def next_read_ctx(self) -> bytes:
+        self.read_seq += 1
+        return self.read_seq.to_bytes(8, "big")
+
+    def serve_reads(self) -> list[Reply]:
+        applied = self.node.applied_index
+        replies: list[Reply] = []
+        while self.read_waiting and self.read_waiting[0].index <= applied:
+            b = self.read_waiting.popleft()
+            replies.extend(Reply(t, ReadPermit(self.region)) for t in b.tokens)
+        return replies
