@@ -1,0 +1,375 @@
+"""The placement driver's RPC (tags 100..199).
+
+Every request starts with a `RequestHeader` and every response with a
+`ResponseHeader`. The cluster id is generated when the cluster is
+bootstrapped; a request may carry 0 ("not known yet"), any other id that is
+not the PD's is refused with `PdErrorCode.CLUSTER_MISMATCH`. A response
+header always carries the PD's cluster id (0 before bootstrap).
+
+The PD never calls stores: it answers region heartbeats with the next step
+of the region's operator, if any.
+
+Tags and enum values are part of the wire and disk formats: never reused,
+never renumbered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from kvproto.codec import wire
+from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId, Store, StoreId
+from kvproto.raft_cmdpb import ChangePeerRequest
+
+
+class PdErrorCode(IntEnum):
+    INTERNAL = 1
+    NOT_BOOTSTRAPPED = 2
+    ALREADY_BOOTSTRAPPED = 3
+    CLUSTER_MISMATCH = 4
+    INVALID_ARGUMENT = 5
+    STORE_NOT_FOUND = 6
+    STORE_TOMBSTONE = 7
+    DUPLICATE_STORE_ADDRESS = 8
+    REGION_NOT_FOUND = 9
+    STALE_REGION = 10
+    UNKNOWN_CONFIG = 11
+
+
+@wire(100)
+@dataclass(frozen=True, slots=True)
+class PdError:
+    code: PdErrorCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code.name.lower()}: {self.message}"
+
+
+@wire(101)
+@dataclass(frozen=True, slots=True)
+class RequestHeader:
+    cluster_id: int = 0
+
+
+@wire(102)
+@dataclass(frozen=True, slots=True)
+class ResponseHeader:
+    cluster_id: int = 0
+    error: PdError | None = None
+
+
+# -- bootstrap and ids -------------------------------------------------------
+
+
+@wire(103)
+@dataclass(frozen=True, slots=True)
+class IsBootstrappedRequest:
+    header: RequestHeader
+
+
+@wire(104)
+@dataclass(frozen=True, slots=True)
+class IsBootstrappedResponse:
+    header: ResponseHeader
+    bootstrapped: bool = False
+
+
+@wire(105)
+@dataclass(frozen=True, slots=True)
+class BootstrapRequest:
+    """Accepted once per cluster: the first store and the first region."""
+
+    header: RequestHeader
+    store: Store
+    region: Region
+
+
+@wire(106)
+@dataclass(frozen=True, slots=True)
+class BootstrapResponse:
+    header: ResponseHeader
+
+
+@wire(107)
+@dataclass(frozen=True, slots=True)
+class AllocIdRequest:
+    header: RequestHeader
+
+
+@wire(108)
+@dataclass(frozen=True, slots=True)
+class AllocIdResponse:
+    """A cluster-unique id, larger than every id allocated before (even
+    across PD restarts)."""
+
+    header: ResponseHeader
+    id: int = 0
+
+
+# -- stores ----------------------------------------------------------------------
+
+
+@wire(110)
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    store_id: StoreId
+    capacity: int = 0  # bytes of the disk holding the data directory
+    available: int = 0
+    used_size: int = 0  # bytes used by the store's data
+    region_count: int = 0
+    leader_count: int = 0
+    sending_snap_count: int = 0
+    receiving_snap_count: int = 0
+    applying_snap_count: int = 0
+    # Writes and reads per second since the last heartbeat.
+    write_keys_rate: float = 0.0
+    read_keys_rate: float = 0.0
+    is_busy: bool = False
+
+
+@wire(111)
+@dataclass(frozen=True, slots=True)
+class PutStoreRequest:
+    """Register or update a store (address, labels). A store id must come
+    from AllocId; an address used by another live store is refused."""
+
+    header: RequestHeader
+    store: Store
+
+
+@wire(112)
+@dataclass(frozen=True, slots=True)
+class PutStoreResponse:
+    header: ResponseHeader
+
+
+@wire(113)
+@dataclass(frozen=True, slots=True)
+class GetStoreRequest:
+    header: RequestHeader
+    store_id: StoreId
+
+
+@wire(114)
+@dataclass(frozen=True, slots=True)
+class GetStoreResponse:
+    header: ResponseHeader
+    store: Store | None = None
+    stats: StoreStats | None = None
+
+
+@wire(115)
+@dataclass(frozen=True, slots=True)
+class GetAllStoresRequest:
+    header: RequestHeader
+    exclude_tombstone: bool = True
+
+
+@wire(116)
+@dataclass(frozen=True, slots=True)
+class GetAllStoresResponse:
+    header: ResponseHeader
+    stores: tuple[Store, ...] = ()
+
+
+@wire(117)
+@dataclass(frozen=True, slots=True)
+class StoreHeartbeatRequest:
+    header: RequestHeader
+    stats: StoreStats
+
+
+@wire(118)
+@dataclass(frozen=True, slots=True)
+class StoreHeartbeatResponse:
+    """Carries the split thresholds so stores learn them from the PD."""
+
+    header: ResponseHeader
+    region_max_size: int = 0
+    region_max_keys: int = 0
+
+
+# -- regions -----------------------------------------------------------------------
+
+
+@wire(120)
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    peer: Peer
+    down_seconds: int = 0
+
+
+@wire(121)
+@dataclass(frozen=True, slots=True)
+class RegionHeartbeatRequest:
+    """Sent by a region's leader periodically and at once when its leader or
+    epoch changes."""
+
+    header: RequestHeader
+    region: Region
+    leader: Peer
+    term: int = 0
+    approximate_size: int = 0
+    approximate_keys: int = 0
+    down_peers: tuple[PeerStats, ...] = ()
+    pending_peers: tuple[Peer, ...] = ()
+    written_bytes: int = 0
+    written_keys: int = 0
+
+
+@wire(122)
+@dataclass(frozen=True, slots=True)
+class SplitRegion:
+    """Ask the leader to split at these keys (strictly increasing, inside the
+    region); no keys means "choose split keys by size"."""
+
+    keys: tuple[bytes, ...] = ()
+
+
+@wire(123)
+@dataclass(frozen=True, slots=True)
+class RegionHeartbeatResponse:
+    """The next operator step for the region, if any (at most one of the
+    step fields is set). `region_epoch` is the epoch the step was planned on:
+    the leader ignores a step planned on another epoch."""
+
+    header: ResponseHeader
+    region_id: int = 0
+    region_epoch: RegionEpoch | None = None
+    change_peer: ChangePeerRequest | None = None
+    transfer_leader: Peer | None = None
+    split_region: SplitRegion | None = None
+
+
+@wire(124)
+@dataclass(frozen=True, slots=True)
+class GetRegionRequest:
+    """The region containing `key`."""
+
+    header: RequestHeader
+    key: bytes
+
+
+@wire(125)
+@dataclass(frozen=True, slots=True)
+class GetRegionByIdRequest:
+    header: RequestHeader
+    region_id: RegionId
+
+
+@wire(126)
+@dataclass(frozen=True, slots=True)
+class GetRegionResponse:
+    """`region` None: not known (yet). `leader` None: no leader reported."""
+
+    header: ResponseHeader
+    region: Region | None = None
+    leader: Peer | None = None
+
+
+@wire(127)
+@dataclass(frozen=True, slots=True)
+class ScanRegionsRequest:
+    """Regions overlapping [start_key, end_key) in key order; limit 0 is no
+    limit."""
+
+    header: RequestHeader
+    start_key: bytes
+    end_key: bytes = b""
+    limit: int = 0
+
+
+@wire(128)
+@dataclass(frozen=True, slots=True)
+class RegionInfo:
+    region: Region
+    leader: Peer | None = None
+
+
+@wire(129)
+@dataclass(frozen=True, slots=True)
+class ScanRegionsResponse:
+    header: ResponseHeader
+    regions: tuple[RegionInfo, ...] = ()
+
+
+@wire(130)
+@dataclass(frozen=True, slots=True)
+class AskBatchSplitRequest:
+    header: RequestHeader
+    region: Region
+    split_count: int
+
+
+@wire(131)
+@dataclass(frozen=True, slots=True)
+class SplitId:
+    """Ids for one new region: its id and one peer id per peer of the region
+    being split, in the same order."""
+
+    new_region_id: RegionId
+    new_peer_ids: tuple[PeerId, ...]
+
+
+@wire(132)
+@dataclass(frozen=True, slots=True)
+class AskBatchSplitResponse:
+    header: ResponseHeader
+    ids: tuple[SplitId, ...] = ()
+
+
+@wire(133)
+@dataclass(frozen=True, slots=True)
+class ReportBatchSplitRequest:
+    header: RequestHeader
+    regions: tuple[Region, ...]
+
+
+@wire(134)
+@dataclass(frozen=True, slots=True)
+class ReportBatchSplitResponse:
+    header: ResponseHeader
+
+
+# -- config -------------------------------------------------------------------------
+
+
+@wire(140)
+@dataclass(frozen=True, slots=True)
+class ConfigItem:
+    """One config key and its value as text (as in pd.toml)."""
+
+    name: str
+    value: str
+
+
+@wire(141)
+@dataclass(frozen=True, slots=True)
+class GetConfigRequest:
+    header: RequestHeader
+
+
+@wire(142)
+@dataclass(frozen=True, slots=True)
+class GetConfigResponse:
+    header: ResponseHeader
+    items: tuple[ConfigItem, ...] = ()
+
+
+@wire(143)
+@dataclass(frozen=True, slots=True)
+class SetConfigRequest:
+    """Set config keys; all or nothing: an unknown key or a bad value refuses
+    the whole request."""
+
+    header: RequestHeader
+    items: tuple[ConfigItem, ...]
+
+
+@wire(144)
+@dataclass(frozen=True, slots=True)
+class SetConfigResponse:
+    header: ResponseHeader
+    items: tuple[ConfigItem, ...] = ()
