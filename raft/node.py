@@ -50,7 +50,8 @@ class Ready:
     soft_state: SoftState | None
     # Changed since the last Ready (None if not): persist with the entries.
     hard_state: HardState | None
-    # Messages that may be sent before the entries and hard state are durable.
+    # Messages that may be sent before the entries and hard state are durable
+    # (a leader's appends; none when this Ready changes the term or vote).
     messages: tuple[Message, ...]
     # A snapshot to install into stable storage (before `entries`).
     snapshot: Snapshot | None
@@ -164,18 +165,25 @@ class RaftNode:
         soft = r.soft_state()
         hard = r.hard_state()
         entries = tuple(r.log.unstable_entries())
+        new_term_or_vote = hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
+        early, after_persist = tuple(r.msgs), tuple(r.msgs_after_persist)
+        if new_term_or_vote:
+            # Every message vouches for its term: none may leave before the
+            # term and vote are durable, or a crash could let this node be
+            # elected again in the same term and send different entries at
+            # the same indexes (a single voter becomes leader, and sends
+            # appends, within one Ready).
+            early, after_persist = (), early + after_persist
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != self._prev_hard else None,
-            messages=tuple(r.msgs),
+            messages=early,
             snapshot=r.log.unstable.snapshot,
             entries=entries,
-            persisted_messages=tuple(r.msgs_after_persist),
+            persisted_messages=after_persist,
             committed_entries=tuple(r.log.next_committed_entries()),
             read_states=tuple(r.read_states),
-            must_sync=bool(entries)
-            or hard.term != self._prev_hard.term
-            or hard.vote != self._prev_hard.vote,
+            must_sync=bool(entries) or new_term_or_vote,
         )
         r.msgs = []
         r.msgs_after_persist = []
@@ -194,6 +202,10 @@ class RaftNode:
         r = self._raft
         if rd.snapshot is not None:
             r.log.stable_snap_to(rd.snapshot.metadata.index)
+            # The state machine now is the snapshot: applied up to its index.
+            # (Otherwise committed > applied would hold with no entries left
+            # to hand out, and has_ready() would stay true forever.)
+            r.on_applied(rd.snapshot.metadata.index)
         if rd.entries:
             last = rd.entries[-1]
             r.on_persisted(last.index, last.term)
