@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -330,6 +330,14 @@ class Engine:
             self.kv.env.sync(True)
         self.kv_durable_seq = seq
         return seq
+
+    def used_bytes(self) -> int:
+        """Bytes of both environments' data files on disk."""
+        total = 0
+        for env in (self.kv, self.raft):
+            with suppress(OSError):
+                total += (env.path / "data.mdb").stat().st_size
+        return total
 
     # -- reads -----------------------------------------------------------------
 

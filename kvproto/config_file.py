@@ -1,0 +1,242 @@
+"""Typed configuration from a TOML file and command-line flags.
+
+A config is a frozen dataclass whose fields carry their help text and kind in
+`field(metadata=...)` (see `setting`). `load` reads the TOML file, applies the
+flags on top, converts and validates every value, and raises `ConfigError`
+naming the key for anything unknown or malformed: a process refuses to start
+rather than guess.
+
+Kinds beyond the Python types: "duration" (seconds as a number, or text
+like "100ms", "30s", "5m", "1h") and "size" (bytes as a number, or text like
+"64KiB", "96MiB", "1GB").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used (the message names it)."""
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    kind: str | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    flag: bool = True,
+) -> Any:
+    """A config field: its default, help text, kind and bounds."""
+    return dataclasses.field(
+        default=default,
+        metadata={"help": help, "kind": kind, "min": min, "max": max, "flag": flag},
+    )
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*([0-9]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+
+
+def parse_duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"expected a duration like 500ms, 30s, 5m or 1h, got {value!r}")
+
+
+def parse_size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            unit = (m.group(2) or "b").lower()
+            return int(m.group(1)) * _SIZE_UNITS[unit]
+    raise ValueError(f"expected a size like 65536, 64KiB or 96MiB, got {value!r}")
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "on",
+        "1",
+        "false",
+        "no",
+        "off",
+        "0",
+    ):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _convert(hint: Any, kind: str | None, value: object) -> object:
+    if kind == "duration":
+        return parse_duration(value)
+    if kind == "size":
+        return parse_size(value)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _convert(inner[0], kind, value)
+    if hint is bool:
+        return _parse_bool(value)
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer, got a boolean")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected text, got {value!r}")
+    if origin is tuple and args and args[-1] is Ellipsis and args[0] is str:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError(f"expected a list of text, got {value!r}")
+    if origin is tuple and args and args[-1] is Ellipsis:
+        # (key, value) pairs such as labels: a TOML table or "k=v,k=v".
+        if isinstance(value, dict):
+            return tuple((str(k), str(v)) for k, v in value.items())
+        if isinstance(value, str):
+            pairs = []
+            for part in filter(None, (p.strip() for p in value.split(","))):
+                k, sep, v = part.partition("=")
+                if not sep or not k:
+                    raise ValueError(f"expected key=value pairs, got {value!r}")
+                pairs.append((k.strip(), v.strip()))
+            return tuple(pairs)
+        raise ValueError(f"expected a table of key = value, got {value!r}")
+    raise AssertionError(f"config type {hint!r} is not supported")
+
+
+def load(cls: type[T], path: str | None = None, overrides: Mapping[str, object] | None = None) -> T:
+    """Build `cls` from defaults, then the TOML file at `path`, then
+    `overrides` (flags). Raises ConfigError for unknown keys or bad values."""
+    values: dict[str, object] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fp:
+                values.update(tomllib.load(fp))
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r}{where}; known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs: dict[str, object] = {}
+    for name, raw in values.items():
+        f = fields[name]
+        try:
+            v = _convert(hints[name], f.metadata.get("kind"), raw)
+        except ValueError as e:
+            raise ConfigError(f"bad value for {name}: {e}") from None
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if lo is not None and v < lo:
+                raise ConfigError(f"bad value for {name}: {raw!r} is below the minimum {lo}")
+            if hi is not None and v > hi:
+                raise ConfigError(f"bad value for {name}: {raw!r} is above the maximum {hi}")
+        kwargs[name] = v
+    cfg = cls(**kwargs)
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--flag-name` per field (underscores become dashes), help and
+    default taken from the field. Flags default to None: unset flags leave
+    the TOML file or the default in force."""
+    assert dataclasses.is_dataclass(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag", True):
+            continue
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join("=".join(x) if isinstance(x, tuple) else str(x) for x in default)
+        help_text = f.metadata.get("help", "")
+        if default is not None and default is not dataclasses.MISSING:
+            help_text += f" (default: {default})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="V", help=help_text
+        )
+
+
+def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, object]:
+    assert dataclasses.is_dataclass(cls)
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
+
+
+def describe(cfg: object) -> dict[str, object]:
+    """The config as plain values, for logs and admin APIs."""
+    assert dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}

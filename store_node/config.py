@@ -1,0 +1,62 @@
+"""Every tunable of a store, with its default and help text.
+
+Set in a TOML file (`--config store.toml`, keys as below) and overridden by
+flags of the same name (`--tick-interval 50ms`). Durations accept "100ms",
+"5s", "2m"; sizes accept "8MiB", "64KiB".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvproto.config_file import setting
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    data_dir: str = setting("", "data directory (kv/, raft/, snap/); required")
+    raft_dir: str | None = setting(
+        None, "directory of the Raft log, e.g. on another disk (default: DATA_DIR/raft)"
+    )
+    listen: str = setting("127.0.0.1:20160", "address to serve clients and other stores on")
+    advertise: str | None = setting(
+        None, "address other stores and clients use (default: the bound --listen address)"
+    )
+    pd: tuple[str, ...] = setting(("127.0.0.1:2379",), "PD addresses, comma separated")
+    labels: tuple[tuple[str, str], ...] = setting((), "store labels, e.g. zone=z1,host=h1")
+    sync: bool = setting(
+        True,
+        "fsync the Raft log before acknowledging writes; false trades durability on "
+        "machine crashes for speed (benchmarks only)",
+    )
+    tick_interval: float = setting(0.1, "Raft tick interval", kind="duration", min=0.001)
+    election_ticks: int = setting(10, "ticks without a leader before an election", min=2)
+    heartbeat_ticks: int = setting(2, "ticks between leader heartbeats", min=1)
+    max_inflight_msgs: int = setting(256, "unacknowledged appends per follower", min=1)
+    max_size_per_msg: int = setting(1 << 20, "entry bytes per append message", kind="size", min=1)
+    max_entry_bytes: int = setting(
+        8 << 20, "bytes of client writes batched into one log entry", kind="size", min=1
+    )
+    max_round_events: int = setting(4096, "events drained into one round of the store loop", min=1)
+    max_queued_events: int = setting(
+        65536, "events queued for the store loop before callers wait", min=1
+    )
+    max_key_size: int = setting(8 << 10, "largest key accepted", kind="size", min=1)
+    max_value_size: int = setting(8 << 20, "largest value accepted", kind="size", min=0)
+    store_heartbeat_interval: float = setting(
+        5.0, "interval of store heartbeats to the PD", kind="duration", min=0.01
+    )
+    region_heartbeat_interval: float = setting(
+        10.0, "interval of region heartbeats from leaders", kind="duration", min=0.01
+    )
+    kv_sync_interval: float = setting(
+        1.0, "interval of fsyncs of the kv/ directory", kind="duration", min=0.001
+    )
+
+    def validate(self) -> None:
+        if not self.data_dir:
+            raise ValueError("data_dir is required (--data-dir DIR)")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError("election_ticks must be greater than heartbeat_ticks")
+        if not self.pd:
+            raise ValueError("at least one PD address is needed (--pd HOST:PORT)")

@@ -1,0 +1,249 @@
+"""`StoreNode`: the trio shell around `StoreCore`.
+
+It owns the nursery of everything the store runs: the RPC server (KV service
+and Raft traffic on one port), the store loop, the ticker, the kv syncer, the
+transport to other stores and the PD worker. Cancelling `run` stops all of
+it; a round being persisted finishes first (worker threads are not
+cancellable), so a stop never tears a write.
+
+The store loop (one task): wait for one event, drain what else is queued (up
+to `max_round_events`), end the round, send the messages that may go before
+the write, persist and apply in the worker thread (one hop per round), send
+the rest, advance the peers, answer the waiters. Events are plain callables
+run against the core; nothing else touches the core.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from kvproto.errorpb import RegionError
+from kvproto.kvrpcpb import Context
+from kvproto.metapb import StoreId
+from kvproto.pd_client import PdClient, open_pd_client
+from kvproto.raft_cmdpb import WriteOp
+from kvproto.raft_serverpb import RaftMessageBatch
+from kvproto.rpc import RequestContext, RpcServer, parse_address
+from store_node.bootstrap import load_regions
+from store_node.config import StoreConfig
+from store_node.core import CoreConfig, StoreCore
+from store_node.engine import Engine
+from store_node.identity import ensure_identity
+from store_node.kv_service import KvService, Limits
+from store_node.pd_worker import PdWorker
+from store_node.peer import ReadPermit, ReplyValue, WriteDone
+from store_node.persist import persist_and_apply
+from store_node.transport import Transport
+
+log = logging.getLogger(__name__)
+
+Event = Callable[[StoreCore], None]
+
+
+class Waiter:
+    """Where a reply for one request lands (the core's token)."""
+
+    __slots__ = ("_event", "value")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.value: ReplyValue | None = None
+
+    def admit(self, err: RegionError | str | None) -> None:
+        if err is not None:
+            self.set(err)  # type: ignore[arg-type]
+
+    def set(self, value: ReplyValue) -> None:
+        if not self._event.is_set():
+            self.value = value
+            self._event.set()
+
+    async def wait(self) -> ReplyValue:
+        await self._event.wait()
+        assert self.value is not None
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    store_id: StoreId
+    address: str
+    cluster_id: int
+
+
+class StoreNode:
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.engine = Engine(config.data_dir, config.raft_dir, sync=config.sync)
+        self.core: StoreCore | None = None
+        self.pd: PdClient | None = None
+        self.transport: Transport | None = None
+        self._send_events, self._recv_events = trio.open_memory_channel[Event](
+            config.max_queued_events
+        )
+        self._round_done = trio.Event()
+        self.rounds = 0
+        self._limiter = trio.CapacityLimiter(1)
+
+    # -- lifetime -----------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[StoreInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cfg = self.config
+        if not cfg.sync:
+            log.warning("sync is off: acknowledged writes may be lost if the machine crashes")
+        try:
+            async with open_pd_client(cfg.pd) as pd, trio.open_nursery() as nursery:
+                self.pd = pd
+                host, port = parse_address(cfg.listen)
+                server = RpcServer(
+                    KvService(self, Limits(cfg.max_key_size, cfg.max_value_size)).handlers(),
+                    {RaftMessageBatch: self._on_raft_batch},
+                )
+                # Serve first (port 0 is only known once bound), but accept
+                # events only once the core exists: the channel buffers them.
+                bound = await nursery.start(server.serve, host, port)
+                address = cfg.advertise or f"{bound[0]}:{bound[1]}"
+                ident, fresh_regions = await ensure_identity(self.engine, pd, address, cfg.labels)
+                core = StoreCore(
+                    ident.store_id,
+                    self.engine,
+                    CoreConfig(
+                        election_ticks=cfg.election_ticks,
+                        heartbeat_ticks=cfg.heartbeat_ticks,
+                        max_inflight_msgs=cfg.max_inflight_msgs,
+                        max_size_per_msg=cfg.max_size_per_msg,
+                        max_entry_bytes=cfg.max_entry_bytes,
+                    ),
+                    random.Random(),
+                )
+                for region, apply_state in load_regions(self.engine):
+                    core.add_peer(region, apply_state)
+                for region_id in fresh_regions:
+                    core.campaign(region_id)
+                self.core = core
+                self.transport = Transport(ident.store_id, nursery, self._resolve_store)
+                worker = PdWorker(self, pd, cfg)
+                nursery.start_soon(self._run_loop)
+                nursery.start_soon(self._run_ticker)
+                nursery.start_soon(self._run_kv_syncer)
+                nursery.start_soon(worker.run)
+                log.info(
+                    "store %d serving on %s (cluster %d, %d regions)",
+                    ident.store_id,
+                    address,
+                    ident.cluster_id,
+                    len(core.peers),
+                )
+                task_status.started(StoreInfo(ident.store_id, address, ident.cluster_id))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.engine.close, limiter=self._limiter)
+
+    # -- the loop -----------------------------------------------------------
+
+    async def submit(self, event: Event) -> None:
+        await self._send_events.send(event)
+
+    async def _run_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        max_events = self.config.max_round_events
+        while True:
+            if not core.has_work():
+                event = await self._recv_events.receive()
+                event(core)
+            n = 1
+            while n < max_events:
+                try:
+                    event = self._recv_events.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                event(core)
+                n += 1
+            if not core.has_work():
+                continue
+            await self._round(core)
+
+    async def _round(self, core: StoreCore) -> None:
+        out = core.end_round()
+        transport = self.transport
+        assert transport is not None
+        for store_id, msgs in out.messages_now.items():
+            transport.send(store_id, msgs)
+        if out.raft_batch.ops or out.apply_tasks:
+            outcomes = await trio.to_thread.run_sync(
+                persist_and_apply, self.engine, out, limiter=self._limiter
+            )
+        else:
+            outcomes = []
+        for store_id, msgs in out.messages_after_persist.items():
+            transport.send(store_id, msgs)
+        for reply in core.after_persist(out, outcomes):
+            token = reply.token
+            assert isinstance(token, Waiter)
+            token.set(reply.value)
+        self.rounds += 1
+        if core.heartbeat_due:
+            self._round_done.set()
+            self._round_done = trio.Event()
+
+    async def heartbeat_due(self) -> None:
+        """Wait until some region's leader or epoch changed."""
+        await self._round_done.wait()
+
+    async def _run_ticker(self) -> None:
+        interval = self.config.tick_interval
+        next_tick = trio.current_time() + interval
+        while True:
+            await trio.sleep_until(next_tick)
+            next_tick = max(next_tick + interval, trio.current_time())
+            await self.submit(StoreCore.tick)
+
+    async def _run_kv_syncer(self) -> None:
+        while True:
+            await trio.sleep(self.config.kv_sync_interval)
+            await trio.to_thread.run_sync(self.engine.sync_kv)
+
+    # -- requests -----------------------------------------------------------
+
+    async def write(
+        self, ctx: Context, ops: tuple[WriteOp, ...], nbytes: int
+    ) -> WriteDone | RegionError:
+        w = Waiter()
+        await self.submit(lambda core: w.admit(core.propose_write(w, ctx, ops, nbytes)))
+        value = await w.wait()
+        assert not isinstance(value, ReadPermit), value
+        return value  # type: ignore[return-value]
+
+    async def read(self, ctx: Context, bounds: Sequence[bytes]) -> ReadPermit | RegionError:
+        w = Waiter()
+        await self.submit(lambda core: w.admit(core.read(w, ctx, bounds)))
+        value = await w.wait()
+        assert not isinstance(value, WriteDone), value
+        return value  # type: ignore[return-value]
+
+    async def _on_raft_batch(self, batch: RaftMessageBatch, _: RequestContext) -> None:
+        msgs = batch.messages
+
+        def step(core: StoreCore) -> None:
+            for m in msgs:
+                core.step_raft(m)
+
+        await self.submit(step)
+
+    async def _resolve_store(self, store_id: StoreId) -> str | None:
+        pd = self.pd
+        assert pd is not None
+        try:
+            store = await pd.get_store(store_id)
+        except Exception as e:  # a PD hiccup must not kill a sender task
+            log.debug("resolving store %d: %s", store_id, e)
+            return None
+        return None if store is None else store.address

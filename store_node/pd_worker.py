@@ -1,0 +1,101 @@
+"""The store's side of the PD conversation: store heartbeats every few
+seconds, region heartbeats from each leader periodically and at once when a
+region's leader or epoch changes.
+
+A heartbeat that fails is logged and retried on the next interval: the PD
+being away must never stop the store from serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import TYPE_CHECKING
+
+import trio
+
+from kvproto import pdpb
+from kvproto.pd_client import PdClient
+from store_node.config import StoreConfig
+from store_node.peer import Peer
+
+if TYPE_CHECKING:
+    from store_node.node import StoreNode
+
+log = logging.getLogger(__name__)
+
+
+class PdWorker:
+    def __init__(self, node: StoreNode, pd: PdClient, config: StoreConfig) -> None:
+        self.node = node
+        self.pd = pd
+        self.config = config
+        self.region_max_size = 0
+        self.region_max_keys = 0
+        self.heartbeats_sent = 0
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_store_heartbeats)
+            nursery.start_soon(self._run_periodic_region_heartbeats)
+            nursery.start_soon(self._run_due_region_heartbeats)
+
+    # -- store -----------------------------------------------------------------
+
+    def store_stats(self) -> pdpb.StoreStats:
+        core = self.node.core
+        assert core is not None
+        usage = shutil.disk_usage(self.config.data_dir)
+        return pdpb.StoreStats(
+            store_id=core.store_id,
+            capacity=usage.total,
+            available=usage.free,
+            used_size=self.node.engine.used_bytes(),
+            region_count=len(core.peers),
+            leader_count=sum(1 for p in core.peers.values() if p.is_leader()),
+        )
+
+    async def _run_store_heartbeats(self) -> None:
+        while True:
+            try:
+                resp = await self.pd.store_heartbeat(self.store_stats())
+                self.region_max_size = resp.region_max_size
+                self.region_max_keys = resp.region_max_keys
+            except Exception as e:  # the PD being away must not stop the store
+                log.warning("store heartbeat failed: %s", e)
+            await trio.sleep(self.config.store_heartbeat_interval)
+
+    # -- regions ---------------------------------------------------------------
+
+    async def _run_periodic_region_heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.config.region_heartbeat_interval)
+            core = self.node.core
+            assert core is not None
+            for peer in core.leader_regions():
+                await self.region_heartbeat(peer)
+
+    async def _run_due_region_heartbeats(self) -> None:
+        core = self.node.core
+        assert core is not None
+        while True:
+            due = core.take_heartbeat_due()
+            for peer in due:
+                await self.region_heartbeat(peer)
+            if not core.heartbeat_due:
+                await self.node.heartbeat_due()
+
+    async def region_heartbeat(self, peer: Peer) -> None:
+        if not peer.is_leader():
+            return
+        req = pdpb.RegionHeartbeatRequest(
+            header=pdpb.RequestHeader(),
+            region=peer.region,
+            leader=peer.meta,
+            term=peer.node.term,
+        )
+        try:
+            await self.pd.region_heartbeat(req)
+            self.heartbeats_sent += 1
+        except Exception as e:  # the PD being away must not stop the store
+            log.warning("region %d heartbeat failed: %s", peer.region_id, e)

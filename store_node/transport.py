@@ -1,0 +1,103 @@
+"""Raft traffic to other stores: one connection and one sender per store.
+
+`send` never blocks the store loop: a round's messages for a store join that
+store's queue, and its sender task coalesces whatever is queued into one
+`RaftMessageBatch` frame. When the queue is full or the store cannot be
+reached, messages are dropped: Raft recovers from loss by itself (probes,
+heartbeats, retries), and a store loop that waited for a dead peer would
+stall every region.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from kvproto.metapb import StoreId
+from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch
+from kvproto.reconnect import Backoff, ReconnectingConnection
+from kvproto.rpc import RpcCallError
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[StoreId], Awaitable[str | None]]
+
+
+class Transport:
+    def __init__(
+        self,
+        store_id: StoreId,
+        nursery: trio.Nursery,
+        resolve: Resolver,
+        *,
+        queue_size: int = 1024,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store_id = store_id
+        self._nursery = nursery
+        self._resolve = resolve
+        self._queue_size = queue_size
+        self._rng = rng or random.Random()
+        self._queues: dict[StoreId, trio.MemorySendChannel[list[RaftMessage]]] = {}
+        self.dropped = 0
+        self.sent_frames = 0
+
+    def send(self, store_id: StoreId, messages: list[RaftMessage]) -> None:
+        if not messages:
+            return
+        q = self._queues.get(store_id)
+        if q is None:
+            q, recv = trio.open_memory_channel[list[RaftMessage]](self._queue_size)
+            self._queues[store_id] = q
+            self._nursery.start_soon(self._run_sender, store_id, recv)
+        try:
+            q.send_nowait(messages)
+        except trio.WouldBlock:
+            self.dropped += len(messages)
+            log.debug("to store %d: queue full, %d messages dropped", store_id, len(messages))
+
+    def close(self) -> None:
+        for q in self._queues.values():
+            q.close()
+
+    async def _run_sender(
+        self, store_id: StoreId, recv: trio.MemoryReceiveChannel[list[RaftMessage]]
+    ) -> None:
+        conn: ReconnectingConnection | None = None
+        try:
+            async for first in recv:
+                msgs = list(first)
+                while True:  # coalesce everything queued into one frame
+                    try:
+                        msgs.extend(recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if conn is None:
+                    address = await self._resolve(store_id)
+                    if address is None:
+                        self.dropped += len(msgs)
+                        log.debug("store %d: address unknown, %d dropped", store_id, len(msgs))
+                        continue
+                    conn = ReconnectingConnection(
+                        address,
+                        self._nursery,
+                        backoff=Backoff(initial=0.05, max_delay=2.0),
+                        rng=random.Random(self._rng.getrandbits(32)),
+                        connect_timeout=2.0,
+                    )
+                try:
+                    await conn.send_oneway(RaftMessageBatch(self.store_id, tuple(msgs)))
+                    self.sent_frames += 1
+                except RpcCallError as e:
+                    self.dropped += len(msgs)
+                    log.debug("to store %d: %s; %d messages dropped", store_id, e, len(msgs))
+                    if conn.failures >= 3:
+                        # The store may have moved: look its address up again.
+                        conn.close()
+                        conn = None
+        finally:
+            if conn is not None:
+                conn.close()
