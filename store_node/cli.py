@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(cfg: StoreConfig) -> int:
     from store_node.node import StoreNode
 
+    failed = False
     try:
         async with trio.open_nursery() as nursery:
             node = StoreNode(cfg)
@@ -64,6 +65,8 @@ async def _serve(cfg: StoreConfig) -> int:
     except* DataDirMismatchError as eg:
         for e in eg.exceptions:
             print(f"shardkv store: {e}", file=sys.stderr)
+        failed = True
+    if failed:
         return 1
     log.info("store stopped")
     return 0
