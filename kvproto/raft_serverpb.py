@@ -70,3 +70,58 @@ class StoreIdent:
 
     cluster_id: int
     store_id: StoreId
+
+
+@wire(284)
+@dataclass(frozen=True, slots=True)
+class SnapshotDescriptor:
+    """What a region snapshot holds (carried as the opaque data of a Raft
+    snapshot): the region at the snapshot index, and the size and checksum
+    (CRC-32) of the data file that travels beside the Raft message."""
+
+    region: Region
+    index: int
+    term: int
+    size: int
+    checksum: int
+    keys: int
+
+
+@wire(285)
+@dataclass(frozen=True, slots=True)
+class SnapshotKey:
+    """Names one snapshot transfer."""
+
+    region_id: RegionId
+    term: int
+    index: int
+    from_store: StoreId
+
+
+@wire(286)
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkRequest:
+    """Bytes [offset, offset + len(data)) of a snapshot file."""
+
+    key: SnapshotKey
+    offset: int
+    data: bytes
+
+
+@wire(287)
+@dataclass(frozen=True, slots=True)
+class SnapshotDoneRequest:
+    """The file is complete: verify it, then step `message` (the Raft
+    SNAPSHOT message) into the receiving peer."""
+
+    key: SnapshotKey
+    message: RaftMessage
+
+
+@wire(288)
+@dataclass(frozen=True, slots=True)
+class SnapshotResponse:
+    """`error` is empty on success; otherwise why the transfer was refused
+    or failed (the sender gives up and Raft retries later)."""
+
+    error: str = ""

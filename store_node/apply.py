@@ -13,6 +13,7 @@ command is written. Data and the applied index land in the same transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -103,10 +104,8 @@ def apply_task(txn: KvTxn, task: ApplyTask) -> ApplyOutcome:
         else:
             res = _apply_command(txn, out, e)
         out.entries.append(res)
-        out.apply_state = ApplyState(
-            applied_index=e.index,
-            truncated_index=out.apply_state.truncated_index,
-            truncated_term=out.apply_state.truncated_term,
+        out.apply_state = dataclasses.replace(
+            out.apply_state, applied_index=e.index, applied_term=e.term
         )
     if out.region_changed:
         write_region_state(txn, out.region)

@@ -57,7 +57,9 @@ def check_store_ident(ident: StoreIdent, cluster_id: int) -> None:
 def write_initial_region(engine: Engine, region: Region) -> None:
     """Persist a region created from nothing (bootstrap, or later a split):
     its log starts at RAFT_INIT_LOG_INDEX, implied by the kv state."""
-    apply_state = ApplyState(RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM)
+    apply_state = ApplyState(
+        RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM, RAFT_INIT_LOG_TERM
+    )
     kv = WriteBatch()
     kv.put(keys.REGION_DB, keys.region_key(region.id), region_state_bytes(region))
     kv.put(keys.APPLY_DB, keys.region_key(region.id), encode_apply_state(apply_state))
@@ -70,6 +72,19 @@ def write_initial_region(engine: Engine, region: Region) -> None:
         encode_hard_state(HardState(term=RAFT_INIT_LOG_TERM, vote=0, commit=RAFT_INIT_LOG_INDEX)),
     )
     engine.write_raft(rb)
+
+
+def load_tombstones(engine: Engine) -> list[Region]:
+    """Regions whose peer on this store was destroyed."""
+    out: list[Region] = []
+    for k, v in engine.kv_items(keys.REGION_DB):
+        try:
+            state = codec.loads(v, RegionLocalState)
+        except DecodeError as e:
+            raise CorruptRecordError(f"region state {keys.region_id_of(k)}: {e}") from e
+        if state.state == PeerState.TOMBSTONE:
+            out.append(state.region)
+    return out
 
 
 def load_regions(engine: Engine) -> list[tuple[Region, ApplyState]]:

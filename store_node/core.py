@@ -25,6 +25,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kvproto import codec, epoch
 from kvproto.errorpb import (
@@ -37,7 +38,8 @@ from kvproto.errorpb import (
     StoreNotMatch,
 )
 from kvproto.kvrpcpb import Context
-from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId
+from kvproto.metapb import Peer as PeerMeta
+from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId, ranges_overlap
 from kvproto.raft_cmdpb import (
     ChangePeerRequest,
     DeleteRange,
@@ -55,13 +57,16 @@ from raft.errors import (
     ProposalDroppedError,
 )
 from raft.node import RaftNode, Ready
-from raft.types import Message, Role
-from store_node import membership
+from raft.types import Message, MessageType, Role, Snapshot
+from store_node import keys, membership
 from store_node.apply import ApplyOutcome, ApplyTask, range_inside
 from store_node.engine import Engine, WriteBatch
+from store_node.log_gc import LogGcConfig, truncate_point
 from store_node.peer import Peer, Proposal, QueuedWrite, ReadBatch, Reply, Token
 from store_node.peer_storage import PeerStorage
 from store_node.records import ApplyState
+from store_node.region_tasks import DestroyTask, Range, SnapshotTask, subtract_ranges
+from store_node.snapshot import descriptor_of
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class CoreConfig:
     max_entry_bytes: int = 8 << 20
     # Writes queued on one region beyond this many bytes get ServerIsBusy.
     max_pending_write_bytes: int = 64 << 20
+    log_gc: LogGcConfig = field(default_factory=LogGcConfig)
 
 
 @dataclass(slots=True)
@@ -88,15 +94,20 @@ class RoundOutput:
     readies: list[tuple[Peer, Ready]]
     # Answers known without waiting for the write (refused proposals).
     replies: list[Reply] = field(default_factory=list)
-
-    def is_empty(self) -> bool:
-        return not (
-            self.raft_batch.ops
-            or self.messages_now
-            or self.messages_after_persist
-            or self.apply_tasks
-            or self.readies
-        )
+    # Whole-region kv/ work: snapshot installs, peer destructions, and apply
+    # states that changed without an apply task (log truncation points).
+    snapshot_tasks: list[SnapshotTask] = field(default_factory=list)
+    destroy_tasks: list[DestroyTask] = field(default_factory=list)
+    apply_states: list[tuple[int, ApplyState]] = field(default_factory=list)
+    # Raft writes that must follow a durable kv/ write (log resets, deletions).
+    raft_after_kv: WriteBatch = field(default_factory=WriteBatch)
+    must_sync_after_kv: bool = False
+    # Snapshot messages go over their own connection with their data file.
+    snapshot_sends: list[tuple[StoreId, RaftMessage, Path]] = field(default_factory=list)
+    # Regions whose leader asked for a snapshot that must be generated.
+    generate_snapshots: list[int] = field(default_factory=list)
+    # Snapshot files no longer needed (the shell deletes them).
+    obsolete_files: list[Path] = field(default_factory=list)
 
 
 class StoreCore:
@@ -108,6 +119,7 @@ class StoreCore:
         engine: Engine,
         config: CoreConfig | None = None,
         rng: random.Random | None = None,
+        tombstones: Iterable[Region] = (),
     ) -> None:
         self.store_id = store_id
         self.engine = engine
@@ -117,12 +129,26 @@ class StoreCore:
         self._dirty: set[int] = set()
         # Regions whose leader or epoch changed since the PD last heard.
         self.heartbeat_due: set[int] = set()
+        # Regions removed from this store: region as last known, by id.
+        self.tombstones: dict[int, Region] = {r.id: r for r in tombstones}
+        # Received snapshot files, by (region id, index, term), waiting for
+        # their peer's Ready.
+        self.received_snapshots: dict[tuple[int, int, int], Path] = {}
+        self._to_destroy: dict[int, str] = {}
+        self._extra_messages: dict[StoreId, list[RaftMessage]] = defaultdict(list)
+        self._truncations: dict[int, tuple[int, int]] = {}
+        # Counters reported as store metrics.
+        self.stats: dict[str, int] = defaultdict(int)
 
     # -- peers -------------------------------------------------------------
 
-    def add_peer(self, region: Region, apply_state: ApplyState) -> Peer:
-        """Start the peer of `region` on this store from its persisted state."""
-        meta = region.peer_on_store(self.store_id)
+    def add_peer(
+        self, region: Region, apply_state: ApplyState, meta: PeerMeta | None = None
+    ) -> Peer:
+        """Start the peer of `region` on this store from its persisted state
+        (`meta` for a peer created uninitialized, whose region is empty)."""
+        if meta is None:
+            meta = region.peer_on_store(self.store_id)
         if meta is None:
             raise AssertionError(f"region {region.id} has no peer on store {self.store_id}")
         storage = PeerStorage(self.engine, region.id, membership.conf_state_of(region), apply_state)
@@ -142,15 +168,17 @@ class StoreCore:
         peer = Peer(region=region, meta=meta, storage=storage, node=node)
         peer.remember_peers(region)
         self.peers[region.id] = peer
+        self.tombstones.pop(region.id, None)
         self._dirty.add(region.id)
         log.info(
-            "store %d: started peer %d of region %d [%r, %r) applied=%d",
+            "store %d: started peer %d of region %d [%r, %r) applied=%d%s",
             self.store_id,
             meta.id,
             region.id,
             region.start_key,
             region.end_key,
             apply_state.applied_index,
+            "" if peer.initialized else " (uninitialized, waiting for a snapshot)",
         )
         return peer
 
@@ -161,7 +189,24 @@ class StoreCore:
             self._dirty.add(region_id)
 
     def regions(self) -> list[Region]:
-        return [self.peers[r].region for r in sorted(self.peers)]
+        return [self.peers[r].region for r in sorted(self.peers) if self.peers[r].initialized]
+
+    def _other_ranges(self, region_id: int) -> list[Range]:
+        return [
+            (p.region.start_key, p.region.end_key)
+            for p in self.peers.values()
+            if p.region_id != region_id and p.initialized
+        ]
+
+    def _overlaps_other(self, region_id: int, start: bytes, end: bytes) -> Peer | None:
+        for p in self.peers.values():
+            if (
+                p.region_id != region_id
+                and p.initialized
+                and ranges_overlap(p.region.start_key, p.region.end_key, start, end)
+            ):
+                return p
+        return None
 
     # -- events ------------------------------------------------------------
 
@@ -171,34 +216,160 @@ class StoreCore:
         self._dirty.update(self.peers)
 
     def step_raft(self, msg: RaftMessage) -> None:
-        peer = self.peers.get(msg.region_id)
-        if peer is None:
-            log.debug(
-                "store %d: message for unknown region %d from store %d dropped",
-                self.store_id,
-                msg.region_id,
-                msg.from_peer.store_id,
+        """Handle a Raft message from another store: create the peer it is for
+        if that is legitimate, refuse stale senders, destroy ourselves when
+        told we were removed."""
+        if msg.to_peer.store_id != self.store_id:
+            log.warning(
+                "store %d: message for store %d dropped", self.store_id, msg.to_peer.store_id
             )
             return
-        if msg.to_peer.id != peer.meta.id:
-            log.debug(
-                "store %d: message for peer %d, but region %d has peer %d here; dropped",
-                self.store_id,
-                msg.to_peer.id,
-                msg.region_id,
-                peer.meta.id,
-            )
+        if msg.message.type == MessageType.SNAPSHOT:
+            # A snapshot travels with its file (on_snapshot_received), never alone.
+            log.warning("region %d: snapshot message without data dropped", msg.region_id)
+            return
+        peer = self._peer_for(msg)
+        if peer is None:
             return
         peer.peer_cache[msg.from_peer.id] = msg.from_peer
         peer.node.step(msg.message)
         self._dirty.add(msg.region_id)
+
+    def _peer_for(self, msg: RaftMessage) -> Peer | None:
+        """The local peer a message may be stepped into, or None (dropped)."""
+        peer = self.peers.get(msg.region_id)
+        if msg.is_tombstone:
+            if (
+                peer is not None
+                and peer.meta.id == msg.to_peer.id
+                and msg.region_epoch.conf_ver > peer.region.epoch.conf_ver
+            ):
+                self._to_destroy[peer.region_id] = "removed from the region (told by a member)"
+            return None
+        if peer is None:
+            return self._maybe_create_peer(msg)
+        if msg.to_peer.id != peer.meta.id:
+            if msg.to_peer.id > peer.meta.id:
+                # We were removed and added again as a new peer: the old one
+                # goes; the next message creates the new one.
+                self._to_destroy[peer.region_id] = f"replaced by peer {msg.to_peer.id}"
+            return None
+        if (
+            peer.initialized
+            and peer.region.find_peer(msg.from_peer.id) is None
+            and msg.region_epoch.conf_ver < peer.region.epoch.conf_ver
+        ):
+            # A removed peer still talking: tell it so it destroys itself.
+            self._send_tombstone(peer, msg.from_peer)
+            return None
+        return peer
+
+    _INITIAL_TYPES = frozenset(
+        {
+            MessageType.APPEND,
+            MessageType.HEARTBEAT,
+            MessageType.SNAPSHOT,
+            MessageType.VOTE,
+            MessageType.PRE_VOTE,
+        }
+    )
+
+    def _maybe_create_peer(self, msg: RaftMessage) -> Peer | None:
+        if msg.message.type not in self._INITIAL_TYPES:
+            return None
+        tomb = self.tombstones.get(msg.region_id)
+        if tomb is not None:
+            old = tomb.peer_on_store(self.store_id)
+            if msg.region_epoch.conf_ver <= tomb.epoch.conf_ver or (
+                old is not None and msg.to_peer.id <= old.id
+            ):
+                log.debug("region %d: message for a removed peer ignored", msg.region_id)
+                return None
+        other = self._overlaps_other(msg.region_id, msg.start_key, msg.end_key)
+        if other is not None:
+            # Either this message or the overlapping region is stale; both
+            # resolve on their own (GC or a later message).
+            log.debug(
+                "region %d: not created, overlaps region %d here", msg.region_id, other.region_id
+            )
+            return None
+        placeholder = Region(RegionId(msg.region_id), b"", b"", RegionEpoch(0, 0), ())
+        self.stats["peers_created"] += 1
+        return self.add_peer(placeholder, ApplyState(), meta=msg.to_peer)
+
+    def _send_tombstone(self, peer: Peer, to: PeerMeta) -> None:
+        self._extra_messages[to.store_id].append(
+            RaftMessage(
+                region_id=RegionId(peer.region_id),
+                from_peer=peer.meta,
+                to_peer=to,
+                region_epoch=peer.region.epoch,
+                message=Message(type=MessageType.HEARTBEAT, to=to.id, from_=peer.meta.id),
+                is_tombstone=True,
+            )
+        )
+        self._dirty.add(peer.region_id)
+
+    # -- snapshots ---------------------------------------------------------
+
+    def on_snapshot_generated(self, region_id: int, snap: Snapshot, path: Path) -> Path | None:
+        """A snapshot for followers is ready; returns the file it replaces."""
+        peer = self.peers.get(region_id)
+        if peer is None:
+            return path
+        peer.generating = False
+        old = peer.storage.generated
+        peer.storage.generated = (snap, path)
+        peer.storage.wants_snapshot = False
+        self._dirty.add(region_id)
+        self.stats["snapshots_generated"] += 1
+        return None if old is None or old[1] == path else old[1]
+
+    def on_snapshot_generation_failed(self, region_id: int) -> None:
+        peer = self.peers.get(region_id)
+        if peer is not None:
+            peer.generating = False
+
+    def on_snapshot_received(self, msg: RaftMessage, path: Path) -> bool:
+        """A complete, verified snapshot file arrived with its Raft message;
+        False if it is refused (the caller deletes the file)."""
+        snap = msg.message.snapshot
+        if snap is None:
+            return False
+        desc = descriptor_of(snap)
+        other = self._overlaps_other(msg.region_id, desc.region.start_key, desc.region.end_key)
+        if other is not None:
+            log.info(
+                "region %d: snapshot refused, overlaps region %d here",
+                msg.region_id,
+                other.region_id,
+            )
+            return False
+        peer = self._peer_for(msg)
+        if peer is None:
+            return False
+        self.received_snapshots[(msg.region_id, desc.index, desc.term)] = path
+        peer.peer_cache[msg.from_peer.id] = msg.from_peer
+        peer.node.step(msg.message)
+        self._dirty.add(msg.region_id)
+        self.stats["snapshots_received"] += 1
+        return True
+
+    def report_snapshot(self, region_id: int, to_peer: int, success: bool) -> None:
+        peer = self.peers.get(region_id)
+        if peer is not None:
+            peer.node.report_snapshot(to_peer, success)
+            self._dirty.add(region_id)
+            self.stats["snapshots_sent" if success else "snapshot_send_failures"] += 1
+
+    # -- requests ----------------------------------------------------------
 
     def check_context(self, ctx: Context) -> Peer | RegionError:
         """The peer a request addressed by `ctx` goes to, or why it can't."""
         if ctx.peer.store_id != self.store_id:
             return StoreNotMatch(ctx.peer.store_id, self.store_id)
         peer = self.peers.get(ctx.region_id)
-        if peer is None:
+        if peer is None or not peer.initialized:
             return RegionNotFound(ctx.region_id)
         if not peer.is_leader():
             return NotLeader(RegionId(ctx.region_id), peer.leader_meta())
@@ -247,7 +418,7 @@ class StoreCore:
         """Propose a membership change now (PD operators). Returns a region
         error, a refusal reason, or None once proposed."""
         peer = self.peers.get(region_id)
-        if peer is None:
+        if peer is None or not peer.initialized:
             return RegionNotFound(RegionId(region_id))
         if not peer.is_leader():
             return NotLeader(RegionId(region_id), peer.leader_meta())
@@ -282,7 +453,7 @@ class StoreCore:
     # -- rounds ------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self._dirty)
+        return bool(self._dirty or self._to_destroy)
 
     def end_round(self) -> RoundOutput:
         out = RoundOutput(
@@ -293,6 +464,12 @@ class StoreCore:
             apply_tasks=[],
             readies=[],
         )
+        for rid, reason in sorted(self._to_destroy.items()):
+            self._destroy(rid, reason, out)
+        self._to_destroy.clear()
+        for store_id, msgs in self._extra_messages.items():
+            out.messages_now[store_id].extend(msgs)
+        self._extra_messages.clear()
         dirty, self._dirty = sorted(self._dirty), set()
         for rid in dirty:
             peer = self.peers.get(rid)
@@ -300,11 +477,30 @@ class StoreCore:
                 continue
             self._flush_writes(peer, out)
             self._flush_reads(peer)
-            if not peer.node.has_ready():
+            if peer.node.has_ready():
+                rd = peer.node.ready()
+                out.readies.append((peer, rd))
+                self._collect(peer, rd, out)
+            if peer.storage.wants_snapshot and not peer.generating:
+                peer.generating = True
+                out.generate_snapshots.append(rid)
+        with_task = {t.region.id for t in out.apply_tasks}
+        for rid, (index, term) in sorted(self._truncations.items()):
+            peer = self.peers.get(rid)
+            if peer is None or index <= peer.storage.apply_state.truncated_index:
                 continue
-            rd = peer.node.ready()
-            out.readies.append((peer, rd))
-            self._collect(peer, rd, out)
+            peer.storage.truncate_to(index, term, out.raft_after_kv)
+            self.stats["log_truncations"] += 1
+            if rid in with_task:
+                # The apply task writes the apply state, truncation included.
+                for i, t in enumerate(out.apply_tasks):
+                    if t.region.id == rid:
+                        out.apply_tasks[i] = ApplyTask(
+                            t.region, peer.storage.apply_state, t.entries
+                        )
+            else:
+                out.apply_states.append((rid, peer.storage.apply_state))
+        self._truncations.clear()
         out.messages_now = dict(out.messages_now)
         out.messages_after_persist = dict(out.messages_after_persist)
         return out
@@ -339,8 +535,6 @@ class StoreCore:
             index = peer.node.propose(codec.dumps(cmd))
         except LeaderTransferringError:
             err = ServerIsBusy("leadership is being transferred", backoff_ms=50)
-        except NotLeaderError as e:
-            err = NotLeader(RegionId(peer.region_id), peer.peer_cache.get(PeerId(e.leader_id)))
         except ProposalDroppedError as e:
             err = NotLeader(RegionId(peer.region_id), peer.peer_cache.get(PeerId(e.leader_id)))
         if err is not None:
@@ -358,38 +552,71 @@ class StoreCore:
 
     def _collect(self, peer: Peer, rd: Ready, out: RoundOutput) -> None:
         for m in rd.messages:
-            self._route(peer, m, out.messages_now)
+            self._route(peer, m, out, out.messages_now)
+        batch = out.raft_batch
         if rd.snapshot is not None:
-            raise AssertionError("region snapshots arrive with the replication issue")
+            self._install_snapshot(peer, rd.snapshot, out)
+            # Everything Raft writes for this peer now follows the reset.
+            batch = out.raft_after_kv
+            out.must_sync_after_kv = out.must_sync_after_kv or rd.must_sync
+        else:
+            out.must_sync = out.must_sync or rd.must_sync
         if rd.entries:
-            peer.storage.append(rd.entries, out.raft_batch)
+            peer.storage.append(rd.entries, batch)
         if rd.hard_state is not None:
-            peer.storage.set_hard_state(rd.hard_state, out.raft_batch)
-        out.must_sync = out.must_sync or rd.must_sync
+            peer.storage.set_hard_state(rd.hard_state, batch)
         for m in rd.persisted_messages:
-            self._route(peer, m, out.messages_after_persist)
+            self._route(peer, m, out, out.messages_after_persist)
         if rd.committed_entries:
             out.apply_tasks.append(
                 ApplyTask(peer.region, peer.storage.apply_state, rd.committed_entries)
             )
 
-    def _route(self, peer: Peer, m: Message, into: dict[StoreId, list[RaftMessage]]) -> None:
+    def _install_snapshot(self, peer: Peer, snap: Snapshot, out: RoundOutput) -> None:
+        desc = descriptor_of(snap)
+        key = (peer.region_id, snap.metadata.index, snap.metadata.term)
+        path = self.received_snapshots.pop(key, None)
+        if path is None:
+            raise AssertionError(f"region {peer.region_id}: no file for snapshot {key}")
+        region = desc.region
+        clear: list[Range] = [(region.start_key, region.end_key)]
+        if peer.initialized and (peer.region.start_key, peer.region.end_key) != clear[0]:
+            clear.append((peer.region.start_key, peer.region.end_key))
+        others = self._other_ranges(peer.region_id)
+        parts = [p for r in clear for p in subtract_ranges(r, others)]
+        out.snapshot_tasks.append(
+            SnapshotTask(region, path, snap.metadata.index, snap.metadata.term, tuple(parts))
+        )
+        peer.storage.reset_to_snapshot(snap.metadata.index, snap.metadata.term, out.raft_after_kv)
+        self._set_region(peer, region)
+
+    def _route(
+        self,
+        peer: Peer,
+        m: Message,
+        out: RoundOutput,
+        into: dict[StoreId, list[RaftMessage]],
+    ) -> None:
         to = peer.peer_cache.get(PeerId(m.to))
         if to is None:
             log.debug("region %d: no store known for peer %d; dropped", peer.region_id, m.to)
             return
         region = peer.region
-        into[to.store_id].append(
-            RaftMessage(
-                region_id=RegionId(region.id),
-                from_peer=peer.meta,
-                to_peer=to,
-                region_epoch=region.epoch,
-                message=m,
-                start_key=region.start_key,
-                end_key=region.end_key,
-            )
+        rm = RaftMessage(
+            region_id=RegionId(region.id),
+            from_peer=peer.meta,
+            to_peer=to,
+            region_epoch=region.epoch,
+            message=m,
+            start_key=region.start_key,
+            end_key=region.end_key,
         )
+        if m.type == MessageType.SNAPSHOT:
+            generated = peer.storage.generated
+            assert generated is not None and generated[0] == m.snapshot, "snapshot not generated"
+            out.snapshot_sends.append((to.store_id, rm, generated[1]))
+        else:
+            into[to.store_id].append(rm)
 
     def after_persist(self, out: RoundOutput, outcomes: list[ApplyOutcome]) -> list[Reply]:
         """The round's writes are durable and its tasks applied (outcomes in
@@ -397,6 +624,8 @@ class StoreCore:
         replies = list(out.replies)
         by_region: dict[int, ApplyOutcome] = {o.region.id: o for o in outcomes}
         for peer, rd in out.readies:
+            if self.peers.get(peer.region_id) is not peer:
+                continue  # destroyed meanwhile
             outcome = by_region.get(peer.region_id)
             if outcome is not None:
                 replies.extend(self._absorb(peer, outcome))
@@ -409,9 +638,21 @@ class StoreCore:
                     batch.index = rs.index
                     peer.read_waiting.append(batch)
             replies.extend(peer.serve_reads())
+            if peer.pending_remove:
+                self._to_destroy[peer.region_id] = "removed by a conf change"
+            elif outcome is not None:
+                self._maybe_truncate(peer)
             if peer.node.has_ready():
                 self._dirty.add(peer.region_id)
         return replies
+
+    def _maybe_truncate(self, peer: Peer) -> None:
+        index = truncate_point(peer, self.config.log_gc)
+        if index is None:
+            return
+        term = peer.storage.term(index)
+        self._truncations[peer.region_id] = (index, term)
+        self._dirty.add(peer.region_id)
 
     def _absorb(self, peer: Peer, outcome: ApplyOutcome) -> list[Reply]:
         replies: list[Reply] = []
@@ -441,8 +682,35 @@ class StoreCore:
         me = region.find_peer(peer.meta.id)
         if me is not None:
             peer.meta = me
-        else:
+            peer.pending_remove = False
+        elif region.peers:
             peer.pending_remove = True
+
+    def _destroy(self, region_id: int, reason: str, out: RoundOutput) -> None:
+        peer = self.peers.pop(region_id, None)
+        if peer is None:
+            return
+        log.info(
+            "store %d: destroying peer %d of region %d: %s",
+            self.store_id,
+            peer.meta.id,
+            region_id,
+            reason,
+        )
+        out.replies.extend(peer.fail_all(RegionNotFound(RegionId(region_id))))
+        if peer.initialized:
+            parts = subtract_ranges(
+                (peer.region.start_key, peer.region.end_key), self._other_ranges(region_id)
+            )
+            out.destroy_tasks.append(DestroyTask(peer.region, tuple(parts)))
+            self.tombstones[region_id] = peer.region
+        else:
+            out.destroy_tasks.append(DestroyTask(peer.region, (), tombstone=False))
+        peer.storage.clear_log(out.raft_after_kv)
+        out.raft_after_kv.delete(keys.STATE_DB, keys.region_key(region_id))
+        if peer.storage.generated is not None:
+            out.obsolete_files.append(peer.storage.generated[1])
+        self.stats["peers_destroyed"] += 1
 
     def _on_role_change(self, peer: Peer, rd: Ready, replies: list[Reply]) -> None:
         ss = rd.soft_state
@@ -462,7 +730,11 @@ class StoreCore:
     # -- views for the PD worker -------------------------------------------
 
     def leader_regions(self) -> list[Peer]:
-        return [self.peers[r] for r in sorted(self.peers) if self.peers[r].is_leader()]
+        return [
+            self.peers[r]
+            for r in sorted(self.peers)
+            if self.peers[r].is_leader() and self.peers[r].initialized
+        ]
 
     def take_heartbeat_due(self) -> list[Peer]:
         due, self.heartbeat_due = self.heartbeat_due, set()

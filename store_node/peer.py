@@ -100,9 +100,18 @@ class Peer:
     reported_leader: int = 0
     pending_remove: bool = False
 
+    # A snapshot is being generated for followers (at most one at a time).
+    generating: bool = False
+
     @property
     def region_id(self) -> int:
         return self.region.id
+
+    @property
+    def initialized(self) -> bool:
+        """False for a peer created from a message and still waiting for its
+        first snapshot: it has no range, no data and knows no peers."""
+        return bool(self.region.peers)
 
     @property
     def apply_state(self) -> ApplyState:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 
-from raft.errors import CompactedError, UnavailableError
+from raft.errors import CompactedError, SnapshotTemporarilyUnavailableError, UnavailableError
 from raft.storage import entry_size, limit_size
-from raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+from raft.types import ConfState, Entry, HardState, Snapshot
 from store_node import keys
 from store_node.engine import Engine, WriteBatch, scan_cursor
 from store_node.records import (
@@ -116,8 +117,12 @@ class PeerStorage:
         self.hard_state = hard_state
         self.cache = EntryCache()
         self._last_index, self.last_term = self._load_last()
-        # Snapshot handed out to the Raft core (by the snapshot machinery).
-        self._snapshot: Snapshot | None = None
+        # Approximate payload bytes of the stored log (for truncation limits).
+        self.log_bytes = self._load_log_bytes()
+        # The latest snapshot generated for followers, and its data file.
+        self.generated: tuple[Snapshot, Path] | None = None
+        # Set when the Raft core asked for a snapshot that is not built yet.
+        self.wants_snapshot = False
 
     def _load_last(self) -> tuple[int, int]:
         prefix = keys.raft_log_prefix(self.region_id)
@@ -129,8 +134,22 @@ class PeerStorage:
                 e = decode_entry(bytes(v))
                 if keys.raft_log_index(bytes(k)) != e.index:
                     raise AssertionError(f"log key and entry index disagree at {e.index}")
-                return e.index, e.term
+                if e.index > self.apply_state.truncated_index:
+                    return e.index, e.term
+                break  # only leftovers of an interrupted truncation remain
         return self.apply_state.truncated_index, self.apply_state.truncated_term
+
+    def _load_log_bytes(self) -> int:
+        total = 0
+        with self.engine.read_raft() as txn:
+            for _, v in scan_cursor(
+                txn,
+                self.engine.raft_db(keys.LOG_DB),
+                keys.raft_log_key(self.region_id, self.apply_state.truncated_index + 1),
+                keys.raft_log_prefix(self.region_id + 1),
+            ):
+                total += len(v)
+        return total
 
     # -- LogStorage -------------------------------------------------------------
 
@@ -199,13 +218,15 @@ class PeerStorage:
         return out
 
     def snapshot(self) -> Snapshot:
-        if self._snapshot is not None:
-            return self._snapshot
-        a = self.apply_state
-        return Snapshot(
-            SnapshotMetadata(
-                index=a.truncated_index, term=a.truncated_term, conf_state=self.conf_state
-            )
+        """The generated snapshot if it still connects to our log (its index
+        is at or past the truncation point); else ask for a new one."""
+        if self.generated is not None:
+            snap = self.generated[0]
+            if snap.metadata.index >= self.apply_state.truncated_index:
+                return snap
+        self.wants_snapshot = True
+        raise SnapshotTemporarilyUnavailableError(
+            f"region {self.region_id}: snapshot being generated"
         )
 
     # -- queued writes ---------------------------------------------------------
@@ -235,6 +256,14 @@ class PeerStorage:
                 keys.raft_log_key(self.region_id, self._last_index + 1),
             )
         self.cache.append(ents)
+        if last.index < self._last_index:
+            # Replaced entries: the byte count is an estimate from here on.
+            self.log_bytes = (
+                self.log_bytes
+                * (first - self.apply_state.truncated_index - 1)
+                // max(1, self._last_index - self.apply_state.truncated_index)
+            )
+        self.log_bytes += sum(len(e.data) + 17 for e in ents)
         self._last_index = last.index
         self.last_term = last.term
 
@@ -242,17 +271,39 @@ class PeerStorage:
         batch.put(keys.STATE_DB, keys.region_key(self.region_id), encode_hard_state(hs))
         self.hard_state = hs
 
+    def log_entries(self) -> int:
+        return self._last_index - self.apply_state.truncated_index
+
     def truncate_to(self, index: int, term: int, batch: WriteBatch) -> None:
-        """Queue deletion of the log prefix up to `index` (already applied and
-        durable in kv/); the caller records the new truncated state in the
-        apply state."""
-        start = keys.raft_log_key(self.region_id, self.apply_state.truncated_index + 1)
-        end = keys.raft_log_key(self.region_id, index + 1)
-        batch.delete_range(keys.LOG_DB, start, end)
+        """Truncate the log prefix up to (index, term): the apply state moves
+        now; the deletion is queued in `batch`, which the caller writes only
+        once the kv/ state recording the new truncation point is durable."""
+        old = self.apply_state
+        if not old.truncated_index < index <= old.applied_index:
+            raise AssertionError(
+                f"region {self.region_id}: truncate to {index} outside "
+                f"({old.truncated_index}, {old.applied_index}]"
+            )
+        kept = self._last_index - index
+        self.log_bytes = self.log_bytes * kept // max(1, self._last_index - old.truncated_index)
+        # From index 0: also sweeps leftovers of an interrupted earlier deletion.
+        batch.delete_range(
+            keys.LOG_DB,
+            keys.raft_log_key(self.region_id, 0),
+            keys.raft_log_key(self.region_id, index + 1),
+        )
         self.cache.compact_to(index)
+        self.apply_state = ApplyState(old.applied_index, index, term, old.applied_term)
+
+    def reset_to_snapshot(self, index: int, term: int, batch: WriteBatch) -> None:
+        """The log restarts after an installed snapshot at (index, term)."""
+        self.clear_log(batch)
+        self.apply_state = ApplyState(index, index, term, term)
+        self._last_index, self.last_term = index, term
+        self.log_bytes = 0
 
     def clear_log(self, batch: WriteBatch) -> None:
-        """Queue deletion of the whole log and hard state (tombstone/snapshot)."""
+        """Queue deletion of the whole log (snapshot install or tombstone)."""
         batch.delete_range(
             keys.LOG_DB,
             keys.raft_log_prefix(self.region_id),

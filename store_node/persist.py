@@ -1,20 +1,42 @@
 """The blocking half of a round: persist the Raft batch, then apply.
 
 Runs in the store's worker thread (one thread hop per round, not per
-region); the Raft write is durable before any entry is applied, as the
-`Ready` contract asks.
+region). Order, and why:
+
+1. the Raft batch (one transaction, one fsync): entries must be durable
+   before any of them is applied, as the `Ready` contract asks;
+2. one `kv/` transaction: committed entries, snapshot installs, peer
+   destructions and apply-state updates (log truncation points);
+3. if the round resets or deletes any log prefix: fsync `kv/`, then write
+   those Raft changes. A log is never shortened before the kv state that
+   makes it unnecessary is durable.
 """
 
 from __future__ import annotations
 
-from store_node.apply import ApplyOutcome, apply_round
+from store_node.apply import ApplyOutcome, apply_round, write_apply_state
 from store_node.core import RoundOutput
-from store_node.engine import Engine
+from store_node.engine import Engine, KvTxn
+from store_node.region_tasks import destroy_peer, install_snapshot
 
 
 def persist_and_apply(engine: Engine, out: RoundOutput) -> list[ApplyOutcome]:
     engine.write_raft(out.raft_batch, out.must_sync)
-    if not out.apply_tasks:
-        return []
-    tasks = out.apply_tasks
-    return engine.write_kv(lambda txn: apply_round(txn, tasks))
+    outcomes: list[ApplyOutcome] = []
+    if out.apply_tasks or out.snapshot_tasks or out.destroy_tasks or out.apply_states:
+
+        def kv(txn: KvTxn) -> list[ApplyOutcome]:
+            for task in out.snapshot_tasks:
+                install_snapshot(txn, task)
+            res = apply_round(txn, out.apply_tasks)
+            for region_id, state in out.apply_states:
+                write_apply_state(txn, region_id, state)
+            for d in out.destroy_tasks:
+                destroy_peer(txn, d)
+            return res
+
+        outcomes = engine.write_kv(kv)
+    if out.raft_after_kv.ops:
+        engine.sync_kv()
+        engine.write_raft(out.raft_after_kv, out.must_sync_after_kv)
+    return outcomes

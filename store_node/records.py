@@ -14,7 +14,7 @@ from raft.types import Entry, EntryType, HardState
 
 _ENTRY = struct.Struct(">BQQB")  # version, term, index, type; then data
 _HARD_STATE = struct.Struct(">BQQQ")  # version, term, vote, commit
-_APPLY_STATE = struct.Struct(">BQQQ")  # version, applied, truncated index/term
+_APPLY_STATE = struct.Struct(">BQQQQ")  # version, applied, truncated index/term, applied term
 _VERSION = 1
 
 
@@ -56,22 +56,27 @@ class ApplyState:
 
     Invariant: truncated_index <= applied_index. Entries up to
     truncated_index are gone from the log; their effects are in `kv/`.
+    `applied_term` (the term of the entry at applied_index) lets a snapshot
+    taken from one kv/ read transaction carry its own Raft metadata.
     """
 
     applied_index: int = 0
     truncated_index: int = 0
     truncated_term: int = 0
+    applied_term: int = 0
 
 
 def encode_apply_state(a: ApplyState) -> bytes:
-    return _APPLY_STATE.pack(_VERSION, a.applied_index, a.truncated_index, a.truncated_term)
+    return _APPLY_STATE.pack(
+        _VERSION, a.applied_index, a.truncated_index, a.truncated_term, a.applied_term
+    )
 
 
 def decode_apply_state(b: bytes) -> ApplyState:
     try:
-        version, applied, tindex, tterm = _APPLY_STATE.unpack(b)
+        version, applied, tindex, tterm, aterm = _APPLY_STATE.unpack(b)
     except struct.error as e:
         raise CorruptRecordError(f"bad apply state: {e}") from e
     if version != _VERSION:
         raise CorruptRecordError(f"unknown apply state version {version}")
-    return ApplyState(applied, tindex, tterm)
+    return ApplyState(applied, tindex, tterm, aterm)

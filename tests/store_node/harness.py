@@ -8,16 +8,19 @@ token for the test to inspect.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from kvproto.kvrpcpb import Context
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId
-from store_node.bootstrap import load_regions, write_initial_region
+from kvproto.raft_serverpb import SnapshotKey
+from store_node.bootstrap import load_regions, load_tombstones, write_initial_region
 from store_node.core import CoreConfig, StoreCore
 from store_node.engine import Engine
 from store_node.peer import Reply
 from store_node.persist import persist_and_apply
+from store_node.snapshot import SnapDir, descriptor_of, generate, verify
 
 
 class CoreCluster:
@@ -28,16 +31,21 @@ class CoreCluster:
         self.cores: dict[int, StoreCore] = {}
         self.replies: dict[object, Reply] = {}
         self.down: set[int] = set()
+        self.snap_dirs: dict[int, SnapDir] = {}
+        # Snapshot deliveries: (from store, to store, region id).
+        self.snapshots_delivered: list[tuple[int, int, int]] = []
         for s in store_ids:
             self.start(s)
 
     def start(self, store_id: int) -> None:
         engine = Engine(self.root / f"s{store_id}", sync=False)
-        core = StoreCore(StoreId(store_id), engine, self.config)
+        core = StoreCore(StoreId(store_id), engine, self.config, tombstones=load_tombstones(engine))
         for region, apply_state in load_regions(engine):
             core.add_peer(region, apply_state)
         self.engines[store_id] = engine
         self.cores[store_id] = core
+        self.snap_dirs[store_id] = SnapDir(self.root / f"s{store_id}" / "snap")
+        self.snap_dirs[store_id].clear_stale()
         self.down.discard(store_id)
 
     def stop(self, store_id: int) -> None:
@@ -60,6 +68,32 @@ class CoreCluster:
         self._deliver(out.messages_after_persist)
         for r in core.after_persist(out, outcomes):
             self.replies[r.token] = r
+        for path in out.obsolete_files:
+            path.unlink(missing_ok=True)
+        for rid in out.generate_snapshots:
+            snap, path = generate(self.engines[store_id], self.snap_dirs[store_id], rid)
+            old = core.on_snapshot_generated(rid, snap, path)
+            if old is not None:
+                old.unlink(missing_ok=True)
+        for to_store, msg, path in out.snapshot_sends:
+            ok = self._send_snapshot(store_id, to_store, msg, path)
+            core.report_snapshot(msg.region_id, msg.to_peer.id, ok)
+        return True
+
+    def _send_snapshot(self, from_store: int, to_store: int, msg, path) -> bool:  # type: ignore[no-untyped-def]
+        target = self.cores.get(to_store)
+        if target is None:
+            return False
+        snap = msg.message.snapshot
+        desc = descriptor_of(snap)
+        key = SnapshotKey(msg.region_id, desc.term, desc.index, StoreId(from_store))
+        dest = self.snap_dirs[to_store].received(key)
+        shutil.copyfile(path, dest)
+        verify(dest, desc)
+        if not target.on_snapshot_received(msg, dest):
+            dest.unlink()
+            return False
+        self.snapshots_delivered.append((from_store, to_store, msg.region_id))
         return True
 
     def _deliver(self, by_store: dict) -> None:

@@ -82,7 +82,9 @@ def test_three_replicas_replicate_and_only_the_leader_serves(tmp_path: Path) -> 
     c.tick(40)
     leader_store, meta = c.leader_of(1)
     follower = next(s for s in (1, 2, 3) if s != leader_store)
-    fctx = Context(RegionId(1), RegionEpoch(1, 1), PeerMeta(PeerId(10 + follower), StoreId(follower)))
+    fctx = Context(
+        RegionId(1), RegionEpoch(1, 1), PeerMeta(PeerId(10 + follower), StoreId(follower))
+    )
     err = c.cores[follower].propose_write("x", fctx, (Put(b"a", b"1"),), 2)
     assert isinstance(err, NotLeader) and err.leader == meta
     assert write(c, "w", Put(b"a", b"1")) is not None

@@ -66,10 +66,11 @@ def test_truncation_keeps_term_at_compaction_point(engine: Engine) -> None:
     b = WriteBatch()
     s.append(ents(1, 21, term=3), b)
     engine.write_raft(b)
+    s.apply_state = ApplyState(applied_index=20, applied_term=3)
     b = WriteBatch()
     s.truncate_to(10, 3, b)
     engine.write_raft(b)
-    s.apply_state = ApplyState(applied_index=20, truncated_index=10, truncated_term=3)
+    assert s.apply_state == ApplyState(20, 10, 3, 3)
     assert s.first_index() == 11
     assert s.term(10) == 3
     with pytest.raises(CompactedError):

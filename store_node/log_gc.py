@@ -1,0 +1,48 @@
+"""When a peer truncates its own Raft log (per region, locally).
+
+A peer deletes its log prefix once the entries are applied (and, by the
+time the deletion is written, durable in `kv/`: see `store_node.persist`).
+A leader keeps what its followers still need, within a lag allowance; a
+follower further behind than that gets a snapshot instead, so one slow or
+dead replica never makes a log grow without bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raft.types import Role
+from store_node.peer import Peer
+
+
+@dataclass(frozen=True, slots=True)
+class LogGcConfig:
+    # Truncate only once at least this many entries can go (amortizes the
+    # kv/ fsync every truncation costs).
+    threshold: int = 128
+    # A follower more than this many entries behind is left to a snapshot.
+    count_limit: int = 10_000
+    # Past this many log bytes, truncate to the applied index regardless of
+    # followers (they get snapshots).
+    size_limit: int = 64 << 20
+
+
+def truncate_point(peer: Peer, cfg: LogGcConfig) -> int | None:
+    """The index to truncate the log to, or None to leave it alone."""
+    storage = peer.storage
+    a = storage.apply_state
+    applied = a.applied_index
+    if applied - a.truncated_index < cfg.threshold:
+        return None
+    target = applied
+    raft = peer.node.raft
+    if raft.role == Role.LEADER and storage.log_bytes <= cfg.size_limit:
+        for node_id, pr in raft.trk.items():
+            if node_id == raft.id:
+                continue
+            if applied - pr.match <= cfg.count_limit:
+                # Within the allowance: keep what it still needs.
+                target = min(target, pr.match)
+    if target - a.truncated_index < cfg.threshold:
+        return None
+    return target

@@ -1,0 +1,149 @@
+"""Replicas across stores at the StoreCore level (real LMDB, in-thread
+delivery): conf changes create peers that catch up by snapshot, removed
+peers are destroyed, logs are truncated per region and stay bounded."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from kvproto import codec
+from kvproto.metapb import Peer as PeerMeta
+from kvproto.metapb import PeerId, PeerRole, StoreId
+from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType, Put
+from kvproto.raft_serverpb import PeerState, RegionLocalState
+from store_node import keys
+from store_node.core import CoreConfig
+from store_node.log_gc import LogGcConfig
+from tests.store_node.harness import CoreCluster, first_region
+
+GC = LogGcConfig(threshold=20, count_limit=50, size_limit=1 << 30)
+CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2, log_gc=GC)
+
+
+def put_many(c: CoreCluster, prefix: bytes, n: int, per_round: int = 1) -> None:
+    for i in range(0, n, per_round):
+        store, _ = c.leader_of(1)
+        ctx = c.context(1)
+        for j in range(i, min(n, i + per_round)):
+            err = c.cores[store].propose_write(
+                (prefix, j), ctx, (Put(prefix + b"%06d" % j, b"v" * 20),), 30
+            )
+            assert err is None
+        c.stabilize()
+    for j in range(n):
+        assert c.replies.pop((prefix, j)).value is not None
+
+
+def checksum(c: CoreCluster, store: int) -> int:
+    crc = 0
+    for k, v in c.engines[store].kv_items(keys.DATA_DB):
+        crc = zlib.crc32(k + b"=" + v, crc)
+    return crc
+
+
+def change(c: CoreCluster, kind: ChangePeerType, peer: PeerMeta) -> None:
+    store, _ = c.leader_of(1)
+    region = c.cores[store].peers[1].region
+    err = c.cores[store].change_peer(
+        ("cc", peer.id, kind), 1, region.epoch, ChangePeerRequest((ChangePeer(kind, peer),))
+    )
+    assert err is None, err
+    c.stabilize()
+    c.tick(3)
+
+
+def test_a_peer_added_on_a_new_store_catches_up_by_snapshot(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1, 2], CONFIG)
+    c.bootstrap(first_region([1]))
+    c.tick(30)
+    put_many(c, b"a", 300)
+    leader_peer = c.cores[1].peers[1]
+    assert leader_peer.storage.apply_state.truncated_index > 100  # log truncated
+    new = PeerMeta(PeerId(22), StoreId(2), PeerRole.LEARNER)
+    change(c, ChangePeerType.ADD_LEARNER, new)
+    c.tick(10)
+    assert (1, 2, 1) in c.snapshots_delivered
+    assert c.cores[2].peers[1].initialized
+    change(c, ChangePeerType.ADD_VOTER, PeerMeta(PeerId(22), StoreId(2)))
+    put_many(c, b"b", 30)
+    c.tick(5)
+    assert checksum(c, 1) == checksum(c, 2)
+    region = c.cores[2].peers[1].region
+    assert {(p.id, p.role) for p in region.peers} == {(11, PeerRole.VOTER), (22, PeerRole.VOTER)}
+    assert region.epoch.conf_ver == 3
+
+
+def test_a_removed_peer_is_destroyed_with_its_data(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    put_many(c, b"k", 30)
+    leader_store, _ = c.leader_of(1)
+    victim = next(s for s in (3, 2) if s != leader_store)
+    change(c, ChangePeerType.REMOVE, PeerMeta(PeerId(10 + victim), StoreId(victim)))
+    c.tick(5)
+    assert 1 not in c.cores[victim].peers
+    assert c.engines[victim].kv_items(keys.DATA_DB) == []
+    raw = c.engines[victim].kv_get(keys.REGION_DB, keys.region_key(1))
+    assert raw is not None
+    assert codec.loads(raw, RegionLocalState).state == PeerState.TOMBSTONE
+    assert c.engines[victim].raft_items(keys.LOG_DB) == []
+    # The survivors still serve.
+    put_many(c, b"m", 5)
+    # Restarted, the destroyed peer stays gone.
+    c.stop(victim)
+    c.start(victim)
+    c.tick(30)
+    assert 1 not in c.cores[victim].peers
+
+
+def test_a_follower_down_past_the_lag_allowance_catches_up_by_snapshot(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    leader_store, _ = c.leader_of(1)
+    down = next(s for s in (3, 2) if s != leader_store)
+    c.stop(down)
+    put_many(c, b"x", 400)
+    c.tick(3)
+    leader = c.cores[leader_store].peers[1]
+    assert leader.storage.apply_state.truncated_index > 300
+    c.start(down)
+    c.tick(20)
+    assert any(d[1] == down for d in c.snapshots_delivered)
+    put_many(c, b"y", 10)
+    c.tick(5)
+    sums = {checksum(c, s) for s in (1, 2, 3)}
+    assert len(sums) == 1
+
+
+def test_each_log_stays_bounded_while_writes_go_on(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    worst = 0
+    for round_no in range(40):
+        put_many(c, b"w%03d" % round_no, 20, per_round=5)
+        c.tick(1)
+        for s in (1, 2, 3):
+            worst = max(worst, c.cores[s].peers[1].storage.log_entries())
+    assert worst <= GC.threshold + GC.count_limit
+    assert sum(c.cores[s].stats["log_truncations"] for s in (1, 2, 3)) > 10
+
+
+def test_a_stale_peer_back_after_removal_is_told_to_destroy_itself(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1, 2, 3, 4], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    leader_store, _ = c.leader_of(1)
+    stale = next(s for s in (3, 2) if s != leader_store)
+    c.stop(stale)
+    change(c, ChangePeerType.ADD_LEARNER, PeerMeta(PeerId(44), StoreId(4), PeerRole.LEARNER))
+    change(c, ChangePeerType.ADD_VOTER, PeerMeta(PeerId(44), StoreId(4)))
+    change(c, ChangePeerType.REMOVE, PeerMeta(PeerId(10 + stale), StoreId(stale)))
+    c.start(stale)
+    # Its election attempts reach the members, which answer with a tombstone.
+    c.tick(60)
+    assert 1 not in c.cores[stale].peers
+    assert c.cores[stale].stats["peers_destroyed"] == 1
