@@ -53,6 +53,24 @@ class StoreConfig:
         1.0, "interval of fsyncs of the kv/ directory", kind="duration", min=0.001
     )
 
+    raft_log_gc_threshold: int = setting(
+        128, "truncate a region's log once this many applied entries can go", min=1
+    )
+    raft_log_gc_count_limit: int = setting(
+        10_000,
+        "lag allowance: a follower further behind than this gets a snapshot instead of "
+        "holding back the leader's log truncation",
+        min=1,
+    )
+    raft_log_gc_size_limit: int = setting(
+        64 << 20, "truncate regardless of followers past this many log bytes", kind="size", min=1
+    )
+    max_snapshot_sends: int = setting(2, "snapshots sent at once by this store", min=1)
+    max_snapshot_receives: int = setting(4, "snapshots received at once by this store", min=1)
+    snapshot_chunk_size: int = setting(
+        1 << 20, "bytes per snapshot chunk", kind="size", min=1024, max=32 << 20
+    )
+
     def validate(self) -> None:
         if not self.data_dir:
             raise ValueError("data_dir is required (--data-dir DIR)")

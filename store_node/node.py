@@ -19,6 +19,8 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -27,22 +29,26 @@ from kvproto.kvrpcpb import Context
 from kvproto.metapb import StoreId
 from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
-from kvproto.raft_serverpb import RaftMessageBatch
+from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey
 from kvproto.rpc import RequestContext, RpcServer, parse_address
-from store_node.bootstrap import load_regions
+from store_node.bootstrap import load_regions, load_tombstones
 from store_node.config import StoreConfig
-from store_node.core import CoreConfig, StoreCore
+from store_node.core import CoreConfig, RoundOutput, StoreCore
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
+from store_node.log_gc import LogGcConfig
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, ReplyValue, WriteDone
 from store_node.persist import persist_and_apply
+from store_node.snapshot import SnapDir, descriptor_of, generate
+from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
 from store_node.transport import Transport
 
 log = logging.getLogger(__name__)
 
 Event = Callable[[StoreCore], None]
+T = TypeVar("T")
 
 
 class Waiter:
@@ -89,6 +95,10 @@ class StoreNode:
         self._round_done = trio.Event()
         self.rounds = 0
         self._limiter = trio.CapacityLimiter(1)
+        self.snap_dir = SnapDir(Path(config.data_dir) / "snap")
+        self._snap_sends = trio.Semaphore(config.max_snapshot_sends)
+        self._snap_gen = trio.CapacityLimiter(1)
+        self._nursery: trio.Nursery | None = None
 
     # -- lifetime -----------------------------------------------------------
 
@@ -101,9 +111,17 @@ class StoreNode:
         try:
             async with open_pd_client(cfg.pd) as pd, trio.open_nursery() as nursery:
                 self.pd = pd
+                self._nursery = nursery
+                self.snap_dir.clear_stale()
+                receiver = SnapshotReceiver(
+                    self.snap_dir, self._deliver_snapshot, max_receives=cfg.max_snapshot_receives
+                )
                 host, port = parse_address(cfg.listen)
                 server = RpcServer(
-                    KvService(self, Limits(cfg.max_key_size, cfg.max_value_size)).handlers(),
+                    {
+                        **KvService(self, Limits(cfg.max_key_size, cfg.max_value_size)).handlers(),
+                        **receiver.handlers(),
+                    },
                     {RaftMessageBatch: self._on_raft_batch},
                 )
                 # Serve first (port 0 is only known once bound), but accept
@@ -120,8 +138,14 @@ class StoreNode:
                         max_inflight_msgs=cfg.max_inflight_msgs,
                         max_size_per_msg=cfg.max_size_per_msg,
                         max_entry_bytes=cfg.max_entry_bytes,
+                        log_gc=LogGcConfig(
+                            threshold=cfg.raft_log_gc_threshold,
+                            count_limit=cfg.raft_log_gc_count_limit,
+                            size_limit=cfg.raft_log_gc_size_limit,
+                        ),
                     ),
                     random.Random(),
+                    tombstones=load_tombstones(self.engine),
                 )
                 for region, apply_state in load_regions(self.engine):
                     core.add_peer(region, apply_state)
@@ -134,6 +158,7 @@ class StoreNode:
                 nursery.start_soon(self._run_ticker)
                 nursery.start_soon(self._run_kv_syncer)
                 nursery.start_soon(worker.run)
+                nursery.start_soon(receiver.run_sweeper)
                 log.info(
                     "store %d serving on %s (cluster %d, %d regions)",
                     ident.store_id,
@@ -186,13 +211,87 @@ class StoreNode:
         for store_id, msgs in out.messages_after_persist.items():
             transport.send(store_id, msgs)
         for reply in core.after_persist(out, outcomes):
-            token = reply.token
-            assert isinstance(token, Waiter)
-            token.set(reply.value)
+            if isinstance(reply.token, Waiter):
+                reply.token.set(reply.value)
+        self._start_snapshot_work(core, out)
         self.rounds += 1
         if core.heartbeat_due:
             self._round_done.set()
             self._round_done = trio.Event()
+
+    # -- snapshots ----------------------------------------------------------
+
+    def _start_snapshot_work(self, core: StoreCore, out: RoundOutput) -> None:
+        nursery = self._nursery
+        assert nursery is not None
+        for path in out.obsolete_files:
+            path.unlink(missing_ok=True)
+        for region_id in out.generate_snapshots:
+            nursery.start_soon(self._generate_snapshot, region_id)
+        for store_id, msg, path in out.snapshot_sends:
+            nursery.start_soon(self._send_snapshot, core.store_id, store_id, msg, path)
+
+    async def _generate_snapshot(self, region_id: int) -> None:
+        try:
+            snap, path = await trio.to_thread.run_sync(
+                generate, self.engine, self.snap_dir, region_id, limiter=self._snap_gen
+            )
+        except Exception:
+            log.exception("region %d: snapshot generation failed", region_id)
+            await self.submit(lambda core: core.on_snapshot_generation_failed(region_id))
+            return
+        old = await self.call_core(lambda core: core.on_snapshot_generated(region_id, snap, path))
+        if old is not None:
+            old.unlink(missing_ok=True)
+
+    async def _send_snapshot(
+        self, from_store: StoreId, to_store: StoreId, msg: RaftMessage, path: Path
+    ) -> None:
+        snap = msg.message.snapshot
+        assert snap is not None
+        desc = descriptor_of(snap)
+        key = SnapshotKey(msg.region_id, desc.term, desc.index, from_store)
+        ok = False
+        async with self._snap_sends:
+            address = await self._resolve_store(to_store)
+            if address is not None:
+                try:
+                    started = trio.current_time()
+                    sent = await send_snapshot(
+                        address, key, msg, path, chunk_size=self.config.snapshot_chunk_size
+                    )
+                    ok = True
+                    log.info(
+                        "region %d: snapshot %d/%d sent to store %d: %d bytes in %.2f s",
+                        msg.region_id,
+                        desc.index,
+                        desc.term,
+                        to_store,
+                        sent,
+                        trio.current_time() - started,
+                    )
+                except Exception as e:  # any failure: Raft retries later
+                    log.warning(
+                        "region %d: snapshot to store %d failed: %s", msg.region_id, to_store, e
+                    )
+        region_id, to_peer = msg.region_id, msg.to_peer.id
+        await self.submit(lambda core: core.report_snapshot(region_id, to_peer, ok))
+
+    async def _deliver_snapshot(self, msg: RaftMessage, path: Path) -> bool:
+        return await self.call_core(lambda core: core.on_snapshot_received(msg, path))
+
+    async def call_core(self, fn: Callable[[StoreCore], T]) -> T:
+        """Run `fn` in the store loop between rounds and return its result."""
+        done = trio.Event()
+        box: list[T] = []
+
+        def event(core: StoreCore) -> None:
+            box.append(fn(core))
+            done.set()
+
+        await self.submit(event)
+        await done.wait()
+        return box[0]
 
     async def heartbeat_due(self) -> None:
         """Wait until some region's leader or epoch changed."""

@@ -15,8 +15,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from kvproto import pdpb
+from kvproto.metapb import Peer as PeerMeta
+from kvproto.metapb import PeerId
 from kvproto.pd_client import PdClient
+from raft.progress import ProgressState
 from store_node.config import StoreConfig
+from store_node.core import StoreCore
 from store_node.peer import Peer
 
 if TYPE_CHECKING:
@@ -86,16 +90,57 @@ class PdWorker:
                 await self.node.heartbeat_due()
 
     async def region_heartbeat(self, peer: Peer) -> None:
-        if not peer.is_leader():
+        if not peer.is_leader() or not peer.initialized:
             return
-        req = pdpb.RegionHeartbeatRequest(
-            header=pdpb.RequestHeader(),
-            region=peer.region,
-            leader=peer.meta,
-            term=peer.node.term,
-        )
         try:
-            await self.pd.region_heartbeat(req)
+            resp = await self.pd.region_heartbeat(region_heartbeat_request(peer))
             self.heartbeats_sent += 1
         except Exception as e:  # the PD being away must not stop the store
             log.warning("region %d heartbeat failed: %s", peer.region_id, e)
+            return
+        await self._execute(peer.region_id, resp)
+
+    async def _execute(self, region_id: int, resp: pdpb.RegionHeartbeatResponse) -> None:
+        """Carry out the operator step the PD answered with, if any."""
+        if resp.change_peer is not None and resp.region_epoch is not None:
+            epoch, req = resp.region_epoch, resp.change_peer
+
+            def change(core: StoreCore) -> None:
+                refused = core.change_peer(PD_ORDER, region_id, epoch, req)
+                if refused is not None:
+                    log.info("region %d: PD conf change not proposed: %s", region_id, refused)
+
+            await self.node.submit(change)
+        elif resp.transfer_leader is not None:
+            target = resp.transfer_leader.id
+            await self.node.submit(lambda core: core.transfer_leader(region_id, target))
+
+
+# The token of orders from the PD: nobody waits for their replies.
+PD_ORDER = "pd-order"
+
+
+def region_heartbeat_request(peer: Peer) -> pdpb.RegionHeartbeatRequest:
+    """What the leader of a region tells the PD about it."""
+    raft = peer.node.raft
+    down: list[pdpb.PeerStats] = []
+    pending: list[PeerMeta] = []
+    truncated = peer.storage.apply_state.truncated_index
+    for node_id, pr in raft.trk.items():
+        if node_id == raft.id:
+            continue
+        meta = peer.region.find_peer(PeerId(node_id))
+        if meta is None:
+            continue
+        if not pr.recent_active:
+            down.append(pdpb.PeerStats(meta))
+        if pr.state == ProgressState.SNAPSHOT or pr.match < truncated:
+            pending.append(meta)
+    return pdpb.RegionHeartbeatRequest(
+        header=pdpb.RequestHeader(),
+        region=peer.region,
+        leader=peer.meta,
+        term=peer.node.term,
+        down_peers=tuple(down),
+        pending_peers=tuple(pending),
+    )
