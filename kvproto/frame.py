@@ -1,0 +1,229 @@
+"""Framing: a 4-byte big-endian body length, then the body (one CBOR item).
+
+`FrameWriter` coalesces frames queued by many tasks into few writes.
+`FrameReader` turns a trio byte stream into frames. It keeps one bytearray
+buffer and, after every `receive_some`, splits off every complete frame in
+it, so each byte is copied a bounded number of times whatever the frame and
+chunk sizes (never quadratic in a frame's size). A length over the limit is
+refused as soon as its 4 bytes arrive, before any of the body is read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Final
+
+import trio
+
+from kvproto.codec import DecodeError, EncodeError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "HEADER_SIZE",
+    "FrameError",
+    "FrameReader",
+    "FrameWriter",
+    "encode_frame",
+]
+
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
+HEADER_SIZE: Final = 4
+_HEADER: Final = struct.Struct(">I")
+# Bytes asked of the stream per receive_some while no large frame is pending.
+_RECEIVE_SIZE: Final = 64 * 1024
+# Upper bound per receive_some when a large frame's body is still missing:
+# bigger reads cut syscalls, but trio allocates the whole size up front.
+_MAX_RECEIVE_SIZE: Final = 1024 * 1024
+
+
+class FrameError(DecodeError):
+    """The byte stream is not a valid sequence of frames (oversized length,
+    connection closed inside a frame)."""
+
+
+def encode_frame(body: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    """The frame carrying `body`; EncodeError if it exceeds `max_frame_size`."""
+    if len(body) > max_frame_size:
+        raise EncodeError(f"frame body of {len(body)} bytes exceeds the limit {max_frame_size}")
+    return _HEADER.pack(len(body)) + body
+
+
+class FrameReader:
+    """Reads frames from `stream`, in order.
+
+    `receive_frame()` returns the next frame's body, or None at a clean end
+    of stream (EOF exactly between two frames). It raises FrameError on an
+    announced length over `max_frame_size` (once the frames before it were
+    returned, and without reading any further) and on EOF inside a frame;
+    stream errors (trio.BrokenResourceError...) propagate unchanged. Not
+    safe for concurrent use by two tasks.
+    """
+
+    __slots__ = ("_buffer", "_eof", "_error", "_frames", "_max_frame_size", "_need", "_stream")
+
+    def __init__(
+        self, stream: trio.abc.ReceiveStream, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    ) -> None:
+        self._stream = stream
+        self._max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._frames: deque[bytes] = deque()
+        # Bytes the buffer must hold before the next frame can be split off.
+        self._need = HEADER_SIZE
+        self._eof = False
+        # Raised once the frames before the bad header have been returned.
+        self._error: FrameError | None = None
+
+    async def receive_frame(self) -> bytes | None:
+        while not self._frames:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return None
+            want = min(max(self._need - len(self._buffer), _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
+            chunk = await self._stream.receive_some(want)
+            if not chunk:
+                self._eof = True
+                if self._buffer:
+                    raise FrameError(
+                        f"connection closed inside a frame ({len(self._buffer)} bytes of "
+                        f"{self._need} received)"
+                    )
+                return None
+            self._buffer += chunk
+            self._split()
+        return self._frames.popleft()
+
+    def __aiter__(self) -> FrameReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        frame = await self.receive_frame()
+        if frame is None:
+            raise StopAsyncIteration
+        return frame
+
+    def _split(self) -> None:
+        buf = self._buffer
+        end = len(buf)
+        if end < self._need:
+            return
+        pos = 0
+        # One copy per frame body (a bytearray slice would make two); the view
+        # is released before the buffer is resized below.
+        with memoryview(buf) as view:
+            while end - pos >= HEADER_SIZE:
+                (size,) = _HEADER.unpack_from(buf, pos)
+                if size > self._max_frame_size:
+                    self._error = FrameError(
+                        f"frame of {size} bytes exceeds the limit {self._max_frame_size}"
+                    )
+                    break
+                if end - pos - HEADER_SIZE < size:
+                    self._need = HEADER_SIZE + size
+                    break
+                body_at = pos + HEADER_SIZE
+                self._frames.append(bytes(view[body_at : body_at + size]))
+                pos = body_at + size
+            else:
+                self._need = HEADER_SIZE
+        # Deleting a prefix of a bytearray is O(1) in CPython (it moves the
+        # start pointer), so a large frame arriving in small chunks stays linear.
+        del buf[:pos]
+
+
+class FrameWriter:
+    """Sends frames queued by any number of tasks through one writer task.
+
+    `send_nowait` queues a frame and returns at once; `run()` (the one task
+    that writes to the stream) sends everything queued since its last write
+    in one `send_all`, so frames from many tasks are coalesced. Frames go out
+    in queue order. A caller's cancellation never interrupts a write half
+    way (only the writer task writes), so the stream never carries a torn
+    frame unless the connection itself dies.
+
+    Sequence numbers tell a caller whether its frame may have left: frame
+    `seq` was handed to the stream iff ``seq <= attempted``.
+    """
+
+    __slots__ = (
+        "_high_water",
+        "_pending",
+        "_pending_bytes",
+        "_queued",
+        "_sending",
+        "_stream",
+        "_wake_senders",
+        "_wake_writer",
+        "attempted",
+        "error",
+    )
+
+    def __init__(self, stream: trio.abc.SendStream, *, high_water: int = 4 * 1024 * 1024) -> None:
+        self._stream = stream
+        self._high_water = high_water
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._queued = 0
+        self._sending = False
+        self._wake_writer = trio.Event()
+        # Set whenever the queue drains below high water, the writer goes
+        # idle, or the stream fails; waiters re-check their condition.
+        self._wake_senders = trio.Event()
+        self.attempted = 0
+        # The exception that ended the stream (BrokenResourceError...), if any.
+        self.error: BaseException | None = None
+
+    def send_nowait(self, frame: bytes) -> int:
+        """Queue one encoded frame; returns its sequence number (from 1).
+
+        Raises trio.BrokenResourceError if the stream already failed.
+        """
+        if self.error is not None:
+            raise trio.BrokenResourceError("the stream failed earlier") from self.error
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        self._queued += 1
+        self._wake_writer.set()
+        return self._queued
+
+    async def wait_writable(self) -> None:
+        """Backpressure: wait while more than `high_water` bytes are queued.
+        Returns at once if the stream failed (the next send_nowait raises)."""
+        while self._pending_bytes > self._high_water and self.error is None:
+            await self._wake_senders.wait()
+
+    async def wait_flushed(self) -> None:
+        """Wait until every queued frame was handed to the stream (or it failed)."""
+        while (self._pending or self._sending) and self.error is None:
+            await self._wake_senders.wait()
+
+    async def run(self) -> None:
+        """The writer task. Returns when the stream fails; otherwise runs
+        until cancelled. Either way `error` is set when it ends, so that
+        senders stop queueing and waiters wake."""
+        try:
+            while True:
+                await self._wake_writer.wait()
+                self._wake_writer = trio.Event()
+                if not self._pending:
+                    continue
+                batch, self._pending = self._pending, []
+                self._pending_bytes = 0
+                self.attempted = self._queued
+                self._sending = True
+                await self._stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                self._sending = False
+                self._notify_senders()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self.error = e
+        finally:
+            if self.error is None:
+                self.error = trio.ClosedResourceError("the frame writer stopped")
+            self._sending = False
+            self._notify_senders()
+
+    def _notify_senders(self) -> None:
+        self._wake_senders.set()
+        self._wake_senders = trio.Event()
