@@ -36,8 +36,9 @@ from kvproto.raft_cmdpb import (
 from kvproto.raft_serverpb import PeerState, RegionLocalState
 from raft.errors import ConfChangeError
 from raft.types import ConfChange, Entry, EntryType
-from store_node import keys, membership
+from store_node import keys, membership, split
 from store_node.engine import KvTxn
+from store_node.peer_storage import RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM
 from store_node.records import ApplyState, encode_apply_state
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class ApplyTask:
     region: Region
     apply_state: ApplyState
     entries: tuple[Entry, ...]
+    # Regions a split must not (re)create here: they already have an
+    # initialized peer on this store, or a tombstone.
+    skip_regions: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -60,6 +64,8 @@ class EntryResult:
     region_error: RegionError | None = None
     # A conf change the Raft node must now apply (same change, same order).
     conf_change: ConfChange | None = None
+    # An admin command's resulting regions (a split: original first).
+    regions: tuple[Region, ...] = ()
 
 
 @dataclass(slots=True)
@@ -71,6 +77,8 @@ class ApplyOutcome:
     # Approximate bytes and keys written (for size-based split checks).
     written_bytes: int = 0
     written_keys: int = 0
+    # Regions created by splits applied in this task, in order.
+    new_regions: list[Region] = field(default_factory=list)
 
 
 def region_state_bytes(region: Region, state: PeerState = PeerState.NORMAL) -> bytes:
@@ -102,7 +110,7 @@ def apply_task(txn: KvTxn, task: ApplyTask) -> ApplyOutcome:
         elif not e.data:
             res = EntryResult(e.index, e.term)  # a new leader's empty entry
         else:
-            res = _apply_command(txn, out, e)
+            res = _apply_command(txn, out, e, task.skip_regions)
         out.entries.append(res)
         out.apply_state = dataclasses.replace(
             out.apply_state, applied_index=e.index, applied_term=e.term
@@ -123,7 +131,9 @@ def _decode_command(e: Entry, region_id: int) -> RaftCmdRequest | None:
         return None
 
 
-def _apply_command(txn: KvTxn, out: ApplyOutcome, e: Entry) -> EntryResult:
+def _apply_command(
+    txn: KvTxn, out: ApplyOutcome, e: Entry, skip_regions: frozenset[int]
+) -> EntryResult:
     region = out.region
     cmd = _decode_command(e, region.id)
     if cmd is None:
@@ -133,6 +143,8 @@ def _apply_command(txn: KvTxn, out: ApplyOutcome, e: Entry) -> EntryResult:
     admin_type = _admin_type(cmd)
     if not epoch.check_request_epoch(cmd.header.region_epoch, region, admin_type):
         return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
+    if isinstance(cmd.admin, BatchSplitRequest):
+        return _apply_split(txn, out, e, cmd.admin, skip_regions)
     if cmd.admin is not None:
         # Log compaction is decided locally by each peer; a CompactLog
         # command from a newer store version is a no-op here.
@@ -144,6 +156,40 @@ def _apply_command(txn: KvTxn, out: ApplyOutcome, e: Entry) -> EntryResult:
     for op in cmd.requests:
         results.append(_apply_op(txn, region, op, out))
     return EntryResult(e.index, e.term, results=tuple(results))
+
+
+def _apply_split(
+    txn: KvTxn,
+    out: ApplyOutcome,
+    e: Entry,
+    req: BatchSplitRequest,
+    skip_regions: frozenset[int],
+) -> EntryResult:
+    region = out.region
+    try:
+        regions = split.split_regions(region, req)
+    except split.SplitError as err:
+        # Every replica refuses it alike (same region, same request).
+        log.warning("region %d: split at %d refused: %s", region.id, e.index, err)
+        return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
+    out.region = regions[0]
+    out.region_changed = True
+    init = ApplyState(
+        RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM, RAFT_INIT_LOG_TERM
+    )
+    for r in regions[1:]:
+        if r.id in skip_regions:
+            continue
+        write_region_state(txn, r)
+        write_apply_state(txn, r.id, init)
+        out.new_regions.append(r)
+    log.info(
+        "region %d: split at %d into %s",
+        region.id,
+        e.index,
+        ", ".join(f"{r.id}[{r.start_key!r}, {r.end_key!r})" for r in regions),
+    )
+    return EntryResult(e.index, e.term, regions=tuple(regions))
 
 
 def _admin_type(cmd: RaftCmdRequest) -> epoch.AdminCmdType | None:

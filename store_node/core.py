@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +41,12 @@ from kvproto.kvrpcpb import Context
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId, ranges_overlap
 from kvproto.raft_cmdpb import (
+    BatchSplitRequest,
     ChangePeerRequest,
     DeleteRange,
     RaftCmdRequest,
     RaftRequestHeader,
+    SplitRequest,
     WriteOp,
 )
 from kvproto.raft_serverpb import RaftMessage
@@ -58,12 +60,12 @@ from raft.errors import (
 )
 from raft.node import RaftNode, Ready
 from raft.types import Message, MessageType, Role, Snapshot
-from store_node import keys, membership
+from store_node import keys, membership, split
 from store_node.apply import ApplyOutcome, ApplyTask, range_inside
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import LogGcConfig, truncate_point
 from store_node.peer import Peer, Proposal, QueuedWrite, ReadBatch, Reply, Token
-from store_node.peer_storage import PeerStorage
+from store_node.peer_storage import RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM, PeerStorage
 from store_node.records import ApplyState
 from store_node.region_tasks import DestroyTask, Range, SnapshotTask, subtract_ranges
 from store_node.snapshot import descriptor_of
@@ -108,6 +110,8 @@ class RoundOutput:
     generate_snapshots: list[int] = field(default_factory=list)
     # Snapshot files no longer needed (the shell deletes them).
     obsolete_files: list[Path] = field(default_factory=list)
+    # Regions (as of now) whose size must be measured for a split.
+    split_checks: list[Region] = field(default_factory=list)
 
 
 class StoreCore:
@@ -139,6 +143,14 @@ class StoreCore:
         self._truncations: dict[int, tuple[int, int]] = {}
         # Counters reported as store metrics.
         self.stats: dict[str, int] = defaultdict(int)
+        # Split thresholds learnt from the PD: (region_max_size, region_max_keys).
+        self.split_limits: tuple[int, int] | None = None
+        self._split_checks: set[int] = set()
+        # Messages for regions a pending split here will create (the sender
+        # applied the split first), replayed when the split creates the peer.
+        self._early_messages: dict[int, list[RaftMessage]] = defaultdict(list)
+        # Splits applied by a leader here, to report to the PD.
+        self.split_reports: list[tuple[Region, ...]] = []
 
     # -- peers -------------------------------------------------------------
 
@@ -153,9 +165,15 @@ class StoreCore:
             raise AssertionError(f"region {region.id} has no peer on store {self.store_id}")
         storage = PeerStorage(self.engine, region.id, membership.conf_state_of(region), apply_state)
         hs = storage.hard_state
+        if hs.term < apply_state.truncated_term:
+            # A region created by a split starts at the implied initial log
+            # point; a hard state from before (none, or a vote cast by a
+            # placeholder peer in an older term) is brought up to it.
+            hs = type(hs)(apply_state.truncated_term, 0, hs.commit)
         if hs.commit < apply_state.applied_index:
             # A commit index is written lazily; anything applied was committed.
-            storage.hard_state = type(hs)(hs.term, hs.vote, apply_state.applied_index)
+            hs = type(hs)(hs.term, hs.vote, apply_state.applied_index)
+        storage.hard_state = hs
         raft_cfg = RaftConfig(
             id=meta.id,
             election_ticks=self.config.election_ticks,
@@ -211,6 +229,8 @@ class StoreCore:
     # -- events ------------------------------------------------------------
 
     def tick(self) -> None:
+        # Raft retries on its own what was kept longer than a tick.
+        self._early_messages.clear()
         for rid in sorted(self.peers):
             self.peers[rid].node.tick()
         self._dirty.update(self.peers)
@@ -287,7 +307,14 @@ class StoreCore:
                 return None
         other = self._overlaps_other(msg.region_id, msg.start_key, msg.end_key)
         if other is not None:
-            # Either this message or the overlapping region is stale; both
+            if other.region.epoch.version < msg.region_epoch.version:
+                # Most likely a split we have not applied yet will create
+                # this peer: keep the message (e.g. the new leader's vote
+                # request) for then, instead of making it wait an election.
+                early = self._early_messages[msg.region_id]
+                if len(early) < 16:
+                    early.append(msg)
+            # Otherwise this message or the overlapping region is stale; both
             # resolve on their own (GC or a later message).
             log.debug(
                 "region %d: not created, overlaps region %d here", msg.region_id, other.region_id
@@ -374,8 +401,17 @@ class StoreCore:
         if not peer.is_leader():
             return NotLeader(RegionId(ctx.region_id), peer.leader_meta())
         if not epoch.check_request_epoch(ctx.region_epoch, peer.region, None):
-            return EpochNotMatch((peer.region,))
+            return EpochNotMatch(self._current_regions(peer))
         return peer
+
+    def _current_regions(self, peer: Peer) -> tuple[Region, ...]:
+        """The region and the parts of its latest split, as known here now:
+        what a client with a stale epoch needs to route again."""
+        out = [peer.region]
+        for r in peer.split_siblings:
+            local = self.peers.get(r.id)
+            out.append(local.region if local is not None and local.initialized else r)
+        return tuple(out)
 
     def propose_write(
         self, token: Token, ctx: Context, ops: tuple[WriteOp, ...], nbytes: int
@@ -453,7 +489,7 @@ class StoreCore:
     # -- rounds ------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self._dirty or self._to_destroy)
+        return bool(self._dirty or self._to_destroy or self._split_checks)
 
     def end_round(self) -> RoundOutput:
         out = RoundOutput(
@@ -484,6 +520,19 @@ class StoreCore:
             if peer.storage.wants_snapshot and not peer.generating:
                 peer.generating = True
                 out.generate_snapshots.append(rid)
+        for rid in sorted(self._split_checks):
+            peer = self.peers.get(rid)
+            if peer is not None and peer.is_leader() and peer.initialized:
+                peer.split_checking = True
+                out.split_checks.append(peer.region)
+        self._split_checks.clear()
+        if any(t.entries for t in out.apply_tasks):
+            skip = frozenset(rid for rid, p in self.peers.items() if p.initialized) | frozenset(
+                self.tombstones
+            )
+            out.apply_tasks = [
+                ApplyTask(t.region, t.apply_state, t.entries, skip) for t in out.apply_tasks
+            ]
         with_task = {t.region.id for t in out.apply_tasks}
         for rid, (index, term) in sorted(self._truncations.items()):
             peer = self.peers.get(rid)
@@ -669,9 +718,138 @@ class StoreCore:
                     raise AssertionError(f"region {peer.region_id}: {e}") from e
             if peer.proposals:
                 replies.extend(
-                    peer.resolve_applied(res.index, res.term, res.results, res.region_error)
+                    peer.resolve_applied(
+                        res.index, res.term, res.results, res.region_error, res.regions
+                    )
                 )
+            if len(res.regions) > 1:
+                self._on_split(peer, res.regions)
+        for region in outcome.new_regions:
+            self._create_split_peer(peer, region)
+        if peer.approximate_size is not None:
+            peer.approximate_size += outcome.written_bytes
+        if peer.approximate_keys is not None:
+            peer.approximate_keys += outcome.written_keys
+        self._maybe_schedule_split_check(peer)
         return replies
+
+    # -- splits ------------------------------------------------------------
+
+    def _on_split(self, peer: Peer, regions: tuple[Region, ...]) -> None:
+        peer.split_siblings = regions[1:]
+        # The parts' sizes are unknown until measured: split the estimate.
+        n = len(regions)
+        if peer.approximate_size is not None:
+            peer.approximate_size //= n
+        if peer.approximate_keys is not None:
+            peer.approximate_keys //= n
+        if peer.is_leader():
+            self.split_reports.append(regions)
+            self.heartbeat_due.update(r.id for r in regions)
+            self.stats["splits"] += 1
+
+    def _create_split_peer(self, parent: Peer, region: Region) -> None:
+        existing = self.peers.get(region.id)
+        if existing is not None:
+            if existing.initialized:
+                return
+            # Created from a message of the new region's leader before we
+            # applied the split: the split creates it properly; its Raft
+            # hard state (a vote, perhaps) is kept on disk and reloaded.
+            del self.peers[region.id]
+            existing.fail_all(RegionNotFound(RegionId(region.id)))
+        peer = self.add_peer(
+            region,
+            ApplyState(
+                RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM, RAFT_INIT_LOG_TERM
+            ),
+        )
+        peer.approximate_size = parent.approximate_size
+        peer.approximate_keys = parent.approximate_keys
+        if parent.is_leader():
+            # The new regions' leaders are on the old leader's store.
+            peer.node.campaign()
+        for msg in self._early_messages.pop(region.id, []):
+            if msg.to_peer.id == peer.meta.id:
+                peer.peer_cache[msg.from_peer.id] = msg.from_peer
+                peer.node.step(msg.message)
+
+    def _maybe_schedule_split_check(self, peer: Peer) -> None:
+        limits = self.split_limits
+        if limits is None or peer.split_checking or not peer.is_leader():
+            return
+        size, count = peer.approximate_size, peer.approximate_keys
+        if size is None or count is None or size > limits[0] or count > limits[1]:
+            self._split_checks.add(peer.region_id)
+
+    def on_split_checked(
+        self, region_id: int, size: int, keys: int, split_keys: tuple[bytes, ...], version: int
+    ) -> Region | None:
+        """A scan measured the region: record its size; returns the region to
+        split if it should be split at `split_keys` (unchanged meanwhile)."""
+        peer = self.peers.get(region_id)
+        if peer is None:
+            return None
+        peer.split_checking = False
+        if peer.region.epoch.version != version:
+            return None  # split or merged since: the next check decides
+        peer.approximate_size, peer.approximate_keys = size, keys
+        if not split_keys or not peer.is_leader():
+            return None
+        return peer.region
+
+    def propose_split(
+        self,
+        token: Token,
+        region_id: int,
+        request_epoch: RegionEpoch,
+        split_keys: tuple[bytes, ...],
+        ids: Sequence[tuple[int, tuple[int, ...]]],
+    ) -> RegionError | str | None:
+        """Propose a BatchSplit with ids from the PD; returns why not, or None."""
+        peer = self.peers.get(region_id)
+        if peer is None or not peer.initialized:
+            return RegionNotFound(RegionId(region_id))
+        if not peer.is_leader():
+            return NotLeader(RegionId(region_id), peer.leader_meta())
+        if not epoch.check_request_epoch(
+            request_epoch, peer.region, epoch.AdminCmdType.BATCH_SPLIT
+        ):
+            return EpochNotMatch(self._current_regions(peer))
+        if len(ids) != len(split_keys):
+            return f"{len(ids)} ids for {len(split_keys)} split keys"
+        req = BatchSplitRequest(
+            tuple(
+                SplitRequest(k, RegionId(rid), tuple(PeerId(p) for p in pids))
+                for k, (rid, pids) in zip(split_keys, ids, strict=True)
+            )
+        )
+        try:
+            split.split_regions(peer.region, req)
+        except split.SplitError as e:
+            return str(e)
+        cmd = RaftCmdRequest(
+            header=RaftRequestHeader(RegionId(region_id), peer.meta.id, peer.region.epoch),
+            admin=req,
+        )
+        try:
+            index = peer.node.propose(codec.dumps(cmd))
+        except ProposalDroppedError as e:
+            return str(e)
+        peer.proposals.append(Proposal(index, peer.node.term, [(token, 0, 0)], is_admin=True))
+        self._dirty.add(region_id)
+        return None
+
+    def take_split_reports(self) -> list[tuple[Region, ...]]:
+        reports, self.split_reports = self.split_reports, []
+        return reports
+
+    def schedule_split_checks(self) -> None:
+        """Measure every leader's region again (corrects the estimates)."""
+        for rid, peer in self.peers.items():
+            if peer.is_leader() and peer.initialized and not peer.split_checking:
+                self._split_checks.add(rid)
+                self._dirty.add(rid)
 
     def _set_region(self, peer: Peer, region: Region) -> None:
         if region.epoch != peer.region.epoch and peer.is_leader():

@@ -42,7 +42,10 @@ class ReadPermit:
 
 @dataclass(frozen=True, slots=True)
 class AdminDone:
-    region: Region
+    """An admin command applied: the region(s) it produced (a split: the
+    original first, then the new regions in key order)."""
+
+    regions: tuple[Region, ...]
 
 
 ReplyValue = WriteDone | ReadPermit | AdminDone | RegionError
@@ -99,6 +102,12 @@ class Peer:
     # Leader id and epoch last reported to the PD.
     reported_leader: int = 0
     pending_remove: bool = False
+    # Regions produced by this region's latest split (for EpochNotMatch).
+    split_siblings: tuple[Region, ...] = ()
+    # Approximate data size and key count (None: unknown until scanned).
+    approximate_size: int | None = None
+    approximate_keys: int | None = None
+    split_checking: bool = False
 
     # A snapshot is being generated for followers (at most one at a time).
     generating: bool = False
@@ -133,7 +142,12 @@ class Peer:
     # -- proposals ---------------------------------------------------------------
 
     def resolve_applied(
-        self, index: int, term: int, results: tuple[WriteResult, ...], err: RegionError | None
+        self,
+        index: int,
+        term: int,
+        results: tuple[WriteResult, ...],
+        err: RegionError | None,
+        regions: tuple[Region, ...] = (),
     ) -> list[Reply]:
         """Answer the proposals an entry applied at (index, term) decides.
 
@@ -152,7 +166,7 @@ class Peer:
                     if err is not None:
                         replies.append(Reply(t, err))
                     elif p.is_admin:
-                        replies.append(Reply(t, AdminDone(self.region)))
+                        replies.append(Reply(t, AdminDone(regions or (self.region,))))
                     else:
                         replies.append(Reply(t, WriteDone(results[lo:hi])))
             else:

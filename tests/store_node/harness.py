@@ -21,6 +21,7 @@ from store_node.engine import Engine
 from store_node.peer import Reply
 from store_node.persist import persist_and_apply
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
+from store_node.split import scan_region
 
 
 class CoreCluster:
@@ -34,6 +35,9 @@ class CoreCluster:
         self.snap_dirs: dict[int, SnapDir] = {}
         # Snapshot deliveries: (from store, to store, region id).
         self.snapshots_delivered: list[tuple[int, int, int]] = []
+        # Ids for split regions and peers (the PD's AllocID).
+        self.next_id = 1000
+        self.split_limits: tuple[int, int] | None = None
         for s in store_ids:
             self.start(s)
 
@@ -60,6 +64,7 @@ class CoreCluster:
 
     def run_round(self, store_id: int) -> bool:
         core = self.cores[store_id]
+        core.split_limits = self.split_limits
         if not core.has_work():
             return False
         out = core.end_round()
@@ -78,7 +83,24 @@ class CoreCluster:
         for to_store, msg, path in out.snapshot_sends:
             ok = self._send_snapshot(store_id, to_store, msg, path)
             core.report_snapshot(msg.region_id, msg.to_peer.id, ok)
+        for region in out.split_checks:
+            self._split_check(core, region)
         return True
+
+    def alloc(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def _split_check(self, core: StoreCore, region) -> None:  # type: ignore[no-untyped-def]
+        assert self.split_limits is not None
+        res = scan_region(core.engine, region, *self.split_limits)
+        target = core.on_split_checked(
+            region.id, res.size, res.keys, res.split_keys, region.epoch.version
+        )
+        if target is None:
+            return
+        ids = [(self.alloc(), tuple(self.alloc() for _ in target.peers)) for _ in res.split_keys]
+        core.propose_split(("split", region.id), region.id, target.epoch, res.split_keys, ids)
 
     def _send_snapshot(self, from_store: int, to_store: int, msg, path) -> bool:  # type: ignore[no-untyped-def]
         target = self.cores.get(to_store)

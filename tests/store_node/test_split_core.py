@@ -1,0 +1,164 @@
+"""Region splits at the StoreCore level (real LMDB, in-thread delivery):
+regions divide by size, every replica agrees on the parts, stale requests
+get EpochNotMatch, a lagging replica catches up through the split."""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvproto.errorpb import EpochNotMatch
+from kvproto.kvrpcpb import Context
+from kvproto.metapb import RegionId
+from kvproto.raft_cmdpb import Put
+from store_node import keys
+from store_node.core import CoreConfig
+from store_node.log_gc import LogGcConfig
+from store_node.split import choose_split_keys
+from tests.store_node.harness import CoreCluster, first_region
+
+CONFIG = CoreConfig(
+    election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(threshold=20, count_limit=200)
+)
+
+
+def key(i: int) -> bytes:
+    return b"key%06d" % i
+
+
+def put_keys(c: CoreCluster, ids: range) -> None:
+    """One put per round, each routed to the region that holds the key now."""
+    for i in ids:
+        leader_store, region = route(c, key(i))
+        ctx = c.context(region)
+        assert c.cores[leader_store].propose_write(i, ctx, (Put(key(i), b"v%d" % i),), 20) is None
+        c.stabilize()
+        assert c.replies.pop(i).value is not None
+
+
+def route(c: CoreCluster, k: bytes) -> tuple[int, int]:
+    for _ in range(30):  # a fresh region may still be electing its leader
+        for s, core in c.cores.items():
+            for rid, peer in core.peers.items():
+                if peer.is_leader() and peer.initialized and peer.region.contains(k):
+                    return s, rid
+        c.tick()
+    raise AssertionError(f"no leader for {k!r}")
+
+
+def region_map(c: CoreCluster, store: int) -> dict[int, tuple[bytes, bytes, int]]:
+    return {
+        rid: (p.region.start_key, p.region.end_key, p.region.epoch.version)
+        for rid, p in c.cores[store].peers.items()
+        if p.initialized
+    }
+
+
+def region_checksum(c: CoreCluster, store: int, start: bytes, end: bytes) -> int:
+    crc = 0
+    for k, v in c.engines[store].kv_items(keys.DATA_DB, start, end):
+        crc = zlib.crc32(k + v, crc)
+    return crc
+
+
+def assert_covers_key_space(ranges: list[tuple[bytes, bytes]]) -> None:
+    ranges.sort()
+    assert ranges[0][0] == b""
+    assert ranges[-1][1] == b""
+    for (_, end), (start, _) in itertools.pairwise(ranges):
+        assert end == start  # no gap, no overlap
+
+
+def test_regions_split_by_key_count_and_all_replicas_agree(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    c.split_limits = (1 << 30, 40)
+    put_keys(c, range(300))
+    c.tick(10)
+    maps = [region_map(c, s) for s in (1, 2, 3)]
+    assert maps[0] == maps[1] == maps[2]
+    assert len(maps[0]) >= 6
+    assert_covers_key_space([(s, e) for s, e, _ in maps[0].values()])
+    for start, end, _ in maps[0].values():
+        sums = {region_checksum(c, s, start, end) for s in (1, 2, 3)}
+        assert len(sums) == 1
+    # Every key readable where it is routed; none lost.
+    total = sum(len(c.engines[1].kv_items(keys.DATA_DB, s, e)) for s, e, _ in maps[0].values())
+    assert total == 300
+
+
+def test_a_request_with_the_pre_split_epoch_gets_the_new_regions(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1], CONFIG)
+    c.bootstrap(first_region([1]))
+    c.tick(30)
+    old = c.context(1)
+    c.split_limits = (1 << 30, 20)
+    put_keys(c, range(60))
+    c.tick(3)
+    err = c.cores[1].propose_write("stale", old, (Put(key(1), b"x"),), 10)
+    assert isinstance(err, EpochNotMatch)
+    assert len(err.current_regions) >= 2
+    assert err.current_regions[0].id == 1
+    assert all(r.epoch.version > old.region_epoch.version for r in err.current_regions)
+
+
+def test_a_replica_down_during_splits_catches_up(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    leader_store, _ = c.leader_of(1)
+    down = next(s for s in (3, 2) if s != leader_store)
+    c.stop(down)
+    c.split_limits = (1 << 30, 30)
+    put_keys(c, range(400))
+    c.start(down)
+    c.tick(60)
+    up = next(s for s in (1, 2, 3) if s != down)
+    assert region_map(c, down) == region_map(c, up)
+    for start, end, _ in region_map(c, up).values():
+        assert region_checksum(c, down, start, end) == region_checksum(c, up, start, end)
+
+
+def test_regions_truncate_their_logs_independently(tmp_path: Path) -> None:
+    c = CoreCluster(tmp_path, [1], CONFIG)
+    c.bootstrap(first_region([1]))
+    c.tick(30)
+    c.split_limits = (1 << 30, 100)
+    put_keys(c, range(120))
+    c.split_limits = None  # no more splits
+    regions = sorted(region_map(c, 1).items(), key=lambda kv: kv[1][0])
+    hot, cold = regions[-1][0], regions[0][0]
+    hot_start = regions[-1][1][0]
+    for i in range(200):
+        k = hot_start + b"%05d" % i
+        ctx = Context(RegionId(hot), c.cores[1].peers[hot].region.epoch, c.cores[1].peers[hot].meta)
+        assert c.cores[1].propose_write(("h", i), ctx, (Put(k, b"x"),), 10) is None
+        c.stabilize()
+    t_hot = c.cores[1].peers[hot].storage.apply_state.truncated_index
+    t_cold = c.cores[1].peers[cold].storage.apply_state.truncated_index
+    assert t_hot > t_cold + 100
+
+
+@given(
+    sizes=st.lists(st.integers(1, 50), max_size=200),
+    max_size=st.integers(20, 400),
+    max_keys=st.integers(2, 40),
+)
+def test_split_keys_are_existing_keys_in_order_and_parts_respect_limits(
+    sizes: list[int], max_size: int, max_keys: int
+) -> None:
+    pairs = [(b"%05d" % i, n) for i, n in enumerate(sizes)]
+    total, count, split_keys = choose_split_keys(iter(pairs), max_size, max_keys)
+    assert total == sum(sizes) and count == len(sizes)
+    if total <= max_size and count <= max_keys:
+        assert split_keys == []
+        return
+    all_keys = [k for k, _ in pairs]
+    assert all(k in all_keys for k in split_keys)
+    assert split_keys == sorted(set(split_keys))
+    assert all(k != all_keys[0] for k in split_keys)
