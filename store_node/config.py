@@ -71,6 +71,10 @@ class StoreConfig:
         1 << 20, "bytes per snapshot chunk", kind="size", min=1024, max=32 << 20
     )
 
+    split_check_interval: float = setting(
+        60.0, "interval of full size scans of leader regions", kind="duration", min=0.01
+    )
+
     def validate(self) -> None:
         if not self.data_dir:
             raise ValueError("data_dir is required (--data-dir DIR)")

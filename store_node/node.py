@@ -26,7 +26,7 @@ import trio
 
 from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Context
-from kvproto.metapb import StoreId
+from kvproto.metapb import Region, StoreId
 from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey
@@ -43,11 +43,15 @@ from store_node.peer import ReadPermit, ReplyValue, WriteDone
 from store_node.persist import persist_and_apply
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
+from store_node.split import scan_region
 from store_node.transport import Transport
 
 log = logging.getLogger(__name__)
 
 Event = Callable[[StoreCore], None]
+
+# The token of a split the store decided on: nobody waits for its reply.
+SPLIT_ORDER = "split-order"
 T = TypeVar("T")
 
 
@@ -159,6 +163,7 @@ class StoreNode:
                 nursery.start_soon(self._run_kv_syncer)
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
+                nursery.start_soon(self._run_split_scanner)
                 log.info(
                     "store %d serving on %s (cluster %d, %d regions)",
                     ident.store_id,
@@ -215,7 +220,7 @@ class StoreNode:
                 reply.token.set(reply.value)
         self._start_snapshot_work(core, out)
         self.rounds += 1
-        if core.heartbeat_due:
+        if core.heartbeat_due or core.split_reports:
             self._round_done.set()
             self._round_done = trio.Event()
 
@@ -230,6 +235,62 @@ class StoreNode:
             nursery.start_soon(self._generate_snapshot, region_id)
         for store_id, msg, path in out.snapshot_sends:
             nursery.start_soon(self._send_snapshot, core.store_id, store_id, msg, path)
+        for region in out.split_checks:
+            nursery.start_soon(self._split_check, region, ())
+
+    # -- splits ---------------------------------------------------------------
+
+    async def _split_check(self, region: Region, forced_keys: tuple[bytes, ...]) -> None:
+        """Measure a region (choosing split keys) or, with `forced_keys`, split
+        it there; then ask the PD for ids and propose the split."""
+        core = self.core
+        pd = self.pd
+        assert core is not None and pd is not None
+        limits = core.split_limits or (1 << 62, 1 << 62)
+        rid = region.id
+        try:
+            res = await trio.to_thread.run_sync(
+                scan_region, self.engine, region, limits[0], limits[1], limiter=self._snap_gen
+            )
+        except Exception:
+            log.exception("region %d: split check failed", rid)
+            await self.call_core(lambda c: c.on_split_checked(rid, 0, 0, (), -1))
+            return
+        split_keys = forced_keys or res.split_keys
+        target = await self.call_core(
+            lambda c: c.on_split_checked(rid, res.size, res.keys, split_keys, region.epoch.version)
+        )
+        if target is None:
+            return
+        try:
+            ids = await pd.ask_batch_split(target, len(split_keys))
+        except Exception as e:  # the PD being away: the next check retries
+            log.warning("region %d: cannot get ids for a split: %s", rid, e)
+            return
+        id_pairs = [(i.new_region_id, tuple(i.new_peer_ids)) for i in ids]
+
+        def propose(c: StoreCore) -> None:
+            refused = c.propose_split(SPLIT_ORDER, rid, target.epoch, split_keys, id_pairs)
+            if refused is not None:
+                log.info("region %d: split not proposed: %s", rid, refused)
+
+        await self.submit(propose)
+
+    async def split_region(self, region_id: int, keys: tuple[bytes, ...]) -> None:
+        """Split on an order of the PD (at `keys`, or where a scan says)."""
+        core = self.core
+        assert core is not None
+        peer = core.peers.get(region_id)
+        if peer is None or not peer.is_leader():
+            return
+        await self._split_check(peer.region, keys)
+
+    async def _run_split_scanner(self) -> None:
+        """Measure every leader's region now and then: the sizes kept at apply
+        only grow, this corrects them (deletes, overwrites)."""
+        while True:
+            await trio.sleep(self.config.split_check_interval)
+            await self.submit(StoreCore.schedule_split_checks)
 
     async def _generate_snapshot(self, region_id: int) -> None:
         try:
@@ -293,8 +354,9 @@ class StoreNode:
         await done.wait()
         return box[0]
 
-    async def heartbeat_due(self) -> None:
-        """Wait until some region's leader or epoch changed."""
+    async def pd_work_due(self) -> None:
+        """Wait until the PD must hear of something (a leader or epoch
+        changed, a split happened)."""
         await self._round_done.wait()
 
     async def _run_ticker(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -65,6 +66,10 @@ class PdWorker:
                 resp = await self.pd.store_heartbeat(self.store_stats())
                 self.region_max_size = resp.region_max_size
                 self.region_max_keys = resp.region_max_keys
+                if resp.region_max_size and resp.region_max_keys:
+                    await self.node.submit(
+                        _learn_limits((resp.region_max_size, resp.region_max_keys))
+                    )
             except Exception as e:  # the PD being away must not stop the store
                 log.warning("store heartbeat failed: %s", e)
             await trio.sleep(self.config.store_heartbeat_interval)
@@ -83,11 +88,15 @@ class PdWorker:
         core = self.node.core
         assert core is not None
         while True:
-            due = core.take_heartbeat_due()
-            for peer in due:
+            for regions in core.take_split_reports():
+                try:
+                    await self.pd.report_batch_split(regions)
+                except Exception as e:  # heartbeats of the new regions follow anyway
+                    log.warning("split report failed: %s", e)
+            for peer in core.take_heartbeat_due():
                 await self.region_heartbeat(peer)
-            if not core.heartbeat_due:
-                await self.node.heartbeat_due()
+            if not core.heartbeat_due and not core.split_reports:
+                await self.node.pd_work_due()
 
     async def region_heartbeat(self, peer: Peer) -> None:
         if not peer.is_leader() or not peer.initialized:
@@ -114,6 +123,15 @@ class PdWorker:
         elif resp.transfer_leader is not None:
             target = resp.transfer_leader.id
             await self.node.submit(lambda core: core.transfer_leader(region_id, target))
+        elif resp.split_region is not None:
+            await self.node.split_region(region_id, resp.split_region.keys)
+
+
+def _learn_limits(limits: tuple[int, int]) -> Callable[[StoreCore], None]:
+    def learn(core: StoreCore) -> None:
+        core.split_limits = limits
+
+    return learn
 
 
 # The token of orders from the PD: nobody waits for their replies.
@@ -141,6 +159,8 @@ def region_heartbeat_request(peer: Peer) -> pdpb.RegionHeartbeatRequest:
         region=peer.region,
         leader=peer.meta,
         term=peer.node.term,
+        approximate_size=peer.approximate_size or 0,
+        approximate_keys=peer.approximate_keys or 0,
         down_peers=tuple(down),
         pending_peers=tuple(pending),
     )
