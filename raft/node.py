@@ -64,8 +64,8 @@ class Ready:
     committed_entries: tuple[Entry, ...]
     # ReadIndex results, served once applied up to their index.
     read_states: tuple[ReadState, ...]
-    # Whether the writes must be fsynced (term, vote or entries changed;
-    # a commit index alone may be written lazily).
+    # Whether the writes must be fsynced (term, vote, entries or snapshot
+    # changed; a commit index alone may be written lazily).
     must_sync: bool
 
     def all_messages(self) -> tuple[Message, ...]:
@@ -174,16 +174,18 @@ class RaftNode:
             # the same indexes (a single voter becomes leader, and sends
             # appends, within one Ready).
             early, after_persist = (), early + after_persist
+        snapshot = r.log.unstable.snapshot
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != self._prev_hard else None,
             messages=early,
-            snapshot=r.log.unstable.snapshot,
+            snapshot=snapshot,
             entries=entries,
             persisted_messages=after_persist,
             committed_entries=tuple(r.log.next_committed_entries()),
             read_states=tuple(r.read_states),
-            must_sync=bool(entries) or new_term_or_vote,
+            # An installed snapshot is acknowledged too: it must be durable.
+            must_sync=bool(entries) or new_term_or_vote or snapshot is not None,
         )
         r.msgs = []
         r.msgs_after_persist = []

@@ -62,7 +62,7 @@ def test_a_leader_appends_before_its_write_once_its_term_is_durable() -> None:
     assert rd.persisted_messages == ()
 
 
-def test_nothing_is_left_to_do_after_installing_a_snapshot() -> None:
+def test_an_installed_snapshot_is_written_durably_and_leaves_nothing_to_do() -> None:
     # Once the snapshot is installed the node is applied up to its index;
     # before the fix, committed > applied stayed true with no entries to
     # hand out, and has_ready() returned an empty Ready forever.
@@ -74,6 +74,11 @@ def test_nothing_is_left_to_do_after_installing_a_snapshot() -> None:
     rd = follower.ready()
     assert rd.snapshot == snap
     assert rd.committed_entries == ()
+    # The acknowledgement vouches for the snapshot: it must be written durably.
+    assert rd.hard_state is not None and rd.hard_state.term == 1  # no new term or vote
+    assert rd.must_sync
+    assert rd.messages == ()
+    assert [m.index for m in rd.persisted_messages] == [10]
     _persist(storage, rd)
     follower.advance(rd)
     assert follower.applied_index == 10
