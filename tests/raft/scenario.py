@@ -11,8 +11,8 @@ starting with `#` before a command are comments saying what the case shows.
 
 The commands drive an in-memory cluster of `RaftNode`s, each on its own
 `MemoryStorage`, joined by one ordered network queue. Nothing is random:
-every node's randomized election timeout is exactly `election` ticks, and
-messages move only when a command moves them.
+a node's election timer fires after exactly `election` ticks (plus a jitter
+a scenario may set), and messages move only when a command moves them.
 
 Commands (ids are node ids; `(1,2)` and `(1 2)` both list ids):
 
@@ -20,7 +20,8 @@ Commands (ids are node ids; `(1,2)` and `(1 2)` both list ids):
   [checkquorum=true] [election=3] [heartbeat=1] [max-inflight=256]
   [max-msg-size=N] [step-down-on-removal=true]`: add N nodes with the next
   free ids. With `index=I` (> 0) each starts at term 1 from a snapshot at
-  I (term 1) holding the given config; without, it starts empty (it needs a snapshot).
+  I (term 1) holding the given config; without, it starts empty (and
+  needs a snapshot).
 * `campaign ID`, `tick-heartbeat ID`, `tick-election ID` (`election`
   ticks), `tick ID N`; `set-election-jitter ID J`: from now on ID's election
   timer fires after `election + J` ticks (its lease still ends after
