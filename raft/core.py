@@ -769,6 +769,18 @@ class Raft:
             # We already have the entry: just fast-forward the commit index.
             self.log.commit_to(meta.index)
             return False
+        if self.log.applying > self.log.applied:
+            # The application is applying entries of a Ready not advanced
+            # yet: restoring now would swap the config (and the state
+            # machine) under them, so that a conf change among them would be
+            # applied to the snapshot's config. Refuse; the leader retries.
+            log.debug(
+                "%d: refusing snapshot %d while applying up to %d",
+                self.id,
+                meta.index,
+                self.log.applying,
+            )
+            return False
         self.log.restore(snap)
         cfg, prs = confchange.restore(
             meta.conf_state,

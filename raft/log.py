@@ -2,8 +2,9 @@
 
 Indexes: `[first_index(), last_index()]` are readable; `term()` also answers
 for `first_index() - 1` (the compaction point). Entries up to `committed`
-are known committed; up to `applied` were handed to the application.
-Invariant: applied <= committed <= last_index().
+are known committed; up to `applying` were handed to the application (in a
+Ready), up to `applied` it reported applied (`advance`).
+Invariant: applied <= applying <= committed <= last_index().
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Unstable:
 
 
 class RaftLog:
-    __slots__ = ("applied", "committed", "max_applying_bytes", "storage", "unstable")
+    __slots__ = ("applied", "applying", "committed", "max_applying_bytes", "storage", "unstable")
 
     def __init__(self, storage: LogStorage, max_applying_bytes: int | None = None) -> None:
         self.storage = storage
@@ -105,6 +106,7 @@ class RaftLog:
         # Everything up to the compaction point is committed and applied.
         self.committed = first - 1
         self.applied = first - 1
+        self.applying = first - 1
         self.max_applying_bytes = max_applying_bytes
 
     def describe(self) -> str:
@@ -288,6 +290,15 @@ class RaftLog:
                 f"applied {i} out of range [applied={self.applied}, committed={self.committed}]"
             )
         self.applied = i
+        self.applying = max(self.applying, i)
+
+    def applying_to(self, i: int) -> None:
+        """Entries up to `i` were handed to the application to apply."""
+        if i > self.committed or i < self.applying:
+            raise AssertionError(
+                f"applying {i} out of range [applying={self.applying}, committed={self.committed}]"
+            )
+        self.applying = i
 
     def stable_to(self, index: int, term: int) -> None:
         self.unstable.stable_to(index, term)

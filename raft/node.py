@@ -175,6 +175,9 @@ class RaftNode:
             # appends, within one Ready).
             early, after_persist = (), early + after_persist
         snapshot = r.log.unstable.snapshot
+        committed_entries = tuple(r.log.next_committed_entries())
+        if committed_entries:
+            r.log.applying_to(committed_entries[-1].index)
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
             hard_state=hard if hard != self._prev_hard else None,
@@ -182,7 +185,7 @@ class RaftNode:
             snapshot=snapshot,
             entries=entries,
             persisted_messages=after_persist,
-            committed_entries=tuple(r.log.next_committed_entries()),
+            committed_entries=committed_entries,
             read_states=tuple(r.read_states),
             # An installed snapshot is acknowledged too: it must be durable.
             must_sync=bool(entries) or new_term_or_vote or snapshot is not None,
