@@ -1,0 +1,20 @@
+"""placement_driver: the PD process (cluster metadata, persistence, admin API).
+
+The pure core (no trio, no clock, no sockets):
+
+* `config`: start-up options and the cluster config (pd.toml, flags, RPC).
+* `region_tree`: regions by start key, no overlaps.
+* `id_alloc`: cluster-unique ids persisted in blocks ahead of use.
+* `stores`: stores and their state machine (Up / Disconnected / Down ...).
+* `cluster`: the metadata and its rules (bootstrap, heartbeats, splits).
+* `service`: pdpb requests -> cluster calls -> pdpb responses.
+* `storage`: the `MetaStorage` seam, LMDB and in-memory implementations.
+* `http_api`: the admin HTTP API as a small ASGI app.
+
+The trio shell: `server.PdServer`; `testing.open_pd` runs one in-process;
+`cli` is `shardkv pd`.
+"""
+
+from kvproto import pdpb as _pdpb  # registers the PD messages with the codec
+
+del _pdpb

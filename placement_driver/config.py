@@ -1,0 +1,248 @@
+"""The PD's configuration: start-up options and the cluster config.
+
+Two dataclasses, one flat namespace of keys (pd.toml, flags, RPC and HTTP
+use the same names):
+
+* `ServerConfig`: how this PD process runs (`data_dir`, `listen`, `http`).
+  Read at start only.
+* `ClusterConfig`: what the cluster runs with (replicas, split thresholds,
+  store down times, schedule limits). Persisted with the cluster metadata,
+  readable and settable over RPC (`SetConfig`, all or nothing).
+
+Precedence of a cluster key at start: default < stored (the value the
+cluster last ran with, e.g. set over RPC) < pd.toml < flag. A key that
+neither the file nor a flag names keeps its stored value across restarts.
+
+Value forms are those of `kvproto.config_file` (shared with the store):
+durations as seconds (a number) or text ("500ms", "20s", "30m", "1h"), sizes
+as bytes (a number) or text ("64KiB", "96MiB"; "MB" is 1000**2). An unknown
+key or a bad value is a `ConfigError` naming the key.
+
+Pure: no I/O but reading the TOML file in `load_startup_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from kvproto import config_file
+from kvproto.config_file import ConfigError, parse_duration, setting
+
+__all__ = [
+    "CLUSTER_KEYS",
+    "SERVER_KEYS",
+    "ClusterConfig",
+    "ConfigError",
+    "ServerConfig",
+    "StartupConfig",
+    "cluster_config_from",
+    "format_value",
+    "load_startup_config",
+    "parse_listen_address",
+]
+
+MiB: Final = 1 << 20
+MAX_DURATION: Final = 10 * 365 * 24 * 3600.0  # ten years
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Start-up options of one PD process."""
+
+    data_dir: str = setting("", "data directory of the PD (its LMDB environment); required")
+    listen: str = setting(
+        "127.0.0.1:2379", "HOST:PORT of the PD RPC (stores, clients); port 0 picks a free port"
+    )
+    http: str = setting(
+        "127.0.0.1:2380", "HOST:PORT of the admin HTTP API (JSON); port 0 picks a free port"
+    )
+
+    def validate(self) -> None:
+        if not self.data_dir:
+            raise ValueError("data_dir is required: pass --data-dir DIR or set data_dir in pd.toml")
+        for name in ("listen", "http"):
+            try:
+                parse_listen_address(getattr(self, name))
+            except ValueError as e:
+                raise ValueError(f"bad value for {name}: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The cluster config. Durations are seconds, sizes bytes."""
+
+    max_replicas: int = setting(3, "replicas (peers) of each region", min=1, max=15)
+    region_max_size: int = setting(
+        96 * MiB, "a region larger than this is split", kind="size", min=1
+    )
+    region_max_keys: int = setting(960_000, "a region with more keys than this is split", min=1)
+    store_disconnect_time: float = setting(
+        20.0,
+        "a store without heartbeat this long is Disconnected (no new operators on it)",
+        kind="duration",
+        min=0.001,
+        max=MAX_DURATION,
+    )
+    max_store_down_time: float = setting(
+        30 * 60.0,
+        "a store without heartbeat this long is Down (its replicas get replaced)",
+        kind="duration",
+        min=0.001,
+        max=MAX_DURATION,
+    )
+    leader_schedule_limit: int = setting(4, "leader transfers scheduled at once", min=0)
+    region_schedule_limit: int = setting(2048, "region moves scheduled at once", min=0)
+    replica_schedule_limit: int = setting(64, "replica repairs scheduled at once", min=0)
+    merge_schedule_limit: int = setting(8, "region merges scheduled at once", min=0)
+    hot_region_schedule_limit: int = setting(4, "hot region moves scheduled at once", min=0)
+    max_snapshot_count: int = setting(64, "snapshots a store sends or receives at once", min=0)
+    max_pending_peer_count: int = setting(64, "pending peers a store may have", min=0)
+
+    def check_rules(self) -> None:
+        """The rules between keys; raises ConfigError."""
+        if self.store_disconnect_time >= self.max_store_down_time:
+            raise ConfigError(
+                "store_disconnect_time must be shorter than max_store_down_time "
+                f"(got {format_value(self, 'store_disconnect_time')} and "
+                f"{format_value(self, 'max_store_down_time')})"
+            )
+
+    def items(self) -> dict[str, str]:
+        """Every key with its value as text, in declaration order (the
+        values of GetConfig / SetConfig and of the stored config)."""
+        return {name: format_value(self, name) for name in CLUSTER_KEYS}
+
+    def toml_values(self) -> dict[str, int | str]:
+        """Every key as it would be written in pd.toml: integers as numbers,
+        sizes and durations as text (the HTTP API's JSON)."""
+        out: dict[str, int | str] = {}
+        for name in CLUSTER_KEYS:
+            kind = _FIELDS[name].metadata.get("kind")
+            out[name] = format_value(self, name) if kind else int(getattr(self, name))
+        return out
+
+
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(ClusterConfig)}
+CLUSTER_KEYS: Final = tuple(_FIELDS)
+SERVER_KEYS: Final = tuple(f.name for f in dataclasses.fields(ServerConfig))
+
+
+def format_value(cfg: ClusterConfig, name: str) -> str:
+    """The text of one key's value; parsing it gives the value back exactly."""
+    value = getattr(cfg, name)
+    kind = _FIELDS[name].metadata.get("kind")
+    if kind == "duration":
+        return format_duration(value)
+    if kind == "size":
+        return format_size(value)
+    return str(value)
+
+
+def format_duration(seconds: float) -> str:
+    """ "30m", "20s", "250ms", "1.5s": the shortest of these forms that
+    `parse_duration` reads back as exactly `seconds`."""
+    candidates = []
+    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)):
+        n = seconds / scale
+        if n == int(n) and n >= 1:
+            candidates.append(f"{int(n)}{unit}")
+    candidates.append(f"{seconds!r}s")
+    exact = [text for text in candidates if _reads_back(text, seconds)]
+    # repr() has no exponent within the bounds of every duration key.
+    assert exact, f"cannot write {seconds!r} s as a duration"
+    return min(exact, key=len)  # the first of the shortest
+
+
+def _reads_back(text: str, seconds: float) -> bool:
+    try:
+        return parse_duration(text) == seconds
+    except ValueError:
+        return False
+
+
+def format_size(n: int) -> str:
+    """ "96MiB", "64KiB", or plain bytes: the largest binary unit that
+    divides `n` exactly."""
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def cluster_config_from(
+    values: Mapping[str, object], base: ClusterConfig | None = None, *, check_rules: bool = True
+) -> ClusterConfig:
+    """`base` (default: the defaults) with `values` applied: each value as in
+    pd.toml or as text. Raises ConfigError naming the first unknown key or
+    bad value, or (with `check_rules`) a broken rule between keys."""
+    _check_known(values, CLUSTER_KEYS, what="cluster config key")
+    merged: dict[str, object] = dict(base.items()) if base is not None else {}
+    merged.update(values)
+    config = config_file.load(ClusterConfig, None, merged)
+    if check_rules:
+        config.check_rules()
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class StartupConfig:
+    """What `shardkv pd` starts with: the server options, and the cluster
+    keys named explicitly by pd.toml or flags (raw values, already checked
+    to parse), which win over the stored config."""
+
+    server: ServerConfig
+    cluster_overrides: Mapping[str, object] = dataclasses.field(default_factory=dict)
+
+
+def load_startup_config(path: str | None, flags: Mapping[str, object]) -> StartupConfig:
+    """Read pd.toml at `path` (if any), apply `flags` (None values are
+    unset flags) and check everything. Raises ConfigError."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fp:
+                values.update(tomllib.load(fp))
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        _check_known(values, SERVER_KEYS + CLUSTER_KEYS, what="config key", where=path)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    _check_known(values, SERVER_KEYS + CLUSTER_KEYS, what="config key")
+    server = config_file.load(
+        ServerConfig, None, {k: v for k, v in values.items() if k in SERVER_KEYS}
+    )
+    overrides = {k: v for k, v in values.items() if k in CLUSTER_KEYS}
+    # Parse them now, so that a bad value stops the process before it opens
+    # anything. Rules between keys need the stored config: the PD checks
+    # them when it starts (still exit code 2).
+    cluster_config_from(overrides, check_rules=False)
+    return StartupConfig(server, overrides)
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """ "host:port" or "[v6host]:port" with 0 <= port < 65536 -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _check_known(
+    values: Iterable[str], known: tuple[str, ...], *, what: str, where: str | None = None
+) -> None:
+    for key in values:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            place = f" in {where}" if where else ""
+            raise ConfigError(
+                f"unknown {what} {key!r}{place}{suggestion}; known keys: {', '.join(known)}"
+            )

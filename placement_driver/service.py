@@ -1,0 +1,233 @@
+"""The PD's RPC contract (kvproto.pdpb) mapped onto `Cluster`: pure.
+
+`PdService.handle(request, now)` answers one pdpb request. It checks the
+request header's cluster id, calls the cluster, and turns a refusal
+(`PdRequestError`) into a `PdError` in the response header: a bad request
+never becomes an exception that would close the connection. Other
+exceptions (a storage failure) propagate: the RPC server answers them with
+an internal error, and the cluster is unchanged (it persists first).
+
+Randomness (the cluster id) comes from an injected `random.Random`.
+
+Scheduling slots in through `OperatorHook`: after a region heartbeat is
+accepted, the hook may return the next operator step for the region as a
+RegionHeartbeatResponse (its header is filled here). Checkers, schedulers
+and operators come in a later issue; until then `NoOperators` answers none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+
+from kvproto import pdpb
+from kvproto.pdpb import PdError, PdErrorCode, ResponseHeader
+from placement_driver.cluster import Cluster, RegionRecord, RegionReport
+from placement_driver.errors import PdRequestError
+
+__all__ = ["RESPONSE_TYPES", "NoOperators", "OperatorHook", "PdService"]
+
+
+class OperatorHook(Protocol):
+    def on_region_heartbeat(
+        self, cluster: Cluster, record: RegionRecord, now: float
+    ) -> pdpb.RegionHeartbeatResponse | None:
+        """The next operator step for the region just reported (at most one
+        step field set, `region_epoch` the epoch it was planned on), or None.
+        The header of the returned response is replaced."""
+        ...
+
+
+class NoOperators:
+    """The hook of a PD without schedulers: never an operator step."""
+
+    def on_region_heartbeat(
+        self, cluster: Cluster, record: RegionRecord, now: float
+    ) -> pdpb.RegionHeartbeatResponse | None:
+        return None
+
+
+# Request type -> response type. Every response's fields but the header
+# have defaults, so an error answer is `response_type(header=...)`.
+RESPONSE_TYPES: Final[Mapping[type, type]] = {
+    pdpb.IsBootstrappedRequest: pdpb.IsBootstrappedResponse,
+    pdpb.BootstrapRequest: pdpb.BootstrapResponse,
+    pdpb.AllocIdRequest: pdpb.AllocIdResponse,
+    pdpb.PutStoreRequest: pdpb.PutStoreResponse,
+    pdpb.GetStoreRequest: pdpb.GetStoreResponse,
+    pdpb.GetAllStoresRequest: pdpb.GetAllStoresResponse,
+    pdpb.StoreHeartbeatRequest: pdpb.StoreHeartbeatResponse,
+    pdpb.RegionHeartbeatRequest: pdpb.RegionHeartbeatResponse,
+    pdpb.GetRegionRequest: pdpb.GetRegionResponse,
+    pdpb.GetRegionByIdRequest: pdpb.GetRegionResponse,
+    pdpb.ScanRegionsRequest: pdpb.ScanRegionsResponse,
+    pdpb.AskBatchSplitRequest: pdpb.AskBatchSplitResponse,
+    pdpb.ReportBatchSplitRequest: pdpb.ReportBatchSplitResponse,
+    pdpb.GetConfigRequest: pdpb.GetConfigResponse,
+    pdpb.SetConfigRequest: pdpb.SetConfigResponse,
+}
+
+
+class PdService:
+    def __init__(
+        self,
+        cluster: Cluster,
+        rng: random.Random,
+        operators: OperatorHook | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self._rng = rng
+        self.operators: OperatorHook = operators or NoOperators()
+        self._handlers: dict[type, Callable[[Any, float], object]] = {
+            pdpb.IsBootstrappedRequest: self._is_bootstrapped,
+            pdpb.BootstrapRequest: self._bootstrap,
+            pdpb.AllocIdRequest: self._alloc_id,
+            pdpb.PutStoreRequest: self._put_store,
+            pdpb.GetStoreRequest: self._get_store,
+            pdpb.GetAllStoresRequest: self._get_all_stores,
+            pdpb.StoreHeartbeatRequest: self._store_heartbeat,
+            pdpb.RegionHeartbeatRequest: self._region_heartbeat,
+            pdpb.GetRegionRequest: self._get_region,
+            pdpb.GetRegionByIdRequest: self._get_region_by_id,
+            pdpb.ScanRegionsRequest: self._scan_regions,
+            pdpb.AskBatchSplitRequest: self._ask_batch_split,
+            pdpb.ReportBatchSplitRequest: self._report_batch_split,
+            pdpb.GetConfigRequest: self._get_config,
+            pdpb.SetConfigRequest: self._set_config,
+        }
+        assert self._handlers.keys() == RESPONSE_TYPES.keys()
+
+    def handle(self, request: object, now: float) -> object:
+        """The response to `request` (a pdpb request type) at time `now`."""
+        handler = self._handlers[type(request)]
+        try:
+            self._check_header(request)
+            return handler(request, now)
+        except PdRequestError as e:
+            response_type = RESPONSE_TYPES[type(request)]
+            return response_type(header=self._header(e.to_pb()))
+
+    def _check_header(self, request: Any) -> None:
+        header: pdpb.RequestHeader = request.header
+        ours = self.cluster.cluster_id
+        if header.cluster_id not in (0, ours):
+            raise PdRequestError(
+                PdErrorCode.CLUSTER_MISMATCH,
+                f"the request is for cluster {header.cluster_id}, this PD runs "
+                + (f"cluster {ours}" if ours else "no cluster yet (not bootstrapped)"),
+            )
+
+    def _header(self, error: PdError | None = None) -> ResponseHeader:
+        return ResponseHeader(self.cluster.cluster_id, error)
+
+    # -- handlers ----------------------------------------------------------------
+
+    def _is_bootstrapped(
+        self, req: pdpb.IsBootstrappedRequest, now: float
+    ) -> pdpb.IsBootstrappedResponse:
+        return pdpb.IsBootstrappedResponse(self._header(), self.cluster.is_bootstrapped)
+
+    def _bootstrap(self, req: pdpb.BootstrapRequest, now: float) -> pdpb.BootstrapResponse:
+        cluster_id = self._rng.randrange(1, 2**63)
+        self.cluster.bootstrap(req.store, req.region, cluster_id, now)
+        return pdpb.BootstrapResponse(self._header())
+
+    def _alloc_id(self, req: pdpb.AllocIdRequest, now: float) -> pdpb.AllocIdResponse:
+        (new_id,) = self.cluster.alloc_ids(1)
+        return pdpb.AllocIdResponse(self._header(), new_id)
+
+    def _put_store(self, req: pdpb.PutStoreRequest, now: float) -> pdpb.PutStoreResponse:
+        self.cluster.put_store(req.store, now)
+        return pdpb.PutStoreResponse(self._header())
+
+    def _get_store(self, req: pdpb.GetStoreRequest, now: float) -> pdpb.GetStoreResponse:
+        self.cluster.check_bootstrapped()
+        info = self.cluster.get_store(req.store_id)
+        return pdpb.GetStoreResponse(self._header(), info.meta, info.stats)
+
+    def _get_all_stores(
+        self, req: pdpb.GetAllStoresRequest, now: float
+    ) -> pdpb.GetAllStoresResponse:
+        self.cluster.check_bootstrapped()
+        stores = self.cluster.stores(exclude_tombstone=req.exclude_tombstone)
+        return pdpb.GetAllStoresResponse(self._header(), tuple(s.meta for s in stores))
+
+    def _store_heartbeat(
+        self, req: pdpb.StoreHeartbeatRequest, now: float
+    ) -> pdpb.StoreHeartbeatResponse:
+        self.cluster.store_heartbeat(req.stats, now)
+        config = self.cluster.config
+        return pdpb.StoreHeartbeatResponse(
+            self._header(), config.region_max_size, config.region_max_keys
+        )
+
+    def _region_heartbeat(
+        self, req: pdpb.RegionHeartbeatRequest, now: float
+    ) -> pdpb.RegionHeartbeatResponse:
+        report = RegionReport(
+            region=req.region,
+            leader=req.leader,
+            term=req.term,
+            approximate_size=req.approximate_size,
+            approximate_keys=req.approximate_keys,
+            down_peers=req.down_peers,
+            pending_peers=req.pending_peers,
+            written_bytes=req.written_bytes,
+            written_keys=req.written_keys,
+        )
+        record = self.cluster.region_heartbeat(report, now)
+        step = self.operators.on_region_heartbeat(self.cluster, record, now)
+        if step is None:
+            return pdpb.RegionHeartbeatResponse(self._header(), region_id=req.region.id)
+        return dataclasses.replace(step, header=self._header(), region_id=req.region.id)
+
+    def _get_region(self, req: pdpb.GetRegionRequest, now: float) -> pdpb.GetRegionResponse:
+        return self._region_response(self.cluster.get_region(req.key))
+
+    def _get_region_by_id(
+        self, req: pdpb.GetRegionByIdRequest, now: float
+    ) -> pdpb.GetRegionResponse:
+        return self._region_response(self.cluster.get_region_by_id(req.region_id))
+
+    def _region_response(self, record: RegionRecord | None) -> pdpb.GetRegionResponse:
+        if record is None:
+            return pdpb.GetRegionResponse(self._header())
+        return pdpb.GetRegionResponse(self._header(), record.region, record.leader)
+
+    def _scan_regions(self, req: pdpb.ScanRegionsRequest, now: float) -> pdpb.ScanRegionsResponse:
+        records = self.cluster.scan_regions(req.start_key, req.end_key, req.limit)
+        return pdpb.ScanRegionsResponse(
+            self._header(), tuple(pdpb.RegionInfo(r.region, r.leader) for r in records)
+        )
+
+    def _ask_batch_split(
+        self, req: pdpb.AskBatchSplitRequest, now: float
+    ) -> pdpb.AskBatchSplitResponse:
+        ids = self.cluster.ask_batch_split(req.region, req.split_count)
+        return pdpb.AskBatchSplitResponse(self._header(), tuple(ids))
+
+    def _report_batch_split(
+        self, req: pdpb.ReportBatchSplitRequest, now: float
+    ) -> pdpb.ReportBatchSplitResponse:
+        self.cluster.report_batch_split(req.regions, now)
+        return pdpb.ReportBatchSplitResponse(self._header())
+
+    def _get_config(self, req: pdpb.GetConfigRequest, now: float) -> pdpb.GetConfigResponse:
+        return pdpb.GetConfigResponse(self._header(), _config_items(self.cluster.config.items()))
+
+    def _set_config(self, req: pdpb.SetConfigRequest, now: float) -> pdpb.SetConfigResponse:
+        items: dict[str, str] = {}
+        for item in req.items:
+            if item.name in items:
+                raise PdRequestError(
+                    PdErrorCode.INVALID_ARGUMENT, f"config key {item.name!r} is given twice"
+                )
+            items[item.name] = item.value
+        config = self.cluster.set_config(items)
+        return pdpb.SetConfigResponse(self._header(), _config_items(config.items()))
+
+
+def _config_items(items: Mapping[str, str]) -> tuple[pdpb.ConfigItem, ...]:
+    return tuple(pdpb.ConfigItem(k, v) for k, v in items.items())

@@ -1,0 +1,412 @@
+"""The pure PD core (`Cluster`) on in-memory storage: no trio, explicit time."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kvproto.metapb import Peer, PeerId, PeerRole, Region, RegionId, StoreId, StoreState
+from kvproto.pdpb import PdErrorCode, StoreStats
+from placement_driver.cluster import Cluster, RegionReport
+from placement_driver.config import ConfigError
+from placement_driver.errors import PdRequestError
+from placement_driver.storage import MemoryMetaStorage
+from tests.placement_driver.helpers import region, store
+
+CLUSTER_ID = 4242
+SHORT = {"store_disconnect_time": 10, "max_store_down_time": 60}
+
+
+def new_cluster(storage: MemoryMetaStorage | None = None, now: float = 0.0) -> Cluster:
+    return Cluster(storage or MemoryMetaStorage(), now, config_overrides=SHORT, id_alloc_step=10)
+
+
+def bootstrapped(storage: MemoryMetaStorage | None = None, stores: int = 3) -> Cluster:
+    """Stores 1..stores (ids skipped past by bootstrap), region 1 covering
+    everything with peer 100 on store 1."""
+    c = new_cluster(storage)
+    c.bootstrap(store(1), region(1, peers=((100, 1),)), CLUSTER_ID, now=0.0)
+    c.ids.skip_past(stores)
+    for s in range(2, stores + 1):
+        c.put_store(store(s), now=0.0)
+    return c
+
+
+def report(r: Region, leader: int | None = None, term: int = 1, **fields: int) -> RegionReport:
+    leader_peer = r.peers[0] if leader is None else r.find_peer(PeerId(leader))
+    return RegionReport(r, leader_peer, term=term, **fields)  # type: ignore[arg-type]
+
+
+def refused(code: PdErrorCode) -> pytest.RaisesExc[PdRequestError]:
+    return pytest.raises(PdRequestError, check=lambda e: e.code == code)
+
+
+# -- bootstrap and ids -----------------------------------------------------------------
+
+
+def test_bootstrap_is_accepted_once() -> None:
+    c = new_cluster()
+    assert not c.is_bootstrapped
+    c.bootstrap(store(1), region(1, peers=((100, 1),)), CLUSTER_ID, now=0.0)
+    assert c.cluster_id == CLUSTER_ID
+    assert c.get_store(1).state == StoreState.UP
+    record = c.get_region(b"anything")
+    assert record is not None and record.region.id == 1 and record.leader is None
+    with refused(PdErrorCode.ALREADY_BOOTSTRAPPED):
+        c.bootstrap(store(2), region(2, peers=((101, 2),)), 99, now=0.0)
+    assert c.cluster_id == CLUSTER_ID
+
+
+@pytest.mark.parametrize(
+    ("first_store", "first_region", "message"),
+    [
+        (store(1), region(1, b"", b"m"), "whole key space"),
+        (store(1), region(1, b"a", b""), "whole key space"),
+        (store(1), region(1, peers=((100, 1), (101, 2))), "one peer"),
+        (store(1), region(1, peers=((100, 2),)), "not on store 1"),
+        (store(1), region(0), "region id must be > 0"),
+        (store(0), region(1, peers=((100, 0),)), "store id must be > 0"),
+        (dataclasses.replace(store(1), address="nowhere"), region(1), "bad address"),
+        (store(1), region(1, peers=((0, 1),)), "peer and store ids must be > 0"),
+    ],
+)
+def test_a_bad_bootstrap_is_refused_and_changes_nothing(
+    first_store: object, first_region: Region, message: str
+) -> None:
+    storage = MemoryMetaStorage()
+    c = new_cluster(storage)
+    with pytest.raises(PdRequestError, match=message) as info:
+        c.bootstrap(first_store, first_region, CLUSTER_ID, now=0.0)  # type: ignore[arg-type]
+    assert info.value.code == PdErrorCode.INVALID_ARGUMENT
+    assert not c.is_bootstrapped and storage.meta.cluster_id == 0
+
+
+def test_a_learner_cannot_bootstrap_the_cluster() -> None:
+    r = region(1).with_peers((Peer(PeerId(100), StoreId(1), PeerRole.LEARNER),))
+    with refused(PdErrorCode.INVALID_ARGUMENT):
+        new_cluster().bootstrap(store(1), r, CLUSTER_ID, now=0.0)
+
+
+def test_ids_chosen_by_the_bootstrap_request_are_never_allocated() -> None:
+    c = new_cluster()
+    c.bootstrap(store(7), region(5, peers=((31, 7),)), CLUSTER_ID, now=0.0)
+    assert min(c.alloc_ids(3)) > 31
+
+
+def test_a_failed_write_leaves_the_cluster_unbootstrapped() -> None:
+    storage = MemoryMetaStorage()
+    c = new_cluster(storage)
+    storage.fail_writes = True
+    with pytest.raises(OSError):
+        c.bootstrap(store(1), region(1), CLUSTER_ID, now=0.0)
+    assert not c.is_bootstrapped
+    storage.fail_writes = False
+    c.bootstrap(store(1), region(1), CLUSTER_ID, now=0.0)
+    assert c.is_bootstrapped
+
+
+# -- stores -------------------------------------------------------------------------
+
+
+def test_a_store_id_must_come_from_the_allocator() -> None:
+    c = bootstrapped(stores=1)
+    with pytest.raises(PdRequestError, match="not allocated"):
+        c.put_store(store(500), now=0.0)
+    (new_id,) = c.alloc_ids(1)
+    c.put_store(store(new_id), now=0.0)
+    assert c.get_store(new_id).address == store(new_id).address
+
+
+def test_an_address_of_another_live_store_is_refused() -> None:
+    c = bootstrapped(stores=2)
+    with refused(PdErrorCode.DUPLICATE_STORE_ADDRESS):
+        c.put_store(dataclasses.replace(store(2), address=store(1).address), now=0.0)
+    # Once store 1 is a tombstone its address is free again.
+    c.get_store(1).operator_state = StoreState.TOMBSTONE
+    c.update_store_states(now=0.0)
+    c.put_store(dataclasses.replace(store(2), address=store(1).address), now=0.0)
+    assert c.get_store(2).address == store(1).address
+
+
+def test_put_store_ignores_the_state_it_carries_and_refuses_tombstones() -> None:
+    storage = MemoryMetaStorage()
+    c = bootstrapped(storage, stores=2)
+    c.put_store(dataclasses.replace(store(2), state=StoreState.TOMBSTONE), now=0.0)
+    assert c.get_store(2).state == StoreState.UP
+    c.get_store(2).operator_state = StoreState.TOMBSTONE
+    c.update_store_states(now=0.0)
+    with refused(PdErrorCode.STORE_TOMBSTONE):
+        c.put_store(store(2), now=0.0)
+    with refused(PdErrorCode.STORE_TOMBSTONE):
+        c.store_heartbeat(StoreStats(StoreId(2)), now=0.0)
+
+
+def test_store_states_follow_the_heartbeat_age() -> None:
+    c = bootstrapped(stores=1)  # store_disconnect_time 10 s, max_store_down_time 60 s
+    c.store_heartbeat(StoreStats(StoreId(1), capacity=100, available=40), now=5.0)
+    assert c.next_store_state_change(now=5.0) == 15.0
+    assert c.update_store_states(now=14.9) == []
+    [change] = c.update_store_states(now=15.0)
+    assert (change.old, change.new) == (StoreState.UP, StoreState.DISCONNECTED)
+    assert c.next_store_state_change(now=15.0) == 65.0
+    [change] = c.update_store_states(now=65.0)
+    assert change.new == StoreState.DOWN
+    assert c.next_store_state_change(now=65.0) is None
+    c.store_heartbeat(StoreStats(StoreId(1)), now=100.0)
+    assert c.get_store(1).state == StoreState.UP
+
+
+def test_operator_states_are_kept_whatever_the_heartbeats_say() -> None:
+    c = bootstrapped(stores=2)
+    c.get_store(2).operator_state = StoreState.OFFLINE
+    c.update_store_states(now=1000.0)
+    assert c.get_store(2).state == StoreState.OFFLINE
+    c.store_heartbeat(StoreStats(StoreId(2)), now=1001.0)
+    assert c.get_store(2).state == StoreState.OFFLINE
+    assert c.get_store(2).persisted().state == StoreState.OFFLINE
+
+
+def test_a_heartbeat_from_an_unknown_store_is_refused() -> None:
+    with refused(PdErrorCode.STORE_NOT_FOUND):
+        bootstrapped().store_heartbeat(StoreStats(StoreId(77)), now=0.0)
+
+
+# -- region heartbeats -----------------------------------------------------------------
+
+THREE = ((100, 1), (101, 2), (102, 3))
+
+
+def test_a_split_replaces_the_old_region_in_either_report_order() -> None:
+    for left_first in (True, False):
+        c = bootstrapped()
+        c.region_heartbeat(report(region(1, peers=THREE)), now=1.0)
+        left = region(1, b"", b"m", version=2, peers=THREE)
+        right = region(2, b"m", b"", version=2, peers=((200, 1), (201, 2), (202, 3)))
+        for r in (left, right) if left_first else (right, left):
+            c.region_heartbeat(report(r), now=2.0)
+        assert [rec.region for rec in c.regions()] == [left, right]
+        assert c.get_region(b"z").region == right  # type: ignore[union-attr]
+
+
+def test_an_older_epoch_of_the_same_region_is_ignored() -> None:
+    c = bootstrapped()
+    current = region(1, version=3, conf_ver=4, peers=THREE)
+    c.region_heartbeat(report(current), now=1.0)
+    for stale in (
+        region(1, version=2, conf_ver=4, peers=THREE),
+        region(1, version=3, conf_ver=3, peers=THREE),
+    ):
+        with refused(PdErrorCode.STALE_REGION):
+            c.region_heartbeat(report(stale), now=2.0)
+    assert c.get_region_by_id(1).region == current  # type: ignore[union-attr]
+
+
+def test_a_report_older_than_a_region_it_overlaps_is_ignored() -> None:
+    c = bootstrapped()
+    c.region_heartbeat(report(region(1, b"", b"m", version=2, peers=THREE)), now=1.0)
+    c.region_heartbeat(report(region(2, b"m", b"", version=2, peers=THREE)), now=1.0)
+    # A late report of region 1 from before the split (version 1) overlaps
+    # region 2 (version 2): stale.
+    with refused(PdErrorCode.STALE_REGION):
+        c.region_heartbeat(report(region(1, version=1, peers=THREE)), now=2.0)
+    assert [r.region.id for r in c.regions()] == [1, 2]
+
+
+def test_a_newer_region_replaces_every_region_it_overlaps() -> None:
+    c = bootstrapped()
+    c.region_heartbeat(report(region(1, b"", b"g", version=2, peers=THREE)), now=1.0)
+    c.region_heartbeat(report(region(2, b"g", b"p", version=2, peers=THREE)), now=1.0)
+    c.region_heartbeat(report(region(3, b"p", b"", version=2, peers=THREE)), now=1.0)
+    # Region 2 merged its neighbours (version 4): they are gone.
+    c.region_heartbeat(report(region(2, b"", b"", version=4, peers=THREE)), now=2.0)
+    assert [r.region.id for r in c.regions()] == [2]
+
+
+def test_a_report_from_an_older_leader_term_is_ignored() -> None:
+    c = bootstrapped()
+    r = region(1, peers=THREE)
+    c.region_heartbeat(report(r, leader=101, term=7), now=1.0)
+    with refused(PdErrorCode.STALE_REGION):
+        c.region_heartbeat(report(r, leader=100, term=6), now=2.0)
+    assert c.get_region_by_id(1).leader.id == 101  # type: ignore[union-attr]
+    c.region_heartbeat(report(r, leader=102, term=8), now=3.0)
+    assert c.get_region_by_id(1).leader.id == 102  # type: ignore[union-attr]
+
+
+def test_a_heartbeat_keeps_the_latest_statistics() -> None:
+    c = bootstrapped()
+    rec = c.region_heartbeat(
+        report(region(1, peers=THREE), approximate_size=5 << 20, approximate_keys=1000), now=4.0
+    )
+    assert rec.stat.approximate_size == 5 << 20
+    assert rec.stat.approximate_keys == 1000
+    assert rec.stat.last_heartbeat == 4.0
+
+
+@pytest.mark.parametrize(
+    ("rep", "code"),
+    [
+        (RegionReport(region(1, peers=THREE), Peer(PeerId(999), StoreId(1))), "INVALID_ARGUMENT"),
+        (RegionReport(region(1, peers=THREE), Peer(PeerId(100), StoreId(2))), "INVALID_ARGUMENT"),
+        (RegionReport(region(1, peers=THREE), None), "INVALID_ARGUMENT"),
+        (report(region(1, b"k", b"c", peers=THREE)), "INVALID_ARGUMENT"),
+        (report(region(1, peers=((100, 1), (101, 1)))), "INVALID_ARGUMENT"),
+        (report(region(1, peers=((100, 1), (100, 2)))), "INVALID_ARGUMENT"),
+        (report(region(1, peers=((100, 9),))), "STORE_NOT_FOUND"),
+        (report(region(1, peers=THREE), approximate_size=-1), "INVALID_ARGUMENT"),
+    ],
+)
+def test_a_malformed_region_heartbeat_is_refused(rep: RegionReport, code: str) -> None:
+    c = bootstrapped()
+    with refused(PdErrorCode[code]):
+        c.region_heartbeat(rep, now=1.0)
+    assert [r.region for r in c.regions()] == [region(1, peers=((100, 1),))]
+
+
+def test_region_queries_need_a_bootstrapped_cluster() -> None:
+    c = new_cluster()
+    with refused(PdErrorCode.NOT_BOOTSTRAPPED):
+        c.get_region(b"a")
+    with refused(PdErrorCode.NOT_BOOTSTRAPPED):
+        c.region_heartbeat(report(region(1)), now=0.0)
+
+
+# -- splits ---------------------------------------------------------------------------
+
+
+def test_ask_batch_split_hands_out_a_region_id_and_peer_ids_per_new_region() -> None:
+    c = bootstrapped()
+    r = region(1, peers=THREE)
+    c.region_heartbeat(report(r), now=1.0)
+    ids = c.ask_batch_split(r, 3)
+    assert len(ids) == 3 and all(len(s.new_peer_ids) == 3 for s in ids)
+    every = [s.new_region_id for s in ids] + [p for s in ids for p in s.new_peer_ids]
+    assert len(set(every)) == 12 and min(every) > 100  # past the bootstrap ids
+
+
+def test_ask_batch_split_refuses_unknown_and_stale_regions() -> None:
+    c = bootstrapped()
+    c.region_heartbeat(report(region(1, version=2, peers=THREE)), now=1.0)
+    with refused(PdErrorCode.REGION_NOT_FOUND):
+        c.ask_batch_split(region(9, peers=THREE), 1)
+    with refused(PdErrorCode.STALE_REGION):
+        c.ask_batch_split(region(1, version=1, peers=THREE), 1)
+    with refused(PdErrorCode.INVALID_ARGUMENT):
+        c.ask_batch_split(region(1, version=2, peers=THREE), 0)
+
+
+def test_report_batch_split_learns_the_new_regions_and_keeps_the_leader() -> None:
+    c = bootstrapped()
+    c.region_heartbeat(report(region(1, peers=THREE), leader=101), now=1.0)
+    left = region(1, b"", b"k", version=2, peers=THREE)
+    right = region(5, b"k", b"", version=2, peers=((50, 1), (51, 2), (52, 3)))
+    assert c.report_batch_split([left, right], now=2.0) == 2
+    assert c.get_region(b"a").leader.id == 101  # type: ignore[union-attr]
+    assert c.get_region(b"z").region == right  # type: ignore[union-attr]
+    assert c.get_region(b"z").leader is None  # type: ignore[union-attr]
+    # Reported again later (stale now that region 1 moved on): skipped.
+    c.region_heartbeat(report(region(1, b"", b"c", version=3, peers=THREE)), now=3.0)
+    assert c.report_batch_split([left, right], now=4.0) == 1  # only region 5 again
+
+
+def test_report_batch_split_needs_adjacent_regions() -> None:
+    c = bootstrapped()
+    with refused(PdErrorCode.INVALID_ARGUMENT):
+        c.report_batch_split([region(1, b"", b"k", version=2)], now=1.0)
+    with refused(PdErrorCode.INVALID_ARGUMENT):
+        c.report_batch_split(
+            [region(1, b"", b"k", version=2), region(5, b"m", b"", version=2)], now=1.0
+        )
+
+
+# -- config ---------------------------------------------------------------------------
+
+
+def test_set_config_is_all_or_nothing_and_persisted_first() -> None:
+    storage = MemoryMetaStorage()
+    c = bootstrapped(storage)
+    with refused(PdErrorCode.INVALID_ARGUMENT):
+        c.set_config({"max_replicas": "5", "region_max_keys": "many"})
+    with refused(PdErrorCode.UNKNOWN_CONFIG):
+        c.set_config({"max_replicas": "5", "max_replica": "5"})
+    with refused(PdErrorCode.UNKNOWN_CONFIG):
+        c.set_config({"listen": "127.0.0.1:1"})
+    assert c.config.max_replicas == 3
+    storage.fail_writes = True
+    with pytest.raises(OSError):
+        c.set_config({"max_replicas": "5"})
+    assert c.config.max_replicas == 3
+    storage.fail_writes = False
+    c.set_config({"max_replicas": "5", "region_max_size": "1GiB"})
+    assert storage.meta.config["max_replicas"] == "5"
+    assert storage.meta.config["region_max_size"] == "1GiB"
+
+
+def test_overrides_win_over_the_stored_config_and_unnamed_keys_keep_it() -> None:
+    storage = MemoryMetaStorage()
+    c = new_cluster(storage)
+    c.set_config({"max_replicas": "5", "region_max_keys": "77"})
+    again = Cluster(storage, 0.0, config_overrides={"region_max_keys": 88})
+    assert (again.config.max_replicas, again.config.region_max_keys) == (5, 88)
+    assert storage.meta.config["region_max_keys"] == "88"
+
+
+def test_overrides_that_break_a_rule_with_the_stored_config_are_refused() -> None:
+    storage = MemoryMetaStorage()
+    new_cluster(storage).set_config({"max_store_down_time": "1m"})
+    with pytest.raises(ConfigError, match="store_disconnect_time must be shorter"):
+        Cluster(storage, 0.0, config_overrides={"store_disconnect_time": "2m"})
+
+
+# -- persistence ------------------------------------------------------------------------
+
+
+def test_a_reloaded_cluster_has_its_stores_regions_ids_and_config() -> None:
+    storage = MemoryMetaStorage()
+    c = bootstrapped(storage)
+    c.set_config({"max_replicas": "5"})
+    left = region(1, b"", b"k", version=2, peers=THREE)
+    right = region(2, b"k", b"", version=2, peers=THREE)
+    for r in (left, right):
+        c.region_heartbeat(report(r), now=1.0)
+    assert c.flush_regions() == 2
+    last_id = max(c.alloc_ids(4))
+
+    again = new_cluster(storage, now=50.0)
+    assert again.cluster_id == CLUSTER_ID
+    assert [s.id for s in again.stores()] == [1, 2, 3]
+    assert all(s.state == StoreState.UP for s in again.stores())  # a fresh grace period
+    assert [r.region for r in again.regions()] == [left, right]
+    assert min(again.alloc_ids(1)) > last_id
+    assert again.config.max_replicas == 5
+
+
+def test_region_flushes_write_changes_and_delete_replaced_regions() -> None:
+    storage = MemoryMetaStorage()
+    c = bootstrapped(storage)
+    c.region_heartbeat(report(region(1, b"", b"k", version=2, peers=THREE)), now=1.0)
+    c.region_heartbeat(report(region(2, b"k", b"", version=2, peers=THREE)), now=1.0)
+    c.flush_regions()
+    writes = storage.writes
+    c.region_heartbeat(report(region(2, b"k", b"", version=2, peers=THREE)), now=2.0)
+    assert c.flush_regions() == 0 and storage.writes == writes  # nothing changed
+    c.region_heartbeat(report(region(2, b"", b"", version=3, peers=THREE)), now=3.0)
+    storage.fail_writes = True
+    with pytest.raises(OSError):
+        c.flush_regions()
+    storage.fail_writes = False
+    assert c.flush_regions() == 2  # region 2 written, region 1 deleted
+    assert storage.meta.regions == [region(2, b"", b"", version=3, peers=THREE)]
+
+
+def test_overlapping_stored_regions_keep_the_newest() -> None:
+    storage = MemoryMetaStorage()
+    bootstrapped(storage)
+    storage.meta.regions = [
+        region(1, version=1, peers=THREE),
+        region(2, b"k", b"", version=2, peers=THREE),
+    ]
+    c = new_cluster(storage)
+    assert [r.region.id for r in c.regions()] == [2]
+    assert RegionId(1) not in {r.region.id for r in c.regions()}
