@@ -1,0 +1,141 @@
+"""`shardkv pd`: run the placement driver."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+
+import trio
+
+from placement_driver.config import (
+    ClusterConfig,
+    ConfigError,
+    ServerConfig,
+    StartupConfig,
+    format_value,
+    load_startup_config,
+)
+from placement_driver.storage import CorruptMetaError, DataDirLockedError
+
+__all__ = ["add_parser", "run"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Run the shardkv placement driver (PD): it bootstraps the cluster, hands out
+ids, keeps the stores and the region tree learnt from heartbeats, and serves
+the admin HTTP API (JSON) under /pd/api/v1/.
+
+Every setting below can be given in a TOML file (--config pd.toml) with the
+name in underscores (max_replicas = 5); a flag overrides the file. The
+cluster config keys are stored in the data directory and can be changed
+while running (SetConfig RPC): at start, a key named by the file or a flag
+wins over the stored value, a key named by neither keeps it.
+
+Durations are seconds or text: 500ms, 20s, 30m, 1h. Sizes are bytes or
+text: 64KiB, 96MiB (MB = 1000**2 bytes). An unknown key or a bad value stops
+the PD at start with exit code 2. Ctrl-C or SIGTERM stop it cleanly (exit 0).
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "pd",
+        help="run the placement driver",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML file with PD settings (pd.toml)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level of the messages written to stderr (default: info)",
+    )
+    server = p.add_argument_group("server options (start-up only)")
+    defaults = ServerConfig()
+    for f in dataclasses.fields(ServerConfig):
+        metavar = "DIR" if f.name == "data_dir" else "HOST:PORT"
+        default = getattr(defaults, f.name)
+        suffix = f" (default: {default})" if default else ""
+        server.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            metavar=metavar,
+            help=f.metadata["help"] + suffix,
+        )
+    cluster = p.add_argument_group("cluster config (stored; settable over RPC)")
+    cluster_defaults = ClusterConfig()
+    for f in dataclasses.fields(ClusterConfig):
+        kind = f.metadata.get("kind")
+        metavar = {"duration": "DURATION", "size": "SIZE"}.get(kind or "", "N")
+        cluster.add_argument(
+            _flag(f.name),
+            dest=f.name,
+            metavar=metavar,
+            help=f"{f.metadata['help']} (default: {format_value(cluster_defaults, f.name)})",
+        )
+    p.set_defaults(run=run)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    names = [f.name for f in dataclasses.fields(ServerConfig)] + [
+        f.name for f in dataclasses.fields(ClusterConfig)
+    ]
+    flags = {name: getattr(args, name, None) for name in names}
+    try:
+        startup = load_startup_config(args.config, flags)
+    except ConfigError as e:
+        print(f"shardkv pd: {e}", file=sys.stderr)
+        return 2
+    return trio.run(_serve, startup)
+
+
+async def _serve(startup: StartupConfig) -> int:
+    from placement_driver.server import PdServer
+
+    server = PdServer(startup.server, cluster_overrides=startup.cluster_overrides)
+    code = 0
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await nursery.start(server.run)
+    except* ConfigError as group:
+        code = _report(group, 2)
+    except* (DataDirLockedError, CorruptMetaError, OSError) as group:
+        code = _report(group, 1)
+    if code == 0:
+        log.info("PD stopped")
+    return code
+
+
+def _report(group: BaseExceptionGroup[Exception], code: int) -> int:
+    for e in _leaves(group):
+        print(f"shardkv pd: {e}", file=sys.stderr)
+    return code
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in _leaves(e)]
+    return [error]
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for sig in signals:
+            log.info("received %s, stopping", signal.Signals(sig).name)
+            scope.cancel()
+            return

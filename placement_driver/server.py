@@ -1,0 +1,229 @@
+"""`PdServer`: the trio shell around the pure PD core.
+
+It owns the nursery, the sockets and the storage; the decisions are the
+core's (`Cluster`, `PdService`). One lifetime, one nursery:
+
+* the PD RPC (kvproto `RpcServer`, one handler for every pdpb request);
+* the admin HTTP API (`AdminApi` served by hypercorn's trio worker);
+* a task that re-derives store states exactly when the next one changes
+  (Up -> Disconnected -> Down; woken early by heartbeats, new stores and
+  config changes), on `trio.current_time()`, so trio's MockClock drives it;
+* a task that flushes region metadata every `region_flush_interval`.
+
+Persistence: `LmdbMetaStorage` under the data directory. Cluster id, stores,
+id blocks and config are written through before the request is answered;
+regions are batched (at most `region_flush_interval` of region changes is
+lost in a crash, and re-learnt from the next heartbeats) and flushed on
+shutdown. LMDB writes run on the trio thread: they are rare and small, and
+keeping them there keeps every request handler atomic (no await between
+reading and changing the cluster).
+
+Stop it by cancelling its scope: it flushes the regions and closes the
+storage on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from kvproto import pdpb
+from kvproto.rpc import RequestContext, RpcServer
+from placement_driver.cluster import Cluster
+from placement_driver.config import ServerConfig, parse_listen_address
+from placement_driver.http_api import AdminApi
+from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP
+from placement_driver.service import RESPONSE_TYPES, OperatorHook, PdService
+from placement_driver.storage import LmdbMetaStorage, MetaStorage
+
+__all__ = ["PdAddresses", "PdServer"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION_FLUSH_INTERVAL = 1.0
+
+# Requests after which the store-state task must look at the stores again.
+_WAKES_STORE_STATES = (
+    pdpb.BootstrapRequest,
+    pdpb.PutStoreRequest,
+    pdpb.StoreHeartbeatRequest,
+    pdpb.SetConfigRequest,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PdAddresses:
+    """Where a running PD listens: "host:port" each (bound ports, not 0)."""
+
+    rpc: str
+    http: str
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http}"
+
+
+class PdServer:
+    """One PD process's service.
+
+    ``await nursery.start(server.run)`` returns the `PdAddresses` once both
+    listeners are bound; `cluster` and `addresses` are set from then on.
+    `run` raises ConfigError if the stored config and the overrides
+    together are invalid, DataDirLockedError if another PD uses the data
+    directory.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        cluster_overrides: Mapping[str, object] | None = None,
+        id_alloc_step: int = DEFAULT_ID_ALLOC_STEP,
+        region_flush_interval: float = DEFAULT_REGION_FLUSH_INTERVAL,
+        rng: random.Random | None = None,
+        operators: OperatorHook | None = None,
+        storage: MetaStorage | None = None,
+    ) -> None:
+        """`storage` replaces the LMDB storage under `config.data_dir`
+        (tests of failure handling); by default it is opened by `run`."""
+        self.config = config
+        self._cluster_overrides = dict(cluster_overrides or {})
+        self._id_alloc_step = id_alloc_step
+        self._region_flush_interval = region_flush_interval
+        self._rng = rng or random.SystemRandom()
+        self._operators = operators
+        self._storage = storage
+        self._cluster: Cluster | None = None
+        self._service: PdService | None = None
+        self._addresses: PdAddresses | None = None
+        self._wake_store_states = trio.Event()
+        self._rpc_server = RpcServer({t: self._handle for t in RESPONSE_TYPES})
+
+    @property
+    def rpc_server(self) -> RpcServer:
+        """The RPC server; its `handle_connection` serves in-memory streams
+        too (tests under trio's MockClock)."""
+        return self._rpc_server
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            raise RuntimeError("the PD is not running")
+        return self._cluster
+
+    @property
+    def addresses(self) -> PdAddresses:
+        if self._addresses is None:
+            raise RuntimeError("the PD is not running")
+        return self._addresses
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[PdAddresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        owned: LmdbMetaStorage | None = None
+        storage = self._storage
+        if storage is None:
+            storage = owned = LmdbMetaStorage(self.config.data_dir)
+        try:
+            cluster = Cluster(
+                storage,
+                trio.current_time(),
+                config_overrides=self._cluster_overrides,
+                id_alloc_step=self._id_alloc_step,
+            )
+            self._cluster = cluster
+            self._service = PdService(cluster, self._rng, self._operators)
+            try:
+                async with trio.open_nursery() as nursery:
+                    rpc = await nursery.start(self._serve_rpc)
+                    http = await nursery.start(self._serve_http, cluster)
+                    nursery.start_soon(self._watch_store_states, cluster)
+                    nursery.start_soon(self._flush_regions_periodically, cluster)
+                    self._addresses = PdAddresses(rpc, http)
+                    log.info(
+                        "PD serving: RPC on %s, HTTP on http://%s, data dir %s, %s",
+                        rpc,
+                        http,
+                        self.config.data_dir,
+                        f"cluster {cluster.cluster_id}"
+                        if cluster.is_bootstrapped
+                        else "not bootstrapped",
+                    )
+                    task_status.started(self._addresses)
+            finally:
+                self._flush(cluster)
+        finally:
+            self._addresses = None
+            if owned is not None:
+                owned.close()
+
+    # -- RPC ----------------------------------------------------------------------
+
+    async def _serve_rpc(self, *, task_status: trio.TaskStatus[str]) -> None:
+        host, port = parse_listen_address(self.config.listen)
+        async with trio.open_nursery() as nursery:
+            bound_host, bound_port = await nursery.start(self._rpc_server.serve, host, port)
+            task_status.started(_join_address(bound_host, bound_port))
+
+    async def _handle(self, request: Any, ctx: RequestContext) -> object:
+        if self._service is None:
+            raise RuntimeError("the PD is not running")
+        response = self._service.handle(request, trio.current_time())
+        if isinstance(request, _WAKES_STORE_STATES):
+            self._wake_store_states.set()
+        return response
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    async def _serve_http(self, cluster: Cluster, *, task_status: trio.TaskStatus[str]) -> None:
+        config = hypercorn.config.Config()
+        config.bind = [self.config.http]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("placement_driver.http")
+        app = AdminApi(cluster, trio.current_time)
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(_hypercorn_serve, app, config)
+            task_status.started(binds[0].removeprefix("http://"))
+
+    # -- periodic tasks -----------------------------------------------------------
+
+    async def _watch_store_states(self, cluster: Cluster) -> None:
+        while True:
+            self._wake_store_states = trio.Event()
+            now = trio.current_time()
+            cluster.update_store_states(now)
+            deadline = cluster.next_store_state_change(now)
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wake_store_states.wait()
+
+    async def _flush_regions_periodically(self, cluster: Cluster) -> None:
+        while True:
+            await trio.sleep(self._region_flush_interval)
+            self._flush(cluster)
+
+    def _flush(self, cluster: Cluster) -> None:
+        try:
+            written = cluster.flush_regions()
+        except Exception:
+            log.exception("cannot write region metadata; will retry")
+            return
+        if written:
+            log.debug("flushed %d region records", written)
+
+
+async def _hypercorn_serve(
+    app: AdminApi, config: hypercorn.config.Config, *, task_status: trio.TaskStatus[list[str]]
+) -> None:
+    await hypercorn.trio.serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def _join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,1 @@
+"""shardkv: the console entry point (`shardkv SUBCOMMAND ...`)."""
