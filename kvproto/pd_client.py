@@ -141,9 +141,15 @@ class PdClient:
         await self._call(pdpb.PutStoreRequest(self._header(), store), pdpb.PutStoreResponse)
 
     async def get_store(self, store_id: int) -> Store | None:
-        r = await self._call(
-            pdpb.GetStoreRequest(self._header(), StoreId(store_id)), pdpb.GetStoreResponse
-        )
+        """The store, or None if the PD does not know it."""
+        try:
+            r = await self._call(
+                pdpb.GetStoreRequest(self._header(), StoreId(store_id)), pdpb.GetStoreResponse
+            )
+        except PdServerError as e:
+            if e.code == pdpb.PdErrorCode.STORE_NOT_FOUND:
+                return None
+            raise
         return r.store
 
     async def get_all_stores(self, exclude_tombstone: bool = True) -> tuple[Store, ...]:

@@ -209,10 +209,12 @@ class StreamOpener(Protocol):
     def __call__(self, address: str) -> Awaitable[trio.abc.Stream]: ...
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """ "host:port" or "[v6host]:port" -> (host, port); ValueError if malformed."""
+def parse_address(address: str, *, listen: bool = False) -> tuple[str, int]:
+    """ "host:port" or "[v6host]:port" -> (host, port); ValueError if malformed.
+    An address to listen on may have port 0 (any free port)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    lowest = 0 if listen else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ValueError(f"bad address {address!r}, expected host:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from kvproto import config_file
 from kvproto.config_file import ConfigError, parse_duration, setting
+from kvproto.rpc import parse_address
 
 __all__ = [
     "CLUSTER_KEYS",
@@ -227,12 +228,7 @@ def load_startup_config(path: str | None, flags: Mapping[str, object]) -> Startu
 
 def parse_listen_address(address: str) -> tuple[str, int]:
     """ "host:port" or "[v6host]:port" with 0 <= port < 65536 -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    return parse_address(address, listen=True)
 
 
 def _check_known(

@@ -188,6 +188,11 @@ class StoreCore:
         self.peers[region.id] = peer
         self.tombstones.pop(region.id, None)
         self._dirty.add(region.id)
+        voters = storage.conf_state.voters
+        if voters == (meta.id,) and not storage.conf_state.voters_outgoing:
+            # Alone, there is nobody to wait for: lead at once (no election
+            # timeout of unavailability after every restart).
+            node.campaign()
         log.info(
             "store %d: started peer %d of region %d [%r, %r) applied=%d%s",
             self.store_id,

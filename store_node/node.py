@@ -120,7 +120,7 @@ class StoreNode:
                 receiver = SnapshotReceiver(
                     self.snap_dir, self._deliver_snapshot, max_receives=cfg.max_snapshot_receives
                 )
-                host, port = parse_address(cfg.listen)
+                host, port = parse_address(cfg.listen, listen=True)
                 server = RpcServer(
                     {
                         **KvService(self, Limits(cfg.max_key_size, cfg.max_value_size)).handlers(),

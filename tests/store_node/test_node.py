@@ -1,0 +1,160 @@
+"""A real PD and real store processes' code in-process: trio, TCP on
+127.0.0.1 with port 0, LMDB in tmp dirs. Every test is bounded by
+`trio.fail_after`.
+
+Covers bootstrap through the PD, the KV service end to end (each
+operation over RPC), restart from disk, bad input getting typed errors, and
+garbage on the store port leaving other clients alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from kvproto import kvrpcpb as kv
+from kvproto.pd_client import open_pd_client
+from kvproto.rpc import connect
+from placement_driver.testing import open_pd
+from store_node.config import StoreConfig
+from store_node.node import StoreInfo, StoreNode
+
+
+def store_config(tmp: Path, name: str, pd: str, **kw: object) -> StoreConfig:
+    base = dict(
+        data_dir=str(tmp / name),
+        listen="127.0.0.1:0",
+        pd=(pd,),
+        tick_interval=0.02,
+        store_heartbeat_interval=0.2,
+        region_heartbeat_interval=0.5,
+        kv_sync_interval=0.1,
+    )
+    base.update(kw)
+    return StoreConfig(**base)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_store(cfg: StoreConfig) -> AsyncIterator[tuple[StoreNode, StoreInfo]]:
+    async with trio.open_nursery() as nursery:
+        node = StoreNode(cfg)
+        info = await nursery.start(node.run)
+        try:
+            yield node, info
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def leader_context(pd_addr: str, key: bytes = b"") -> kv.Context:
+    """Wait until the PD knows the region of `key` and its leader."""
+    async with open_pd_client([pd_addr]) as pd:
+        while True:
+            region, leader = await pd.get_region(key)
+            if region is not None and leader is not None:
+                return kv.Context(region.id, region.epoch, leader)
+            await trio.sleep(0.05)
+
+
+async def test_first_store_bootstraps_and_serves_every_operation(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            open_pd(tmp_path / "pd") as pd,
+            running_store(store_config(tmp_path, "s1", pd.addresses.rpc)) as (_, info),
+        ):
+            ctx = await leader_context(pd.addresses.rpc)
+            async with connect(info.address) as conn:
+                assert await conn.call(kv.RawPutRequest(ctx, b"a", b"1")) == kv.RawWriteResponse()
+                pairs = tuple((b"b%d" % i, b"%d" % i) for i in range(5))
+                await conn.call(kv.RawBatchPutRequest(ctx, pairs))
+                r = await conn.call(kv.RawGetRequest(ctx, b"a"))
+                assert r == kv.RawGetResponse(value=b"1")
+                r = await conn.call(kv.RawGetRequest(ctx, b"nope"))
+                assert r == kv.RawGetResponse(value=None)
+                r = await conn.call(kv.RawBatchGetRequest(ctx, (b"b1", b"zz", b"a")))
+                assert r.pairs == ((b"b1", b"1"), (b"a", b"1"))
+                r = await conn.call(kv.RawScanRequest(ctx, b"b", b"", 3))
+                assert [k for k, _ in r.pairs] == [b"b0", b"b1", b"b2"]
+                r = await conn.call(kv.RawScanRequest(ctx, b"", b"b3", 10, reverse=True))
+                assert [k for k, _ in r.pairs] == [b"b2", b"b1", b"b0", b"a"]
+                r = await conn.call(kv.RawScanRequest(ctx, b"", b"", 10, keys_only=True))
+                assert all(v == b"" for _, v in r.pairs) and len(r.pairs) == 6
+                r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"a", b"1", b"2"))
+                assert r == kv.RawCompareAndSetResponse(succeeded=True, previous=b"1")
+                r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"a", b"1", b"3"))
+                assert r == kv.RawCompareAndSetResponse(succeeded=False, previous=b"2")
+                r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"new", None, b"x"))
+                assert r.succeeded and r.previous is None
+                await conn.call(kv.RawDeleteRequest(ctx, b"a"))
+                await conn.call(kv.RawBatchDeleteRequest(ctx, (b"b0", b"b1")))
+                await conn.call(kv.RawDeleteRangeRequest(ctx, b"b3", b"b9"))
+                r = await conn.call(kv.RawScanRequest(ctx, b"", b"", 100))
+                assert [k for k, _ in r.pairs] == [b"b2", b"new"]
+
+
+async def test_bad_input_gets_typed_errors(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            open_pd(tmp_path / "pd") as pd,
+            running_store(
+                store_config(tmp_path, "s1", pd.addresses.rpc, max_key_size=16, max_value_size=32)
+            ) as (_, info),
+        ):
+            ctx = await leader_context(pd.addresses.rpc)
+            async with connect(info.address) as conn:
+                r = await conn.call(kv.RawPutRequest(ctx, b"", b"v"))
+                assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
+                r = await conn.call(kv.RawPutRequest(ctx, b"k" * 17, b"v"))
+                assert r.error.code == kv.KvErrorCode.KEY_TOO_LARGE
+                r = await conn.call(kv.RawPutRequest(ctx, b"k", b"v" * 33))
+                assert r.error.code == kv.KvErrorCode.VALUE_TOO_LARGE
+                r = await conn.call(kv.RawScanRequest(ctx, b"z", b"a", 10))
+                assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
+                r = await conn.call(kv.RawScanRequest(ctx, b"a", b"", 0))
+                assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
+                wrong = kv.Context(ctx.region_id + 100, ctx.region_epoch, ctx.peer)
+                r = await conn.call(kv.RawGetRequest(wrong, b"k"))
+                assert type(r.region_error).__name__ == "RegionNotFound"
+
+
+async def test_hundred_concurrent_writers_then_restart_keeps_everything(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with open_pd(tmp_path / "pd") as pd:
+            cfg = store_config(tmp_path, "s1", pd.addresses.rpc)
+            async with running_store(cfg) as (_, info):
+                ctx = await leader_context(pd.addresses.rpc)
+                async with connect(info.address) as conn:
+
+                    async def writer(w: int) -> None:
+                        for i in range(10):
+                            r = await conn.call(kv.RawPutRequest(ctx, b"w%03d-%02d" % (w, i), b"x"))
+                            assert r == kv.RawWriteResponse()
+
+                    async with trio.open_nursery() as n:
+                        for w in range(100):
+                            n.start_soon(writer, w)
+            async with running_store(cfg) as (_, info):
+                ctx = await leader_context(pd.addresses.rpc)
+                async with connect(info.address) as conn:
+                    r = await conn.call(kv.RawScanRequest(ctx, b"", b"", 2000))
+                    assert len(r.pairs) == 1000
+
+
+async def test_garbage_on_the_store_port_does_not_disturb_clients(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            open_pd(tmp_path / "pd") as pd,
+            running_store(store_config(tmp_path, "s1", pd.addresses.rpc)) as (_, info),
+        ):
+            ctx = await leader_context(pd.addresses.rpc)
+            host, port = info.address.rsplit(":", 1)
+            async with connect(info.address) as conn:
+                await conn.call(kv.RawPutRequest(ctx, b"k", b"v"))
+                for junk in (b"\xff" * 64, b"\x00\x00\x00\x05abc", b"\x7f\xff\xff\xff"):
+                    s = await trio.open_tcp_stream(host, int(port))
+                    await s.send_all(junk)
+                    await s.aclose()
+                r = await conn.call(kv.RawGetRequest(ctx, b"k"))
+                assert r.value == b"v"
