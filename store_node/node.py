@@ -29,8 +29,8 @@ from kvproto.kvrpcpb import Context
 from kvproto.metapb import Region, StoreId
 from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
-from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey
-from kvproto.rpc import RequestContext, RpcServer, parse_address
+from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
+from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
 from store_node.bootstrap import load_regions, load_tombstones
 from store_node.config import StoreConfig
 from store_node.core import CoreConfig, RoundOutput, StoreCore
@@ -132,7 +132,7 @@ class StoreNode:
                 # events only once the core exists: the channel buffers them.
                 bound = await nursery.start(server.serve, host, port)
                 address = cfg.advertise or f"{bound[0]}:{bound[1]}"
-                ident, fresh_regions = await ensure_identity(self.engine, pd, address, cfg.labels)
+                ident, fresh_regions = await self._register(pd, address)
                 core = StoreCore(
                     ident.store_id,
                     self.engine,
@@ -175,6 +175,19 @@ class StoreNode:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.engine.close, limiter=self._limiter)
+
+    async def _register(self, pd: PdClient, address: str) -> tuple[StoreIdent, list[int]]:
+        """Identity and registration, retried until the PD answers: a store may
+        start before its PD. (`ensure_identity` is safe to run again after any
+        failure: a bootstrap that half happened is resolved from its marker.)"""
+        delay = 0.1
+        while True:
+            try:
+                return await ensure_identity(self.engine, pd, address, self.config.labels)
+            except RpcCallError as e:
+                log.warning("waiting for the PD at %s: %s", ",".join(self.config.pd), e)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     # -- the loop -----------------------------------------------------------
 

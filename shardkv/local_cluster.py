@@ -1,0 +1,238 @@
+"""A PD and N stores as child processes on loopback: the playground's engine
+and the cluster tests' fixture.
+
+Each child is `python -m shardkv pd|store ...` with its own data directory
+and log file under the cluster's directory, on free 127.0.0.1 ports. On
+Linux every child gets PR_SET_PDEATHSIG, so it dies with its parent even if
+the parent is SIGKILLed: no orphans. `aclose` stops children with SIGTERM
+(SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from kvproto import kvrpcpb as kv
+from kvproto.metapb import StoreState
+from kvproto.pd_client import PdClient
+from kvproto.rpc import RpcCallError, connect
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (the OS does not hand it out again at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass(slots=True)
+class Child:
+    name: str
+    args: list[str]
+    log_path: Path
+    process: trio.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+@dataclass(slots=True)
+class StoreSpec:
+    index: int
+    address: str
+    data_dir: Path
+    child: Child
+
+
+@dataclass(slots=True)
+class LocalCluster:
+    """`root` holds pd/, store-N/ and logs/. Ports are chosen when the cluster
+    is created and kept across restarts of a child."""
+
+    root: Path
+    stores: int = 3
+    pd_port: int | None = None
+    http_port: int | None = None
+    # Extra flags (flag -> value) for every store and for the PD.
+    store_flags: dict[str, str] = field(default_factory=dict)
+    pd_flags: dict[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+    pd_address: str = ""
+    http_address: str = ""
+    pd: Child | None = None
+    store_specs: list[StoreSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        self.pd_address = f"127.0.0.1:{self.pd_port or free_port()}"
+        self.http_address = f"127.0.0.1:{self.http_port or free_port()}"
+        pd_args = [
+            "pd",
+            "--data-dir",
+            str(self.root / "pd"),
+            "--listen",
+            self.pd_address,
+            "--http",
+            self.http_address,
+        ]
+        for k, v in self.pd_flags.items():
+            pd_args += [k, v]
+        self.pd = Child("pd", pd_args, self.root / "logs" / "pd.log")
+        for i in range(1, self.stores + 1):
+            self.store_specs.append(self._store_spec(i))
+
+    def _store_spec(self, i: int) -> StoreSpec:
+        address = f"127.0.0.1:{free_port()}"
+        data_dir = self.root / f"store-{i}"
+        args = ["store", "--data-dir", str(data_dir), "--listen", address, "--pd", self.pd_address]
+        for k, v in self.store_flags.items():
+            args += [k, v]
+        return StoreSpec(
+            i, address, data_dir, Child(f"store-{i}", args, self.root / "logs" / f"store-{i}.log")
+        )
+
+    def add_store(self) -> StoreSpec:
+        spec = self._store_spec(len(self.store_specs) + 1)
+        self.store_specs.append(spec)
+        return spec
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_address}"
+
+    # -- processes -----------------------------------------------------------
+
+    async def _start(self, child: Child) -> None:
+        if child.running:
+            return
+        # The child owns the log file; this process closes its copy at once.
+        logf = open(child.log_path, "ab")  # noqa: SIM115, ASYNC230
+        try:
+            child.process = await trio.lowlevel.open_process(
+                [self.python, "-m", "shardkv", *child.args],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        finally:
+            logf.close()
+        log.debug("started %s (pid %d)", child.name, child.process.pid)
+
+    async def start(self) -> None:
+        """Start the PD, then every store."""
+        assert self.pd is not None
+        await self._start(self.pd)
+        for spec in self.store_specs:
+            await self._start(spec.child)
+
+    async def start_store(self, index: int) -> None:
+        await self._start(self.store_specs[index - 1].child)
+
+    def signal_store(self, index: int, sig: signal.Signals) -> None:
+        p = self.store_specs[index - 1].child.process
+        if p is not None and p.returncode is None:
+            p.send_signal(sig)
+
+    async def kill_store(self, index: int) -> None:
+        """SIGKILL: no clean shutdown, as in a crash."""
+        child = self.store_specs[index - 1].child
+        if child.process is not None and child.process.returncode is None:
+            child.process.kill()
+            await child.process.wait()
+
+    async def stop_child(self, child: Child, grace: float = 10.0) -> int | None:
+        p = child.process
+        if p is None:
+            return None
+        if p.returncode is None:
+            p.terminate()
+            with trio.move_on_after(grace):
+                await p.wait()
+            if p.returncode is None:
+                log.warning("%s did not stop in %.0f s; killing it", child.name, grace)
+                p.kill()
+                await p.wait()
+        return p.returncode
+
+    async def stop_store(self, index: int) -> int | None:
+        return await self.stop_child(self.store_specs[index - 1].child)
+
+    async def aclose(self) -> None:
+        """Stop every child: stores first, then the PD."""
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as n:
+                for spec in self.store_specs:
+                    n.start_soon(self.stop_child, spec.child)
+            if self.pd is not None:
+                await self.stop_child(self.pd)
+
+    def children(self) -> list[Child]:
+        return ([self.pd] if self.pd else []) + [s.child for s in self.store_specs]
+
+    def dead_children(self) -> list[Child]:
+        """Children that exited on their own (crashed)."""
+        return [
+            c for c in self.children() if c.process is not None and c.process.returncode is not None
+        ]
+
+    # -- readiness -------------------------------------------------------------
+
+    async def wait_ready(self, pd: PdClient, *, min_stores: int | None = None) -> None:
+        """Wait until the cluster is bootstrapped, every store is up and a
+        write and a read succeed. Cancel (or time out) from outside."""
+        want = self.stores if min_stores is None else min_stores
+        while True:
+            dead = self.dead_children()
+            if dead:
+                names = ", ".join(
+                    f"{c.name} (exit {c.process.returncode})" for c in dead if c.process
+                )
+                raise RuntimeError(f"{names} exited; see the logs in {self.root / 'logs'}")
+            with contextlib.suppress(Exception):
+                if await pd.is_bootstrapped():
+                    stores = await pd.get_all_stores()
+                    up = [s for s in stores if s.state == StoreState.UP]
+                    if len(up) >= want and await self.write_and_read(pd):
+                        return
+            await trio.sleep(0.1)
+
+    async def write_and_read(self, pd: PdClient, key: bytes = b"__playground_probe") -> bool:
+        """One write and one linearizable read through the region's leader."""
+        region, leader = await pd.get_region(key)
+        if region is None or leader is None:
+            return False
+        store = await pd.get_store(leader.store_id)
+        if store is None:
+            return False
+        ctx = kv.Context(region.id, region.epoch, leader)
+        try:
+            async with connect(store.address, connect_timeout=2) as conn:
+                w = await conn.call(kv.RawPutRequest(ctx, key, b"ok"), timeout=5)
+                if not isinstance(w, kv.RawWriteResponse) or w.region_error or w.error:
+                    return False
+                r = await conn.call(kv.RawGetRequest(ctx, key), timeout=5)
+                return isinstance(r, kv.RawGetResponse) and r.value == b"ok"
+        except RpcCallError:
+            return False
