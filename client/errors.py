@@ -65,17 +65,20 @@ class DeadlineExceeded(ClientError):
     this was not applied (when its outcome is unknown the client raises
     UndeterminedError instead)."""
 
+    reason = "deadline"
+
     def __init__(self, what: str, timeout: float, attempts: int, cause: str) -> None:
         self.timeout = timeout
         self.attempts = attempts
-        super().__init__(
-            what, f"deadline of {timeout:g} s exceeded after {attempts} attempt(s)", cause
-        )
+        tries = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+        super().__init__(what, f"{self.reason} of {timeout:g} s exceeded{tries}", cause)
 
 
 class PdUnavailable(DeadlineExceeded):
     """The deadline passed while the PD could not be reached or answered
     with an error."""
+
+    reason = "PD unavailable, deadline"
 
 
 class UndeterminedError(ClientError):

@@ -25,6 +25,7 @@ from typing import Final
 SUBCOMMANDS: Final = (
     "placement_driver.cli",  # shardkv pd
     "store_node.cli",  # shardkv store
+    "client.cli",  # shardkv kv
 )
 
 

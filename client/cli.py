@@ -1,0 +1,203 @@
+"""`shardkv kv`: read and write keys from the command line.
+
+    shardkv kv --pd 127.0.0.1:2379 put KEY VALUE
+    shardkv kv get KEY
+    shardkv kv delete KEY
+    shardkv kv scan [--start S] [--end E] [--limit N] [--reverse] [--keys-only]
+
+Keys and values are UTF-8 text on the command line, or hex with `--hex`.
+Output: `get` prints the value; `scan` prints one ``key<TAB>value`` line per
+pair. With `--hex` every field is printed as hex; otherwise a field that is
+not printable as one text field (not UTF-8, or holding a tab or a line
+break) is printed as ``hex:`` followed by its hex digits.
+
+Exit status: 0 on success, 1 on failure (a one-line error on stderr; `get`
+of a key without a value is a failure), 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from client.errors import ClientError
+from client.rawkv import DEFAULT_TIMEOUT, connect
+from kvproto.rpc import parse_address
+
+__all__ = ["add_parser", "main", "run"]
+
+PROG = "shardkv kv"
+
+DESCRIPTION = """\
+Read and write keys of a shardkv cluster. Keys and values are UTF-8 text,
+or hex with --hex. `scan` prints key<TAB>value lines; a field that is not
+printable text is shown as hex:<hex digits>. Exit status: 0 on success, 1
+on failure (including `get` of a missing key), 2 on a usage error.
+"""
+
+
+class UsageError(Exception):
+    """A bad argument: exit status 2."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `kv` sub-command (its `run` is the parser's default)."""
+    p = subparsers.add_parser(
+        "kv",
+        help="read and write keys",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--pd",
+        default="127.0.0.1:2379",
+        metavar="ADDRS",
+        help="PD addresses, comma separated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--hex", action="store_true", help="keys and values are hex, in arguments and output"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="deadline of the command (default: %(default)s)",
+    )
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="kv_command", metavar="COMMAND", required=True)
+    put = sub.add_parser("put", help="set KEY to VALUE")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE")
+    get = sub.add_parser("get", help="print the value of KEY")
+    get.add_argument("key", metavar="KEY")
+    delete = sub.add_parser("delete", help="delete KEY")
+    delete.add_argument("key", metavar="KEY")
+    scan = sub.add_parser("scan", help="print the pairs of [START, END)")
+    scan.add_argument("--start", default="", metavar="S", help="first key (default: the first)")
+    scan.add_argument("--end", default="", metavar="E", help="end key, excluded (default: none)")
+    scan.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N pairs (default: 100)"
+    )
+    scan.add_argument("--reverse", action="store_true", help="descending from END")
+    scan.add_argument("--keys-only", action="store_true", help="print keys only")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed `kv` command; returns the exit status."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        pd = _pd_addresses(args.pd)
+        if not args.timeout > 0:
+            raise UsageError(f"--timeout must be positive, got {args.timeout}")
+        return trio.run(_run, args, pd)
+    except UsageError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    except ClientError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """A stand-alone `shardkv kv` (until the `shardkv` command dispatches to
+    `add_parser`); also `python -m client.cli`."""
+    parser = argparse.ArgumentParser(prog="shardkv")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_parser(subparsers)
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+# --------------------------------------------------------------------------
+
+
+def _pd_addresses(text: str) -> list[str]:
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    if not addresses:
+        raise UsageError("--pd needs at least one address")
+    for a in addresses:
+        try:
+            parse_address(a)
+        except ValueError as e:
+            raise UsageError(f"--pd: {e}") from None
+    return addresses
+
+
+def _arg_bytes(args: argparse.Namespace, name: str, text: str) -> bytes:
+    if not args.hex:
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates from the shell
+            raise UsageError(f"{name} is not valid text: {e}") from None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise UsageError(f"{name} is not hex: {text!r}") from None
+
+
+def _show(data: bytes, hex_mode: bool) -> str:
+    if hex_mode:
+        return data.hex()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "hex:" + data.hex()
+    if any(c in text for c in "\t\n\r") or text.startswith("hex:"):
+        return "hex:" + data.hex()
+    return text
+
+
+async def _run(args: argparse.Namespace, pd: list[str]) -> int:
+    cmd = args.kv_command
+    key = b""
+    if cmd in ("put", "get", "delete"):
+        key = _arg_bytes(args, "KEY", args.key)
+        if not key:
+            raise UsageError("KEY must not be empty")
+    async with connect(pd, timeout=args.timeout) as kv:
+        if cmd == "put":
+            await kv.put(key, _arg_bytes(args, "VALUE", args.value))
+        elif cmd == "get":
+            value = await kv.get(key)
+            if value is None:
+                print(f"{PROG}: get {_show(key, args.hex)}: not found", file=sys.stderr)
+                return 1
+            print(_show(value, args.hex))
+        elif cmd == "delete":
+            await kv.delete(key)
+        elif cmd == "scan":
+            if args.limit <= 0:
+                raise UsageError(f"--limit must be positive, got {args.limit}")
+            start = _arg_bytes(args, "--start", args.start)
+            end = _arg_bytes(args, "--end", args.end)
+            if end and end < start:
+                raise UsageError("--end must not be below --start")
+            pairs = await kv.scan(
+                start, end, limit=args.limit, reverse=args.reverse, keys_only=args.keys_only
+            )
+            for k, v in pairs:
+                if args.keys_only:
+                    print(_show(k, args.hex))
+                else:
+                    print(f"{_show(k, args.hex)}\t{_show(v, args.hex)}")
+        else:
+            raise AssertionError(f"unknown kv command {cmd!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
