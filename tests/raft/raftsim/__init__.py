@@ -1,0 +1,47 @@
+"""A deterministic simulator for `raft/`: the main safety net of the project.
+
+* `cluster.Simulation`: nodes with disks that survive crashes, a simulated
+  network, a heap of timed events, invariants checked after every step.
+* `network.Network` / `Faults`: drops, duplicates, delays, partitions.
+* `invariants.Checker`: the safety invariants (listed in its docstring).
+* `workload.Chaos` / `run_random`: random operations and faults, then heal
+  and liveness checks.
+
+Everything random comes from one `random.Random(seed)`: a seed replays
+exactly. Failures raise `SimulationFailure` subclasses whose text holds the
+seed, the step, the last events and a `reproduce:` line.
+"""
+
+from .cluster import Options, SimNode, Simulation
+from .disk import SimDisk
+from .invariants import Checker
+from .network import Faults, Network
+from .trace import (
+    LivenessFailure,
+    RaftCrashed,
+    SafetyViolation,
+    SimulationFailure,
+    Trace,
+    Violation,
+)
+from .workload import Chaos, Profile, SimReport, run_random
+
+__all__ = [
+    "Chaos",
+    "Checker",
+    "Faults",
+    "LivenessFailure",
+    "Network",
+    "Options",
+    "Profile",
+    "RaftCrashed",
+    "SafetyViolation",
+    "SimDisk",
+    "SimNode",
+    "SimReport",
+    "Simulation",
+    "SimulationFailure",
+    "Trace",
+    "Violation",
+    "run_random",
+]
