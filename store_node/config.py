@@ -50,7 +50,11 @@ class StoreConfig:
         10.0, "interval of region heartbeats from leaders", kind="duration", min=0.01
     )
     kv_sync_interval: float = setting(
-        1.0, "interval of fsyncs of the kv/ directory", kind="duration", min=0.001
+        60.0,
+        "interval of fsyncs of kv/ (bounds log replay after a machine crash; log "
+        "truncation syncs kv/ itself first)",
+        kind="duration",
+        min=0.001,
     )
 
     raft_log_gc_threshold: int = setting(

@@ -40,7 +40,7 @@ from store_node.kv_service import KvService, Limits
 from store_node.log_gc import LogGcConfig
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, ReplyValue, WriteDone
-from store_node.persist import persist_and_apply
+from store_node.persist import must_block, persist_and_apply
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
 from store_node.split import scan_region
@@ -220,12 +220,12 @@ class StoreNode:
         assert transport is not None
         for store_id, msgs in out.messages_now.items():
             transport.send(store_id, msgs)
-        if out.raft_batch.ops or out.apply_tasks:
+        if must_block(self.engine, out):
             outcomes = await trio.to_thread.run_sync(
                 persist_and_apply, self.engine, out, limiter=self._limiter
             )
         else:
-            outcomes = []
+            outcomes = persist_and_apply(self.engine, out)
         for store_id, msgs in out.messages_after_persist.items():
             transport.send(store_id, msgs)
         for reply in core.after_persist(out, outcomes):

@@ -19,6 +19,21 @@ from store_node.core import RoundOutput
 from store_node.engine import Engine, KvTxn
 from store_node.region_tasks import destroy_peer, install_snapshot
 
+# Applying this much entry data inline would stall the loop for too long.
+INLINE_APPLY_BYTES = 256 << 10
+
+
+def must_block(engine: Engine, out: RoundOutput) -> bool:
+    """Whether the round's writes may take long (an fsync, a snapshot, a big
+    apply): then they run in the worker thread; otherwise inline, which
+    saves the thread hop (a large share of a small round's latency)."""
+    if out.raft_batch.ops and out.must_sync and engine.sync:
+        return True
+    if out.raft_after_kv.ops or out.snapshot_tasks or out.destroy_tasks:
+        return True
+    size = sum(len(e.data) for t in out.apply_tasks for e in t.entries)
+    return size > INLINE_APPLY_BYTES
+
 
 def persist_and_apply(engine: Engine, out: RoundOutput) -> list[ApplyOutcome]:
     engine.write_raft(out.raft_batch, out.must_sync)

@@ -31,7 +31,6 @@ def store_config(tmp: Path, name: str, pd: str, **kw: object) -> StoreConfig:
         tick_interval=0.02,
         store_heartbeat_interval=0.2,
         region_heartbeat_interval=0.5,
-        kv_sync_interval=0.1,
     )
     base.update(kw)
     return StoreConfig(**base)  # type: ignore[arg-type]
