@@ -12,11 +12,13 @@ times for `--seconds`; the table shows medians (and min-max).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -74,6 +76,27 @@ async def _drive(
     return len(latencies) / elapsed, latencies
 
 
+@contextlib.contextmanager
+def _workdir(keep: str | None, name: str) -> Iterator[str]:
+    """A fresh directory: under `keep` (kept, logs included) or temporary."""
+    if keep is not None:
+        path = Path(keep) / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        yield d
+
+
+def _puts(ctx: kv.Context) -> Callable[[int, int], object]:
+    return lambda t, i: kv.RawPutRequest(ctx, b"k%03d-%08d" % (t, i), VALUE)
+
+
+def _gets(ctx: kv.Context) -> Callable[[int, int], object]:
+    return lambda t, i: kv.RawGetRequest(ctx, b"k%06d" % ((t * 7919 + i) % 1000))
+
+
 def _pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
@@ -83,7 +106,7 @@ async def bench(args: argparse.Namespace) -> None:
     tasks_list = [int(x) for x in args.tasks.split(",")]
     rows: list[tuple[str, str, int, list[float], list[float]]] = []
     for durable in (True, False):
-        with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        with _workdir(args.dir, "durable" if durable else "nosync") as d:
             cluster = LocalCluster(
                 Path(d), stores=1, store_flags={"--sync": "true" if durable else "false"}
             )
@@ -101,18 +124,8 @@ async def bench(args: argparse.Namespace) -> None:
                         for tasks in tasks_list:
                             tputs: list[float] = []
                             p50s: list[float] = []
+                            make = _puts(ctx) if op == "put" else _gets(ctx)
                             for _ in range(args.runs):
-                                if op == "put":
-
-                                    def make(t: int, i: int) -> object:
-                                        return kv.RawPutRequest(ctx, b"k%03d-%08d" % (t, i), VALUE)
-                                else:
-
-                                    def make(t: int, i: int) -> object:
-                                        return kv.RawGetRequest(
-                                            ctx, b"k%06d" % ((t * 7919 + i) % 1000)
-                                        )
-
                                 tput, lat = await _drive(conn, tasks, args.seconds, make)
                                 tputs.append(tput)
                                 p50s.append(_pct(lat, 0.5))
@@ -128,9 +141,8 @@ async def bench(args: argparse.Namespace) -> None:
                 await cluster.aclose()
     print()
     print(f"store_kv: 100-byte values, one store, median of {args.runs} runs x {args.seconds}s")
-    print(
-        f"{'op':4} {'mode':9} {'tasks':>5} | {'ops/s median':>12} {'(min - max)':>21} | {'p50 ms':>7}"
-    )
+    head = f"{'op':4} {'mode':9} {'tasks':>5} | {'ops/s median':>12} {'(min - max)':>21}"
+    print(f"{head} | {'p50 ms':>7}")
     print("-" * 72)
     for op, mode, tasks, tputs, p50s in rows:
         print(
@@ -146,7 +158,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--tasks", default="1,16,64,256")
-    parser.add_argument("--dir", default=None, help="where the data directories go (default: tmp)")
+    parser.add_argument(
+        "--dir", default=None, help="keep the data directories and logs here (default: a tmp dir)"
+    )
     trio.run(bench, parser.parse_args())
 
 
