@@ -184,6 +184,15 @@ class RegionCache:
         self._remove(entry)
         return True
 
+    def invalidate_region(self, region: Region) -> bool:
+        """Forget the cached copy of `region` (a request routed with it
+        failed), unless the cache meanwhile holds a newer one of that id."""
+        entry = self.get(region.id)
+        if entry is None or epoch.is_newer(entry.region.epoch, region.epoch):
+            return False
+        self._remove(entry)
+        return True
+
     def invalidate_store(self, store_id: StoreId) -> int:
         """Forget every leader hint pointing at `store_id`; returns how many."""
         n = 0

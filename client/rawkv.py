@@ -97,6 +97,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT: Final = 10.0
 DEFAULT_SCAN_LIMIT: Final = 10_000
 DEFAULT_PAGE_SIZE: Final = 1_000
+# Regions a batch or range call loads from the PD in one call on a miss.
+PREFETCH_REGIONS: Final = 32
 
 # Reconnection schedule of a store connection: quick first, capped at 1 s.
 STORE_BACKOFF: Final = Backoff(initial=0.05, max_delay=1.0)
@@ -296,13 +298,24 @@ class Client:
         what = f"contains {describe_key(key)}" if isinstance(key, bytes) else "contains"
         key = _check_key(what, key)
         att = self._attempts(what, OpKind.READ, timeout)
-        resp = await self._single(
-            att,
-            key,
-            lambda ctx: kv.RawScanRequest(ctx, key, key + b"\x00", 1, False, True),
-            kv.RawScanResponse,
-        )
-        return bool(resp.pairs)
+        while True:
+            # The first key of [key, region end): no end bound past the
+            # store's key size limit, whatever the key's size.
+            entry = await self._locate(att, key)
+            resp = await self._call(
+                att,
+                entry,
+                partial(
+                    kv.RawScanRequest,
+                    start_key=key,
+                    end_key=entry.region.end_key,
+                    limit=1,
+                    keys_only=True,
+                ),
+                kv.RawScanResponse,
+            )
+            if resp is not None:
+                return bool(resp.pairs) and resp.pairs[0][0] == key
 
     async def scan(
         self,
@@ -617,12 +630,22 @@ class Client:
                 return None
             raise
 
-    async def _locate(self, att: Attempts, key: bytes) -> CachedRegion:
-        """The region holding `key`: from the cache, else from the PD."""
+    async def _locate(self, att: Attempts, key: bytes, until: bytes | None = None) -> CachedRegion:
+        """The region holding `key`: from the cache, else from the PD. A
+        caller that will need the regions up to `until` (b"": +inf) too
+        has the PD list them in one call, up to PREFETCH_REGIONS of them."""
         while True:
             entry = self.cache.lookup(key)
             if entry is not None:
                 return entry
+            if until is not None:
+                infos = await self._ask_pd(
+                    att, partial(self._pd.scan_regions, key, until, PREFETCH_REGIONS)
+                )
+                for info in infos:
+                    self.cache.insert(info.region, info.leader)
+                until = None  # one try; then ask for the key alone
+                continue
             region, leader = await self._ask_pd(att, partial(self._pd_get_region, key))
             if region is None or not region.contains(key):
                 await self._wait(att, retry.on_region_unknown(describe_key(key), att))
@@ -703,7 +726,7 @@ class Client:
         groups: list[tuple[CachedRegion, Sequence[T]]] = []
         i = 0
         while i < len(items):
-            entry = await self._locate(att, keys[i])
+            entry = await self._locate(att, keys[i], keys[-1] + b"\x00")
             j = end_in_region(keys, i, entry.region)
             for chunk in chunks(
                 items[i:j], self.config.batch_max_keys, self.config.batch_max_bytes, size_of
@@ -778,7 +801,7 @@ class Client:
         parts: list[tuple[CachedRegion, bytes, bytes]] = []
         cur = start
         while True:
-            entry = await self._locate(att, cur)
+            entry = await self._locate(att, cur, end)
             lo, hi = clip(entry.region, cur, end)
             parts.append((entry, lo, hi))
             r_end = entry.region.end_key

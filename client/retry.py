@@ -304,7 +304,7 @@ def on_region_error(
     region = entry.region
     if att.is_write and not proves_not_applied(err):
         if att.kind is OpKind.CONDITIONAL_WRITE:
-            cache.invalidate(region.id)
+            cache.invalidate_region(region)
             return _undetermined(att, cause)
         att.maybe_executed = True
 
@@ -321,7 +321,7 @@ def on_region_error(
             return Retry(BackoffKind.LEADER)
         if region.find_peer(hint.id) is None:
             # A peer we do not know: our membership is stale.
-            cache.invalidate(region.id)
+            cache.invalidate_region(region)
             return Retry(BackoffKind.REGION_MISS)
         entry.leader = hint
         if hint.store_id in att.avoid:
@@ -337,21 +337,21 @@ def on_region_error(
             return Retry(None)
         # Nothing newer than what we sent: the store is behind us, or the
         # cache holds another stale view. Ask the PD again, later.
-        cache.invalidate(region.id)
+        cache.invalidate_region(region)
         return Retry(BackoffKind.REGION_MISS)
     if isinstance(err, RegionNotFound):
         att.avoid.add(peer.store_id)
-        cache.invalidate(region.id)
+        cache.invalidate_region(region)
         return Retry(BackoffKind.REGION_MISS)
     if isinstance(err, KeyNotInRegion):
-        cache.invalidate(region.id)
+        cache.invalidate_region(region)
         return Retry(BackoffKind.REGION_MISS)
     if isinstance(err, ServerIsBusy):
         return Retry(BackoffKind.BUSY, floor=max(err.backoff_ms, 0) / 1000)
     if isinstance(err, StaleCommand):
         return Retry(BackoffKind.LEADER)
     if isinstance(err, StoreNotMatch):
-        cache.invalidate(region.id)
+        cache.invalidate_region(region)
         return Retry(BackoffKind.REGION_MISS, forget_store=peer.store_id)
     raise AssertionError(f"unknown region error {err!r}")
 
@@ -371,7 +371,7 @@ def on_rpc_error(
     if isinstance(err, RpcConnectionLostError):
         # The connection died with the request in flight.
         if att.kind is OpKind.CONDITIONAL_WRITE:
-            cache.invalidate(entry.region.id)
+            cache.invalidate_region(entry.region)
             return _undetermined(att, cause)
         att.maybe_executed = att.maybe_executed or att.is_write
     elif not isinstance(err, RpcUnavailableError):
@@ -383,7 +383,7 @@ def on_rpc_error(
     # Not sent, or sent and lost for a call that may be retried: the store
     # may be gone. Try other peers; ask the PD where the region is now.
     att.avoid.add(peer.store_id)
-    cache.invalidate(entry.region.id)
+    cache.invalidate_region(entry.region)
     return Retry(BackoffKind.STORE, forget_store=peer.store_id)
 
 
@@ -392,7 +392,7 @@ def on_no_peer(cache: RegionCache, entry: CachedRegion, att: Attempts) -> Decisi
     start over from the PD, after a wait."""
     att.note(att.last_cause or f"region {entry.region.id}: no reachable peer")
     att.avoid.clear()
-    cache.invalidate(entry.region.id)
+    cache.invalidate_region(entry.region)
     return Retry(BackoffKind.STORE)
 
 
@@ -402,7 +402,7 @@ def on_store_unknown(
     """The PD does not know (or has buried) a store of the region."""
     att.note(f"store {store_id}: {why}")
     att.avoid.add(store_id)
-    cache.invalidate(entry.region.id)
+    cache.invalidate_region(entry.region)
     return Retry(BackoffKind.REGION_MISS, forget_store=store_id)
 
 

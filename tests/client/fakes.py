@@ -331,6 +331,8 @@ class FakeStore:
                 return kv.KvError(kv.KvErrorCode.INVALID_ARGUMENT, "empty key")
             if len(k) > MAX_KEY_SIZE:
                 return kv.KvError(kv.KvErrorCode.KEY_TOO_LARGE, f"key of {len(k)} bytes")
+        if hasattr(req, "start_key") and max(len(req.start_key), len(req.end_key)) > MAX_KEY_SIZE:
+            return kv.KvError(kv.KvErrorCode.KEY_TOO_LARGE, "range bound too large")
         if hasattr(req, "start_key") and req.end_key and req.end_key <= req.start_key:
             return kv.KvError(kv.KvErrorCode.INVALID_ARGUMENT, "end key must be above start key")
         return None

@@ -92,6 +92,16 @@ def test_a_stale_region_is_refused() -> None:
     assert not c.insert(region(9, b"k", b"k"))
 
 
+def test_a_failed_route_never_drops_a_newer_copy_of_its_region() -> None:
+    c = RegionCache()
+    old, new = region(1, b"", b"m", version=1), region(1, b"", b"m", version=2)
+    c.insert(new)
+    assert not c.invalidate_region(old)
+    assert ids(c) == [1]
+    assert c.invalidate_region(new)
+    assert ids(c) == []
+
+
 def test_refreshing_a_region_keeps_its_leader_hint_while_membership_holds() -> None:
     c = RegionCache()
     r = region(1, b"", b"")

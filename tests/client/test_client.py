@@ -32,7 +32,7 @@ from kvproto.errorpb import (
     StoreNotMatch,
 )
 from kvproto.metapb import RegionId, StoreId
-from tests.client.fakes import PD_ADDRESS, Cut, Harness, Hold, fake_cluster, on
+from tests.client.fakes import MAX_KEY_SIZE, PD_ADDRESS, Cut, Harness, Hold, fake_cluster, on
 
 # Every test here runs on virtual time; this bounds it.
 LIMIT = 60
@@ -109,6 +109,11 @@ async def test_contains_put_if_absent_get_and_put_compare_and_set(
             assert await kvc.compare_and_set(b"k", None, b"5") == (True, None)
             # contains never transfers the value
             assert any(s.kind == "Scan" for s in h.cluster.seen)
+            # and works for a key of the largest size (no bound past it)
+            big = b"k" * MAX_KEY_SIZE
+            assert not await kvc.contains(big)
+            await kvc.put(big, b"v")
+            assert await kvc.contains(big)
 
 
 # -- batches --------------------------------------------------------------------
@@ -135,6 +140,21 @@ async def test_batch_calls_are_split_by_region_and_sent_concurrently(
             assert sorted(len(s.keys) for s in batch_gets) == [2, 2, 3]
             await h.kv.batch_delete([b"a", b"h", b"q"])
             assert list(await h.kv.batch_get(keys)) == [b"b", b"i", b"z"]
+
+
+async def test_a_batch_on_a_cold_cache_loads_its_regions_in_one_pd_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(LIMIT):
+        async with fake_cluster([b"c", b"f", b"k", b"p"]) as h:
+            await h.kv.batch_put([(bytes([c]), b"v") for c in b"abcdefghijklmnopq"])
+            assert h.cluster.pd_calls["scan_regions"] == 1
+            assert h.cluster.pd_calls["get_region"] == 0
+            assert len(h.kv.cache) == 5
+            h.kv.cache.clear()
+            await h.kv.delete_range(b"b", b"q")
+            assert h.cluster.pd_calls["scan_regions"] == 2
+            assert list(h.cluster.data) == [b"a", b"q"]
 
 
 async def test_batch_requests_are_chunked(autojump_clock: trio.testing.MockClock) -> None:

@@ -101,6 +101,10 @@ async def test_every_call_on_a_real_cluster(tmp_path: Path) -> None:
             assert keys == [b"b%02d" % i for i in [*range(2, 10), *range(20, 30)]] + [b"new"]
             with pytest.raises(InvalidArgument, match="key_too_large"):
                 await kvc.put(b"k" * 65, b"v")
+            big = b"k" * 64  # the store's limit in this test
+            assert not await kvc.contains(big)
+            await kvc.put(big, b"v")
+            assert await kvc.contains(big)
 
 
 async def test_batches_and_scans_straddling_real_splits(tmp_path: Path) -> None:
