@@ -127,12 +127,15 @@ class Raft:
         return SoftState(leader_id=self.lead, role=self.role)
 
     def _load_hard_state(self, hs: HardState) -> None:
-        if hs.commit < self.log.committed or hs.commit > self.log.last_index():
+        if hs.commit > self.log.last_index():
             raise AssertionError(
                 f"hard state commit {hs.commit} out of range "
                 f"[{self.log.committed}, {self.log.last_index()}]"
             )
-        self.log.committed = hs.commit
+        # A commit below the log's compaction point is an older hard state
+        # than the snapshot (a crash between writing an installed snapshot
+        # and the Ready's hard state): the snapshot is committed anyway.
+        self.log.committed = max(hs.commit, self.log.committed)
         self.term = hs.term
         self.vote = hs.vote
 

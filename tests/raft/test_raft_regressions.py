@@ -7,6 +7,8 @@ docstring (it may no longer reproduce once the simulator changes).
 
 from __future__ import annotations
 
+import pytest
+
 from raft import (
     ConfChange,
     ConfChangeSingle,
@@ -104,3 +106,29 @@ def test_snapshot_is_refused_while_handed_out_entries_are_being_applied() -> Non
     rn.advance(rd)
     assert rn.applied_index == 5
     assert rn.conf_state() == joint
+
+
+def test_a_node_restarts_from_a_snapshot_newer_than_its_hard_state() -> None:
+    """Simulator, torn writes: a crash after writing an installed snapshot but
+    before the same Ready's hard state (the contract orders the writes but
+    does not make them one transaction; a store may keep snapshots apart).
+    The disk then holds a snapshot at 5 and a hard state committing 2: the
+    snapshot proves 5 committed, so the node restarts there, keeping the
+    hard state's term and vote. It used to fail an assertion at start."""
+    st = MemoryStorage()
+    st.apply_snapshot(Snapshot(SnapshotMetadata(index=1, term=1, conf_state=VOTERS_123)))
+    st.append([Entry(term=2, index=2), Entry(term=2, index=3)])
+    st.set_hard_state(HardState(term=3, vote=1, commit=2))
+    st.apply_snapshot(Snapshot(SnapshotMetadata(index=5, term=2, conf_state=VOTERS_123)))
+    rn = RaftNode(Config(id=2, applied=5), st)
+    assert (rn.commit_index, rn.applied_index, rn.last_index) == (5, 5, 5)
+    assert (rn.term, rn.raft.vote) == (3, 1)
+    assert not rn.has_ready()
+
+
+def test_a_hard_state_committing_beyond_the_log_is_still_refused() -> None:
+    st = MemoryStorage()
+    st.apply_snapshot(Snapshot(SnapshotMetadata(index=1, term=1, conf_state=VOTERS_123)))
+    st.set_hard_state(HardState(term=1, commit=3))
+    with pytest.raises(AssertionError, match="commit 3"):
+        RaftNode(Config(id=1), st)
