@@ -610,7 +610,11 @@ class Client:
                     return await call()
                 except PdClusterMismatchError as e:
                     raise ClusterMismatch(att.what, str(e)) from None
-                except (RpcCallError, PdServerError) as e:
+                except PdServerError as e:
+                    if e.code == pdpb.PdErrorCode.CLUSTER_MISMATCH:
+                        raise ClusterMismatch(att.what, str(e)) from None
+                    cause = str(e)
+                except RpcCallError as e:
                     cause = str(e)
             await self._wait(att, retry.on_pd_error(cause, att))
 

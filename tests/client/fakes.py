@@ -421,13 +421,16 @@ class FakePd:
     def __init__(self, cluster: FakeCluster):
         self.cluster = cluster
         self.unknown_stores: set[int] = set()
+        # Errors the next calls answer with, in order.
+        self.errors: list[pdpb.PdError] = []
 
     def _view(self) -> tuple[dict[int, Region], dict[int, Peer | None]]:
         c = self.cluster
         return c.pd_view if c.pd_view is not None else (c.regions, c.leaders)
 
     def _header(self) -> pdpb.ResponseHeader:
-        return pdpb.ResponseHeader(cluster_id=7)
+        error = self.errors.pop(0) if self.errors else None
+        return pdpb.ResponseHeader(cluster_id=7, error=error)
 
     def server(self) -> RpcServer:
         return RpcServer(

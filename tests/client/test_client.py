@@ -15,6 +15,7 @@ import trio.testing
 from client import (
     ClientClosed,
     ClientConfig,
+    ClusterMismatch,
     DeadlineExceeded,
     InvalidArgument,
     PdUnavailable,
@@ -22,6 +23,7 @@ from client import (
     UndeterminedError,
 )
 from kvproto import kvrpcpb as kv
+from kvproto import pdpb
 from kvproto.errorpb import (
     EpochNotMatch,
     KeyNotInRegion,
@@ -657,6 +659,33 @@ async def test_an_unreachable_pd_raises_pd_unavailable(
             with pytest.raises(PdUnavailable, match=r"get b'k'.*PD"):
                 await h.kv.get(b"k", timeout=2)
             assert isinstance(PdUnavailable("w", 1, 1, "c"), DeadlineExceeded)
+
+
+async def test_pd_errors_are_retried_but_another_cluster_is_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(LIMIT):
+        async with fake_cluster() as h:
+            h.pd.errors = [pdpb.PdError(pdpb.PdErrorCode.NOT_BOOTSTRAPPED, "not yet")] * 3
+            start = trio.current_time()
+            await h.kv.put(b"k", b"1")
+            assert trio.current_time() > start
+            h.kv.cache.clear()
+            h.pd.errors = [pdpb.PdError(pdpb.PdErrorCode.CLUSTER_MISMATCH, "cluster 8")]
+            with pytest.raises(ClusterMismatch, match="get b'k'"):
+                await h.kv.get(b"k")
+
+
+async def test_a_store_the_pd_does_not_know_is_skipped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(LIMIT):
+        async with fake_cluster() as h:
+            h.pd.unknown_stores.add(1)
+            h.cluster.freeze_pd()  # it still names store 1 as the leader
+            h.cluster.move_leader(1, 2)
+            await h.kv.put(b"k", b"1")
+            assert [(s.store_id, s.answer) for s in h.cluster.seen] == [(2, "ok")]
 
 
 async def test_a_store_internal_error_fails_a_read_and_undetermines_a_write(
