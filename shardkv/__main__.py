@@ -26,6 +26,7 @@ SUBCOMMANDS: Final = (
     "placement_driver.cli",  # shardkv pd
     "store_node.cli",  # shardkv store
     "client.cli",  # shardkv kv
+    "shardkv.playground",  # shardkv playground
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -45,12 +46,58 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class ChildProcess:
+    """A child started from the calling thread (trio's own processes are
+    forked from a worker thread, and PR_SET_PDEATHSIG fires when the forking
+    *thread* exits, so it could not be used with them)."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        with open(log_path, "ab") as logf:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self.pid = self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def send_signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        code = self.popen.poll()
+        if code is not None:
+            return code
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            # No pidfd (not Linux 5.3+): waitpid in a thread.
+            return await trio.to_thread.run_sync(self.popen.wait, abandon_on_cancel=True)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        return self.popen.wait()
+
+
 @dataclass(slots=True)
 class Child:
     name: str
     args: list[str]
     log_path: Path
-    process: trio.Process | None = None
+    process: ChildProcess | None = None
 
     @property
     def running(self) -> bool:
@@ -126,19 +173,9 @@ class LocalCluster:
     async def _start(self, child: Child) -> None:
         if child.running:
             return
-        # The child owns the log file; this process closes its copy at once.
-        logf = open(child.log_path, "ab")  # noqa: SIM115, ASYNC230
-        try:
-            child.process = await trio.lowlevel.open_process(
-                [self.python, "-m", "shardkv", *child.args],
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
-        finally:
-            logf.close()
+        child.process = ChildProcess([self.python, "-m", "shardkv", *child.args], child.log_path)
         log.debug("started %s (pid %d)", child.name, child.process.pid)
+        await trio.lowlevel.checkpoint()
 
     async def start(self) -> None:
         """Start the PD, then every store."""

@@ -1,0 +1,92 @@
+"""`shardkv playground` as a user runs it: a subprocess that prints the
+cluster's addresses, serves a write and a read, and leaves no child behind
+on Ctrl-C (or when it is killed outright). Loopback only; every test is
+bounded by `trio.fail_after`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+import client
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Pids whose command line contains `marker` (here: a data dir path)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and int(entry) != os.getpid():
+            pids.append(int(entry))
+    return pids
+
+
+async def start_playground(data_dir: Path) -> tuple[trio.Process, str]:
+    argv = [sys.executable, "-m", "shardkv", "playground", "--stores", "2"]
+    proc = await trio.lowlevel.open_process(
+        [*argv, "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    out = b""
+    while b"Ctrl-C stops the cluster" not in out:
+        chunk = await proc.stdout.receive_some()
+        assert chunk, f"playground exited early: {out.decode()}"
+        out += chunk
+    m = re.search(rb"PD:\s+(\S+)", out)
+    assert m is not None
+    return proc, m.group(1).decode()
+
+
+async def wait_gone(marker: str) -> None:
+    # They are the playground's children, not ours: nothing to wait on but /proc.
+    while processes_mentioning(marker):  # noqa: ASYNC110
+        await trio.sleep(0.1)
+
+
+async def test_playground_serves_and_ctrl_c_leaves_no_child(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pg"
+    with trio.fail_after(90):
+        proc, pd = await start_playground(data_dir)
+        try:
+            async with client.connect([pd]) as kv:
+                await kv.put(b"hello", b"world")
+                assert await kv.get(b"hello") == b"world"
+            children = [p for p in processes_mentioning(str(data_dir)) if p != proc.pid]
+            assert len(children) == 3  # the PD and two stores
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 0
+            await wait_gone(str(data_dir))
+        finally:
+            proc.kill()
+        # The kept data dir restarts the same cluster, data included.
+        proc, pd = await start_playground(data_dir)
+        try:
+            async with client.connect([pd]) as kv:
+                assert await kv.get(b"hello") == b"world"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+        await wait_gone(str(data_dir))
+
+
+async def test_children_die_with_a_killed_playground(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pg"
+    with trio.fail_after(90):
+        proc, _ = await start_playground(data_dir)
+        proc.kill()
+        await proc.wait()
+        await wait_gone(str(data_dir))
