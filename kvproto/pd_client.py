@@ -22,7 +22,7 @@ import trio
 from kvproto import pdpb
 from kvproto.metapb import Peer, Region, RegionId, Store, StoreId
 from kvproto.reconnect import Backoff, ReconnectingConnection
-from kvproto.rpc import RpcUnavailableError
+from kvproto.rpc import RpcUnavailableError, StreamOpener, open_tcp
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class PdClient:
         cluster_id: int = 0,
         timeout: float = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
+        open_stream: StreamOpener = open_tcp,
     ) -> None:
+        """`open_stream` opens the byte streams (in-memory ones in tests)."""
         if not addresses:
             raise ValueError("at least one PD address is needed")
         self.addresses = list(addresses)
@@ -70,6 +72,7 @@ class PdClient:
                 rng=self._rng,
                 backoff=Backoff(initial=0.05, max_delay=1.0),
                 connect_timeout=timeout,
+                open_stream=open_stream,
             )
             for a in self.addresses
         ]

@@ -56,7 +56,6 @@ from kvproto.metapb import (
     ranges_overlap,
 )
 from kvproto.pd_client import PdClient
-from kvproto.reconnect import Backoff, ReconnectingConnection
 from kvproto.rpc import RequestContext, RpcServer
 
 MAX_KEY_SIZE = 64
@@ -532,21 +531,8 @@ class MemoryNet:
 
 
 def memory_pd_client(net: MemoryNet, nursery: trio.Nursery) -> PdClient:
-    """A real PdClient whose connections go through `net`.
-
-    kvproto.pd_client.PdClient takes no stream opener, so its connections
-    are swapped for ones that use `net` (asked for in the report)."""
-    pd = PdClient([PD_ADDRESS], nursery, rng=random.Random(1))
-    pd._conns = [
-        ReconnectingConnection(
-            PD_ADDRESS,
-            nursery,
-            rng=random.Random(2),
-            backoff=Backoff(initial=0.05, max_delay=1.0),
-            open_stream=net.open_stream,
-        )
-    ]
-    return pd
+    """A real PdClient whose connections go through `net`."""
+    return PdClient([PD_ADDRESS], nursery, rng=random.Random(1), open_stream=net.open_stream)
 
 
 @dataclass
