@@ -17,6 +17,7 @@ docstring states its range); a tag is never reused or renumbered:
     200..239  kvrpcpb        client-facing KV service
     240..279  raft_cmdpb     commands proposed through a region's log
     280..319  raft_serverpb  store-to-store and on-disk region metadata
+    320..339  debugpb        a store's status for tools and tests
     9000..    tests only
 
 A new module takes the next free block and adds a line here; the codec tests

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvproto import codec, epoch
+from kvproto.debugpb import PeerStatus, StoreStatusResponse
 from kvproto.errorpb import (
     EpochNotMatch,
     KeyNotInRegion,
@@ -910,7 +911,30 @@ class StoreCore:
         elif peer.reading:
             replies.extend(peer.fail_reads(NotLeader(RegionId(peer.region_id), peer.leader_meta())))
 
-    # -- views for the PD worker -------------------------------------------
+    # -- views for the PD worker and tools ---------------------------------
+
+    def status(self) -> StoreStatusResponse:
+        peers = []
+        for rid in sorted(self.peers):
+            p = self.peers[rid]
+            if not p.initialized:
+                continue
+            a = p.storage.apply_state
+            peers.append(
+                PeerStatus(
+                    region=p.region,
+                    is_leader=p.is_leader(),
+                    term=p.node.term,
+                    commit_index=p.node.commit_index,
+                    applied_index=a.applied_index,
+                    truncated_index=a.truncated_index,
+                    log_entries=p.storage.log_entries(),
+                    log_bytes=p.storage.log_bytes,
+                    approximate_size=p.approximate_size or 0,
+                    approximate_keys=p.approximate_keys or 0,
+                )
+            )
+        return StoreStatusResponse(self.store_id, tuple(peers), tuple(sorted(self.stats.items())))
 
     def leader_regions(self) -> list[Peer]:
         return [

@@ -9,12 +9,14 @@ inverted ranges) get a typed `KvError`; routing problems a `RegionError`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvproto import kvrpcpb as kv
+from kvproto.debugpb import StoreStatusRequest, StoreStatusResponse
 from kvproto.errorpb import EpochNotMatch, RegionError
 from kvproto.raft_cmdpb import CompareAndSet, Delete, DeleteRange, Put, WriteOp
 from kvproto.rpc import Handler, RequestContext
@@ -60,7 +62,18 @@ class KvService:
             kv.RawBatchDeleteRequest: self.raw_batch_delete,
             kv.RawDeleteRangeRequest: self.raw_delete_range,
             kv.RawCompareAndSetRequest: self.raw_compare_and_set,
+            StoreStatusRequest: self.store_status,
         }
+
+    async def store_status(self, _: StoreStatusRequest, __: RequestContext) -> StoreStatusResponse:
+        status = await self.node.call_core(lambda core: core.status())
+        counters = dict(status.counters)
+        counters["rounds"] = self.node.rounds
+        counters["raft_frames_sent"] = self.node.transport.sent_frames if self.node.transport else 0
+        counters["raft_messages_dropped"] = (
+            self.node.transport.dropped if self.node.transport else 0
+        )
+        return dataclasses.replace(status, counters=tuple(sorted(counters.items())))
 
     # -- validation ----------------------------------------------------------
 

@@ -73,6 +73,7 @@ TAG_RANGES = {
     "kvproto.kvrpcpb": range(200, 240),
     "kvproto.raft_cmdpb": range(240, 280),
     "kvproto.raft_serverpb": range(280, 320),
+    "kvproto.debugpb": range(320, 340),
 }
 TEST_TAGS = range(9000, 10000)
 
