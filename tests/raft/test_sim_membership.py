@@ -25,7 +25,7 @@ from raftsim import SimReport, run_random
 from raftsim.pytest_support import parametrize_seeds, run_seeds, steps
 
 SEEDS = range(0, 200)
-STEPS = 3000
+STEPS = 4000
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

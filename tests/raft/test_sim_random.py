@@ -20,8 +20,8 @@ import pytest
 from raftsim import SimReport, run_random
 from raftsim.pytest_support import parametrize_seeds, run_seeds, steps
 
-SEEDS = range(0, 320)
-STEPS = 2500
+SEEDS = range(0, 400)
+STEPS = 3000
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -20,10 +20,13 @@ How a node is driven (the contract of `raft.node`):
   read states, calls `advance`, and maybe snapshots and compacts its log.
 * a crash drops the RaftNode, its in-memory state machine and anything not
   yet durable (an outstanding Ready, unsynced writes, unsent persisted
-  messages). The disk (`SimDisk`, a MemoryStorage) survives. A restart
-  builds a new RaftNode on the same disk with `applied` = the index of the
-  disk's snapshot, whose data rebuilds the state machine; committed entries
-  after it are applied again as Readys deliver them.
+  messages). It may land before a Ready's write, in the middle of it (a
+  torn write: a prefix of snapshot, entries, hard state is durable), after
+  it, or after the persisted messages went out. The disk (`SimDisk`, a
+  MemoryStorage) survives. A restart builds a new RaftNode on the same disk
+  with `applied` = the index of the disk's snapshot, whose data rebuilds the
+  state machine; committed entries after it are applied again as Readys
+  deliver them.
 
 After every step the `Checker` (see `invariants.py`) checks the node the
 step touched. A failure raises `SafetyViolation`, `LivenessFailure` or
@@ -125,7 +128,8 @@ class Options:
     persist_delay_max: int | None = None
     # Probability that a Ready without must_sync is written lazily.
     lazy_sync: float | None = None
-    # Probability of a crash inside the handling of a written Ready.
+    # Probability of a crash at each point inside the handling of a Ready:
+    # in the middle of its write (torn), after it, after persisted messages.
     crash_in_persist: float | None = None
     # Take a snapshot every this many applied entries (0: never).
     snapshot_every: int | None = None
@@ -148,6 +152,7 @@ class SimNode:
     snapshot_building: bool = False
     led_term: int = 0  # the last term this node was seen leading
     installed_snapshot: int = 0  # index of the last snapshot it installed from a leader
+    paused_until: int = 0  # a stalled process: its events wait until then
     stats: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -387,6 +392,7 @@ class Simulation:
         n.app = None
         n.rd = None
         n.gen += 1
+        n.paused_until = 0
         self.checker.node_stopped(nid)
         self.stats["crashes"] += 1
         n.stats["crashes"] += 1
@@ -449,8 +455,22 @@ class Simulation:
             for hook in self.leader_hooks:
                 hook(n)
 
+    def pause(self, nid: int, duration: int) -> None:
+        """Stall a node (a long GC pause, a frozen VM): its clock stops and
+        everything addressed to it waits; then it resumes with the backlog."""
+        n = self.nodes[nid]
+        n.paused_until = max(n.paused_until, self.now + duration)
+        self.note(nid, "PAUSE", f"until t={n.paused_until}")
+        self.stats["pauses"] += 1
+
+    def _paused(self, n: SimNode, fn: Callable[[Any, Any], None], a: Any, b: Any) -> bool:
+        if self.now >= n.paused_until:
+            return False
+        self.schedule(n.paused_until - self.now, fn, a, b)
+        return True
+
     def _on_tick(self, n: SimNode, gen: int) -> None:
-        if n.gen != gen:
+        if n.gen != gen or self._paused(n, self._on_tick, n, gen):
             return
         assert n.rn is not None
         n.rn.tick()
@@ -462,6 +482,8 @@ class Simulation:
         if n is None or n.rn is None:
             self.net.stats["dropped_down"] += 1
             self._on_drop(m, "to-down")
+            return
+        if self._paused(n, self._on_deliver, m, _):
             return
         if not self.net.on_arrival(m):
             return
@@ -485,6 +507,9 @@ class Simulation:
         n = self.nodes.get(m.from_)
         if n is None or n.rn is None or n.gen != gen:
             return
+        if self._paused(n, self._on_snapshot_report, m, success):
+            self._snapshot_senders[id(m)] = gen
+            return
         self.note(n.id, "report_snapshot", f"to={m.to} success={success}")
         n.rn.report_snapshot(m.to, success)
         self._after_input(n)
@@ -497,24 +522,33 @@ class Simulation:
         self._after_input(n)
 
     def _on_persist(self, n: SimNode, gen: int) -> None:
-        if n.gen != gen:
+        if n.gen != gen or self._paused(n, self._on_persist, n, gen):
             return
         rd = n.rd
         rn = n.rn
         assert rd is not None and rn is not None and n.app is not None
         rng = self.rng
         sync = rd.must_sync or not (self.lazy_sync and rng.random() < self.lazy_sync)
+        if sync and self.crash_in_persist and rng.random() < self.crash_in_persist:
+            parts = SimDisk.parts_of(rd.snapshot, rd.entries, rd.hard_state)
+            if parts > 1:
+                done = n.disk.write_ready(
+                    rd.snapshot, rd.entries, rd.hard_state, sync, rng.randrange(1, parts)
+                )
+                self.stats["torn_writes"] += 1
+                self._crash_in_persist(n, f"torn write: only {' and '.join(done)} written")
+                return
         n.disk.write_ready(rd.snapshot, rd.entries, rd.hard_state, sync)
         self.note(n.id, "persisted" if sync else "written (unsynced)")
         self.checker.on_persisted(n.id, rd, n.disk.hard_state)
         if self.crash_in_persist and rng.random() < self.crash_in_persist:
-            self.crash(n.id, "after the write, before persisted messages")
+            self._crash_in_persist(n, "after the write, before persisted messages")
             return
         send = self.net.send
         for m in rd.persisted_messages:
             send(m)
         if self.crash_in_persist and rng.random() < self.crash_in_persist:
-            self.crash(n.id, "after persisted messages, before applying")
+            self._crash_in_persist(n, "after persisted messages, before applying")
             return
         if rd.snapshot is not None:
             sm = KvStateMachine.from_snapshot(rd.snapshot)
@@ -537,6 +571,14 @@ class Simulation:
         ):
             self.take_snapshot(n)
         self._after_input(n)
+
+    def _crash_in_persist(self, n: SimNode, why: str) -> None:
+        self.crash(n.id, why)
+        self.schedule(self.rng.randint(20, 400), self._on_restart, n.id, n.gen)
+
+    def _on_restart(self, nid: int, gen: int) -> None:
+        if self.nodes[nid].gen == gen:  # still down since that crash
+            self.restart(nid)
 
     def _apply(self, n: SimNode, e: Entry) -> None:
         app = n.app
@@ -696,6 +738,7 @@ class Simulation:
         self.net.faults = Faults()
         self.crash_in_persist = 0.0
         for n in list(self.nodes.values()):
+            n.paused_until = min(n.paused_until, self.now)
             if n.rn is None and not n.tombstone:
                 self.restart(n.id)
 
@@ -806,15 +849,19 @@ class Simulation:
         return out
 
     def check_leaders_kept_their_proposals(self) -> None:
-        """Every proposal accepted by a leader that kept leading until now
-        was committed; every accepted proposal was decided."""
+        """Every accepted proposal was decided, and none accepted by the
+        leader of the highest term was lost while it kept leading. (A stale
+        leader may still think it leads an older term, e.g. cut off with
+        CheckQuorum off: its proposals may be lost.)"""
         c = self.checker
+        top = max(c.leaders, default=0)
         for p in c.proposals.values():
             out = c.proposal_outcome(p)
             if out == "undecided":
                 raise self.failure(LivenessFailure, f"proposal {p} was never decided")
-            if out == "superseded" and (p.node, p.term) not in c.tenures_ended:
+            if out == "superseded" and p.term == top and (p.node, p.term) not in c.tenures_ended:
                 raise self.failure(
                     LivenessFailure,
-                    f"proposal {p} was lost although node {p.node} still leads term {p.term}",
+                    f"proposal {p} was lost although node {p.node} still leads term {p.term}, "
+                    "the highest term",
                 )

@@ -6,8 +6,8 @@ back to its state at the last sync. A write that is not synced (the driver
 contract lets a Ready with `must_sync == False` be written lazily) is lost
 by a crash that comes before the next synced write.
 
-Writing one Ready (snapshot, entries, hard state) is atomic with respect to
-crashes, like the store's one `raft/` transaction per round.
+A Ready is written part by part in the contract's order (snapshot, entries,
+hard state); a crash may tear the write after any part (`tear_after`).
 """
 
 from __future__ import annotations
@@ -56,18 +56,34 @@ class SimDisk(MemoryStorage):
         entries: tuple[Entry, ...],
         hard_state: HardState | None,
         sync: bool,
-    ) -> None:
-        """Write one Ready in the contract's order, as one atomic write."""
+        tear_after: int | None = None,
+    ) -> list[str]:
+        """Write one Ready in the contract's order; returns the parts written.
+
+        With `tear_after=k`, only the first k parts present are written (and
+        made durable, as if synced part by part): the caller then crashes.
+        """
+        parts: list[str] = []
         if not sync:
             self._before_unsynced(touches_log=snapshot is not None or bool(entries))
-        if snapshot is not None:
+        if snapshot is not None and tear_after != len(parts):
             self.apply_snapshot(snapshot)
-        if entries:
+            parts.append("snapshot")
+        if entries and tear_after != len(parts):
             self.append(entries)
-        if hard_state is not None:
+            parts.append("entries")
+        if hard_state is not None and tear_after != len(parts):
             self.set_hard_state(hard_state)
+            parts.append("hard state")
         if sync:
             self._image = None  # fsync makes every earlier write durable too
+        return parts
+
+    @staticmethod
+    def parts_of(
+        snapshot: Snapshot | None, entries: tuple[Entry, ...], hs: HardState | None
+    ) -> int:
+        return (snapshot is not None) + bool(entries) + (hs is not None)
 
     def sync(self) -> None:
         self._image = None

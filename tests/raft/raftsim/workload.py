@@ -1,7 +1,8 @@
 """Random workloads and faults for a `Simulation`, and a full randomized run.
 
 `Chaos` schedules one action at a time, at random intervals: proposals,
-ReadIndex reads, leader transfers, crashes (and later restarts), network
+ReadIndex reads, leader transfers, crashes (and later restarts), pauses
+(a stalled process: its clock and inbox stop for a while), network
 partitions (symmetric splits, one-way cuts, an isolated leader; healed
 later), changes of the network's loss / duplication / delay rates, and,
 with `membership`, conf changes through the leader: add a learner (a fresh,
@@ -50,6 +51,8 @@ class Profile:
     crash: int = 3
     # Crash every node at once (a power failure), restart them later.
     power_failure: int = 0
+    # Stall a node (clock and inbox stop) for a while.
+    pause: int = 1
     partition: int = 3
     weather: int = 2
     membership: int = 0
@@ -95,6 +98,7 @@ class Chaos:
             (p.transfer, self.transfer),
             (p.crash, self.crash),
             (p.power_failure, self.power_failure),
+            (p.pause, self.pause),
             (p.partition, self.partition),
             (p.weather, self.weather),
             (p.membership, self.change_membership),
@@ -165,7 +169,7 @@ class Chaos:
             self.sim.propose(n.id)
 
     def read(self) -> None:
-        n = self._target(0.5)
+        n = self._target(0.7)
         if n is not None:
             self.sim.read_index(n.id)
 
@@ -186,6 +190,11 @@ class Chaos:
             return
         self.sim.crash(victim.id, "chaos")
         self.sim.schedule(self.rng.randint(20, 800), self._on_restart, victim.id)
+
+    def pause(self) -> None:
+        n = self._target(0.4)
+        if n is not None:
+            self.sim.pause(n.id, self.rng.randint(20, 400))
 
     def power_failure(self) -> None:
         live = self._live()
@@ -215,9 +224,9 @@ class Chaos:
         elif kind == "one-way":
             a = rng.choice(ids)
             outgoing = rng.random() < 0.5
-            for b in rng.sample(ids, rng.randint(1, len(ids) - 1)):
-                if b != a:
-                    sim.net.cut(a, b) if outgoing else sim.net.cut(b, a)
+            others = [b for b in ids if b != a]
+            for b in rng.sample(others, rng.randint(1, len(others))):
+                sim.net.cut(a, b) if outgoing else sim.net.cut(b, a)
         else:
             lead = sim.leader()
             if lead is None:
@@ -324,6 +333,7 @@ def random_flavor(
         # Crashes that land between a Ready and its write, power failures.
         p = Profile(power_failure=3, crash=6, crash_unpersisted=0.9, partition=1)
         opts.persist_delay_max = 20
+        opts.crash_in_persist = 0.01
     elif flavor == "flaky-net":
         p = Profile(partition=8, partition_min=10, partition_max=200, weather=6, crash=1)
     else:
