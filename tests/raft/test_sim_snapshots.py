@@ -13,7 +13,7 @@ import pytest
 from raftsim import Faults, Options, Simulation
 from raftsim.cluster import SimNode
 from raftsim.pytest_support import parametrize_seeds, run_seeds
-from raftsim.workload import ADD_LEARNER, _cc
+from raftsim.workload import ADD_LEARNER, conf_changes
 
 SEEDS = range(0, 10)
 
@@ -95,7 +95,7 @@ def _new_learner_joins(seed: int, repro: str) -> int:
         lead = _leader(sim)
         if new in sim.nodes and lead.rn is not None and new in lead.rn.conf_state().learners:
             break
-        accepted = sim.propose_conf_change(lead.id, _cc((ADD_LEARNER, new))) is not None
+        accepted = sim.propose_conf_change(lead.id, conf_changes((ADD_LEARNER, new))) is not None
         if accepted and new not in sim.nodes:
             sim.add_empty_node()
         _write(sim, 5)

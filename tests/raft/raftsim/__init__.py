@@ -6,6 +6,7 @@
 * `invariants.Checker`: the safety invariants (listed in its docstring).
 * `workload.Chaos` / `run_random`: random operations and faults, then heal
   and liveness checks.
+* `pytest_support`: seed chunks, `--seed` / `--steps`, failure reports.
 
 Everything random comes from one `random.Random(seed)`: a seed replays
 exactly. Failures raise `SimulationFailure` subclasses whose text holds the

@@ -82,11 +82,15 @@ class SimReport:
     ticks_to_catch_up: int = 0
 
 
-def _cc(*changes: tuple[ConfChangeType, int]) -> tuple[ConfChangeSingle, ...]:
+def conf_changes(*changes: tuple[ConfChangeType, int]) -> tuple[ConfChangeSingle, ...]:
+    """`conf_changes((ADD_LEARNER, 4), (REMOVE, 1))`: the changes of a ConfChange."""
     return tuple(ConfChangeSingle(t, i) for t, i in changes)
 
 
 class Chaos:
+    """Drives a Simulation with random actions (weights from a Profile)
+    until `stop()`; new-leader nemeses hook into `Simulation.leader_hooks`."""
+
     def __init__(self, sim: Simulation, profile: Profile | None = None) -> None:
         self.sim = sim
         self.rng = sim.rng
@@ -277,19 +281,21 @@ class Chaos:
         op = rng.choice(ops)
         transition = AUTO
         if op == "add-learner":
-            changes = _cc((ADD_LEARNER, sim.allocate_node_id()))
+            changes = conf_changes((ADD_LEARNER, sim.allocate_node_id()))
         elif op == "promote":
-            changes = _cc((ADD_VOTER, rng.choice(learners)))
+            changes = conf_changes((ADD_VOTER, rng.choice(learners)))
         elif op == "remove-voter":
-            changes = _cc((REMOVE, rng.choice(voters)))
+            changes = conf_changes((REMOVE, rng.choice(voters)))
         elif op == "remove-learner":
-            changes = _cc((REMOVE, rng.choice(learners)))
+            changes = conf_changes((REMOVE, rng.choice(learners)))
         elif op == "swap":
             # Demote a voter and promote a learner at once: joint.
-            changes = _cc((ADD_LEARNER, rng.choice(voters)), (ADD_VOTER, rng.choice(learners)))
+            changes = conf_changes(
+                (ADD_LEARNER, rng.choice(voters)), (ADD_VOTER, rng.choice(learners))
+            )
         else:
             new = rng.choice(learners) if learners and rng.random() < 0.5 else None
-            changes = _cc(
+            changes = conf_changes(
                 (ADD_VOTER, new if new is not None else sim.allocate_node_id()),
                 (REMOVE, rng.choice(voters)),
             )
