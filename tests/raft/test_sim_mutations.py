@@ -18,8 +18,9 @@ import pytest
 from raftsim import Options, SafetyViolation, SimulationFailure, run_random
 
 from raft.core import Raft
+from raft.errors import CompactedError, UnavailableError
 from raft.log import RaftLog
-from raft.types import NONE, MessageType
+from raft.types import NONE, Entry, MessageType
 
 
 def _hunt(
@@ -190,5 +191,29 @@ def test_reading_without_confirming_leadership_is_caught(monkeypatch: pytest.Mon
         read_at_once,
         {"read-linearizability"},
         range(0, 200),
+        2000,
+    )
+
+
+def test_keeping_a_conflicting_entry_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower that takes an entry it already holds at an index as
+    matching, whatever its term: it keeps a stale entry and acknowledges
+    the leader's. (Seed 1 when written.)"""
+
+    def lenient(self: RaftLog, ents: tuple[Entry, ...]) -> int:
+        for e in ents:
+            try:
+                self.term(e.index)
+            except (CompactedError, UnavailableError):
+                return e.index
+        return 0
+
+    _caught(
+        monkeypatch,
+        RaftLog,
+        "find_conflict",
+        lenient,
+        {"log-matching", "committed-entry-changed", "state-machine-safety", "leader-completeness"},
+        range(0, 100),
         2000,
     )

@@ -11,6 +11,20 @@
 Everything random comes from one `random.Random(seed)`: a seed replays
 exactly. Failures raise `SimulationFailure` subclasses whose text holds the
 seed, the step, the last events and a `reproduce:` line.
+
+A scripted scenario, every invariant still checked after each step:
+
+    sim = Simulation(seed, Options(voters=3, snapshot_every=10))
+    sim.await_leader()
+    lead = sim.stable_leader()
+    sim.propose(lead.id)
+    sim.crash(2)
+    sim.run_for(50 * sim.tick_interval)
+    sim.restart(2)
+    sim.await_catch_up()
+
+Tests import it as `raftsim` (tests/raft is on sys.path under pytest's
+default import mode, like `scenario.py`).
 """
 
 from .cluster import Options, SimNode, Simulation

@@ -39,7 +39,8 @@ def steps(config: pytest.Config, default: int) -> int:
 
 def reproduce_line(nodeid: str, seed: int, n_steps: int, env: str = "") -> str:
     test = nodeid.split("[")[0]
-    return f"{env}python3 -m pytest '{test}' --seed={seed} --steps={n_steps}"
+    steps_opt = f" --steps={n_steps}" if n_steps else ""
+    return f"{env}python3 -m pytest '{test}' --seed={seed}{steps_opt}"
 
 
 def run_seeds(
