@@ -11,7 +11,9 @@ How a node is driven (the contract of `raft.node`):
 
 * an input (tick, message, proposal, ...) is stepped into its `RaftNode`;
   if there is no outstanding Ready and `has_ready()`, the node takes a
-  Ready, sends `messages` at once and starts writing: the write completes
+  Ready (at once, or a few time units later so that more inputs join it,
+  like a store's round), sends `messages` at once and starts writing: the
+  write completes
   in a later event (`_on_persist`), which makes snapshot, entries and hard
   state durable (one atomic write; lazily, i.e. lost by a crash until the
   next synced write, when `must_sync` is false and the seed allows it), then
@@ -137,6 +139,9 @@ class Options:
     compact_keep: int | None = None
     # Probability that a leader asked for a stale snapshot builds a new one.
     fresh_snapshot: float = 0.7
+    # Probability that a node defers ready() a little after an input, so
+    # that several inputs go into one Ready (a store's round).
+    batch_ready: float | None = None
 
 
 @dataclass(slots=True)
@@ -153,6 +158,7 @@ class SimNode:
     led_term: int = 0  # the last term this node was seen leading
     installed_snapshot: int = 0  # index of the last snapshot it installed from a leader
     paused_until: int = 0  # a stalled process: its events wait until then
+    ready_due: bool = False  # a deferred ready() is scheduled
     stats: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -197,6 +203,7 @@ class Simulation:
         self.snapshot_every = _draw(o.snapshot_every, lambda: rng.choice((0, 8, 30)))
         self.compact_keep = _draw(o.compact_keep, lambda: rng.choice((0, 3, 20)))
         self.fresh_snapshot = o.fresh_snapshot
+        self.batch_ready = _draw(o.batch_ready, lambda: rng.choice((0.0, 0.5)))
         self.flavor = "custom"  # the kind of chaos, set by whoever drives it
 
         self.now = 0
@@ -227,7 +234,8 @@ class Simulation:
             f"checkquorum={self.check_quorum} inflight={self.max_inflight} "
             f"msgsize={self.max_size_per_msg} persist_delay<={self.persist_delay_max} "
             f"lazy_sync={self.lazy_sync} crash_in_persist={self.crash_in_persist} "
-            f"snapshot_every={self.snapshot_every} keep={self.compact_keep}"
+            f"snapshot_every={self.snapshot_every} keep={self.compact_keep} "
+            f"batch_ready={self.batch_ready}"
         )
 
     # -- the event loop -----------------------------------------------------------------
@@ -377,6 +385,7 @@ class Simulation:
             self._config(n.id, n.app.applied), n.disk, random.Random(self.rng.getrandbits(64))
         )
         n.rd = None
+        n.ready_due = False
         n.snapshot_building = False
         self.checker.node_started(n.id, n.rn)
         self.schedule(self.rng.randint(1, n.tick_every), self._on_tick, n, n.gen)
@@ -437,23 +446,40 @@ class Simulation:
     def _after_input(self, n: SimNode) -> None:
         rn = n.rn
         assert rn is not None
-        if n.rd is None and rn.has_ready():
-            rd = rn.ready()
-            n.rd = rd
-            self.note(n.id, "ready", rd)
-            send = self.net.send
-            for m in rd.messages:
-                if m.type == MessageType.SNAPSHOT:
-                    self._snapshot_senders[id(m)] = n.gen
-                send(m)
-            delay = self.rng.randint(0, self.persist_delay_max) if self.persist_delay_max else 0
-            self.schedule(delay, self._on_persist, n, n.gen)
+        if n.rd is None and not n.ready_due and rn.has_ready():
+            if self.batch_ready and self.rng.random() < self.batch_ready:
+                # Like a store's round: more inputs may come before the Ready.
+                n.ready_due = True
+                self.schedule(self.rng.randint(1, 5), self._on_ready_due, n, n.gen)
+            else:
+                self._take_ready(n, rn)
         self.checker.after_step(n.id, rn)
         if rn.role == Role.LEADER and n.led_term != rn.term:
             n.led_term = rn.term
             self.note(n.id, "LEADER", f"term {rn.term}")
             for hook in self.leader_hooks:
                 hook(n)
+
+    def _take_ready(self, n: SimNode, rn: RaftNode) -> None:
+        rd = rn.ready()
+        n.rd = rd
+        self.note(n.id, "ready", rd)
+        send = self.net.send
+        for m in rd.messages:
+            if m.type == MessageType.SNAPSHOT:
+                self._snapshot_senders[id(m)] = n.gen
+            send(m)
+        delay = self.rng.randint(0, self.persist_delay_max) if self.persist_delay_max else 0
+        self.schedule(delay, self._on_persist, n, n.gen)
+
+    def _on_ready_due(self, n: SimNode, gen: int) -> None:
+        if n.gen != gen or self._paused(n, self._on_ready_due, n, gen):
+            return
+        n.ready_due = False
+        assert n.rn is not None
+        if n.rd is None and n.rn.has_ready():
+            self._take_ready(n, n.rn)
+        self.checker.after_step(n.id, n.rn)
 
     def pause(self, nid: int, duration: int) -> None:
         """Stall a node (a long GC pause, a frozen VM): its clock stops and

@@ -1,6 +1,7 @@
 """Random workloads and faults for a `Simulation`, and a full randomized run.
 
-`Chaos` schedules one action at a time, at random intervals: proposals,
+`Chaos` schedules one action at a time, at random intervals, in storms
+that alternate with calm spells (operations only): proposals,
 ReadIndex reads, leader transfers, crashes (and later restarts), pauses
 (a stalled process: its clock and inbox stop for a while), network
 partitions (symmetric splits, one-way cuts, an isolated leader; healed
@@ -68,6 +69,12 @@ class Profile:
     # Time units between two actions.
     gap_min: int = 2
     gap_max: int = 30
+    # Storms (every kind of action) alternate with calm spells (operations
+    # only: proposals, reads, transfers, membership changes), in time units.
+    storm_min: int = 100
+    storm_max: int = 1500
+    calm_min: int = 100
+    calm_max: int = 1500
 
 
 @dataclass(slots=True)
@@ -109,10 +116,15 @@ class Chaos:
         ]
         self._actions = [a for w, a in acts if w > 0]
         self._weights = [w for w, _ in acts if w > 0]
+        calm = {self.propose, self.read, self.transfer, self.change_membership}
+        self._calm_actions = [a for w, a in acts if w > 0 and a in calm]
+        self._calm_weights = [w for w, a in acts if w > 0 and a in calm]
+        self.storm = True
 
     def start(self) -> None:
         self.active = True
         self.sim.schedule(self.rng.randint(1, 20), self._on_action)
+        self._on_weather_turns(None, None)
         if self.profile.kill_new_leader or self.profile.isolate_new_leader:
             self.sim.leader_hooks.append(self._on_new_leader)
 
@@ -144,10 +156,22 @@ class Chaos:
     def stop(self) -> None:
         self.active = False
 
+    def _on_weather_turns(self, _a: Any, _b: Any) -> None:
+        if not self.active:
+            return
+        p, rng = self.profile, self.rng
+        self.storm = not self.storm
+        lo, hi = (p.storm_min, p.storm_max) if self.storm else (p.calm_min, p.calm_max)
+        self.sim.note(0, "STORM" if self.storm else "CALM")
+        self.sim.schedule(rng.randint(lo, hi), self._on_weather_turns)
+
     def _on_action(self, _a: Any, _b: Any) -> None:
         if not self.active:
             return
-        self.rng.choices(self._actions, self._weights)[0]()
+        if self.storm:
+            self.rng.choices(self._actions, self._weights)[0]()
+        elif self._calm_actions:
+            self.rng.choices(self._calm_actions, self._calm_weights)[0]()
         p = self.profile
         self.sim.schedule(self.rng.randint(p.gap_min, p.gap_max), self._on_action)
 
@@ -337,7 +361,16 @@ def random_flavor(
             opts.max_inflight = 1
     elif flavor == "crashy":
         # Crashes that land between a Ready and its write, power failures.
-        p = Profile(power_failure=3, crash=6, crash_unpersisted=0.9, partition=1)
+        p = Profile(
+            power_failure=3,
+            crash=6,
+            crash_unpersisted=0.9,
+            partition=1,
+            storm_min=200,
+            storm_max=2000,
+            calm_min=50,
+            calm_max=500,
+        )
         opts.persist_delay_max = 20
         opts.crash_in_persist = 0.01
     elif flavor == "flaky-net":
