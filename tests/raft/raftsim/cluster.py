@@ -52,7 +52,8 @@ rounds after the first. Then every accepted proposal must be decided
 undecided index (a window of `max_inflight` one-entry appends per round
 trip may be all that moves), proposals of a leader that kept its leadership
 to the end must be committed, and every live member must apply everything
-committed within `CATCH_UP_BOUND_ELECTIONS` election timeouts.
+committed within `CATCH_UP_BOUND_ELECTIONS` election timeouts (plus
+`ticks_per_entry()` per entry the furthest behind node lacks).
 """
 
 from __future__ import annotations
@@ -125,7 +126,11 @@ class Options:
     pre_vote: bool | None = None
     check_quorum: bool | None = None
     max_inflight: int | None = None
+    max_inflight_bytes: int | None = None
     max_size_per_msg: int | None = None
+    # Small: committed entries are handed out over several Readys.
+    max_committed_size_per_ready: int | None = None
+    step_down_on_removal: bool | None = None
     tick_interval: int = 10  # time units per tick (each node drifts +-10%)
     persist_delay_max: int | None = None
     # Probability that a Ready without must_sync is written lazily.
@@ -196,6 +201,11 @@ class Simulation:
         self.check_quorum = _draw(o.check_quorum, lambda: rng.random() < 0.8)
         self.max_inflight = _draw(o.max_inflight, lambda: rng.choice((1, 4, 64)))
         self.max_size_per_msg = _draw(o.max_size_per_msg, lambda: rng.choice((1, 64, 1 << 20)))
+        self.max_inflight_bytes = _draw(o.max_inflight_bytes, lambda: rng.choice((0, 0, 100)))
+        self.max_committed_size_per_ready = _draw(
+            o.max_committed_size_per_ready, lambda: rng.choice((1, 100, 64 << 20))
+        )
+        self.step_down_on_removal = _draw(o.step_down_on_removal, lambda: rng.random() < 0.8)
         self.tick_interval = o.tick_interval
         self.persist_delay_max = _draw(o.persist_delay_max, lambda: rng.choice((0, 5, 20)))
         self.lazy_sync = _draw(o.lazy_sync, lambda: rng.choice((0.0, 0.5)))
@@ -232,7 +242,9 @@ class Simulation:
             f"flavor={self.flavor} voters={self.voters} election={self.election_ticks} "
             f"heartbeat={self.heartbeat_ticks} prevote={self.pre_vote} "
             f"checkquorum={self.check_quorum} inflight={self.max_inflight} "
-            f"msgsize={self.max_size_per_msg} persist_delay<={self.persist_delay_max} "
+            f"inflight_bytes={self.max_inflight_bytes} msgsize={self.max_size_per_msg} "
+            f"ready_apply_bytes={self.max_committed_size_per_ready} "
+            f"stepdown={self.step_down_on_removal} persist_delay<={self.persist_delay_max} "
             f"lazy_sync={self.lazy_sync} crash_in_persist={self.crash_in_persist} "
             f"snapshot_every={self.snapshot_every} keep={self.compact_keep} "
             f"batch_ready={self.batch_ready}"
@@ -331,6 +343,9 @@ class Simulation:
             heartbeat_ticks=self.heartbeat_ticks,
             max_size_per_msg=self.max_size_per_msg,
             max_inflight_msgs=self.max_inflight,
+            max_inflight_bytes=self.max_inflight_bytes,
+            max_committed_size_per_ready=self.max_committed_size_per_ready,
+            step_down_on_removal=self.step_down_on_removal,
             applied=applied,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
@@ -747,11 +762,14 @@ class Simulation:
     # -- liveness -----------------------------------------------------------------------------
 
     def ticks_per_entry(self) -> int:
-        """Worst ticks to replicate one entry when the window is the limit:
-        at least `max_inflight` entries per round trip (two network delays,
-        a follower's write, the leader's write)."""
+        """Worst ticks to replicate and apply one more entry when throughput
+        is the limit: at least `max_inflight` entries per round trip (two
+        network delays, a follower's write, the leader's write), and at
+        least one entry per Ready (a deferred ready(), a write)."""
         rtt = 2 * Faults().delay_max + 2 * self.persist_delay_max
-        return -(-rtt // (self.tick_interval * self.max_inflight)) + 1
+        replicate = -(-rtt // (self.tick_interval * self.max_inflight))
+        apply = -(-(self.persist_delay_max + 6) // self.tick_interval)
+        return replicate + apply + 1
 
     def max_tick_time(self, ticks: int) -> int:
         return ticks * (self.tick_interval + max(1, self.tick_interval // 10))
@@ -839,14 +857,16 @@ class Simulation:
         committed when this began (writing a little meanwhile, so snapshots
         keep being taken); returns the ticks it took."""
         start = self.now
-        bound = CATCH_UP_BOUND_ELECTIONS * self.election_ticks
-        deadline = start + self.max_tick_time(bound)
         lead = self.stable_leader()
         if lead is None:
             self.await_leader()
             lead = self.stable_leader()
         assert lead is not None and lead.rn is not None
         target = lead.rn.commit_index
+        behind = min((n.app.applied for n in self.nodes.values() if n.app is not None), default=0)
+        backlog = max(0, target - behind)
+        bound = CATCH_UP_BOUND_ELECTIONS * self.election_ticks + backlog * self.ticks_per_entry()
+        deadline = start + self.max_tick_time(bound)
         k = 0
         while True:
             behind = self._behind(target)
