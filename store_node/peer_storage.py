@@ -219,10 +219,16 @@ class PeerStorage:
 
     def snapshot(self) -> Snapshot:
         """The generated snapshot if it still connects to our log (its index
-        is at or past the truncation point); else ask for a new one."""
+        is at or past the truncation point) and has the current config; else
+        ask for a new one."""
         if self.generated is not None:
             snap = self.generated[0]
-            if snap.metadata.index >= self.apply_state.truncated_index:
+            # A snapshot from before a conf change would not name a peer
+            # added since, which then refuses it: only the current config.
+            if (
+                snap.metadata.index >= self.apply_state.truncated_index
+                and snap.metadata.conf_state == self.conf_state
+            ):
                 return snap
         self.wants_snapshot = True
         raise SnapshotTemporarilyUnavailableError(

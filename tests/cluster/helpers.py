@@ -1,0 +1,76 @@
+"""Shared pieces of the process-level cluster tests."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from kvproto.debugpb import StoreStatusRequest, StoreStatusResponse
+from kvproto.metapb import PeerRole, Region
+from kvproto.pd_client import PdClient
+from kvproto.rpc import RpcCallError, connect
+from shardkv.local_cluster import LocalCluster
+from store_node import keys
+from store_node.engine import Engine
+
+# Small timings so that elections, heartbeats and checkers happen in
+# fractions of a second.
+FAST_STORE = {
+    "--tick-interval": "20ms",
+    "--store-heartbeat-interval": "200ms",
+    "--region-heartbeat-interval": "300ms",
+}
+FAST_PD = {"--store-disconnect-time": "1s", "--max-store-down-time": "3s"}
+
+
+def fast_cluster(root: Path, stores: int, **store_flags: str) -> LocalCluster:
+    return LocalCluster(
+        root,
+        stores=stores,
+        store_flags={**FAST_STORE, **store_flags},
+        pd_flags=dict(FAST_PD),
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], poll: float = 0.1) -> None:
+    """Poll `check` until it holds (the caller bounds the wait with a
+    cancel scope): for conditions of other processes, which send no event."""
+    while not await check():  # noqa: ASYNC110 - no event crosses processes
+        await trio.sleep(poll)
+
+
+async def store_status(address: str) -> StoreStatusResponse | None:
+    try:
+        async with connect(address, connect_timeout=2) as conn:
+            r = await conn.call(StoreStatusRequest(), timeout=5)
+    except RpcCallError:
+        return None
+    assert isinstance(r, StoreStatusResponse)
+    return r
+
+
+def voters(region: Region) -> set[int]:
+    return {p.store_id for p in region.peers if p.role == PeerRole.VOTER}
+
+
+async def region_of(pd: PdClient, key: bytes) -> Region | None:
+    region, _ = await pd.get_region(key)
+    return region
+
+
+def data_checksums(data_dir: Path, ranges: list[tuple[bytes, bytes]]) -> list[int]:
+    """CRC-32 of each key range's data in a (stopped) store's kv/."""
+    engine = Engine(data_dir)
+    try:
+        out = []
+        for start, end in ranges:
+            crc = 0
+            for k, v in engine.kv_items(keys.DATA_DB, start, end):
+                crc = zlib.crc32(k + b"\0" + v, crc)
+            out.append(crc)
+        return out
+    finally:
+        engine.close()
