@@ -402,7 +402,7 @@ class Simulation:
         n.rd = None
         n.ready_due = False
         n.snapshot_building = False
-        self.checker.node_started(n.id, n.rn)
+        self.checker.node_started(n.id, n.rn, n.disk.hard_state.commit)
         self.schedule(self.rng.randint(1, n.tick_every), self._on_tick, n, n.gen)
         self._after_input(n)
 

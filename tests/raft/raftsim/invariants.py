@@ -15,9 +15,11 @@ changes them. A broken invariant raises `Violation(name, detail)`; the names:
   by induction makes logs identical up to a shared (index, term)); terms
   never decrease along a log.
 * `commit-monotonic`: a node's commit index never goes back within one
-  lifetime. After a crash it restarts at max(persisted commit, compaction
-  point), which may be lower than before; what it commits is still checked
-  against the committed history below.
+  lifetime. After a crash it restarts at no less than its durable commit
+  and the snapshot its state machine is restored from (Raft takes the max
+  of the persisted commit and the compaction point), which may be lower
+  than before the crash; what it then commits is checked against the
+  committed history below.
 * `committed-entry-changed`: an index is committed with one term only, ever.
   Indexes count as committed when a node's commit index covers them, or as
   soon as an entry of term T is durably stored, while in term T, on a quorum
@@ -147,12 +149,21 @@ class Checker:
         self.conf_outcomes[m.index] = m.conf_state
         self._record_committed(m.index, m.term, 0, "bootstrap")
 
-    def node_started(self, nid: int, rn: RaftNode) -> None:
-        """A node (re)started from its disk: its durable log up to its commit
-        index must agree with the committed history."""
+    def node_started(self, nid: int, rn: RaftNode, durable_commit: int) -> None:
+        """A node (re)started from its disk. Its commit index restarts at no
+        less than the durable hard state's commit and the snapshot it was
+        restored from (it may be lower than before the crash, when the last
+        commit index was written lazily), and its durable log up to there
+        must agree with the committed history."""
         r = rn.raft
         self.lives[nid] = _Life(r)
         log = r.log
+        if not max(durable_commit, log.applied) <= log.committed <= log.last_index():
+            raise Violation(
+                "commit-monotonic",
+                f"node {nid} restarted with commit {log.committed}: durable commit "
+                f"{durable_commit}, restored snapshot {log.applied}, last {log.last_index()}",
+            )
         for i in range(log.first_index() - 1, log.committed + 1):
             t = _term_at(log, i)
             if t is not None and t >= 0:
