@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -142,6 +143,11 @@ class Cluster:
             self._stores[store.id] = info
         self._regions = RegionTree()
         self._stats: dict[RegionId, RegionStat] = {}
+        # Per store, over the region tree: peers (any role) and pending
+        # peers (as the regions' leaders last reported them). Kept by
+        # `_put_region` (Invariant: equal to a count over the tree).
+        self._store_peers: Counter[StoreId] = Counter()
+        self._store_pending: Counter[StoreId] = Counter()
         # Region changes not yet flushed: ids to write (their current
         # version), ids to delete.
         self._dirty: set[RegionId] = set()
@@ -320,6 +326,65 @@ class Cluster:
         ]
         return min(deadlines, default=None)
 
+    def set_store_state(self, store_id: int, state: StoreState, now: float) -> StoreInfo:
+        """An administrator's store state change, persisted before it takes
+        effect:
+
+        * OFFLINE: decommission the store (its peers get replaced; it gets
+          no new ones); heartbeats no longer change its state;
+        * UP: take an Offline store back (its state follows heartbeats again);
+        * TOMBSTONE: remove an Offline store that holds no region.
+
+        Disconnected and Down follow from heartbeats and cannot be set; a
+        Tombstone store never changes again (STORE_TOMBSTONE)."""
+        self.check_bootstrapped()
+        info = self.get_store(store_id)
+        if info.is_tombstone:
+            raise PdRequestError(
+                PdErrorCode.STORE_TOMBSTONE, f"store {store_id} was removed (tombstone)"
+            )
+        if state not in (StoreState.UP, *OPERATOR_STATES):
+            raise _invalid(
+                f"{state.name} follows from heartbeats and cannot be set; "
+                "settable: UP, OFFLINE, TOMBSTONE"
+            )
+        if state == StoreState.TOMBSTONE:
+            if info.operator_state != StoreState.OFFLINE:
+                raise _invalid(f"store {store_id} must be made Offline before it is removed")
+            count = self.store_region_count(store_id)
+            if count:
+                raise _invalid(f"store {store_id} still holds {count} regions")
+        self._set_operator_state(info, state, now, "by an administrator")
+        return info
+
+    def _set_operator_state(self, info: StoreInfo, state: StoreState, now: float, why: str) -> None:
+        if state != info.operator_state:
+            self._storage.save_store(dataclasses.replace(info.meta, state=state))
+            info.operator_state = state
+            log.warning("store %d set to %s %s", info.id, state.name, why)
+        self._set_store_state(info, info.state_at(now, self.config))
+
+    def bury_empty_offline_stores(self, now: float) -> list[StoreId]:
+        """Make every Offline store that no region has a peer on any more a
+        Tombstone; returns their ids."""
+        buried = []
+        for info in self.stores():
+            if info.operator_state == StoreState.OFFLINE and not self.store_region_count(info.id):
+                self._set_operator_state(
+                    info, StoreState.TOMBSTONE, now, "(it was Offline and holds no region)"
+                )
+                buried.append(info.id)
+        return buried
+
+    def store_region_count(self, store_id: int) -> int:
+        """Regions with a peer (any role) on the store, in the region tree."""
+        return self._store_peers[StoreId(store_id)]
+
+    def store_pending_peer_count(self, store_id: int) -> int:
+        """Peers on the store that their regions' leaders last reported
+        pending (catching up)."""
+        return self._store_pending[StoreId(store_id)]
+
     def _set_store_state(self, info: StoreInfo, state: StoreState) -> bool:
         if state == info.state:
             return False
@@ -481,15 +546,25 @@ class Cluster:
 
     def _put_region(self, region: Region, stat: RegionStat) -> None:
         known = self._regions.get(region.id)
+        if known is not None:
+            self._count(known, self._stats[known.id], -1)
         for removed in self._regions.put(region):
+            self._count(removed, self._stats[removed.id], -1)
             del self._stats[removed.id]
             self._dirty.discard(removed.id)
             self._deleted.add(removed.id)
             log.debug("region %d replaced by region %d", removed.id, region.id)
         self._stats[region.id] = stat
+        self._count(region, stat, +1)
         if known != region:
             self._dirty.add(region.id)
             self._deleted.discard(region.id)
+
+    def _count(self, region: Region, stat: RegionStat, sign: int) -> None:
+        for p in region.peers:
+            self._store_peers[p.store_id] += sign
+        for p in stat.pending_peers:
+            self._store_pending[p.store_id] += sign
 
     @property
     def has_unflushed_regions(self) -> bool:

@@ -410,3 +410,86 @@ def test_overlapping_stored_regions_keep_the_newest() -> None:
     c = new_cluster(storage)
     assert [r.region.id for r in c.regions()] == [2]
     assert RegionId(1) not in {r.region.id for r in c.regions()}
+
+
+# -- per-store counts and administrators' store states --------------------------------
+
+
+def check_store_counts(c: Cluster) -> None:
+    """The incremental counts equal a count over the region tree."""
+    for s in c.stores():
+        peers = sum(1 for r in c.regions() if r.region.peer_on_store(s.id) is not None)
+        pending = sum(1 for r in c.regions() for p in r.stat.pending_peers if p.store_id == s.id)
+        assert (c.store_region_count(s.id), c.store_pending_peer_count(s.id)) == (
+            peers,
+            pending,
+        ), s.id
+
+
+def test_store_counts_follow_the_region_tree() -> None:
+    c = bootstrapped()
+    # The first region on three stores, store 3's peer catching up.
+    whole = region(1, peers=THREE)
+    c.region_heartbeat(report(whole, pending_peers=(whole.peers[2],)), now=1.0)  # type: ignore[arg-type]
+    check_store_counts(c)
+    assert c.store_region_count(3) == 1 and c.store_pending_peer_count(3) == 1
+    # A split, reported by the store: two regions per store, the left keeps its stat.
+    left = region(1, b"", b"m", version=2, peers=THREE)
+    right = region(2, b"m", b"", version=2, peers=((200, 1), (201, 2)))
+    c.report_batch_split([left, right], now=2.0)
+    check_store_counts(c)
+    assert [c.store_region_count(s) for s in (1, 2, 3)] == [2, 2, 1]
+    # Store 3's peer caught up; the right region loses store 2's peer.
+    c.region_heartbeat(report(left), now=3.0)
+    c.region_heartbeat(report(region(2, b"m", b"", version=2, conf_ver=2, peers=((200, 1),))), 3.0)
+    check_store_counts(c)
+    assert [c.store_region_count(s) for s in (1, 2, 3)] == [2, 1, 1]
+    assert c.store_pending_peer_count(3) == 0
+    # A merge back replaces both.
+    c.region_heartbeat(report(region(1, version=4, peers=THREE[:1])), now=4.0)
+    check_store_counts(c)
+    assert [c.store_region_count(s) for s in (1, 2, 3)] == [1, 0, 0]
+
+
+def test_an_administrator_decommissions_and_removes_a_store() -> None:
+    storage = MemoryMetaStorage()
+    c = bootstrapped(storage)
+    c.region_heartbeat(report(region(1, peers=((100, 1), (101, 2)))), now=1.0)
+    # Store 2 is made Offline, persisted first.
+    assert c.set_store_state(2, StoreState.OFFLINE, now=1.0).state == StoreState.OFFLINE
+    assert Cluster(storage, 2.0).get_store(2).state == StoreState.OFFLINE
+    # It still holds region 1: it cannot be removed yet.
+    with refused(PdErrorCode.INVALID_ARGUMENT):
+        c.set_store_state(2, StoreState.TOMBSTONE, now=2.0)
+    assert c.bury_empty_offline_stores(now=2.0) == []
+    # Its peer is gone: a patrol buries it; then nothing changes it again.
+    c.region_heartbeat(report(region(1, conf_ver=2, peers=((100, 1),))), now=3.0)
+    assert c.bury_empty_offline_stores(now=3.0) == [2]
+    assert Cluster(storage, 4.0).get_store(2).state == StoreState.TOMBSTONE
+    with refused(PdErrorCode.STORE_TOMBSTONE):
+        c.set_store_state(2, StoreState.UP, now=4.0)
+
+
+def test_only_up_offline_and_tombstone_can_be_set() -> None:
+    c = bootstrapped()
+    for state in (StoreState.DOWN, StoreState.DISCONNECTED):
+        with refused(PdErrorCode.INVALID_ARGUMENT):
+            c.set_store_state(2, state, now=1.0)
+    with refused(PdErrorCode.INVALID_ARGUMENT):  # Up stores are made Offline first
+        c.set_store_state(3, StoreState.TOMBSTONE, now=1.0)
+    with refused(PdErrorCode.STORE_NOT_FOUND):
+        c.set_store_state(9, StoreState.OFFLINE, now=1.0)
+    # Offline, then Up again: the state follows heartbeats again.
+    c.set_store_state(2, StoreState.OFFLINE, now=1.0)
+    assert c.set_store_state(2, StoreState.UP, now=100.0).state == StoreState.DOWN  # silent
+    c.store_heartbeat(StoreStats(StoreId(2)), now=101.0)
+    assert c.get_store(2).state == StoreState.UP
+
+
+def test_a_failed_write_leaves_the_store_state_as_it_was() -> None:
+    storage = MemoryMetaStorage()
+    c = bootstrapped(storage)
+    storage.fail_writes = True
+    with pytest.raises(OSError):
+        c.set_store_state(2, StoreState.OFFLINE, now=1.0)
+    assert c.get_store(2).state == StoreState.UP
