@@ -7,6 +7,13 @@ The pure core (no trio, no clock, no sockets):
 * `id_alloc`: cluster-unique ids persisted in blocks ahead of use.
 * `stores`: stores and their state machine (Up / Disconnected / Down ...).
 * `cluster`: the metadata and its rules (bootstrap, heartbeats, splits).
+* `operators`: operators and their steps (add learner, promote, remove,
+  joint change, transfer leader, split), each step done by a check on the
+  region its leader reports.
+* `replica_checker`: region -> the operator bringing it to `max_replicas`
+  healthy voters (or None).
+* `operator_controller`: one operator per region, limits, delivery in
+  region heartbeat responses, timeouts, history, the periodic patrol.
 * `service`: pdpb requests -> cluster calls -> pdpb responses.
 * `storage`: the `MetaStorage` seam, LMDB and in-memory implementations.
 * `http_api`: the admin HTTP API as a small ASGI app.

@@ -1,10 +1,10 @@
-"""The typed error of a refused PD request."""
+"""The typed errors of refused PD requests."""
 
 from __future__ import annotations
 
 from kvproto.pdpb import PdError, PdErrorCode
 
-__all__ = ["PdRequestError"]
+__all__ = ["OperatorExistsError", "PdRequestError"]
 
 
 class PdRequestError(Exception):
@@ -21,3 +21,12 @@ class PdRequestError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code.name.lower()}: {self.message}"
+
+
+class OperatorExistsError(Exception):
+    """A region already has a running operator: at most one per region."""
+
+    def __init__(self, region_id: int, running: str) -> None:
+        super().__init__(f"region {region_id} already has a running operator: {running}")
+        self.region_id = region_id
+        self.running = running

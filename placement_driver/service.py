@@ -11,8 +11,9 @@ Randomness (the cluster id) comes from an injected `random.Random`.
 
 Scheduling slots in through `OperatorHook`: after a region heartbeat is
 accepted, the hook may return the next operator step for the region as a
-RegionHeartbeatResponse (its header is filled here). Checkers, schedulers
-and operators come in a later issue; until then `NoOperators` answers none.
+RegionHeartbeatResponse (its header is filled here). The PD's hook is
+`operator_controller.OperatorController` (operators, the replica checker);
+`NoOperators` answers none.
 """
 
 from __future__ import annotations

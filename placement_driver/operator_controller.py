@@ -1,0 +1,247 @@
+"""The operator controller: which operators run, and what each region's
+leader is told. Pure: no trio, no clock (`now` comes in), called from one
+task at a time like `Cluster`.
+
+Rules:
+
+* At most one running operator per region; adding a second one is refused
+  (`OperatorExistsError`), whoever asks.
+* Limits: operators of the replica checker run at most
+  `replica_schedule_limit` at once (0 turns the checker off); an
+  administrator's operators (manual split) are not limited. Per store, the
+  checker's choice of target stores honours `max_snapshot_count` and
+  `max_pending_peer_count`, counting the operators still running
+  (`OpInfluence`).
+* It is the PD's `OperatorHook`: on each accepted region heartbeat it
+  advances the region's operator with the report (steps done, success,
+  cancel) and answers its current step; a region without one gets the
+  replica checker run on it (within the limit), and the first step of the
+  new operator at once.
+* `patrol` (periodically, from the shell): times out operators whose step is
+  past its deadline, cancels those whose region left the region tree,
+  buries Offline stores that hold no region any more (Tombstone), and runs
+  the replica checker over every region heard from since this PD started.
+* Timeouts per step (`OperatorTimeouts`): generous defaults, 1 min for a
+  step that moves no data, 10 min for one that needs a snapshot.
+* Finished operators (success, timeout, canceled) are kept in a bounded
+  history, oldest first; the oldest is dropped when it is full. Operators
+  are not persisted: a restarted PD starts with none, and the checker
+  picks up whatever a half-done operator left (e.g. a learner).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from kvproto import pdpb
+from kvproto.metapb import RegionId, StoreId
+from kvproto.pdpb import PdErrorCode
+from placement_driver.cluster import MAX_SPLIT_COUNT, Cluster, RegionRecord
+from placement_driver.errors import OperatorExistsError, PdRequestError
+from placement_driver.operators import (
+    Operator,
+    OperatorKind,
+    OperatorStatus,
+    OperatorTimeouts,
+    SplitRegion,
+)
+from placement_driver.replica_checker import OpInfluence, check_replicas
+
+__all__ = ["DEFAULT_HISTORY_SIZE", "OperatorController", "PatrolResult"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HISTORY_SIZE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PatrolResult:
+    created: tuple[Operator, ...] = ()
+    finished: tuple[Operator, ...] = ()  # timed out or canceled by this patrol
+    buried: tuple[StoreId, ...] = ()  # stores made Tombstone
+
+
+class OperatorController:
+    def __init__(
+        self,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        timeouts: OperatorTimeouts | None = None,
+    ) -> None:
+        if history_size < 1:
+            raise ValueError(f"history size must be >= 1, got {history_size}")
+        self.timeouts = timeouts or OperatorTimeouts()
+        self._running: dict[RegionId, Operator] = {}
+        self._history: deque[Operator] = deque(maxlen=history_size)
+
+    # -- reading -----------------------------------------------------------------
+
+    def get(self, region_id: int) -> Operator | None:
+        """The region's running operator."""
+        return self._running.get(RegionId(region_id))
+
+    def latest(self, region_id: int) -> Operator | None:
+        """The region's running operator, else its newest one in the history."""
+        op = self.get(region_id)
+        if op is not None:
+            return op
+        for old in reversed(self._history):
+            if old.region_id == region_id:
+                return old
+        return None
+
+    def running(self) -> list[Operator]:
+        """Running operators in region id order."""
+        return [op for _, op in sorted(self._running.items())]
+
+    def history(self) -> list[Operator]:
+        """Finished operators, oldest first."""
+        return list(self._history)
+
+    def running_count(self, kind: OperatorKind) -> int:
+        return sum(1 for op in self._running.values() if op.kind == kind)
+
+    def influence(self) -> OpInfluence:
+        influence = OpInfluence()
+        for op in self._running.values():
+            influence.add(op.remaining_steps())
+        return influence
+
+    # -- adding and finishing -------------------------------------------------------
+
+    def add(self, op: Operator, now: float) -> None:
+        """Start `op`; OperatorExistsError if its region has one running."""
+        assert op.is_running and op.current == 0
+        running = self._running.get(op.region_id)
+        if running is not None:
+            raise OperatorExistsError(op.region_id, running.describe())
+        op.start(now)
+        self._running[op.region_id] = op
+        log.info("operator started: %s", op.describe())
+
+    def cancel(self, region_id: int, now: float, reason: str) -> Operator | None:
+        op = self._running.get(RegionId(region_id))
+        if op is not None:
+            op.finish(OperatorStatus.CANCELED, now, reason)
+            self._retire(op)
+        return op
+
+    def _retire(self, op: Operator) -> None:
+        assert not op.is_running
+        del self._running[op.region_id]
+        self._history.append(op)
+        level = logging.INFO if op.status == OperatorStatus.SUCCESS else logging.WARNING
+        log.log(
+            level,
+            "operator %s: %s%s",
+            op.status.value,
+            op.describe(),
+            f" ({op.reason})" if op.reason else "",
+        )
+
+    # -- the heartbeat hook -------------------------------------------------------
+
+    def on_region_heartbeat(
+        self, cluster: Cluster, record: RegionRecord, now: float
+    ) -> pdpb.RegionHeartbeatResponse | None:
+        op = self._running.get(record.region.id)
+        if op is not None:
+            op.update(record, now)
+            if op.is_running:
+                op.check_timeout(now, self.timeouts)
+            if op.is_running:
+                return op.next_order(record)
+            self._retire(op)
+        new = self._check(cluster, record, now, None)
+        return None if new is None else new.next_order(record)
+
+    def _check(
+        self, cluster: Cluster, record: RegionRecord, now: float, influence: OpInfluence | None
+    ) -> Operator | None:
+        """Run the replica checker on a region without an operator, within
+        the limit; start and return what it makes. `influence` (that of the
+        running operators, computed here if None) gets the new one's."""
+        if self.running_count(OperatorKind.REPLICA) >= cluster.config.replica_schedule_limit:
+            return None
+        if influence is None:
+            influence = self.influence()
+        op = check_replicas(cluster, record, influence)
+        if op is None:
+            return None
+        self.add(op, now)
+        influence.add(op.steps)
+        return op
+
+    # -- periodic ----------------------------------------------------------------------
+
+    def patrol(self, cluster: Cluster, now: float) -> PatrolResult:
+        finished: list[Operator] = []
+        for op in self.running():
+            record = cluster.region_by_id(op.region_id)
+            if record is None:
+                op.finish(OperatorStatus.CANCELED, now, "the region is gone from the region tree")
+            else:
+                op.check_timeout(now, self.timeouts)
+            if not op.is_running:
+                self._retire(op)
+                finished.append(op)
+        buried = cluster.bury_empty_offline_stores(now)
+        created: list[Operator] = []
+        influence = self.influence()
+        for record in cluster.regions():
+            if self.running_count(OperatorKind.REPLICA) >= cluster.config.replica_schedule_limit:
+                break
+            if record.stat.last_heartbeat is None or record.region.id in self._running:
+                continue
+            new = self._check(cluster, record, now, influence)
+            if new is not None:
+                created.append(new)
+        return PatrolResult(tuple(created), tuple(finished), tuple(buried))
+
+    # -- administrators' operators ---------------------------------------------------
+
+    def split_region(
+        self, cluster: Cluster, region_id: int, keys: Sequence[bytes], now: float
+    ) -> Operator:
+        """Start an operator splitting the region at `keys` (strictly
+        increasing, strictly inside the region; none: where the store's size
+        scan says). REGION_NOT_FOUND, INVALID_ARGUMENT, or
+        OperatorExistsError if the region has a running operator. The step
+        reaches the leader with the region's next heartbeat."""
+        cluster.check_bootstrapped()
+        record = cluster.region_by_id(region_id)
+        if record is None:
+            raise PdRequestError(PdErrorCode.REGION_NOT_FOUND, f"region {region_id} is not known")
+        region = record.region
+        keys = tuple(keys)
+        if len(keys) > MAX_SPLIT_COUNT:
+            raise _invalid(f"at most {MAX_SPLIT_COUNT} split keys at once, got {len(keys)}")
+        previous = region.start_key
+        for key in keys:
+            if key <= previous:
+                raise _invalid(
+                    f"split key {key!r} is not inside region {region_id} after {previous!r} "
+                    "(keys must be strictly increasing and strictly inside the region)"
+                )
+            if region.end_key and key >= region.end_key:
+                raise _invalid(
+                    f"split key {key!r} is not inside region {region_id} "
+                    f"[{region.start_key!r}, {region.end_key!r})"
+                )
+            previous = key
+        op = Operator(
+            region.id,
+            "split-region",
+            OperatorKind.ADMIN,
+            (SplitRegion(region.epoch.version, keys),),
+            region.epoch,
+        )
+        self.add(op, now)
+        return op
+
+
+def _invalid(message: str) -> PdRequestError:
+    return PdRequestError(PdErrorCode.INVALID_ARGUMENT, message)

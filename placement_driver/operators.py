@@ -1,0 +1,485 @@
+"""Operators and their steps: the pure model (no I/O, no clock: `now` comes in).
+
+An operator is a short plan for ONE region: a sequence of steps, each of
+which the region's leader can carry out alone. The PD never drives a store:
+it answers the region's heartbeat with the operator's current step, and
+learns from later heartbeats whether the step is done.
+
+Steps, what the leader is told, and when a step is done (a check on the
+region the leader reports, never on what the PD sent):
+
+    step            order (RegionHeartbeatResponse)        done when the report shows
+    AddLearner      change_peer ADD_LEARNER new peer       the peer as LEARNER, not pending
+    PromoteLearner  change_peer ADD_VOTER learner          the peer as VOTER
+    RemovePeer      change_peer REMOVE peer                no peer of that id
+    ChangePeers     change_peer with 2+ changes (joint)    every peer in its target role,
+                    (promote + demote: ADD_VOTER +         the joint config left
+                    ADD_LEARNER; never REMOVE a voter)
+    TransferLeader  transfer_leader peer                   that peer as the leader
+    SplitRegion     split_region keys                      `version` past the planned one
+
+Rules:
+
+* Delivery: the current step goes out on every heartbeat of the region
+  until a heartbeat shows it done, with the epoch that heartbeat reported
+  (the store refuses a conf change whose `conf_ver` is not the region's, so
+  a step sent twice is applied at most once). Two exceptions, where a
+  second proposal would NOT be refused and would change the region twice:
+  nothing is sent while the region is in a joint configuration (the store
+  leaves it by itself), and AddLearner is not sent again once the learner
+  is a member (it is catching up by snapshot: "pending").
+* Epoch: the steps must explain every move of the region's epoch since the
+  operator was planned (`origin`). `conf_ver` may have moved by at most the
+  bumps of the finished steps plus those of the current one (a simple
+  change bumps it once, a joint change twice: enter and leave); `version`
+  may move only through a SplitRegion step. Any other move means someone
+  else changed the region and the plan is stale: the operator is CANCELED.
+  It is also canceled when its current step can no longer finish (the peer
+  to promote is gone, the peer to remove became the leader, ...).
+* Time: each step has a deadline counted from when it became current
+  (`OperatorTimeouts`): `snapshot` for a step that needs a snapshot
+  (AddLearner: the new peer catches up), `step` for the others. A step past
+  it times the operator out (TIMEOUT).
+
+`Operator` is mutable progress; only `OperatorController` mutates it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeAlias
+
+from kvproto import pdpb
+from kvproto.metapb import Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId
+from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType
+from placement_driver.cluster import RegionRecord
+
+__all__ = [
+    "AddLearner",
+    "ChangePeers",
+    "Operator",
+    "OperatorKind",
+    "OperatorStatus",
+    "OperatorTimeouts",
+    "PromoteLearner",
+    "RemovePeer",
+    "SplitRegion",
+    "Step",
+    "TransferLeader",
+    "describe_peer",
+    "in_joint",
+]
+
+_JOINT_ROLES = frozenset({PeerRole.INCOMING_VOTER, PeerRole.DEMOTING_VOTER})
+
+
+def in_joint(region: Region) -> bool:
+    """Whether the region is in a joint configuration (left automatically)."""
+    return any(p.role in _JOINT_ROLES for p in region.peers)
+
+
+def describe_peer(peer: Peer) -> str:
+    return f"peer {peer.id} on store {peer.store_id}"
+
+
+def _is_pending(record: RegionRecord, peer_id: PeerId) -> bool:
+    return any(p.id == peer_id for p in record.stat.pending_peers)
+
+
+def _wrong_store(region: Region, peer: Peer) -> str | None:
+    """Why `peer` cannot be (or become) a member of `region`: another peer
+    of the region on its store, or its id on another store."""
+    same_id = region.find_peer(peer.id)
+    if same_id is not None and same_id.store_id != peer.store_id:
+        return f"peer {peer.id} is on store {same_id.store_id}, not on store {peer.store_id}"
+    other = region.peer_on_store(peer.store_id)
+    if other is not None and other.id != peer.id:
+        return f"store {peer.store_id} already holds peer {other.id} of the region"
+    return None
+
+
+def _change_peer(*changes: ChangePeer) -> pdpb.RegionHeartbeatResponse:
+    request = ChangePeerRequest(changes)
+    return pdpb.RegionHeartbeatResponse(pdpb.ResponseHeader(), change_peer=request)
+
+
+# -- steps ---------------------------------------------------------------------------
+#
+# Every step has: `kind` (stable name), `describe()`, `conf_ver_bumps`,
+# `needs_snapshot`, `is_done(record)`, `in_flight(region)` (its change is
+# visible but not finished: do not send it again), `problem(record)` (why it
+# can no longer finish, or None) and `order()` (the response carrying it;
+# the controller fills in the epoch).
+
+
+@dataclass(frozen=True, slots=True)
+class AddLearner:
+    """Add a new peer as a learner; it catches up (usually by snapshot)."""
+
+    peer: Peer  # a new id from the PD's allocator; role LEARNER
+
+    kind: ClassVar[str] = "add_learner"
+    conf_ver_bumps: ClassVar[int] = 1
+    needs_snapshot: ClassVar[bool] = True
+
+    def describe(self) -> str:
+        return f"add learner {describe_peer(self.peer)}"
+
+    def is_done(self, record: RegionRecord) -> bool:
+        p = record.region.find_peer(self.peer.id)
+        return p is not None and p.is_learner and not _is_pending(record, p.id)
+
+    def in_flight(self, region: Region) -> bool:
+        return region.find_peer(self.peer.id) is not None
+
+    def problem(self, record: RegionRecord) -> str | None:
+        p = record.region.find_peer(self.peer.id)
+        if p is not None and not p.is_learner:
+            return f"peer {p.id} is a {p.role.name.lower()}, not a learner"
+        return _wrong_store(record.region, self.peer)
+
+    def order(self) -> pdpb.RegionHeartbeatResponse:
+        return _change_peer(ChangePeer(ChangePeerType.ADD_LEARNER, self.peer))
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteLearner:
+    """Make a learner a voter (a simple conf change)."""
+
+    peer: Peer
+
+    kind: ClassVar[str] = "promote_learner"
+    conf_ver_bumps: ClassVar[int] = 1
+    needs_snapshot: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        return f"promote learner {describe_peer(self.peer)}"
+
+    def is_done(self, record: RegionRecord) -> bool:
+        p = record.region.find_peer(self.peer.id)
+        return p is not None and p.role == PeerRole.VOTER
+
+    def in_flight(self, region: Region) -> bool:
+        return False
+
+    def problem(self, record: RegionRecord) -> str | None:
+        if record.region.find_peer(self.peer.id) is None:
+            return f"peer {self.peer.id} is not a member"
+        return _wrong_store(record.region, self.peer)
+
+    def order(self) -> pdpb.RegionHeartbeatResponse:
+        voter = Peer(self.peer.id, self.peer.store_id, PeerRole.VOTER)
+        return _change_peer(ChangePeer(ChangePeerType.ADD_VOTER, voter))
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePeer:
+    """Remove a learner, or a voter (a simple conf change). Never the
+    leader: a plan moves the leadership away first."""
+
+    peer: Peer
+
+    kind: ClassVar[str] = "remove_peer"
+    conf_ver_bumps: ClassVar[int] = 1
+    needs_snapshot: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        return f"remove {describe_peer(self.peer)}"
+
+    def is_done(self, record: RegionRecord) -> bool:
+        return record.region.find_peer(self.peer.id) is None
+
+    def in_flight(self, region: Region) -> bool:
+        return False
+
+    def problem(self, record: RegionRecord) -> str | None:
+        leader = record.leader
+        if leader is not None and leader.id == self.peer.id:
+            return f"peer {self.peer.id} to remove is the leader"
+        return None
+
+    def order(self) -> pdpb.RegionHeartbeatResponse:
+        return _change_peer(ChangePeer(ChangePeerType.REMOVE, self.peer))
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePeers:
+    """Several changes at once: a joint configuration, left automatically
+    by the store. Used to promote a learner and demote a voter together
+    (ADD_VOTER + ADD_LEARNER), so that the voter count never drops. A voter
+    is never REMOVEd inside a joint change (the store refuses it): it is
+    demoted here and removed as a learner by a later RemovePeer."""
+
+    changes: tuple[ChangePeer, ...]
+
+    kind: ClassVar[str] = "change_peers"
+    conf_ver_bumps: ClassVar[int] = 2  # enter joint, leave joint
+    needs_snapshot: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if len(self.changes) < 2:
+            raise ValueError("a joint change has at least two changes; use a simple step")
+        ids = [c.peer.id for c in self.changes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a joint change touches each peer once")
+
+    def describe(self) -> str:
+        parts = []
+        for c in self.changes:
+            verb = {
+                ChangePeerType.ADD_VOTER: "promote",
+                ChangePeerType.ADD_LEARNER: "demote",
+                ChangePeerType.REMOVE: "remove",
+            }[c.change_type]
+            parts.append(f"{verb} {describe_peer(c.peer)}")
+        return "joint: " + ", ".join(parts)
+
+    def is_done(self, record: RegionRecord) -> bool:
+        region = record.region
+        for c in self.changes:
+            p = region.find_peer(c.peer.id)
+            if c.change_type == ChangePeerType.REMOVE:
+                if p is not None:
+                    return False
+                continue
+            want = PeerRole.VOTER if c.change_type == ChangePeerType.ADD_VOTER else PeerRole.LEARNER
+            if p is None or p.role != want:
+                return False
+        return not in_joint(region)
+
+    def in_flight(self, region: Region) -> bool:
+        return in_joint(region)
+
+    def problem(self, record: RegionRecord) -> str | None:
+        region = record.region
+        for c in self.changes:
+            if c.change_type == ChangePeerType.REMOVE:
+                continue
+            if region.find_peer(c.peer.id) is None:
+                return f"peer {c.peer.id} is not a member"
+            reason = _wrong_store(region, c.peer)
+            if reason is not None:
+                return reason
+        return None
+
+    def order(self) -> pdpb.RegionHeartbeatResponse:
+        return _change_peer(*self.changes)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeader:
+    """Move the leadership to a voter."""
+
+    to: Peer
+
+    kind: ClassVar[str] = "transfer_leader"
+    conf_ver_bumps: ClassVar[int] = 0
+    needs_snapshot: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        return f"transfer leader to {describe_peer(self.to)}"
+
+    def is_done(self, record: RegionRecord) -> bool:
+        return record.leader is not None and record.leader.id == self.to.id
+
+    def in_flight(self, region: Region) -> bool:
+        return False
+
+    def problem(self, record: RegionRecord) -> str | None:
+        p = record.region.find_peer(self.to.id)
+        if p is None or p.role != PeerRole.VOTER:
+            return f"peer {self.to.id} is not a voter"
+        return None
+
+    def order(self) -> pdpb.RegionHeartbeatResponse:
+        return pdpb.RegionHeartbeatResponse(pdpb.ResponseHeader(), transfer_leader=self.to)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRegion:
+    """Split the region at `keys` (strictly increasing, strictly inside the
+    region), or where the store's size scan says if `keys` is empty. The
+    region keeps its id for the leftmost part, with its `version` moved
+    past `version`."""
+
+    version: int  # the region's version the split was planned on
+    keys: tuple[bytes, ...] = ()
+
+    kind: ClassVar[str] = "split_region"
+    conf_ver_bumps: ClassVar[int] = 0
+    needs_snapshot: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        if not self.keys:
+            return "split by size"
+        return "split at " + ", ".join(repr(k) for k in self.keys)
+
+    def is_done(self, record: RegionRecord) -> bool:
+        return record.region.epoch.version > self.version
+
+    def in_flight(self, region: Region) -> bool:
+        return False
+
+    def problem(self, record: RegionRecord) -> str | None:
+        return None
+
+    def order(self) -> pdpb.RegionHeartbeatResponse:
+        return pdpb.RegionHeartbeatResponse(
+            pdpb.ResponseHeader(), split_region=pdpb.SplitRegion(self.keys)
+        )
+
+
+Step: TypeAlias = (
+    AddLearner | PromoteLearner | RemovePeer | ChangePeers | TransferLeader | SplitRegion
+)
+
+
+# -- operators -------------------------------------------------------------------------
+
+
+class OperatorKind(enum.Enum):
+    """Who made an operator: limits count operators by kind."""
+
+    ADMIN = "admin"  # an administrator's order (manual split): no limit
+    REPLICA = "replica"  # the replica checker: replica_schedule_limit
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorTimeouts:
+    """How long a step may take, in seconds (TiKV PD's fast and slow step
+    wait times)."""
+
+    step: float = 60.0  # promote, remove, joint change, transfer leader, split
+    snapshot: float = 10 * 60.0  # add learner: the new peer catches up
+
+    def __post_init__(self) -> None:
+        if not (self.step > 0 and self.snapshot > 0):
+            raise ValueError(f"operator timeouts must be > 0, got {self}")
+
+    def of(self, step: Step) -> float:
+        return self.snapshot if step.needs_snapshot else self.step
+
+
+class OperatorStatus(enum.Enum):
+    RUNNING = "running"
+    SUCCESS = "success"  # every step done
+    TIMEOUT = "timeout"  # a step not done in time
+    CANCELED = "canceled"  # stale (unexplained epoch move, step impossible, region gone)
+
+
+@dataclass(slots=True)
+class Operator:
+    """One region's plan and its progress.
+
+    Invariant: 0 <= current <= len(steps); current == len(steps) iff status
+    is SUCCESS; `finished_at` is set iff status is not RUNNING.
+    """
+
+    region_id: RegionId
+    desc: str  # what it is for, e.g. "add-replica", "replace-down-peer"
+    kind: OperatorKind
+    steps: tuple[Step, ...]
+    origin: RegionEpoch  # the epoch the steps were planned on
+    status: OperatorStatus = OperatorStatus.RUNNING
+    current: int = 0  # index of the step being carried out
+    created_at: float = 0.0
+    step_started_at: float = 0.0
+    finished_at: float | None = None
+    reason: str = ""  # why it timed out or was canceled
+    # When each finished step was seen done, in step order.
+    step_finished_at: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ValueError("an operator has at least one step")
+
+    def start(self, now: float) -> None:
+        self.created_at = self.step_started_at = now
+
+    @property
+    def is_running(self) -> bool:
+        return self.status == OperatorStatus.RUNNING
+
+    @property
+    def current_step(self) -> Step | None:
+        return self.steps[self.current] if self.current < len(self.steps) else None
+
+    def describe(self) -> str:
+        steps = "; ".join(s.describe() for s in self.steps)
+        return f"{self.desc} of region {self.region_id} ({self.kind.value}): {steps}"
+
+    def remaining_steps(self) -> tuple[Step, ...]:
+        """The current step and those after it (none once finished)."""
+        return self.steps[self.current :] if self.is_running else ()
+
+    # -- progress (the controller calls these) -----------------------------------
+
+    def update(self, record: RegionRecord, now: float) -> None:
+        """Learn from a report of the region: finish the steps it shows
+        done, then succeed or cancel if the report says so."""
+        assert self.is_running and record.region.id == self.region_id
+        while (step := self.current_step) is not None and step.is_done(record):
+            self.current += 1
+            self.step_started_at = now
+            self.step_finished_at.append(now)
+        step = self.current_step
+        if step is None:
+            self.finish(OperatorStatus.SUCCESS, now)
+            return
+        reason = self._unexplained_epoch(record.region.epoch) or step.problem(record)
+        if reason is not None:
+            self.finish(OperatorStatus.CANCELED, now, f"step {self.current + 1}: {reason}")
+
+    def _unexplained_epoch(self, epoch: RegionEpoch) -> str | None:
+        explained = self.steps[: self.current + 1]
+        moved = epoch.conf_ver - self.origin.conf_ver
+        allowed = sum(s.conf_ver_bumps for s in explained)
+        if moved > allowed:
+            return (
+                f"conf_ver moved from {self.origin.conf_ver} to {epoch.conf_ver}, "
+                f"the steps explain at most {allowed}"
+            )
+        if epoch.version != self.origin.version and not any(
+            isinstance(s, SplitRegion) for s in self.steps[: self.current]
+        ):
+            return f"version moved from {self.origin.version} to {epoch.version}"
+        return None
+
+    def check_timeout(self, now: float, timeouts: OperatorTimeouts) -> bool:
+        """Time the operator out if its current step is past its deadline."""
+        step = self.current_step
+        if not self.is_running or step is None:
+            return False
+        limit = timeouts.of(step)
+        if now < self.step_started_at + limit:
+            return False
+        self.finish(
+            OperatorStatus.TIMEOUT,
+            now,
+            f"step {self.current + 1} ({step.describe()}) not done in {limit:g} s",
+        )
+        return True
+
+    def next_order(self, record: RegionRecord) -> pdpb.RegionHeartbeatResponse | None:
+        """The response carrying the current step, planned on the epoch
+        just reported; None while the step's change is under way."""
+        step = self.current_step
+        region = record.region
+        if not self.is_running or step is None or in_joint(region) or step.in_flight(region):
+            return None
+        resp = step.order()
+        return pdpb.RegionHeartbeatResponse(
+            resp.header,
+            region_id=region.id,
+            region_epoch=region.epoch,
+            change_peer=resp.change_peer,
+            transfer_leader=resp.transfer_leader,
+            split_region=resp.split_region,
+        )
+
+    def finish(self, status: OperatorStatus, now: float, reason: str = "") -> None:
+        assert self.is_running and status != OperatorStatus.RUNNING
+        self.status = status
+        self.finished_at = now
+        self.reason = reason
