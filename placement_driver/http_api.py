@@ -1,10 +1,10 @@
-"""The PD's admin HTTP API (JSON, read-only for now): a small ASGI app.
+"""The PD's admin HTTP API (JSON): a small ASGI app.
 
 Served by hypercorn's trio worker (see `server.py`); this module only maps
-a method and a raw path to a status and a JSON document, so the routing and
-the views are testable without a socket.
+a method, a raw path, a query and a body to a status and a JSON document,
+so the routing and the views are testable without a socket.
 
-Endpoints (all GET, under /pd/api/v1):
+Endpoints under /pd/api/v1; GET (and HEAD) reads:
 
     /health               {"health": true, "bootstrapped": ..., "cluster_id": ...}
     /cluster              cluster id, bootstrap state, store and region counts
@@ -15,11 +15,32 @@ Endpoints (all GET, under /pd/api/v1):
     /region/key/{key}     the region containing the URL-escaped key bytes
                           (e.g. /region/key/user%00%ff)
     /config               the cluster config, values as in pd.toml
+    /operators            {"count": n, "operators": [operator, ...] (running, in
+                          region id order), "history": [operator, ...] (finished,
+                          oldest first)}
+    /operator/{region_id} the region's running operator, else its latest
+                          finished one
+
+POST orders (answered once the order is taken, not once it is carried out):
+
+    /regions/split        body {"region_id": N, "keys": [{"hex": "..."} or
+                          {"text": "..."}, ...]}: start an operator splitting
+                          the region at the keys (an empty list: by size);
+                          answers the operator
+    /store/{id}/state?state=Offline   set a store's state: Offline
+                          (decommission: its peers get replaced, and it becomes
+                          Tombstone once it holds no region), Up (take it back),
+                          Tombstone (an Offline store holding no region);
+                          answers the store
 
 Keys appear as ``{"hex": "75736572", "text": "user"}``, `text` null when the
 bytes are not UTF-8. An empty end key means +infinity. Errors are JSON
 ``{"error": "..."}``: 404 for unknown ids, keys outside every region and
-unknown paths; 400 for malformed ids; 405 for other methods.
+unknown paths; 400 for malformed ids, bodies and arguments; 405 for other
+methods (with an Allow header); 409 when the cluster's state refuses an order
+(the region already has an operator, not bootstrapped, a Tombstone store);
+413 for a body over 1 MiB; 503 for operator endpoints of a PD without an
+operator controller.
 
 Keys are read from the ASGI `raw_path`: the decoded `path` is text, which
 cannot hold arbitrary key bytes.
@@ -32,18 +53,41 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
-from kvproto.metapb import Peer, StoreState
+from kvproto.metapb import Peer, RegionEpoch, StoreState
+from kvproto.pdpb import PdErrorCode
 from placement_driver.cluster import Cluster, RegionRecord
+from placement_driver.errors import OperatorExistsError, PdRequestError
+from placement_driver.operator_controller import OperatorController
+from placement_driver.operators import (
+    AddLearner,
+    ChangePeers,
+    Operator,
+    PromoteLearner,
+    RemovePeer,
+    SplitRegion,
+    Step,
+    TransferLeader,
+)
 from placement_driver.stores import StoreInfo
 
-__all__ = ["API_PREFIX", "AdminApi", "key_json", "region_json", "store_json"]
+__all__ = [
+    "API_PREFIX",
+    "MAX_BODY",
+    "AdminApi",
+    "key_json",
+    "operator_json",
+    "region_json",
+    "store_json",
+]
 
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/pd/api/v1"
+MAX_BODY: Final = 1 << 20
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,6 +102,15 @@ STATE_NAMES: Final = {
     StoreState.DOWN: "Down",
     StoreState.OFFLINE: "Offline",
     StoreState.TOMBSTONE: "Tombstone",
+}
+
+
+# PdRequestError codes -> HTTP status; any other code is 400.
+_STATUS_OF_CODE: Final = {
+    PdErrorCode.REGION_NOT_FOUND: 404,
+    PdErrorCode.STORE_NOT_FOUND: 404,
+    PdErrorCode.NOT_BOOTSTRAPPED: 409,
+    PdErrorCode.STORE_TOMBSTONE: 409,
 }
 
 
@@ -90,7 +143,7 @@ def region_json(record: RegionRecord, now: float) -> JsonObject:
         "id": region.id,
         "start_key": key_json(region.start_key),
         "end_key": key_json(region.end_key),
-        "epoch": {"conf_ver": region.epoch.conf_ver, "version": region.epoch.version},
+        "epoch": epoch_json(region.epoch),
         "peers": [peer_json(p) for p in region.peers],
         "leader": None if stat.leader is None else peer_json(stat.leader),
         "term": stat.term,
@@ -103,6 +156,44 @@ def region_json(record: RegionRecord, now: float) -> JsonObject:
         "written_bytes": stat.written_bytes,
         "written_keys": stat.written_keys,
         "seconds_since_heartbeat": _age(now, stat.last_heartbeat),
+    }
+
+
+def epoch_json(epoch: RegionEpoch) -> JsonObject:
+    return {"conf_ver": epoch.conf_ver, "version": epoch.version}
+
+
+def step_json(step: Step) -> JsonObject:
+    out: JsonObject = {"kind": step.kind, "description": step.describe()}
+    match step:
+        case AddLearner(peer) | PromoteLearner(peer) | RemovePeer(peer):
+            out["peer"] = peer_json(peer)
+        case TransferLeader(to):
+            out["peer"] = peer_json(to)
+        case ChangePeers(changes):
+            out["changes"] = [
+                {"type": c.change_type.name.lower(), "peer": peer_json(c.peer)} for c in changes
+            ]
+        case SplitRegion(keys=keys):
+            out["keys"] = [key_json(k) for k in keys]
+    return out
+
+
+def operator_json(op: Operator, now: float) -> JsonObject:
+    """`current_step` indexes `steps` (equal to their count once all are
+    done); times are seconds on the PD's clock, relative to `now`."""
+    end = now if op.finished_at is None else op.finished_at
+    return {
+        "region_id": op.region_id,
+        "desc": op.desc,
+        "kind": op.kind.value,
+        "status": op.status.value,
+        "steps": [step_json(s) for s in op.steps],
+        "current_step": op.current,
+        "origin_epoch": epoch_json(op.origin),
+        "seconds_running": round(end - op.created_at, 3),
+        "seconds_since_finished": _age(now, op.finished_at),
+        "reason": op.reason or None,
     }
 
 
@@ -121,23 +212,52 @@ def store_json(info: StoreInfo, now: float) -> JsonObject:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    match: re.Match[bytes]
+    query: dict[str, list[str]]
+    body: bytes
+
+
+_View = Callable[[_Request], JsonObject]
+
+
 class AdminApi:
     """The ASGI application. `clock` gives the shell's current time (the
-    same clock as the heartbeat times held by `cluster`)."""
+    same clock as the heartbeat times held by `cluster`). `operators` is the
+    PD's operator controller (None: the operator endpoints answer 503);
+    `on_store_state_change` is called after a store state was set."""
 
-    def __init__(self, cluster: Cluster, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        clock: Callable[[], float],
+        *,
+        operators: OperatorController | None = None,
+        on_store_state_change: Callable[[], None] | None = None,
+    ) -> None:
         self._cluster = cluster
         self._clock = clock
+        self._operators = operators
+        self._on_store_state_change = on_store_state_change
         p = re.escape(API_PREFIX.encode())
-        self._routes: list[tuple[re.Pattern[bytes], Callable[[re.Match[bytes]], JsonObject]]] = [
-            (re.compile(p + rb"/health/?"), self._health),
-            (re.compile(p + rb"/cluster/?"), self._cluster_info),
-            (re.compile(p + rb"/stores/?"), self._stores),
-            (re.compile(p + rb"/store/(?P<id>[^/]*)/?"), self._store),
-            (re.compile(p + rb"/regions/?"), self._regions),
-            (re.compile(p + rb"/region/id/(?P<id>[^/]*)/?"), self._region_by_id),
-            (re.compile(p + rb"/region/key/(?P<key>.*)", re.DOTALL), self._region_by_key),
-            (re.compile(p + rb"/config/?"), self._config),
+
+        def route(pattern: bytes, **views: _View) -> tuple[re.Pattern[bytes], dict[str, _View]]:
+            return re.compile(p + pattern, re.DOTALL), views
+
+        self._routes: list[tuple[re.Pattern[bytes], dict[str, _View]]] = [
+            route(rb"/health/?", GET=self._health),
+            route(rb"/cluster/?", GET=self._cluster_info),
+            route(rb"/stores/?", GET=self._stores),
+            route(rb"/store/(?P<id>[^/]*)/?", GET=self._store),
+            route(rb"/store/(?P<id>[^/]*)/state/?", POST=self._set_store_state),
+            route(rb"/regions/?", GET=self._regions),
+            route(rb"/regions/split/?", POST=self._split_region),
+            route(rb"/region/id/(?P<id>[^/]*)/?", GET=self._region_by_id),
+            route(rb"/region/key/(?P<key>.*)", GET=self._region_by_key),
+            route(rb"/config/?", GET=self._config),
+            route(rb"/operators/?", GET=self._operators_view),
+            route(rb"/operator/(?P<id>[^/]*)/?", GET=self._operator),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -146,44 +266,79 @@ class AdminApi:
             await _lifespan(receive, send)
         elif kind == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
-            status, document = self.respond(scope["method"], raw_path)
-            body = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
+            query = scope.get("query_string") or b""
+            method = scope["method"]
+            body = b""
+            too_large = False
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                if len(body) > MAX_BODY:
+                    too_large = True
+                    body = b""
+                if not message.get("more_body"):
+                    break
+            if too_large:
+                status, document, allow = 413, {"error": f"body over {MAX_BODY} bytes"}, None
+            else:
+                status, document, allow = self._respond(method, raw_path, query, body)
+            data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
             headers = [
                 (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
+                (b"content-length", str(len(data)).encode()),
             ]
-            if status == 405:
-                headers.append((b"allow", b"GET, HEAD"))
+            if allow is not None:
+                headers.append((b"allow", allow.encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send(
-                {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-            )
+            await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
         elif kind == "websocket":
             await receive()  # websocket.connect
             await send({"type": "websocket.close", "code": 1003})
 
-    def respond(self, method: str, raw_path: bytes) -> tuple[int, Any]:
-        """The status and JSON document for a request."""
-        path = raw_path.split(b"?", 1)[0]
-        for pattern, view in self._routes:
+    def respond(
+        self, method: str, raw_path: bytes, body: bytes = b"", query: bytes = b""
+    ) -> tuple[int, Any]:
+        """The status and JSON document for a request (`raw_path` may carry
+        the query after "?")."""
+        status, document, _ = self._respond(method, raw_path, query, body)
+        return status, document
+
+    def _respond(
+        self, method: str, raw_path: bytes, query: bytes, body: bytes
+    ) -> tuple[int, Any, str | None]:
+        path, _, in_path = raw_path.partition(b"?")
+        query = query or in_path
+        for pattern, views in self._routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
-            if method not in ("GET", "HEAD"):
-                return 405, {"error": f"method {method} is not allowed; the admin API is read-only"}
+            view = views.get("GET" if method == "HEAD" else method)
+            if view is None:
+                allowed = ["GET", "HEAD"] if "GET" in views else sorted(views)
+                allow = ", ".join(allowed)
+                what = "it is read-only" if "GET" in views else f"use {allow}"
+                reason = f"method {method} is not allowed on this endpoint; {what}"
+                return 405, {"error": reason}, allow
+            request = _Request(match, parse_qs(query.decode("latin-1")), body)
             try:
-                return 200, view(match)
+                return 200, view(request), None
             except HttpError as e:
-                return e.status, {"error": e.reason}
-        return 404, {"error": f"no such endpoint: {path.decode('latin-1')}"}
+                return e.status, {"error": e.reason}, None
+            except PdRequestError as e:
+                return _STATUS_OF_CODE.get(e.code, 400), {"error": e.message}, None
+            except OperatorExistsError as e:
+                return 409, {"error": str(e)}, None
+        return 404, {"error": f"no such endpoint: {path.decode('latin-1')}"}, None
 
     # -- views -------------------------------------------------------------------
 
-    def _health(self, match: re.Match[bytes]) -> JsonObject:
+    def _health(self, req: _Request) -> JsonObject:
         c = self._cluster
         return {"health": True, "bootstrapped": c.is_bootstrapped, "cluster_id": c.cluster_id}
 
-    def _cluster_info(self, match: re.Match[bytes]) -> JsonObject:
+    def _cluster_info(self, req: _Request) -> JsonObject:
         c = self._cluster
         return {
             "cluster_id": c.cluster_id,
@@ -193,39 +348,124 @@ class AdminApi:
             "max_replicas": c.config.max_replicas,
         }
 
-    def _stores(self, match: re.Match[bytes]) -> JsonObject:
+    def _stores(self, req: _Request) -> JsonObject:
         now = self._clock()
         stores = [store_json(s, now) for s in self._cluster.stores()]
         return {"count": len(stores), "stores": stores}
 
-    def _store(self, match: re.Match[bytes]) -> JsonObject:
-        store_id = _parse_id(match["id"], "store")
+    def _store(self, req: _Request) -> JsonObject:
+        store_id = _parse_id(req.match["id"], "store")
         info = self._cluster.find_store(store_id)
         if info is None:
             raise HttpError(404, f"store {store_id} not found")
         return store_json(info, self._clock())
 
-    def _regions(self, match: re.Match[bytes]) -> JsonObject:
+    def _regions(self, req: _Request) -> JsonObject:
         now = self._clock()
         regions = [region_json(r, now) for r in self._cluster.regions()]
         return {"count": len(regions), "regions": regions}
 
-    def _region_by_id(self, match: re.Match[bytes]) -> JsonObject:
-        region_id = _parse_id(match["id"], "region")
+    def _region_by_id(self, req: _Request) -> JsonObject:
+        region_id = _parse_id(req.match["id"], "region")
         record = self._cluster.region_by_id(region_id)
         if record is None:
             raise HttpError(404, f"region {region_id} not found")
         return region_json(record, self._clock())
 
-    def _region_by_key(self, match: re.Match[bytes]) -> JsonObject:
-        key = unquote_to_bytes(match["key"])
+    def _region_by_key(self, req: _Request) -> JsonObject:
+        key = unquote_to_bytes(req.match["key"])
         record = self._cluster.region_containing(key)
         if record is None:
             raise HttpError(404, f"no region contains key {key!r}")
         return region_json(record, self._clock())
 
-    def _config(self, match: re.Match[bytes]) -> JsonObject:
+    def _config(self, req: _Request) -> JsonObject:
         return dict(self._cluster.config.toml_values())
+
+    def _controller(self) -> OperatorController:
+        if self._operators is None:
+            raise HttpError(503, "this PD runs without an operator controller")
+        return self._operators
+
+    def _operators_view(self, req: _Request) -> JsonObject:
+        controller = self._controller()
+        now = self._clock()
+        running = [operator_json(op, now) for op in controller.running()]
+        history = [operator_json(op, now) for op in controller.history()]
+        return {"count": len(running), "operators": running, "history": history}
+
+    def _operator(self, req: _Request) -> JsonObject:
+        region_id = _parse_id(req.match["id"], "region")
+        op = self._controller().latest(region_id)
+        if op is None:
+            raise HttpError(404, f"no operator for region {region_id}")
+        return operator_json(op, self._clock())
+
+    # -- orders ----------------------------------------------------------------------
+
+    def _split_region(self, req: _Request) -> JsonObject:
+        controller = self._controller()
+        body = _json_body(req.body)
+        region_id = body.get("region_id")
+        if isinstance(region_id, bool) or not isinstance(region_id, int) or region_id <= 0:
+            raise HttpError(400, f"region_id must be a positive integer, got {region_id!r}")
+        raw_keys = body.get("keys", [])
+        if not isinstance(raw_keys, list):
+            raise HttpError(400, 'keys must be a list of {"hex": ...} or {"text": ...}')
+        keys = tuple(_parse_key(k) for k in raw_keys)
+        now = self._clock()
+        return operator_json(controller.split_region(self._cluster, region_id, keys, now), now)
+
+    def _set_store_state(self, req: _Request) -> JsonObject:
+        store_id = _parse_id(req.match["id"], "store")
+        values = req.query.get("state", [])
+        if len(values) != 1:
+            raise HttpError(400, "give the new state once: ?state=Up|Offline|Tombstone")
+        state = _SETTABLE_STATES.get(values[0].lower())
+        if state is None:
+            raise HttpError(
+                400, f"cannot set state {values[0]!r}: settable states are Up, Offline, Tombstone"
+            )
+        now = self._clock()
+        info = self._cluster.set_store_state(store_id, state, now)
+        if self._on_store_state_change is not None:
+            self._on_store_state_change()
+        return store_json(info, now)
+
+
+_SETTABLE_STATES: Final = {
+    "up": StoreState.UP,
+    "offline": StoreState.OFFLINE,
+    "tombstone": StoreState.TOMBSTONE,
+}
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HttpError(400, f"the body is not JSON: {e}") from None
+    if not isinstance(document, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return document
+
+
+def _parse_key(raw: object) -> bytes:
+    """A key given as {"hex": "..."} or {"text": "..."} (exactly one)."""
+    if not isinstance(raw, dict) or len(raw.keys() & {"hex", "text"}) != 1:
+        raise HttpError(400, f'a key is {{"hex": ...}} or {{"text": ...}}, got {raw!r}')
+    if "hex" in raw:
+        value = raw["hex"]
+        if isinstance(value, str):
+            try:
+                return bytes.fromhex(value)
+            except ValueError:
+                pass
+        raise HttpError(400, f"bad hex key {value!r}")
+    text = raw["text"]
+    if not isinstance(text, str):
+        raise HttpError(400, f"bad text key {text!r}")
+    return text.encode()
 
 
 def _parse_id(raw: bytes, what: str) -> int:

@@ -8,7 +8,15 @@ core's (`Cluster`, `PdService`). One lifetime, one nursery:
 * a task that re-derives store states exactly when the next one changes
   (Up -> Disconnected -> Down; woken early by heartbeats, new stores and
   config changes), on `trio.current_time()`, so trio's MockClock drives it;
-* a task that flushes region metadata every `region_flush_interval`.
+* a task that flushes region metadata every `region_flush_interval`;
+* the scheduling: an `OperatorController` answers region heartbeats with
+  operator steps, and a task runs its `patrol` every `patrol_interval`
+  (timeouts, the replica checker over every region, burying empty Offline
+  stores).
+
+Administrators' orders (the HTTP API calls the same core methods):
+`split_region` starts a split operator, `set_store_state` marks a store
+Offline (decommission), Up again, or Tombstone.
 
 Persistence: `LmdbMetaStorage` under the data directory. Cluster id, stores,
 id blocks and config are written through before the request is answered;
@@ -36,19 +44,28 @@ import hypercorn.trio
 import trio
 
 from kvproto import pdpb
+from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
 from placement_driver.http_api import AdminApi
 from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP
+from placement_driver.operator_controller import (
+    DEFAULT_HISTORY_SIZE,
+    OperatorController,
+    PatrolResult,
+)
+from placement_driver.operators import Operator, OperatorTimeouts
 from placement_driver.service import RESPONSE_TYPES, OperatorHook, PdService
 from placement_driver.storage import LmdbMetaStorage, MetaStorage
+from placement_driver.stores import StoreInfo
 
 __all__ = ["PdAddresses", "PdServer"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION_FLUSH_INTERVAL = 1.0
+DEFAULT_PATROL_INTERVAL = 1.0
 
 # Requests after which the store-state task must look at the stores again.
 _WAKES_STORE_STATES = (
@@ -91,15 +108,26 @@ class PdServer:
         rng: random.Random | None = None,
         operators: OperatorHook | None = None,
         storage: MetaStorage | None = None,
+        patrol_interval: float = DEFAULT_PATROL_INTERVAL,
+        operator_history_size: int = DEFAULT_HISTORY_SIZE,
+        operator_timeouts: OperatorTimeouts | None = None,
     ) -> None:
         """`storage` replaces the LMDB storage under `config.data_dir`
-        (tests of failure handling); by default it is opened by `run`."""
+        (tests of failure handling); by default it is opened by `run`.
+        `operators` replaces the PD's `OperatorController` (scheduling) by
+        another hook: then nothing patrols and the operator endpoints of the
+        HTTP API answer 503."""
         self.config = config
         self._cluster_overrides = dict(cluster_overrides or {})
         self._id_alloc_step = id_alloc_step
         self._region_flush_interval = region_flush_interval
         self._rng = rng or random.SystemRandom()
+        self._controller: OperatorController | None
+        if operators is None:
+            operators = OperatorController(operator_history_size, operator_timeouts)
+        self._controller = operators if isinstance(operators, OperatorController) else None
         self._operators = operators
+        self._patrol_interval = patrol_interval
         self._storage = storage
         self._cluster: Cluster | None = None
         self._service: PdService | None = None
@@ -118,6 +146,12 @@ class PdServer:
         if self._cluster is None:
             raise RuntimeError("the PD is not running")
         return self._cluster
+
+    @property
+    def operator_controller(self) -> OperatorController:
+        if self._controller is None:
+            raise RuntimeError("this PD runs without an operator controller")
+        return self._controller
 
     @property
     def addresses(self) -> PdAddresses:
@@ -147,6 +181,8 @@ class PdServer:
                     http = await nursery.start(self._serve_http, cluster)
                     nursery.start_soon(self._watch_store_states, cluster)
                     nursery.start_soon(self._flush_regions_periodically, cluster)
+                    if self._controller is not None:
+                        nursery.start_soon(self._patrol_periodically, cluster, self._controller)
                     self._addresses = PdAddresses(rpc, http)
                     log.info(
                         "PD serving: RPC on %s, HTTP on http://%s, data dir %s, %s",
@@ -188,10 +224,39 @@ class PdServer:
         config.bind = [self.config.http]
         config.accesslog = None
         config.errorlog = logging.getLogger("placement_driver.http")
-        app = AdminApi(cluster, trio.current_time)
+        app = AdminApi(
+            cluster,
+            trio.current_time,
+            operators=self._controller,
+            on_store_state_change=self._wake_store_watch,
+        )
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(_hypercorn_serve, app, config)
             task_status.started(binds[0].removeprefix("http://"))
+
+    # -- administrators' orders ---------------------------------------------------
+
+    def split_region(self, region_id: int, keys: tuple[bytes, ...] = ()) -> Operator:
+        """Start an operator splitting the region at `keys` (none: by size);
+        the leader gets it with the region's next heartbeat. Raises
+        PdRequestError (REGION_NOT_FOUND, INVALID_ARGUMENT, NOT_BOOTSTRAPPED)
+        or OperatorExistsError."""
+        now = trio.current_time()
+        return self.operator_controller.split_region(self.cluster, region_id, keys, now)
+
+    def set_store_state(self, store_id: int, state: StoreState) -> StoreInfo:
+        """`Cluster.set_store_state` now (Offline: decommission)."""
+        info = self.cluster.set_store_state(store_id, state, trio.current_time())
+        self._wake_store_watch()
+        return info
+
+    def patrol(self) -> PatrolResult:
+        """One patrol of the operator controller now (the task runs one
+        every `patrol_interval`)."""
+        return self.operator_controller.patrol(self.cluster, trio.current_time())
+
+    def _wake_store_watch(self) -> None:
+        self._wake_store_states.set()
 
     # -- periodic tasks -----------------------------------------------------------
 
@@ -203,6 +268,19 @@ class PdServer:
             deadline = cluster.next_store_state_change(now)
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._wake_store_states.wait()
+
+    async def _patrol_periodically(self, cluster: Cluster, controller: OperatorController) -> None:
+        while True:
+            await trio.sleep(self._patrol_interval)
+            try:
+                result = controller.patrol(cluster, trio.current_time())
+            except AssertionError:
+                raise
+            except Exception:  # a storage failure (burying a store): next time
+                log.exception("operator patrol failed; will retry")
+                continue
+            if result.buried:
+                self._wake_store_watch()
 
     async def _flush_regions_periodically(self, cluster: Cluster) -> None:
         while True:

@@ -24,6 +24,7 @@ import trio.testing
 
 from kvproto.rpc import RpcConnection
 from placement_driver.config import ServerConfig
+from placement_driver.operators import OperatorTimeouts
 from placement_driver.server import PdServer
 from placement_driver.service import OperatorHook
 
@@ -46,10 +47,15 @@ async def open_pd(
     region_flush_interval: float = 1.0,
     seed: int | None = None,
     operators: OperatorHook | None = None,
+    patrol_interval: float = 1.0,
+    operator_history_size: int = 256,
+    operator_timeouts: OperatorTimeouts | None = None,
 ) -> AsyncIterator[PdServer]:
     """A running PdServer on `data_dir`; `config` holds cluster keys (as in
     pd.toml) applied over the stored config, default TEST_CLUSTER_CONFIG.
-    `seed` makes the cluster id reproducible."""
+    `seed` makes the cluster id reproducible. Scheduling is on (the
+    replica checker; set `replica_schedule_limit` 0 to turn it off);
+    `pd.split_region(region_id, keys)` starts a manual split."""
     server = PdServer(
         ServerConfig(data_dir=os.fspath(data_dir), listen=f"{host}:0", http=f"{host}:0"),
         cluster_overrides=TEST_CLUSTER_CONFIG if config is None else config,
@@ -57,6 +63,9 @@ async def open_pd(
         region_flush_interval=region_flush_interval,
         rng=None if seed is None else random.Random(seed),
         operators=operators,
+        patrol_interval=patrol_interval,
+        operator_history_size=operator_history_size,
+        operator_timeouts=operator_timeouts,
     )
     body_error: Exception | None = None
     async with trio.open_nursery() as nursery:

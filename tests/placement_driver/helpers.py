@@ -171,7 +171,7 @@ class HttpResponse:
         return json.loads(self.body)
 
 
-async def http_request(url: str, method: str = "GET") -> HttpResponse:
+async def http_request(url: str, method: str = "GET", body: bytes | None = None) -> HttpResponse:
     """One HTTP/1.1 request with h11 over a fresh trio TCP stream (the path
     in `url` is sent as is, so escapes reach the server untouched)."""
     parts = urlsplit(url)
@@ -180,12 +180,14 @@ async def http_request(url: str, method: str = "GET") -> HttpResponse:
     conn = h11.Connection(h11.CLIENT)
     stream = await trio.open_tcp_stream(parts.hostname, parts.port)
     async with stream:
-        request = h11.Request(
-            method=method,
-            target=target,
-            headers=[("Host", parts.netloc), ("Connection", "close")],
-        )
-        await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        headers = [("Host", parts.netloc), ("Connection", "close")]
+        if body is not None:
+            headers.append(("Content-Length", str(len(body))))
+        request = h11.Request(method=method, target=target, headers=headers)
+        data = conn.send(request)
+        if body:
+            data += conn.send(h11.Data(data=body))
+        await stream.send_all(data + conn.send(h11.EndOfMessage()))
         response = HttpResponse(0)
         while True:
             event = conn.next_event()
