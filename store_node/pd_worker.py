@@ -102,8 +102,16 @@ class PdWorker:
         if not peer.is_leader() or not peer.initialized:
             return
         try:
-            resp = await self.pd.region_heartbeat(region_heartbeat_request(peer))
+            req = region_heartbeat_request(peer)
+            resp = await self.pd.region_heartbeat(req)
             self.heartbeats_sent += 1
+            log.debug(
+                "region %d v%d/c%d heartbeat: %s",
+                peer.region_id,
+                req.region.epoch.version,
+                req.region.epoch.conf_ver,
+                "no step" if resp.region_epoch is None else "step",
+            )
         except Exception as e:  # the PD being away must not stop the store
             log.warning("region %d heartbeat failed: %s", peer.region_id, e)
             return

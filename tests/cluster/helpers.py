@@ -35,11 +35,22 @@ def fast_cluster(root: Path, stores: int, **store_flags: str) -> LocalCluster:
     )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], poll: float = 0.1) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    poll: float = 0.1,
+    describe: Callable[[], Awaitable[str]] | None = None,
+) -> None:
     """Poll `check` until it holds (the caller bounds the wait with a
-    cancel scope): for conditions of other processes, which send no event."""
-    while not await check():  # noqa: ASYNC110 - no event crosses processes
-        await trio.sleep(poll)
+    cancel scope): for conditions of other processes, which send no event.
+    If the wait is cancelled, `describe` says what the world looked like."""
+    try:
+        while not await check():  # noqa: ASYNC110 - no event crosses processes
+            await trio.sleep(poll)
+    except trio.Cancelled:
+        if describe is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                print(f"still waiting for {check.__name__}: {await describe()}")
+        raise
 
 
 async def store_status(address: str) -> StoreStatusResponse | None:
