@@ -91,6 +91,9 @@ class Raft:
         # ReadIndex requests that arrived before this leader committed an
         # entry of its own term: (from, ctx).
         self.pending_reads: list[tuple[int, bytes]] = []
+        # Proposals appended since the last Ready: their appends go out
+        # together when the driver asks for the Ready (`flush`).
+        self.append_pending = False
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
@@ -265,12 +268,25 @@ class Raft:
             if i != self.id:
                 self._send_heartbeat(i, ctx)
 
-    def flush_read_rounds(self) -> None:
-        """Start one heartbeat round for every ReadIndex request queued since
-        the last round (called by the driver before building a Ready, so that
-        all reads of one batch share one round)."""
-        if self.role == Role.LEADER and self.read_only.unbroadcast:
+    def flush(self) -> None:
+        """Send what inputs since the last Ready left pending (called by the
+        driver before building a Ready): one append per follower for all the
+        proposals of the batch, and one heartbeat round for all its ReadIndex
+        requests."""
+        if self.role != Role.LEADER:
+            return
+        if self.append_pending:
+            self.append_pending = False
+            for i, _ in self.trk.items():
+                # As many appends as the window takes; none empty (entries
+                # already sent after an acknowledgement need no resend).
+                while i != self.id and self._maybe_send_append(i, send_if_empty=False):
+                    pass
+        if self.read_only.unbroadcast:
             self._bcast_heartbeat()
+
+    def has_pending_flush(self) -> bool:
+        return self.role == Role.LEADER and (self.append_pending or self.read_only.unbroadcast)
 
     # -- role transitions ------------------------------------------------------
 
@@ -298,6 +314,7 @@ class Raft:
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
         self.pending_reads = []
+        self.append_pending = False
 
     def _reset_randomized_election_timeout(self) -> None:
         n = self.cfg.election_ticks
@@ -810,7 +827,7 @@ class Raft:
         `ProposalDroppedError` subclass when this node cannot take it."""
         self._check_can_propose()
         index = self._append_entries([Entry(term=0, index=0, data=data)])
-        self._bcast_append()
+        self.append_pending = True
         return index
 
     def propose_conf_change(self, cc: ConfChange) -> int:
@@ -829,7 +846,7 @@ class Raft:
             [Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=cc.encode())]
         )
         self.pending_conf_index = index
-        self._bcast_append()
+        self.append_pending = True
         return index
 
     def _append_entries(self, ents: list[Entry]) -> int:
@@ -904,7 +921,7 @@ class Raft:
                 [Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=ConfChange().encode())]
             )
             self.pending_conf_index = index
-            self._bcast_append()
+            self.append_pending = True
             log.debug("%d: proposed leaving the joint config at %d", self.id, index)
 
     def _compute_conf_change(self, cc: ConfChange) -> tuple[TrackerConfig, dict[int, Progress]]:

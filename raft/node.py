@@ -144,7 +144,7 @@ class RaftNode:
             return False
         if r.msgs or r.msgs_after_persist or r.read_states:
             return True
-        if r.role == Role.LEADER and r.read_only.unbroadcast:
+        if r.has_pending_flush():
             return True
         if r.soft_state() != self._prev_soft:
             return True
@@ -161,7 +161,7 @@ class RaftNode:
         if self._outstanding is not None:
             raise AssertionError("ready() called again before advance()")
         r = self._raft
-        r.flush_read_rounds()
+        r.flush()
         soft = r.soft_state()
         hard = r.hard_state()
         entries = tuple(r.log.unstable_entries())
