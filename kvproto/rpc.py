@@ -36,6 +36,7 @@ connection with a logged reason; nothing else is affected.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -461,6 +462,22 @@ class RequestContext:
 
 Handler = Callable[[Any, RequestContext], Awaitable[object]]
 OnewayHandler = Callable[[Any, RequestContext], Awaitable[None]]
+# Called once with the response (or an exception to answer as INTERNAL).
+Respond = Callable[[object], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A request handler that answers through a callback instead of a task:
+    ``fn(request, ctx, respond)`` runs in the connection's reader task, must
+    not block, and calls `respond(answer)` exactly once, now or later (from
+    any task of the same trio run). For the hot paths of a server whose work
+    completes elsewhere (a store's Raft loop): it costs no task, no event and
+    no task switch per request. Requests it has not answered yet count
+    against the connection's concurrency bound like running handlers.
+    """
+
+    fn: Callable[[Any, RequestContext, Respond], None]
 
 
 class RpcServer:
@@ -479,7 +496,7 @@ class RpcServer:
 
     def __init__(
         self,
-        handlers: Mapping[type, Handler] | None = None,
+        handlers: Mapping[type, Handler | Deferred] | None = None,
         oneway_handlers: Mapping[type, OnewayHandler] | None = None,
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
@@ -548,7 +565,7 @@ class _ServerConnection:
 
     def __init__(
         self,
-        handlers: dict[type, Handler],
+        handlers: dict[type, Handler | Deferred],
         oneway_handlers: dict[type, OnewayHandler],
         server: RpcServer,
         stream: trio.abc.Stream,
@@ -601,7 +618,12 @@ class _ServerConnection:
                 kind, request_id, body = _decode_envelope(frame)
                 if kind == FrameKind.REQUEST:
                     await self._slots.acquire()
-                    requests.start_soon(self._handle_request, request_id, body)
+                    cls = message_type(body)
+                    handler = None if cls is None else self._handlers.get(cls)
+                    if isinstance(handler, Deferred):
+                        self._dispatch_deferred(handler, request_id, body)
+                    else:
+                        requests.start_soon(self._handle_request, request_id, body)
                 elif kind == FrameKind.ONEWAY:
                     await self._oneway_send.send(body)
                 else:
@@ -611,6 +633,55 @@ class _ServerConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             logger.debug("%s: connection lost: %r", self._peer, e)
         return False
+
+    def _dispatch_deferred(self, handler: Deferred, request_id: int, body: Any) -> None:
+        answered = False
+
+        def respond(answer: object) -> None:
+            nonlocal answered
+            if answered:
+                raise AssertionError(f"request {request_id} answered twice")
+            answered = True
+            self._slots.release()
+            if isinstance(answer, BaseException):
+                logger.error("%s: deferred handler failed", self._peer, exc_info=answer)
+                frame = self._error_frame(
+                    request_id,
+                    RpcError(RpcErrorCode.INTERNAL, f"{type(answer).__name__}: {answer}"[:1000]),
+                )
+            else:
+                frame = self._encode_answer(request_id, answer)
+            # A full send queue is not waited for here: the bound on requests
+            # in progress (the semaphore) already bounds what can pile up.
+            with contextlib.suppress(trio.BrokenResourceError):
+                self._writer.send_nowait(frame)
+
+        try:
+            request = from_wire(body)
+        except DecodeError as e:
+            logger.warning("%s: bad request %d: %s", self._peer, request_id, e)
+            answered = True
+            self._slots.release()
+            with contextlib.suppress(trio.BrokenResourceError):
+                self._writer.send_nowait(
+                    self._error_frame(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
+                )
+            return
+        try:
+            handler.fn(request, RequestContext(self._peer, self._id, request_id), respond)
+        except Exception as e:
+            if not answered:
+                respond(e)
+            else:
+                logger.exception("%s: deferred handler failed after answering", self._peer)
+
+    def _encode_answer(self, request_id: int, response: object) -> bytes:
+        try:
+            return _encode_envelope(FrameKind.RESPONSE, request_id, response, self._max_frame_size)
+        except EncodeError as e:
+            logger.error("%s: cannot send an answer: %s", self._peer, e)
+            error = RpcError(RpcErrorCode.INTERNAL, f"cannot encode the answer: {e}"[:1000])
+            return self._error_frame(request_id, error)
 
     async def _handle_request(self, request_id: int, body: Any) -> None:
         try:
@@ -636,6 +707,7 @@ class _ServerConnection:
             logger.warning("%s: bad request %d: %s", self._peer, request_id, e)
             return self._error_frame(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
         name = type(request).__qualname__
+        assert not isinstance(handler, Deferred)
         try:
             response = await handler(request, RequestContext(self._peer, self._id, request_id))
         except Exception as e:

@@ -113,6 +113,8 @@ class RoundOutput:
     obsolete_files: list[Path] = field(default_factory=list)
     # Regions (as of now) whose size must be measured for a split.
     split_checks: list[Region] = field(default_factory=list)
+    # Client writes proposed in this round (a measure of load).
+    proposed_writes: int = 0
 
 
 class StoreCore:
@@ -433,10 +435,10 @@ class StoreCore:
                     return KeyNotInRegion(op.start_key, region.id, region.start_key, region.end_key)
             elif not region.contains(op.key):
                 return KeyNotInRegion(op.key, region.id, region.start_key, region.end_key)
-        queued = sum(w.nbytes for w in peer.queued_writes)
-        if queued + nbytes > self.config.max_pending_write_bytes:
+        if peer.queued_bytes + nbytes > self.config.max_pending_write_bytes:
             return ServerIsBusy("too many writes queued on this region", backoff_ms=20)
         peer.queued_writes.append(QueuedWrite(token, ops, nbytes))
+        peer.queued_bytes += nbytes
         self._dirty.add(peer.region_id)
         return None
 
@@ -564,6 +566,7 @@ class StoreCore:
         if not peer.queued_writes:
             return
         queued, peer.queued_writes = peer.queued_writes, []
+        peer.queued_bytes = 0
         batch: list[QueuedWrite] = []
         size = 0
         for w in queued:
@@ -596,6 +599,7 @@ class StoreCore:
             out.replies.extend(Reply(t, err) for t, _, _ in waiters)
             return
         peer.proposals.append(Proposal(index, peer.node.term, waiters))
+        out.proposed_writes += len(waiters)
 
     def _flush_reads(self, peer: Peer) -> None:
         if not peer.queued_reads:

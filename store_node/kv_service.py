@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ from kvproto import kvrpcpb as kv
 from kvproto.debugpb import StoreStatusRequest, StoreStatusResponse
 from kvproto.errorpb import EpochNotMatch, RegionError
 from kvproto.raft_cmdpb import CompareAndSet, Delete, DeleteRange, Put, WriteOp
-from kvproto.rpc import Handler, RequestContext
+from kvproto.rpc import Deferred, Handler, RequestContext, Respond
 from store_node import keys
 from store_node.apply import range_inside
 from store_node.engine import scan_cursor
@@ -51,17 +51,17 @@ class KvService:
         self.node = node
         self.limits = limits
 
-    def handlers(self) -> dict[type, Handler]:
+    def handlers(self) -> dict[type, Handler | Deferred]:
         return {
-            kv.RawGetRequest: self.raw_get,
-            kv.RawBatchGetRequest: self.raw_batch_get,
+            kv.RawGetRequest: Deferred(self.raw_get),
+            kv.RawBatchGetRequest: Deferred(self.raw_batch_get),
             kv.RawScanRequest: self.raw_scan,
-            kv.RawPutRequest: self.raw_put,
-            kv.RawBatchPutRequest: self.raw_batch_put,
-            kv.RawDeleteRequest: self.raw_delete,
-            kv.RawBatchDeleteRequest: self.raw_batch_delete,
-            kv.RawDeleteRangeRequest: self.raw_delete_range,
-            kv.RawCompareAndSetRequest: self.raw_compare_and_set,
+            kv.RawPutRequest: Deferred(self.raw_put),
+            kv.RawBatchPutRequest: Deferred(self.raw_batch_put),
+            kv.RawDeleteRequest: Deferred(self.raw_delete),
+            kv.RawBatchDeleteRequest: Deferred(self.raw_batch_delete),
+            kv.RawDeleteRangeRequest: Deferred(self.raw_delete_range),
+            kv.RawCompareAndSetRequest: Deferred(self.raw_compare_and_set),
             StoreStatusRequest: self.store_status,
         }
 
@@ -115,10 +115,18 @@ class KvService:
         return None
 
     # -- plumbing ------------------------------------------------------------
+    #
+    # Writes and point reads are `Deferred` handlers: they run in the
+    # connection's reader task and answer from the store loop's callback, so
+    # a request costs no task of its own. Scans, whose reads can be long,
+    # run in a task of their own instead (off the store loop).
 
-    async def _write(
-        self, context: kv.Context, ops: tuple[WriteOp, ...]
-    ) -> WriteDone | RegionError:
+    def _write(
+        self,
+        context: kv.Context,
+        ops: tuple[WriteOp, ...],
+        done: Callable[[WriteDone | RegionError], None],
+    ) -> None:
         nbytes = 0
         for op in ops:
             if isinstance(op, Put):
@@ -129,46 +137,64 @@ class KvService:
                 nbytes += len(op.start_key) + len(op.end_key)
             else:
                 nbytes += len(op.key)
-        return await self.node.write(context, ops, nbytes)
+        self.node.submit_write(context, ops, nbytes, done)
 
-    async def _read(self, context: kv.Context, bounds: Sequence[bytes]) -> ReadPermit | RegionError:
-        value = await self.node.read(context, bounds)
-        if isinstance(value, ReadPermit):
-            region = value.region
-            if region.epoch.version != context.region_epoch.version:
-                # Split while the read waited: the caller must re-route.
-                return EpochNotMatch((region,))
-        return value
+    def _read(
+        self,
+        context: kv.Context,
+        bounds: Sequence[bytes],
+        done: Callable[[ReadPermit | RegionError], None],
+    ) -> None:
+        def checked(value: ReadPermit | RegionError) -> None:
+            if isinstance(value, ReadPermit):
+                region = value.region
+                if region.epoch.version != context.region_epoch.version:
+                    # Split while the read waited: the caller must re-route.
+                    done(EpochNotMatch((region,)))
+                    return
+            done(value)
+
+        self.node.submit_read(context, bounds, checked)
 
     # -- reads ---------------------------------------------------------------
 
-    async def raw_get(self, req: kv.RawGetRequest, _: RequestContext) -> kv.RawGetResponse:
+    def raw_get(self, req: kv.RawGetRequest, _: RequestContext, respond: Respond) -> None:
         e = self._check_key(req.key)
         if e is not None:
-            return kv.RawGetResponse(error=e)
-        permit = await self._read(req.context, [req.key])
-        if not isinstance(permit, ReadPermit):
-            return kv.RawGetResponse(region_error=permit)
-        return kv.RawGetResponse(value=self.node.engine.kv_get(keys.DATA_DB, req.key))
+            respond(kv.RawGetResponse(error=e))
+            return
 
-    async def raw_batch_get(
-        self, req: kv.RawBatchGetRequest, _: RequestContext
-    ) -> kv.RawBatchGetResponse:
+        def done(permit: ReadPermit | RegionError) -> None:
+            if not isinstance(permit, ReadPermit):
+                respond(kv.RawGetResponse(region_error=permit))
+            else:
+                respond(kv.RawGetResponse(value=self.node.engine.kv_get(keys.DATA_DB, req.key)))
+
+        self._read(req.context, [req.key], done)
+
+    def raw_batch_get(
+        self, req: kv.RawBatchGetRequest, _: RequestContext, respond: Respond
+    ) -> None:
         e = self._check_keys(req.keys)
         if e is not None:
-            return kv.RawBatchGetResponse(error=e)
-        permit = await self._read(req.context, req.keys)
-        if not isinstance(permit, ReadPermit):
-            return kv.RawBatchGetResponse(region_error=permit)
-        pairs = []
-        engine = self.node.engine
-        with engine.read_kv() as txn:
-            db = engine.kv_db(keys.DATA_DB)
-            for k in req.keys:
-                v = txn.get(k, db=db)
-                if v is not None:
-                    pairs.append((k, bytes(v)))
-        return kv.RawBatchGetResponse(pairs=tuple(pairs))
+            respond(kv.RawBatchGetResponse(error=e))
+            return
+
+        def done(permit: ReadPermit | RegionError) -> None:
+            if not isinstance(permit, ReadPermit):
+                respond(kv.RawBatchGetResponse(region_error=permit))
+                return
+            pairs = []
+            engine = self.node.engine
+            with engine.read_kv() as txn:
+                db = engine.kv_db(keys.DATA_DB)
+                for k in req.keys:
+                    v = txn.get(k, db=db)
+                    if v is not None:
+                        pairs.append((k, bytes(v)))
+            respond(kv.RawBatchGetResponse(pairs=tuple(pairs)))
+
+        self._read(req.context, req.keys, done)
 
     async def raw_scan(self, req: kv.RawScanRequest, _: RequestContext) -> kv.RawScanResponse:
         e = self._check_range(req.start_key, req.end_key)
@@ -199,58 +225,74 @@ class KvService:
 
     # -- writes --------------------------------------------------------------
 
-    async def _plain_write(
-        self, context: kv.Context, ops: tuple[WriteOp, ...], e: kv.KvError | None
-    ) -> kv.RawWriteResponse:
+    def _plain_write(
+        self,
+        context: kv.Context,
+        ops: tuple[WriteOp, ...],
+        e: kv.KvError | None,
+        respond: Respond,
+    ) -> None:
         if e is not None:
-            return kv.RawWriteResponse(error=e)
-        done = await self._write(context, ops)
-        if isinstance(done, WriteDone):
-            return kv.RawWriteResponse()
-        return kv.RawWriteResponse(region_error=done)
+            respond(kv.RawWriteResponse(error=e))
+            return
 
-    async def raw_put(self, req: kv.RawPutRequest, _: RequestContext) -> kv.RawWriteResponse:
+        def done(value: WriteDone | RegionError) -> None:
+            if isinstance(value, WriteDone):
+                respond(_WRITE_OK)
+            else:
+                respond(kv.RawWriteResponse(region_error=value))
+
+        self._write(context, ops, done)
+
+    def raw_put(self, req: kv.RawPutRequest, _: RequestContext, respond: Respond) -> None:
         e = self._check_key(req.key) or self._check_value(req.value)
-        return await self._plain_write(req.context, (Put(req.key, req.value),), e)
+        self._plain_write(req.context, (Put(req.key, req.value),), e, respond)
 
-    async def raw_batch_put(
-        self, req: kv.RawBatchPutRequest, _: RequestContext
-    ) -> kv.RawWriteResponse:
+    def raw_batch_put(
+        self, req: kv.RawBatchPutRequest, _: RequestContext, respond: Respond
+    ) -> None:
         e = self._check_keys([k for k, _v in req.pairs])
         for _k, v in req.pairs:
             e = e or self._check_value(v)
         ops = tuple(Put(k, v) for k, v in req.pairs)
-        return await self._plain_write(req.context, ops, e)
+        self._plain_write(req.context, ops, e, respond)
 
-    async def raw_delete(self, req: kv.RawDeleteRequest, _: RequestContext) -> kv.RawWriteResponse:
-        return await self._plain_write(req.context, (Delete(req.key),), self._check_key(req.key))
+    def raw_delete(self, req: kv.RawDeleteRequest, _: RequestContext, respond: Respond) -> None:
+        self._plain_write(req.context, (Delete(req.key),), self._check_key(req.key), respond)
 
-    async def raw_batch_delete(
-        self, req: kv.RawBatchDeleteRequest, _: RequestContext
-    ) -> kv.RawWriteResponse:
+    def raw_batch_delete(
+        self, req: kv.RawBatchDeleteRequest, _: RequestContext, respond: Respond
+    ) -> None:
         ops = tuple(Delete(k) for k in req.keys)
-        return await self._plain_write(req.context, ops, self._check_keys(req.keys))
+        self._plain_write(req.context, ops, self._check_keys(req.keys), respond)
 
-    async def raw_delete_range(
-        self, req: kv.RawDeleteRangeRequest, _: RequestContext
-    ) -> kv.RawWriteResponse:
+    def raw_delete_range(
+        self, req: kv.RawDeleteRangeRequest, _: RequestContext, respond: Respond
+    ) -> None:
         e = self._check_range(req.start_key, req.end_key)
-        return await self._plain_write(req.context, (DeleteRange(req.start_key, req.end_key),), e)
+        ops = (DeleteRange(req.start_key, req.end_key),)
+        self._plain_write(req.context, ops, e, respond)
 
-    async def raw_compare_and_set(
-        self, req: kv.RawCompareAndSetRequest, _: RequestContext
-    ) -> kv.RawCompareAndSetResponse:
+    def raw_compare_and_set(
+        self, req: kv.RawCompareAndSetRequest, _: RequestContext, respond: Respond
+    ) -> None:
         e = (
             self._check_key(req.key)
             or self._check_value(req.expected)
             or self._check_value(req.new_value)
         )
         if e is not None:
-            return kv.RawCompareAndSetResponse(error=e)
-        done = await self._write(
-            req.context, (CompareAndSet(req.key, req.expected, req.new_value),)
-        )
-        if not isinstance(done, WriteDone):
-            return kv.RawCompareAndSetResponse(region_error=done)
-        r = done.results[0]
-        return kv.RawCompareAndSetResponse(succeeded=r.succeeded, previous=r.previous)
+            respond(kv.RawCompareAndSetResponse(error=e))
+            return
+
+        def done(value: WriteDone | RegionError) -> None:
+            if not isinstance(value, WriteDone):
+                respond(kv.RawCompareAndSetResponse(region_error=value))
+                return
+            r = value.results[0]
+            respond(kv.RawCompareAndSetResponse(succeeded=r.succeeded, previous=r.previous))
+
+        self._write(req.context, (CompareAndSet(req.key, req.expected, req.new_value),), done)
+
+
+_WRITE_OK = kv.RawWriteResponse()

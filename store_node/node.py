@@ -15,16 +15,17 @@ run against the core; nothing else touches the core.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
-from kvproto.errorpb import RegionError
+from kvproto.errorpb import RegionError, ServerIsBusy
 from kvproto.kvrpcpb import Context
 from kvproto.metapb import Region, StoreId
 from kvproto.pd_client import PdClient, open_pd_client
@@ -50,9 +51,35 @@ log = logging.getLogger(__name__)
 
 Event = Callable[[StoreCore], None]
 
+
+def _no_event(core: StoreCore) -> None:
+    """Wakes the loop; the work is already queued in the core."""
+
+
 # The token of a split the store decided on: nobody waits for its reply.
 SPLIT_ORDER = "split-order"
 T = TypeVar("T")
+
+
+class Callback:
+    """A core token that hands the reply to a function (deferred RPC handlers).
+    The function runs inside the store loop: it must not block, and its
+    failure is logged, never raised into the loop."""
+
+    __slots__ = ("_done", "_fn")
+
+    def __init__(self, fn: Callable[[Any], None]) -> None:
+        self._fn = fn
+        self._done = False
+
+    def set(self, value: ReplyValue) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._fn(value)
+        except Exception:
+            log.exception("a request's reply callback failed")
 
 
 class Waiter:
@@ -97,6 +124,7 @@ class StoreNode:
             config.max_queued_events
         )
         self._round_done = trio.Event()
+        self._loop_idle = False
         self.rounds = 0
         self._limiter = trio.CapacityLimiter(1)
         self.snap_dir = SnapDir(Path(config.data_dir) / "snap")
@@ -194,13 +222,22 @@ class StoreNode:
     async def submit(self, event: Event) -> None:
         await self._send_events.send(event)
 
+    def _nudge(self) -> None:
+        """Wake the loop if it waits for events (after a direct core call)."""
+        if self._loop_idle:
+            self._loop_idle = False
+            with contextlib.suppress(trio.WouldBlock):
+                self._send_events.send_nowait(_no_event)
+
     async def _run_loop(self) -> None:
         core = self.core
         assert core is not None
         max_events = self.config.max_round_events
         while True:
             if not core.has_work():
+                self._loop_idle = True
                 event = await self._recv_events.receive()
+                self._loop_idle = False
                 event(core)
             n = 1
             while n < max_events:
@@ -220,7 +257,8 @@ class StoreNode:
         assert transport is not None
         for store_id, msgs in out.messages_now.items():
             transport.send(store_id, msgs)
-        if must_block(self.engine, out):
+        idle = self._recv_events.statistics().current_buffer_used == 0
+        if must_block(self.engine, out, idle):
             outcomes = await trio.to_thread.run_sync(
                 persist_and_apply, self.engine, out, limiter=self._limiter
             )
@@ -229,7 +267,7 @@ class StoreNode:
         for store_id, msgs in out.messages_after_persist.items():
             transport.send(store_id, msgs)
         for reply in core.after_persist(out, outcomes):
-            if isinstance(reply.token, Waiter):
+            if isinstance(reply.token, (Waiter, Callback)):
                 reply.token.set(reply.value)
         self._start_snapshot_work(core, out)
         self.rounds += 1
@@ -387,18 +425,66 @@ class StoreNode:
 
     # -- requests -----------------------------------------------------------
 
+    # Client requests call the core directly rather than through the event
+    # channel: admission only queues work on the peer (the next round takes
+    # it), which is safe at any point where the loop awaits, and it saves a
+    # channel hop per request. The loop is nudged if it sleeps.
+
     async def write(
         self, ctx: Context, ops: tuple[WriteOp, ...], nbytes: int
     ) -> WriteDone | RegionError:
+        core = self.core
+        if core is None:
+            return ServerIsBusy("the store is starting", backoff_ms=100)
         w = Waiter()
-        await self.submit(lambda core: w.admit(core.propose_write(w, ctx, ops, nbytes)))
+        w.admit(core.propose_write(w, ctx, ops, nbytes))
+        self._nudge()
         value = await w.wait()
         assert not isinstance(value, ReadPermit), value
         return value  # type: ignore[return-value]
 
+    def submit_write(
+        self,
+        ctx: Context,
+        ops: tuple[WriteOp, ...],
+        nbytes: int,
+        done: Callable[[WriteDone | RegionError], None],
+    ) -> None:
+        """`write` for deferred handlers: `done` gets the reply in the loop."""
+        core = self.core
+        if core is None:
+            done(ServerIsBusy("the store is starting", backoff_ms=100))
+            return
+        token = Callback(done)
+        err = core.propose_write(token, ctx, ops, nbytes)
+        if err is not None:
+            token.set(err)
+        self._nudge()
+
+    def submit_read(
+        self,
+        ctx: Context,
+        bounds: Sequence[bytes],
+        done: Callable[[ReadPermit | RegionError], None],
+    ) -> None:
+        """`read` for deferred handlers: `done` gets the permit in the loop."""
+        core = self.core
+        if core is None:
+            done(ServerIsBusy("the store is starting", backoff_ms=100))
+            return
+        token = Callback(done)
+        err = core.read(token, ctx, bounds)
+        if err is not None:
+            token.set(err)
+        self._nudge()
+
     async def read(self, ctx: Context, bounds: Sequence[bytes]) -> ReadPermit | RegionError:
+        core = self.core
+        if core is None:
+            return ServerIsBusy("the store is starting", backoff_ms=100)
         w = Waiter()
-        await self.submit(lambda core: w.admit(core.read(w, ctx, bounds)))
+        w.admit(core.read(w, ctx, bounds))
+        self._nudge()
         value = await w.wait()
         assert not isinstance(value, WriteDone), value
         return value  # type: ignore[return-value]

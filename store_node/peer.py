@@ -91,6 +91,7 @@ class Peer:
     node: RaftNode
     proposals: deque[Proposal] = field(default_factory=deque)
     queued_writes: list[QueuedWrite] = field(default_factory=list)
+    queued_bytes: int = 0
     queued_reads: list[Token] = field(default_factory=list)
     # ReadIndex rounds in flight, by request context.
     reading: dict[bytes, ReadBatch] = field(default_factory=dict)
@@ -183,6 +184,7 @@ class Peer:
             replies += [Reply(t, err) for t in b.tokens]
         self.proposals.clear()
         self.queued_writes.clear()
+        self.queued_bytes = 0
         self.queued_reads.clear()
         self.reading.clear()
         self.read_waiting.clear()
