@@ -37,11 +37,20 @@ def setting(
     min: float | None = None,
     max: float | None = None,
     flag: bool = True,
+    metavar: str | None = None,
 ) -> Any:
-    """A config field: its default, help text, kind and bounds."""
+    """A config field: its default, help text, kind, bounds and (for --help)
+    the name of its value."""
     return dataclasses.field(
         default=default,
-        metadata={"help": help, "kind": kind, "min": min, "max": max, "flag": flag},
+        metadata={
+            "help": help,
+            "kind": kind,
+            "min": min,
+            "max": max,
+            "flag": flag,
+            "metavar": metavar,
+        },
     )
 
 
@@ -213,18 +222,57 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     default taken from the field. Flags default to None: unset flags leave
     the TOML file or the default in force."""
     assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.metadata.get("flag", True):
             continue
         default = f.default
         if isinstance(default, tuple):
             default = ",".join("=".join(x) if isinstance(x, tuple) else str(x) for x in default)
+        kind = f.metadata.get("kind")
         help_text = f.metadata.get("help", "")
-        if default is not None and default is not dataclasses.MISSING:
+        if default not in (None, "", dataclasses.MISSING):
+            if kind == "size" and isinstance(default, int):
+                default = format_size(default)
+            elif kind == "duration" and isinstance(default, float):
+                default = format_duration(default)
             help_text += f" (default: {default})"
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="V", help=help_text
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=f.metadata.get("metavar") or _metavar(hints[f.name], kind),
+            help=help_text,
         )
+
+
+def _metavar(hint: Any, kind: str | None) -> str:
+    if kind == "duration":
+        return "DURATION"
+    if kind == "size":
+        return "SIZE"
+    members = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union) and members:
+        hint = members[0]
+    names: dict[Any, str] = {bool: "BOOL", int: "N", float: "X", str: "TEXT"}
+    return names.get(hint, "LIST")
+
+
+def format_size(n: int) -> str:
+    """Bytes as the largest whole binary unit (64KiB, 96MiB)."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as text `parse_duration` reads back (100ms, 5s, 30m)."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, object]:

@@ -184,6 +184,10 @@ class LocalCluster:
         for spec in self.store_specs:
             await self._start(spec.child)
 
+    async def start_pd(self) -> None:
+        assert self.pd is not None
+        await self._start(self.pd)
+
     async def start_store(self, index: int) -> None:
         await self._start(self.store_specs[index - 1].child)
 

@@ -14,16 +14,26 @@ from kvproto.config_file import setting
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    data_dir: str = setting("", "data directory (kv/, raft/, snap/); required")
+    data_dir: str = setting("", "data directory (kv/, raft/, snap/); required", metavar="DIR")
     raft_dir: str | None = setting(
-        None, "directory of the Raft log, e.g. on another disk (default: DATA_DIR/raft)"
+        None,
+        "directory of the Raft log, e.g. on another disk (default: DATA_DIR/raft)",
+        metavar="DIR",
     )
-    listen: str = setting("127.0.0.1:20160", "address to serve clients and other stores on")
+    listen: str = setting(
+        "127.0.0.1:20160", "address to serve clients and other stores on", metavar="HOST:PORT"
+    )
     advertise: str | None = setting(
-        None, "address other stores and clients use (default: the bound --listen address)"
+        None,
+        "address other stores and clients use (default: the bound --listen address)",
+        metavar="HOST:PORT",
     )
-    pd: tuple[str, ...] = setting(("127.0.0.1:2379",), "PD addresses, comma separated")
-    labels: tuple[tuple[str, str], ...] = setting((), "store labels, e.g. zone=z1,host=h1")
+    pd: tuple[str, ...] = setting(
+        ("127.0.0.1:2379",), "PD addresses, comma separated", metavar="HOST:PORT[,...]"
+    )
+    labels: tuple[tuple[str, str], ...] = setting(
+        (), "store labels, e.g. zone=z1,host=h1", metavar="KEY=VALUE[,...]"
+    )
     sync: bool = setting(
         True,
         "fsync the Raft log before acknowledging writes; false trades durability on "
