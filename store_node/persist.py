@@ -32,9 +32,14 @@ def must_block(engine: Engine, out: RoundOutput, idle: bool) -> bool:
     most one client write, blocking the loop for the fsync costs nobody
     anything and saves the thread hop (a third of a lone write's latency).
     """
-    if out.raft_batch.ops and out.must_sync and engine.sync:
-        lone = idle and out.proposed_writes <= 1 and out.raft_batch.nbytes <= 64 << 10
-        if not lone:
+    if out.raft_batch.ops:
+        if out.must_sync and engine.sync:
+            lone = idle and out.proposed_writes <= 1 and out.raft_batch.nbytes <= 64 << 10
+            if not lone:
+                return True
+        elif out.proposed_writes > 1:
+            # Even without an fsync, a busy round's write goes to the thread:
+            # the loop admits the next requests meanwhile, and they batch.
             return True
     if out.raft_after_kv.ops or out.snapshot_tasks or out.destroy_tasks:
         return True
