@@ -34,7 +34,14 @@ def must_block(engine: Engine, out: RoundOutput, idle: bool) -> bool:
     """
     if out.raft_batch.ops:
         if out.must_sync and engine.sync:
-            lone = idle and out.proposed_writes <= 1 and out.raft_batch.nbytes <= 64 << 10
+            # Messages to send now (a leader's appends) must not wait for
+            # this fsync: the transport's tasks run only while the loop waits.
+            lone = (
+                idle
+                and out.proposed_writes <= 1
+                and not out.messages_now
+                and out.raft_batch.nbytes <= 64 << 10
+            )
             if not lone:
                 return True
         elif out.proposed_writes > 1:
