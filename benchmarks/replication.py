@@ -28,32 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.store_kv import _drive, _pct, _puts
 from kvproto import kvrpcpb as kv
-from kvproto.metapb import PeerRole
-from kvproto.pd_client import PdClient, open_pd_client
+from kvproto.pd_client import open_pd_client
 from kvproto.rpc import connect
-from shardkv.local_cluster import LocalCluster
+from shardkv.local_cluster import LocalCluster, leader_context, wait_for_voters
 
 SNAPSHOT_LINE = re.compile(rb"snapshot \d+/\d+ sent to store \d+: (\d+) bytes in ([0-9.]+) s")
-
-
-async def _leader_ctx(pd: PdClient) -> tuple[kv.Context, str]:
-    while True:
-        region, leader = await pd.get_region(b"")
-        if region is not None and leader is not None:
-            store = await pd.get_store(leader.store_id)
-            assert store is not None
-            return kv.Context(region.id, region.epoch, leader), store.address
-        await trio.sleep(0.05)
-
-
-async def _wait_voters(pd: PdClient, n: int) -> None:
-    while True:
-        region, _ = await pd.get_region(b"")
-        if region is not None:
-            voters = [p for p in region.peers if p.role == PeerRole.VOTER]
-            if len(voters) >= n:
-                return
-        await trio.sleep(0.1)
 
 
 async def throughput(root: Path, stores: int, args: argparse.Namespace) -> list[tuple]:
@@ -64,8 +43,8 @@ async def throughput(root: Path, stores: int, args: argparse.Namespace) -> list[
         async with open_pd_client([cluster.pd_address]) as pd:
             with trio.fail_after(120):
                 await cluster.wait_ready(pd, min_stores=stores)
-                await _wait_voters(pd, stores)
-            ctx, address = await _leader_ctx(pd)
+                await wait_for_voters(pd, stores)
+            ctx, address = await leader_context(pd)
         async with connect(address) as conn:
             for tasks in [int(x) for x in args.tasks.split(",")]:
                 tputs, p50s = [], []
@@ -100,7 +79,7 @@ async def snapshot_speed(root: Path, megabytes: int) -> list[tuple[int, float]]:
         async with open_pd_client([cluster.pd_address]) as pd:
             with trio.fail_after(120):
                 await cluster.wait_ready(pd, min_stores=1)
-            ctx, address = await _leader_ctx(pd)
+            ctx, address = await leader_context(pd)
             async with connect(address) as conn:
                 batch = 16
                 for i in range(0, megabytes * 16, batch):
@@ -111,7 +90,7 @@ async def snapshot_speed(root: Path, megabytes: int) -> list[tuple[int, float]]:
             await cluster.start_store(2)
             await cluster.start_store(3)
             with trio.fail_after(600):
-                await _wait_voters(pd, 3)
+                await wait_for_voters(pd, 3)
         log = (root / "logs" / "store-1.log").read_bytes()
         return [(int(b), float(t)) for b, t in SNAPSHOT_LINE.findall(log)]
     finally:

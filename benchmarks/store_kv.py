@@ -28,20 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kvproto import kvrpcpb as kv
 from kvproto.pd_client import open_pd_client
 from kvproto.rpc import RpcConnection, connect
-from shardkv.local_cluster import LocalCluster
+from shardkv.local_cluster import LocalCluster, leader_context
 
 VALUE = b"v" * 100
-
-
-async def _leader(pd_address: str) -> tuple[kv.Context, str]:
-    async with open_pd_client([pd_address]) as pd:
-        while True:
-            region, leader = await pd.get_region(b"")
-            if region is not None and leader is not None:
-                store = await pd.get_store(leader.store_id)
-                assert store is not None
-                return kv.Context(region.id, region.epoch, leader), store.address
-            await trio.sleep(0.05)
 
 
 async def _drive(
@@ -115,7 +104,8 @@ async def bench(args: argparse.Namespace) -> None:
                 async with open_pd_client([cluster.pd_address]) as pd:
                     with trio.fail_after(60):
                         await cluster.wait_ready(pd)
-                ctx, address = await _leader(cluster.pd_address)
+                async with open_pd_client([cluster.pd_address]) as pd:
+                    ctx, address = await leader_context(pd)
                 async with connect(address) as conn:
                     # Warm up (and fill the keys the gets read).
                     for i in range(1000):

@@ -171,18 +171,23 @@ def _convert(hint: Any, kind: str | None, value: object) -> object:
     raise AssertionError(f"config type {hint!r} is not supported")
 
 
+def read_toml(path: str) -> dict[str, Any]:
+    """The top-level table of a TOML file; ConfigError if unreadable."""
+    try:
+        with open(path, "rb") as fp:
+            return tomllib.load(fp)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+
+
 def load(cls: type[T], path: str | None = None, overrides: Mapping[str, object] | None = None) -> T:
     """Build `cls` from defaults, then the TOML file at `path`, then
     `overrides` (flags). Raises ConfigError for unknown keys or bad values."""
     values: dict[str, object] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as fp:
-                values.update(tomllib.load(fp))
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        values.update(read_toml(path))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)

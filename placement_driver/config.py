@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -205,13 +204,7 @@ def load_startup_config(path: str | None, flags: Mapping[str, object]) -> Startu
     unset flags) and check everything. Raises ConfigError."""
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as fp:
-                values.update(tomllib.load(fp))
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+        values.update(config_file.read_toml(path))
         _check_known(values, SERVER_KEYS + CLUSTER_KEYS, what="config key", where=path)
     values.update({k: v for k, v in flags.items() if v is not None})
     _check_known(values, SERVER_KEYS + CLUSTER_KEYS, what="config key")

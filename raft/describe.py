@@ -42,19 +42,7 @@ def describe_conf_change(cc: ConfChange) -> str:
 
 
 def describe_conf_state(cs: ConfState) -> str:
-    def ids(t: tuple[int, ...]) -> str:
-        return " ".join(map(str, t))
-
-    out = f"voters=({ids(cs.voters)})"
-    if cs.voters_outgoing:
-        out += f"&&({ids(cs.voters_outgoing)})"
-    if cs.learners:
-        out += f" learners=({ids(cs.learners)})"
-    if cs.learners_next:
-        out += f" learners_next=({ids(cs.learners_next)})"
-    if cs.auto_leave:
-        out += " autoleave"
-    return out
+    return cs.describe()
 
 
 def describe_snapshot(s: Snapshot) -> str:

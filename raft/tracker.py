@@ -37,19 +37,7 @@ class TrackerConfig:
         )
 
     def describe(self) -> str:
-        def ids(s: frozenset[int]) -> str:
-            return " ".join(str(i) for i in sorted(s))
-
-        out = f"voters=({ids(self.voters.incoming.ids)})"
-        if self.voters.is_joint:
-            out += f"&&({ids(self.voters.outgoing.ids)})"
-        if self.learners:
-            out += f" learners=({ids(self.learners)})"
-        if self.learners_next:
-            out += f" learners_next=({ids(self.learners_next)})"
-        if self.auto_leave:
-            out += " autoleave"
-        return out
+        return self.conf_state().describe()
 
 
 class ProgressTracker:

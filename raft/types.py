@@ -93,6 +93,23 @@ class ConfState:
     def is_joint(self) -> bool:
         return bool(self.voters_outgoing)
 
+    def describe(self) -> str:
+        """Stable text, e.g. ``voters=(1 2 3)&&(1 2 4) learners=(5)``."""
+
+        def ids(t: tuple[int, ...]) -> str:
+            return " ".join(map(str, t))
+
+        out = f"voters=({ids(self.voters)})"
+        if self.voters_outgoing:
+            out += f"&&({ids(self.voters_outgoing)})"
+        if self.learners:
+            out += f" learners=({ids(self.learners)})"
+        if self.learners_next:
+            out += f" learners_next=({ids(self.learners_next)})"
+        if self.auto_leave:
+            out += " autoleave"
+        return out
+
     def all_ids(self) -> tuple[int, ...]:
         return tuple(
             sorted(

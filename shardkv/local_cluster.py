@@ -24,13 +24,35 @@ from pathlib import Path
 import trio
 
 from kvproto import kvrpcpb as kv
-from kvproto.metapb import StoreState
+from kvproto.metapb import PeerRole, Region, StoreState
 from kvproto.pd_client import PdClient
 from kvproto.rpc import RpcCallError, connect
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+
+
+async def leader_context(pd: PdClient, key: bytes = b"") -> tuple[kv.Context, str]:
+    """The KV context of the region holding `key` and its leader's address,
+    once the PD knows both (cancel from outside to bound the wait)."""
+    while True:
+        region, leader = await pd.get_region(key)
+        if region is not None and leader is not None:
+            store = await pd.get_store(leader.store_id)
+            if store is not None:
+                return kv.Context(region.id, region.epoch, leader), store.address
+        await trio.sleep(0.05)
+
+
+async def wait_for_voters(pd: PdClient, count: int, key: bytes = b"") -> Region:
+    """The region holding `key` once the PD reports `count` voters for it."""
+    while True:
+        region, _ = await pd.get_region(key)
+        voters = 0 if region is None else sum(p.role == PeerRole.VOTER for p in region.peers)
+        if region is not None and voters >= count:
+            return region
+        await trio.sleep(0.1)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

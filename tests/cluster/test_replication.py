@@ -13,6 +13,7 @@ import trio
 
 import client
 from kvproto.pd_client import open_pd_client
+from shardkv.local_cluster import wait_for_voters
 from tests.cluster.helpers import (
     data_checksums,
     eventually,
@@ -38,11 +39,7 @@ async def test_region_reaches_three_voters_and_a_killed_follower_catches_up(
             ):
                 await cluster.wait_ready(pd)
 
-                async def three_voters() -> bool:
-                    r = await region_of(pd, b"")
-                    return r is not None and len(voters(r)) == 3
-
-                await eventually(three_voters)
+                await wait_for_voters(pd, 3)
                 await kv.batch_put([(b"a%04d" % i, b"x" * 50) for i in range(100)])
                 region, leader = await pd.get_region(b"")
                 assert region is not None and leader is not None
@@ -89,11 +86,7 @@ async def test_killed_leader_is_replaced_and_no_acknowledged_write_is_lost(
             ):
                 await cluster.wait_ready(pd)
 
-                async def three_voters() -> bool:
-                    r = await region_of(pd, b"")
-                    return r is not None and len(voters(r)) == 3
-
-                await eventually(three_voters)
+                await wait_for_voters(pd, 3)
                 for i in range(200):
                     await kv.put(b"k%04d" % i, b"v")
                     acked.append(b"k%04d" % i)
@@ -125,11 +118,7 @@ async def test_a_down_store_has_its_peer_replaced_on_a_fourth_store(tmp_path: Pa
             ):
                 await cluster.wait_ready(pd)
 
-                async def three_voters() -> bool:
-                    r = await region_of(pd, b"")
-                    return r is not None and len(voters(r)) == 3
-
-                await eventually(three_voters)
+                await wait_for_voters(pd, 3)
                 await kv.put(b"before", b"1")
                 region, leader = await pd.get_region(b"")
                 assert region is not None and leader is not None
@@ -160,11 +149,7 @@ async def test_logs_stay_bounded_while_writes_go_on(tmp_path: Path) -> None:
             ):
                 await cluster.wait_ready(pd)
 
-                async def three_voters() -> bool:
-                    r = await region_of(pd, b"")
-                    return r is not None and len(voters(r)) == 3
-
-                await eventually(three_voters)
+                await wait_for_voters(pd, 3)
                 for i in range(80):
                     async with trio.open_nursery() as n:
                         for w in range(8):

@@ -13,7 +13,7 @@ import trio
 
 import client
 from kvproto.pd_client import PdClient, open_pd_client
-from shardkv.local_cluster import LocalCluster
+from shardkv.local_cluster import LocalCluster, wait_for_voters
 from tests.cluster.helpers import (
     FAST_PD,
     FAST_STORE,
@@ -133,11 +133,7 @@ async def test_a_store_killed_during_splits_catches_up_with_equal_data(tmp_path:
             ):
                 await cluster.wait_ready(pd)
 
-                async def replicated() -> bool:
-                    r, _ = await pd.get_region(b"")
-                    return r is not None and len(voters(r)) == 3
-
-                await eventually(replicated)
+                await wait_for_voters(pd, 3)
                 await kv.batch_put([(key(i), b"a") for i in range(200)])
                 await cluster.kill_store(3)
                 for lo in range(200, 6000, 200):

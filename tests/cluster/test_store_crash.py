@@ -9,9 +9,9 @@ from pathlib import Path
 import trio
 
 from kvproto import kvrpcpb as kv
-from kvproto.pd_client import PdClient, open_pd_client
+from kvproto.pd_client import open_pd_client
 from kvproto.rpc import RpcCallError, connect
-from shardkv.local_cluster import LocalCluster
+from shardkv.local_cluster import LocalCluster, leader_context
 from store_node import keys
 from store_node.bootstrap import load_regions
 from store_node.engine import Engine
@@ -23,16 +23,6 @@ FAST = {
 }
 
 
-async def context_for(pd: PdClient, key: bytes) -> tuple[kv.Context, str]:
-    while True:
-        region, leader = await pd.get_region(key)
-        if region is not None and leader is not None:
-            store = await pd.get_store(leader.store_id)
-            assert store is not None
-            return kv.Context(region.id, region.epoch, leader), store.address
-        await trio.sleep(0.05)
-
-
 async def test_sigkill_mid_write_keeps_every_acknowledged_write(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, stores=1, store_flags=FAST)
     acked: set[bytes] = set()
@@ -42,7 +32,7 @@ async def test_sigkill_mid_write_keeps_every_acknowledged_write(tmp_path: Path) 
             await cluster.start()
             async with open_pd_client([cluster.pd_address]) as pd:
                 await cluster.wait_ready(pd)
-                ctx, address = await context_for(pd, b"k")
+                ctx, address = await leader_context(pd, b"k")
                 enough = trio.Event()
 
                 async def writer(w: int, conn) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +58,7 @@ async def test_sigkill_mid_write_keeps_every_acknowledged_write(tmp_path: Path) 
 
                 await cluster.start_store(1)
                 await cluster.wait_ready(pd)
-                ctx, address = await context_for(pd, b"k")
+                ctx, address = await leader_context(pd, b"k")
                 async with connect(address) as conn:
                     got: set[bytes] = set()
                     start = b""

@@ -19,6 +19,7 @@ from kvproto import kvrpcpb as kv
 from kvproto.pd_client import open_pd_client
 from kvproto.rpc import connect
 from placement_driver.testing import open_pd
+from shardkv import local_cluster
 from store_node.config import StoreConfig
 from store_node.node import StoreInfo, StoreNode
 
@@ -50,11 +51,8 @@ async def running_store(cfg: StoreConfig) -> AsyncIterator[tuple[StoreNode, Stor
 async def leader_context(pd_addr: str, key: bytes = b"") -> kv.Context:
     """Wait until the PD knows the region of `key` and its leader."""
     async with open_pd_client([pd_addr]) as pd:
-        while True:
-            region, leader = await pd.get_region(key)
-            if region is not None and leader is not None:
-                return kv.Context(region.id, region.epoch, leader)
-            await trio.sleep(0.05)
+        ctx, _ = await local_cluster.leader_context(pd, key)
+        return ctx
 
 
 async def test_first_store_bootstraps_and_serves_every_operation(tmp_path: Path) -> None:
