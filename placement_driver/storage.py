@@ -24,8 +24,6 @@ LMDB's byte order the numeric order.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import struct
@@ -38,6 +36,7 @@ import lmdb
 
 from kvproto import codec
 from kvproto.codec import DecodeError
+from kvproto.dirlock import DataDirLockedError, DirLock
 from kvproto.metapb import Region, RegionId, Store
 
 __all__ = [
@@ -86,10 +85,6 @@ def _u64(value: int) -> bytes:
 
 class CorruptMetaError(Exception):
     """A stored record that cannot be decoded."""
-
-
-class DataDirLockedError(Exception):
-    """Another process uses this data directory."""
 
 
 @dataclass(slots=True)
@@ -191,14 +186,7 @@ class LmdbMetaStorage:
     ) -> None:
         self.path = Path(data_dir)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.path / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise DataDirLockedError(
-                f"{self.path} is in use by another PD process (lock {self.path / 'LOCK'})"
-            ) from None
+        self._lock = DirLock(self.path, "PD")
         try:
             self._env = lmdb.open(
                 str(self.path / "meta"),
@@ -223,11 +211,7 @@ class LmdbMetaStorage:
         env = getattr(self, "_env", None)
         if env is not None:
             env.close()  # idempotent
-        if self._lock_fd >= 0:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._lock.release()
 
     def __enter__(self) -> LmdbMetaStorage:
         return self

@@ -11,6 +11,7 @@ import trio
 
 from kvproto import config_file
 from kvproto.config_file import ConfigError
+from kvproto.dirlock import DataDirLockedError
 from store_node.bootstrap import DataDirMismatchError
 from store_node.config import StoreConfig
 
@@ -62,7 +63,7 @@ async def _serve(cfg: StoreConfig) -> int:
             node = StoreNode(cfg)
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
             await nursery.start(node.run)
-    except* DataDirMismatchError as eg:
+    except* (DataDirMismatchError, DataDirLockedError) as eg:
         for e in eg.exceptions:
             print(f"shardkv store: {e}", file=sys.stderr)
         failed = True

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
+from kvproto.dirlock import DirLock
 from store_node import keys
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,8 @@ class Engine:
         map_size: int = DEFAULT_MAP_SIZE,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # One store process per data directory (two would corrupt it).
+        self._lock = DirLock(self.data_dir, "store")
         raft_path = Path(raft_dir) if raft_dir is not None else self.data_dir / "raft"
         # `sync` governs the raft log (the durability point); kv is synced on
         # demand by `sync_kv`, see the module docstring.
@@ -288,6 +291,7 @@ class Engine:
         self.sync_kv()
         self.kv.close()
         self.raft.close()
+        self._lock.release()
 
     # -- writes (one worker thread at a time) --------------------------------
 

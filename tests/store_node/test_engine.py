@@ -156,3 +156,15 @@ def test_scan_and_delete_range_match_a_sorted_list(
         assert sorted(k for k, _ in e.kv_items(keys.DATA_DB)) == sorted(set(present) - set(model))
     finally:
         e.close()
+
+
+def test_a_second_engine_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    from kvproto.dirlock import DataDirLockedError
+
+    first = Engine(tmp_path / "store", sync=False)
+    try:
+        with pytest.raises(DataDirLockedError, match="another store process"):
+            Engine(tmp_path / "store", sync=False)
+    finally:
+        first.close()
+    Engine(tmp_path / "store", sync=False).close()  # free again once closed
