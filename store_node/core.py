@@ -146,6 +146,8 @@ class StoreCore:
         self._truncations: dict[int, tuple[int, int]] = {}
         # Counters reported as store metrics.
         self.stats: dict[str, int] = defaultdict(int)
+        # Ticks since the store started (the store's notion of time).
+        self.ticks = 0
         # Split thresholds learnt from the PD: (region_max_size, region_max_keys).
         self.split_limits: tuple[int, int] | None = None
         self._split_checks: set[int] = set()
@@ -237,6 +239,7 @@ class StoreCore:
     # -- events ------------------------------------------------------------
 
     def tick(self) -> None:
+        self.ticks += 1
         # Raft retries on its own what was kept longer than a tick.
         self._early_messages.clear()
         for rid in sorted(self.peers):
@@ -260,6 +263,7 @@ class StoreCore:
         if peer is None:
             return
         peer.peer_cache[msg.from_peer.id] = msg.from_peer
+        peer.last_heard[msg.from_peer.id] = self.ticks
         peer.node.step(msg.message)
         self._dirty.add(msg.region_id)
 

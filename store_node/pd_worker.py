@@ -102,7 +102,14 @@ class PdWorker:
         if not peer.is_leader() or not peer.initialized:
             return
         try:
-            req = region_heartbeat_request(peer)
+            core = self.node.core
+            assert core is not None
+            req = region_heartbeat_request(
+                peer,
+                core.ticks,
+                self.config.tick_interval,
+                down_after_ticks=2 * self.config.election_ticks,
+            )
             resp = await self.pd.region_heartbeat(req)
             self.heartbeats_sent += 1
             log.debug(
@@ -146,8 +153,12 @@ def _learn_limits(limits: tuple[int, int]) -> Callable[[StoreCore], None]:
 PD_ORDER = "pd-order"
 
 
-def region_heartbeat_request(peer: Peer) -> pdpb.RegionHeartbeatRequest:
-    """What the leader of a region tells the PD about it."""
+def region_heartbeat_request(
+    peer: Peer, now_tick: int, tick_interval: float, down_after_ticks: int
+) -> pdpb.RegionHeartbeatRequest:
+    """What the leader of a region tells the PD about it: a follower not heard
+    from for `down_after_ticks` is down (for how long, in seconds); one
+    catching up by snapshot, or behind the truncated log, is pending."""
     raft = peer.node.raft
     down: list[pdpb.PeerStats] = []
     pending: list[PeerMeta] = []
@@ -158,8 +169,9 @@ def region_heartbeat_request(peer: Peer) -> pdpb.RegionHeartbeatRequest:
         meta = peer.region.find_peer(PeerId(node_id))
         if meta is None:
             continue
-        if not pr.recent_active:
-            down.append(pdpb.PeerStats(meta))
+        silent = now_tick - peer.last_heard.setdefault(meta.id, now_tick)
+        if silent >= down_after_ticks:
+            down.append(pdpb.PeerStats(meta, down_seconds=int(silent * tick_interval)))
         if pr.state == ProgressState.SNAPSHOT or pr.match < truncated:
             pending.append(meta)
     return pdpb.RegionHeartbeatRequest(

@@ -100,6 +100,8 @@ class Peer:
     read_seq: int = 0
     # Peers we ever knew in this region (messages to removed peers still go out).
     peer_cache: dict[PeerId, PeerMeta] = field(default_factory=dict)
+    # The store tick at which each other peer was last heard from.
+    last_heard: dict[PeerId, int] = field(default_factory=dict)
     # Leader id and epoch last reported to the PD.
     reported_leader: int = 0
     pending_remove: bool = False

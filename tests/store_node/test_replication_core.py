@@ -147,3 +147,21 @@ def test_a_stale_peer_back_after_removal_is_told_to_destroy_itself(tmp_path: Pat
     c.tick(60)
     assert 1 not in c.cores[stale].peers
     assert c.cores[stale].stats["peers_destroyed"] == 1
+
+
+def test_the_leader_reports_a_silent_follower_as_down(tmp_path: Path) -> None:
+    from store_node.pd_worker import region_heartbeat_request
+
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    leader_store, _ = c.leader_of(1)
+    leader = c.cores[leader_store].peers[1]
+    req = region_heartbeat_request(leader, c.cores[leader_store].ticks, 0.1, down_after_ticks=20)
+    assert req.down_peers == ()
+    silent = next(s for s in (3, 2) if s != leader_store)
+    c.stop(silent)
+    c.tick(25)
+    req = region_heartbeat_request(leader, c.cores[leader_store].ticks, 0.1, down_after_ticks=20)
+    assert [d.peer.store_id for d in req.down_peers] == [silent]
+    assert req.down_peers[0].down_seconds >= 2
