@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
+import client
 from kvproto.debugpb import StoreStatusRequest, StoreStatusResponse
 from kvproto.metapb import PeerRole, Region
-from kvproto.pd_client import PdClient
+from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.rpc import RpcCallError, connect
-from shardkv.local_cluster import LocalCluster
+from shardkv.local_cluster import LocalCluster, wait_for_voters
 from store_node import keys
 from store_node.engine import Engine
 
@@ -33,6 +35,27 @@ def fast_cluster(root: Path, stores: int, **store_flags: str) -> LocalCluster:
         store_flags={**FAST_STORE, **store_flags},
         pd_flags=dict(FAST_PD),
     )
+
+
+@asynccontextmanager
+async def serving(
+    cluster: LocalCluster, *, voters: int = 0, client_timeout: float = 20.0
+) -> AsyncIterator[tuple[PdClient, client.Client]]:
+    """Start `cluster`, wait until it serves (and, with `voters`, until the
+    first region has that many voters), and yield a PD client and a smart
+    client; every child is stopped on the way out."""
+    try:
+        await cluster.start()
+        async with (
+            open_pd_client([cluster.pd_address]) as pd,
+            client.connect([cluster.pd_address], timeout=client_timeout) as kv,
+        ):
+            await cluster.wait_ready(pd)
+            if voters:
+                await wait_for_voters(pd, voters)
+            yield pd, kv
+    finally:
+        await cluster.aclose()
 
 
 async def eventually(
