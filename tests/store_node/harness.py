@@ -9,15 +9,16 @@ token for the test to inspect.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from kvproto.kvrpcpb import Context
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId
-from kvproto.raft_serverpb import SnapshotKey
+from kvproto.raft_serverpb import RaftMessage, SnapshotKey
 from store_node.bootstrap import load_regions, load_tombstones, write_initial_region
 from store_node.core import CoreConfig, StoreCore
-from store_node.engine import Engine
+from store_node.engine import Engine, WriteBatch
 from store_node.peer import Reply
 from store_node.persist import persist_and_apply
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
@@ -25,7 +26,17 @@ from store_node.split import scan_region
 
 
 class CoreCluster:
-    def __init__(self, root: Path, store_ids: list[int], config: CoreConfig | None = None):
+    def __init__(
+        self,
+        root: Path,
+        store_ids: list[int],
+        config: CoreConfig | None = None,
+        *,
+        sync: bool = False,
+    ):
+        # sync=True: real fsyncs, and writes that need none are deferred
+        # (and lost by `crash`), as in a store.
+        self.sync = sync
         self.root = root
         self.config = config or CoreConfig(election_ticks=10, heartbeat_ticks=2)
         self.engines: dict[int, Engine] = {}
@@ -37,12 +48,14 @@ class CoreCluster:
         self.snapshots_delivered: list[tuple[int, int, int]] = []
         # Ids for split regions and peers (the PD's AllocID).
         self.next_id = 1000
+        # Fault injection: drop a message when this says so.
+        self.drop: Callable[[RaftMessage], bool] | None = None
         self.split_limits: tuple[int, int] | None = None
         for s in store_ids:
             self.start(s)
 
     def start(self, store_id: int) -> None:
-        engine = Engine(self.root / f"s{store_id}", sync=False)
+        engine = Engine(self.root / f"s{store_id}", sync=self.sync)
         core = StoreCore(StoreId(store_id), engine, self.config, tombstones=load_tombstones(engine))
         for region, apply_state in load_regions(engine):
             core.add_peer(region, apply_state)
@@ -54,6 +67,15 @@ class CoreCluster:
 
     def stop(self, store_id: int) -> None:
         self.engines.pop(store_id).close()
+        self.cores.pop(store_id)
+        self.down.add(store_id)
+
+    def crash(self, store_id: int) -> None:
+        """Like SIGKILL: Raft writes deferred until the next fsync are lost
+        (kv/ transactions survive a process crash in the OS cache)."""
+        engine = self.engines.pop(store_id)
+        engine._deferred = WriteBatch()
+        engine.close()
         self.cores.pop(store_id)
         self.down.add(store_id)
 
@@ -124,7 +146,8 @@ class CoreCluster:
             if core is None:
                 continue
             for m in msgs:
-                core.step_raft(m)
+                if self.drop is None or not self.drop(m):
+                    core.step_raft(m)
 
     def stabilize(self, max_rounds: int = 1000) -> None:
         for _ in range(max_rounds):
