@@ -155,3 +155,34 @@ async def test_garbage_on_the_store_port_does_not_disturb_clients(tmp_path: Path
                     await s.aclose()
                 r = await conn.call(kv.RawGetRequest(ctx, b"k"))
                 assert r.value == b"v"
+
+
+async def test_a_pd_ordered_split_divides_the_region_at_the_key(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            open_pd(tmp_path / "pd") as pd,
+            running_store(store_config(tmp_path, "s1", pd.addresses.rpc)) as (_, info),
+        ):
+            ctx = await leader_context(pd.addresses.rpc)
+            async with connect(info.address) as conn:
+                for k in (b"a", b"m", b"z"):
+                    await conn.call(kv.RawPutRequest(ctx, k, b"v"))
+            op = pd.split_region(ctx.region_id, (b"m",))
+            async with open_pd_client([pd.addresses.rpc]) as client:
+                while True:
+                    left, _ = await client.get_region(b"a")
+                    right, _ = await client.get_region(b"z")
+                    if left is not None and right is not None and left.id != right.id:
+                        break
+                    await trio.sleep(0.05)
+            assert (left.start_key, left.end_key) == (b"", b"m")
+            assert (right.start_key, right.end_key) == (b"m", b"")
+            assert left.id == ctx.region_id  # the original keeps the left part
+            assert not op.is_running
+            # Each part serves its own keys.
+            for key, region in ((b"a", left), (b"z", right)):
+                part_ctx = await leader_context(pd.addresses.rpc, key)
+                assert part_ctx.region_id == region.id
+                async with connect(info.address) as conn:
+                    r = await conn.call(kv.RawGetRequest(part_ctx, key))
+                    assert r.value == b"v"
