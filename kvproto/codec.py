@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import io
+import threading
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -270,23 +271,40 @@ def _refuse_tag(*args: object) -> Any:
 _REFUSE_TAGS: Final = _RefuseTags()
 
 
-def decode_cbor(data: bytes | bytearray | memoryview) -> Any:
-    """Decode exactly one untagged, definite-length CBOR item (lists, not
-    tuples); raises only DecodeError."""
-    fp = io.BytesIO(data)
-    try:
-        obj = cbor2.CBORDecoder(
-            fp,
+_local = threading.local()
+
+
+def _decoder() -> Any:
+    """This thread's decoder (building one costs about as much as decoding a
+    small frame, so each thread keeps one; a decoder that failed is dropped)."""
+    dec = getattr(_local, "decoder", None)
+    if dec is None:
+        dec = cbor2.CBORDecoder(
+            io.BytesIO(b""),
             tag_hook=_refuse_tag,
             semantic_decoders=_REFUSE_TAGS,
             max_depth=MAX_DEPTH,
             allow_indefinite=False,
             strict_hashable_types=True,
-        ).decode()
+        )
+        _local.decoder = dec
+    return dec
+
+
+def decode_cbor(data: bytes | bytearray | memoryview) -> Any:
+    """Decode exactly one untagged, definite-length CBOR item (lists, not
+    tuples); raises only DecodeError."""
+    fp = io.BytesIO(data)
+    dec = _decoder()
+    try:
+        dec.fp = fp
+        obj = dec.decode()
     except Exception as e:
         # cbor2 raises CBORDecodeError for most bad input but also
         # ValueError, OverflowError, MemoryError or RecursionError on hostile
-        # input; none of them may escape.
+        # input; none of them may escape. The decoder may hold state from
+        # the half-decoded item: start the next decode with a fresh one.
+        _local.decoder = None
         raise DecodeError(f"bad CBOR: {e}") from e
     # The C decoder does not read ahead on a BytesIO, so its position is
     # exactly the end of the item (the test suite checks this still holds).
