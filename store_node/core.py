@@ -45,8 +45,6 @@ from kvproto.raft_cmdpb import (
     BatchSplitRequest,
     ChangePeerRequest,
     DeleteRange,
-    RaftCmdRequest,
-    RaftRequestHeader,
     SplitRequest,
     WriteOp,
 )
@@ -407,12 +405,19 @@ class StoreCore:
         """The peer a request addressed by `ctx` goes to, or why it can't."""
         if ctx.peer.store_id != self.store_id:
             return StoreNotMatch(ctx.peer.store_id, self.store_id)
-        peer = self.peers.get(ctx.region_id)
+        return self._leader_peer(ctx.region_id, ctx.region_epoch, None)
+
+    def _leader_peer(
+        self, region_id: int, request_epoch: RegionEpoch, cmd: epoch.AdminCmdType | None
+    ) -> Peer | RegionError:
+        """The initialized leader peer of `region_id` whose region passes the
+        epoch rule of `cmd` (None: a normal request), or why not."""
+        peer = self.peers.get(region_id)
         if peer is None or not peer.initialized:
-            return RegionNotFound(ctx.region_id)
+            return RegionNotFound(RegionId(region_id))
         if not peer.is_leader():
-            return NotLeader(RegionId(ctx.region_id), peer.leader_meta())
-        if not epoch.check_request_epoch(ctx.region_epoch, peer.region, None):
+            return NotLeader(RegionId(region_id), peer.leader_meta())
+        if not epoch.check_request_epoch(request_epoch, peer.region, cmd):
             return EpochNotMatch(self._current_regions(peer))
         return peer
 
@@ -465,20 +470,10 @@ class StoreCore:
     ) -> RegionError | str | None:
         """Propose a membership change now (PD operators). Returns a region
         error, a refusal reason, or None once proposed."""
-        peer = self.peers.get(region_id)
-        if peer is None or not peer.initialized:
-            return RegionNotFound(RegionId(region_id))
-        if not peer.is_leader():
-            return NotLeader(RegionId(region_id), peer.leader_meta())
-        if not epoch.check_request_epoch(
-            request_epoch, peer.region, epoch.AdminCmdType.CHANGE_PEER
-        ):
-            return EpochNotMatch((peer.region,))
-        cmd = RaftCmdRequest(
-            header=RaftRequestHeader(RegionId(region_id), peer.meta.id, peer.region.epoch),
-            admin=req,
-        )
-        cc = membership.to_conf_change(req, codec.dumps(cmd))
+        peer = self._leader_peer(region_id, request_epoch, epoch.AdminCmdType.CHANGE_PEER)
+        if not isinstance(peer, Peer):
+            return peer
+        cc = membership.to_conf_change(req, codec.dumps(peer.command(admin=req)))
         try:
             membership.apply_to_region(peer.region, cc, req)
             index = peer.node.propose_conf_change(cc)
@@ -588,13 +583,9 @@ class StoreCore:
         for w in batch:
             waiters.append((w.token, len(ops), len(ops) + len(w.ops)))
             ops.extend(w.ops)
-        cmd = RaftCmdRequest(
-            header=RaftRequestHeader(RegionId(peer.region_id), peer.meta.id, peer.region.epoch),
-            requests=tuple(ops),
-        )
         err: RegionError | None = None
         try:
-            index = peer.node.propose(codec.dumps(cmd))
+            index = peer.node.propose(codec.dumps(peer.command(requests=tuple(ops))))
         except LeaderTransferringError:
             err = ServerIsBusy("leadership is being transferred", backoff_ms=50)
         except ProposalDroppedError as e:
@@ -821,15 +812,9 @@ class StoreCore:
         ids: Sequence[tuple[int, tuple[int, ...]]],
     ) -> RegionError | str | None:
         """Propose a BatchSplit with ids from the PD; returns why not, or None."""
-        peer = self.peers.get(region_id)
-        if peer is None or not peer.initialized:
-            return RegionNotFound(RegionId(region_id))
-        if not peer.is_leader():
-            return NotLeader(RegionId(region_id), peer.leader_meta())
-        if not epoch.check_request_epoch(
-            request_epoch, peer.region, epoch.AdminCmdType.BATCH_SPLIT
-        ):
-            return EpochNotMatch(self._current_regions(peer))
+        peer = self._leader_peer(region_id, request_epoch, epoch.AdminCmdType.BATCH_SPLIT)
+        if not isinstance(peer, Peer):
+            return peer
         if len(ids) != len(split_keys):
             return f"{len(ids)} ids for {len(split_keys)} split keys"
         req = BatchSplitRequest(
@@ -842,12 +827,8 @@ class StoreCore:
             split.split_regions(peer.region, req)
         except split.SplitError as e:
             return str(e)
-        cmd = RaftCmdRequest(
-            header=RaftRequestHeader(RegionId(region_id), peer.meta.id, peer.region.epoch),
-            admin=req,
-        )
         try:
-            index = peer.node.propose(codec.dumps(cmd))
+            index = peer.node.propose(codec.dumps(peer.command(admin=req)))
         except ProposalDroppedError as e:
             return str(e)
         peer.proposals.append(Proposal(index, peer.node.term, [(token, 0, 0)], is_admin=True))

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
+
 from kvproto import kvrpcpb as kv
 from kvproto.debugpb import StoreStatusRequest, StoreStatusResponse
 from kvproto.errorpb import EpochNotMatch, RegionError
@@ -144,12 +146,18 @@ class KvService:
         context: kv.Context,
         bounds: Sequence[bytes],
         done: Callable[[ReadPermit | RegionError], None],
+        span: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """Ask for a read permit; `done` gets EpochNotMatch instead if the
+        region split while the read waited (or no longer holds `span`)."""
+
         def checked(value: ReadPermit | RegionError) -> None:
             if isinstance(value, ReadPermit):
                 region = value.region
-                if region.epoch.version != context.region_epoch.version:
-                    # Split while the read waited: the caller must re-route.
+                if region.epoch.version != context.region_epoch.version or (
+                    span is not None and not range_inside(region, *span)
+                ):
+                    # The caller must re-route.
                     done(EpochNotMatch((region,)))
                     return
             done(value)
@@ -202,15 +210,19 @@ class KvService:
             e = _err(kv.KvErrorCode.INVALID_ARGUMENT, "scan limit must be positive")
         if e is not None:
             return kv.RawScanResponse(error=e)
-        permit = await self.node.read(req.context, [req.start_key])
-        if isinstance(permit, ReadPermit):
-            region = permit.region
-            if region.epoch.version != req.context.region_epoch.version or not range_inside(
-                region, req.start_key, req.end_key
-            ):
-                return kv.RawScanResponse(region_error=EpochNotMatch((region,)))
-        else:
-            return kv.RawScanResponse(region_error=permit)
+        # Admitted through the loop like a point read, but the scan itself
+        # runs here, in this request's own task, off the store loop.
+        got = trio.Event()
+        answer: list[ReadPermit | RegionError] = []
+
+        def done(value: ReadPermit | RegionError) -> None:
+            answer.append(value)
+            got.set()
+
+        self._read(req.context, [req.start_key], done, (req.start_key, req.end_key))
+        await got.wait()
+        if not isinstance(answer[0], ReadPermit):
+            return kv.RawScanResponse(region_error=answer[0])
         limit = min(req.limit, MAX_SCAN_LIMIT)
         pairs: list[tuple[bytes, bytes]] = []
         engine = self.node.engine

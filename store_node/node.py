@@ -82,30 +82,6 @@ class Callback:
             log.exception("a request's reply callback failed")
 
 
-class Waiter:
-    """Where a reply for one request lands (the core's token)."""
-
-    __slots__ = ("_event", "value")
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-        self.value: ReplyValue | None = None
-
-    def admit(self, err: RegionError | str | None) -> None:
-        if err is not None:
-            self.set(err)  # type: ignore[arg-type]
-
-    def set(self, value: ReplyValue) -> None:
-        if not self._event.is_set():
-            self.value = value
-            self._event.set()
-
-    async def wait(self) -> ReplyValue:
-        await self._event.wait()
-        assert self.value is not None
-        return self.value
-
-
 @dataclass(frozen=True, slots=True)
 class StoreInfo:
     store_id: StoreId
@@ -267,7 +243,7 @@ class StoreNode:
         for store_id, msgs in out.messages_after_persist.items():
             transport.send(store_id, msgs)
         for reply in core.after_persist(out, outcomes):
-            if isinstance(reply.token, (Waiter, Callback)):
+            if isinstance(reply.token, Callback):
                 reply.token.set(reply.value)
         self._start_snapshot_work(core, out)
         self.rounds += 1
@@ -430,19 +406,6 @@ class StoreNode:
     # it), which is safe at any point where the loop awaits, and it saves a
     # channel hop per request. The loop is nudged if it sleeps.
 
-    async def write(
-        self, ctx: Context, ops: tuple[WriteOp, ...], nbytes: int
-    ) -> WriteDone | RegionError:
-        core = self.core
-        if core is None:
-            return ServerIsBusy("the store is starting", backoff_ms=100)
-        w = Waiter()
-        w.admit(core.propose_write(w, ctx, ops, nbytes))
-        self._nudge()
-        value = await w.wait()
-        assert not isinstance(value, ReadPermit), value
-        return value  # type: ignore[return-value]
-
     def submit_write(
         self,
         ctx: Context,
@@ -477,17 +440,6 @@ class StoreNode:
         if err is not None:
             token.set(err)
         self._nudge()
-
-    async def read(self, ctx: Context, bounds: Sequence[bytes]) -> ReadPermit | RegionError:
-        core = self.core
-        if core is None:
-            return ServerIsBusy("the store is starting", backoff_ms=100)
-        w = Waiter()
-        w.admit(core.read(w, ctx, bounds))
-        self._nudge()
-        value = await w.wait()
-        assert not isinstance(value, WriteDone), value
-        return value  # type: ignore[return-value]
 
     async def _on_raft_batch(self, batch: RaftMessageBatch, _: RequestContext) -> None:
         msgs = batch.messages

@@ -35,9 +35,6 @@ class PdWorker:
         self.node = node
         self.pd = pd
         self.config = config
-        self.region_max_size = 0
-        self.region_max_keys = 0
-        self.heartbeats_sent = 0
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -64,8 +61,6 @@ class PdWorker:
         while True:
             try:
                 resp = await self.pd.store_heartbeat(self.store_stats())
-                self.region_max_size = resp.region_max_size
-                self.region_max_keys = resp.region_max_keys
                 if resp.region_max_size and resp.region_max_keys:
                     await self.node.submit(
                         _learn_limits((resp.region_max_size, resp.region_max_keys))
@@ -111,7 +106,6 @@ class PdWorker:
                 down_after_ticks=2 * self.config.election_ticks,
             )
             resp = await self.pd.region_heartbeat(req)
-            self.heartbeats_sent += 1
             log.debug(
                 "region %d v%d/c%d heartbeat: %s",
                 peer.region_id,

@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 
 from kvproto.errorpb import RegionError, StaleCommand
 from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId, Region
-from kvproto.raft_cmdpb import WriteOp, WriteResult
+from kvproto.metapb import PeerId, Region, RegionId
+from kvproto.raft_cmdpb import (
+    AdminRequest,
+    RaftCmdRequest,
+    RaftRequestHeader,
+    WriteOp,
+    WriteResult,
+)
 from raft.node import RaftNode
 from raft.types import Role
 from store_node.peer_storage import PeerStorage
@@ -102,8 +108,6 @@ class Peer:
     peer_cache: dict[PeerId, PeerMeta] = field(default_factory=dict)
     # The store tick at which each other peer was last heard from.
     last_heard: dict[PeerId, int] = field(default_factory=dict)
-    # Leader id and epoch last reported to the PD.
-    reported_leader: int = 0
     pending_remove: bool = False
     # Regions produced by this region's latest split (for EpochNotMatch).
     split_siblings: tuple[Region, ...] = ()
@@ -137,6 +141,13 @@ class Peer:
         if lid == 0:
             return None
         return self.peer_cache.get(PeerId(lid)) or self.region.find_peer(PeerId(lid))
+
+    def command(
+        self, requests: tuple[WriteOp, ...] = (), admin: AdminRequest | None = None
+    ) -> RaftCmdRequest:
+        """A command for this region's log, stamped with its epoch now."""
+        header = RaftRequestHeader(RegionId(self.region.id), self.meta.id, self.region.epoch)
+        return RaftCmdRequest(header=header, requests=requests, admin=admin)
 
     def remember_peers(self, region: Region) -> None:
         for p in region.peers:
