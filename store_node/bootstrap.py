@@ -11,12 +11,13 @@ from kvproto.raft_serverpb import PeerState, RegionLocalState, StoreIdent
 from raft.types import HardState
 from store_node import keys
 from store_node.apply import region_state_bytes
-from store_node.engine import Engine, WriteBatch
+from store_node.engine import Engine, WriteBatch, scan_cursor
 from store_node.peer_storage import RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM
 from store_node.records import (
     ApplyState,
     CorruptRecordError,
     decode_apply_state,
+    decode_hard_state,
     encode_apply_state,
     encode_hard_state,
 )
@@ -72,6 +73,54 @@ def write_initial_region(engine: Engine, region: Region) -> None:
         encode_hard_state(HardState(term=RAFT_INIT_LOG_TERM, vote=0, commit=RAFT_INIT_LOG_INDEX)),
     )
     engine.write_raft(rb)
+
+
+def load_store(engine: Engine) -> tuple[list[Region], list[tuple[Region, ApplyState]]]:
+    """What a restarting store resumes from: the tombstones and the live
+    regions (with their apply states), once the raft/ leftovers of destroyed
+    peers are gone (see `clean_destroyed`)."""
+    tombstones = load_tombstones(engine)
+    clean_destroyed(engine, tombstones)
+    return tombstones, load_regions(engine)
+
+
+def destroyed_hard_state(hs: HardState) -> HardState:
+    """What a destroyed peer leaves of its hard state: its term and vote, so
+    that a later peer of the region on this store never votes twice in a
+    term, but no commit index (there is no log any more for it to point
+    into)."""
+    return HardState(term=hs.term, vote=hs.vote, commit=0)
+
+
+def clean_destroyed(engine: Engine, tombstones: list[Region]) -> int:
+    """Finish destroys a crash interrupted: the kv/ tombstone is made durable
+    before the raft/ deletions, so after a crash in between, a tombstoned
+    region may still have log entries and a commit index here. A new peer of
+    the region would read them as its own. Returns the regions cleaned."""
+    batch = WriteBatch()
+    cleaned = 0
+    for region in tombstones:
+        prefix = keys.raft_log_prefix(region.id)
+        end = keys.raft_log_prefix(region.id + 1)
+        with engine.read_raft() as txn:
+            first = next(scan_cursor(txn, engine.raft_db(keys.LOG_DB), prefix, end), None)
+        has_log = first is not None
+        raw = engine.raft_get(keys.STATE_DB, keys.region_key(region.id))
+        hs = decode_hard_state(raw) if raw is not None else None
+        if not has_log and (hs is None or hs.commit == 0):
+            continue
+        cleaned += 1
+        batch.delete_range(keys.LOG_DB, prefix, end)
+        if hs is not None:
+            batch.put(
+                keys.STATE_DB,
+                keys.region_key(region.id),
+                encode_hard_state(destroyed_hard_state(hs)),
+            )
+    if batch.ops:
+        log.info("cleaned the raft state of %d destroyed peers (destroys interrupted)", cleaned)
+        engine.write_raft(batch, must_sync=True)
+    return cleaned
 
 
 def load_tombstones(engine: Engine) -> list[Region]:

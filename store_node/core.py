@@ -59,8 +59,9 @@ from raft.errors import (
 )
 from raft.node import RaftNode, Ready
 from raft.types import Message, MessageType, Role, Snapshot
-from store_node import keys, membership, split
+from store_node import membership, split
 from store_node.apply import ApplyOutcome, ApplyTask, range_inside
+from store_node.bootstrap import destroyed_hard_state
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import LogGcConfig, truncate_point
 from store_node.peer import Peer, Proposal, QueuedWrite, ReadBatch, Reply, Token
@@ -872,15 +873,35 @@ class StoreCore:
         )
         out.replies.extend(peer.fail_all(RegionNotFound(RegionId(region_id))))
         if peer.initialized:
-            parts = subtract_ranges(
-                (peer.region.start_key, peer.region.end_key), self._other_ranges(region_id)
+            tomb = peer.region
+            clear = tuple(
+                subtract_ranges(
+                    (peer.region.start_key, peer.region.end_key), self._other_ranges(region_id)
+                )
             )
-            out.destroy_tasks.append(DestroyTask(peer.region, tuple(parts)))
-            self.tombstones[region_id] = peer.region
         else:
-            out.destroy_tasks.append(DestroyTask(peer.region, (), tombstone=False))
+            # No data, no region record; but the tombstone must stay (an older
+            # peer's, if any) and name this peer, so that a delayed message
+            # cannot create it again with an empty hard state.
+            old = self.tombstones.get(region_id)
+            tomb = Region(
+                RegionId(region_id),
+                old.start_key if old else b"",
+                old.end_key if old else b"",
+                old.epoch if old else RegionEpoch(0, 0),
+                (peer.meta,),
+            )
+            clear = ()
+        out.destroy_tasks.append(DestroyTask(tomb, clear))
+        self.tombstones[region_id] = tomb
+        # The log goes, the term and vote stay; durably before the next round,
+        # since a new peer of this region may be created from the next message
+        # and reads them from raft/.
         peer.storage.clear_log(out.raft_after_kv)
-        out.raft_after_kv.delete(keys.STATE_DB, keys.region_key(region_id))
+        peer.storage.set_hard_state(
+            destroyed_hard_state(peer.storage.hard_state), out.raft_after_kv
+        )
+        out.must_sync_after_kv = True
         if peer.storage.generated is not None:
             out.obsolete_files.append(peer.storage.generated[1])
         self.stats["peers_destroyed"] += 1

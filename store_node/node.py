@@ -32,7 +32,7 @@ from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
 from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
-from store_node.bootstrap import load_regions, load_tombstones
+from store_node.bootstrap import load_store
 from store_node.config import StoreConfig
 from store_node.core import CoreConfig, RoundOutput, StoreCore
 from store_node.engine import Engine
@@ -137,6 +137,7 @@ class StoreNode:
                 bound = await nursery.start(server.serve, host, port)
                 address = cfg.advertise or f"{bound[0]}:{bound[1]}"
                 ident, fresh_regions = await self._register(pd, address)
+                tombstones, regions = load_store(self.engine)
                 core = StoreCore(
                     ident.store_id,
                     self.engine,
@@ -153,9 +154,9 @@ class StoreNode:
                         ),
                     ),
                     random.Random(),
-                    tombstones=load_tombstones(self.engine),
+                    tombstones=tombstones,
                 )
-                for region, apply_state in load_regions(self.engine):
+                for region, apply_state in regions:
                     core.add_peer(region, apply_state)
                 for region_id in fresh_regions:
                     core.campaign(region_id)

@@ -44,7 +44,6 @@ class DestroyTask:
 
     region: Region
     clear: tuple[Range, ...]
-    tombstone: bool = True
 
 
 def subtract_ranges(target: Range, others: list[Range]) -> list[Range]:
@@ -81,8 +80,5 @@ def install_snapshot(txn: KvTxn, task: SnapshotTask) -> int:
 def destroy_peer(txn: KvTxn, task: DestroyTask) -> None:
     for start, end in task.clear:
         txn.delete_range(keys.DATA_DB, start, end)
-    if task.tombstone:
-        write_region_state(txn, task.region, PeerState.TOMBSTONE)
-    else:
-        txn.delete(keys.REGION_DB, keys.region_key(task.region.id))
+    write_region_state(txn, task.region, PeerState.TOMBSTONE)
     txn.delete(keys.APPLY_DB, keys.region_key(task.region.id))

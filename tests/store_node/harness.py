@@ -16,7 +16,7 @@ from kvproto.kvrpcpb import Context
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId
 from kvproto.raft_serverpb import RaftMessage, SnapshotKey
-from store_node.bootstrap import load_regions, load_tombstones, write_initial_region
+from store_node.bootstrap import load_regions, load_store, write_initial_region
 from store_node.core import CoreConfig, StoreCore
 from store_node.engine import Engine, WriteBatch
 from store_node.peer import Reply
@@ -56,8 +56,9 @@ class CoreCluster:
 
     def start(self, store_id: int) -> None:
         engine = Engine(self.root / f"s{store_id}", sync=self.sync)
-        core = StoreCore(StoreId(store_id), engine, self.config, tombstones=load_tombstones(engine))
-        for region, apply_state in load_regions(engine):
+        tombstones, regions = load_store(engine)
+        core = StoreCore(StoreId(store_id), engine, self.config, tombstones=tombstones)
+        for region, apply_state in regions:
             core.add_peer(region, apply_state)
         self.engines[store_id] = engine
         self.cores[store_id] = core
