@@ -24,7 +24,7 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kvproto import codec, epoch
@@ -538,9 +538,7 @@ class StoreCore:
             skip = frozenset(rid for rid, p in self.peers.items() if p.initialized) | frozenset(
                 self.tombstones
             )
-            out.apply_tasks = [
-                ApplyTask(t.region, t.apply_state, t.entries, skip) for t in out.apply_tasks
-            ]
+            out.apply_tasks = [replace(t, skip_regions=skip) for t in out.apply_tasks]
         with_task = {t.region.id for t in out.apply_tasks}
         for rid, (index, term) in sorted(self._truncations.items()):
             peer = self.peers.get(rid)
@@ -552,9 +550,7 @@ class StoreCore:
                 # The apply task writes the apply state, truncation included.
                 for i, t in enumerate(out.apply_tasks):
                     if t.region.id == rid:
-                        out.apply_tasks[i] = ApplyTask(
-                            t.region, peer.storage.apply_state, t.entries
-                        )
+                        out.apply_tasks[i] = replace(t, apply_state=peer.storage.apply_state)
             else:
                 out.apply_states.append((rid, peer.storage.apply_state))
         self._truncations.clear()

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from kvproto import codec
 from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId, PeerRole, RegionEpoch, RegionId, StoreId
+from kvproto.metapb import PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType, Put
 from kvproto.raft_serverpb import PeerState, RaftMessage, RegionLocalState
 from raft.types import Message, MessageType
 from store_node import keys
+from store_node.apply import region_state_bytes
 from store_node.core import CoreConfig
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import LogGcConfig
@@ -147,3 +148,45 @@ def test_destroying_an_uninitialized_peer_keeps_a_tombstone(tmp_path: Path) -> N
         core.step_raft(_vote(epoch, 50, 21, term=7))
         c.stabilize()
         assert 1 not in core.peers, f"peer 50 created again (restart={restart})"
+
+
+def test_a_split_applied_with_a_log_truncation_still_skips_tombstoned_regions(
+    tmp_path: Path,
+) -> None:
+    # Finding 5: when a log truncation landed in the same round as an apply
+    # task, the task was rebuilt positionally and lost `skip_regions`: a split
+    # applied then re-created a region this store holds a tombstone for.
+    config = CoreConfig(election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(threshold=1))
+    c = CoreCluster(tmp_path, [1], config)
+    c.bootstrap(first_region([1]))
+    c.tick(20)
+    gone = Region(
+        RegionId(1000),
+        b"m",
+        b"",
+        RegionEpoch(conf_ver=3, version=2),
+        (PeerMeta(PeerId(1001), StoreId(1)),),
+    )
+    c.stop(1)
+    e = Engine(tmp_path / "s1")
+    b = WriteBatch()
+    b.put(keys.REGION_DB, keys.region_key(1000), region_state_bytes(gone, PeerState.TOMBSTONE))
+    e.write_kv_batch(b)
+    e.close()
+    c.start(1)
+    c.tick(20)
+    core = c.cores[1]
+    assert 1000 in core.tombstones
+    # An applied write schedules a truncation for the next round, in which
+    # the split (proposed meanwhile) is applied.
+    assert core.propose_write("w", c.context(1), (Put(b"a", b"v"),), 2) is None
+    c.run_round(1)
+    region = core.peers[1].region
+    assert core.propose_split("s", 1, region.epoch, (b"m",), [(1000, (1001,))]) is None
+    c.stabilize()
+    assert core.stats["log_truncations"] >= 1
+    assert core.peers[1].region.end_key == b"m"  # the split applied
+    assert 1000 not in core.peers
+    raw = c.engines[1].kv_get(keys.REGION_DB, keys.region_key(1000))
+    assert raw is not None
+    assert codec.loads(raw, RegionLocalState).state == PeerState.TOMBSTONE
