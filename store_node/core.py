@@ -554,6 +554,10 @@ class StoreCore:
             else:
                 out.apply_states.append((rid, peer.storage.apply_state))
         self._truncations.clear()
+        # A received snapshot Raft took is installed by this round; any other
+        # was refused (below the commit index, replaced by a newer one...).
+        out.obsolete_files.extend(self.received_snapshots.values())
+        self.received_snapshots.clear()
         out.messages_now = dict(out.messages_now)
         out.messages_after_persist = dict(out.messages_after_persist)
         return out
@@ -638,6 +642,7 @@ class StoreCore:
         out.snapshot_tasks.append(
             SnapshotTask(region, path, snap.metadata.index, snap.metadata.term, tuple(parts))
         )
+        out.obsolete_files.append(path)  # deleted by the shell once installed
         peer.storage.reset_to_snapshot(snap.metadata.index, snap.metadata.term, out.raft_after_kv)
         self._set_region(peer, region)
 

@@ -190,3 +190,32 @@ def test_a_split_applied_with_a_log_truncation_still_skips_tombstoned_regions(
     raw = c.engines[1].kv_get(keys.REGION_DB, keys.region_key(1000))
     assert raw is not None
     assert codec.loads(raw, RegionLocalState).state == PeerState.TOMBSTONE
+
+
+def test_a_received_snapshot_that_raft_refuses_leaves_no_file(tmp_path: Path) -> None:
+    # Finding 9: a snapshot file Raft refused (here: one below the follower's
+    # commit index, as a duplicate delivery is) stayed until a restart.
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    leader_store, _ = c.leader_of(1)
+    lagging = next(s for s in (3, 2) if s != leader_store)
+    c.stop(lagging)
+    for i in range(120):
+        _put(c, b"k%03d" % i)
+    sent: list[tuple[int, int, RaftMessage, Path]] = []
+    real_send = c._send_snapshot
+
+    def send(from_store: int, to_store: int, msg: RaftMessage, path: Path) -> bool:
+        sent.append((from_store, to_store, msg, path))
+        return real_send(from_store, to_store, msg, path)
+
+    c._send_snapshot = send  # type: ignore[method-assign]
+    c.start(lagging)
+    c.tick(20)
+    assert c.cores[lagging].peers[1].initialized
+    from_store, to_store, msg, path = sent[-1]
+    # The same snapshot delivered again, now below the follower's commit.
+    assert real_send(from_store, to_store, msg, path)
+    c.tick(2)
+    assert list(c.snap_dirs[lagging].path.glob("rcv_*")) == []
