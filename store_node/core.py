@@ -187,7 +187,13 @@ class StoreCore:
             applied=apply_state.applied_index,
         )
         node = RaftNode(raft_cfg, storage, random.Random(self.rng.getrandbits(64)))
-        peer = Peer(region=region, meta=meta, storage=storage, node=node)
+        peer = Peer(
+            region=region,
+            meta=meta,
+            storage=storage,
+            node=node,
+            read_nonce=self.rng.getrandbits(64),
+        )
         peer.remember_peers(region)
         self.peers[region.id] = peer
         self.tombstones.pop(region.id, None)

@@ -9,6 +9,7 @@ a read index or for apply. It never does I/O itself beyond its storage seam;
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from store_node.peer_storage import PeerStorage
 from store_node.records import ApplyState
 
 log = logging.getLogger(__name__)
+
+_READ_CTX = struct.Struct(">QQQ")
 
 Token = Hashable
 
@@ -104,6 +107,10 @@ class Peer:
     # Reads whose index is known, waiting for apply to reach it (index order).
     read_waiting: deque[ReadBatch] = field(default_factory=deque)
     read_seq: int = 0
+    # Drawn at creation: a leader keys pending reads by context alone, so a
+    # context must be unique among every peer of the region and across
+    # restarts of this one (its counter starts again at 0).
+    read_nonce: int = 0
     # Peers we ever knew in this region (messages to removed peers still go out).
     peer_cache: dict[PeerId, PeerMeta] = field(default_factory=dict)
     # The store tick at which each other peer was last heard from.
@@ -211,8 +218,9 @@ class Peer:
         return replies
 
     def next_read_ctx(self) -> bytes:
+        """A ReadIndex context: this peer's id, its incarnation, a counter."""
         self.read_seq += 1
-        return self.read_seq.to_bytes(8, "big")
+        return _READ_CTX.pack(self.meta.id, self.read_nonce, self.read_seq)
 
     def serve_reads(self) -> list[Reply]:
         applied = self.node.applied_index

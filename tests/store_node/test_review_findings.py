@@ -17,6 +17,7 @@ from store_node.apply import region_state_bytes
 from store_node.core import CoreConfig
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import LogGcConfig
+from store_node.peer import ReadPermit
 from store_node.records import decode_hard_state
 from tests.store_node.harness import CoreCluster, first_region
 
@@ -219,3 +220,30 @@ def test_a_received_snapshot_that_raft_refuses_leaves_no_file(tmp_path: Path) ->
     assert real_send(from_store, to_store, msg, path)
     c.tick(2)
     assert list(c.snap_dirs[lagging].path.glob("rcv_*")) == []
+
+
+def test_reads_forwarded_by_followers_never_merge_with_the_leaders(tmp_path: Path) -> None:
+    # Finding 6: read contexts were per-peer counters while the leader keys
+    # its pending ReadIndex requests by context alone: a follower's forwarded
+    # read (leadership moved between admission and the round) and the
+    # leader's own read of the same number merged, and one never got an answer.
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    _put(c, b"k")
+    leader_store, _ = c.leader_of(1)
+    follower = next(s for s in (1, 2, 3) if s != leader_store)
+    # Reads admitted while each peer led (the follower's before it lost the
+    # lead) and flushed in the next round: queued as admission leaves them.
+    for store in (leader_store, follower):
+        c.cores[store].peers[1].queued_reads.append(("read", store))
+        c.cores[store]._dirty.add(1)
+    # Hold the leader's heartbeat round open until the forwarded read is in.
+    c.drop = lambda m: m.message.type == MessageType.HEARTBEAT_RESPONSE
+    c.stabilize()
+    c.drop = None
+    c.tick(3)
+    for store in (leader_store, follower):
+        reply = c.replies.get(("read", store))
+        assert reply is not None, f"the read queued on store {store} was never answered"
+        assert isinstance(reply.value, ReadPermit)
