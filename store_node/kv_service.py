@@ -2,7 +2,8 @@
 wait for Raft, answer.
 
 Writes become ops of the region's batched proposal for the current round;
-reads wait for a ReadIndex permit and then run against `kv/` in this task.
+reads wait for a ReadIndex permit and run against `kv/` in its callback, in
+the store loop, before any later round can change the region's data.
 Requests that no retry can fix (empty or too large keys, too large values,
 inverted ranges) get a typed `KvError`; routing problems a `RegionError`.
 """
@@ -14,8 +15,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import trio
 
 from kvproto import kvrpcpb as kv
 from kvproto.debugpb import StoreStatusRequest, StoreStatusResponse
@@ -32,8 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# At most this many pairs in one scan response: the read runs on the loop's
-# thread, so it must stay short; clients page through larger scans.
+# At most this many pairs in one scan response: the read runs in the store
+# loop (at its permit), so it must stay short; clients page through larger
+# scans.
 MAX_SCAN_LIMIT = 10_000
 
 
@@ -57,7 +57,7 @@ class KvService:
         return {
             kv.RawGetRequest: Deferred(self.raw_get),
             kv.RawBatchGetRequest: Deferred(self.raw_batch_get),
-            kv.RawScanRequest: self.raw_scan,
+            kv.RawScanRequest: Deferred(self.raw_scan),
             kv.RawPutRequest: Deferred(self.raw_put),
             kv.RawBatchPutRequest: Deferred(self.raw_batch_put),
             kv.RawDeleteRequest: Deferred(self.raw_delete),
@@ -118,10 +118,9 @@ class KvService:
 
     # -- plumbing ------------------------------------------------------------
     #
-    # Writes and point reads are `Deferred` handlers: they run in the
-    # connection's reader task and answer from the store loop's callback, so
-    # a request costs no task of its own. Scans, whose reads can be long,
-    # run in a task of their own instead (off the store loop).
+    # Reads and writes are `Deferred` handlers: they run in the connection's
+    # reader task and answer from the store loop's callback, so a request
+    # costs no task of its own.
 
     def _write(
         self,
@@ -204,36 +203,37 @@ class KvService:
 
         self._read(req.context, req.keys, done)
 
-    async def raw_scan(self, req: kv.RawScanRequest, _: RequestContext) -> kv.RawScanResponse:
+    def raw_scan(self, req: kv.RawScanRequest, _: RequestContext, respond: Respond) -> None:
         e = self._check_range(req.start_key, req.end_key)
         if e is None and req.limit <= 0:
             e = _err(kv.KvErrorCode.INVALID_ARGUMENT, "scan limit must be positive")
         if e is not None:
-            return kv.RawScanResponse(error=e)
-        # Admitted through the loop like a point read, but the scan itself
-        # runs here, in this request's own task, off the store loop.
-        got = trio.Event()
-        answer: list[ReadPermit | RegionError] = []
+            respond(kv.RawScanResponse(error=e))
+            return
 
-        def done(value: ReadPermit | RegionError) -> None:
-            answer.append(value)
-            got.set()
+        def done(permit: ReadPermit | RegionError) -> None:
+            # Read here, in the store loop's callback: a later task could run
+            # after a round that destroyed the region and deleted its data.
+            if not isinstance(permit, ReadPermit):
+                respond(kv.RawScanResponse(region_error=permit))
+                return
+            limit = min(req.limit, MAX_SCAN_LIMIT)
+            pairs: list[tuple[bytes, bytes]] = []
+            engine = self.node.engine
+            with engine.read_kv() as txn:
+                for k, v in scan_cursor(
+                    txn,
+                    engine.kv_db(keys.DATA_DB),
+                    req.start_key,
+                    req.end_key,
+                    reverse=req.reverse,
+                ):
+                    pairs.append((bytes(k), b"" if req.keys_only else bytes(v)))
+                    if len(pairs) >= limit:
+                        break
+            respond(kv.RawScanResponse(pairs=tuple(pairs)))
 
         self._read(req.context, [req.start_key], done, (req.start_key, req.end_key))
-        await got.wait()
-        if not isinstance(answer[0], ReadPermit):
-            return kv.RawScanResponse(region_error=answer[0])
-        limit = min(req.limit, MAX_SCAN_LIMIT)
-        pairs: list[tuple[bytes, bytes]] = []
-        engine = self.node.engine
-        with engine.read_kv() as txn:
-            for k, v in scan_cursor(
-                txn, engine.kv_db(keys.DATA_DB), req.start_key, req.end_key, reverse=req.reverse
-            ):
-                pairs.append((bytes(k), b"" if req.keys_only else bytes(v)))
-                if len(pairs) >= limit:
-                    break
-        return kv.RawScanResponse(pairs=tuple(pairs))
 
     # -- writes --------------------------------------------------------------
 
