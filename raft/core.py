@@ -394,7 +394,7 @@ class Raft:
             # A transfer that did not finish within an election timeout fails.
             if self.role == Role.LEADER and self.lead_transferee != NONE:
                 log.debug("%d: leader transfer to %d timed out", self.id, self.lead_transferee)
-                self._abort_leader_transfer()
+                self._end_failed_leader_transfer()
         if self.role != Role.LEADER:
             return
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
@@ -560,6 +560,9 @@ class Raft:
                 self._handle_snapshot(m)
         elif t in (MT.TRANSFER_LEADER, MT.READ_INDEX):
             if self.lead == NONE:
+                # A local read never gets here (`read_index` refuses it); a
+                # forwarded read or a transfer request is lost, as if on the
+                # network.
                 log.debug("%d: no leader to forward %s to, dropping", self.id, t.name)
                 return
             self._send(Message(type=t, to=self.lead, from_=m.from_, term=0, context=m.context))
@@ -595,7 +598,8 @@ class Raft:
                     self._bcast_append()
             elif res == VoteResult.LOST:
                 self._become_follower(self.term, NONE)
-        # TIMEOUT_NOW to a candidate is ignored; READ_INDEX has no leader.
+        # TIMEOUT_NOW to a candidate is ignored; READ_INDEX has no leader
+        # (a local one is refused by `read_index`).
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
@@ -675,6 +679,10 @@ class Raft:
         if self.lead_transferee != NONE:
             if self.lead_transferee == transferee:
                 return
+            if transferee == self.id:
+                # Called off: leadership stays here.
+                self._end_failed_leader_transfer()
+                return
             self._abort_leader_transfer()
         if transferee == self.id:
             return
@@ -688,6 +696,14 @@ class Raft:
 
     def _abort_leader_transfer(self) -> None:
         self.lead_transferee = NONE
+
+    def _end_failed_leader_transfer(self) -> None:
+        """A leader transfer ended with this node still leader (it timed out,
+        was called off, or its transferee left the voters): what waited for
+        the transfer to end goes on now, since no later input may come to
+        trigger it (nothing else may be proposed or applied)."""
+        self._abort_leader_transfer()
+        self._maybe_auto_leave_joint()
 
     def _handle_read_index(self, from_: int, ctx: bytes) -> None:
         if not self._committed_entry_in_current_term():
@@ -859,14 +875,18 @@ class Raft:
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read point; answered by a ReadState with the
-        same ctx (or never, if leadership is lost: the caller times out)."""
-        m = Message(type=MT.READ_INDEX, to=self.id, from_=self.id, term=0, context=ctx)
+        same ctx. A leader handles it, a follower forwards it to its leader;
+        with no leader known (a follower that knows none, a candidate or a
+        pre-candidate) it raises `NotLeaderError` (leader id 0) instead of
+        dropping it. A taken request goes unanswered if leadership is lost or
+        the forwarded message is: the caller times out."""
         if self.role == Role.LEADER:
             self._handle_read_index(NONE, ctx)
-        elif self.role == Role.FOLLOWER:
-            self._step_role(m)
-        else:
-            log.debug("%d: no leader during an election, read %r dropped", self.id, ctx)
+            return
+        if self.role != Role.FOLLOWER or self.lead == NONE:
+            log.debug("%d: no leader known (%s), refusing read %r", self.id, self.role.name, ctx)
+            raise NotLeaderError(self.lead)
+        self._step_role(Message(type=MT.READ_INDEX, to=self.id, from_=self.id, term=0, context=ctx))
 
     def transfer_leader(self, transferee: int) -> None:
         if self.role == Role.LEADER:
@@ -910,19 +930,31 @@ class Raft:
 
     def on_applied(self, index: int) -> None:
         self.log.applied_to(max(index, self.log.applied))
+        self._maybe_auto_leave_joint()
+
+    def _maybe_auto_leave_joint(self) -> None:
+        """As leader, propose leaving an auto-leave joint config once the conf
+        change entering it is applied (etcd's raft does so on apply).
+
+        Not during a leader transfer, which refuses proposals: the transferee
+        leaves the joint config once it leads, and a transfer that ends with
+        this node still leader runs this check again
+        (`_end_failed_leader_transfer`). Runs after every apply too, so a
+        leave is proposed once whatever blocked it is gone.
+        """
         if (
-            self.role == Role.LEADER
-            and self.trk.config.auto_leave
-            and self.log.applied >= self.pending_conf_index
-            and self.lead_transferee == NONE
+            self.role != Role.LEADER
+            or not self.trk.config.auto_leave
+            or self.log.applied < self.pending_conf_index
+            or self.lead_transferee != NONE
         ):
-            # Leave the joint config on our own once it is applied.
-            index = self._append_entries(
-                [Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=ConfChange().encode())]
-            )
-            self.pending_conf_index = index
-            self.append_pending = True
-            log.debug("%d: proposed leaving the joint config at %d", self.id, index)
+            return
+        index = self._append_entries(
+            [Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=ConfChange().encode())]
+        )
+        self.pending_conf_index = index
+        self.append_pending = True
+        log.debug("%d: proposed leaving the joint config at %d", self.id, index)
 
     def _compute_conf_change(self, cc: ConfChange) -> tuple[TrackerConfig, dict[int, Progress]]:
         last = self.log.last_index()
@@ -959,5 +991,5 @@ class Raft:
                 if i != self.id:
                     self._maybe_send_append(i, send_if_empty=False)
         if self.lead_transferee != NONE and self.lead_transferee not in cfg.voters:
-            self._abort_leader_transfer()
+            self._end_failed_leader_transfer()
         return cs

@@ -123,7 +123,16 @@ class RaftNode:
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point, answered by a `ReadState` with
         this `ctx` in a later Ready. Contexts must be unique among pending
-        reads. Unanswered if leadership is lost: the caller times out."""
+        reads.
+
+        Taken by a leader (served here) or by a follower that knows a leader
+        (forwarded to it). Otherwise (a follower that knows no leader, a
+        candidate or a pre-candidate) raises `NotLeaderError` with
+        `leader_id` 0 and keeps nothing: the caller retries once a leader is
+        known. A taken request may still go unanswered (the forwarded message
+        or its answer lost, or leadership lost meanwhile): for that the caller
+        keeps its own timeout.
+        """
         self._raft.read_index(ctx)
 
     def transfer_leader(self, transferee: int) -> None:

@@ -142,6 +142,8 @@ class StoreCore:
         self.received_snapshots: dict[tuple[int, int, int], Path] = {}
         self._to_destroy: dict[int, str] = {}
         self._extra_messages: dict[StoreId, list[RaftMessage]] = defaultdict(list)
+        # Answers decided between rounds (reads that timed out), sent with the next.
+        self._replies: list[Reply] = []
         self._truncations: dict[int, tuple[int, int]] = {}
         # Counters reported as store metrics.
         self.stats: dict[str, int] = defaultdict(int)
@@ -247,8 +249,13 @@ class StoreCore:
         self.ticks += 1
         # Raft retries on its own what was kept longer than a tick.
         self._early_messages.clear()
+        expire_before = self.ticks - 2 * self.config.election_ticks
         for rid in sorted(self.peers):
-            self.peers[rid].node.tick()
+            peer = self.peers[rid]
+            peer.node.tick()
+            if peer.reading:
+                err = NotLeader(RegionId(rid), peer.leader_meta())
+                self._replies.extend(peer.expire_reads(expire_before, err))
         self._dirty.update(self.peers)
 
     def step_raft(self, msg: RaftMessage) -> None:
@@ -503,7 +510,7 @@ class StoreCore:
     # -- rounds ------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self._dirty or self._to_destroy or self._split_checks)
+        return bool(self._dirty or self._to_destroy or self._split_checks or self._replies)
 
     def end_round(self) -> RoundOutput:
         out = RoundOutput(
@@ -514,6 +521,8 @@ class StoreCore:
             apply_tasks=[],
             readies=[],
         )
+        out.replies.extend(self._replies)
+        self._replies.clear()
         for rid, reason in sorted(self._to_destroy.items()):
             self._destroy(rid, reason, out)
         self._to_destroy.clear()
@@ -526,7 +535,7 @@ class StoreCore:
             if peer is None:
                 continue
             self._flush_writes(peer, out)
-            self._flush_reads(peer)
+            self._flush_reads(peer, out)
             if peer.node.has_ready():
                 rd = peer.node.ready()
                 out.readies.append((peer, rd))
@@ -603,13 +612,19 @@ class StoreCore:
         peer.proposals.append(Proposal(index, peer.node.term, waiters))
         out.proposed_writes += len(waiters)
 
-    def _flush_reads(self, peer: Peer) -> None:
+    def _flush_reads(self, peer: Peer, out: RoundOutput) -> None:
         if not peer.queued_reads:
             return
+        tokens, peer.queued_reads = peer.queued_reads, []
         ctx = peer.next_read_ctx()
-        peer.reading[ctx] = ReadBatch(tokens=peer.queued_reads)
-        peer.queued_reads = []
-        peer.node.read_index(ctx)
+        try:
+            peer.node.read_index(ctx)
+        except ProposalDroppedError:
+            # Leadership went between admission and now, to nobody known yet.
+            err = NotLeader(RegionId(peer.region_id), peer.leader_meta())
+            out.replies.extend(Reply(t, err) for t in tokens)
+            return
+        peer.reading[ctx] = ReadBatch(tokens=tokens, started_tick=self.ticks)
 
     def _collect(self, peer: Peer, rd: Ready, out: RoundOutput) -> None:
         for m in rd.messages:

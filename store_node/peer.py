@@ -83,6 +83,7 @@ class ReadBatch:
 
     tokens: list[Token]
     index: int = 0  # known once the ReadState arrives
+    started_tick: int = 0  # when its ReadIndex round began (store ticks)
 
 
 @dataclass(slots=True)
@@ -216,6 +217,13 @@ class Peer:
         replies = [Reply(t, err) for b in self.reading.values() for t in b.tokens]
         self.reading.clear()
         return replies
+
+    def expire_reads(self, before_tick: int, err: RegionError) -> list[Reply]:
+        """Answer the reads whose ReadIndex round began before `before_tick`
+        and is still unanswered: a forwarded request or its answer was lost
+        (Raft does not retry them)."""
+        expired = [c for c, b in self.reading.items() if b.started_tick < before_tick]
+        return [Reply(t, err) for c in expired for t in self.reading.pop(c).tokens]
 
     def next_read_ctx(self) -> bytes:
         """A ReadIndex context: this peer's id, its incarnation, a counter."""

@@ -375,7 +375,10 @@ class Env:
             return [f"refused: {type(e).__name__}: {e}"]
 
     def cmd_read_index(self, a: Args) -> list[str]:
-        self.peer(a.int_at(0)).node.read_index(a.pos[1].encode())
+        try:
+            self.peer(a.int_at(0)).node.read_index(a.pos[1].encode())
+        except ProposalDroppedError as e:
+            return [f"refused: {type(e).__name__}: {e}"]
         return []
 
     def cmd_transfer_leader(self, a: Args) -> list[str]:

@@ -1,13 +1,15 @@
-"""Small deterministic tests for bugs of `raft/` that the simulator found.
+"""Small deterministic tests for bugs of `raft/` that the simulator (or a
+review) found.
 
 Each test drives `RaftNode`s by hand, message by message, to the exact
-situation of the bug; the simulator seed that found it is named in the
-docstring (it may no longer reproduce once the simulator changes).
+situation of the bug; the simulator seed that found it, if any, is named in
+the docstring (it may no longer reproduce once the simulator changes).
 """
 
 from __future__ import annotations
 
 import pytest
+from scenario import Env
 
 from raft import (
     ConfChange,
@@ -23,6 +25,7 @@ from raft import (
     MessageType,
     RaftNode,
     Ready,
+    Role,
     Snapshot,
     SnapshotMetadata,
 )
@@ -132,3 +135,57 @@ def test_a_hard_state_committing_beyond_the_log_is_still_refused() -> None:
     st.set_hard_state(HardState(term=1, commit=3))
     with pytest.raises(AssertionError, match="commit 3"):
         RaftNode(Config(id=1), st)
+
+
+@pytest.mark.parametrize(
+    "end_transfer",
+    [
+        "tick-election 1",  # the transfer times out
+        "transfer-leader 1 1",  # the leader is asked to keep leadership
+    ],
+    ids=["timed-out", "called-off"],
+)
+def test_a_joint_config_applied_during_a_leader_transfer_is_left_once_the_transfer_fails(
+    end_transfer: str,
+) -> None:
+    """Review: `on_applied` proposes leaving an auto-leave joint config, but not
+    while a leader transfer is in progress. When the joint entry was applied
+    during a transfer that then timed out (or was called off), nothing
+    proposed the leave until some later entry was applied, which may never
+    come (the store waits for the config to settle before it proposes
+    anything more): the group stayed joint for good."""
+    env = Env()
+    env.run("add-nodes 4 voters=(1,2,3) learners=(4) index=2")
+    env.run("campaign 1")
+    env.run("stabilize")
+    leader = env.peer(1).node
+    assert leader.role == Role.LEADER
+    # Swap voter 3 for learner 4: two voters change, so a joint config is
+    # entered (with auto-leave).
+    assert env.run("propose-conf-change 1 l3 v4") == ["ok index=4"]
+    # Before the joint entry is applied, hand leadership to 2, which cannot
+    # answer: every message to or from it is lost.
+    env.run("transfer-leader 1 2")
+    assert leader.raft.lead_transferee == 2
+    env.run("partition (1 3 4) (2)")
+    env.run("stabilize")
+    assert leader.applied_index == 4
+    joint = ConfState(
+        voters=(1, 2, 4), voters_outgoing=(1, 2, 3), learners_next=(3,), auto_leave=True
+    )
+    assert leader.conf_state() == joint
+    assert leader.last_index == 4  # no leave yet: the transfer is in progress
+
+    # The transfer ends without leadership moving (1, 3 and 4 are a quorum
+    # of both halves, so 1 stays leader): 1 now leaves the joint config.
+    env.run(end_transfer)
+    assert leader.role == Role.LEADER and leader.raft.lead_transferee == 0
+    env.run("stabilize")
+    ents = env.peer(1).storage.entries(5, leader.last_index + 1)
+    assert [(e.type, ConfChange.decode(e.data)) for e in ents] == [
+        (EntryType.CONF_CHANGE, ConfChange())
+    ]
+    done = ConfState(voters=(1, 2, 4), learners=(3,))
+    assert leader.commit_index == leader.applied_index == 5
+    for i in (1, 3, 4):
+        assert env.peer(i).node.conf_state() == done

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvproto import codec
+from kvproto.errorpb import NotLeader
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType, Put
@@ -247,3 +248,44 @@ def test_reads_forwarded_by_followers_never_merge_with_the_leaders(tmp_path: Pat
         reply = c.replies.get(("read", store))
         assert reply is not None, f"the read queued on store {store} was never answered"
         assert isinstance(reply.value, ReadPermit)
+
+
+def test_a_read_with_no_leader_to_forward_to_is_answered_at_once(tmp_path: Path) -> None:
+    # Finding 6 (second half): a read flushed by a peer that lost the lead to
+    # nobody known yet was dropped by Raft and waited in `reading` until the
+    # next role change; now Raft refuses it and the store answers NotLeader.
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    leader_store, _ = c.leader_of(1)
+    follower = next(s for s in (1, 2, 3) if s != leader_store)
+    # Cut off, the follower campaigns and cannot win: it knows no leader.
+    c.drop = lambda m: follower in (m.to_peer.store_id, m.from_peer.store_id)
+    c.tick(3 * CONFIG.election_ticks)
+    peer = c.cores[follower].peers[1]
+    assert peer.node.leader_id == 0
+    peer.queued_reads.append(("read", 1))
+    c.cores[follower]._dirty.add(1)
+    c.run_round(follower)
+    reply = c.replies.get(("read", 1))
+    assert reply is not None and isinstance(reply.value, NotLeader)
+
+
+def test_a_forwarded_read_whose_answer_is_lost_is_answered_after_a_timeout(
+    tmp_path: Path,
+) -> None:
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    leader_store, _ = c.leader_of(1)
+    follower = next(s for s in (1, 2, 3) if s != leader_store)
+    c.cores[follower].peers[1].queued_reads.append(("read", 2))
+    c.cores[follower]._dirty.add(1)
+    c.drop = lambda m: m.message.type == MessageType.READ_INDEX
+    c.stabilize()
+    c.tick(2 * CONFIG.election_ticks - 1)
+    assert ("read", 2) not in c.replies
+    c.tick(2)
+    reply = c.replies.get(("read", 2))
+    assert reply is not None and isinstance(reply.value, NotLeader)
+    assert reply.value.leader is not None and reply.value.leader.store_id == leader_store

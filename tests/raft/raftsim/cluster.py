@@ -746,7 +746,12 @@ class Simulation:
         self._next_read += 1
         with self.guard():
             self.checker.on_read_request(ctx)
-            n.rn.read_index(ctx)
+            try:
+                n.rn.read_index(ctx)
+            except ProposalDroppedError as e:
+                self.checker.on_read_refused(ctx)
+                self.note(nid, "read_index refused", f"{ctx.decode()}: {e}")
+                return
             self.note(nid, "read_index", ctx.decode())
             self._after_input(n)
 

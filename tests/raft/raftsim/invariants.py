@@ -456,6 +456,11 @@ class Checker:
         self.reads[ctx] = self.max_node_commit
         self.read_count["requested"] += 1
 
+    def on_read_refused(self, ctx: bytes) -> None:
+        """`read_index` refused the request (no leader known): never answered."""
+        del self.reads[ctx]
+        self.read_count["refused"] += 1
+
     def on_read_state(self, nid: int, rs: ReadState) -> None:
         floor = self.reads.pop(rs.request_ctx, None)
         if floor is None:
