@@ -25,7 +25,9 @@ The policy (see also `POLICY`, which the docs and tests print):
   at apply time where nothing of the command is written); `ServerIsBusy`,
   `StoreNotMatch` (admission); `StaleCommand` (the proposal's log entry was
   overwritten or can never commit: `store_node.peer.Peer.resolve_applied`).
-* NOT proof: `RegionNotFound`. A store answers it at admission (no peer
+* NOT proof: `UndeterminedResult` (the proposal's entry may have been
+  committed by another leader and reached this peer only in a snapshot:
+  `Peer.resolve_snapshot`). `RegionNotFound`. A store answers it at admission (no peer
   here), but also to the proposals in flight of a peer it destroys
   (`StoreCore._destroy` -> `Peer.fail_all`), and such a proposal may
   already be committed under another leader. `RpcConnectionLostError`,
@@ -59,6 +61,7 @@ from kvproto.errorpb import (
     ServerIsBusy,
     StaleCommand,
     StoreNotMatch,
+    UndeterminedResult,
 )
 from kvproto.metapb import Peer, StoreId
 from kvproto.rpc import (
@@ -179,6 +182,11 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     ("KeyNotInRegion", "yes", "reload region from PD, back off (region miss)"),
     ("ServerIsBusy", "yes", "back off (busy), at least the store's backoff_ms"),
     ("StaleCommand", "yes", "back off (leader) and retry"),
+    (
+        "UndeterminedResult",
+        "no",
+        "read/write: back off (leader) and retry; conditional: UndeterminedError",
+    ),
     ("StoreNotMatch", "yes", "forget the store's address, reload region, back off (region miss)"),
     ("KvError", "yes", "InvalidArgument"),
     ("PD unreachable or PdServerError", "yes", "back off (pd); at the deadline PdUnavailable"),
@@ -190,7 +198,7 @@ def proves_not_applied(error: RegionError | RpcCallError) -> bool:
     (see the module docstring for the evidence)."""
     if isinstance(error, RpcCallError):
         return not error.may_have_executed
-    return not isinstance(error, RegionNotFound)
+    return not isinstance(error, RegionNotFound | UndeterminedResult)
 
 
 @dataclass(slots=True)
@@ -348,7 +356,7 @@ def on_region_error(
         return Retry(BackoffKind.REGION_MISS)
     if isinstance(err, ServerIsBusy):
         return Retry(BackoffKind.BUSY, floor=max(err.backoff_ms, 0) / 1000)
-    if isinstance(err, StaleCommand):
+    if isinstance(err, StaleCommand | UndeterminedResult):
         return Retry(BackoffKind.LEADER)
     if isinstance(err, StoreNotMatch):
         cache.invalidate_region(region)

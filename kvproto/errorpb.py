@@ -138,6 +138,22 @@ class StoreNotMatch:
         return self.describe()
 
 
+@wire(47)
+@dataclass(frozen=True, slots=True)
+class UndeterminedResult:
+    """The command may have been applied, but this store cannot tell its
+    answer (its log entry was committed by another leader and reached this
+    peer only through a snapshot). Not proof that it did not run: a retry in
+    the same client session is answered from the session's record instead of
+    running again."""
+
+    def describe(self) -> str:
+        return "result undetermined: the command may have been applied"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
 RegionError: TypeAlias = (
     NotLeader
     | EpochNotMatch
@@ -146,4 +162,5 @@ RegionError: TypeAlias = (
     | ServerIsBusy
     | StaleCommand
     | StoreNotMatch
+    | UndeterminedResult
 )

@@ -664,6 +664,7 @@ class StoreCore:
             SnapshotTask(region, path, snap.metadata.index, snap.metadata.term, tuple(parts))
         )
         out.obsolete_files.append(path)  # deleted by the shell once installed
+        out.replies.extend(peer.resolve_snapshot(snap.metadata.index, snap.metadata.term))
         peer.storage.reset_to_snapshot(snap.metadata.index, snap.metadata.term, out.raft_after_kv)
         self._set_region(peer, region)
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from kvproto.errorpb import RegionError, StaleCommand
+from kvproto.errorpb import RegionError, StaleCommand, UndeterminedResult
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionId
 from kvproto.raft_cmdpb import (
@@ -181,7 +181,11 @@ class Peer:
         replies: list[Reply] = []
         keep: deque[Proposal] = deque()
         for p in self.proposals:
-            if p.index < index or (p.index == index and p.term != term) or p.term < term:
+            if p.index < index:
+                # Skipped by a snapshot (`resolve_snapshot` answers those):
+                # whether it committed is not known here.
+                replies.extend(Reply(t, UndeterminedResult()) for t, _, _ in p.waiters)
+            elif (p.index == index and p.term != term) or p.term < term:
                 replies.extend(Reply(t, StaleCommand()) for t, _, _ in p.waiters)
             elif p.index == index:
                 for t, lo, hi in p.waiters:
@@ -193,6 +197,27 @@ class Peer:
                         replies.append(Reply(t, WriteDone(results[lo:hi])))
             else:
                 keep.append(p)
+        self.proposals = keep
+        return replies
+
+    def resolve_snapshot(self, index: int, term: int) -> list[Reply]:
+        """Answer the proposals a snapshot at (index, term) covers: their
+        entries were applied, or overwritten, elsewhere.
+
+        One of a later term than the snapshot's cannot have committed at or
+        below `index` (the committed entry there is of term <= `term`): stale.
+        Any other may have committed (of the same term it certainly did:
+        nobody but us wrote entries of our term), with an answer this peer
+        never computed: undetermined, never "did not run".
+        """
+        replies: list[Reply] = []
+        keep: deque[Proposal] = deque()
+        for p in self.proposals:
+            if p.index > index:
+                keep.append(p)
+                continue
+            err: RegionError = StaleCommand() if p.term > term else UndeterminedResult()
+            replies.extend(Reply(t, err) for t, _, _ in p.waiters)
         self.proposals = keep
         return replies
 

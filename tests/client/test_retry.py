@@ -26,6 +26,7 @@ from kvproto.errorpb import (
     ServerIsBusy,
     StaleCommand,
     StoreNotMatch,
+    UndeterminedResult,
 )
 from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId, StoreId
 from kvproto.rpc import (
@@ -76,6 +77,7 @@ def test_the_policy_table_names_every_region_error() -> None:
         (StaleCommand(), True),
         (StoreNotMatch(StoreId(1), StoreId(2)), True),
         (RegionNotFound(RegionId(1)), False),
+        (UndeterminedResult(), False),
         (RpcUnavailableError("x"), True),
         (RpcConnectionLostError("x"), False),
         (RpcTimeoutError("x"), False),
@@ -158,6 +160,15 @@ def test_region_not_found_fails_a_conditional_write_and_marks_a_plain_one() -> N
     cache, entry, att = setup(OpKind.WRITE)
     d = retry.on_region_error(cache, entry, P1, RegionNotFound(RegionId(1)), att)
     assert isinstance(d, Retry) and att.maybe_executed
+
+
+def test_an_undetermined_result_is_retried_for_writes_and_undetermined_for_conditional() -> None:
+    cache, entry, att = setup(OpKind.WRITE)
+    d = retry.on_region_error(cache, entry, P1, UndeterminedResult(), att)
+    assert d == Retry(BackoffKind.LEADER) and att.maybe_executed
+    cache, entry, att = setup(OpKind.CONDITIONAL_WRITE)
+    d = retry.on_region_error(cache, entry, P1, UndeterminedResult(), att)
+    assert isinstance(d, GiveUp) and isinstance(d.error, UndeterminedError)
 
 
 def test_server_is_busy_waits_at_least_its_hint() -> None:

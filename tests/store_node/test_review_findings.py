@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvproto import codec
-from kvproto.errorpb import NotLeader
+from kvproto.errorpb import NotLeader, StaleCommand, UndeterminedResult
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType, Put
@@ -289,3 +289,37 @@ def test_a_forwarded_read_whose_answer_is_lost_is_answered_after_a_timeout(
     reply = c.replies.get(("read", 2))
     assert reply is not None and isinstance(reply.value, NotLeader)
     assert reply.value.leader is not None and reply.value.leader.store_id == leader_store
+
+
+def test_a_write_applied_through_a_snapshot_is_not_reported_stale(tmp_path: Path) -> None:
+    # Finding 1: a leader's proposal that another leader committed reached
+    # the old leader only through a snapshot; the store then answered
+    # StaleCommand ("did not run") for a write that was applied.
+    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
+    c.bootstrap(first_region([1, 2, 3]))
+    c.tick(40)
+    old, _ = c.leader_of(1)
+    # Everything sent to the old leader is lost: it replicates the write
+    # but never hears that it committed, and steps down (CheckQuorum).
+    c.drop = lambda m: m.to_peer.store_id == old
+    token = ("put", b"w")
+    assert c.cores[old].propose_write(token, c.context(1), (Put(b"w", b"1"),), 10) is None
+    c.stabilize()
+    for _ in range(20):
+        c.tick(CONFIG.election_ticks)
+        found = c.leader_of(1)
+        if found is not None and found[0] != old:
+            break
+    else:
+        raise AssertionError("no new leader")
+    for i in range(80):  # the new leader truncates past what the old one has
+        _put(c, b"k%03d" % i)
+    c.drop = None
+    c.tick(20)
+    assert c.engines[old].kv_get(keys.DATA_DB, b"w") == b"1"  # applied, by a snapshot
+    _put(c, b"later")  # an entry applied after the snapshot decides nothing more
+    c.tick(2)
+    reply = c.replies.get(token)
+    assert reply is not None
+    assert not isinstance(reply.value, StaleCommand), "an applied write was reported stale"
+    assert isinstance(reply.value, UndeterminedResult)
