@@ -5,9 +5,15 @@
   (group commit across Raft groups).
 * `kv/` holds user data, region states and apply states. Applying a batch of
   committed entries writes the data and the applied index in one transaction,
-  so a crash never separates them. It is not fsynced per round by default:
-  the Raft log is the redo log, and a log prefix is deleted only after
-  `sync_kv()` made the kv state that includes it durable (`kv_durable_seq`).
+  so a crash never separates them. It runs in LMDB's MDB_NOMETASYNC mode:
+  each commit flushes its data pages (one fdatasync) but not the meta page
+  that makes it current, so a power loss may undo the last transaction and
+  never corrupts the environment (MDB_NOSYNC, the cheaper mode, lets a
+  later commit overwrite pages the last durable meta page still points to).
+  Losing the last transaction is harmless: the Raft log is the redo log,
+  and a log prefix is deleted only after `sync_kv()` (a full sync, meta page
+  included) made the kv state that includes it durable (`kv_durable_seq`).
+  Without `sync` (benchmarks only) kv/ is not flushed at all.
 
 Threads: writes run in one worker thread at a time (the store loop hands them
 over), reads run anywhere. When a map fills up, the writer grows it and
@@ -123,7 +129,15 @@ class KvTxn(Protocol):
 class _Env:
     """One LMDB environment with named databases and a growable map."""
 
-    def __init__(self, path: Path, db_names: tuple[bytes, ...], *, sync: bool, map_size: int):
+    def __init__(
+        self,
+        path: Path,
+        db_names: tuple[bytes, ...],
+        *,
+        sync: bool,
+        map_size: int,
+        metasync: bool | None = None,
+    ):
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.env = lmdb.open(
@@ -131,9 +145,12 @@ class _Env:
             map_size=map_size,
             max_dbs=MAX_DBS,
             sync=sync,
-            # The meta page is synced with the data pages when `sync` is on;
-            # without it, a process crash still loses nothing (OS buffers).
-            metasync=sync,
+            # With `sync` and not `metasync` (MDB_NOMETASYNC) each commit
+            # flushes its data pages but not the meta page: a power loss may
+            # undo the last transaction, never corrupt. With neither
+            # (MDB_NOSYNC) a process crash still loses nothing (OS buffers),
+            # but a power loss may corrupt the environment.
+            metasync=sync if metasync is None else metasync,
             readahead=False,
             lock=True,
         )
@@ -274,9 +291,12 @@ class Engine:
         # One store process per data directory (two would corrupt it).
         self._lock = DirLock(self.data_dir, "store")
         raft_path = Path(raft_dir) if raft_dir is not None else self.data_dir / "raft"
-        # `sync` governs the raft log (the durability point); kv is synced on
-        # demand by `sync_kv`, see the module docstring.
-        self.kv = _Env(self.data_dir / "kv", self.KV_DBS, sync=False, map_size=map_size)
+        # `sync` governs the raft log (the durability point). kv/ flushes
+        # each commit's data pages but not its meta page (MDB_NOMETASYNC),
+        # see the module docstring; without `sync` nothing is flushed.
+        self.kv = _Env(
+            self.data_dir / "kv", self.KV_DBS, sync=sync, metasync=False, map_size=map_size
+        )
         self.raft = _Env(raft_path, self.RAFT_DBS, sync=sync, map_size=map_size)
         self.sync = sync
         # Bumped by every kv write; `kv_durable_seq` is the last one synced.
