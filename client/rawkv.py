@@ -35,16 +35,18 @@ import dataclasses
 import logging
 import math
 import random
+import time
 from collections import deque
 from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, Protocol, TypeVar
@@ -70,15 +72,24 @@ from client.plan import (
     holds_keys_before,
     range_is_empty,
 )
-from client.retry import Attempts, BackoffConfig, BackoffKind, Decision, OpKind, Retry
+from client.retry import (
+    Answer,
+    Attempts,
+    BackoffConfig,
+    BackoffKind,
+    Decision,
+    GiveUp,
+    OpKind,
+    Retry,
+)
+from client.session import Session
 from kvproto import kvrpcpb as kv
 from kvproto import pdpb
 from kvproto.codec import EncodeError
-from kvproto.errorpb import RegionError
 from kvproto.metapb import Peer, Region, Store, StoreId, StoreState
 from kvproto.pd_client import PdClient, PdClusterMismatchError, PdServerError
 from kvproto.reconnect import Backoff, ReconnectingConnection
-from kvproto.rpc import RpcCallError, RpcProtocolError, StreamOpener, open_tcp
+from kvproto.rpc import RpcCallError, StreamOpener, open_tcp
 
 __all__ = [
     "DEFAULT_SCAN_LIMIT",
@@ -128,6 +139,11 @@ class ClientConfig:
     connect_timeout: float = 3.0
     # Per-call timeout of the PD client (our deadline cuts it shorter).
     pd_timeout: float = 5.0
+    # Number every write in a client session so that a retry is never
+    # applied twice (see client.retry). Without it, a retried write may
+    # apply twice and a conditional write raises UndeterminedError instead
+    # of retrying after an unknown outcome (what TiKV's raw client does).
+    exactly_once: bool = True
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -150,15 +166,7 @@ class PdApi(Protocol):
     async def get_store(self, store_id: int) -> Store | None: ...
 
 
-class _Answer(Protocol):
-    @property
-    def region_error(self) -> RegionError | None: ...
-
-    @property
-    def error(self) -> kv.KvError | None: ...
-
-
-A = TypeVar("A", bound=_Answer)
+A = TypeVar("A", bound=Answer)
 
 
 # --------------------------------------------------------------------------
@@ -239,6 +247,8 @@ class Client:
         self._store_addresses: dict[StoreId, str] = {}
         self._connections: dict[str, ReconnectingConnection] = {}
         self._closed = False
+        # Opened at the first write (exactly-once writes).
+        self._session: Session | None = None
 
     # -- lifetime -----------------------------------------------------------
 
@@ -373,9 +383,13 @@ class Client:
         key = _check_key(what, key)
         value = _check_value(what, value)
         att = self._attempts(what, OpKind.WRITE, timeout)
-        await self._single(
-            att, key, lambda ctx: kv.RawPutRequest(ctx, key, value), kv.RawWriteResponse
-        )
+        with self._request(att):
+            await self._single(
+                att,
+                key,
+                lambda ctx: kv.RawPutRequest(ctx, key, value, att.session_ref()),
+                kv.RawWriteResponse,
+            )
 
     async def batch_put(
         self,
@@ -400,18 +414,25 @@ class Client:
             resp = await self._call(
                 att,
                 entry,
-                lambda ctx: kv.RawBatchPutRequest(ctx, tuple(group)),
+                lambda ctx: kv.RawBatchPutRequest(ctx, tuple(group), att.session_ref()),
                 kv.RawWriteResponse,
             )
             return resp is not None
 
-        await self._for_each_region(att, ordered, _first, _pair_size, run)
+        with self._request(att):
+            await self._for_each_region(att, ordered, _first, _pair_size, run)
 
     async def delete(self, key: bytes, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         what = f"delete {describe_key(key)}" if isinstance(key, bytes) else "delete"
         key = _check_key(what, key)
         att = self._attempts(what, OpKind.WRITE, timeout)
-        await self._single(att, key, lambda ctx: kv.RawDeleteRequest(ctx, key), kv.RawWriteResponse)
+        with self._request(att):
+            await self._single(
+                att,
+                key,
+                lambda ctx: kv.RawDeleteRequest(ctx, key, att.session_ref()),
+                kv.RawWriteResponse,
+            )
 
     async def batch_delete(self, keys: Iterable[bytes], *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Delete every key. Not atomic across regions."""
@@ -424,12 +445,13 @@ class Client:
             resp = await self._call(
                 att,
                 entry,
-                lambda ctx: kv.RawBatchDeleteRequest(ctx, tuple(group)),
+                lambda ctx: kv.RawBatchDeleteRequest(ctx, tuple(group), att.session_ref()),
                 kv.RawWriteResponse,
             )
             return resp is not None
 
-        await self._for_each_region(att, ks, _identity, _key_size, run)
+        with self._request(att):
+            await self._for_each_region(att, ks, _identity, _key_size, run)
 
     async def delete_range(
         self,
@@ -449,10 +471,11 @@ class Client:
         if range_is_empty(start, end):
             return
         att = self._attempts(what, OpKind.WRITE, timeout)
-        parts = await self._split_range(att, start, end)
-        await self._fan_out(
-            [partial(self._delete_part, att.child(what), e, s, t) for e, s, t in parts]
-        )
+        with self._request(att):
+            parts = await self._split_range(att, start, end)
+            await self._fan_out(
+                [partial(self._delete_part, att.child(what), e, s, t) for e, s, t in parts]
+            )
 
     # -- conditional writes (not idempotent) ----------------------------------
 
@@ -515,15 +538,42 @@ class Client:
     async def _cas(
         self, att: Attempts, key: bytes, expected: bytes | None, new: bytes | None
     ) -> tuple[bool, bytes | None]:
-        resp = await self._single(
-            att,
-            key,
-            lambda ctx: kv.RawCompareAndSetRequest(ctx, key, expected, new),
-            kv.RawCompareAndSetResponse,
-        )
+        """One compare-and-set request (a get_and_put makes several)."""
+        with self._request(att):
+            resp = await self._single(
+                att,
+                key,
+                lambda ctx: kv.RawCompareAndSetRequest(ctx, key, expected, new, att.session_ref()),
+                kv.RawCompareAndSetResponse,
+            )
         return resp.succeeded, resp.previous
 
     # -- one region at a time -------------------------------------------------
+
+    @contextmanager
+    def _request(self, att: Attempts) -> Iterator[None]:
+        """A write call's lifetime as a numbered request of the client's
+        session (no session unless `ClientConfig.exactly_once`)."""
+        att.begin_request(self._current_session())
+        try:
+            yield
+        finally:
+            att.end_request()
+
+    def _current_session(self) -> Session | None:
+        if not self.config.exactly_once:
+            return None
+        if self._session is None:
+            # Wall time: the regions compare it with the log's clock.
+            self._session = Session.open(self._rng, int(time.time() * 1000))
+        return self._session
+
+    def _renew_session(self, att: Attempts) -> None:
+        """The region forgot our session: this request (never applied) and
+        the ones after it go on in a new one."""
+        att.end_request()
+        self._session = None
+        att.begin_request(self._current_session())
 
     def _attempts(self, what: str, kind: OpKind, timeout: float | None) -> Attempts:
         if self._closed:
@@ -568,29 +618,26 @@ class Client:
         ctx = kv.Context(entry.region.id, entry.region.epoch, peer)
         att.attempts += 1
         try:
-            resp = await conn.call(request_for(ctx), timeout=att.remaining(trio.current_time()))
+            resp: object = await conn.call(
+                request_for(ctx), timeout=att.remaining(trio.current_time())
+            )
         except EncodeError as e:
             raise InvalidArgument(att.what, f"request cannot be sent: {e}") from None
         except RpcCallError as e:
-            await self._wait(att, retry.on_rpc_error(self.cache, entry, peer, e, att))
+            resp = e
+        verdict = retry.judge(self.cache, entry, peer, resp, ans, att)
+        if isinstance(verdict, Retry | GiveUp):
+            await self._wait(att, verdict)
             return None
-        if not isinstance(resp, ans):
-            e2 = RpcProtocolError(f"expected {ans.__name__}, got {type(resp).__name__}")
-            await self._wait(att, retry.on_rpc_error(self.cache, entry, peer, e2, att))
-            return None
-        if resp.region_error is not None:
-            decision = retry.on_region_error(self.cache, entry, peer, resp.region_error, att)
-            await self._wait(att, decision)
-            return None
-        if resp.error is not None:
-            raise InvalidArgument(att.what, str(resp.error))
-        return resp
+        return verdict
 
     async def _wait(self, att: Attempts, decision: Decision) -> None:
         """Carry out a retry decision: forget what it says, then sleep its
         backoff; raises when it gives up or the deadline would pass."""
         if isinstance(decision, Retry) and decision.forget_store is not None:
             self._store_addresses.pop(decision.forget_store, None)
+        if isinstance(decision, Retry) and decision.renew_session:
+            self._renew_session(att)
         delay = att.plan(decision, trio.current_time())
         log.debug("%s: retrying in %.3f s after: %s", att.what, delay, att.last_cause)
         if delay > 0:
@@ -818,7 +865,7 @@ class Client:
             resp = await self._call(
                 att,
                 entry,
-                partial(kv.RawDeleteRangeRequest, start_key=lo, end_key=hi),
+                partial(_delete_range_request, att, lo, hi),
                 kv.RawWriteResponse,
             )
             if resp is not None:
@@ -877,6 +924,12 @@ class Client:
             if pairs:
                 return pairs
         return []
+
+
+def _delete_range_request(
+    att: Attempts, start: bytes, end: bytes, ctx: kv.Context
+) -> kv.RawDeleteRangeRequest:
+    return kv.RawDeleteRangeRequest(ctx, start, end, att.session_ref())
 
 
 def _identity(k: bytes) -> bytes:

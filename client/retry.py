@@ -11,14 +11,22 @@ into the seconds to sleep, or raises.
 
 The policy (see also `POLICY`, which the docs and tests print):
 
-* Whether an answer proves the request was NOT applied decides what a
-  conditional write (compare-and-set and friends, which are not
-  idempotent) may do: retry only after such proof; otherwise raise
-  `UndeterminedError`. Plain writes (put, delete, their batches, delete
-  range) are idempotent: they are retried after an unknown outcome too,
-  and `maybe_executed` remembers it, so that a deadline then raises
-  `UndeterminedError` rather than `DeadlineExceeded` (which promises that
-  nothing was written).
+* Exactly-once writes: a write call of a client with a session
+  (`Attempts.session`, the default) carries one request number in every
+  attempt, and a region that applied it answers a retry from its record
+  instead of applying it again (`store_node.sessions`). So every write,
+  conditional or not, is retried after an unknown outcome, and
+  `maybe_executed` remembers it (sent along as `SessionRef.retry`), so that
+  the deadline then raises `UndeterminedError` rather than
+  `DeadlineExceeded` (which promises that nothing was written). If the
+  region forgot the session (SESSION_EXPIRED), a call that may have been
+  applied raises `UndeterminedError`; one that cannot have been is retried
+  in a new session.
+* Without a session, whether an answer proves the request was NOT applied
+  decides what a conditional write (compare-and-set and friends, which are
+  not idempotent) may do: retry only after such proof; otherwise raise
+  `UndeterminedError`. Plain writes are retried after an unknown outcome
+  too; a retry may then apply twice (a put after a later delete).
 * Proof of non-execution: `RpcUnavailableError` (never sent); `NotLeader`
   (refused at admission, or the proposal was refused by Raft);
   `EpochNotMatch`, `KeyNotInRegion` (refused at admission, or re-checked
@@ -42,16 +50,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias, TypeVar
 
 from client.cache import CachedRegion, RegionCache
 from client.errors import (
     ClientError,
     DeadlineExceeded,
+    InvalidArgument,
     PdUnavailable,
     StoreError,
     UndeterminedError,
 )
+from client.session import Session
 from kvproto.errorpb import (
     EpochNotMatch,
     KeyNotInRegion,
@@ -63,10 +73,12 @@ from kvproto.errorpb import (
     StoreNotMatch,
     UndeterminedResult,
 )
+from kvproto.kvrpcpb import KvError, KvErrorCode, SessionRef
 from kvproto.metapb import Peer, StoreId
 from kvproto.rpc import (
     RpcCallError,
     RpcConnectionLostError,
+    RpcProtocolError,
     RpcTimeoutError,
     RpcUnavailableError,
 )
@@ -74,6 +86,7 @@ from kvproto.rpc import (
 __all__ = [
     "DEFAULT_BACKOFFS",
     "POLICY",
+    "Answer",
     "Attempts",
     "BackoffConfig",
     "BackoffKind",
@@ -81,11 +94,13 @@ __all__ = [
     "GiveUp",
     "OpKind",
     "Retry",
+    "judge",
     "on_no_peer",
     "on_pd_error",
     "on_region_error",
     "on_region_unknown",
     "on_rpc_error",
+    "on_session_expired",
     "on_store_unknown",
     "proves_not_applied",
 ]
@@ -141,6 +156,8 @@ class Retry:
     backoff: BackoffKind | None
     floor: float = 0.0
     forget_store: StoreId | None = None
+    # Retry as a new request in a new client session (the old one expired).
+    renew_session: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +175,25 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     (
         "RpcConnectionLostError",
         "no",
-        "read/write: avoid the store, reload, back off (store); conditional: UndeterminedError",
+        "avoid the store, reload, back off (store); conditional without a session: "
+        "UndeterminedError",
     ),
-    ("RpcTimeoutError", "no", "deadline reached: read DeadlineExceeded, write UndeterminedError"),
-    ("RpcRemoteError INTERNAL", "no", "read StoreError, write UndeterminedError"),
+    (
+        "RpcTimeoutError",
+        "no",
+        "deadline reached: read DeadlineExceeded, write UndeterminedError",
+    ),
+    (
+        "RpcRemoteError INTERNAL",
+        "no",
+        "read StoreError; write: retry in its session (without one: UndeterminedError)",
+    ),
     ("RpcRemoteError other", "yes", "StoreError"),
-    ("RpcProtocolError", "no", "read StoreError, write UndeterminedError"),
+    (
+        "RpcProtocolError",
+        "no",
+        "read StoreError; write: retry in its session (without one: UndeterminedError)",
+    ),
     (
         "NotLeader(leader in region)",
         "yes",
@@ -176,8 +206,8 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     (
         "RegionNotFound",
         "no",
-        "read/write: avoid the store, reload, back off (region miss); "
-        "conditional: UndeterminedError",
+        "avoid the store, reload, back off (region miss); conditional without a session: "
+        "UndeterminedError",
     ),
     ("KeyNotInRegion", "yes", "reload region from PD, back off (region miss)"),
     ("ServerIsBusy", "yes", "back off (busy), at least the store's backoff_ms"),
@@ -185,10 +215,15 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     (
         "UndeterminedResult",
         "no",
-        "read/write: back off (leader) and retry; conditional: UndeterminedError",
+        "back off (leader) and retry; conditional without a session: UndeterminedError",
     ),
     ("StoreNotMatch", "yes", "forget the store's address, reload region, back off (region miss)"),
-    ("KvError", "yes", "InvalidArgument"),
+    (
+        "KvError SESSION_EXPIRED",
+        "yes",
+        "UndeterminedError if an earlier attempt may have applied, else a new session",
+    ),
+    ("KvError other", "yes", "InvalidArgument"),
     ("PD unreachable or PdServerError", "yes", "back off (pd); at the deadline PdUnavailable"),
 )
 
@@ -227,12 +262,37 @@ class Attempts:
     maybe_executed: bool = False
     # Stores that failed this call: pick other peers until the PD is asked again.
     avoid: set[StoreId] = field(default_factory=set)
+    # Exactly-once writes: the client's session and this request's number in
+    # it (None: no session).
+    session: Session | None = None
+    seq: int = 0
     _tries: dict[BackoffKind, int] = field(default_factory=dict)
     _free: int = 0
 
     @property
     def is_write(self) -> bool:
         return self.kind is not OpKind.READ
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.session is not None
+
+    def begin_request(self, session: Session | None) -> None:
+        """The write this state retries is a new request (numbered in
+        `session`): nothing of it has been sent yet."""
+        self.session = session
+        self.seq = session.begin() if session is not None else 0
+        self.maybe_executed = False
+
+    def end_request(self) -> None:
+        if self.session is not None:
+            self.session.end(self.seq)
+
+    def session_ref(self) -> SessionRef | None:
+        """What the next attempt carries (None: no session)."""
+        if self.session is None:
+            return None
+        return self.session.ref(self.seq, retry=self.maybe_executed)
 
     def child(self, what: str) -> Attempts:
         """The state for a part of this call (a region group after a
@@ -249,6 +309,8 @@ class Attempts:
             last_cause=self.last_cause,
             pd_cause=self.pd_cause,
             maybe_executed=self.maybe_executed,
+            session=self.session,
+            seq=self.seq,
         )
 
     def note(self, cause: str, *, pd: bool = False) -> None:
@@ -311,7 +373,7 @@ def on_region_error(
     att.note(cause)
     region = entry.region
     if att.is_write and not proves_not_applied(err):
-        if att.kind is OpKind.CONDITIONAL_WRITE:
+        if att.kind is OpKind.CONDITIONAL_WRITE and not att.exactly_once:
             cache.invalidate_region(region)
             return _undetermined(att, cause)
         att.maybe_executed = True
@@ -372,27 +434,83 @@ def on_rpc_error(
     att.note(cause)
     if isinstance(err, RpcTimeoutError):
         # Each attempt may use what is left of the deadline: it is gone.
-        if att.kind is OpKind.CONDITIONAL_WRITE:
+        if att.kind is OpKind.CONDITIONAL_WRITE and not att.exactly_once:
             return _undetermined(att, cause)
         att.maybe_executed = att.maybe_executed or att.is_write
         return GiveUp(att.expired())
     if isinstance(err, RpcConnectionLostError):
         # The connection died with the request in flight.
-        if att.kind is OpKind.CONDITIONAL_WRITE:
+        if att.kind is OpKind.CONDITIONAL_WRITE and not att.exactly_once:
             cache.invalidate_region(entry.region)
             return _undetermined(att, cause)
         att.maybe_executed = att.maybe_executed or att.is_write
     elif not isinstance(err, RpcUnavailableError):
         # The store answered, but not with a response (RpcRemoteError,
-        # RpcProtocolError): no retry helps.
+        # RpcProtocolError): a read or a write that did not run gets no
+        # better by retrying; a write that may have run is retried in its
+        # session to learn its answer.
         if att.is_write and err.may_have_executed:
-            return _undetermined(att, cause)
+            if not att.exactly_once:
+                return _undetermined(att, cause)
+            att.maybe_executed = True
+            return Retry(BackoffKind.STORE)
         return GiveUp(StoreError(att.what, cause))
     # Not sent, or sent and lost for a call that may be retried: the store
     # may be gone. Try other peers; ask the PD where the region is now.
     att.avoid.add(peer.store_id)
     cache.invalidate_region(entry.region)
     return Retry(BackoffKind.STORE, forget_store=peer.store_id)
+
+
+class Answer(Protocol):
+    """What every KV response has (kvproto.kvrpcpb)."""
+
+    @property
+    def region_error(self) -> RegionError | None: ...
+
+    @property
+    def error(self) -> KvError | None: ...
+
+
+A = TypeVar("A", bound=Answer)
+
+
+def judge(
+    cache: RegionCache,
+    entry: CachedRegion,
+    peer: Peer,
+    outcome: object,
+    expected: type[A],
+    att: Attempts,
+) -> A | Decision:
+    """What one attempt sent to `peer` for `entry`'s region came to: the
+    response (an `expected`), or the decision about the next attempt.
+    `outcome` is what came back: a response, or the `RpcCallError` the call
+    raised. Raises InvalidArgument for a request no retry can fix."""
+    if isinstance(outcome, RpcCallError):
+        return on_rpc_error(cache, entry, peer, outcome, att)
+    if not isinstance(outcome, expected):
+        wrong = RpcProtocolError(f"expected {expected.__name__}, got {type(outcome).__name__}")
+        return on_rpc_error(cache, entry, peer, wrong, att)
+    if outcome.region_error is not None:
+        return on_region_error(cache, entry, peer, outcome.region_error, att)
+    if outcome.error is not None:
+        if outcome.error.code == KvErrorCode.SESSION_EXPIRED:
+            return on_session_expired(peer, att)
+        raise InvalidArgument(att.what, str(outcome.error))
+    return outcome
+
+
+def on_session_expired(peer: Peer, att: Attempts) -> Decision:
+    """The region answered SESSION_EXPIRED: it no longer remembers our
+    session, so it cannot tell a retry of ours from a first try and applied
+    nothing now. If an earlier attempt may have applied, the outcome is
+    unknown; otherwise the shell retries in a new session (`renew_session`)."""
+    cause = f"store {peer.store_id}: the region no longer remembers this client's session"
+    att.note(cause)
+    if att.maybe_executed:
+        return _undetermined(att, cause)
+    return Retry(None, renew_session=True)
 
 
 def on_no_peer(cache: RegionCache, entry: CachedRegion, att: Attempts) -> Decision:

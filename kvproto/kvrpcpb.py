@@ -35,6 +35,10 @@ class KvErrorCode(IntEnum):
     KEY_TOO_LARGE = 2
     VALUE_TOO_LARGE = 3
     REQUEST_TOO_LARGE = 4
+    # The region no longer remembers the request's session (idle past its
+    # time to live, or evicted): a retry cannot be told from a first try, so
+    # it was not applied now; an earlier attempt may have been.
+    SESSION_EXPIRED = 5
 
 
 @wire(201)
@@ -104,12 +108,38 @@ class RawScanResponse:
     pairs: tuple[Pair, ...] = ()  # values are b"" when keys_only
 
 
+@wire(216)
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """Which client request a write is, for exactly-once application (Raft
+    dissertation 6.3): a client session numbers its writes, and every region
+    remembers per session the answers of the numbers it applied.
+
+    * `session_id`: 16 random bytes naming the client session.
+    * `seq`: this request's number in the session (>= 1; every attempt of
+      the request carries the same number).
+    * `acked_below`: every number below it has been answered to the client
+      (or given up on): their answers may be forgotten.
+    * `retry`: an earlier attempt of this request may have been applied.
+    * `opened_at_ms`: the client's wall clock when it opened the session, so
+      that a region that forgot the session (expired) can tell a retry in
+      it from a session it has never seen.
+    """
+
+    session_id: bytes
+    seq: int
+    acked_below: int
+    retry: bool
+    opened_at_ms: int
+
+
 @wire(208)
 @dataclass(frozen=True, slots=True)
 class RawPutRequest:
     context: Context
     key: bytes
     value: bytes
+    session: SessionRef | None = None
 
 
 @wire(209)
@@ -117,6 +147,7 @@ class RawPutRequest:
 class RawBatchPutRequest:
     context: Context
     pairs: tuple[Pair, ...]
+    session: SessionRef | None = None
 
 
 @wire(210)
@@ -124,6 +155,7 @@ class RawBatchPutRequest:
 class RawDeleteRequest:
     context: Context
     key: bytes
+    session: SessionRef | None = None
 
 
 @wire(211)
@@ -131,6 +163,7 @@ class RawDeleteRequest:
 class RawBatchDeleteRequest:
     context: Context
     keys: tuple[bytes, ...]
+    session: SessionRef | None = None
 
 
 @wire(212)
@@ -139,6 +172,7 @@ class RawDeleteRangeRequest:
     context: Context
     start_key: bytes
     end_key: bytes
+    session: SessionRef | None = None
 
 
 @wire(213)
@@ -160,6 +194,7 @@ class RawCompareAndSetRequest:
     key: bytes
     expected: bytes | None
     new_value: bytes | None
+    session: SessionRef | None = None
 
 
 @wire(215)

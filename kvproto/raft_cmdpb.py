@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import TypeAlias
 
 from kvproto.codec import wire
+from kvproto.kvrpcpb import KvError, SessionRef
 from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId
 
 
@@ -143,3 +144,41 @@ class AdminResponse:
     """What an applied admin command produced: the region(s) after it."""
 
     regions: tuple[Region, ...] = ()
+
+
+@wire(253)
+@dataclass(frozen=True, slots=True)
+class ClientWrite:
+    """One client request's write ops, applied all or nothing, at most once
+    per `session` (None: no session, applied every time it is proposed)."""
+
+    session: SessionRef | None
+    ops: tuple[WriteOp, ...]
+
+
+@wire(254)
+@dataclass(frozen=True, slots=True)
+class WriteCommand:
+    """One log entry's client writes (a round's batch for a region).
+
+    `time_ms` is the proposing leader's wall clock and `session_ttl_ms` its
+    session idle time: replicas expire sessions by these values from the
+    log, never by their own clocks, so they all decide alike."""
+
+    header: RaftRequestHeader
+    time_ms: int
+    session_ttl_ms: int
+    writes: tuple[ClientWrite, ...]
+
+
+# What a client write applied to: its ops' results, or a KvError when its
+# session refused it (SESSION_EXPIRED: nothing was applied now).
+WriteOutcome: TypeAlias = tuple[WriteResult, ...] | KvError
+
+
+@wire(255)
+@dataclass(frozen=True, slots=True)
+class SessionAnswer:
+    """The stored answer of an applied client write (its ops' results)."""
+
+    results: tuple[WriteResult, ...]

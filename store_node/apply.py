@@ -24,19 +24,22 @@ from kvproto.metapb import Region
 from kvproto.raft_cmdpb import (
     BatchSplitRequest,
     ChangePeerRequest,
+    ClientWrite,
     CompactLogRequest,
     CompareAndSet,
     Delete,
     DeleteRange,
     Put,
     RaftCmdRequest,
+    WriteCommand,
     WriteOp,
+    WriteOutcome,
     WriteResult,
 )
 from kvproto.raft_serverpb import PeerState, RegionLocalState
 from raft.errors import ConfChangeError
 from raft.types import ConfChange, Entry, EntryType
-from store_node import keys, membership, split
+from store_node import keys, membership, sessions, split
 from store_node.engine import KvTxn
 from store_node.peer_storage import RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM
 from store_node.records import ApplyState, encode_apply_state
@@ -60,7 +63,8 @@ class ApplyTask:
 class EntryResult:
     index: int
     term: int
-    results: tuple[WriteResult, ...] = ()
+    # One outcome per client write of a WriteCommand, in order.
+    writes: tuple[WriteOutcome, ...] = ()
     region_error: RegionError | None = None
     # A conf change the Raft node must now apply (same change, same order).
     conf_change: ConfChange | None = None
@@ -121,14 +125,18 @@ def apply_task(txn: KvTxn, task: ApplyTask) -> ApplyOutcome:
     return out
 
 
-def _decode_command(e: Entry, region_id: int) -> RaftCmdRequest | None:
+def _decode_command(e: Entry, region_id: int) -> RaftCmdRequest | WriteCommand | None:
     try:
-        return codec.loads(e.data, RaftCmdRequest)
+        cmd = codec.loads(e.data)
     except DecodeError as err:
         # Every replica decodes the same bytes the same way, so skipping is
         # deterministic; but it means a proposer wrote garbage: loud log.
         log.error("region %d: undecodable command at index %d: %s", region_id, e.index, err)
         return None
+    if not isinstance(cmd, RaftCmdRequest | WriteCommand):
+        log.error("region %d: %s is no command (index %d)", region_id, type(cmd).__name__, e.index)
+        return None
+    return cmd
 
 
 def _apply_command(
@@ -140,6 +148,10 @@ def _apply_command(
         return EntryResult(e.index, e.term, region_error=RegionNotFound(region.id))
     if cmd.header.region_id != region.id:
         return EntryResult(e.index, e.term, region_error=RegionNotFound(cmd.header.region_id))
+    if isinstance(cmd, WriteCommand):
+        if not epoch.check_request_epoch(cmd.header.region_epoch, region, None):
+            return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
+        return _apply_writes(txn, out, e, cmd)
     admin_type = _admin_type(cmd)
     if not epoch.check_request_epoch(cmd.header.region_epoch, region, admin_type):
         return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
@@ -149,13 +161,37 @@ def _apply_command(
         # Log compaction is decided locally by each peer; a CompactLog
         # command from a newer store version is a no-op here.
         return EntryResult(e.index, e.term)
-    bad = _key_outside(region, cmd.requests)
-    if bad is not None:
-        return EntryResult(e.index, e.term, region_error=bad)
-    results = []
-    for op in cmd.requests:
-        results.append(_apply_op(txn, region, op, out))
-    return EntryResult(e.index, e.term, results=tuple(results))
+    # Plain ops without a session (written by earlier versions).
+    legacy = WriteCommand(cmd.header, 0, 0, (ClientWrite(None, cmd.requests),))
+    return _apply_writes(txn, out, e, legacy)
+
+
+def _apply_writes(txn: KvTxn, out: ApplyOutcome, e: Entry, cmd: WriteCommand) -> EntryResult:
+    """Each client write of the command, at most once per session."""
+    region = out.region
+    for w in cmd.writes:
+        bad = _key_outside(region, w.ops)
+        if bad is not None:
+            return EntryResult(e.index, e.term, region_error=bad)
+    table: sessions.RegionSessions | None = None
+    outcomes: list[WriteOutcome] = []
+    for w in cmd.writes:
+        if w.session is None:
+            outcomes.append(tuple(_apply_op(txn, region, op, out) for op in w.ops))
+            continue
+        if table is None:
+            table = sessions.RegionSessions(txn, region.id)
+            table.tick(cmd.time_ms, cmd.session_ttl_ms)
+        decision = table.check(w.session)
+        if isinstance(decision, sessions.Stored):
+            outcomes.append(decision.results)
+        elif isinstance(decision, sessions.Expired):
+            outcomes.append(sessions.EXPIRED)
+        else:
+            results = tuple(_apply_op(txn, region, op, out) for op in w.ops)
+            table.record(w.session, results)
+            outcomes.append(results)
+    return EntryResult(e.index, e.term, writes=tuple(outcomes))
 
 
 def _apply_split(
@@ -182,6 +218,8 @@ def _apply_split(
             continue
         write_region_state(txn, r)
         write_apply_state(txn, r.id, init)
+        # A retry of a write applied before the split may go to either part.
+        sessions.copy_region(txn, region.id, r.id)
         out.new_regions.append(r)
     log.info(
         "region %d: split at %d into %s",
@@ -262,7 +300,7 @@ def _apply_conf_change(txn: KvTxn, out: ApplyOutcome, e: Entry) -> EntryResult:
     req: ChangePeerRequest | None = None
     if not cc.leaves_joint:
         cmd = _decode_command(Entry(e.term, e.index, data=cc.context), region.id)
-        if cmd is None or not isinstance(cmd.admin, ChangePeerRequest):
+        if not isinstance(cmd, RaftCmdRequest) or not isinstance(cmd.admin, ChangePeerRequest):
             return EntryResult(e.index, e.term, region_error=RegionNotFound(region.id))
         if not epoch.check_request_epoch(
             cmd.header.region_epoch, region, epoch.AdminCmdType.CHANGE_PEER

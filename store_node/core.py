@@ -38,12 +38,13 @@ from kvproto.errorpb import (
     ServerIsBusy,
     StoreNotMatch,
 )
-from kvproto.kvrpcpb import Context
+from kvproto.kvrpcpb import Context, SessionRef
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId, ranges_overlap
 from kvproto.raft_cmdpb import (
     BatchSplitRequest,
     ChangePeerRequest,
+    ClientWrite,
     DeleteRange,
     SplitRequest,
     WriteOp,
@@ -83,6 +84,9 @@ class CoreConfig:
     max_entry_bytes: int = 8 << 20
     # Writes queued on one region beyond this many bytes get ServerIsBusy.
     max_pending_write_bytes: int = 64 << 20
+    # A client session idle this long in a region is forgotten there
+    # (store_node.sessions); a client must not retry a write for longer.
+    session_ttl_ms: int = 10 * 60_000
     log_gc: LogGcConfig = field(default_factory=LogGcConfig)
 
 
@@ -149,6 +153,8 @@ class StoreCore:
         self.stats: dict[str, int] = defaultdict(int)
         # Ticks since the store started (the store's notion of time).
         self.ticks = 0
+        # The wall clock as of the latest tick (milliseconds since the epoch).
+        self.now_ms = 0
         # Split thresholds learnt from the PD: (region_max_size, region_max_keys).
         self.split_limits: tuple[int, int] | None = None
         self._split_checks: set[int] = set()
@@ -245,8 +251,12 @@ class StoreCore:
 
     # -- events ------------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self, now_ms: int | None = None) -> None:
+        """One tick of the store's clock; `now_ms`, the wall clock, stamps the
+        commands proposed from now on (session expiry reads it from the log)."""
         self.ticks += 1
+        if now_ms is not None:
+            self.now_ms = now_ms
         # Raft retries on its own what was kept longer than a tick.
         self._early_messages.clear()
         expire_before = self.ticks - 2 * self.config.election_ticks
@@ -445,9 +455,15 @@ class StoreCore:
         return tuple(out)
 
     def propose_write(
-        self, token: Token, ctx: Context, ops: tuple[WriteOp, ...], nbytes: int
+        self,
+        token: Token,
+        ctx: Context,
+        ops: tuple[WriteOp, ...],
+        nbytes: int,
+        session: SessionRef | None = None,
     ) -> RegionError | None:
-        """Queue write ops for this round's batched proposal of the region."""
+        """Queue a client write (its ops, applied all or nothing, at most once
+        per `session`) for this round's batched proposal of the region."""
         peer = self.check_context(ctx)
         if not isinstance(peer, Peer):
             return peer
@@ -460,7 +476,7 @@ class StoreCore:
                 return KeyNotInRegion(op.key, region.id, region.start_key, region.end_key)
         if peer.queued_bytes + nbytes > self.config.max_pending_write_bytes:
             return ServerIsBusy("too many writes queued on this region", backoff_ms=20)
-        peer.queued_writes.append(QueuedWrite(token, ops, nbytes))
+        peer.queued_writes.append(QueuedWrite(token, ops, nbytes, session))
         peer.queued_bytes += nbytes
         self._dirty.add(peer.region_id)
         return None
@@ -487,7 +503,7 @@ class StoreCore:
         peer = self._leader_peer(region_id, request_epoch, epoch.AdminCmdType.CHANGE_PEER)
         if not isinstance(peer, Peer):
             return peer
-        cc = membership.to_conf_change(req, codec.dumps(peer.command(admin=req)))
+        cc = membership.to_conf_change(req, codec.dumps(peer.command(req)))
         try:
             membership.apply_to_region(peer.region, cc, req)
             index = peer.node.propose_conf_change(cc)
@@ -497,7 +513,7 @@ class StoreCore:
             return NotLeader(RegionId(region_id), peer.peer_cache.get(PeerId(e.leader_id)))
         except ProposalDroppedError as e:
             return str(e)
-        peer.proposals.append(Proposal(index, peer.node.term, [(token, 0, 0)], is_admin=True))
+        peer.proposals.append(Proposal(index, peer.node.term, [(token, 0)], is_admin=True))
         self._dirty.add(region_id)
         return None
 
@@ -594,20 +610,18 @@ class StoreCore:
             self._propose_batch(peer, batch, out)
 
     def _propose_batch(self, peer: Peer, batch: list[QueuedWrite], out: RoundOutput) -> None:
-        ops: list[WriteOp] = []
-        waiters: list[tuple[Token, int, int]] = []
-        for w in batch:
-            waiters.append((w.token, len(ops), len(ops) + len(w.ops)))
-            ops.extend(w.ops)
+        writes = tuple(ClientWrite(w.session, w.ops) for w in batch)
+        waiters = [(w.token, i) for i, w in enumerate(batch)]
+        cmd = peer.write_command(writes, self.now_ms, self.config.session_ttl_ms)
         err: RegionError | None = None
         try:
-            index = peer.node.propose(codec.dumps(peer.command(requests=tuple(ops))))
+            index = peer.node.propose(codec.dumps(cmd))
         except LeaderTransferringError:
             err = ServerIsBusy("leadership is being transferred", backoff_ms=50)
         except ProposalDroppedError as e:
             err = NotLeader(RegionId(peer.region_id), peer.peer_cache.get(PeerId(e.leader_id)))
         if err is not None:
-            out.replies.extend(Reply(t, err) for t, _, _ in waiters)
+            out.replies.extend(Reply(t, err) for t, _ in waiters)
             return
         peer.proposals.append(Proposal(index, peer.node.term, waiters))
         out.proposed_writes += len(waiters)
@@ -748,7 +762,7 @@ class StoreCore:
             if peer.proposals:
                 replies.extend(
                     peer.resolve_applied(
-                        res.index, res.term, res.results, res.region_error, res.regions
+                        res.index, res.term, res.writes, res.region_error, res.regions
                     )
                 )
             if len(res.regions) > 1:
@@ -852,10 +866,10 @@ class StoreCore:
         except split.SplitError as e:
             return str(e)
         try:
-            index = peer.node.propose(codec.dumps(peer.command(admin=req)))
+            index = peer.node.propose(codec.dumps(peer.command(req)))
         except ProposalDroppedError as e:
             return str(e)
-        peer.proposals.append(Proposal(index, peer.node.term, [(token, 0, 0)], is_admin=True))
+        peer.proposals.append(Proposal(index, peer.node.term, [(token, 0)], is_admin=True))
         self._dirty.add(region_id)
         return None
 

@@ -276,7 +276,7 @@ def scan_cursor(
 class Engine:
     """The two environments of one store's data directory."""
 
-    KV_DBS = (keys.DATA_DB, keys.REGION_DB, keys.APPLY_DB, keys.META_DB)
+    KV_DBS = (keys.DATA_DB, keys.REGION_DB, keys.APPLY_DB, keys.META_DB, keys.SESSION_DB)
     RAFT_DBS = (keys.LOG_DB, keys.STATE_DB)
 
     def __init__(

@@ -6,6 +6,9 @@ Layout (see DESIGN.md):
            db "region"  region_id (8B BE)             -> RegionLocalState
            db "apply"   region_id (8B BE)             -> ApplyState
            db "meta"    STORE_IDENT_KEY               -> StoreIdent
+           db "session" region_id + 0x00              -> SessionMeta
+                        region_id + 0x01 + session    -> SessionRecord
+                        region_id + 0x02 + session + seq (8B BE) -> SessionAnswer
     raft/  db "log"     region_id (8B BE) + index (8B BE) -> entry
            db "state"   region_id (8B BE)             -> HardState
 
@@ -24,6 +27,7 @@ DATA_DB = b"data"
 REGION_DB = b"region"
 APPLY_DB = b"apply"
 META_DB = b"meta"
+SESSION_DB = b"session"
 LOG_DB = b"log"
 STATE_DB = b"state"
 
@@ -50,3 +54,35 @@ def raft_log_index(key: bytes) -> int:
 def raft_log_prefix(region_id: int) -> bytes:
     """Every log key of `region_id` starts with this (and only its keys do)."""
     return _U64.pack(region_id)
+
+
+# Client sessions (store_node.sessions): every row of a region starts with
+# its id, so a region's sessions are one key range (copied by a split,
+# carried by a snapshot, deleted with the peer).
+_SESSION_META = b"\x00"
+_SESSION_RECORD = b"\x01"
+_SESSION_ANSWER = b"\x02"
+
+
+def session_prefix(region_id: int) -> bytes:
+    return _U64.pack(region_id)
+
+
+def session_meta_key(region_id: int) -> bytes:
+    return _U64.pack(region_id) + _SESSION_META
+
+
+def session_record_key(region_id: int, session_id: bytes) -> bytes:
+    return _U64.pack(region_id) + _SESSION_RECORD + session_id
+
+
+def session_records_prefix(region_id: int) -> bytes:
+    return _U64.pack(region_id) + _SESSION_RECORD
+
+
+def session_id_of(record_key: bytes) -> bytes:
+    return record_key[9:]
+
+
+def session_answer_key(region_id: int, session_id: bytes, seq: int) -> bytes:
+    return _U64.pack(region_id) + _SESSION_ANSWER + session_id + _U64.pack(seq)

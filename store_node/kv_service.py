@@ -25,6 +25,7 @@ from store_node import keys
 from store_node.apply import range_inside
 from store_node.engine import scan_cursor
 from store_node.peer import ReadPermit, WriteDone
+from store_node.sessions import check_session_id
 
 if TYPE_CHECKING:
     from store_node.node import StoreNode
@@ -126,6 +127,7 @@ class KvService:
         self,
         context: kv.Context,
         ops: tuple[WriteOp, ...],
+        session: kv.SessionRef | None,
         done: Callable[[WriteDone | RegionError], None],
     ) -> None:
         nbytes = 0
@@ -138,7 +140,7 @@ class KvService:
                 nbytes += len(op.start_key) + len(op.end_key)
             else:
                 nbytes += len(op.key)
-        self.node.submit_write(context, ops, nbytes, done)
+        self.node.submit_write(context, ops, nbytes, session, done)
 
     def _read(
         self,
@@ -237,28 +239,40 @@ class KvService:
 
     # -- writes --------------------------------------------------------------
 
+    def _check_session(self, session: kv.SessionRef | None) -> kv.KvError | None:
+        if session is None:
+            return None
+        why = check_session_id(session.session_id)
+        if why is None and session.seq < 1:
+            why = f"a request number is positive, not {session.seq}"
+        return None if why is None else _err(kv.KvErrorCode.INVALID_ARGUMENT, why)
+
     def _plain_write(
         self,
         context: kv.Context,
         ops: tuple[WriteOp, ...],
+        session: kv.SessionRef | None,
         e: kv.KvError | None,
         respond: Respond,
     ) -> None:
+        e = e or self._check_session(session)
         if e is not None:
             respond(kv.RawWriteResponse(error=e))
             return
 
         def done(value: WriteDone | RegionError) -> None:
-            if isinstance(value, WriteDone):
-                respond(_WRITE_OK)
-            else:
+            if not isinstance(value, WriteDone):
                 respond(kv.RawWriteResponse(region_error=value))
+            elif value.error is not None:
+                respond(kv.RawWriteResponse(error=value.error))
+            else:
+                respond(_WRITE_OK)
 
-        self._write(context, ops, done)
+        self._write(context, ops, session, done)
 
     def raw_put(self, req: kv.RawPutRequest, _: RequestContext, respond: Respond) -> None:
         e = self._check_key(req.key) or self._check_value(req.value)
-        self._plain_write(req.context, (Put(req.key, req.value),), e, respond)
+        self._plain_write(req.context, (Put(req.key, req.value),), req.session, e, respond)
 
     def raw_batch_put(
         self, req: kv.RawBatchPutRequest, _: RequestContext, respond: Respond
@@ -267,23 +281,24 @@ class KvService:
         for _k, v in req.pairs:
             e = e or self._check_value(v)
         ops = tuple(Put(k, v) for k, v in req.pairs)
-        self._plain_write(req.context, ops, e, respond)
+        self._plain_write(req.context, ops, req.session, e, respond)
 
     def raw_delete(self, req: kv.RawDeleteRequest, _: RequestContext, respond: Respond) -> None:
-        self._plain_write(req.context, (Delete(req.key),), self._check_key(req.key), respond)
+        e = self._check_key(req.key)
+        self._plain_write(req.context, (Delete(req.key),), req.session, e, respond)
 
     def raw_batch_delete(
         self, req: kv.RawBatchDeleteRequest, _: RequestContext, respond: Respond
     ) -> None:
         ops = tuple(Delete(k) for k in req.keys)
-        self._plain_write(req.context, ops, self._check_keys(req.keys), respond)
+        self._plain_write(req.context, ops, req.session, self._check_keys(req.keys), respond)
 
     def raw_delete_range(
         self, req: kv.RawDeleteRangeRequest, _: RequestContext, respond: Respond
     ) -> None:
         e = self._check_range(req.start_key, req.end_key)
         ops = (DeleteRange(req.start_key, req.end_key),)
-        self._plain_write(req.context, ops, e, respond)
+        self._plain_write(req.context, ops, req.session, e, respond)
 
     def raw_compare_and_set(
         self, req: kv.RawCompareAndSetRequest, _: RequestContext, respond: Respond
@@ -292,6 +307,7 @@ class KvService:
             self._check_key(req.key)
             or self._check_value(req.expected)
             or self._check_value(req.new_value)
+            or self._check_session(req.session)
         )
         if e is not None:
             respond(kv.RawCompareAndSetResponse(error=e))
@@ -301,10 +317,14 @@ class KvService:
             if not isinstance(value, WriteDone):
                 respond(kv.RawCompareAndSetResponse(region_error=value))
                 return
+            if value.error is not None:
+                respond(kv.RawCompareAndSetResponse(error=value.error))
+                return
             r = value.results[0]
             respond(kv.RawCompareAndSetResponse(succeeded=r.succeeded, previous=r.previous))
 
-        self._write(req.context, (CompareAndSet(req.key, req.expected, req.new_value),), done)
+        op = CompareAndSet(req.key, req.expected, req.new_value)
+        self._write(req.context, (op,), req.session, done)
 
 
 _WRITE_OK = kv.RawWriteResponse()

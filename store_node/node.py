@@ -18,15 +18,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from kvproto.errorpb import RegionError, ServerIsBusy
-from kvproto.kvrpcpb import Context
+from kvproto.kvrpcpb import Context, SessionRef
 from kvproto.metapb import Region, StoreId
 from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
@@ -393,7 +395,8 @@ class StoreNode:
         while True:
             await trio.sleep_until(next_tick)
             next_tick = max(next_tick + interval, trio.current_time())
-            await self.submit(StoreCore.tick)
+            # The wall clock stamps commands (session expiry reads it).
+            await self.submit(partial(StoreCore.tick, now_ms=int(time.time() * 1000)))
 
     async def _run_kv_syncer(self) -> None:
         while True:
@@ -412,6 +415,7 @@ class StoreNode:
         ctx: Context,
         ops: tuple[WriteOp, ...],
         nbytes: int,
+        session: SessionRef | None,
         done: Callable[[WriteDone | RegionError], None],
     ) -> None:
         """`write` for deferred handlers: `done` gets the reply in the loop."""
@@ -420,7 +424,7 @@ class StoreNode:
             done(ServerIsBusy("the store is starting", backoff_ms=100))
             return
         token = Callback(done)
-        err = core.propose_write(token, ctx, ops, nbytes)
+        err = core.propose_write(token, ctx, ops, nbytes, session)
         if err is not None:
             token.set(err)
         self._nudge()

@@ -15,13 +15,17 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from kvproto.errorpb import RegionError, StaleCommand, UndeterminedResult
+from kvproto.kvrpcpb import KvError, SessionRef
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionId
 from kvproto.raft_cmdpb import (
     AdminRequest,
+    ClientWrite,
     RaftCmdRequest,
     RaftRequestHeader,
+    WriteCommand,
     WriteOp,
+    WriteOutcome,
     WriteResult,
 )
 from raft.node import RaftNode
@@ -38,7 +42,11 @@ Token = Hashable
 
 @dataclass(frozen=True, slots=True)
 class WriteDone:
-    results: tuple[WriteResult, ...]
+    """A client write was applied, now or (session) before: its ops'
+    results; or its session refused it (`error`, SESSION_EXPIRED)."""
+
+    results: tuple[WriteResult, ...] = ()
+    error: KvError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +76,12 @@ class Reply:
 
 @dataclass(slots=True)
 class Proposal:
-    """A proposed entry and who waits for it: each waiter gets the results of
-    its own slice of the command's ops."""
+    """A proposed entry and who waits for it: each waiter gets the outcome
+    of its own client write (by position in the command)."""
 
     index: int
     term: int
-    waiters: list[tuple[Token, int, int]]  # (token, first op, end op)
+    waiters: list[tuple[Token, int]]  # (token, client write index)
     is_admin: bool = False
 
 
@@ -91,6 +99,7 @@ class QueuedWrite:
     token: Token
     ops: tuple[WriteOp, ...]
     nbytes: int
+    session: SessionRef | None = None
 
 
 @dataclass(slots=True)
@@ -150,12 +159,18 @@ class Peer:
             return None
         return self.peer_cache.get(PeerId(lid)) or self.region.find_peer(PeerId(lid))
 
-    def command(
-        self, requests: tuple[WriteOp, ...] = (), admin: AdminRequest | None = None
-    ) -> RaftCmdRequest:
-        """A command for this region's log, stamped with its epoch now."""
-        header = RaftRequestHeader(RegionId(self.region.id), self.meta.id, self.region.epoch)
-        return RaftCmdRequest(header=header, requests=requests, admin=admin)
+    def command(self, admin: AdminRequest) -> RaftCmdRequest:
+        """An admin command for this region's log, stamped with its epoch now."""
+        return RaftCmdRequest(header=self._header(), admin=admin)
+
+    def write_command(
+        self, writes: tuple[ClientWrite, ...], time_ms: int, session_ttl_ms: int
+    ) -> WriteCommand:
+        """Client writes for this region's log, stamped with its epoch now."""
+        return WriteCommand(self._header(), time_ms, session_ttl_ms, writes)
+
+    def _header(self) -> RaftRequestHeader:
+        return RaftRequestHeader(RegionId(self.region.id), self.meta.id, self.region.epoch)
 
     def remember_peers(self, region: Region) -> None:
         for p in region.peers:
@@ -167,7 +182,7 @@ class Peer:
         self,
         index: int,
         term: int,
-        results: tuple[WriteResult, ...],
+        writes: tuple[WriteOutcome, ...],
         err: RegionError | None,
         regions: tuple[Region, ...] = (),
     ) -> list[Reply]:
@@ -184,17 +199,21 @@ class Peer:
             if p.index < index:
                 # Skipped by a snapshot (`resolve_snapshot` answers those):
                 # whether it committed is not known here.
-                replies.extend(Reply(t, UndeterminedResult()) for t, _, _ in p.waiters)
+                replies.extend(Reply(t, UndeterminedResult()) for t, _ in p.waiters)
             elif (p.index == index and p.term != term) or p.term < term:
-                replies.extend(Reply(t, StaleCommand()) for t, _, _ in p.waiters)
+                replies.extend(Reply(t, StaleCommand()) for t, _ in p.waiters)
             elif p.index == index:
-                for t, lo, hi in p.waiters:
+                for t, i in p.waiters:
                     if err is not None:
                         replies.append(Reply(t, err))
                     elif p.is_admin:
                         replies.append(Reply(t, AdminDone(regions or (self.region,))))
                     else:
-                        replies.append(Reply(t, WriteDone(results[lo:hi])))
+                        outcome = writes[i]
+                        if isinstance(outcome, KvError):
+                            replies.append(Reply(t, WriteDone(error=outcome)))
+                        else:
+                            replies.append(Reply(t, WriteDone(outcome)))
             else:
                 keep.append(p)
         self.proposals = keep
@@ -217,13 +236,13 @@ class Peer:
                 keep.append(p)
                 continue
             err: RegionError = StaleCommand() if p.term > term else UndeterminedResult()
-            replies.extend(Reply(t, err) for t, _, _ in p.waiters)
+            replies.extend(Reply(t, err) for t, _ in p.waiters)
         self.proposals = keep
         return replies
 
     def fail_all(self, err: RegionError) -> list[Reply]:
         """Answer everything waiting (the peer is being destroyed or stopped)."""
-        replies = [Reply(t, err) for p in self.proposals for t, _, _ in p.waiters]
+        replies = [Reply(t, err) for p in self.proposals for t, _ in p.waiters]
         replies += [Reply(w.token, err) for w in self.queued_writes]
         replies += [Reply(t, err) for t in self.queued_reads]
         for b in list(self.reading.values()) + list(self.read_waiting):

@@ -80,3 +80,65 @@ def decode_apply_state(b: bytes) -> ApplyState:
     if version != _VERSION:
         raise CorruptRecordError(f"unknown apply state version {version}")
     return ApplyState(applied, tindex, tterm, aterm)
+
+
+_SESSION_RECORD = struct.Struct(">BQQQ")  # version, last active (ms), floor, max seq
+_SESSION_META = struct.Struct(">BQQQQ")  # version, clock, next sweep, horizon (ms), count
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What a region remembers of one client session (store_node.sessions).
+
+    `last_active_ms`: the log time of its latest write here. `floor`:
+    answers of numbers below it are forgotten (acknowledged, or pushed out
+    of the window). `max_seq`: the highest number applied here.
+    """
+
+    last_active_ms: int
+    floor: int
+    max_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionMeta:
+    """A region's session clock and bookkeeping.
+
+    `clock_ms`: the latest log time applied (never goes back, whatever the
+    leaders' clocks). `next_sweep_ms`: when idle sessions are looked for
+    next. `horizon_ms`: the latest last-active time of a session this region
+    forgot. `count`: sessions remembered.
+    """
+
+    clock_ms: int = 0
+    next_sweep_ms: int = 0
+    horizon_ms: int = 0
+    count: int = 0
+
+
+def encode_session_record(r: SessionRecord) -> bytes:
+    return _SESSION_RECORD.pack(_VERSION, r.last_active_ms, r.floor, r.max_seq)
+
+
+def decode_session_record(b: bytes) -> SessionRecord:
+    try:
+        version, active, floor, max_seq = _SESSION_RECORD.unpack(b)
+    except struct.error as e:
+        raise CorruptRecordError(f"bad session record: {e}") from e
+    if version != _VERSION:
+        raise CorruptRecordError(f"unknown session record version {version}")
+    return SessionRecord(active, floor, max_seq)
+
+
+def encode_session_meta(m: SessionMeta) -> bytes:
+    return _SESSION_META.pack(_VERSION, m.clock_ms, m.next_sweep_ms, m.horizon_ms, m.count)
+
+
+def decode_session_meta(b: bytes) -> SessionMeta:
+    try:
+        version, clock, next_sweep, horizon, count = _SESSION_META.unpack(b)
+    except struct.error as e:
+        raise CorruptRecordError(f"bad session meta: {e}") from e
+    if version != _VERSION:
+        raise CorruptRecordError(f"unknown session meta version {version}")
+    return SessionMeta(clock, next_sweep, horizon, count)

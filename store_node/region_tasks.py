@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kvproto.metapb import Region
 from kvproto.raft_serverpb import PeerState
-from store_node import keys
+from store_node import keys, sessions
 from store_node.apply import write_apply_state, write_region_state
 from store_node.engine import KvTxn
 from store_node.records import ApplyState
@@ -68,7 +68,8 @@ def subtract_ranges(target: Range, others: list[Range]) -> list[Range]:
 def install_snapshot(txn: KvTxn, task: SnapshotTask) -> int:
     for start, end in task.clear:
         txn.delete_range(keys.DATA_DB, start, end)
-    n = load_into(txn, task.path)
+    sessions.delete_region(txn, task.region.id)
+    n = load_into(txn, task.path, task.region.id)
     write_region_state(txn, task.region)
     write_apply_state(txn, task.region.id, ApplyState(task.index, task.index, task.term, task.term))
     log.info(
@@ -80,5 +81,6 @@ def install_snapshot(txn: KvTxn, task: SnapshotTask) -> int:
 def destroy_peer(txn: KvTxn, task: DestroyTask) -> None:
     for start, end in task.clear:
         txn.delete_range(keys.DATA_DB, start, end)
+    sessions.delete_region(txn, task.region.id)
     write_region_state(txn, task.region, PeerState.TOMBSTONE)
     txn.delete(keys.APPLY_DB, keys.region_key(task.region.id))

@@ -7,8 +7,13 @@ so data and metadata always agree. The pairs stream into a file under
 opaque data is a `SnapshotDescriptor` naming size and checksum. Loading
 replays the file into a `kv/` write transaction.
 
-File format: the magic b"SKVSNAP1", then per pair a 4-byte big-endian key
-length, a 4-byte big-endian value length, the key, the value.
+The region's client sessions (`store_node.sessions`) travel with the data:
+a retry answered from a session must be answered alike by every replica.
+
+File format: the magic b"SKVSNAP2", then per pair a 4-byte big-endian key
+length, a 4-byte big-endian value length, the key, the value: first the
+data pairs, then (after a record whose key length is 0xFFFFFFFF and value
+length 0) the session rows, keys without their region prefix.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from store_node.records import decode_apply_state
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"SKVSNAP1"
+MAGIC = b"SKVSNAP2"
+# Starts the session section (no key is that long).
+_SESSIONS_MARK = (0xFFFFFFFF, 0)
 _LENS = struct.Struct(">II")
 _READ_CHUNK = 1 << 20
 
@@ -74,15 +81,26 @@ def generate(engine: Engine, snap_dir: SnapDir, region_id: int) -> tuple[Snapsho
         size = len(MAGIC)
         count = 0
         with open(tmp, "wb") as f:
+
+            def write(rec: bytes) -> None:
+                nonlocal crc, size
+                f.write(rec)
+                crc = zlib.crc32(rec, crc)
+                size += len(rec)
+
             f.write(MAGIC)
             for k, v in scan_cursor(
                 txn, engine.kv_db(keys.DATA_DB), region.start_key, region.end_key
             ):
-                rec = _LENS.pack(len(k), len(v)) + bytes(k) + bytes(v)
-                f.write(rec)
-                crc = zlib.crc32(rec, crc)
-                size += len(rec)
+                write(_LENS.pack(len(k), len(v)) + bytes(k) + bytes(v))
                 count += 1
+            write(_LENS.pack(*_SESSIONS_MARK))
+            prefix = keys.session_prefix(region_id)
+            for k, v in scan_cursor(
+                txn, engine.kv_db(keys.SESSION_DB), prefix, keys.session_prefix(region_id + 1)
+            ):
+                suffix = bytes(k)[len(prefix) :]
+                write(_LENS.pack(len(suffix), len(v)) + suffix + bytes(v))
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -131,7 +149,9 @@ def verify(path: Path, desc: SnapshotDescriptor) -> None:
         raise SnapshotFileError(f"{path.name}: checksum mismatch")
 
 
-def read_pairs(path: Path) -> Iterator[tuple[bytes, bytes]]:
+def read_records(path: Path) -> Iterator[tuple[bool, bytes, bytes]]:
+    """(is a session row, key, value) for every record of the file."""
+    sessions = False
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise SnapshotFileError(f"{path.name}: not a snapshot file")
@@ -142,16 +162,23 @@ def read_pairs(path: Path) -> Iterator[tuple[bytes, bytes]]:
             if len(head) != _LENS.size:
                 raise SnapshotFileError(f"{path.name}: truncated record header")
             klen, vlen = _LENS.unpack(head)
+            if (klen, vlen) == _SESSIONS_MARK:
+                sessions = True
+                continue
             body = f.read(klen + vlen)
             if len(body) != klen + vlen:
                 raise SnapshotFileError(f"{path.name}: truncated record")
-            yield body[:klen], body[klen:]
+            yield sessions, body[:klen], body[klen:]
 
 
-def load_into(txn: KvTxn, path: Path) -> int:
-    """Write every pair of the file into the transaction; returns the count."""
+def load_into(txn: KvTxn, path: Path, region_id: int) -> int:
+    """Write every record of the file into the transaction (the region's
+    data and session rows); returns the count of data pairs."""
     n = 0
-    for k, v in read_pairs(path):
-        txn.put(keys.DATA_DB, k, v)
-        n += 1
+    for is_session, k, v in read_records(path):
+        if is_session:
+            txn.put(keys.SESSION_DB, keys.session_prefix(region_id) + k, v)
+        else:
+            txn.put(keys.DATA_DB, k, v)
+            n += 1
     return n

@@ -151,6 +151,9 @@ class FakeCluster:
     # old range (like TiKV after a split), not just the region asked.
     epoch_error_with_siblings: bool = False
     next_id: int = 100
+    # Answers of session writes, by (region id, session id, number); a split
+    # copies the region's to the new one.
+    session_answers: dict[tuple[int, bytes, int], object] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -198,6 +201,9 @@ class FakeCluster:
         )
         self.regions[old.id] = left
         self.regions[new_id] = right
+        for (rid, sid, seq), answer in list(self.session_answers.items()):
+            if rid == old.id:
+                self.session_answers[(new_id, sid, seq)] = answer
         leader = self.leaders.get(old.id)
         self.leaders[new_id] = None if leader is None else right.peer_on_store(leader.store_id)
         return left, right
@@ -378,6 +384,18 @@ class FakeStore:
         )
 
     def _execute(self, req: Any) -> object:
+        """Run the request; a write of a session runs once per number (a
+        retry gets the first answer), as on a real store."""
+        session = getattr(req, "session", None)
+        if session is None:
+            return self._run(req)
+        key = (req.context.region_id, session.session_id, session.seq)
+        answers = self.cluster.session_answers
+        if key not in answers:
+            answers[key] = self._run(req)
+        return answers[key]
+
+    def _run(self, req: Any) -> object:
         data = self.cluster.data
         if isinstance(req, kv.RawGetRequest):
             return kv.RawGetResponse(value=data.get(req.key))

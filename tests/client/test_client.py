@@ -450,13 +450,13 @@ async def test_errors_that_prove_nothing_was_applied_retry_conditional_writes(
             assert h.cluster.data[b"k"] == b"1"
 
 
-async def test_region_not_found_makes_a_conditional_write_undetermined(
+async def test_without_a_session_region_not_found_makes_a_conditional_write_undetermined(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     # A store answers RegionNotFound to the proposals in flight of a peer it
     # destroys, which may have committed elsewhere: no proof of non-execution.
     with trio.fail_after(LIMIT):
-        async with fake_cluster() as h:
+        async with fake_cluster(config=ClientConfig(exactly_once=False)) as h:
             h.store(1).add_rule(on(kv.RawCompareAndSetRequest), RegionNotFound(RegionId(1)))
             with pytest.raises(UndeterminedError, match="compare_and_set b'k'"):
                 await h.kv.compare_and_set(b"k", None, b"1")
@@ -546,11 +546,44 @@ async def test_a_store_that_comes_back_is_used_again(
             assert h.cluster.seen[-1].store_id == 1
 
 
-async def test_compare_and_set_after_a_lost_connection_is_undetermined(
+async def test_compare_and_set_after_a_lost_connection_is_retried_in_its_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The first attempt applied and its answer was lost with the connection;
+    # the retry carries the same request number and gets that answer, where
+    # applying it again would answer (False, b"1").
+    with trio.fail_after(LIMIT):
+        async with fake_cluster() as h:
+            h.store(1).add_rule(on(kv.RawCompareAndSetRequest), Cut(apply=True))
+            assert await h.kv.compare_and_set(b"k", None, b"1") == (True, None)
+            answers = [s.answer for s in h.cluster.seen]
+            assert answers[0] == "Cut" and answers[-1] == "ok", answers
+            assert len(h.cluster.session_answers) == 1
+            assert h.cluster.data[b"k"] == b"1"
+
+
+async def test_put_after_a_lost_connection_is_not_applied_again_after_a_later_delete(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The retried-put bug of issue 11: put applied, answer lost; meanwhile
+    # another client deletes the key; the retry must not bring the value back.
+    with trio.fail_after(LIMIT):
+        async with fake_cluster() as h:
+            h.store(1).add_rule(on(kv.RawPutRequest), Cut(apply=True))
+            h.store(1).latency = 0.0
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(h.kv.put, b"k", b"1")
+                await trio.sleep(0.001)  # the put applied, its connection is cut
+                assert h.cluster.data.get(b"k") == b"1"
+                h.cluster.data.pop(b"k")  # another client's delete
+            assert b"k" not in h.cluster.data
+
+
+async def test_without_a_session_compare_and_set_after_a_lost_connection_is_undetermined(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     with trio.fail_after(LIMIT):
-        async with fake_cluster() as h:
+        async with fake_cluster(config=ClientConfig(exactly_once=False)) as h:
             h.store(1).add_rule(on(kv.RawCompareAndSetRequest), Cut(apply=True))
             with pytest.raises(UndeterminedError) as info:
                 await h.kv.compare_and_set(b"k", None, b"1")

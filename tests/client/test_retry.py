@@ -12,11 +12,14 @@ from client import retry
 from client.cache import CachedRegion, RegionCache
 from client.errors import (
     DeadlineExceeded,
+    InvalidArgument,
     PdUnavailable,
     StoreError,
     UndeterminedError,
 )
 from client.retry import Attempts, BackoffKind, GiveUp, OpKind, Retry
+from client.session import Session
+from kvproto import kvrpcpb as kv
 from kvproto.errorpb import (
     EpochNotMatch,
     KeyNotInRegion,
@@ -306,3 +309,82 @@ def test_pd_and_store_lookups() -> None:
     assert retry.on_no_peer(cache, entry, att) == Retry(BackoffKind.STORE)
     assert not att.avoid
     assert retry.on_region_unknown("b'k'", att) == Retry(BackoffKind.REGION_MISS)
+
+
+# -- exactly-once writes ---------------------------------------------------------------
+
+
+def _with_session(kind: OpKind) -> tuple[RegionCache, CachedRegion, Attempts, Session]:
+    cache, entry, att = setup(kind)
+    session = Session.open(random.Random(3), now_ms=1_000)
+    att.begin_request(session)
+    return cache, entry, att, session
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RpcConnectionLostError("lost"), RegionNotFound(RegionId(1)), UndeterminedResult()],
+)
+def test_in_a_session_a_conditional_write_is_retried_after_an_unknown_outcome(
+    error: object,
+) -> None:
+    cache, entry, att, _ = _with_session(OpKind.CONDITIONAL_WRITE)
+    ref = att.session_ref()
+    assert ref is not None and not ref.retry
+    if isinstance(error, RpcConnectionLostError):
+        d = retry.on_rpc_error(cache, entry, P1, error, att)
+    else:
+        d = retry.on_region_error(cache, entry, P1, error, att)  # type: ignore[arg-type]
+    assert isinstance(d, Retry) and att.maybe_executed
+    again = att.session_ref()
+    assert again is not None and again.retry and again.seq == ref.seq
+
+
+def test_in_a_session_the_deadline_after_an_unknown_outcome_is_undetermined() -> None:
+    cache, entry, att, _ = _with_session(OpKind.CONDITIONAL_WRITE)
+    d = retry.on_rpc_error(cache, entry, P1, RpcTimeoutError("slow"), att)
+    assert isinstance(d, GiveUp) and isinstance(d.error, UndeterminedError)
+
+
+def test_a_forgotten_session_is_undetermined_only_if_an_attempt_may_have_applied() -> None:
+    _, _, att, _ = _with_session(OpKind.WRITE)
+    assert retry.on_session_expired(P1, att) == Retry(None, renew_session=True)
+    att.maybe_executed = True
+    d = retry.on_session_expired(P1, att)
+    assert isinstance(d, GiveUp) and isinstance(d.error, UndeterminedError)
+
+
+def test_a_batch_group_keeps_the_calls_request_number() -> None:
+    _, _, att, session = _with_session(OpKind.WRITE)
+    child = att.child("batch_put part")
+    assert child.seq == att.seq and child.session is session
+
+
+def test_judge_passes_answers_and_decides_errors() -> None:
+    cache, entry, att, _ = _with_session(OpKind.CONDITIONAL_WRITE)
+    ok = kv.RawCompareAndSetResponse(succeeded=True)
+    assert retry.judge(cache, entry, P1, ok, kv.RawCompareAndSetResponse, att) is ok
+    wrong = kv.RawWriteResponse()
+    d = retry.judge(cache, entry, P1, wrong, kv.RawCompareAndSetResponse, att)
+    assert isinstance(d, Retry) and att.maybe_executed  # a protocol error may have run
+    expired = kv.RawCompareAndSetResponse(
+        error=kv.KvError(kv.KvErrorCode.SESSION_EXPIRED, "forgotten")
+    )
+    d = retry.judge(cache, entry, P1, expired, kv.RawCompareAndSetResponse, att)
+    assert isinstance(d, GiveUp) and isinstance(d.error, UndeterminedError)
+    bad = kv.RawCompareAndSetResponse(error=kv.KvError(kv.KvErrorCode.KEY_TOO_LARGE, "big"))
+    with pytest.raises(InvalidArgument):
+        retry.judge(cache, entry, P1, bad, kv.RawCompareAndSetResponse, att)
+
+
+def test_a_session_acknowledges_every_number_below_its_oldest_running_call() -> None:
+    s = Session.open(random.Random(1), now_ms=5)
+    assert len(s.session_id) == 16 and s.acked_below() == 1
+    a, b, c = s.begin(), s.begin(), s.begin()
+    assert (a, b, c) == (1, 2, 3) and s.acked_below() == 1
+    s.end(b)
+    assert s.acked_below() == 1
+    s.end(a)
+    assert s.acked_below() == 3
+    s.end(c)
+    assert s.acked_below() == 4 and s.ref(7, retry=True).acked_below == 4
