@@ -1,4 +1,5 @@
-"""Session-wide pytest hooks: an empty or all-skipped run is a failure."""
+"""Session-wide pytest hooks: an empty or all-skipped run is a failure; the
+options of the deterministic simulations (tests/raft/raftsim, tests/sim)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Only the full run (not a -k / file selection of skipped tests) is judged.
     if exitstatus == 0 and _passed == 0 and not session.config.option.collectonly:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # The deterministic simulator (tests/raft/raftsim, tests/sim): replay one seed.
+    parser.addoption(
+        "--seed",
+        type=int,
+        default=None,
+        help="run the simulator tests with this seed only (replays a reported failure)",
+    )
+    parser.addoption(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps (processed events) per simulator run, instead of each test's default",
+    )

@@ -144,12 +144,18 @@ class ClientConfig:
     # apply twice and a conditional write raises UndeterminedError instead
     # of retrying after an unknown outcome (what TiKV's raw client does).
     exactly_once: bool = True
+    # The longest one attempt waits for a store's answer before the call
+    # tries another peer (within the call's deadline): a stopped store, or
+    # a leader cut off from its followers, never answers.
+    attempt_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise ValueError(f"timeout must be positive, got {self.timeout}")
         if not 1 <= self.batch_max_keys <= 10_000:
             raise ValueError(f"batch_max_keys must be in 1..10000, got {self.batch_max_keys}")
+        if not self.attempt_timeout > 0:
+            raise ValueError(f"attempt_timeout must be positive, got {self.attempt_timeout}")
         if self.batch_max_bytes < 1:
             raise ValueError(f"batch_max_bytes must be positive, got {self.batch_max_bytes}")
 
@@ -582,7 +588,13 @@ class Client:
         if not t > 0 or math.isnan(t):
             raise InvalidArgument(what, f"timeout must be positive, got {t}")
         return Attempts(
-            what, kind, trio.current_time() + t, t, self._rng, backoffs=self.config.backoffs
+            what,
+            kind,
+            trio.current_time() + t,
+            t,
+            self._rng,
+            backoffs=self.config.backoffs,
+            attempt_timeout=self.config.attempt_timeout,
         )
 
     async def _single(
@@ -619,7 +631,7 @@ class Client:
         att.attempts += 1
         try:
             resp: object = await conn.call(
-                request_for(ctx), timeout=att.remaining(trio.current_time())
+                request_for(ctx), timeout=att.attempt_budget(trio.current_time())
             )
         except EncodeError as e:
             raise InvalidArgument(att.what, f"request cannot be sent: {e}") from None

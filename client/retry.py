@@ -45,6 +45,7 @@ The policy (see also `POLICY`, which the docs and tests print):
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -181,7 +182,8 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     (
         "RpcTimeoutError",
         "no",
-        "deadline reached: read DeadlineExceeded, write UndeterminedError",
+        "deadline reached: read DeadlineExceeded, write UndeterminedError; attempt timeout "
+        "(attempt_timeout) before the deadline: as RpcConnectionLostError",
     ),
     (
         "RpcRemoteError INTERNAL",
@@ -266,6 +268,12 @@ class Attempts:
     # it (None: no session).
     session: Session | None = None
     seq: int = 0
+    # The longest one attempt may wait for its answer before the call tries
+    # another peer (a store that is stopped or cut off never answers).
+    attempt_timeout: float = math.inf
+    # Whether the last attempt's timeout was `attempt_timeout` rather than
+    # what was left of the deadline.
+    capped: bool = False
     _tries: dict[BackoffKind, int] = field(default_factory=dict)
     _free: int = 0
 
@@ -311,6 +319,7 @@ class Attempts:
             maybe_executed=self.maybe_executed,
             session=self.session,
             seq=self.seq,
+            attempt_timeout=self.attempt_timeout,
         )
 
     def note(self, cause: str, *, pd: bool = False) -> None:
@@ -319,6 +328,12 @@ class Attempts:
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.deadline - now)
+
+    def attempt_budget(self, now: float) -> float:
+        """The timeout of the attempt about to be sent."""
+        left = self.remaining(now)
+        self.capped = self.attempt_timeout < left
+        return min(left, self.attempt_timeout)
 
     def expired(self) -> ClientError:
         """The error for a deadline that passed."""
@@ -432,14 +447,16 @@ def on_rpc_error(
     """The call to `peer`'s store failed with `err`."""
     cause = f"store {peer.store_id}: {err}"
     att.note(cause)
-    if isinstance(err, RpcTimeoutError):
-        # Each attempt may use what is left of the deadline: it is gone.
+    if isinstance(err, RpcTimeoutError) and not att.capped:
+        # The attempt had what was left of the deadline: it is gone.
         if att.kind is OpKind.CONDITIONAL_WRITE and not att.exactly_once:
             return _undetermined(att, cause)
         att.maybe_executed = att.maybe_executed or att.is_write
         return GiveUp(att.expired())
-    if isinstance(err, RpcConnectionLostError):
-        # The connection died with the request in flight.
+    if isinstance(err, RpcConnectionLostError | RpcTimeoutError):
+        # The connection died with the request in flight, or the store did
+        # not answer within the attempt's time (stopped, cut off, or a
+        # leader that cannot commit): it may have run; try elsewhere.
         if att.kind is OpKind.CONDITIONAL_WRITE and not att.exactly_once:
             cache.invalidate_region(entry.region)
             return _undetermined(att, cause)

@@ -286,7 +286,11 @@ class Engine:
         *,
         sync: bool = True,
         map_size: int = DEFAULT_MAP_SIZE,
+        flush_to_disk: bool = True,
     ) -> None:
+        """`flush_to_disk` False opens both environments without any fsync
+        while the engine keeps `sync`'s rules (which writes wait for which):
+        for a simulation that models what a crash keeps by itself."""
         self.data_dir = Path(data_dir)
         # One store process per data directory (two would corrupt it).
         self._lock = DirLock(self.data_dir, "store")
@@ -294,10 +298,11 @@ class Engine:
         # `sync` governs the raft log (the durability point). kv/ flushes
         # each commit's data pages but not its meta page (MDB_NOMETASYNC),
         # see the module docstring; without `sync` nothing is flushed.
+        flush = sync and flush_to_disk
         self.kv = _Env(
-            self.data_dir / "kv", self.KV_DBS, sync=sync, metasync=False, map_size=map_size
+            self.data_dir / "kv", self.KV_DBS, sync=flush, metasync=False, map_size=map_size
         )
-        self.raft = _Env(raft_path, self.RAFT_DBS, sync=sync, map_size=map_size)
+        self.raft = _Env(raft_path, self.RAFT_DBS, sync=flush, map_size=map_size)
         self.sync = sync
         # Bumped by every kv write; `kv_durable_seq` is the last one synced.
         self._kv_seq = 0

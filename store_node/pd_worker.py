@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -120,20 +121,22 @@ class PdWorker:
 
     async def _execute(self, region_id: int, resp: pdpb.RegionHeartbeatResponse) -> None:
         """Carry out the operator step the PD answered with, if any."""
-        if resp.change_peer is not None and resp.region_epoch is not None:
-            epoch, req = resp.region_epoch, resp.change_peer
-
-            def change(core: StoreCore) -> None:
-                refused = core.change_peer(PD_ORDER, region_id, epoch, req)
-                if refused is not None:
-                    log.info("region %d: PD conf change not proposed: %s", region_id, refused)
-
-            await self.node.submit(change)
-        elif resp.transfer_leader is not None:
-            target = resp.transfer_leader.id
-            await self.node.submit(lambda core: core.transfer_leader(region_id, target))
-        elif resp.split_region is not None:
+        if resp.split_region is not None:
             await self.node.split_region(region_id, resp.split_region.keys)
+        elif resp.change_peer is not None or resp.transfer_leader is not None:
+            await self.node.submit(partial(execute_order, region_id=region_id, resp=resp))
+
+
+def execute_order(core: StoreCore, region_id: int, resp: pdpb.RegionHeartbeatResponse) -> None:
+    """Carry out a PD operator step that needs nothing but the core: a
+    membership change (if planned on the region's epoch) or a leader
+    transfer. (A split order needs a size scan and ids first.)"""
+    if resp.change_peer is not None and resp.region_epoch is not None:
+        refused = core.change_peer(PD_ORDER, region_id, resp.region_epoch, resp.change_peer)
+        if refused is not None:
+            log.info("region %d: PD conf change not proposed: %s", region_id, refused)
+    elif resp.transfer_leader is not None:
+        core.transfer_leader(region_id, resp.transfer_leader.id)
 
 
 def _learn_limits(limits: tuple[int, int]) -> Callable[[StoreCore], None]:

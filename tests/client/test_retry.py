@@ -388,3 +388,14 @@ def test_a_session_acknowledges_every_number_below_its_oldest_running_call() -> 
     assert s.acked_below() == 3
     s.end(c)
     assert s.acked_below() == 4 and s.ref(7, retry=True).acked_below == 4
+
+
+def test_an_attempt_timeout_before_the_deadline_is_a_lost_connection() -> None:
+    cache, entry, att, _ = _with_session(OpKind.WRITE)
+    att.attempt_timeout = 1.0
+    assert att.attempt_budget(now=0.0) == 1.0 and att.capped
+    d = retry.on_rpc_error(cache, entry, P1, RpcTimeoutError("slow"), att)
+    assert isinstance(d, Retry) and att.maybe_executed and StoreId(1) in att.avoid
+    assert att.attempt_budget(now=9.5) == 0.5 and not att.capped
+    d = retry.on_rpc_error(cache, entry, P1, RpcTimeoutError("slow"), att)
+    assert isinstance(d, GiveUp) and isinstance(d.error, UndeterminedError)

@@ -12,16 +12,3 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="regenerate the expected outputs of tests/raft/testdata/*.txt in place",
     )
-    # The deterministic simulator (tests/raft/raftsim): replay one seed.
-    parser.addoption(
-        "--seed",
-        type=int,
-        default=None,
-        help="run the simulator tests with this seed only (replays a reported failure)",
-    )
-    parser.addoption(
-        "--steps",
-        type=int,
-        default=None,
-        help="steps (processed events) per simulator run, instead of each test's default",
-    )

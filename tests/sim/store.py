@@ -1,0 +1,459 @@
+"""A store in the simulation: the real `StoreCore`, `KvService` and engine
+(real LMDB in a temp dir, behind the `SimEngine` disk model), driven the way
+`store_node.node.StoreNode` drives them, on the simulation's clock.
+
+A round is two events, as in the real store where the loop hands the write
+to a worker thread: at its start `end_round()` runs and the messages that may
+leave before the write (a leader's appends) are sent; one fsync later the
+batch is persisted and applied, the other messages are sent, and waiters
+are answered. A crash in between loses the round's writes, like a process
+killed during its fsync. Between rounds the store takes the queued events
+(Raft messages, snapshot reports, PD orders); client requests enter the core
+at once (admission only queues work for the next round), as in the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+from kvproto import pdpb
+from kvproto.errorpb import RegionError, ServerIsBusy
+from kvproto.kvrpcpb import Context, SessionRef
+from kvproto.metapb import Region, StoreId
+from kvproto.raft_cmdpb import WriteOp
+from kvproto.raft_serverpb import RaftMessage, SnapshotKey
+from kvproto.rpc import Deferred, RequestContext
+from store_node.bootstrap import load_store
+from store_node.core import CoreConfig, RoundOutput, StoreCore
+from store_node.engine import Engine
+from store_node.kv_service import KvService, Limits
+from store_node.node import SPLIT_ORDER, Callback
+from store_node.pd_worker import execute_order, region_heartbeat_request
+from store_node.peer import ReadPermit, WriteDone
+from store_node.persist import persist_and_apply
+from store_node.snapshot import SnapDir, descriptor_of, generate, verify
+from store_node.split import scan_region
+from tests.sim.disk import SimEngine, SyncMode
+from tests.sim.pd import SimPd
+from tests.sim.world import Net, World
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1
+REGION_HEARTBEAT_INTERVAL = 1.0
+STORE_HEARTBEAT_INTERVAL = 1.0
+KV_SYNC_INTERVAL = 5.0
+
+Event = Callable[[StoreCore], None]
+
+
+class SimStore:
+    def __init__(
+        self,
+        world: World,
+        net: Net,
+        pd: SimPd,
+        store_id: int,
+        root: Path,
+        config: CoreConfig,
+        kv_mode: SyncMode,
+    ) -> None:
+        self.world = world
+        self.net = net
+        self.pd = pd
+        self.store_id = StoreId(store_id)
+        self.name = f"s{store_id}"
+        self.root = root
+        self.config = config
+        self.kv_mode = kv_mode
+        self.others: dict[int, SimStore] = {}
+        self.up = False
+        self.incarnation = 0
+        self.connections: set[Callable[[], None]] = set()
+        self.engine: Engine  # a SimEngine while up
+        self.core: StoreCore | None = None
+        self.snap_dir: SnapDir
+        self._events: deque[Event] = deque()
+        self._in_round = False
+        self._pump_due = False
+        # SIGSTOP: nothing runs; what arrives waits in arrival order.
+        self.paused = False
+        self._held: deque[Callable[[], None]] = deque()
+        # How far this machine's wall clock is off (commands carry it).
+        self.clock_skew_ms = 0
+        self.handlers = {
+            t: h.fn
+            for t, h in KvService(self, Limits()).handlers().items()
+            if isinstance(h, Deferred)
+        }
+        self.rounds = 0
+
+    # -- life ------------------------------------------------------------------
+
+    def start(self) -> None:
+        engine = SimEngine(
+            self.root,
+            sync=True,
+            # Durability is the disk model's; real fsyncs would only be slow.
+            flush_to_disk=False,
+            rng=random.Random(self.world.rng.getrandbits(64)),
+            kv_mode=self.kv_mode,
+        )
+        self.engine = engine
+        self.snap_dir = SnapDir(self.root / "snap")
+        self.snap_dir.clear_stale()
+        tombstones, regions = load_store(engine)
+        core = StoreCore(
+            self.store_id,
+            engine,
+            self.config,
+            random.Random(self.world.rng.getrandbits(64)),
+            tombstones=tombstones,
+        )
+        for region, apply_state in regions:
+            core.add_peer(region, apply_state)
+        self.core = core
+        self._events.clear()
+        self._held.clear()
+        self.paused = False
+        self._in_round = False
+        self._pump_due = False
+        self.up = True
+        self.incarnation += 1
+        inc = self.incarnation
+        self.world.at(TICK, self._tick, inc)
+        self.world.at(self.world.rng.uniform(0, 1), self._region_heartbeats, inc)
+        self.world.at(self.world.rng.uniform(0, 1), self._store_heartbeat, inc)
+        self.world.at(KV_SYNC_INTERVAL, self._sync_kv, inc)
+        self._nudge()
+
+    def stop(self, *, power_loss: bool) -> None:
+        """SIGKILL (`power_loss` False) or a machine crash."""
+        assert isinstance(self.engine, SimEngine)
+        loss = self.engine.power_loss() if power_loss else self.engine.crash()
+        self.world.log(f"{self.name}: {'power loss' if power_loss else 'crash'}: lost {loss}")
+        self.up = False
+        self.incarnation += 1
+        self.core = None
+        for broken in list(self.connections):
+            broken()
+        self.connections.clear()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stops; its timers, rounds and inputs wait."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT: what arrived meanwhile is taken in arrival order."""
+        self.paused = False
+        while self._held and not self.paused:
+            self._held.popleft()()
+        self._nudge()
+
+    def close(self) -> None:
+        if self.up:
+            self.up = False
+            self.incarnation += 1
+            self.core = None
+            self.engine.close()
+
+    # -- inputs ------------------------------------------------------------------
+
+    def submit(self, event: Event) -> None:
+        if self.paused:
+            self._held.append(partial(self.submit, event))
+            return
+        self._events.append(event)
+        self._nudge()
+
+    def receive(self, msgs: Sequence[RaftMessage]) -> None:
+        if not self.up:
+            return
+
+        def step(core: StoreCore) -> None:
+            for m in msgs:
+                core.step_raft(m)
+
+        self.submit(step)
+
+    # The node interface of KvService (store_node.node.StoreNode's).
+
+    def submit_write(
+        self,
+        ctx: Context,
+        ops: tuple[WriteOp, ...],
+        nbytes: int,
+        session: SessionRef | None,
+        done: Callable[[WriteDone | RegionError], None],
+    ) -> None:
+        token = Callback(done)
+        if self.core is None:
+            token.set(ServerIsBusy("the store is starting", backoff_ms=100))
+            return
+        err = self.core.propose_write(token, ctx, ops, nbytes, session)
+        if err is not None:
+            token.set(err)
+        self._nudge()
+
+    def submit_read(
+        self,
+        ctx: Context,
+        bounds: Sequence[bytes],
+        done: Callable[[ReadPermit | RegionError], None],
+    ) -> None:
+        token = Callback(done)
+        if self.core is None:
+            token.set(ServerIsBusy("the store is starting", backoff_ms=100))
+            return
+        err = self.core.read(token, ctx, bounds)
+        if err is not None:
+            token.set(err)
+        self._nudge()
+
+    def serve(self, request: object, respond: Callable[[object], None]) -> None:
+        if self.paused:
+            self._held.append(partial(self.serve, request, respond))
+            return
+        handler = self.handlers[type(request)]
+        handler(request, RequestContext("sim", 0, 0), respond)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def _nudge(self) -> None:
+        if not self._pump_due and not self._in_round and self.up:
+            self._pump_due = True
+            self.world.at(0.00005, self._pump, self.incarnation)
+
+    def _pump(self, inc: int) -> None:
+        if inc != self.incarnation:
+            return
+        self._pump_due = False
+        if self.paused:
+            return  # resume() nudges again
+        core = self.core
+        assert core is not None
+        while self._events:
+            self._events.popleft()(core)
+        if core.has_work():
+            self._start_round(core)
+
+    def _start_round(self, core: StoreCore) -> None:
+        out = core.end_round()
+        self._send(out.messages_now)
+        self._in_round = True
+        fsync = self.world.rng.uniform(0.0002, 0.001) if out.raft_batch.ops else 0.00002
+        self.world.at(fsync, self._finish_round, self.incarnation, out)
+
+    def _finish_round(self, inc: int, out: RoundOutput) -> None:
+        if inc != self.incarnation:
+            return  # died during the write
+        if self.paused:
+            self._held.append(partial(self._finish_round, inc, out))
+            return
+        core = self.core
+        assert core is not None
+        outcomes = persist_and_apply(self.engine, out)
+        self._send(out.messages_after_persist)
+        for reply in core.after_persist(out, outcomes):
+            if isinstance(reply.token, Callback):
+                reply.token.set(reply.value)
+        self.rounds += 1
+        for path in out.obsolete_files:
+            path.unlink(missing_ok=True)
+        for region_id in out.generate_snapshots:
+            self.world.at(0.002, self._generate_snapshot, inc, region_id)
+        for to_store, msg, path in out.snapshot_sends:
+            self.world.at(0.005, self._send_snapshot, inc, to_store, msg, path)
+        for region in out.split_checks:
+            self._split_check(core, region, ())
+        for regions in core.take_split_reports():
+            self.pd.call(pdpb.ReportBatchSplitRequest(pdpb.RequestHeader(), regions), _ignore)
+        for peer in core.take_heartbeat_due():
+            self._region_heartbeat(core, peer.region_id)
+        self._in_round = False
+        if self._events or core.has_work():
+            self._nudge()
+
+    def _send(self, by_store: dict[StoreId, list[RaftMessage]]) -> None:
+        for store_id, msgs in by_store.items():
+            target = self.others.get(store_id)
+            if target is not None:
+                self.net.datagram(self.name, target.name, partial(target.receive, msgs))
+
+    # -- timers -----------------------------------------------------------------------
+
+    def _tick(self, inc: int) -> None:
+        if inc != self.incarnation:
+            return
+        if self.paused:
+            # A stopped process misses its ticks; the ticker takes one when
+            # it runs again (store_node.node's ticker does the same).
+            self.world.at(TICK, self._tick, inc)
+            return
+        self.submit(partial(StoreCore.tick, now_ms=self.world.wall_ms() + self.clock_skew_ms))
+        self.world.at(TICK, self._tick, inc)
+
+    def _sync_kv(self, inc: int) -> None:
+        if inc != self.incarnation:
+            return
+        self.engine.sync_kv()
+        self.world.at(KV_SYNC_INTERVAL, self._sync_kv, inc)
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def _generate_snapshot(self, inc: int, region_id: int) -> None:
+        if inc != self.incarnation:
+            return
+
+        def generated(core: StoreCore) -> None:
+            try:
+                snap, path = generate(self.engine, self.snap_dir, region_id)
+            except Exception as e:  # the region went meanwhile
+                self.world.log(f"{self.name}: snapshot of region {region_id} failed: {e}")
+                core.on_snapshot_generation_failed(region_id)
+                return
+            old = core.on_snapshot_generated(region_id, snap, path)
+            if old is not None:
+                old.unlink(missing_ok=True)
+
+        self.submit(generated)
+
+    def _send_snapshot(self, inc: int, to_store: int, msg: RaftMessage, path: Path) -> None:
+        if inc != self.incarnation:
+            return
+        target = self.others.get(to_store)
+        rid, to_peer = msg.region_id, msg.to_peer.id
+
+        def report(ok: bool) -> None:
+            if inc == self.incarnation:
+                self.submit(lambda core: core.report_snapshot(rid, to_peer, ok))
+
+        if (
+            target is None
+            or not target.up
+            or not self.net.allows(self.name, target.name)
+            or not path.exists()
+        ):
+            report(False)
+            return
+        snap = msg.message.snapshot
+        assert snap is not None
+        desc = descriptor_of(snap)
+        key = SnapshotKey(msg.region_id, desc.term, desc.index, self.store_id)
+        dest = target.snap_dir.received(key)
+        shutil.copyfile(path, dest)
+        verify(dest, desc)
+
+        def deliver(core: StoreCore) -> None:
+            ok = core.on_snapshot_received(msg, dest)
+            if not ok:
+                dest.unlink(missing_ok=True)
+            report(ok)
+
+        target.submit(deliver)
+
+    # -- splits and the PD ------------------------------------------------------------
+
+    def _split_check(self, core: StoreCore, region: Region, forced: tuple[bytes, ...]) -> None:
+        inc = self.incarnation
+        limits = core.split_limits or (1 << 62, 1 << 62)
+        res = scan_region(self.engine, region, limits[0], limits[1])
+        split_keys = forced or res.split_keys
+        target = core.on_split_checked(
+            region.id, res.size, res.keys, split_keys, region.epoch.version
+        )
+        if target is None:
+            return
+
+        def with_ids(resp: object | None) -> None:
+            if inc != self.incarnation or not isinstance(resp, pdpb.AskBatchSplitResponse):
+                return
+            if resp.header.error is not None:
+                return
+            ids = [(i.new_region_id, tuple(i.new_peer_ids)) for i in resp.ids]
+
+            def propose(core: StoreCore) -> None:
+                refused = core.propose_split(SPLIT_ORDER, region.id, target.epoch, split_keys, ids)
+                if refused is not None:
+                    self.world.log(f"{self.name}: split of {region.id} refused: {refused}")
+
+            self.submit(propose)
+
+        request = pdpb.AskBatchSplitRequest(pdpb.RequestHeader(), target, len(split_keys))
+        self.pd.call(request, with_ids)
+
+    def _region_heartbeats(self, inc: int) -> None:
+        if inc != self.incarnation:
+            return
+        if self.paused:
+            self.world.at(REGION_HEARTBEAT_INTERVAL, self._region_heartbeats, inc)
+            return
+        core = self.core
+        assert core is not None
+        for peer in core.leader_regions():
+            self._region_heartbeat(core, peer.region_id)
+        self.world.at(REGION_HEARTBEAT_INTERVAL, self._region_heartbeats, inc)
+
+    def _region_heartbeat(self, core: StoreCore, region_id: int) -> None:
+        peer = core.peers.get(region_id)
+        if peer is None or not peer.is_leader() or not peer.initialized:
+            return
+        inc = self.incarnation
+        request = region_heartbeat_request(
+            peer, core.ticks, TICK, down_after_ticks=2 * self.config.election_ticks
+        )
+
+        def on_answer(resp: object | None) -> None:
+            if inc != self.incarnation or not isinstance(resp, pdpb.RegionHeartbeatResponse):
+                return
+            if resp.split_region is not None:
+                self.submit(partial(self._split_order, region_id, resp.split_region.keys))
+            elif resp.change_peer is not None or resp.transfer_leader is not None:
+                self.submit(partial(execute_order, region_id=region_id, resp=resp))
+
+        self.pd.call(request, on_answer)
+
+    def _split_order(self, region_id: int, keys: tuple[bytes, ...], core: StoreCore) -> None:
+        peer = core.peers.get(region_id)
+        if peer is not None and peer.is_leader():
+            self._split_check(core, peer.region, keys)
+
+    def _store_heartbeat(self, inc: int) -> None:
+        if inc != self.incarnation:
+            return
+        if self.paused:
+            self.world.at(STORE_HEARTBEAT_INTERVAL, self._store_heartbeat, inc)
+            return
+        core = self.core
+        assert core is not None
+        stats = pdpb.StoreStats(
+            store_id=self.store_id,
+            capacity=1 << 40,
+            available=1 << 39,
+            region_count=len(core.peers),
+            leader_count=len(core.leader_regions()),
+        )
+
+        def on_answer(resp: object | None) -> None:
+            if inc != self.incarnation or not isinstance(resp, pdpb.StoreHeartbeatResponse):
+                return
+            if resp.region_max_size and resp.region_max_keys:
+                limits = (resp.region_max_size, resp.region_max_keys)
+
+                def learn(core: StoreCore) -> None:
+                    core.split_limits = limits
+
+                self.submit(learn)
+
+        self.pd.call(pdpb.StoreHeartbeatRequest(pdpb.RequestHeader(), stats), on_answer)
+        self.world.at(STORE_HEARTBEAT_INTERVAL, self._store_heartbeat, inc)
+
+
+def _ignore(_: object | None) -> None:
+    pass

@@ -1,0 +1,67 @@
+"""The whole cluster under faults, every client history checked
+(tests/sim/cluster.py says what a run does and checks).
+
+CI runs a bounded set of seeds; `SHARDKV_SOAK=1` runs many more, longer
+(`SHARDKV_SOAK_SEEDS`, default 200; `SHARDKV_SOAK_SECONDS` of chaos per run,
+default 60). A failure names its seed; replay it alone with
+`python3 -m pytest tests/sim/test_sim.py --seed=N` (add `-m soak` with
+`SHARDKV_SOAK=1` for a soak seed's longer run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.sim.cluster import Options, Report, SimulationFailure, run
+
+CI_SEEDS = range(8)
+CI_OPTIONS = Options(duration=12.0)
+SOAK = bool(os.environ.get("SHARDKV_SOAK"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "seed" not in metafunc.fixturenames:
+        return
+    one = metafunc.config.getoption("seed", None)
+    if one is not None:
+        seeds = [one]
+    elif metafunc.definition.get_closest_marker("soak"):
+        n = int(os.environ.get("SHARDKV_SOAK_SEEDS", "200")) if SOAK else 1
+        seeds = list(range(1000, 1000 + n))
+    else:
+        seeds = list(CI_SEEDS)
+    metafunc.parametrize("seed", seeds, ids=[f"seed{s}" for s in seeds])
+
+
+def _run(seed: int, root: Path, options: Options) -> Report:
+    try:
+        report = run(seed, root / "sim", options)
+    except SimulationFailure as e:
+        pytest.fail(str(e), pytrace=False)
+    print(report.summary())
+    return report
+
+
+def test_clients_see_a_linearizable_store_through_faults(seed: int, tmp_path: Path) -> None:
+    report = _run(seed, tmp_path, CI_OPTIONS)
+    # The run must have done what it is for, or passing means little.
+    assert report.outcomes["ok"] > 500, report.summary()
+    assert sum(report.faults.values()) >= 5, report.summary()
+    assert report.undecided == 0, report.summary()
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(not SOAK, reason="soak runs only with SHARDKV_SOAK=1")
+def test_soak(seed: int, tmp_path: Path) -> None:
+    seconds = float(os.environ.get("SHARDKV_SOAK_SECONDS", "60"))
+    _run(seed, tmp_path, Options(duration=seconds))
+
+
+def test_a_run_is_determined_by_its_seed(tmp_path: Path) -> None:
+    a = run(11, tmp_path / "a", Options(duration=4.0))
+    b = run(11, tmp_path / "b", Options(duration=4.0))
+    assert a.summary() == b.summary()
+    assert a.net == b.net
