@@ -85,6 +85,14 @@ class StoreConfig:
         1 << 20, "bytes per snapshot chunk", kind="size", min=1024, max=32 << 20
     )
 
+    session_ttl: float = setting(
+        600.0,
+        "a client session idle this long in a region is forgotten there (a retry in it "
+        "is then refused, never applied twice); longer than any client's deadline",
+        kind="duration",
+        min=1.0,
+    )
+
     split_check_interval: float = setting(
         60.0, "interval of full size scans of leader regions", kind="duration", min=0.01
     )

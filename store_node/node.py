@@ -149,6 +149,7 @@ class StoreNode:
                         max_inflight_msgs=cfg.max_inflight_msgs,
                         max_size_per_msg=cfg.max_size_per_msg,
                         max_entry_bytes=cfg.max_entry_bytes,
+                        session_ttl_ms=int(cfg.session_ttl * 1000),
                         log_gc=LogGcConfig(
                             threshold=cfg.raft_log_gc_threshold,
                             count_limit=cfg.raft_log_gc_count_limit,

@@ -77,6 +77,7 @@ CHAOS_WEIGHTS: dict[str, float] = {
     "crash": 14,
     "power_loss": 10,
     "power_loss_all": 2,
+    "crash_mid_fsync": 5,
     "partition": 8,
     "partition_leader": 4,
     "deaf": 4,
@@ -95,7 +96,8 @@ CHAOS_WEIGHTS: dict[str, float] = {
 FLAVORS: dict[str | None, dict[str, float]] = {
     "leaders": {"pause": 30, "partition_leader": 20, "deaf": 20, "transfer": 20, "lossy": 10},
     "bounces": {"bounce": 40, "move": 20},
-    "crashes": {"crash": 40, "power_loss": 30, "power_loss_all": 5},
+    "deaf": {"deaf": 100, "split": 0, "move": 0, "bounce": 0, "decommission": 0},
+    "crashes": {"crash_mid_fsync": 80, "power_loss": 10, "power_loss_all": 10},
 }
 
 
@@ -316,7 +318,7 @@ class Simulation:
         weights = dict(CHAOS_WEIGHTS)
         weights.update(FLAVORS.get(self.options.flavor, {}))
         if not self.options.power_loss:
-            weights["power_loss"] = weights["power_loss_all"] = 0
+            weights["power_loss"] = weights["power_loss_all"] = weights["crash_mid_fsync"] = 0
         names = sorted(weights)
         name = rng.choices(names, [weights[n] for n in names])[0]
         getattr(self, f"_chaos_{name}")(rng)
@@ -337,6 +339,27 @@ class Simulation:
             self.faults["power loss of every store"] += 1
             for s in self.stores.values():
                 self._stop_store(s, power_loss=True, count=False)
+
+    def _chaos_crash_mid_fsync(self, rng: random.Random) -> None:
+        """A follower (mostly) loses power in the middle of its next write,
+        alone or with every store: what it vouched for must be durable."""
+        stores = [s for s in self.stores.values() if s.up]
+        if not stores or self._down():
+            return
+        victim = rng.choice(stores)
+        everyone = rng.random() < 0.5
+
+        def hit() -> None:
+            if not victim.up:
+                return
+            self.world.log(
+                f"chaos: {victim.name} mid-fsync, power loss of {'all' if everyone else 'it'}"
+            )
+            for s in list(self.stores.values()) if everyone else [victim]:
+                self._stop_store(s, power_loss=True, count=False)
+
+        victim.on_next_write = hit
+        self.faults["power loss mid-fsync" + (" (every store)" if everyone else "")] += 1
 
     def _chaos_partition(self, rng: random.Random) -> None:
         """A store cut off from the other stores (and maybe the clients)."""
@@ -393,7 +416,7 @@ class Simulation:
                 self.net.cut.add((s.name, victim.name))
         self.faults["one-way partition"] += 1
         self.world.log(f"chaos: {victim.name} hears nothing")
-        self.world.at(rng.uniform(1.0, 5.0), self._heal_net)
+        self.world.at(rng.uniform(1.5, 6.0), self._heal_net)
 
     def _chaos_lossy(self, rng: random.Random) -> None:
         self.net.faults = Faults(

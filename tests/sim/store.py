@@ -75,13 +75,17 @@ class SimStore:
         self.others: dict[int, SimStore] = {}
         self.up = False
         self.incarnation = 0
-        self.connections: set[Callable[[], None]] = set()
+        # Open calls (insertion order: a crash breaks them in a replayable order).
+        self.connections: dict[Callable[[], None], None] = {}
         self.engine: Engine  # a SimEngine while up
         self.core: StoreCore | None = None
         self.snap_dir: SnapDir
         self._events: deque[Event] = deque()
         self._in_round = False
         self._pump_due = False
+        # Called (once) when the next round that writes starts, to crash
+        # stores in the middle of its fsync.
+        self.on_next_write: Callable[[], None] | None = None
         # SIGSTOP: nothing runs; what arrives waits in arrival order.
         self.paused = False
         self._held: deque[Callable[[], None]] = deque()
@@ -122,6 +126,7 @@ class SimStore:
         self._events.clear()
         self._held.clear()
         self.paused = False
+        self.on_next_write = None
         self._in_round = False
         self._pump_due = False
         self.up = True
@@ -249,6 +254,9 @@ class SimStore:
         self._in_round = True
         fsync = self.world.rng.uniform(0.0002, 0.001) if out.raft_batch.ops else 0.00002
         self.world.at(fsync, self._finish_round, self.incarnation, out)
+        if out.raft_batch.ops and self.on_next_write is not None:
+            hook, self.on_next_write = self.on_next_write, None
+            self.world.at(fsync / 2, hook)
 
     def _finish_round(self, inc: int, out: RoundOutput) -> None:
         if inc != self.incarnation:

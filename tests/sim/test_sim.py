@@ -11,6 +11,8 @@ default 60). A failure names its seed; replay it alone with
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,7 +63,22 @@ def test_soak(seed: int, tmp_path: Path) -> None:
 
 
 def test_a_run_is_determined_by_its_seed(tmp_path: Path) -> None:
+    # In another process with another hash seed too: iteration orders that
+    # depend on hashing (sets of strings or functions) would show here.
     a = run(11, tmp_path / "a", Options(duration=4.0))
-    b = run(11, tmp_path / "b", Options(duration=4.0))
-    assert a.summary() == b.summary()
-    assert a.net == b.net
+    code = (
+        "import sys; from pathlib import Path; from tests.sim.cluster import run, Options; "
+        f"r = run(11, Path(sys.argv[1]), Options(duration=4.0)); print(r.summary()); "
+        "print(sorted(r.net.items()))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    ).stdout.splitlines()
+    assert out[-2:] == [a.summary(), str(sorted(a.net.items()))]

@@ -78,7 +78,18 @@ def test_a_write_applied_by_snapshot_answered_stale_is_caught(tmp_path: Path) ->
 
     # Without sessions a conditional write is retried only after proof that
     # it did not apply, so a wrong StaleCommand applies it twice.
-    options = Options(duration=10.0, exactly_once=False, workload="conditional", flavor="leaders")
+    # The clients wait (one long attempt) for the answers of their writes to
+    # a leader that went deaf: the entries commit under the next leader and
+    # reach the old one in a snapshot.
+    options = Options(
+        duration=10.0,
+        exactly_once=False,
+        workload="conditional",
+        flavor="deaf",
+        clients=12,
+        client_timeout=20.0,
+        attempt_timeout=20.0,
+    )
     _caught(tmp_path, mutate, ("not linearizable",), range(40), options)
 
 

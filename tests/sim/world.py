@@ -87,11 +87,12 @@ class Faults:
 class Server:
     """What a network endpoint that answers calls looks like: when its
     process dies it calls every function in `connections` (each breaks one
-    open call) and bumps `incarnation`."""
+    open call; a dict, not a set, so the order replays) and bumps
+    `incarnation`."""
 
     up: bool
     incarnation: int
-    connections: set[Callable[[], None]]
+    connections: dict[Callable[[], None], None]
 
     def serve(self, request: object, respond: Callable[[object], None]) -> None: ...
 
@@ -163,7 +164,7 @@ class Net:
             nonlocal answered
             if not answered:
                 answered = True
-                server.connections.discard(broken)
+                server.connections.pop(broken, None)
                 done(outcome)
 
         def broken() -> None:
@@ -190,7 +191,7 @@ class Net:
                 return
             if not self.allows(src, dst):
                 return
-            server.connections.add(broken)
+            server.connections[broken] = None
             server.serve(request, respond)
 
         def respond(response: object) -> None:
