@@ -350,7 +350,7 @@ class Simulation:
         everyone = rng.random() < 0.5
 
         def hit() -> None:
-            if not victim.up:
+            if not victim.up or not self._workload_on:
                 return
             self.world.log(
                 f"chaos: {victim.name} mid-fsync, power loss of {'all' if everyone else 'it'}"
@@ -586,6 +586,7 @@ class Simulation:
             self.pd.start()
         for s in self.stores.values():
             s.clock_skew_ms = 0
+            s.on_next_write = None
             if s.paused:
                 s.resume()
             if not s.up:
@@ -632,6 +633,8 @@ class Simulation:
         return leaders
 
     def _converged(self) -> bool:
+        if any(s.core is None for s in self.stores.values()):
+            return False
         leaders = self._leaders()
         for region_id, (store, *rest) in leaders.items():
             if rest:

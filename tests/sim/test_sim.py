@@ -68,7 +68,7 @@ def test_a_run_is_determined_by_its_seed(tmp_path: Path) -> None:
     a = run(11, tmp_path / "a", Options(duration=4.0))
     code = (
         "import sys; from pathlib import Path; from tests.sim.cluster import run, Options; "
-        f"r = run(11, Path(sys.argv[1]), Options(duration=4.0)); print(r.summary()); "
+        "r = run(11, Path(sys.argv[1]), Options(duration=4.0)); print(r.summary()); "
         "print(sorted(r.net.items()))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -1,21 +1,28 @@
 """The simulation can fail: re-introduced bugs are caught.
 
 Each test breaks one rule (with `monkeypatch`, undone after the test),
-searches a bounded range of seeds until the simulation reports a failure of
-the kind the bug should cause, and replays the catching seed on the correct
-code to show the failure came from the mutation. The bugs are the ones
-issue 11 found or guards against: a write applied through a snapshot
-reported as not applied (finding 1), a destroyed peer's raft state read by
-a new peer (finding 2), acknowledging appends before they are durable, a
-retried write sent without its session, a read served without ReadIndex.
+searches a bounded range of seeds of a chaos flavor suited to the bug until
+the simulation reports a failure of the kind the bug should cause, and
+replays the catching seed on the correct code to show the failure came from
+the mutation. The bugs are the ones issue 11 found or guards against: a
+write applied through a snapshot reported as not applied (finding 1), a
+destroyed peer's raft state read by a new peer (finding 2), acknowledging
+appends before they are durable, a retried write sent without its session,
+a read served without ReadIndex.
+
+A run costs a second or two, so each search starts at the seed that caught
+the bug when the test was written (in its `seeds`) and goes a few seeds
+further. Those seeds move whenever the simulation's use of randomness
+changes; if a search then fails, widen it: `SHARDKV_SOAK=1` searches seeds
+0..199, and the first catching seed goes back into the test.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,6 +39,8 @@ MUTATION_OPTIONS = Options(duration=10.0)
 
 
 def _hunt(tmp_path: Path, seeds: Iterable[int], options: Options) -> tuple[int, SimulationFailure]:
+    if os.environ.get("SHARDKV_SOAK"):
+        seeds = range(200)
     passed: list[int] = []
     for seed in seeds:
         try:
@@ -90,7 +99,8 @@ def test_a_write_applied_by_snapshot_answered_stale_is_caught(tmp_path: Path) ->
         client_timeout=20.0,
         attempt_timeout=20.0,
     )
-    _caught(tmp_path, mutate, ("not linearizable",), range(40), options)
+    # Caught by seeds 9, 11, 19 of 0..39 when written.
+    _caught(tmp_path, mutate, ("not linearizable",), range(9, 20), options)
 
 
 # -- finding 2: a destroyed peer's raft state left for the next peer --------------------
@@ -118,7 +128,8 @@ def test_a_destroy_whose_raft_deletions_are_not_durable_is_caught(tmp_path: Path
         m.setattr(bootstrap, "clean_destroyed", lambda engine, tombstones: 0)
 
     options = Options(duration=10.0, flavor="bounces")
-    _caught(tmp_path, mutate, ("raised", "liveness", "replicas"), range(40), options)
+    # Caught ("log hole at 1") by seeds 1, 8, 16 of 0..39 when written.
+    _caught(tmp_path, mutate, ("raised", "liveness", "replicas"), range(1, 12), options)
 
 
 # -- acknowledging appends before they are durable ------------------------------------
@@ -148,7 +159,11 @@ def test_acknowledging_before_fsync_is_caught(tmp_path: Path) -> None:
         m.setattr(StoreCore, "_collect", early_acks)
 
     options = Options(duration=10.0, flavor="crashes")
-    _caught(tmp_path, mutate, ("not linearizable", "replicas", "raised"), range(40), options)
+    # Caught by seeds 24 and 33 of 0..39 when written: a follower that lost
+    # entries it had acknowledged is never sent them again (the leader
+    # believes it has them), so its replicas never agree.
+    expected = ("not linearizable", "replicas", "raised", "liveness")
+    _caught(tmp_path, mutate, expected, range(24, 34), options)
 
 
 # -- a retried write without its session --------------------------------------------------
@@ -159,11 +174,12 @@ def test_retrying_writes_without_sessions_is_caught(tmp_path: Path) -> None:
         pass
 
     options = Options(duration=10.0, exactly_once=False)
+    # Caught by seeds 0, 8, 12 of 0..39 when written.
     _caught(
         tmp_path,
         mutate,
         ("not linearizable",),
-        range(40),
+        range(0, 10),
         options,
         correct_options=MUTATION_OPTIONS,
     )
@@ -188,8 +204,6 @@ def test_reads_served_without_read_index_are_caught(tmp_path: Path) -> None:
         m.setattr(StoreCore, "read", local_read)
 
     options = Options(duration=10.0, flavor="leaders")
-    _caught(tmp_path, mutate, ("not linearizable",), range(40), options)
-
-
-def _unused(*_: Any) -> None:
-    pass
+    # Caught by seeds 16, 20, 23 of 0..39 when written (a paused leader
+    # wakes up and serves reads before it hears of the new term).
+    _caught(tmp_path, mutate, ("not linearizable",), range(16, 26), options)
