@@ -20,9 +20,10 @@ walk the regions of their range, clipped to each region's bounds.
 
 Consistency: every single-key call and every region group of a batch is
 linearizable (the store serves reads through ReadIndex). A batch write is
-not atomic across regions: if it raises, any subset of its groups may
-have been written (all batch writes are idempotent: retry the call). A
-scan is not a snapshot: each page is read at its own time.
+not atomic across regions: if it raises after a group was written, it
+raises UndeterminedError (DeadlineExceeded promises that nothing was
+written); retrying the call is safe (batch writes are idempotent). A scan
+is not a snapshot: each page is read at its own time.
 
 Connections: one pipelined `ReconnectingConnection` per store address,
 made on first use and shared by every task of the client; store addresses

@@ -91,6 +91,7 @@ __all__ = [
     "Attempts",
     "BackoffConfig",
     "BackoffKind",
+    "CallState",
     "Decision",
     "GiveUp",
     "OpKind",
@@ -239,6 +240,13 @@ def proves_not_applied(error: RegionError | RpcCallError) -> bool:
 
 
 @dataclass(slots=True)
+class CallState:
+    """What the parts of one call share (a batch's region groups)."""
+
+    part_applied: bool = False
+
+
+@dataclass(slots=True)
 class Attempts:
     """The retry state of one call, or of one region group of a batch call.
 
@@ -274,6 +282,9 @@ class Attempts:
     # Whether the last attempt's timeout was `attempt_timeout` rather than
     # what was left of the deadline.
     capped: bool = False
+    # Shared by a call and all its parts: whether some part of a write was
+    # applied (a multi-region write that then fails wrote part of itself).
+    call: CallState = field(default_factory=lambda: CallState())
     _tries: dict[BackoffKind, int] = field(default_factory=dict)
     _free: int = 0
 
@@ -320,6 +331,7 @@ class Attempts:
             session=self.session,
             seq=self.seq,
             attempt_timeout=self.attempt_timeout,
+            call=self.call,
         )
 
     def note(self, cause: str, *, pd: bool = False) -> None:
@@ -335,11 +347,22 @@ class Attempts:
         self.capped = self.attempt_timeout < left
         return min(left, self.attempt_timeout)
 
+    def applied(self) -> None:
+        """A part of this call got its answer (a write part was applied)."""
+        self.call.part_applied = True
+
     def expired(self) -> ClientError:
         """The error for a deadline that passed."""
         if self.is_write and self.maybe_executed:
             return UndeterminedError(
                 self.what, f"deadline of {self.timeout:g} s exceeded; {self.last_cause}"
+            )
+        if self.is_write and self.call.part_applied:
+            # DeadlineExceeded would promise that nothing was written.
+            return UndeterminedError(
+                self.what,
+                f"deadline of {self.timeout:g} s exceeded after part of the call was "
+                f"written; {self.last_cause}",
             )
         cls = PdUnavailable if self.pd_cause else DeadlineExceeded
         return cls(self.what, self.timeout, self.attempts, self.last_cause or "no answer")
@@ -515,6 +538,8 @@ def judge(
         if outcome.error.code == KvErrorCode.SESSION_EXPIRED:
             return on_session_expired(peer, att)
         raise InvalidArgument(att.what, str(outcome.error))
+    if att.is_write:
+        att.applied()
     return outcome
 
 

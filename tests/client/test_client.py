@@ -762,3 +762,29 @@ async def test_a_closed_client_refuses_calls(autojump_clock: trio.testing.MockCl
             h.kv.close()
             with pytest.raises(ClientClosed):
                 await h.kv.get(b"k")
+
+
+@pytest.mark.parametrize("call", ["batch_put", "delete_range"])
+async def test_a_multi_region_write_that_fails_after_writing_part_is_undetermined(
+    call: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Found by the simulation: one region's part applied, the other's region
+    # had no leader until the deadline, and the call raised DeadlineExceeded,
+    # which promises that nothing was written.
+    with trio.fail_after(LIMIT):
+        async with fake_cluster([b"m"], config=ClientConfig(timeout=3.0)) as h:
+            await h.kv.batch_put({b"a": b"0", b"z": b"0"})
+            no_leader = NotLeader(h.cluster.region_of(b"z").id, None)
+            for s in h.cluster.store_ids:
+                h.store(s).add_rule(
+                    on((kv.RawBatchPutRequest, kv.RawDeleteRangeRequest), key=b"z"),
+                    no_leader,
+                    times=10_000,
+                )
+            with pytest.raises(UndeterminedError, match="part of the call was written"):
+                if call == "batch_put":
+                    await h.kv.batch_put({b"a": b"1", b"z": b"1"})
+                else:
+                    await h.kv.delete_range(b"a", b"")
+            assert h.cluster.data.get(b"a") == (b"1" if call == "batch_put" else None)
+            assert h.cluster.data[b"z"] == b"0"
