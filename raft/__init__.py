@@ -18,7 +18,7 @@ from raft.errors import (
     StorageError,
     UnavailableError,
 )
-from raft.node import RaftNode, Ready
+from raft.node import ProgressStatus, RaftNode, Ready, Status
 from raft.storage import LogStorage, MemoryStorage
 from raft.types import (
     NONE,
@@ -59,6 +59,7 @@ __all__ = [
     "Message",
     "MessageType",
     "NotLeaderError",
+    "ProgressStatus",
     "ProposalDroppedError",
     "RaftNode",
     "ReadState",
@@ -69,6 +70,7 @@ __all__ = [
     "SnapshotOutOfDateError",
     "SnapshotTemporarilyUnavailableError",
     "SoftState",
+    "Status",
     "StorageError",
     "UnavailableError",
 ]

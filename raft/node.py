@@ -24,10 +24,13 @@ inputs may be called in between.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from raft.config import Config
 from raft.core import Raft
+from raft.progress import ProgressState
 from raft.storage import LogStorage
 from raft.types import (
     ConfChange,
@@ -40,6 +43,33 @@ from raft.types import (
     Snapshot,
     SoftState,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressStatus:
+    """What a leader knows of one member's replication."""
+
+    match: int  # highest index known durable there
+    next: int  # next index to send
+    state: ProgressState
+    recent_active: bool
+    is_learner: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """`RaftNode.status()`: a copy, safe to keep."""
+
+    id: int
+    role: Role
+    term: int
+    vote: int
+    lead: int
+    commit: int
+    applied: int
+    lead_transferee: int
+    # Every member's progress, by id (leaders only; empty otherwise).
+    progress: Mapping[int, ProgressStatus]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +264,36 @@ class RaftNode:
 
     @property
     def raft(self) -> Raft:
-        """The state machine, for inspection by tests and `describe_*`."""
+        """The state machine, for inspection by tests and `describe_*`;
+        applications read `status()` instead."""
         return self._raft
+
+    def status(self) -> Status:
+        """A snapshot of where this node stands (etcd's Status): its role and
+        term, its log's commit and applied indexes, and as leader what it
+        knows of each member's replication."""
+        r = self._raft
+        progress: dict[int, ProgressStatus] = {}
+        if r.role == Role.LEADER:
+            for node_id, pr in r.trk.items():
+                progress[node_id] = ProgressStatus(
+                    match=pr.match,
+                    next=pr.next,
+                    state=pr.state,
+                    recent_active=pr.recent_active,
+                    is_learner=pr.is_learner,
+                )
+        return Status(
+            id=r.id,
+            role=r.role,
+            term=r.term,
+            vote=r.vote,
+            lead=r.lead,
+            commit=r.log.committed,
+            applied=r.log.applied,
+            lead_transferee=r.lead_transferee,
+            progress=MappingProxyType(progress),
+        )
 
     @property
     def term(self) -> int:

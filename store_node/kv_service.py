@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 from kvproto import kvrpcpb as kv
 from kvproto.debugpb import StoreStatusRequest, StoreStatusResponse
@@ -23,12 +23,42 @@ from kvproto.raft_cmdpb import CompareAndSet, Delete, DeleteRange, Put, WriteOp
 from kvproto.rpc import Deferred, Handler, RequestContext, Respond
 from store_node import keys
 from store_node.apply import range_inside
-from store_node.engine import scan_cursor
+from store_node.core import StoreCore
+from store_node.engine import Engine, scan_cursor
 from store_node.peer import ReadPermit, WriteDone
 from store_node.sessions import check_session_id
 
-if TYPE_CHECKING:
-    from store_node.node import StoreNode
+T = TypeVar("T")
+
+
+class StoreAccess(Protocol):
+    """What the KV service needs of the store (`StoreNode` has it): its
+    engine for reads at a permit, the store loop's admission of writes and
+    reads (answered by callback), and a call into the loop for status."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def submit_write(
+        self,
+        ctx: kv.Context,
+        ops: tuple[WriteOp, ...],
+        nbytes: int,
+        session: kv.SessionRef | None,
+        done: Callable[[WriteDone | RegionError], None],
+    ) -> None: ...
+
+    def submit_read(
+        self,
+        ctx: kv.Context,
+        bounds: Sequence[bytes],
+        done: Callable[[ReadPermit | RegionError], None],
+    ) -> None: ...
+
+    async def call_core(self, fn: Callable[[StoreCore], T]) -> T: ...
+
+    def loop_counters(self) -> dict[str, int]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +80,7 @@ def _err(code: kv.KvErrorCode, message: str) -> kv.KvError:
 
 
 class KvService:
-    def __init__(self, node: StoreNode, limits: Limits) -> None:
+    def __init__(self, node: StoreAccess, limits: Limits) -> None:
         self.node = node
         self.limits = limits
 
@@ -71,11 +101,7 @@ class KvService:
     async def store_status(self, _: StoreStatusRequest, __: RequestContext) -> StoreStatusResponse:
         status = await self.node.call_core(lambda core: core.status())
         counters = dict(status.counters)
-        counters["rounds"] = self.node.rounds
-        counters["raft_frames_sent"] = self.node.transport.sent_frames if self.node.transport else 0
-        counters["raft_messages_dropped"] = (
-            self.node.transport.dropped if self.node.transport else 0
-        )
+        counters.update(self.node.loop_counters())
         return dataclasses.replace(status, counters=tuple(sorted(counters.items())))
 
     # -- validation ----------------------------------------------------------

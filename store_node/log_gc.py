@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raft.types import Role
 from store_node.peer import Peer
 
 
@@ -35,10 +34,10 @@ def truncate_point(peer: Peer, cfg: LogGcConfig) -> int | None:
     if applied - a.truncated_index < cfg.threshold:
         return None
     target = applied
-    raft = peer.node.raft
-    if raft.role == Role.LEADER and storage.log_bytes <= cfg.size_limit:
-        for node_id, pr in raft.trk.items():
-            if node_id == raft.id:
+    if peer.is_leader() and storage.log_bytes <= cfg.size_limit:
+        status = peer.node.status()
+        for node_id, pr in status.progress.items():
+            if node_id == status.id:
                 continue
             if applied - pr.match <= cfg.count_limit:
                 # Within the allowance: keep what it still needs.

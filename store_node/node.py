@@ -6,6 +6,10 @@ transport to other stores and the PD worker. Cancelling `run` stops all of
 it; a round being persisted finishes first (worker threads are not
 cancellable), so a stop never tears a write.
 
+The services (`KvService`, `PdWorker`) take it as a small Protocol each
+(`kv_service.StoreAccess`, `pd_worker.StoreLoop`) and reach the core only
+through the loop (`call_core`, `submit`, the deferred client entries).
+
 The store loop (one task): wait for one event, drain what else is queued (up
 to `max_round_events`), end the round, send the messages that may go before
 the write, persist and apply in the worker thread (one hop per round), send
@@ -384,6 +388,18 @@ class StoreNode:
         await self.submit(event)
         await done.wait()
         return box[0]
+
+    def used_bytes(self) -> int:
+        return self.engine.used_bytes()
+
+    def loop_counters(self) -> dict[str, int]:
+        """Counters of the shell (the core keeps its own)."""
+        transport = self.transport
+        return {
+            "rounds": self.rounds,
+            "raft_frames_sent": transport.sent_frames if transport else 0,
+            "raft_messages_dropped": transport.dropped if transport else 0,
+        }
 
     async def pd_work_due(self) -> None:
         """Wait until the PD must hear of something (a leader or epoch

@@ -10,30 +10,50 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 import trio
 
 from kvproto import pdpb
 from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId
-from kvproto.pd_client import PdClient
+from kvproto.metapb import PeerId, Region
+from kvproto.pd_client import PdClient, PdClusterMismatchError, PdServerError
+from kvproto.rpc import RpcCallError
 from raft.progress import ProgressState
 from store_node.config import StoreConfig
 from store_node.core import StoreCore
 from store_node.peer import Peer
 
-if TYPE_CHECKING:
-    from store_node.node import StoreNode
-
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What a PD call may fail with while the PD is away, restarting or behind:
+# logged and retried at the next interval. Anything else is a bug and
+# surfaces.
+PD_UNAVAILABLE = (RpcCallError, PdServerError, PdClusterMismatchError)
+
+
+class StoreLoop(Protocol):
+    """What the PD worker needs of the store (`StoreNode` has it): the core
+    is reached only through the store loop, between rounds."""
+
+    async def submit(self, event: Callable[[StoreCore], None]) -> None: ...
+
+    async def call_core(self, fn: Callable[[StoreCore], T]) -> T: ...
+
+    async def pd_work_due(self) -> None: ...
+
+    async def split_region(self, region_id: int, keys: tuple[bytes, ...]) -> None: ...
+
+    def used_bytes(self) -> int: ...
 
 
 class PdWorker:
-    def __init__(self, node: StoreNode, pd: PdClient, config: StoreConfig) -> None:
-        self.node = node
+    def __init__(self, store: StoreLoop, pd: PdClient, config: StoreConfig) -> None:
+        self.store = store
         self.pd = pd
         self.config = config
 
@@ -45,86 +65,101 @@ class PdWorker:
 
     # -- store -----------------------------------------------------------------
 
-    def store_stats(self) -> pdpb.StoreStats:
-        core = self.node.core
-        assert core is not None
+    async def store_stats(self) -> pdpb.StoreStats:
+        store_id, regions, leaders = await self.store.call_core(
+            lambda core: (core.store_id, len(core.peers), len(core.leader_regions()))
+        )
         usage = shutil.disk_usage(self.config.data_dir)
         return pdpb.StoreStats(
-            store_id=core.store_id,
+            store_id=store_id,
             capacity=usage.total,
             available=usage.free,
-            used_size=self.node.engine.used_bytes(),
-            region_count=len(core.peers),
-            leader_count=sum(1 for p in core.peers.values() if p.is_leader()),
+            used_size=self.store.used_bytes(),
+            region_count=regions,
+            leader_count=leaders,
         )
 
     async def _run_store_heartbeats(self) -> None:
         while True:
             try:
-                resp = await self.pd.store_heartbeat(self.store_stats())
+                resp = await self.pd.store_heartbeat(await self.store_stats())
                 if resp.region_max_size and resp.region_max_keys:
-                    await self.node.submit(
+                    await self.store.submit(
                         _learn_limits((resp.region_max_size, resp.region_max_keys))
                     )
-            except Exception as e:  # the PD being away must not stop the store
+            except PD_UNAVAILABLE as e:  # the PD being away must not stop the store
                 log.warning("store heartbeat failed: %s", e)
             await trio.sleep(self.config.store_heartbeat_interval)
 
     # -- regions ---------------------------------------------------------------
 
-    async def _run_periodic_region_heartbeats(self) -> None:
-        while True:
-            await trio.sleep(self.config.region_heartbeat_interval)
-            core = self.node.core
-            assert core is not None
-            for peer in core.leader_regions():
-                await self.region_heartbeat(peer)
-
-    async def _run_due_region_heartbeats(self) -> None:
-        core = self.node.core
-        assert core is not None
-        while True:
-            for regions in core.take_split_reports():
-                try:
-                    await self.pd.report_batch_split(regions)
-                except Exception as e:  # heartbeats of the new regions follow anyway
-                    log.warning("split report failed: %s", e)
-            for peer in core.take_heartbeat_due():
-                await self.region_heartbeat(peer)
-            if not core.heartbeat_due and not core.split_reports:
-                await self.node.pd_work_due()
-
-    async def region_heartbeat(self, peer: Peer) -> None:
-        if not peer.is_leader() or not peer.initialized:
-            return
-        try:
-            core = self.node.core
-            assert core is not None
-            req = region_heartbeat_request(
-                peer,
+    def _requests(
+        self, core: StoreCore, peers: Sequence[Peer]
+    ) -> list[pdpb.RegionHeartbeatRequest]:
+        """Heartbeats of the leaders among `peers`, built in the store loop
+        (one consistent view of each region)."""
+        return [
+            region_heartbeat_request(
+                p,
                 core.ticks,
                 self.config.tick_interval,
                 down_after_ticks=2 * self.config.election_ticks,
             )
-            resp = await self.pd.region_heartbeat(req)
-            log.debug(
-                "region %d v%d/c%d heartbeat: %s",
-                peer.region_id,
-                req.region.epoch.version,
-                req.region.epoch.conf_ver,
-                "no step" if resp.region_epoch is None else "step",
+            for p in peers
+            if p.is_leader() and p.initialized
+        ]
+
+    async def _run_periodic_region_heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.config.region_heartbeat_interval)
+            requests = await self.store.call_core(
+                lambda core: self._requests(core, core.leader_regions())
             )
-        except Exception as e:  # the PD being away must not stop the store
-            log.warning("region %d heartbeat failed: %s", peer.region_id, e)
+            for req in requests:
+                await self.region_heartbeat(req)
+
+    async def _run_due_region_heartbeats(self) -> None:
+        def take(
+            core: StoreCore,
+        ) -> tuple[list[tuple[Region, ...]], list[pdpb.RegionHeartbeatRequest], bool]:
+            reports = core.take_split_reports()
+            requests = self._requests(core, core.take_heartbeat_due())
+            return reports, requests, bool(core.heartbeat_due or core.split_reports)
+
+        while True:
+            reports, requests, more = await self.store.call_core(take)
+            for regions in reports:
+                try:
+                    await self.pd.report_batch_split(regions)
+                except PD_UNAVAILABLE as e:  # heartbeats of the new regions follow anyway
+                    log.warning("split report failed: %s", e)
+            for req in requests:
+                await self.region_heartbeat(req)
+            if not more:
+                await self.store.pd_work_due()
+
+    async def region_heartbeat(self, req: pdpb.RegionHeartbeatRequest) -> None:
+        region_id = req.region.id
+        try:
+            resp = await self.pd.region_heartbeat(req)
+        except PD_UNAVAILABLE as e:  # the PD being away must not stop the store
+            log.warning("region %d heartbeat failed: %s", region_id, e)
             return
-        await self._execute(peer.region_id, resp)
+        log.debug(
+            "region %d v%d/c%d heartbeat: %s",
+            region_id,
+            req.region.epoch.version,
+            req.region.epoch.conf_ver,
+            "no step" if resp.region_epoch is None else "step",
+        )
+        await self._execute(region_id, resp)
 
     async def _execute(self, region_id: int, resp: pdpb.RegionHeartbeatResponse) -> None:
         """Carry out the operator step the PD answered with, if any."""
         if resp.split_region is not None:
-            await self.node.split_region(region_id, resp.split_region.keys)
+            await self.store.split_region(region_id, resp.split_region.keys)
         elif resp.change_peer is not None or resp.transfer_leader is not None:
-            await self.node.submit(partial(execute_order, region_id=region_id, resp=resp))
+            await self.store.submit(partial(execute_order, region_id=region_id, resp=resp))
 
 
 def execute_order(core: StoreCore, region_id: int, resp: pdpb.RegionHeartbeatResponse) -> None:
@@ -156,12 +191,12 @@ def region_heartbeat_request(
     """What the leader of a region tells the PD about it: a follower not heard
     from for `down_after_ticks` is down (for how long, in seconds); one
     catching up by snapshot, or behind the truncated log, is pending."""
-    raft = peer.node.raft
+    status = peer.node.status()
     down: list[pdpb.PeerStats] = []
     pending: list[PeerMeta] = []
     truncated = peer.storage.apply_state.truncated_index
-    for node_id, pr in raft.trk.items():
-        if node_id == raft.id:
+    for node_id, pr in status.progress.items():
+        if node_id == status.id:
             continue
         meta = peer.region.find_peer(PeerId(node_id))
         if meta is None:
