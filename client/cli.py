@@ -18,7 +18,6 @@ of a key without a value is a failure), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +26,7 @@ import trio
 from client.errors import ClientError
 from client.rawkv import DEFAULT_TIMEOUT, connect
 from kvproto.rpc import parse_address
+from plumbing.cli import add_log_level_flag, configure_logging
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -68,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SECONDS",
         help="deadline of the command (default: %(default)s)",
     )
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_log_level_flag(p, default="warning")
     sub = p.add_subparsers(dest="kv_command", metavar="COMMAND", required=True)
     put = sub.add_parser("put", help="set KEY to VALUE")
     put.add_argument("key", metavar="KEY")
@@ -90,11 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed `kv` command; returns the exit status."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level)
     try:
         pd = _pd_addresses(args.pd)
         if not args.timeout > 0:

@@ -89,8 +89,8 @@ from kvproto import pdpb
 from kvproto.codec import EncodeError
 from kvproto.metapb import Peer, Region, Store, StoreId, StoreState
 from kvproto.pd_client import PdClient, PdClusterMismatchError, PdServerError
-from kvproto.reconnect import Backoff, ReconnectingConnection
 from kvproto.rpc import RpcCallError, StreamOpener, open_tcp
+from kvproto.rpc.reconnect import Backoff, ReconnectingConnection
 
 __all__ = [
     "DEFAULT_SCAN_LIMIT",

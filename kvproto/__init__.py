@@ -1,10 +1,13 @@
 """kvproto: the wire between stores, the PD and clients.
 
 * `frame`: 4-byte big-endian length, then one CBOR item.
-* `codec`: frozen dataclasses <-> tagged positional CBOR arrays, one registry.
+* `codec`: frozen dataclasses <-> tagged positional CBOR arrays, one registry
+  (a package: `cbor`, `registry`, `fields`, `messages`).
 * `raftpb`, `metapb`, `errorpb`: the registered message types.
 * `epoch`: the region-epoch rules (the one copy of them).
-* `rpc`: requests, responses and one-way messages over trio TCP.
+* `rpc`: requests, responses and one-way messages over trio TCP (a package:
+  `envelope`, `errors`, `client`, `server`, and `reconnect`, a connection that
+  comes back after failures).
 
 Message tags are allocated by range, one range per module (each module's
 docstring states its range); a tag is never reused or renumbered:

@@ -21,8 +21,9 @@ import trio
 
 from kvproto import pdpb
 from kvproto.metapb import Peer, Region, RegionId, Store, StoreId
-from kvproto.reconnect import Backoff, ReconnectingConnection
 from kvproto.rpc import RpcUnavailableError, StreamOpener, open_tcp
+from kvproto.rpc.reconnect import Backoff, ReconnectingConnection
+from plumbing.nursery import open_background_nursery
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ async def open_pd_client(
     addresses: Sequence[str], *, cluster_id: int = 0, call_timeout: float = DEFAULT_TIMEOUT
 ) -> AsyncIterator[PdClient]:
     """``async with open_pd_client(["127.0.0.1:2379"]) as pd``."""
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         pd = PdClient(addresses, nursery, cluster_id=cluster_id, timeout=call_timeout)
         try:
             yield pd

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
 
 import trio
@@ -19,10 +18,13 @@ from placement_driver.config import (
     load_startup_config,
 )
 from placement_driver.storage import CorruptMetaError, DataDirLockedError
+from plumbing.cli import add_log_level_flag, configure_logging, print_errors, serve_until_signal
 
 __all__ = ["add_parser", "run"]
 
 log = logging.getLogger(__name__)
+
+PROG = "shardkv pd"
 
 DESCRIPTION = """\
 Run the shardkv placement driver (PD): it bootstraps the cluster, hands out
@@ -49,12 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with PD settings (pd.toml)")
-    p.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level of the messages written to stderr (default: info)",
-    )
+    add_log_level_flag(p)
     server = p.add_argument_group("server options (start-up only)")
     defaults = ServerConfig()
     for f in dataclasses.fields(ServerConfig):
@@ -86,11 +83,7 @@ def _flag(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level)
     names = [f.name for f in dataclasses.fields(ServerConfig)] + [
         f.name for f in dataclasses.fields(ClusterConfig)
     ]
@@ -98,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         startup = load_startup_config(args.config, flags)
     except ConfigError as e:
-        print(f"shardkv pd: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     return trio.run(_serve, startup)
 
@@ -109,33 +102,13 @@ async def _serve(startup: StartupConfig) -> int:
     server = PdServer(startup.server, cluster_overrides=startup.cluster_overrides)
     code = 0
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            await nursery.start(server.run)
+        await serve_until_signal(server.run)
     except* ConfigError as group:
-        code = _report(group, 2)
+        print_errors(PROG, group)
+        code = 2
     except* (DataDirLockedError, CorruptMetaError, OSError) as group:
-        code = _report(group, 1)
+        print_errors(PROG, group)
+        code = 1
     if code == 0:
         log.info("PD stopped")
     return code
-
-
-def _report(group: BaseExceptionGroup[Exception], code: int) -> int:
-    for e in _leaves(group):
-        print(f"shardkv pd: {e}", file=sys.stderr)
-    return code
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for e in error.exceptions for leaf in _leaves(e)]
-    return [error]
-
-
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for sig in signals:
-            log.info("received %s, stopping", signal.Signals(sig).name)
-            scope.cancel()
-            return

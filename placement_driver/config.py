@@ -13,10 +13,11 @@ Precedence of a cluster key at start: default < stored (the value the
 cluster last ran with, e.g. set over RPC) < pd.toml < flag. A key that
 neither the file nor a flag names keeps its stored value across restarts.
 
-Value forms are those of `kvproto.config_file` (shared with the store):
-durations as seconds (a number) or text ("500ms", "20s", "30m", "1h"), sizes
-as bytes (a number) or text ("64KiB", "96MiB"; "MB" is 1000**2). An unknown
-key or a bad value is a `ConfigError` naming the key.
+Value forms are those of `plumbing.config_file` and `plumbing.units`
+(shared with the store): durations as seconds (a number) or text ("500ms",
+"20s", "30m", "1h"), sizes as bytes (a number) or text ("64KiB", "96MiB";
+"MB" is 1000**2). An unknown key or a bad value is a `ConfigError` naming
+the key.
 
 Pure: no I/O but reading the TOML file in `load_startup_config`.
 """
@@ -29,9 +30,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kvproto import config_file
-from kvproto.config_file import ConfigError, parse_duration, setting
 from kvproto.rpc import parse_address
+from plumbing import config_file
+from plumbing.config_file import ConfigError, setting
+from plumbing.units import format_duration, format_size
 
 __all__ = [
     "CLUSTER_KEYS",
@@ -141,37 +143,6 @@ def format_value(cfg: ClusterConfig, name: str) -> str:
     if kind == "size":
         return format_size(value)
     return str(value)
-
-
-def format_duration(seconds: float) -> str:
-    """ "30m", "20s", "250ms", "1.5s": the shortest of these forms that
-    `parse_duration` reads back as exactly `seconds`."""
-    candidates = []
-    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)):
-        n = seconds / scale
-        if n == int(n) and n >= 1:
-            candidates.append(f"{int(n)}{unit}")
-    candidates.append(f"{seconds!r}s")
-    exact = [text for text in candidates if _reads_back(text, seconds)]
-    # repr() has no exponent within the bounds of every duration key.
-    assert exact, f"cannot write {seconds!r} s as a duration"
-    return min(exact, key=len)  # the first of the shortest
-
-
-def _reads_back(text: str, seconds: float) -> bool:
-    try:
-        return parse_duration(text) == seconds
-    except ValueError:
-        return False
-
-
-def format_size(n: int) -> str:
-    """ "96MiB", "64KiB", or plain bytes: the largest binary unit that
-    divides `n` exactly."""
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
 
 
 def cluster_config_from(

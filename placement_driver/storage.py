@@ -36,8 +36,8 @@ import lmdb
 
 from kvproto import codec
 from kvproto.codec import DecodeError
-from kvproto.dirlock import DataDirLockedError, DirLock
 from kvproto.metapb import Region, RegionId, Store
+from plumbing.dirlock import DataDirLockedError, DirLock
 
 __all__ = [
     "CorruptMetaError",

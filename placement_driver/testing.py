@@ -27,6 +27,7 @@ from placement_driver.config import ServerConfig
 from placement_driver.operators import OperatorTimeouts
 from placement_driver.server import PdServer
 from placement_driver.service import OperatorHook
+from plumbing.nursery import open_background_nursery
 
 __all__ = ["TEST_CLUSTER_CONFIG", "connect_in_memory", "open_pd"]
 
@@ -67,18 +68,12 @@ async def open_pd(
         operator_history_size=operator_history_size,
         operator_timeouts=operator_timeouts,
     )
-    body_error: Exception | None = None
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         await nursery.start(server.run)
         try:
             yield server
-        except Exception as e:
-            # Raised again outside the nursery: the caller sees it unwrapped.
-            body_error = e
         finally:
             nursery.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error
 
 
 @asynccontextmanager
@@ -87,17 +82,12 @@ async def connect_in_memory(pd: PdServer) -> AsyncIterator[RpcConnection]:
     involved, so virtual time under an autojump MockClock only moves when
     every task waits on a timer."""
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    body_error: Exception | None = None
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         nursery.start_soon(pd.rpc_server.handle_connection, server_stream, "in-memory")
         conn = RpcConnection(client_stream, peer="in-memory")
         nursery.start_soon(conn.run)
         try:
             yield conn
-        except Exception as e:
-            body_error = e
         finally:
             conn.close()
             nursery.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from plumbing.cli import STOP_SIGNALS, configure_logging, print_errors
+
 if TYPE_CHECKING:
     from kvproto.metapb import Store
     from kvproto.pd_client import PdClient
@@ -61,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    configure_logging("warning", fmt="%(message)s")
     if args.stores < 1:
         print("shardkv playground: --stores must be at least 1", file=sys.stderr)
         return 2
@@ -124,7 +126,7 @@ async def _main(root: Path, args: argparse.Namespace) -> int:
     )
     code = 0
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             print(f"starting a PD and {args.stores} stores in {root} ...", file=sys.stderr)
             await cluster.start()
             async with open_pd_client([cluster.pd_address]) as pd:
@@ -148,8 +150,7 @@ async def _main(root: Path, args: argparse.Namespace) -> int:
                     n.cancel_scope.cancel()
                     break
     except* RuntimeError as eg:
-        for e in eg.exceptions:
-            print(f"shardkv playground: {e}", file=sys.stderr)
+        print_errors("shardkv playground", eg)
         code = 1
     finally:
         await cluster.aclose()

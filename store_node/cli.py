@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 
 import trio
 
-from kvproto import config_file
-from kvproto.config_file import ConfigError
-from kvproto.dirlock import DataDirLockedError
+from plumbing import config_file
+from plumbing.cli import add_log_level_flag, configure_logging, print_errors, serve_until_signal
+from plumbing.config_file import ConfigError
+from plumbing.dirlock import DataDirLockedError
 from store_node.bootstrap import DataDirMismatchError
 from store_node.config import StoreConfig
 
@@ -33,17 +33,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with store settings")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_level_flag(p)
     config_file.add_arguments(p, StoreConfig)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level)
     try:
         cfg = config_file.load(
             StoreConfig, args.config, config_file.overrides_from_args(args, StoreConfig)
@@ -57,25 +53,12 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(cfg: StoreConfig) -> int:
     from store_node.node import StoreNode
 
-    failed = False
+    code = 0
     try:
-        async with trio.open_nursery() as nursery:
-            node = StoreNode(cfg)
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            await nursery.start(node.run)
+        await serve_until_signal(StoreNode(cfg).run)
     except* (DataDirMismatchError, DataDirLockedError) as eg:
-        for e in eg.exceptions:
-            print(f"shardkv store: {e}", file=sys.stderr)
-        failed = True
-    if failed:
-        return 1
-    log.info("store stopped")
-    return 0
-
-
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for sig in signals:
-            log.info("received %s, stopping", signal.Signals(sig).name)
-            scope.cancel()
-            return
+        print_errors("shardkv store", eg)
+        code = 1
+    if code == 0:
+        log.info("store stopped")
+    return code

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvproto.config_file import setting
+from plumbing.config_file import setting
 
 
 @dataclass(frozen=True, slots=True)

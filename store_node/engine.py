@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
-from kvproto.dirlock import DirLock
+from plumbing.dirlock import DirLock
 from store_node import keys
 
 log = logging.getLogger(__name__)

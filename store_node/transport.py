@@ -18,8 +18,8 @@ import trio
 
 from kvproto.metapb import StoreId
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch
-from kvproto.reconnect import Backoff, ReconnectingConnection
 from kvproto.rpc import RpcCallError
+from kvproto.rpc.reconnect import Backoff, ReconnectingConnection
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvproto.reconnect import Backoff, ReconnectingConnection, open_reconnecting
 from kvproto.rpc import Echo, RpcConnectionLostError, RpcUnavailableError
+from kvproto.rpc.reconnect import Backoff, ReconnectingConnection, open_reconnecting
 from tests.kvproto.rpc_helpers import Hold, MemoryNetwork, Service
 
 

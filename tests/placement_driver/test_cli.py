@@ -27,6 +27,7 @@ from placement_driver.config import (
     cluster_config_from,
     load_startup_config,
 )
+from plumbing.nursery import open_background_nursery
 from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, http_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +141,7 @@ async def pd_process(data_dir: Path, *flags: str) -> AsyncIterator[Running]:
             m = re.search(r"PD serving: RPC on (\S+), HTTP on (\S+),", line)
             if m:
                 break
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             nursery.start_soon(reader.drain_into, lines)
             yield Running(process, m[1], m[2], lines)
             nursery.cancel_scope.cancel()

@@ -8,17 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kvproto.config_file import parse_duration, parse_size
 from placement_driver.config import (
     CLUSTER_KEYS,
     MAX_DURATION,
     ClusterConfig,
     ConfigError,
     cluster_config_from,
-    format_duration,
-    format_size,
     load_startup_config,
 )
+from plumbing.units import format_duration, format_size, parse_duration, parse_size
 
 
 def test_defaults_match_the_issue() -> None:

@@ -22,6 +22,7 @@ from kvproto.metapb import Peer, PeerId, PeerRole, RegionEpoch, StoreState
 from placement_driver.operators import OperatorKind, OperatorStatus, OperatorTimeouts
 from placement_driver.server import PdServer
 from placement_driver.testing import TEST_CLUSTER_CONFIG, connect_in_memory, open_pd
+from plumbing.nursery import open_background_nursery
 from tests.placement_driver.fake_stores import FakeStores
 from tests.placement_driver.helpers import PdCaller
 from tests.placement_driver.mock_cluster import learners, voters
@@ -55,17 +56,12 @@ async def cluster(
     ):
         fake = FakeStores(PdCaller(conn))
         await fake.bootstrap(stores, stuck=stuck)
-        body_error: Exception | None = None
-        async with trio.open_nursery() as nursery:
+        async with open_background_nursery() as nursery:
             nursery.start_soon(fake.run)
             try:
                 yield pd, fake
-            except Exception as e:
-                body_error = e
             finally:
                 nursery.cancel_scope.cancel()
-        if body_error is not None:
-            raise body_error
 
 
 def first_region_id(fake: FakeStores) -> int:

@@ -19,6 +19,7 @@ from kvproto import kvrpcpb as kv
 from kvproto.pd_client import open_pd_client
 from kvproto.rpc import connect
 from placement_driver.testing import open_pd
+from plumbing.nursery import open_background_nursery
 from shardkv import local_cluster
 from store_node.config import StoreConfig
 from store_node.node import StoreInfo, StoreNode
@@ -39,7 +40,7 @@ def store_config(tmp: Path, name: str, pd: str, **kw: object) -> StoreConfig:
 
 @asynccontextmanager
 async def running_store(cfg: StoreConfig) -> AsyncIterator[tuple[StoreNode, StoreInfo]]:
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         node = StoreNode(cfg)
         info = await nursery.start(node.run)
         try:

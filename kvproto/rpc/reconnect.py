@@ -23,13 +23,9 @@ from dataclasses import dataclass
 import trio
 
 from kvproto.frame import DEFAULT_MAX_FRAME_SIZE
-from kvproto.rpc import (
-    RpcConnection,
-    RpcUnavailableError,
-    StreamOpener,
-    open_connection_stream,
-    open_tcp,
-)
+from kvproto.rpc.client import RpcConnection, StreamOpener, open_connection_stream, open_tcp
+from kvproto.rpc.errors import RpcUnavailableError
+from plumbing.nursery import open_background_nursery
 
 __all__ = ["Backoff", "ReconnectingConnection", "open_reconnecting"]
 
@@ -194,8 +190,7 @@ async def open_reconnecting(
 ) -> AsyncIterator[ReconnectingConnection]:
     """``async with open_reconnecting("host:port") as conn``: a
     ReconnectingConnection with its own nursery, closed on exit."""
-    body_error: Exception | None = None
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         conn = ReconnectingConnection(
             address,
             nursery,
@@ -207,10 +202,5 @@ async def open_reconnecting(
         )
         try:
             yield conn
-        except Exception as e:
-            # Re-raised outside the nursery: the caller sees it unwrapped.
-            body_error = e
         finally:
             conn.close()
-    if body_error is not None:
-        raise body_error

@@ -8,7 +8,7 @@ rather than guess.
 
 Kinds beyond the Python types: "duration" (seconds as a number, or text
 like "100ms", "30s", "5m", "1h") and "size" (bytes as a number, or text like
-"64KiB", "96MiB", "1GB").
+"64KiB", "96MiB", "1GB"), read and written by `plumbing.units`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
+
+from plumbing.units import format_duration, format_size, parse_duration, parse_size
 
 T = TypeVar("T")
 
@@ -52,47 +54,6 @@ def setting(
             "metavar": metavar,
         },
     )
-
-
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*([0-9]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-}
-
-
-def parse_duration(value: object) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a duration, got a boolean")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f"expected a duration like 500ms, 30s, 5m or 1h, got {value!r}")
-
-
-def parse_size(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("expected a size, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            unit = (m.group(2) or "b").lower()
-            return int(m.group(1)) * _SIZE_UNITS[unit]
-    raise ValueError(f"expected a size like 65536, 64KiB or 96MiB, got {value!r}")
 
 
 def _parse_bool(value: object) -> bool:
@@ -261,23 +222,6 @@ def _metavar(hint: Any, kind: str | None) -> str:
         hint = members[0]
     names: dict[Any, str] = {bool: "BOOL", int: "N", float: "X", str: "TEXT"}
     return names.get(hint, "LIST")
-
-
-def format_size(n: int) -> str:
-    """Bytes as the largest whole binary unit (64KiB, 96MiB)."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds as text `parse_duration` reads back (100ms, 5s, 30m)."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{seconds / 60:g}m"
-    return f"{seconds:g}s"
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, object]:

@@ -1,0 +1,352 @@
+"""The server side of RPC: handlers for requests and one-way messages.
+
+Ordering: one-way messages of one connection are handled one at a time in
+arrival order (Raft traffic relies on it). Requests are handled
+concurrently, up to a per-connection bound, and answered in completion
+order. Nothing orders a request against a one-way message.
+
+A malformed frame (bad length, bad CBOR, bad envelope) closes that
+connection with a logged reason; nothing else is affected. A handler's
+failure is answered with an `RpcError` (kvproto.rpc.envelope).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from kvproto.codec import DecodeError, EncodeError, from_wire, message_type
+from kvproto.frame import DEFAULT_MAX_FRAME_SIZE, FrameReader, FrameWriter
+from kvproto.rpc.envelope import (
+    Echo,
+    FrameKind,
+    RpcError,
+    RpcErrorCode,
+    decode_envelope,
+    encode_envelope,
+)
+
+__all__ = [
+    "Deferred",
+    "Handler",
+    "OnewayHandler",
+    "RequestContext",
+    "Respond",
+    "RpcServer",
+    "echo_handler",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """What a handler knows about where a message came from."""
+
+    peer: str
+    connection_id: int
+    request_id: int  # 0 for one-way messages
+
+
+Handler = Callable[[Any, RequestContext], Awaitable[object]]
+OnewayHandler = Callable[[Any, RequestContext], Awaitable[None]]
+# Called once with the response (or an exception to answer as INTERNAL).
+Respond = Callable[[object], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A request handler that answers through a callback instead of a task:
+    ``fn(request, ctx, respond)`` runs in the connection's reader task, must
+    not block, and calls `respond(answer)` exactly once, now or later (from
+    any task of the same trio run). For the hot paths of a server whose work
+    completes elsewhere (a store's Raft loop): it costs no task, no event and
+    no task switch per request. Requests it has not answered yet count
+    against the connection's concurrency bound like running handlers.
+    """
+
+    fn: Callable[[Any, RequestContext, Respond], None]
+
+
+async def echo_handler(request: Echo, ctx: RequestContext) -> Echo:
+    """The handler of `Echo` requests (tests and benchmarks register it)."""
+    return request
+
+
+class RpcServer:
+    """Serves requests and one-way messages with async handlers.
+
+    `handlers` maps a request type to ``async def handler(request, ctx) ->
+    response``; `oneway_handlers` a one-way type to ``async def
+    handler(msg, ctx) -> None``. A handler's exception is logged with its
+    traceback and answered with RpcError(INTERNAL) (one-way: logged only).
+
+    When a client closes its connection cleanly, its requests in progress
+    finish and are answered. Handlers are cancelled when the server is, or
+    when their connection breaks or is dropped for a malformed frame; they
+    must tolerate that.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[type, Handler | Deferred] | None = None,
+        oneway_handlers: Mapping[type, OnewayHandler] | None = None,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_concurrent_requests: int = 128,
+        max_queued_oneway: int = 1024,
+    ) -> None:
+        self._handlers = dict(handlers or {})
+        self._oneway_handlers = dict(oneway_handlers or {})
+        self.max_frame_size = max_frame_size
+        self.max_concurrent_requests = max_concurrent_requests
+        self.max_queued_oneway = max_queued_oneway
+        self._connection_ids = itertools.count(1)
+        self.open_connections = 0
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on (host, port) and serve connections until cancelled.
+
+        Reports the bound ``(host, port)`` through `task_status` (port 0 picks
+        a free port). A connection's failure never ends the server.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            bound_host, bound_port = listeners[0].socket.getsockname()[:2]
+            async with trio.open_nursery() as nursery:
+                task_status.started((bound_host, bound_port))
+                await trio.serve_listeners(self._serve_socket, listeners, handler_nursery=nursery)
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def _serve_socket(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "?"
+        await self.handle_connection(stream, peer)
+
+    async def handle_connection(self, stream: trio.abc.Stream, peer: str = "?") -> None:
+        """Serve one already-open connection until it ends; closes `stream`.
+        Never raises but Cancelled (usable with in-memory streams in tests)."""
+        conn = _ServerConnection(
+            self._handlers, self._oneway_handlers, self, stream, peer, next(self._connection_ids)
+        )
+        self.open_connections += 1
+        try:
+            await conn.run()
+        except Exception:
+            # A bug in this module; the server and other connections go on.
+            logger.exception("%s: connection crashed", peer)
+        finally:
+            self.open_connections -= 1
+            await trio.aclose_forcefully(stream)
+
+
+class _ServerConnection:
+    """One accepted connection: a reader dispatching frames, request handler
+    tasks in their own nursery, one task for one-way messages in order, and
+    the frame writer."""
+
+    def __init__(
+        self,
+        handlers: dict[type, Handler | Deferred],
+        oneway_handlers: dict[type, OnewayHandler],
+        server: RpcServer,
+        stream: trio.abc.Stream,
+        peer: str,
+        conn_id: int,
+    ) -> None:
+        self._handlers = handlers
+        self._oneway_handlers = oneway_handlers
+        self._peer = peer
+        self._id = conn_id
+        self._max_frame_size = server.max_frame_size
+        self._writer = FrameWriter(stream)
+        self._reader = FrameReader(stream, server.max_frame_size)
+        # Bounds the requests of this connection in progress; when all are
+        # taken the reader stops reading, which pushes back through TCP.
+        self._slots = trio.Semaphore(server.max_concurrent_requests)
+        self._oneway_send, self._oneway_receive = trio.open_memory_channel[Any](
+            server.max_queued_oneway
+        )
+        self._oneways_finished = trio.Event()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_writer, nursery.cancel_scope)
+            nursery.start_soon(self._run_oneways)
+            async with trio.open_nursery() as requests:
+                clean_end = await self._read_frames(requests)
+                if not clean_end:
+                    requests.cancel_scope.cancel()
+            if clean_end:
+                # The client finished sending: finish its work and answer it.
+                self._oneway_send.close()
+                await self._oneways_finished.wait()
+                await self._writer.wait_flushed()
+            nursery.cancel_scope.cancel()
+
+    async def _run_writer(self, scope: trio.CancelScope) -> None:
+        await self._writer.run()
+        logger.debug("%s: send failed, closing: %r", self._peer, self._writer.error)
+        scope.cancel()
+
+    async def _read_frames(self, requests: trio.Nursery) -> bool:
+        """Dispatch frames until the client stops; True on a clean end of
+        stream, False when the connection must be dropped."""
+        try:
+            while True:
+                frame = await self._reader.receive_frame()
+                if frame is None:
+                    return True
+                kind, request_id, body = decode_envelope(frame)
+                if kind == FrameKind.REQUEST:
+                    await self._slots.acquire()
+                    cls = message_type(body)
+                    handler = None if cls is None else self._handlers.get(cls)
+                    if isinstance(handler, Deferred):
+                        self._dispatch_deferred(handler, request_id, body)
+                    else:
+                        requests.start_soon(self._handle_request, request_id, body)
+                elif kind == FrameKind.ONEWAY:
+                    await self._oneway_send.send(body)
+                else:
+                    raise DecodeError(f"a client sent a {kind.name} frame")
+        except DecodeError as e:
+            logger.warning("%s: closing connection: malformed frame: %s", self._peer, e)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            logger.debug("%s: connection lost: %r", self._peer, e)
+        return False
+
+    def _dispatch_deferred(self, handler: Deferred, request_id: int, body: Any) -> None:
+        answered = False
+
+        def respond(answer: object) -> None:
+            nonlocal answered
+            if answered:
+                raise AssertionError(f"request {request_id} answered twice")
+            answered = True
+            self._slots.release()
+            if isinstance(answer, BaseException):
+                logger.error("%s: deferred handler failed", self._peer, exc_info=answer)
+                frame = self._error_frame(
+                    request_id,
+                    RpcError(RpcErrorCode.INTERNAL, f"{type(answer).__name__}: {answer}"[:1000]),
+                )
+            else:
+                frame = self._encode_answer(request_id, answer)
+            # A full send queue is not waited for here: the bound on requests
+            # in progress (the semaphore) already bounds what can pile up.
+            with contextlib.suppress(trio.BrokenResourceError):
+                self._writer.send_nowait(frame)
+
+        try:
+            request = from_wire(body)
+        except DecodeError as e:
+            logger.warning("%s: bad request %d: %s", self._peer, request_id, e)
+            answered = True
+            self._slots.release()
+            with contextlib.suppress(trio.BrokenResourceError):
+                self._writer.send_nowait(
+                    self._error_frame(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
+                )
+            return
+        try:
+            handler.fn(request, RequestContext(self._peer, self._id, request_id), respond)
+        except Exception as e:
+            if not answered:
+                respond(e)
+            else:
+                logger.exception("%s: deferred handler failed after answering", self._peer)
+
+    def _encode_answer(self, request_id: int, response: object) -> bytes:
+        try:
+            return encode_envelope(FrameKind.RESPONSE, request_id, response, self._max_frame_size)
+        except EncodeError as e:
+            logger.error("%s: cannot send an answer: %s", self._peer, e)
+            error = RpcError(RpcErrorCode.INTERNAL, f"cannot encode the answer: {e}"[:1000])
+            return self._error_frame(request_id, error)
+
+    async def _handle_request(self, request_id: int, body: Any) -> None:
+        try:
+            answer = await self._answer(request_id, body)
+            try:
+                self._writer.send_nowait(answer)
+            except trio.BrokenResourceError:
+                return  # the connection is closing; nobody to answer
+            await self._writer.wait_writable()
+        finally:
+            self._slots.release()
+
+    async def _answer(self, request_id: int, body: Any) -> bytes:
+        cls = message_type(body)
+        handler = None if cls is None else self._handlers.get(cls)
+        if handler is None:
+            what = cls.__qualname__ if cls else "a message of unknown type"
+            error = RpcError(RpcErrorCode.UNKNOWN_MESSAGE, f"no handler for {what}")
+            return self._error_frame(request_id, error)
+        try:
+            request = from_wire(body)
+        except DecodeError as e:
+            logger.warning("%s: bad request %d: %s", self._peer, request_id, e)
+            return self._error_frame(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
+        name = type(request).__qualname__
+        assert not isinstance(handler, Deferred)
+        try:
+            response = await handler(request, RequestContext(self._peer, self._id, request_id))
+        except Exception as e:
+            logger.exception("%s: handler for %s failed", self._peer, name)
+            error = RpcError(RpcErrorCode.INTERNAL, f"{type(e).__name__}: {e}"[:1000])
+            return self._error_frame(request_id, error)
+        try:
+            return encode_envelope(FrameKind.RESPONSE, request_id, response, self._max_frame_size)
+        except EncodeError as e:
+            logger.error("%s: cannot send the answer to %s: %s", self._peer, name, e)
+            error = RpcError(RpcErrorCode.INTERNAL, f"cannot encode the answer: {e}"[:1000])
+            return self._error_frame(request_id, error)
+
+    def _error_frame(self, request_id: int, error: RpcError) -> bytes:
+        return encode_envelope(FrameKind.ERROR, request_id, error, self._max_frame_size)
+
+    async def _run_oneways(self) -> None:
+        # One task, so one-way messages are handled one at a time in order.
+        async with self._oneway_receive:
+            async for body in self._oneway_receive:
+                await self._handle_oneway(body)
+        self._oneways_finished.set()
+
+    async def _handle_oneway(self, body: Any) -> None:
+        cls = message_type(body)
+        handler = None if cls is None else self._oneway_handlers.get(cls)
+        if handler is None:
+            logger.warning(
+                "%s: dropping one-way %s: no handler",
+                self._peer,
+                cls.__qualname__ if cls else "message of unknown type",
+            )
+            return
+        try:
+            msg = from_wire(body)
+        except DecodeError as e:
+            logger.warning("%s: dropping bad one-way message: %s", self._peer, e)
+            return
+        try:
+            await handler(msg, RequestContext(self._peer, self._id, 0))
+        except Exception:
+            name = type(msg).__qualname__
+            logger.exception("%s: one-way handler for %s failed", self._peer, name)

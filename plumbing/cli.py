@@ -1,0 +1,99 @@
+"""What every `shardkv` sub-command sets up the same way.
+
+* `add_log_level_flag` and `configure_logging`: ``--log-level``, and log
+  records written to stderr in one format.
+* `serve_until_signal`: run a server until SIGINT or SIGTERM, then cancel it
+  and return, so that the command ends cleanly (exit code 0) rather than
+  with a KeyboardInterrupt traceback.
+* `print_errors`: one ``prog: message`` line on stderr per error, also for
+  the errors inside an ExceptionGroup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final
+
+import trio
+
+__all__ = [
+    "LOG_FORMAT",
+    "LOG_LEVELS",
+    "STOP_SIGNALS",
+    "add_log_level_flag",
+    "configure_logging",
+    "print_errors",
+    "serve_until_signal",
+]
+
+log = logging.getLogger(__name__)
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+def add_log_level_flag(parser: argparse.ArgumentParser, *, default: str = "info") -> None:
+    """``--log-level {debug,info,warning,error}`` (into ``args.log_level``)."""
+    if default not in LOG_LEVELS:
+        raise ValueError(f"default log level {default!r} is not one of {LOG_LEVELS}")
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=LOG_LEVELS,
+        help=f"log level of the messages written to stderr (default: {default})",
+    )
+
+
+def configure_logging(level: str, *, fmt: str = LOG_FORMAT) -> None:
+    """Write log records of `level` (a name of LOG_LEVELS) and above to
+    stderr, one line each in the `logging` format `fmt`. Like
+    `logging.basicConfig`, it does nothing if the root logger already has a
+    handler (a test runner's, or an earlier call)."""
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=fmt)
+
+
+async def serve_until_signal(
+    serve: Callable[..., Awaitable[object]],
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``serve`` until SIGINT or SIGTERM arrives, then cancel it and
+    return.
+
+    ``serve`` is started as with ``nursery.start(serve)`` (it reports that it
+    is ready through its `task_status`, which is passed on). An error of
+    ``serve`` leaves as trio's ExceptionGroup (see `print_errors`). The signals
+    are taken over from the start, so that one that comes while ``serve`` is
+    starting stops it too rather than raising KeyboardInterrupt.
+    """
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for sig in signals:
+                    log.info("received %s, stopping", signal.Signals(sig).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            task_status.started(await nursery.start(serve))
+
+
+def print_errors(prog: str, error: BaseException) -> None:
+    """Print ``prog: message`` on stderr for `error`, or for each error in
+    it if it is an ExceptionGroup (nested groups included)."""
+    for e in _leaves(error):
+        print(f"{prog}: {e}", file=sys.stderr)
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for e in error.exceptions:
+            yield from _leaves(e)
+    else:
+        yield error
