@@ -5,8 +5,12 @@ The pure core (no trio, no clock, no sockets):
 * `config`: start-up options and the cluster config (pd.toml, flags, RPC).
 * `region_tree`: regions by start key, no overlaps.
 * `id_alloc`: cluster-unique ids persisted in blocks ahead of use.
-* `stores`: stores and their state machine (Up / Disconnected / Down ...).
-* `cluster`: the metadata and its rules (bootstrap, heartbeats, splits).
+* `stores`: stores, their state machine (Up / Disconnected / Down ...)
+  and lifecycle (joining, heartbeats, decommissioning, burying).
+* `regions`: the region tree with what each leader last reported; region
+  heartbeats and their staleness rules, batch splits, flushing.
+* `cluster`: the facade over stores and regions, with bootstrap, ids and
+  the cluster config.
 * `operators`: operators and their steps (add learner, promote, remove,
   joint change, transfer leader, split), each step done by a check on the
   region its leader reports.

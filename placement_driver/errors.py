@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kvproto.pdpb import PdError, PdErrorCode
 
-__all__ = ["OperatorExistsError", "PdRequestError"]
+__all__ = ["OperatorExistsError", "PdRequestError", "invalid_argument"]
 
 
 class PdRequestError(Exception):
@@ -21,6 +21,11 @@ class PdRequestError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code.name.lower()}: {self.message}"
+
+
+def invalid_argument(message: str) -> PdRequestError:
+    """The refusal of a malformed request (INVALID_ARGUMENT)."""
+    return PdRequestError(PdErrorCode.INVALID_ARGUMENT, message)
 
 
 class OperatorExistsError(Exception):

@@ -58,8 +58,8 @@ from typing import Any, Final
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from kvproto.metapb import Peer, RegionEpoch, StoreState
-from kvproto.pdpb import PdErrorCode
-from placement_driver.cluster import Cluster, RegionRecord
+from kvproto.pdpb import PdErrorCode, PeerStats
+from placement_driver.cluster import Cluster
 from placement_driver.errors import OperatorExistsError, PdRequestError
 from placement_driver.operator_controller import OperatorController
 from placement_driver.operators import (
@@ -72,6 +72,7 @@ from placement_driver.operators import (
     Step,
     TransferLeader,
 )
+from placement_driver.regions import REPORTED_FIELDS, RegionRecord
 from placement_driver.stores import StoreInfo
 
 __all__ = [
@@ -138,25 +139,33 @@ def _age(now: float, then: float | None) -> float | None:
 
 
 def region_json(record: RegionRecord, now: float) -> JsonObject:
+    """The region, then what its leader last reported under the names of
+    the heartbeat's fields (`RegionStat`), then the heartbeat's age."""
     region, stat = record.region, record.stat
-    return {
+    out: JsonObject = {
         "id": region.id,
         "start_key": key_json(region.start_key),
         "end_key": key_json(region.end_key),
         "epoch": epoch_json(region.epoch),
         "peers": [peer_json(p) for p in region.peers],
-        "leader": None if stat.leader is None else peer_json(stat.leader),
-        "term": stat.term,
-        "approximate_size": stat.approximate_size,
-        "approximate_keys": stat.approximate_keys,
-        "down_peers": [
-            {"peer": peer_json(d.peer), "down_seconds": d.down_seconds} for d in stat.down_peers
-        ],
-        "pending_peers": [peer_json(p) for p in stat.pending_peers],
-        "written_bytes": stat.written_bytes,
-        "written_keys": stat.written_keys,
-        "seconds_since_heartbeat": _age(now, stat.last_heartbeat),
     }
+    for name in REPORTED_FIELDS:
+        out[name] = _reported_json(getattr(stat, name))
+    out["seconds_since_heartbeat"] = _age(now, stat.last_heartbeat)
+    return out
+
+
+def _reported_json(value: object) -> Any:
+    """A value of a region heartbeat as JSON (numbers and None as they are)."""
+    match value:
+        case Peer():
+            return peer_json(value)
+        case PeerStats(peer=peer, down_seconds=down_seconds):
+            return {"peer": peer_json(peer), "down_seconds": down_seconds}
+        case tuple():
+            return [_reported_json(v) for v in value]
+        case _:
+            return value
 
 
 def epoch_json(epoch: RegionEpoch) -> JsonObject:

@@ -40,8 +40,8 @@ from typing import Final
 from kvproto import pdpb
 from kvproto.metapb import RegionId, StoreId
 from kvproto.pdpb import PdErrorCode
-from placement_driver.cluster import MAX_SPLIT_COUNT, Cluster, RegionRecord
-from placement_driver.errors import OperatorExistsError, PdRequestError
+from placement_driver.cluster import Cluster
+from placement_driver.errors import OperatorExistsError, PdRequestError, invalid_argument
 from placement_driver.operators import (
     Operator,
     OperatorKind,
@@ -49,6 +49,7 @@ from placement_driver.operators import (
     OperatorTimeouts,
     SplitRegion,
 )
+from placement_driver.regions import MAX_SPLIT_COUNT, RegionRecord
 from placement_driver.replica_checker import OpInfluence, check_replicas
 
 __all__ = ["DEFAULT_HISTORY_SIZE", "OperatorController", "PatrolResult"]
@@ -218,16 +219,16 @@ class OperatorController:
         region = record.region
         keys = tuple(keys)
         if len(keys) > MAX_SPLIT_COUNT:
-            raise _invalid(f"at most {MAX_SPLIT_COUNT} split keys at once, got {len(keys)}")
+            raise invalid_argument(f"at most {MAX_SPLIT_COUNT} split keys at once, got {len(keys)}")
         previous = region.start_key
         for key in keys:
             if key <= previous:
-                raise _invalid(
+                raise invalid_argument(
                     f"split key {key!r} is not inside region {region_id} after {previous!r} "
                     "(keys must be strictly increasing and strictly inside the region)"
                 )
             if region.end_key and key >= region.end_key:
-                raise _invalid(
+                raise invalid_argument(
                     f"split key {key!r} is not inside region {region_id} "
                     f"[{region.start_key!r}, {region.end_key!r})"
                 )
@@ -241,7 +242,3 @@ class OperatorController:
         )
         self.add(op, now)
         return op
-
-
-def _invalid(message: str) -> PdRequestError:
-    return PdRequestError(PdErrorCode.INVALID_ARGUMENT, message)

@@ -46,14 +46,15 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeAlias
 
 from kvproto import pdpb
-from kvproto.metapb import Peer, PeerId, PeerRole, Region, RegionEpoch, RegionId
+from kvproto.metapb import Peer, PeerRole, Region, RegionEpoch, RegionId
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType
-from placement_driver.cluster import RegionRecord
+from placement_driver.regions import RegionRecord
 
 __all__ = [
     "AddLearner",
@@ -81,10 +82,6 @@ def in_joint(region: Region) -> bool:
 
 def describe_peer(peer: Peer) -> str:
     return f"peer {peer.id} on store {peer.store_id}"
-
-
-def _is_pending(record: RegionRecord, peer_id: PeerId) -> bool:
-    return any(p.id == peer_id for p in record.stat.pending_peers)
 
 
 def _wrong_store(region: Region, peer: Peer) -> str | None:
@@ -128,7 +125,7 @@ class AddLearner:
 
     def is_done(self, record: RegionRecord) -> bool:
         p = record.region.find_peer(self.peer.id)
-        return p is not None and p.is_learner and not _is_pending(record, p.id)
+        return p is not None and p.is_learner and not record.stat.is_pending(p.id)
 
     def in_flight(self, region: Region) -> bool:
         return region.find_peer(self.peer.id) is not None
@@ -468,15 +465,7 @@ class Operator:
         region = record.region
         if not self.is_running or step is None or in_joint(region) or step.in_flight(region):
             return None
-        resp = step.order()
-        return pdpb.RegionHeartbeatResponse(
-            resp.header,
-            region_id=region.id,
-            region_epoch=region.epoch,
-            change_peer=resp.change_peer,
-            transfer_leader=resp.transfer_leader,
-            split_region=resp.split_region,
-        )
+        return dataclasses.replace(step.order(), region_id=region.id, region_epoch=region.epoch)
 
     def finish(self, status: OperatorStatus, now: float, reason: str = "") -> None:
         assert self.is_running and status != OperatorStatus.RUNNING

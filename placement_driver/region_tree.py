@@ -1,7 +1,7 @@
 """The PD's region tree: regions by start key, without overlaps.
 
 Pure data structure: no I/O, no clock. It does not judge which of two
-reports is newer (that is `Cluster`'s job, with the rules of
+reports is newer (that is `regions.Regions`'s job, with the rules of
 `kvproto.epoch`); `put` simply makes the given region the truth for its
 range and id, removing whatever it overlaps.
 
@@ -40,9 +40,6 @@ class RegionTree:
     def __iter__(self) -> Iterator[Region]:
         """Every region in key order."""
         return iter(self._by_start.values())
-
-    def __contains__(self, region_id: object) -> bool:
-        return region_id in self._by_id
 
     def get(self, region_id: RegionId) -> Region | None:
         return self._by_id.get(region_id)
@@ -92,12 +89,6 @@ class RegionTree:
         self._by_start[region.start_key] = region
         self._by_id[region.id] = region
         return removed
-
-    def remove(self, region_id: RegionId) -> Region | None:
-        region = self._by_id.get(region_id)
-        if region is not None:
-            self._drop(region)
-        return region
 
     def _drop(self, region: Region) -> None:
         del self._by_id[region.id]

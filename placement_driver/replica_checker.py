@@ -46,7 +46,6 @@ from typing import Final, Protocol
 
 from kvproto.metapb import Peer, PeerId, PeerRole, StoreId, StoreState
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerType
-from placement_driver.cluster import RegionRecord
 from placement_driver.config import ClusterConfig
 from placement_driver.operators import (
     AddLearner,
@@ -59,6 +58,7 @@ from placement_driver.operators import (
     TransferLeader,
     in_joint,
 )
+from placement_driver.regions import RegionRecord
 from placement_driver.stores import StoreInfo
 
 __all__ = [
@@ -143,9 +143,6 @@ class _Check:
     def to_vacate(self, peer: Peer) -> bool:
         return self.state(peer.store_id) in VACATE_STATES
 
-    def is_pending(self, peer: Peer) -> bool:
-        return any(p.id == peer.id for p in self.record.stat.pending_peers)
-
     def accepts_peers(self, info: StoreInfo) -> bool:
         config = self.config
         stats = info.stats
@@ -182,7 +179,7 @@ class _Check:
             if p.role == PeerRole.VOTER
             and p.id != leaving.id
             and p.id not in down
-            and not self.is_pending(p)
+            and not self.record.stat.is_pending(p.id)
             and self.state(p.store_id) == StoreState.UP
         ]
         return min(candidates, key=self.fill_order, default=None)
@@ -259,7 +256,7 @@ class _Check:
             return None
         ready = [p for p in learners if self.state(p.store_id) == StoreState.UP]
         if ready:
-            caught_up = [p for p in ready if not self.is_pending(p)]
+            caught_up = [p for p in ready if not self.record.stat.is_pending(p.id)]
             if not caught_up:
                 return None  # wait for it
             best = min(caught_up, key=self.fill_order)

@@ -25,8 +25,9 @@ from typing import Any, Final, Protocol
 
 from kvproto import pdpb
 from kvproto.pdpb import PdError, PdErrorCode, ResponseHeader
-from placement_driver.cluster import Cluster, RegionRecord, RegionReport
-from placement_driver.errors import PdRequestError
+from placement_driver.cluster import Cluster
+from placement_driver.errors import PdRequestError, invalid_argument
+from placement_driver.regions import RegionRecord
 
 __all__ = ["RESPONSE_TYPES", "NoOperators", "OperatorHook", "PdService"]
 
@@ -167,18 +168,7 @@ class PdService:
     def _region_heartbeat(
         self, req: pdpb.RegionHeartbeatRequest, now: float
     ) -> pdpb.RegionHeartbeatResponse:
-        report = RegionReport(
-            region=req.region,
-            leader=req.leader,
-            term=req.term,
-            approximate_size=req.approximate_size,
-            approximate_keys=req.approximate_keys,
-            down_peers=req.down_peers,
-            pending_peers=req.pending_peers,
-            written_bytes=req.written_bytes,
-            written_keys=req.written_keys,
-        )
-        record = self.cluster.region_heartbeat(report, now)
+        record = self.cluster.region_heartbeat(req, now)
         step = self.operators.on_region_heartbeat(self.cluster, record, now)
         if step is None:
             return pdpb.RegionHeartbeatResponse(self._header(), region_id=req.region.id)
@@ -222,9 +212,7 @@ class PdService:
         items: dict[str, str] = {}
         for item in req.items:
             if item.name in items:
-                raise PdRequestError(
-                    PdErrorCode.INVALID_ARGUMENT, f"config key {item.name!r} is given twice"
-                )
+                raise invalid_argument(f"config key {item.name!r} is given twice")
             items[item.name] = item.value
         config = self.cluster.set_config(items)
         return pdpb.SetConfigResponse(self._header(), _config_items(config.items()))

@@ -13,23 +13,33 @@ States (metapb.StoreState):
 
   A heartbeat makes the store Up again. Disconnected means "do not plan new
   operators on it"; Down means "replace its replicas" (checkers, later).
-* Offline (being drained) and Tombstone (removed) are set by operators
-  (later issue) and kept as they are, whatever the heartbeats say. Only
-  these "operator states" are persisted; the others are derived.
+* Offline (being drained) and Tombstone (removed) are set by an
+  administrator (`Stores.set_state`; an Offline store that no region has a
+  peer on any more is made Tombstone by `Stores.bury_empty_offline`) and
+  kept as they are, whatever the heartbeats say. Only these "operator
+  states" are persisted; the others are derived.
 
-Pure: time comes in as an explicit `now` (seconds on the shell's clock).
+`StoreInfo` is one store; `Stores` is every store of the cluster and their
+lifecycle. Pure: time comes in as an explicit `now` (seconds on the
+shell's clock).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kvproto.metapb import Store, StoreId, StoreState
-from kvproto.pdpb import StoreStats
-from placement_driver.config import ClusterConfig
+from kvproto.pdpb import PdErrorCode, StoreStats
+from placement_driver.config import ClusterConfig, parse_listen_address
+from placement_driver.errors import PdRequestError, invalid_argument
+from placement_driver.storage import MetaStorage
 
-__all__ = ["OPERATOR_STATES", "StoreInfo"]
+__all__ = ["OPERATOR_STATES", "StoreInfo", "StoreTransition", "Stores", "check_store"]
+
+log = logging.getLogger(__name__)
 
 # States that heartbeats do not change.
 OPERATOR_STATES = frozenset({StoreState.OFFLINE, StoreState.TOMBSTONE})
@@ -37,7 +47,7 @@ OPERATOR_STATES = frozenset({StoreState.OFFLINE, StoreState.TOMBSTONE})
 
 @dataclass(slots=True)
 class StoreInfo:
-    """One store. Mutated by `Cluster` only.
+    """One store. Mutated by `Stores` only.
 
     Invariant: `meta.state` is the current state; `operator_state` is UP,
     OFFLINE or TOMBSTONE, and equals `meta.state` unless that is UP.
@@ -100,3 +110,222 @@ class StoreInfo:
     def set_state(self, state: StoreState) -> None:
         if state != self.meta.state:
             self.meta = dataclasses.replace(self.meta, state=state)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTransition:
+    store_id: StoreId
+    old: StoreState
+    new: StoreState
+
+
+class Stores:
+    """Every store of the cluster, by id, and their lifecycle: joining,
+    heartbeats, the states derived from them, decommissioning and removal.
+    A durable change (a new store, a new address or labels, an operator
+    state) is written through `storage` before memory changes.
+
+    It reads two things of the rest of the cluster, given as functions:
+    the current cluster `config` (its heartbeat timeouts) and
+    `region_count`, how many regions have a peer on a store (a store may
+    become a Tombstone only when none has)."""
+
+    def __init__(
+        self,
+        storage: MetaStorage,
+        stored: Iterable[Store],
+        now: float,
+        *,
+        config: Callable[[], ClusterConfig],
+        region_count: Callable[[int], int],
+    ) -> None:
+        """Load the stored stores; `now` is the base of their heartbeat
+        age."""
+        self._storage = storage
+        self._config = config
+        self._region_count = region_count
+        self._by_id: dict[StoreId, StoreInfo] = {}
+        for store in stored:
+            info = StoreInfo(store, seen_at=now, operator_state=_operator_state(store.state))
+            info.set_state(info.state_at(now, config()))
+            self._by_id[store.id] = info
+
+    # -- reading ------------------------------------------------------------------
+
+    def all(self, *, exclude_tombstone: bool = False) -> list[StoreInfo]:
+        """Every store, in id order."""
+        return [
+            s for _, s in sorted(self._by_id.items()) if not (exclude_tombstone and s.is_tombstone)
+        ]
+
+    def find(self, store_id: int) -> StoreInfo | None:
+        return self._by_id.get(StoreId(store_id))
+
+    def get(self, store_id: int) -> StoreInfo:
+        """The store; STORE_NOT_FOUND if it is not known."""
+        info = self._by_id.get(StoreId(store_id))
+        if info is None:
+            raise PdRequestError(PdErrorCode.STORE_NOT_FOUND, f"store {store_id} is not known")
+        return info
+
+    def get_live(self, store_id: int) -> StoreInfo:
+        """The store; STORE_NOT_FOUND if it is not known, STORE_TOMBSTONE
+        if it was removed."""
+        info = self.get(store_id)
+        if info.is_tombstone:
+            raise _removed(store_id)
+        return info
+
+    def next_state_change(self, now: float) -> float | None:
+        """The earliest time after `now` at which a store's state changes
+        without a heartbeat; None if none will."""
+        config = self._config()
+        deadlines = [
+            d for s in self._by_id.values() if (d := s.next_change(now, config)) is not None
+        ]
+        return min(deadlines, default=None)
+
+    # -- changes ------------------------------------------------------------------
+
+    def add_bootstrapped(self, meta: Store, now: float) -> None:
+        """The first store, already written with the bootstrap."""
+        self._by_id[meta.id] = StoreInfo(meta, seen_at=now)
+
+    def put(self, store: Store, now: float, *, next_id: int) -> StoreInfo:
+        """Register a new store (its id below `next_id`, the allocator's)
+        or update the address and labels of a known one. The state in
+        `store` is ignored: the PD owns store states."""
+        check_store(store)
+        old = self._by_id.get(store.id)
+        if old is None and store.id >= next_id:
+            raise invalid_argument(
+                f"store id {store.id} was not allocated by this PD (use AllocId)"
+            )
+        if old is not None and old.is_tombstone:
+            raise _removed(store.id)
+        for other in self._by_id.values():
+            if other.id != store.id and not other.is_tombstone and other.address == store.address:
+                raise PdRequestError(
+                    PdErrorCode.DUPLICATE_STORE_ADDRESS,
+                    f"address {store.address} is used by store {other.id} "
+                    f"({other.state.name.lower()}); remove that store first or use another address",
+                )
+        if old is None:
+            info = StoreInfo(dataclasses.replace(store, state=StoreState.UP), seen_at=now)
+            self._storage.save_store(info.persisted())
+            self._by_id[store.id] = info
+            log.info("store %d joined at %s", store.id, store.address)
+            return info
+        meta = dataclasses.replace(store, state=old.state)
+        if meta != old.meta:
+            new = dataclasses.replace(meta, state=old.operator_state)
+            self._storage.save_store(new)
+            log.info("store %d updated: %s", store.id, _describe(new))
+            old.meta = meta
+        return old
+
+    def heartbeat(self, stats: StoreStats, now: float) -> StoreInfo:
+        info = self.get_live(stats.store_id)
+        for name in ("capacity", "available", "used_size", "region_count", "leader_count"):
+            if getattr(stats, name) < 0:
+                raise invalid_argument(f"store stats: {name} is negative")
+        info.stats = stats
+        info.last_heartbeat = now
+        self._follow(info, now)
+        return info
+
+    def update_states(self, now: float) -> list[StoreTransition]:
+        """Derive every store's state at `now`; returns the changes."""
+        changes = []
+        for info in self.all():
+            old = info.state
+            if self._follow(info, now):
+                changes.append(StoreTransition(info.id, old, info.state))
+        return changes
+
+    def set_state(self, store_id: int, state: StoreState, now: float) -> StoreInfo:
+        """An administrator's store state change, persisted before it takes
+        effect:
+
+        * OFFLINE: decommission the store (its peers get replaced; it gets
+          no new ones); heartbeats no longer change its state;
+        * UP: take an Offline store back (its state follows heartbeats again);
+        * TOMBSTONE: remove an Offline store that holds no region.
+
+        Disconnected and Down follow from heartbeats and cannot be set; a
+        Tombstone store never changes again (STORE_TOMBSTONE)."""
+        info = self.get_live(store_id)
+        if state not in (StoreState.UP, *OPERATOR_STATES):
+            raise invalid_argument(
+                f"{state.name} follows from heartbeats and cannot be set; "
+                "settable: UP, OFFLINE, TOMBSTONE"
+            )
+        if state == StoreState.TOMBSTONE:
+            if info.operator_state != StoreState.OFFLINE:
+                raise invalid_argument(
+                    f"store {store_id} must be made Offline before it is removed"
+                )
+            count = self._region_count(store_id)
+            if count:
+                raise invalid_argument(f"store {store_id} still holds {count} regions")
+        self._set_operator_state(info, state, now, "by an administrator")
+        return info
+
+    def bury_empty_offline(self, now: float) -> list[StoreId]:
+        """Make every Offline store that no region has a peer on any more a
+        Tombstone; returns their ids."""
+        buried = []
+        for info in self.all():
+            if info.operator_state == StoreState.OFFLINE and not self._region_count(info.id):
+                self._set_operator_state(
+                    info, StoreState.TOMBSTONE, now, "(it was Offline and holds no region)"
+                )
+                buried.append(info.id)
+        return buried
+
+    def _set_operator_state(self, info: StoreInfo, state: StoreState, now: float, why: str) -> None:
+        if state != info.operator_state:
+            self._storage.save_store(dataclasses.replace(info.meta, state=state))
+            info.operator_state = state
+            log.warning("store %d set to %s %s", info.id, state.name, why)
+        self._follow(info, now)
+
+    def _follow(self, info: StoreInfo, now: float) -> bool:
+        """Set the store's state to the one derived at `now`; whether it
+        changed."""
+        state = info.state_at(now, self._config())
+        if state == info.state:
+            return False
+        level = logging.INFO if state == StoreState.UP else logging.WARNING
+        log.log(level, "store %d is %s (was %s)", info.id, state.name, info.state.name)
+        info.set_state(state)
+        return True
+
+
+def check_store(store: Store) -> None:
+    """INVALID_ARGUMENT unless `store` is well formed: a positive id, an
+    address with a port, unique non-empty label keys."""
+    if store.id <= 0:
+        raise invalid_argument(f"store id must be > 0, got {store.id}")
+    try:
+        _, port = parse_listen_address(store.address)
+    except ValueError as e:
+        raise invalid_argument(f"store {store.id}: bad address: {e}") from None
+    if port == 0:
+        raise invalid_argument(f"store {store.id}: address {store.address!r} has port 0")
+    keys = [k for k, _ in store.labels]
+    if len(set(keys)) != len(keys) or not all(keys):
+        raise invalid_argument(f"store {store.id}: label keys must be non-empty and unique")
+
+
+def _removed(store_id: int) -> PdRequestError:
+    return PdRequestError(PdErrorCode.STORE_TOMBSTONE, f"store {store_id} was removed (tombstone)")
+
+
+def _operator_state(state: StoreState) -> StoreState:
+    return state if state in OPERATOR_STATES else StoreState.UP
+
+
+def _describe(store: Store) -> str:
+    labels = ",".join(f"{k}={v}" for k, v in store.labels)
+    return f"address {store.address}" + (f", labels {labels}" if labels else "")

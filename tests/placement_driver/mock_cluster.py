@@ -40,9 +40,10 @@ from kvproto.metapb import (
     StoreState,
 )
 from kvproto.pdpb import PeerStats, StoreStats
-from placement_driver.cluster import Cluster, RegionRecord, RegionReport
+from placement_driver.cluster import Cluster
 from placement_driver.operator_controller import OperatorController
 from placement_driver.operators import Operator, OperatorTimeouts
+from placement_driver.regions import RegionRecord
 from placement_driver.storage import MemoryMetaStorage
 from raft.types import ConfChange
 from store_node import membership
@@ -205,7 +206,8 @@ class MockCluster:
         leader_peer = region.find_peer(self._leaders[rid])
         assert leader_peer is not None
         return self.cluster.region_heartbeat(
-            RegionReport(
+            pdpb.RegionHeartbeatRequest(
+                pdpb.RequestHeader(),
                 region,
                 leader_peer,
                 term=self._terms.setdefault(rid, 1),

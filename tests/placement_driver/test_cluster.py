@@ -6,11 +6,13 @@ import dataclasses
 
 import pytest
 
+from kvproto import pdpb
 from kvproto.metapb import Peer, PeerId, PeerRole, Region, RegionId, StoreId, StoreState
 from kvproto.pdpb import PdErrorCode, StoreStats
-from placement_driver.cluster import Cluster, RegionReport
+from placement_driver.cluster import Cluster
 from placement_driver.config import ConfigError
 from placement_driver.errors import PdRequestError
+from placement_driver.regions import REPORTED_FIELDS
 from placement_driver.storage import MemoryMetaStorage
 from tests.placement_driver.helpers import region, store
 
@@ -33,9 +35,13 @@ def bootstrapped(storage: MemoryMetaStorage | None = None, stores: int = 3) -> C
     return c
 
 
-def report(r: Region, leader: int | None = None, term: int = 1, **fields: int) -> RegionReport:
+H = pdpb.RequestHeader()
+Request = pdpb.RegionHeartbeatRequest
+
+
+def report(r: Region, leader: int | None = None, term: int = 1, **fields: int) -> Request:
     leader_peer = r.peers[0] if leader is None else r.find_peer(PeerId(leader))
-    return RegionReport(r, leader_peer, term=term, **fields)  # type: ignore[arg-type]
+    return Request(H, r, leader_peer, term=term, **fields)  # type: ignore[arg-type]
 
 
 def refused(code: PdErrorCode) -> pytest.RaisesExc[PdRequestError]:
@@ -244,12 +250,36 @@ def test_a_heartbeat_keeps_the_latest_statistics() -> None:
     assert rec.stat.last_heartbeat == 4.0
 
 
+def test_every_field_a_region_heartbeat_reports_is_kept() -> None:
+    """RegionStat has every field of the request but its header and region,
+    under the same name: a field added to the wire is added there too."""
+    wire = [f.name for f in dataclasses.fields(Request)]
+    assert wire[:2] == ["header", "region"] and wire[2:] == list(REPORTED_FIELDS)
+    c = bootstrapped()
+    r = region(1, peers=THREE)
+    rep = Request(
+        H,
+        r,
+        r.peers[1],
+        term=2,
+        approximate_size=3,
+        approximate_keys=4,
+        down_peers=(pdpb.PeerStats(r.peers[2], 5),),
+        pending_peers=(r.peers[0],),
+        written_bytes=6,
+        written_keys=7,
+    )
+    rec = c.region_heartbeat(rep, now=8.0)
+    assert [getattr(rec.stat, f) for f in REPORTED_FIELDS] == [getattr(rep, f) for f in wire[2:]]
+    assert rec.stat.last_heartbeat == 8.0
+
+
 @pytest.mark.parametrize(
     ("rep", "code"),
     [
-        (RegionReport(region(1, peers=THREE), Peer(PeerId(999), StoreId(1))), "INVALID_ARGUMENT"),
-        (RegionReport(region(1, peers=THREE), Peer(PeerId(100), StoreId(2))), "INVALID_ARGUMENT"),
-        (RegionReport(region(1, peers=THREE), None), "INVALID_ARGUMENT"),
+        (Request(H, region(1, peers=THREE), Peer(PeerId(999), StoreId(1))), "INVALID_ARGUMENT"),
+        (Request(H, region(1, peers=THREE), Peer(PeerId(100), StoreId(2))), "INVALID_ARGUMENT"),
+        (Request(H, region(1, peers=THREE), None), "INVALID_ARGUMENT"),  # type: ignore[arg-type]
         (report(region(1, b"k", b"c", peers=THREE)), "INVALID_ARGUMENT"),
         (report(region(1, peers=((100, 1), (101, 1)))), "INVALID_ARGUMENT"),
         (report(region(1, peers=((100, 1), (100, 2)))), "INVALID_ARGUMENT"),
@@ -257,7 +287,7 @@ def test_a_heartbeat_keeps_the_latest_statistics() -> None:
         (report(region(1, peers=THREE), approximate_size=-1), "INVALID_ARGUMENT"),
     ],
 )
-def test_a_malformed_region_heartbeat_is_refused(rep: RegionReport, code: str) -> None:
+def test_a_malformed_region_heartbeat_is_refused(rep: Request, code: str) -> None:
     c = bootstrapped()
     with refused(PdErrorCode[code]):
         c.region_heartbeat(rep, now=1.0)

@@ -11,9 +11,11 @@ import pytest
 import trio
 
 from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId
-from placement_driver.http_api import key_json
+from kvproto.pdpb import PeerStats
+from placement_driver.http_api import key_json, region_json
+from placement_driver.regions import REPORTED_FIELDS, RegionRecord, RegionStat
 from placement_driver.server import PdServer
-from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, http_request
+from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, http_request, region
 
 TIMEOUT = 10
 API = "/pd/api/v1"
@@ -76,6 +78,44 @@ async def test_stores_and_one_store(pd: PdServer, caller: PdCaller) -> None:
         assert one["stats"]["capacity"] == 1000 and one["stats"]["available"] == 400
         assert one["seconds_since_heartbeat"] >= 0
         assert body["stores"][0]["stats"] is None  # no heartbeat yet
+
+
+def test_a_region_shows_every_field_of_its_last_heartbeat() -> None:
+    r = region(1, peers=((100, 1), (101, 2), (102, 3)))
+    stat = RegionStat(
+        leader=r.peers[1],
+        term=2,
+        approximate_size=3,
+        approximate_keys=4,
+        down_peers=(PeerStats(r.peers[2], 5),),
+        pending_peers=(r.peers[0],),
+        written_bytes=6,
+        written_keys=7,
+        last_heartbeat=8.0,
+    )
+    document = region_json(RegionRecord(r, stat), now=9.5)
+
+    def peer(p: Peer) -> dict[str, object]:
+        return {"id": p.id, "store_id": p.store_id, "role": "voter"}
+
+    assert document == {
+        "id": 1,
+        "start_key": key_json(b""),
+        "end_key": key_json(b""),
+        "epoch": {"conf_ver": 1, "version": 1},
+        "peers": [peer(p) for p in r.peers],
+        "leader": peer(r.peers[1]),
+        "term": 2,
+        "approximate_size": 3,
+        "approximate_keys": 4,
+        "down_peers": [{"peer": peer(r.peers[2]), "down_seconds": 5}],
+        "pending_peers": [peer(r.peers[0])],
+        "written_bytes": 6,
+        "written_keys": 7,
+        "seconds_since_heartbeat": 1.5,
+    }
+    assert list(document)[5:-1] == list(REPORTED_FIELDS)
+    assert region_json(RegionRecord(r, RegionStat()), now=9.5)["leader"] is None
 
 
 async def test_regions_by_id_and_by_escaped_binary_key(pd: PdServer, caller: PdCaller) -> None:

@@ -6,7 +6,8 @@ import random
 
 from kvproto import pdpb
 from kvproto.metapb import Peer, PeerId, RegionId, StoreId
-from placement_driver.cluster import Cluster, RegionRecord
+from placement_driver.cluster import Cluster
+from placement_driver.regions import RegionRecord
 from placement_driver.service import RESPONSE_TYPES, PdService
 from placement_driver.storage import MemoryMetaStorage
 from tests.placement_driver.helpers import region, store
