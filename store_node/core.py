@@ -27,49 +27,48 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kvproto import codec, epoch
+from kvproto import epoch
 from kvproto.debugpb import PeerStatus, StoreStatusResponse
 from kvproto.errorpb import (
     EpochNotMatch,
-    KeyNotInRegion,
     NotLeader,
     RegionError,
     RegionNotFound,
-    ServerIsBusy,
     StoreNotMatch,
 )
 from kvproto.kvrpcpb import Context, SessionRef
 from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId, ranges_overlap
+from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId
 from kvproto.raft_cmdpb import (
-    BatchSplitRequest,
     ChangePeerRequest,
-    ClientWrite,
-    DeleteRange,
-    SplitRequest,
     WriteOp,
 )
 from kvproto.raft_serverpb import RaftMessage
 from raft.config import Config as RaftConfig
 from raft.errors import (
     ConfChangeError,
-    ConfChangePendingError,
-    LeaderTransferringError,
-    NotLeaderError,
-    ProposalDroppedError,
 )
-from raft.node import RaftNode, Ready
+from raft.node import Ready
 from raft.types import Message, MessageType, Role, Snapshot
-from store_node import membership, split
-from store_node.apply import ApplyOutcome, ApplyTask, range_inside
-from store_node.bootstrap import destroyed_hard_state
+from store_node import commands, membership, queries, snapshot_control
+from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import LogGcConfig, truncate_point
-from store_node.peer import Peer, Proposal, QueuedWrite, ReadBatch, Reply, Token
-from store_node.peer_storage import RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM, PeerStorage
+from store_node.peer import Peer, Reply, Token
+from store_node.peer_life import (
+    Create,
+    Early,
+    PeerLife,
+    other_ranges,
+    overlapping,
+    start_peer,
+)
+from store_node.peer_storage import RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM
 from store_node.records import ApplyState
-from store_node.region_tasks import DestroyTask, Range, SnapshotTask, subtract_ranges
+from store_node.round_output import RoundOutput
 from store_node.snapshot import descriptor_of
+from store_node.snapshot_control import ReceivedSnapshots
+from store_node.split_control import SplitControl
 
 log = logging.getLogger(__name__)
 
@@ -88,36 +87,6 @@ class CoreConfig:
     # (store_node.sessions); a client must not retry a write for longer.
     session_ttl_ms: int = 10 * 60_000
     log_gc: LogGcConfig = field(default_factory=LogGcConfig)
-
-
-@dataclass(slots=True)
-class RoundOutput:
-    raft_batch: WriteBatch
-    must_sync: bool
-    messages_now: dict[StoreId, list[RaftMessage]]
-    messages_after_persist: dict[StoreId, list[RaftMessage]]
-    apply_tasks: list[ApplyTask]
-    readies: list[tuple[Peer, Ready]]
-    # Answers known without waiting for the write (refused proposals).
-    replies: list[Reply] = field(default_factory=list)
-    # Whole-region kv/ work: snapshot installs, peer destructions, and apply
-    # states that changed without an apply task (log truncation points).
-    snapshot_tasks: list[SnapshotTask] = field(default_factory=list)
-    destroy_tasks: list[DestroyTask] = field(default_factory=list)
-    apply_states: list[tuple[int, ApplyState]] = field(default_factory=list)
-    # Raft writes that must follow a durable kv/ write (log resets, deletions).
-    raft_after_kv: WriteBatch = field(default_factory=WriteBatch)
-    must_sync_after_kv: bool = False
-    # Snapshot messages go over their own connection with their data file.
-    snapshot_sends: list[tuple[StoreId, RaftMessage, Path]] = field(default_factory=list)
-    # Regions whose leader asked for a snapshot that must be generated.
-    generate_snapshots: list[int] = field(default_factory=list)
-    # Snapshot files no longer needed (the shell deletes them).
-    obsolete_files: list[Path] = field(default_factory=list)
-    # Regions (as of now) whose size must be measured for a split.
-    split_checks: list[Region] = field(default_factory=list)
-    # Client writes proposed in this round (a measure of load).
-    proposed_writes: int = 0
 
 
 class StoreCore:
@@ -139,13 +108,10 @@ class StoreCore:
         self._dirty: set[int] = set()
         # Regions whose leader or epoch changed since the PD last heard.
         self.heartbeat_due: set[int] = set()
-        # Regions removed from this store: region as last known, by id.
-        self.tombstones: dict[int, Region] = {r.id: r for r in tombstones}
+        self.life = PeerLife(store_id, tombstones)
         # Received snapshot files, by (region id, index, term), waiting for
         # their peer's Ready.
-        self.received_snapshots: dict[tuple[int, int, int], Path] = {}
-        self._to_destroy: dict[int, str] = {}
-        self._extra_messages: dict[StoreId, list[RaftMessage]] = defaultdict(list)
+        self.received_snapshots = ReceivedSnapshots()
         # Answers decided between rounds (reads that timed out), sent with the next.
         self._replies: list[Reply] = []
         self._truncations: dict[int, tuple[int, int]] = {}
@@ -155,14 +121,7 @@ class StoreCore:
         self.ticks = 0
         # The wall clock as of the latest tick (milliseconds since the epoch).
         self.now_ms = 0
-        # Split thresholds learnt from the PD: (region_max_size, region_max_keys).
-        self.split_limits: tuple[int, int] | None = None
-        self._split_checks: set[int] = set()
-        # Messages for regions a pending split here will create (the sender
-        # applied the split first), replayed when the split creates the peer.
-        self._early_messages: dict[int, list[RaftMessage]] = defaultdict(list)
-        # Splits applied by a leader here, to report to the PD.
-        self.split_reports: list[tuple[Region, ...]] = []
+        self.splits = SplitControl()
 
     # -- peers -------------------------------------------------------------
 
@@ -175,17 +134,6 @@ class StoreCore:
             meta = region.peer_on_store(self.store_id)
         if meta is None:
             raise AssertionError(f"region {region.id} has no peer on store {self.store_id}")
-        storage = PeerStorage(self.engine, region.id, membership.conf_state_of(region), apply_state)
-        hs = storage.hard_state
-        if hs.term < apply_state.truncated_term:
-            # A region created by a split starts at the implied initial log
-            # point; a hard state from before (none, or a vote cast by a
-            # placeholder peer in an older term) is brought up to it.
-            hs = type(hs)(apply_state.truncated_term, 0, hs.commit)
-        if hs.commit < apply_state.applied_index:
-            # A commit index is written lazily; anything applied was committed.
-            hs = type(hs)(hs.term, hs.vote, apply_state.applied_index)
-        storage.hard_state = hs
         raft_cfg = RaftConfig(
             id=meta.id,
             election_ticks=self.config.election_ticks,
@@ -194,14 +142,8 @@ class StoreCore:
             max_size_per_msg=self.config.max_size_per_msg,
             applied=apply_state.applied_index,
         )
-        node = RaftNode(raft_cfg, storage, random.Random(self.rng.getrandbits(64)))
-        peer = Peer(
-            region=region,
-            meta=meta,
-            storage=storage,
-            node=node,
-            read_nonce=self.rng.getrandbits(64),
-        )
+        peer = start_peer(self.engine, region, meta, apply_state, raft_cfg, self.rng)
+        storage, node = peer.storage, peer.node
         peer.remember_peers(region)
         self.peers[region.id] = peer
         self.tombstones.pop(region.id, None)
@@ -223,6 +165,11 @@ class StoreCore:
         )
         return peer
 
+    @property
+    def tombstones(self) -> dict[int, Region]:
+        """Regions removed from this store: region as last known, by id."""
+        return self.life.tombstones
+
     def campaign(self, region_id: int) -> None:
         peer = self.peers.get(region_id)
         if peer is not None:
@@ -232,23 +179,6 @@ class StoreCore:
     def regions(self) -> list[Region]:
         return [self.peers[r].region for r in sorted(self.peers) if self.peers[r].initialized]
 
-    def _other_ranges(self, region_id: int) -> list[Range]:
-        return [
-            (p.region.start_key, p.region.end_key)
-            for p in self.peers.values()
-            if p.region_id != region_id and p.initialized
-        ]
-
-    def _overlaps_other(self, region_id: int, start: bytes, end: bytes) -> Peer | None:
-        for p in self.peers.values():
-            if (
-                p.region_id != region_id
-                and p.initialized
-                and ranges_overlap(p.region.start_key, p.region.end_key, start, end)
-            ):
-                return p
-        return None
-
     # -- events ------------------------------------------------------------
 
     def tick(self, now_ms: int | None = None) -> None:
@@ -257,15 +187,12 @@ class StoreCore:
         self.ticks += 1
         if now_ms is not None:
             self.now_ms = now_ms
-        # Raft retries on its own what was kept longer than a tick.
-        self._early_messages.clear()
+        self.splits.on_tick()
         expire_before = self.ticks - 2 * self.config.election_ticks
         for rid in sorted(self.peers):
             peer = self.peers[rid]
             peer.node.tick()
-            if peer.reading:
-                err = NotLeader(RegionId(rid), peer.leader_meta())
-                self._replies.extend(peer.expire_reads(expire_before, err))
+            self._replies.extend(queries.expire_reads(peer, expire_before))
         self._dirty.update(self.peers)
 
     def step_raft(self, msg: RaftMessage) -> None:
@@ -290,86 +217,20 @@ class StoreCore:
         self._dirty.add(msg.region_id)
 
     def _peer_for(self, msg: RaftMessage) -> Peer | None:
-        """The local peer a message may be stepped into, or None (dropped)."""
-        peer = self.peers.get(msg.region_id)
-        if msg.is_tombstone:
-            if (
-                peer is not None
-                and peer.meta.id == msg.to_peer.id
-                and msg.region_epoch.conf_ver > peer.region.epoch.conf_ver
-            ):
-                self._to_destroy[peer.region_id] = "removed from the region (told by a member)"
-            return None
-        if peer is None:
-            return self._maybe_create_peer(msg)
-        if msg.to_peer.id != peer.meta.id:
-            if msg.to_peer.id > peer.meta.id:
-                # We were removed and added again as a new peer: the old one
-                # goes; the next message creates the new one.
-                self._to_destroy[peer.region_id] = f"replaced by peer {msg.to_peer.id}"
-            return None
-        if (
-            peer.initialized
-            and peer.region.find_peer(msg.from_peer.id) is None
-            and msg.region_epoch.conf_ver < peer.region.epoch.conf_ver
-        ):
-            # A removed peer still talking: tell it so it destroys itself.
-            self._send_tombstone(peer, msg.from_peer)
-            return None
-        return peer
-
-    _INITIAL_TYPES = frozenset(
-        {
-            MessageType.APPEND,
-            MessageType.HEARTBEAT,
-            MessageType.SNAPSHOT,
-            MessageType.VOTE,
-            MessageType.PRE_VOTE,
-        }
-    )
-
-    def _maybe_create_peer(self, msg: RaftMessage) -> Peer | None:
-        if msg.message.type not in self._INITIAL_TYPES:
-            return None
-        tomb = self.tombstones.get(msg.region_id)
-        if tomb is not None:
-            old = tomb.peer_on_store(self.store_id)
-            if msg.region_epoch.conf_ver <= tomb.epoch.conf_ver or (
-                old is not None and msg.to_peer.id <= old.id
-            ):
-                log.debug("region %d: message for a removed peer ignored", msg.region_id)
-                return None
-        other = self._overlaps_other(msg.region_id, msg.start_key, msg.end_key)
-        if other is not None:
-            if other.region.epoch.version < msg.region_epoch.version:
-                # Most likely a split we have not applied yet will create
-                # this peer: keep the message (e.g. the new leader's vote
-                # request) for then, instead of making it wait an election.
-                early = self._early_messages[msg.region_id]
-                if len(early) < 16:
-                    early.append(msg)
-            # Otherwise this message or the overlapping region is stale; both
-            # resolve on their own (GC or a later message).
-            log.debug(
-                "region %d: not created, overlaps region %d here", msg.region_id, other.region_id
-            )
-            return None
-        placeholder = Region(RegionId(msg.region_id), b"", b"", RegionEpoch(0, 0), ())
-        self.stats["peers_created"] += 1
-        return self.add_peer(placeholder, ApplyState(), meta=msg.to_peer)
-
-    def _send_tombstone(self, peer: Peer, to: PeerMeta) -> None:
-        self._extra_messages[to.store_id].append(
-            RaftMessage(
-                region_id=RegionId(peer.region_id),
-                from_peer=peer.meta,
-                to_peer=to,
-                region_epoch=peer.region.epoch,
-                message=Message(type=MessageType.HEARTBEAT, to=to.id, from_=peer.meta.id),
-                is_tombstone=True,
-            )
-        )
-        self._dirty.add(peer.region_id)
+        """The local peer a message may be stepped into (created if it is
+        legitimate), or None (dropped, or kept for a split)."""
+        route = self.life.route(msg, self.peers)
+        if isinstance(route, Peer):
+            return route
+        if isinstance(route, Create):
+            placeholder = Region(RegionId(msg.region_id), b"", b"", RegionEpoch(0, 0), ())
+            self.stats["peers_created"] += 1
+            return self.add_peer(placeholder, ApplyState(), meta=route.meta)
+        if isinstance(route, Early):
+            self.splits.keep_early(msg)
+        elif self.life.messages:
+            self._dirty.add(msg.region_id)  # a tombstone message to send
+        return None
 
     # -- snapshots ---------------------------------------------------------
 
@@ -398,7 +259,7 @@ class StoreCore:
         if snap is None:
             return False
         desc = descriptor_of(snap)
-        other = self._overlaps_other(msg.region_id, desc.region.start_key, desc.region.end_key)
+        other = overlapping(self.peers, msg.region_id, desc.region.start_key, desc.region.end_key)
         if other is not None:
             log.info(
                 "region %d: snapshot refused, overlaps region %d here",
@@ -409,7 +270,7 @@ class StoreCore:
         peer = self._peer_for(msg)
         if peer is None:
             return False
-        self.received_snapshots[(msg.region_id, desc.index, desc.term)] = path
+        self.received_snapshots.add(msg.region_id, snap, path)
         peer.peer_cache[msg.from_peer.id] = msg.from_peer
         peer.node.step(msg.message)
         self._dirty.add(msg.region_id)
@@ -467,19 +328,12 @@ class StoreCore:
         peer = self.check_context(ctx)
         if not isinstance(peer, Peer):
             return peer
-        region = peer.region
-        for op in ops:
-            if isinstance(op, DeleteRange):
-                if not range_inside(region, op.start_key, op.end_key):
-                    return KeyNotInRegion(op.start_key, region.id, region.start_key, region.end_key)
-            elif not region.contains(op.key):
-                return KeyNotInRegion(op.key, region.id, region.start_key, region.end_key)
-        if peer.queued_bytes + nbytes > self.config.max_pending_write_bytes:
-            return ServerIsBusy("too many writes queued on this region", backoff_ms=20)
-        peer.queued_writes.append(QueuedWrite(token, ops, nbytes, session))
-        peer.queued_bytes += nbytes
-        self._dirty.add(peer.region_id)
-        return None
+        err = commands.queue_write(
+            peer, token, ops, nbytes, session, self.config.max_pending_write_bytes
+        )
+        if err is None:
+            self._dirty.add(peer.region_id)
+        return err
 
     def read(self, token: Token, ctx: Context, keys: Iterable[bytes]) -> RegionError | None:
         """Queue a linearizable read of `keys` (or of a range whose bounds are
@@ -487,13 +341,10 @@ class StoreCore:
         peer = self.check_context(ctx)
         if not isinstance(peer, Peer):
             return peer
-        region = peer.region
-        for key in keys:
-            if not region.contains(key):
-                return KeyNotInRegion(key, region.id, region.start_key, region.end_key)
-        peer.queued_reads.append(token)
-        self._dirty.add(peer.region_id)
-        return None
+        err = queries.queue_read(peer, token, keys)
+        if err is None:
+            self._dirty.add(peer.region_id)
+        return err
 
     def change_peer(
         self, token: Token, region_id: int, request_epoch: RegionEpoch, req: ChangePeerRequest
@@ -503,19 +354,10 @@ class StoreCore:
         peer = self._leader_peer(region_id, request_epoch, epoch.AdminCmdType.CHANGE_PEER)
         if not isinstance(peer, Peer):
             return peer
-        cc = membership.to_conf_change(req, codec.dumps(peer.command(req)))
-        try:
-            membership.apply_to_region(peer.region, cc, req)
-            index = peer.node.propose_conf_change(cc)
-        except (ConfChangeError, ConfChangePendingError) as e:
-            return str(e)
-        except NotLeaderError as e:
-            return NotLeader(RegionId(region_id), peer.peer_cache.get(PeerId(e.leader_id)))
-        except ProposalDroppedError as e:
-            return str(e)
-        peer.proposals.append(Proposal(index, peer.node.term, [(token, 0)], is_admin=True))
-        self._dirty.add(region_id)
-        return None
+        refused = commands.propose_change_peer(peer, token, req)
+        if refused is None:
+            self._dirty.add(region_id)
+        return refused
 
     def transfer_leader(self, region_id: int, to_peer: PeerId) -> None:
         peer = self.peers.get(region_id)
@@ -526,7 +368,13 @@ class StoreCore:
     # -- rounds ------------------------------------------------------------
 
     def has_work(self) -> bool:
-        return bool(self._dirty or self._to_destroy or self._split_checks or self._replies)
+        return bool(
+            self._dirty
+            or self.life.to_destroy
+            or self.life.messages
+            or self.splits.has_due
+            or self._replies
+        )
 
     def end_round(self) -> RoundOutput:
         out = RoundOutput(
@@ -539,19 +387,20 @@ class StoreCore:
         )
         out.replies.extend(self._replies)
         self._replies.clear()
-        for rid, reason in sorted(self._to_destroy.items()):
+        for rid, reason in sorted(self.life.to_destroy.items()):
             self._destroy(rid, reason, out)
-        self._to_destroy.clear()
-        for store_id, msgs in self._extra_messages.items():
+        self.life.to_destroy.clear()
+        for store_id, msgs in self.life.messages.items():
             out.messages_now[store_id].extend(msgs)
-        self._extra_messages.clear()
+        self.life.messages.clear()
         dirty, self._dirty = sorted(self._dirty), set()
         for rid in dirty:
             peer = self.peers.get(rid)
             if peer is None:
                 continue
-            self._flush_writes(peer, out)
-            self._flush_reads(peer, out)
+            cfg = self.config
+            commands.propose_writes(peer, cfg.max_entry_bytes, self.now_ms, cfg.session_ttl_ms, out)
+            queries.start_reads(peer, self.ticks, out)
             if peer.node.has_ready():
                 rd = peer.node.ready()
                 out.readies.append((peer, rd))
@@ -559,12 +408,7 @@ class StoreCore:
             if peer.storage.wants_snapshot and not peer.generating:
                 peer.generating = True
                 out.generate_snapshots.append(rid)
-        for rid in sorted(self._split_checks):
-            peer = self.peers.get(rid)
-            if peer is not None and peer.is_leader() and peer.initialized:
-                peer.split_checking = True
-                out.split_checks.append(peer.region)
-        self._split_checks.clear()
+        out.split_checks.extend(self.splits.take_due(self.peers))
         if any(t.entries for t in out.apply_tasks):
             skip = frozenset(rid for rid, p in self.peers.items() if p.initialized) | frozenset(
                 self.tombstones
@@ -587,58 +431,10 @@ class StoreCore:
         self._truncations.clear()
         # A received snapshot Raft took is installed by this round; any other
         # was refused (below the commit index, replaced by a newer one...).
-        out.obsolete_files.extend(self.received_snapshots.values())
-        self.received_snapshots.clear()
+        self.received_snapshots.sweep(out)
         out.messages_now = dict(out.messages_now)
         out.messages_after_persist = dict(out.messages_after_persist)
         return out
-
-    def _flush_writes(self, peer: Peer, out: RoundOutput) -> None:
-        if not peer.queued_writes:
-            return
-        queued, peer.queued_writes = peer.queued_writes, []
-        peer.queued_bytes = 0
-        batch: list[QueuedWrite] = []
-        size = 0
-        for w in queued:
-            if batch and size + w.nbytes > self.config.max_entry_bytes:
-                self._propose_batch(peer, batch, out)
-                batch, size = [], 0
-            batch.append(w)
-            size += w.nbytes
-        if batch:
-            self._propose_batch(peer, batch, out)
-
-    def _propose_batch(self, peer: Peer, batch: list[QueuedWrite], out: RoundOutput) -> None:
-        writes = tuple(ClientWrite(w.session, w.ops) for w in batch)
-        waiters = [(w.token, i) for i, w in enumerate(batch)]
-        cmd = peer.write_command(writes, self.now_ms, self.config.session_ttl_ms)
-        err: RegionError | None = None
-        try:
-            index = peer.node.propose(codec.dumps(cmd))
-        except LeaderTransferringError:
-            err = ServerIsBusy("leadership is being transferred", backoff_ms=50)
-        except ProposalDroppedError as e:
-            err = NotLeader(RegionId(peer.region_id), peer.peer_cache.get(PeerId(e.leader_id)))
-        if err is not None:
-            out.replies.extend(Reply(t, err) for t, _ in waiters)
-            return
-        peer.proposals.append(Proposal(index, peer.node.term, waiters))
-        out.proposed_writes += len(waiters)
-
-    def _flush_reads(self, peer: Peer, out: RoundOutput) -> None:
-        if not peer.queued_reads:
-            return
-        tokens, peer.queued_reads = peer.queued_reads, []
-        ctx = peer.next_read_ctx()
-        try:
-            peer.node.read_index(ctx)
-        except ProposalDroppedError:
-            # Leadership went between admission and now, to nobody known yet.
-            err = NotLeader(RegionId(peer.region_id), peer.leader_meta())
-            out.replies.extend(Reply(t, err) for t in tokens)
-            return
-        peer.reading[ctx] = ReadBatch(tokens=tokens, started_tick=self.ticks)
 
     def _collect(self, peer: Peer, rd: Ready, out: RoundOutput) -> None:
         for m in rd.messages:
@@ -663,24 +459,10 @@ class StoreCore:
             )
 
     def _install_snapshot(self, peer: Peer, snap: Snapshot, out: RoundOutput) -> None:
-        desc = descriptor_of(snap)
-        key = (peer.region_id, snap.metadata.index, snap.metadata.term)
-        path = self.received_snapshots.pop(key, None)
-        if path is None:
-            raise AssertionError(f"region {peer.region_id}: no file for snapshot {key}")
-        region = desc.region
-        clear: list[Range] = [(region.start_key, region.end_key)]
-        if peer.initialized and (peer.region.start_key, peer.region.end_key) != clear[0]:
-            clear.append((peer.region.start_key, peer.region.end_key))
-        others = self._other_ranges(peer.region_id)
-        parts = [p for r in clear for p in subtract_ranges(r, others)]
-        out.snapshot_tasks.append(
-            SnapshotTask(region, path, snap.metadata.index, snap.metadata.term, tuple(parts))
-        )
-        out.obsolete_files.append(path)  # deleted by the shell once installed
-        out.replies.extend(peer.resolve_snapshot(snap.metadata.index, snap.metadata.term))
-        peer.storage.reset_to_snapshot(snap.metadata.index, snap.metadata.term, out.raft_after_kv)
-        self._set_region(peer, region)
+        path = self.received_snapshots.take(peer.region_id, snap)
+        others = other_ranges(self.peers, peer.region_id)
+        snapshot_control.install(peer, snap, path, others, out)
+        self._set_region(peer, descriptor_of(snap).region)
 
     def _route(
         self,
@@ -731,7 +513,7 @@ class StoreCore:
                     peer.read_waiting.append(batch)
             replies.extend(peer.serve_reads())
             if peer.pending_remove:
-                self._to_destroy[peer.region_id] = "removed by a conf change"
+                self.life.to_destroy[peer.region_id] = "removed by a conf change"
             elif outcome is not None:
                 self._maybe_truncate(peer)
             if peer.node.has_ready():
@@ -773,21 +555,14 @@ class StoreCore:
             peer.approximate_size += outcome.written_bytes
         if peer.approximate_keys is not None:
             peer.approximate_keys += outcome.written_keys
-        self._maybe_schedule_split_check(peer)
+        self.splits.on_size_changed(peer)
         return replies
 
     # -- splits ------------------------------------------------------------
 
     def _on_split(self, peer: Peer, regions: tuple[Region, ...]) -> None:
-        peer.split_siblings = regions[1:]
-        # The parts' sizes are unknown until measured: split the estimate.
-        n = len(regions)
-        if peer.approximate_size is not None:
-            peer.approximate_size //= n
-        if peer.approximate_keys is not None:
-            peer.approximate_keys //= n
+        self.splits.on_split(peer, regions)
         if peer.is_leader():
-            self.split_reports.append(regions)
             self.heartbeat_due.update(r.id for r in regions)
             self.stats["splits"] += 1
 
@@ -812,18 +587,19 @@ class StoreCore:
         if parent.is_leader():
             # The new regions' leaders are on the old leader's store.
             peer.node.campaign()
-        for msg in self._early_messages.pop(region.id, []):
+        for msg in self.splits.take_early(region.id):
             if msg.to_peer.id == peer.meta.id:
                 peer.peer_cache[msg.from_peer.id] = msg.from_peer
                 peer.node.step(msg.message)
 
-    def _maybe_schedule_split_check(self, peer: Peer) -> None:
-        limits = self.split_limits
-        if limits is None or peer.split_checking or not peer.is_leader():
-            return
-        size, count = peer.approximate_size, peer.approximate_keys
-        if size is None or count is None or size > limits[0] or count > limits[1]:
-            self._split_checks.add(peer.region_id)
+    @property
+    def split_limits(self) -> tuple[int, int] | None:
+        """Split thresholds learnt from the PD: (region_max_size, region_max_keys)."""
+        return self.splits.limits
+
+    @split_limits.setter
+    def split_limits(self, limits: tuple[int, int] | None) -> None:
+        self.splits.limits = limits
 
     def on_split_checked(
         self, region_id: int, size: int, keys: int, split_keys: tuple[bytes, ...], version: int
@@ -833,13 +609,7 @@ class StoreCore:
         peer = self.peers.get(region_id)
         if peer is None:
             return None
-        peer.split_checking = False
-        if peer.region.epoch.version != version:
-            return None  # split or merged since: the next check decides
-        peer.approximate_size, peer.approximate_keys = size, keys
-        if not split_keys or not peer.is_leader():
-            return None
-        return peer.region
+        return self.splits.on_measured(peer, size, keys, split_keys, version)
 
     def propose_split(
         self,
@@ -853,36 +623,22 @@ class StoreCore:
         peer = self._leader_peer(region_id, request_epoch, epoch.AdminCmdType.BATCH_SPLIT)
         if not isinstance(peer, Peer):
             return peer
-        if len(ids) != len(split_keys):
-            return f"{len(ids)} ids for {len(split_keys)} split keys"
-        req = BatchSplitRequest(
-            tuple(
-                SplitRequest(k, RegionId(rid), tuple(PeerId(p) for p in pids))
-                for k, (rid, pids) in zip(split_keys, ids, strict=True)
-            )
-        )
-        try:
-            split.split_regions(peer.region, req)
-        except split.SplitError as e:
-            return str(e)
-        try:
-            index = peer.node.propose(codec.dumps(peer.command(req)))
-        except ProposalDroppedError as e:
-            return str(e)
-        peer.proposals.append(Proposal(index, peer.node.term, [(token, 0)], is_admin=True))
-        self._dirty.add(region_id)
-        return None
+        refused = commands.propose_split(peer, token, split_keys, ids)
+        if refused is None:
+            self._dirty.add(region_id)
+        return refused
+
+    @property
+    def split_reports(self) -> list[tuple[Region, ...]]:
+        """Splits applied by a leader here, not yet reported to the PD."""
+        return self.splits.reports
 
     def take_split_reports(self) -> list[tuple[Region, ...]]:
-        reports, self.split_reports = self.split_reports, []
-        return reports
+        return self.splits.take_reports()
 
     def schedule_split_checks(self) -> None:
         """Measure every leader's region again (corrects the estimates)."""
-        for rid, peer in self.peers.items():
-            if peer.is_leader() and peer.initialized and not peer.split_checking:
-                self._split_checks.add(rid)
-                self._dirty.add(rid)
+        self._dirty.update(self.splits.schedule_all(self.peers.values()))
 
     def _set_region(self, peer: Peer, region: Region) -> None:
         if region.epoch != peer.region.epoch and peer.is_leader():
@@ -908,39 +664,7 @@ class StoreCore:
             region_id,
             reason,
         )
-        out.replies.extend(peer.fail_all(RegionNotFound(RegionId(region_id))))
-        if peer.initialized:
-            tomb = peer.region
-            clear = tuple(
-                subtract_ranges(
-                    (peer.region.start_key, peer.region.end_key), self._other_ranges(region_id)
-                )
-            )
-        else:
-            # No data, no region record; but the tombstone must stay (an older
-            # peer's, if any) and name this peer, so that a delayed message
-            # cannot create it again with an empty hard state.
-            old = self.tombstones.get(region_id)
-            tomb = Region(
-                RegionId(region_id),
-                old.start_key if old else b"",
-                old.end_key if old else b"",
-                old.epoch if old else RegionEpoch(0, 0),
-                (peer.meta,),
-            )
-            clear = ()
-        out.destroy_tasks.append(DestroyTask(tomb, clear))
-        self.tombstones[region_id] = tomb
-        # The log goes, the term and vote stay; durably before the next round,
-        # since a new peer of this region may be created from the next message
-        # and reads them from raft/.
-        peer.storage.clear_log(out.raft_after_kv)
-        peer.storage.set_hard_state(
-            destroyed_hard_state(peer.storage.hard_state), out.raft_after_kv
-        )
-        out.must_sync_after_kv = True
-        if peer.storage.generated is not None:
-            out.obsolete_files.append(peer.storage.generated[1])
+        self.life.destroy(peer, other_ranges(self.peers, region_id), out)
         self.stats["peers_destroyed"] += 1
 
     def _on_role_change(self, peer: Peer, rd: Ready, replies: list[Reply]) -> None:

@@ -40,7 +40,7 @@ from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, St
 from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
 from store_node.bootstrap import load_store
 from store_node.config import StoreConfig
-from store_node.core import CoreConfig, RoundOutput, StoreCore
+from store_node.core import CoreConfig, StoreCore
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
@@ -48,6 +48,7 @@ from store_node.log_gc import LogGcConfig
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, ReplyValue, WriteDone
 from store_node.persist import must_block, persist_and_apply
+from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
 from store_node.split import scan_region

@@ -15,9 +15,9 @@ region). Order, and why:
 from __future__ import annotations
 
 from store_node.apply import ApplyOutcome, apply_round, write_apply_state
-from store_node.core import RoundOutput
 from store_node.engine import Engine, KvTxn
 from store_node.region_tasks import destroy_peer, install_snapshot
+from store_node.round_output import RoundOutput
 
 # Applying this much entry data inline would stall the loop for too long.
 INLINE_APPLY_BYTES = 256 << 10

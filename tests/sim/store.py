@@ -30,13 +30,14 @@ from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, SnapshotKey
 from kvproto.rpc import Deferred, RequestContext
 from store_node.bootstrap import load_store
-from store_node.core import CoreConfig, RoundOutput, StoreCore
+from store_node.core import CoreConfig, StoreCore
 from store_node.engine import Engine
 from store_node.kv_service import KvService, Limits
 from store_node.node import SPLIT_ORDER, Callback
 from store_node.pd_worker import execute_order, region_heartbeat_request
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import persist_and_apply
+from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
 from store_node.split import scan_region
 from tests.sim.disk import SimEngine, SyncMode

@@ -30,9 +30,11 @@ from kvproto.errorpb import RegionError, RegionId, RegionNotFound, StaleCommand
 from kvproto.kvrpcpb import Context
 from raft.node import Ready
 from store_node import bootstrap, keys
-from store_node.core import RoundOutput, StoreCore
+from store_node.core import StoreCore
 from store_node.peer import Peer, ReadPermit, Reply, Token
-from store_node.region_tasks import DestroyTask, subtract_ranges
+from store_node.peer_life import PeerLife
+from store_node.region_tasks import DestroyTask, Range, subtract_ranges
+from store_node.round_output import RoundOutput
 from tests.sim.cluster import Options, SimulationFailure, run
 
 MUTATION_OPTIONS = Options(duration=10.0)
@@ -107,24 +109,20 @@ def test_a_write_applied_by_snapshot_answered_stale_is_caught(tmp_path: Path) ->
 
 
 def test_a_destroy_whose_raft_deletions_are_not_durable_is_caught(tmp_path: Path) -> None:
-    def destroy(self: StoreCore, region_id: int, reason: str, out: RoundOutput) -> None:
+    def destroy(self: PeerLife, peer: Peer, others: list[Range], out: RoundOutput) -> None:
         # The old code: the raft/ deletions ride the next round's batch
         # unsynced, and nothing cleans them at start.
-        peer = self.peers.pop(region_id, None)
-        if peer is None:
-            return
+        region_id = peer.region_id
         out.replies.extend(peer.fail_all(RegionNotFound(RegionId(region_id))))
         if peer.initialized:
-            parts = subtract_ranges(
-                (peer.region.start_key, peer.region.end_key), self._other_ranges(region_id)
-            )
+            parts = subtract_ranges((peer.region.start_key, peer.region.end_key), others)
             out.destroy_tasks.append(DestroyTask(peer.region, tuple(parts)))
             self.tombstones[region_id] = peer.region
         peer.storage.clear_log(out.raft_after_kv)
         out.raft_after_kv.delete(keys.STATE_DB, keys.region_key(region_id))
 
     def mutate(m: pytest.MonkeyPatch) -> None:
-        m.setattr(StoreCore, "_destroy", destroy)
+        m.setattr(PeerLife, "destroy", destroy)
         m.setattr(bootstrap, "clean_destroyed", lambda engine, tombstones: 0)
 
     options = Options(duration=10.0, flavor="bounces")

@@ -1,0 +1,47 @@
+"""What one round of the store core produces for its shell: the writes to
+persist, the messages to send before and after them, the apply tasks, and
+the whole-region work (snapshots, destroys, files, split measures)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvproto.metapb import Region, StoreId
+from kvproto.raft_serverpb import RaftMessage
+from raft.node import Ready
+from store_node.apply import ApplyTask
+from store_node.engine import WriteBatch
+from store_node.peer import Peer, Reply
+from store_node.records import ApplyState
+from store_node.region_tasks import DestroyTask, SnapshotTask
+
+
+@dataclass(slots=True)
+class RoundOutput:
+    raft_batch: WriteBatch
+    must_sync: bool
+    messages_now: dict[StoreId, list[RaftMessage]]
+    messages_after_persist: dict[StoreId, list[RaftMessage]]
+    apply_tasks: list[ApplyTask]
+    readies: list[tuple[Peer, Ready]]
+    # Answers known without waiting for the write (refused proposals).
+    replies: list[Reply] = field(default_factory=list)
+    # Whole-region kv/ work: snapshot installs, peer destructions, and apply
+    # states that changed without an apply task (log truncation points).
+    snapshot_tasks: list[SnapshotTask] = field(default_factory=list)
+    destroy_tasks: list[DestroyTask] = field(default_factory=list)
+    apply_states: list[tuple[int, ApplyState]] = field(default_factory=list)
+    # Raft writes that must follow a durable kv/ write (log resets, deletions).
+    raft_after_kv: WriteBatch = field(default_factory=WriteBatch)
+    must_sync_after_kv: bool = False
+    # Snapshot messages go over their own connection with their data file.
+    snapshot_sends: list[tuple[StoreId, RaftMessage, Path]] = field(default_factory=list)
+    # Regions whose leader asked for a snapshot that must be generated.
+    generate_snapshots: list[int] = field(default_factory=list)
+    # Snapshot files no longer needed (the shell deletes them).
+    obsolete_files: list[Path] = field(default_factory=list)
+    # Regions (as of now) whose size must be measured for a split.
+    split_checks: list[Region] = field(default_factory=list)
+    # Client writes proposed in this round (a measure of load).
+    proposed_writes: int = 0
