@@ -159,7 +159,7 @@ def test_scan_and_delete_range_match_a_sorted_list(
 
 
 def test_a_second_engine_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
-    from kvproto.dirlock import DataDirLockedError
+    from plumbing.dirlock import DataDirLockedError
 
     first = Engine(tmp_path / "store", sync=False)
     try:
