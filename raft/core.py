@@ -36,7 +36,7 @@ from raft.errors import (
 from raft.log import RaftLog
 from raft.progress import Progress, ProgressState
 from raft.quorum import VoteResult
-from raft.read_only import ReadOnly
+from raft.read_only import ReadAnswer, ReadOnly
 from raft.storage import LogStorage, entry_size
 from raft.tracker import ProgressTracker, TrackerConfig
 from raft.types import (
@@ -88,9 +88,6 @@ class Raft:
         # index when it became leader); a new one waits until it is applied.
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
-        # ReadIndex requests that arrived before this leader committed an
-        # entry of its own term: (from, ctx).
-        self.pending_reads: list[tuple[int, bytes]] = []
         # Proposals appended since the last Ready: their appends go out
         # together when the driver asks for the Ready (`flush`).
         self.append_pending = False
@@ -313,7 +310,6 @@ class Raft:
             self.trk.progress[i] = fresh
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
-        self.pending_reads = []
         self.append_pending = False
 
     def _reset_randomized_election_timeout(self) -> None:
@@ -666,11 +662,11 @@ class Raft:
             self._send_append(m.from_)
         if not m.context:
             return
-        acks = self.read_only.recv_ack(m.from_, m.context)
-        if acks is None or self.trk.config.voters.vote_result(acks) != VoteResult.WON:
-            return
-        for rs in self.read_only.advance(m.context):
-            self._answer_read(rs.from_, rs.ctx, rs.index)
+        voters = self.trk.config.voters
+        for a in self.read_only.on_ack(
+            m.from_, m.context, lambda acks: voters.vote_result(acks) == VoteResult.WON
+        ):
+            self._answer_read(a)
 
     def _handle_transfer_leader(self, transferee: int, pr: Progress) -> None:
         if pr.is_learner:
@@ -706,26 +702,21 @@ class Raft:
         self._maybe_auto_leave_joint()
 
     def _handle_read_index(self, from_: int, ctx: bytes) -> None:
-        if not self._committed_entry_in_current_term():
-            # Our commit index may lag the true one until an entry of our term
-            # commits (thesis §6.4), even alone (the persisted commit index
-            # may be behind what was acknowledged): wait for it.
-            self.pending_reads.append((from_, ctx))
-            return
-        if self.trk.is_singleton():
-            self._answer_read(from_, ctx, self.log.committed)
-            return
-        self._add_read(from_, ctx)
+        for a in self.read_only.request(
+            self.id,
+            from_,
+            ctx,
+            self.log.committed,
+            self._committed_entry_in_current_term(),
+            self.trk.is_singleton(),
+        ):
+            self._answer_read(a)
 
-    def _add_read(self, from_: int, ctx: bytes) -> None:
-        if self.read_only.add_request(self.log.committed, from_, ctx):
-            self.read_only.recv_ack(self.id, ctx)
-
-    def _answer_read(self, from_: int, ctx: bytes, index: int) -> None:
-        if from_ in (NONE, self.id):
-            self.read_states.append(ReadState(index=index, request_ctx=ctx))
+    def _answer_read(self, a: ReadAnswer) -> None:
+        if a.from_ in (NONE, self.id):
+            self.read_states.append(ReadState(index=a.index, request_ctx=a.ctx))
         else:
-            self._send(self._msg(MT.READ_INDEX_RESPONSE, from_, index=index, context=ctx))
+            self._send(self._msg(MT.READ_INDEX_RESPONSE, a.from_, index=a.index, context=a.ctx))
 
     def _committed_entry_in_current_term(self) -> bool:
         return self.log.term_or_zero(self.log.committed) == self.term
@@ -733,10 +724,11 @@ class Raft:
     def _maybe_commit(self) -> bool:
         if not self.log.maybe_commit(self.trk.committed(), self.term):
             return False
-        if self.pending_reads and self._committed_entry_in_current_term():
-            pending, self.pending_reads = self.pending_reads, []
-            for from_, ctx in pending:
-                self._handle_read_index(from_, ctx)
+        if self.read_only.waiting_for_term and self._committed_entry_in_current_term():
+            for a in self.read_only.on_term_committed(
+                self.id, self.log.committed, self.trk.is_singleton()
+            ):
+                self._answer_read(a)
         return True
 
     # -- follower handlers -------------------------------------------------------------

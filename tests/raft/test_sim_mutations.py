@@ -20,6 +20,7 @@ from raftsim import Options, SafetyViolation, SimulationFailure, run_random
 from raft.core import Raft
 from raft.errors import CompactedError, UnavailableError
 from raft.log import RaftLog
+from raft.read_only import ReadAnswer
 from raft.types import NONE, Entry, MessageType
 
 
@@ -183,7 +184,7 @@ def test_reading_without_confirming_leadership_is_caught(monkeypatch: pytest.Mon
     leader serves a stale read. (Seed 0 when written.)"""
 
     def read_at_once(self: Raft, from_: int, ctx: bytes) -> None:
-        self._answer_read(from_, ctx, self.log.committed)
+        self._answer_read(ReadAnswer(from_, ctx, self.log.committed))
 
     _caught(
         monkeypatch,
