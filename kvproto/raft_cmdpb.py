@@ -1,4 +1,5 @@
-"""Commands proposed through a region's Raft log (tags 240..279).
+"""Commands proposed through a region's Raft log (tags 240..279; 252, once
+AdminResponse and never used, is retired).
 
 A `RaftCmdRequest` is the payload of one normal log entry. A store batches
 the writes of one loop round for one region into one command; each write op
@@ -17,7 +18,7 @@ from typing import TypeAlias
 
 from kvproto.codec import wire
 from kvproto.kvrpcpb import KvError, SessionRef
-from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId
+from kvproto.metapb import Peer, PeerId, RegionEpoch, RegionId
 
 
 @wire(240)
@@ -136,14 +137,6 @@ class RaftCmdRequest:
     header: RaftRequestHeader
     requests: tuple[WriteOp, ...] = ()
     admin: AdminRequest | None = None
-
-
-@wire(252)
-@dataclass(frozen=True, slots=True)
-class AdminResponse:
-    """What an applied admin command produced: the region(s) after it."""
-
-    regions: tuple[Region, ...] = ()
 
 
 @wire(253)
