@@ -17,8 +17,14 @@ from placement_driver.config import (
     format_value,
     load_startup_config,
 )
-from placement_driver.storage import CorruptMetaError, DataDirLockedError
-from plumbing.cli import add_log_level_flag, configure_logging, print_errors, serve_until_signal
+from plumbing.cli import (
+    add_log_level_flag,
+    configure_logging,
+    missing_server_modules,
+    print_errors,
+    serve_until_signal,
+)
+from plumbing.dirlock import DataDirLockedError
 
 __all__ = ["add_parser", "run"]
 
@@ -84,6 +90,10 @@ def _flag(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    missing = missing_server_modules(PROG)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
     names = [f.name for f in dataclasses.fields(ServerConfig)] + [
         f.name for f in dataclasses.fields(ClusterConfig)
     ]
@@ -98,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(startup: StartupConfig) -> int:
     from placement_driver.server import PdServer
+    from placement_driver.storage import CorruptMetaError
 
     server = PdServer(startup.server, cluster_overrides=startup.cluster_overrides)
     code = 0

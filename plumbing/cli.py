@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import signal
 import sys
@@ -82,6 +83,28 @@ async def serve_until_signal(
 
             nursery.start_soon(stop_on_signal)
             task_status.started(await nursery.start(serve))
+
+
+# What the PD and the stores need beyond a client install (the `server` extra).
+SERVER_MODULES = ("lmdb", "hypercorn")
+
+
+def missing_server_modules(prog: str) -> str | None:
+    """A message for the user if the `server` extra is not installed, else
+    None: a client-only install (`pip install shardkv`) runs `shardkv kv`
+    but not the servers."""
+    missing = []
+    for module in SERVER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if not missing:
+        return None
+    return (
+        f"{prog}: needs {', '.join(missing)}, which a client-only install leaves out; "
+        "install the server extra: python3 -m pip install 'shardkv[server]'"
+    )
 
 
 def print_errors(prog: str, error: BaseException) -> None:

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
+from shardkv import __version__
+
 SUBCOMMANDS: Final = (
     "placement_driver.cli",  # shardkv pd
     "store_node.cli",  # shardkv store
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="shardkv",
         description="shardkv: a multi-raft sharded key-value store with a placement driver.",
     )
+    parser.add_argument("--version", action="version", version=f"shardkv {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(name).add_parser(subparsers)

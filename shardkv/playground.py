@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from plumbing.cli import STOP_SIGNALS, configure_logging, print_errors
+from plumbing.cli import STOP_SIGNALS, configure_logging, missing_server_modules, print_errors
 
 if TYPE_CHECKING:
     from kvproto.metapb import Store
@@ -64,6 +64,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging("warning", fmt="%(message)s")
+    missing = missing_server_modules("shardkv playground")
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
     if args.stores < 1:
         print("shardkv playground: --stores must be at least 1", file=sys.stderr)
         return 2

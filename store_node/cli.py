@@ -9,10 +9,15 @@ import sys
 import trio
 
 from plumbing import config_file
-from plumbing.cli import add_log_level_flag, configure_logging, print_errors, serve_until_signal
+from plumbing.cli import (
+    add_log_level_flag,
+    configure_logging,
+    missing_server_modules,
+    print_errors,
+    serve_until_signal,
+)
 from plumbing.config_file import ConfigError
 from plumbing.dirlock import DataDirLockedError
-from store_node.bootstrap import DataDirMismatchError
 from store_node.config import StoreConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    missing = missing_server_modules("shardkv store")
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 2
     try:
         cfg = config_file.load(
             StoreConfig, args.config, config_file.overrides_from_args(args, StoreConfig)
@@ -51,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(cfg: StoreConfig) -> int:
+    from store_node.bootstrap import DataDirMismatchError
     from store_node.node import StoreNode
 
     code = 0
