@@ -89,7 +89,7 @@ def _flag(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     missing = missing_server_modules(PROG)
     if missing is not None:
         print(missing, file=sys.stderr)

@@ -21,8 +21,11 @@ from typing import Any, Final
 
 import trio
 
+from plumbing.logs import PROCESS_FIELDS, JsonFormatter, ProcessFields, TextFormatter
+
 __all__ = [
     "LOG_FORMAT",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "STOP_SIGNALS",
     "add_log_level_flag",
@@ -34,12 +37,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 def add_log_level_flag(parser: argparse.ArgumentParser, *, default: str = "info") -> None:
-    """``--log-level {debug,info,warning,error}`` (into ``args.log_level``)."""
+    """``--log-level {debug,info,warning,error}`` (into ``args.log_level``)
+    and ``--log-format {text,json}`` (into ``args.log_format``)."""
     if default not in LOG_LEVELS:
         raise ValueError(f"default log level {default!r} is not one of {LOG_LEVELS}")
     parser.add_argument(
@@ -48,14 +53,33 @@ def add_log_level_flag(parser: argparse.ArgumentParser, *, default: str = "info"
         choices=LOG_LEVELS,
         help=f"log level of the messages written to stderr (default: {default})",
     )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text lines for people, or one JSON object per line for log collectors "
+        "(fields: time, level, logger, message, store, region, peer; default: text)",
+    )
 
 
-def configure_logging(level: str, *, fmt: str = LOG_FORMAT) -> None:
+def configure_logging(
+    level: str, *, fmt: str = LOG_FORMAT, log_format: str = "text"
+) -> ProcessFields:
     """Write log records of `level` (a name of LOG_LEVELS) and above to
-    stderr, one line each in the `logging` format `fmt`. Like
-    `logging.basicConfig`, it does nothing if the root logger already has a
-    handler (a test runner's, or an earlier call)."""
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=fmt)
+    stderr, one line each: text in the `logging` format `fmt` (with the
+    record's store / region / peer fields before the message), or JSON.
+    Returns the filter holding fields for every record of the process.
+    Like `logging.basicConfig`, it adds no handler if the root logger
+    already has one (a test runner's, or an earlier call)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return PROCESS_FIELDS
+    root.setLevel(level.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(fmt))
+    handler.addFilter(PROCESS_FIELDS)
+    root.addHandler(handler)
+    return PROCESS_FIELDS
 
 
 async def serve_until_signal(

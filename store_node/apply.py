@@ -37,6 +37,7 @@ from kvproto.raft_cmdpb import (
     WriteResult,
 )
 from kvproto.raft_serverpb import PeerState, RegionLocalState
+from plumbing.logs import log_fields
 from raft.errors import ConfChangeError
 from raft.types import ConfChange, Entry, EntryType
 from store_node import keys, membership, sessions, split
@@ -226,6 +227,7 @@ def _apply_split(
         region.id,
         e.index,
         ", ".join(f"{r.id}[{r.start_key!r}, {r.end_key!r})" for r in regions),
+        extra=log_fields(region=region.id),
     )
     return EntryResult(e.index, e.term, regions=tuple(regions))
 
@@ -321,5 +323,6 @@ def _apply_conf_change(txn: KvTxn, out: ApplyOutcome, e: Entry) -> EntryResult:
         e.index,
         "leave joint" if req is None else ", ".join(map(membership.describe_change, req.changes)),
         [(p.id, p.store_id, p.role.name) for p in out.region.peers],
+        extra=log_fields(region=region.id),
     )
     return EntryResult(e.index, e.term, conf_change=cc)

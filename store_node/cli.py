@@ -44,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     missing = missing_server_modules("shardkv store")
     if missing is not None:
         print(missing, file=sys.stderr)

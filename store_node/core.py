@@ -44,6 +44,7 @@ from kvproto.raft_cmdpb import (
     WriteOp,
 )
 from kvproto.raft_serverpb import RaftMessage
+from plumbing.logs import log_fields
 from raft.config import Config as RaftConfig
 from raft.errors import (
     ConfChangeError,
@@ -162,6 +163,7 @@ class StoreCore:
             region.end_key,
             apply_state.applied_index,
             "" if peer.initialized else " (uninitialized, waiting for a snapshot)",
+            extra=log_fields(region=region.id, peer=meta.id),
         )
         return peer
 
@@ -663,6 +665,7 @@ class StoreCore:
             peer.meta.id,
             region_id,
             reason,
+            extra=log_fields(region=region_id, peer=peer.meta.id),
         )
         self.life.destroy(peer, other_ranges(self.peers, region_id), out)
         self.stats["peers_destroyed"] += 1
@@ -678,6 +681,7 @@ class StoreCore:
                 peer.meta.id,
                 peer.region_id,
                 peer.node.term,
+                extra=log_fields(region=peer.region_id, peer=peer.meta.id),
             )
         elif peer.reading:
             replies.extend(peer.fail_reads(NotLeader(RegionId(peer.region_id), peer.leader_meta())))

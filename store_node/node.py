@@ -38,6 +38,7 @@ from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
 from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
+from plumbing.logs import PROCESS_FIELDS
 from store_node.bootstrap import load_store
 from store_node.config import StoreConfig
 from store_node.core import CoreConfig, StoreCore
@@ -144,6 +145,7 @@ class StoreNode:
                 bound = await nursery.start(server.serve, host, port)
                 address = cfg.advertise or f"{bound[0]}:{bound[1]}"
                 ident, fresh_regions = await self._register(pd, address)
+                PROCESS_FIELDS.fields["store"] = ident.store_id
                 tombstones, regions = load_store(self.engine)
                 core = StoreCore(
                     ident.store_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kvproto.metapb import Region
 from kvproto.raft_serverpb import PeerState
+from plumbing.logs import log_fields
 from store_node import keys, sessions
 from store_node.apply import write_apply_state, write_region_state
 from store_node.engine import KvTxn
@@ -73,7 +74,12 @@ def install_snapshot(txn: KvTxn, task: SnapshotTask) -> int:
     write_region_state(txn, task.region)
     write_apply_state(txn, task.region.id, ApplyState(task.index, task.index, task.term, task.term))
     log.info(
-        "region %d: snapshot %d/%d installed (%d keys)", task.region.id, task.index, task.term, n
+        "region %d: snapshot %d/%d installed (%d keys)",
+        task.region.id,
+        task.index,
+        task.term,
+        n,
+        extra=log_fields(region=task.region.id),
     )
     return n
 
