@@ -12,13 +12,21 @@
 Modules, pure core first (no I/O, no clock, no trio):
 
 * `errors`: the exceptions raised (`ClientError` and its subclasses);
+* `checks`: argument checks, and what a call is called in its errors;
+* `config`: `ClientConfig`, the tunables;
 * `cache`: the region cache (start key -> region + leader hint);
-* `retry`: the retry policy (which error means what, backoff, deadlines);
+* `session`: the numbering of writes for exactly-once application;
+* `attempts`: the retry state of a call (deadline, backoffs, session number);
+* `retry`: the retry policy (which error means what, what to do next);
 * `plan`: splitting requests by region, walking scans;
 
 then the trio shell:
 
-* `rawkv`: the async `Client`, `connect`;
+* `rawkv`: the async `Client` (its public calls), `connect`;
+* `locate`: the regions of keys (cache, else the PD), stores, connections;
+* `sender`: one request's attempts at one region, retry decisions carried out;
+* `batch`: batch and range calls fanned out per region;
+* `scan`: scans a page at a time, `ScanIterator`;
 * `sync`: `SyncClient`, the same calls blocking (trio in a background thread);
 * `cli`: the `shardkv kv` command.
 """

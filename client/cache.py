@@ -1,7 +1,8 @@
 """The client's region cache: which region holds a key, and who leads it.
 
-Pure: no I/O, no clock, no trio. The trio shell (`client.kv`) fills it from
-the PD and from region errors; the retry policy (`client.retry`) edits it.
+Pure: no I/O, no clock, no trio. The trio shell (`client.locate`) fills
+it from the PD and from region errors; the retry policy (`client.retry`)
+edits it.
 
 Invariant: cached ranges never overlap. Entries are kept in a SortedDict by
 start key, so the region holding a key is found by one bisect.

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import trio
 
+from client.config import DEFAULT_TIMEOUT
 from client.errors import ClientError
-from client.rawkv import DEFAULT_TIMEOUT, connect
+from client.rawkv import connect
 from kvproto.rpc import parse_address
 from plumbing.cli import add_log_level_flag, configure_logging
 
@@ -90,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed `kv` command; returns the exit status."""
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     try:
         pd = _pd_addresses(args.pd)
         if not args.timeout > 0:

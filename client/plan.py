@@ -15,6 +15,7 @@ from kvproto.metapb import Region
 
 __all__ = [
     "MAX_SCAN_PAGE",
+    "Pair",
     "ScanCursor",
     "chunks",
     "clip",
@@ -24,6 +25,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# A key and its value (b"" in a keys-only scan).
+Pair = tuple[bytes, bytes]
 
 # The most pairs a store returns in one scan response
 # (store_node.kv_service.MAX_SCAN_LIMIT); a page never asks for more, so a
@@ -124,7 +128,7 @@ class ScanCursor:
         """The range to ask `region` for."""
         return clip(region, self.start, self.end)
 
-    def advance(self, region: Region, pairs: Sequence[tuple[bytes, bytes]], asked: int) -> None:
+    def advance(self, region: Region, pairs: Sequence[Pair], asked: int) -> None:
         """Move past a page of `pairs` read from `region` (asked for `asked`)."""
         if self.remaining is not None:
             self.remaining -= len(pairs)

@@ -6,8 +6,9 @@ Pure: no I/O, no trio, no clock, no global random. Time comes in as `now`
 An attempt sends one request to one peer of one region. When it fails, the
 decision functions below update the region cache (a pure `RegionCache`) and
 return a `Decision`: retry (at once, or after a backoff of some kind), or
-give up with a `client.errors` exception. `Attempts.plan` turns a decision
-into the seconds to sleep, or raises.
+give up with a `client.errors` exception. `Attempts.plan` (the retry state
+of a call, `client.attempts`) turns a decision into the seconds to sleep,
+or raises.
 
 The policy (see also `POLICY`, which the docs and tests print):
 
@@ -45,24 +46,20 @@ The policy (see also `POLICY`, which the docs and tests print):
 
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import Enum
-from types import MappingProxyType
-from typing import Final, Protocol, TypeAlias, TypeVar
+from typing import Final, Protocol, TypeVar
 
-from client.cache import CachedRegion, RegionCache
-from client.errors import (
-    ClientError,
-    DeadlineExceeded,
-    InvalidArgument,
-    PdUnavailable,
-    StoreError,
-    UndeterminedError,
+from client.attempts import (
+    DEFAULT_BACKOFFS,
+    Attempts,
+    BackoffKind,
+    CallState,
+    Decision,
+    GiveUp,
+    OpKind,
+    Retry,
 )
-from client.session import Session
+from client.cache import CachedRegion, RegionCache
+from client.errors import InvalidArgument, StoreError, UndeterminedError
 from kvproto.errorpb import (
     EpochNotMatch,
     KeyNotInRegion,
@@ -74,7 +71,7 @@ from kvproto.errorpb import (
     StoreNotMatch,
     UndeterminedResult,
 )
-from kvproto.kvrpcpb import KvError, KvErrorCode, SessionRef
+from kvproto.kvrpcpb import KvError, KvErrorCode
 from kvproto.metapb import Peer, StoreId
 from kvproto.rpc import (
     RpcCallError,
@@ -84,12 +81,13 @@ from kvproto.rpc import (
     RpcUnavailableError,
 )
 
+# The retry state and the decisions live in client.attempts; they are
+# named here too, with the policy that uses them.
 __all__ = [
     "DEFAULT_BACKOFFS",
     "POLICY",
     "Answer",
     "Attempts",
-    "BackoffConfig",
     "BackoffKind",
     "CallState",
     "Decision",
@@ -106,68 +104,6 @@ __all__ = [
     "on_store_unknown",
     "proves_not_applied",
 ]
-
-
-class OpKind(Enum):
-    READ = "read"
-    # put, delete, batch_put, batch_delete, delete_range: applying one twice
-    # leaves the same state as applying it once.
-    WRITE = "write"
-    # compare_and_set, put_if_absent, get_and_put: the answer depends on the
-    # state before, so a second application answers differently.
-    CONDITIONAL_WRITE = "conditional write"
-
-
-class BackoffKind(Enum):
-    """Why a retry waits; each kind has its own exponential schedule."""
-
-    REGION_MISS = "region miss"  # the cache was wrong: reload and retry
-    LEADER = "leader"  # no leader known (election), or a stale proposal
-    STORE = "store"  # a store could not be reached
-    BUSY = "busy"  # a store sheds load
-    PD = "pd"  # the PD could not be reached or erred
-
-
-@dataclass(frozen=True, slots=True)
-class BackoffConfig:
-    """``base * 2 ** (n - 1)`` for the n-th wait of a kind, capped at `cap`;
-    the wait is drawn uniformly from ``[d / 2, d]`` ("equal jitter")."""
-
-    base: float
-    cap: float
-
-
-DEFAULT_BACKOFFS: Final[Mapping[BackoffKind, BackoffConfig]] = MappingProxyType(
-    {
-        BackoffKind.REGION_MISS: BackoffConfig(0.002, 0.5),
-        BackoffKind.LEADER: BackoffConfig(0.01, 0.5),
-        BackoffKind.STORE: BackoffConfig(0.05, 1.0),
-        BackoffKind.BUSY: BackoffConfig(0.05, 2.0),
-        BackoffKind.PD: BackoffConfig(0.1, 2.0),
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Try again: at once (`backoff` None) or after a wait of that kind, and
-    in any case not before `floor` seconds (a store's own backoff hint).
-    The shell forgets the address of `forget_store` first (it may have
-    moved)."""
-
-    backoff: BackoffKind | None
-    floor: float = 0.0
-    forget_store: StoreId | None = None
-    # Retry as a new request in a new client session (the old one expired).
-    renew_session: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    error: ClientError
-
-
-Decision: TypeAlias = Retry | GiveUp
 
 
 # error -> (proves not applied, action) for the docs, the report and a test
@@ -237,166 +173,6 @@ def proves_not_applied(error: RegionError | RpcCallError) -> bool:
     if isinstance(error, RpcCallError):
         return not error.may_have_executed
     return not isinstance(error, RegionNotFound | UndeterminedResult)
-
-
-@dataclass(slots=True)
-class CallState:
-    """What the parts of one call share (a batch's region groups)."""
-
-    part_applied: bool = False
-
-
-@dataclass(slots=True)
-class Attempts:
-    """The retry state of one call, or of one region group of a batch call.
-
-    Mutated by the decision functions and by the shell; never shared
-    between concurrent tasks (a batch gives each group its own `child`).
-    """
-
-    what: str
-    kind: OpKind
-    deadline: float  # trio time
-    timeout: float  # the whole budget, for messages
-    rng: random.Random
-    backoffs: Mapping[BackoffKind, BackoffConfig] = field(default_factory=lambda: DEFAULT_BACKOFFS)
-    # Immediate retries in a row before they back off too: bounds a loop of
-    # stores pointing at each other.
-    max_free_retries: int = 3
-    attempts: int = 0
-    last_cause: str = ""
-    # Whether the last cause was the PD (a deadline then says PdUnavailable).
-    pd_cause: bool = False
-    # A write attempt may have been applied (a deadline then says
-    # UndeterminedError).
-    maybe_executed: bool = False
-    # Stores that failed this call: pick other peers until the PD is asked again.
-    avoid: set[StoreId] = field(default_factory=set)
-    # Exactly-once writes: the client's session and this request's number in
-    # it (None: no session).
-    session: Session | None = None
-    seq: int = 0
-    # The longest one attempt may wait for its answer before the call tries
-    # another peer (a store that is stopped or cut off never answers).
-    attempt_timeout: float = math.inf
-    # Whether the last attempt's timeout was `attempt_timeout` rather than
-    # what was left of the deadline.
-    capped: bool = False
-    # Shared by a call and all its parts: whether some part of a write was
-    # applied (a multi-region write that then fails wrote part of itself).
-    call: CallState = field(default_factory=lambda: CallState())
-    _tries: dict[BackoffKind, int] = field(default_factory=dict)
-    _free: int = 0
-
-    @property
-    def is_write(self) -> bool:
-        return self.kind is not OpKind.READ
-
-    @property
-    def exactly_once(self) -> bool:
-        return self.session is not None
-
-    def begin_request(self, session: Session | None) -> None:
-        """The write this state retries is a new request (numbered in
-        `session`): nothing of it has been sent yet."""
-        self.session = session
-        self.seq = session.begin() if session is not None else 0
-        self.maybe_executed = False
-
-    def end_request(self) -> None:
-        if self.session is not None:
-            self.session.end(self.seq)
-
-    def session_ref(self) -> SessionRef | None:
-        """What the next attempt carries (None: no session)."""
-        if self.session is None:
-            return None
-        return self.session.ref(self.seq, retry=self.maybe_executed)
-
-    def child(self, what: str) -> Attempts:
-        """The state for a part of this call (a region group after a
-        re-split): same deadline and rng, fresh counters; an unknown outcome
-        so far stays unknown."""
-        return Attempts(
-            what,
-            self.kind,
-            self.deadline,
-            self.timeout,
-            self.rng,
-            self.backoffs,
-            self.max_free_retries,
-            last_cause=self.last_cause,
-            pd_cause=self.pd_cause,
-            maybe_executed=self.maybe_executed,
-            session=self.session,
-            seq=self.seq,
-            attempt_timeout=self.attempt_timeout,
-            call=self.call,
-        )
-
-    def note(self, cause: str, *, pd: bool = False) -> None:
-        self.last_cause = cause
-        self.pd_cause = pd
-
-    def remaining(self, now: float) -> float:
-        return max(0.0, self.deadline - now)
-
-    def attempt_budget(self, now: float) -> float:
-        """The timeout of the attempt about to be sent."""
-        left = self.remaining(now)
-        self.capped = self.attempt_timeout < left
-        return min(left, self.attempt_timeout)
-
-    def applied(self) -> None:
-        """A part of this call got its answer (a write part was applied)."""
-        self.call.part_applied = True
-
-    def expired(self) -> ClientError:
-        """The error for a deadline that passed."""
-        if self.is_write and self.maybe_executed:
-            return UndeterminedError(
-                self.what, f"deadline of {self.timeout:g} s exceeded; {self.last_cause}"
-            )
-        if self.is_write and self.call.part_applied:
-            # DeadlineExceeded would promise that nothing was written.
-            return UndeterminedError(
-                self.what,
-                f"deadline of {self.timeout:g} s exceeded after part of the call was "
-                f"written; {self.last_cause}",
-            )
-        cls = PdUnavailable if self.pd_cause else DeadlineExceeded
-        return cls(self.what, self.timeout, self.attempts, self.last_cause or "no answer")
-
-    def check(self, now: float) -> None:
-        """Raise the deadline's error if it has passed."""
-        if now >= self.deadline:
-            raise self.expired()
-
-    def plan(self, decision: Decision, now: float) -> float:
-        """Seconds to wait before the next attempt. Raises the decision's
-        error when it gives up, and the deadline's error when the wait would
-        reach the deadline (no point sleeping into it)."""
-        if isinstance(decision, GiveUp):
-            raise decision.error
-        delay = self._delay(decision)
-        if now + delay >= self.deadline:
-            raise self.expired()
-        return delay
-
-    def _delay(self, decision: Retry) -> float:
-        kind = decision.backoff
-        if kind is None:
-            self._free += 1
-            if self._free <= self.max_free_retries:
-                return 0.0
-            kind = BackoffKind.REGION_MISS
-        else:
-            self._free = 0
-        n = self._tries.get(kind, 0) + 1
-        self._tries[kind] = n
-        cfg = self.backoffs[kind]
-        d = min(cfg.cap, cfg.base * 2.0 ** min(n - 1, 64))
-        return max(d / 2 + self.rng.random() * d / 2, decision.floor)
 
 
 def _undetermined(att: Attempts, cause: str) -> GiveUp:

@@ -26,16 +26,11 @@ from typing import TypeVar
 
 import trio
 
+from client.config import DEFAULT_PAGE_SIZE, DEFAULT_SCAN_LIMIT, ClientConfig
 from client.errors import ClientClosed
-from client.rawkv import (
-    DEFAULT_PAGE_SIZE,
-    DEFAULT_SCAN_LIMIT,
-    Client,
-    ClientConfig,
-    Pair,
-    ScanIterator,
-    connect,
-)
+from client.plan import Pair
+from client.rawkv import Client, connect
+from client.scan import ScanIterator
 
 __all__ = ["SyncClient", "SyncScanIterator"]
 

@@ -34,22 +34,27 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Delay before the next connection attempt after consecutive failures:
-    ``initial * multiplier ** (failures - 1)``, capped at `max_delay`, of
-    which a random fraction up to `jitter` is taken off (so that many
-    clients that lost the same store do not come back in lockstep)."""
+    """An exponential backoff with jitter: the n-th wait in a row is
+    ``d = initial * multiplier ** (n - 1)``, capped at `max_delay`, of which
+    a random fraction up to `jitter` is taken off, so that many clients that
+    lost the same store do not come back in lockstep. The default jitter of
+    1/2 draws the wait from ``[d / 2, d]`` ("equal jitter").
+
+    The schedule of a connection's attempts (here), and of a client's retry
+    waits, one per reason (`client.retry`).
+    """
 
     initial: float = 0.05
     multiplier: float = 2.0
     max_delay: float = 5.0
     jitter: float = 0.5
 
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """Seconds to wait after `failures` (>= 1) consecutive failures; the
-        result lies in ``[(1 - jitter) * base, base]``."""
-        exponent = min(failures - 1, 64)  # far past any cap, short of overflow
-        base = min(self.max_delay, self.initial * self.multiplier**exponent)
-        return base * (1.0 - self.jitter * rng.random())
+    def delay(self, n: int, rng: random.Random) -> float:
+        """Seconds of the n-th (>= 1) wait in a row; the result lies in
+        ``[(1 - jitter) * d, d]``."""
+        exponent = min(n - 1, 64)  # far past any cap, short of overflow
+        d = min(self.max_delay, self.initial * self.multiplier**exponent)
+        return d * (1.0 - self.jitter) + d * self.jitter * rng.random()
 
 
 class ReconnectingConnection:

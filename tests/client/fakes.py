@@ -57,6 +57,7 @@ from kvproto.metapb import (
 )
 from kvproto.pd_client import PdClient
 from kvproto.rpc import RequestContext, RpcServer
+from plumbing.nursery import open_background_nursery
 
 MAX_KEY_SIZE = 64
 PD_ADDRESS = "pd:2379"
@@ -576,8 +577,7 @@ async def fake_cluster(
     """A fake cluster on a memory network and a client of it. An exception
     of the body comes out as itself (not in an ExceptionGroup)."""
     cluster = FakeCluster.build(store_ids, list(split_keys))
-    body_error: Exception | None = None
-    async with trio.open_nursery() as nursery:
+    async with open_background_nursery() as nursery:
         net = MemoryNet(nursery)
         stores = {s: FakeStore(s, cluster, net) for s in cluster.store_ids}
         for s, st in stores.items():
@@ -590,13 +590,9 @@ async def fake_cluster(
                 pd, config=config, rng=random.Random(seed), open_stream=net.open_stream
             ) as kvc:
                 yield Harness(cluster, net, stores, fake_pd, kvc)
-        except Exception as e:
-            body_error = e
         finally:
             pd.close()
             nursery.cancel_scope.cancel()
-    if body_error is not None:
-        raise body_error
 
 
 # --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from client import InvalidArgument
 pytest.importorskip("placement_driver.testing", reason="needs the PD package (placement_driver/)")
 
 from placement_driver.testing import open_pd
+from plumbing.nursery import open_background_nursery
 from shardkv.__main__ import main
 from store_node.config import StoreConfig
 from store_node.node import StoreNode
@@ -36,7 +37,7 @@ class Cluster:
 
 @asynccontextmanager
 async def real_cluster(tmp: Path) -> AsyncIterator[Cluster]:
-    async with open_pd(tmp / "pd") as pd, trio.open_nursery() as nursery:
+    async with open_pd(tmp / "pd") as pd, open_background_nursery() as nursery:
         node = StoreNode(
             StoreConfig(
                 data_dir=str(tmp / "s1"),

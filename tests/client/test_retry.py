@@ -41,6 +41,7 @@ from kvproto.rpc import (
     RpcTimeoutError,
     RpcUnavailableError,
 )
+from kvproto.rpc.reconnect import Backoff
 
 REGION = Region(
     RegionId(1),
@@ -250,11 +251,20 @@ def test_backoff_doubles_per_kind_with_jitter_up_to_its_cap() -> None:
     cfg = retry.DEFAULT_BACKOFFS[BackoffKind.LEADER]
     for n in range(1, 12):
         d = att.plan(Retry(BackoffKind.LEADER), now=0.0)
-        full = min(cfg.cap, cfg.base * 2 ** (n - 1))
+        full = min(cfg.max_delay, cfg.initial * 2 ** (n - 1))
         assert full / 2 <= d <= full
     # Another kind has its own count.
     pd = retry.DEFAULT_BACKOFFS[BackoffKind.PD]
-    assert pd.base / 2 <= att.plan(Retry(BackoffKind.PD), now=0.0) <= pd.base
+    assert pd.initial / 2 <= att.plan(Retry(BackoffKind.PD), now=0.0) <= pd.initial
+
+
+def test_each_kind_waits_as_its_backoff_says() -> None:
+    _, _, att = setup()
+    att.deadline = att.timeout = 1e9
+    busy = Backoff(initial=0.1, multiplier=3, max_delay=1.0, jitter=0)
+    att.backoffs = {**retry.DEFAULT_BACKOFFS, BackoffKind.BUSY: busy}
+    delays = [att.plan(Retry(BackoffKind.BUSY), now=0.0) for _ in range(4)]
+    assert delays == pytest.approx([0.1, 0.3, 0.9, 1.0])
 
 
 def test_immediate_retries_are_bounded() -> None:
