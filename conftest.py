@@ -1,5 +1,7 @@
 """Session-wide pytest hooks: an empty or all-skipped run is a failure; the
-options of the deterministic simulations (tests/raft/raftsim, tests/sim)."""
+options of the deterministic simulations (tests/raft/raftsim, tests/sim) and
+of the Raft scenario files (here, so that they are known whatever the
+command line names)."""
 
 from __future__ import annotations
 
@@ -33,4 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         help="steps (processed events) per simulator run, instead of each test's default",
+    )
+    # The Raft scenario files (tests/raft/test_scenarios.py).
+    parser.addoption(
+        "--rewrite",
+        action="store_true",
+        default=False,
+        help="regenerate the expected outputs of tests/raft/testdata/*.txt in place",
     )

@@ -20,8 +20,9 @@ import kvproto
 from kvproto import codec
 from kvproto.codec import DecodeError, EncodeError, dumps, from_wire, loads, to_wire, wire
 from kvproto.errorpb import NotLeader, RegionError
-from kvproto.metapb import Peer, PeerId, PeerRole, StoreId
+from kvproto.metapb import Peer, PeerRole, StoreId
 from raft.types import Entry, EntryType, Message, MessageType
+from tests.factories import peer
 from tests.kvproto.strategies import any_message, message_strategy
 
 # Every kvproto module is imported so that all of its message types are in
@@ -128,7 +129,7 @@ def test_registered_tags_stay_in_their_module_blocks() -> None:
 def test_message_is_a_compact_tagged_array() -> None:
     assert cbor2.loads(dumps(Entry(term=1, index=2, data=b"x"))) == [1, 1, 2, 0, b"x"]
     # Nested messages are tagged arrays too; field names never travel.
-    wire_form = cbor2.loads(dumps(NotLeader(7, Peer(PeerId(3), StoreId(4)))))
+    wire_form = cbor2.loads(dumps(NotLeader(7, peer(3, 4))))
     assert wire_form == [40, 7, [20, 3, 4, 0]]
 
 

@@ -19,10 +19,11 @@ from kvproto.epoch import (
     is_stale,
     loses_to_overlap,
 )
-from kvproto.metapb import Region, RegionEpoch, RegionId
+from kvproto.metapb import RegionEpoch
+from tests.factories import region
 
 E = RegionEpoch
-REGION = Region(RegionId(1), b"", b"", E(conf_ver=5, version=7))
+REGION = region(1, conf_ver=5, version=7, stores=())
 
 
 def test_the_rule_table_is_exactly_the_pinned_one() -> None:

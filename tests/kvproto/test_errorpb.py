@@ -16,16 +16,17 @@ from kvproto.errorpb import (
     StoreNotMatch,
     UndeterminedResult,
 )
-from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId, StoreId
+from kvproto.metapb import RegionId, StoreId
+from tests.factories import peer, region
 
 
 def test_each_region_error_describes_itself_in_one_line() -> None:
-    region = Region(RegionId(2), b"a", b"", RegionEpoch(conf_ver=1, version=5))
     cases = {
-        NotLeader(RegionId(1), Peer(PeerId(4), StoreId(2))): "region 1: not leader "
-        "(try peer 4 on store 2)",
+        NotLeader(RegionId(1), peer(4, 2)): "region 1: not leader (try peer 4 on store 2)",
         NotLeader(RegionId(1)): "region 1: not leader (leader unknown)",
-        EpochNotMatch((region,)): "epoch not match (current: 2@v5/c1)",
+        EpochNotMatch(
+            (region(2, b"a", version=5, stores=()),)
+        ): "epoch not match (current: 2@v5/c1)",
         EpochNotMatch(): "epoch not match (current: none)",
         RegionNotFound(RegionId(3)): "region 3 not found on this store",
         KeyNotInRegion(b"z", RegionId(2), b"a", b"m"): "key b'z' not in region 2 [b'a', b'm')",

@@ -11,12 +11,11 @@ from kvproto.metapb import (
     PeerRole,
     Region,
     RegionEpoch,
-    RegionId,
-    Store,
     StoreId,
     key_in_range,
     ranges_overlap,
 )
+from tests import factories
 
 # A small key universe makes overlaps and boundaries common. Every range
 # bound is drawn from it, so it holds every key that can witness an overlap
@@ -65,13 +64,8 @@ def test_empty_keys_are_the_ends_of_the_key_space() -> None:
 
 
 def _region() -> Region:
-    return Region(
-        RegionId(1),
-        b"b",
-        b"m",
-        RegionEpoch(conf_ver=2, version=3),
-        (Peer(PeerId(11), StoreId(1)), Peer(PeerId(12), StoreId(2), PeerRole.LEARNER)),
-    )
+    """Voter 11 on store 1, learner 12 on store 2."""
+    return factories.region(1, b"b", b"m", conf_ver=2, version=3, stores=(1,), learners=(2,))
 
 
 def test_region_finds_its_peers_by_store_and_id() -> None:
@@ -100,6 +94,6 @@ def test_region_with_helpers_return_changed_copies() -> None:
 
 
 def test_store_labels() -> None:
-    store = Store(StoreId(1), "127.0.0.1:20160", labels=(("zone", "z1"), ("host", "h1")))
+    store = factories.store(1, labels=(("zone", "z1"), ("host", "h1")))
     assert store.label("zone") == "z1"
     assert store.label("rack") is None

@@ -31,7 +31,8 @@ from kvproto.epoch import AdminCmdType, bumped
 from kvproto.metapb import Peer, PeerId, PeerRole, Region, RegionId, StoreId
 from kvproto.pdpb import PeerStats, StoreStats
 from placement_driver.operators import in_joint
-from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, store
+from tests.factories import store
+from tests.placement_driver.helpers import PdCaller, bootstrap_cluster
 from tests.placement_driver.mock_cluster import Refused, apply_order, leave_joint
 
 TiB = 1 << 40

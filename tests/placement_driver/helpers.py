@@ -1,4 +1,5 @@
-"""Builders, a PD caller and fake stores for the PD tests."""
+"""A PD caller, a bootstrap like a store node's, and an HTTP client for the
+PD tests (regions and stores come from tests/factories.py)."""
 
 from __future__ import annotations
 
@@ -11,42 +12,11 @@ import h11
 import trio
 
 from kvproto import pdpb
-from kvproto.epoch import INITIAL_EPOCH
-from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId, Store, StoreId
+from kvproto.metapb import Peer, Region, RegionId, Store, StoreId
 from kvproto.rpc import RpcConnection
+from tests.factories import peer, region, store
 
 R = TypeVar("R")
-
-
-def epoch(version: int = 1, conf_ver: int = 1) -> RegionEpoch:
-    return RegionEpoch(conf_ver=conf_ver, version=version)
-
-
-def region(
-    region_id: int,
-    start: bytes = b"",
-    end: bytes = b"",
-    *,
-    version: int = 1,
-    conf_ver: int = 1,
-    peers: tuple[tuple[int, int], ...] = ((100, 1),),
-) -> Region:
-    """A region; `peers` are (peer id, store id) voters."""
-    return Region(
-        RegionId(region_id),
-        start,
-        end,
-        epoch(version, conf_ver),
-        tuple(Peer(PeerId(p), StoreId(s)) for p, s in peers),
-    )
-
-
-def store(store_id: int, port: int | None = None) -> Store:
-    return Store(StoreId(store_id), f"127.0.0.1:{port or 20160 + store_id}")
-
-
-def header(cluster_id: int = 0) -> pdpb.RequestHeader:
-    return pdpb.RequestHeader(cluster_id)
 
 
 class PdCaller:
@@ -146,10 +116,7 @@ async def bootstrap_cluster(pd: PdCaller, store_count: int = 1) -> list[Store]:
     first = store(await pd.alloc_id())
     region_id = await pd.alloc_id()
     peer_id = await pd.alloc_id()
-    await pd.bootstrap(
-        first,
-        Region(RegionId(region_id), b"", b"", INITIAL_EPOCH, (Peer(PeerId(peer_id), first.id),)),
-    )
+    await pd.bootstrap(first, region(region_id, peers=(peer(peer_id, first.id),)))
     stores = [first]
     for _ in range(store_count - 1):
         s = store(await pd.alloc_id())

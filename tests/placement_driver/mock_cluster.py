@@ -34,7 +34,6 @@ from kvproto.metapb import (
     PeerId,
     PeerRole,
     Region,
-    RegionEpoch,
     RegionId,
     StoreId,
     StoreState,
@@ -47,7 +46,7 @@ from placement_driver.regions import RegionRecord
 from placement_driver.storage import MemoryMetaStorage
 from raft.types import ConfChange
 from store_node import membership
-from tests.placement_driver.helpers import store
+from tests import factories
 
 TiB = 1 << 40
 DISCONNECT, DOWN = 10.0, 60.0  # store_disconnect_time, max_store_down_time
@@ -101,16 +100,12 @@ class MockCluster:
         """A store in `state` (Up, Disconnected and Down by the age of its
         last heartbeat; Offline and Tombstone set by an administrator)."""
         if not self.cluster.is_bootstrapped:
-            placeholder = Region(
-                RegionId(PLACEHOLDER),
-                b"",
-                b"",
-                RegionEpoch(1, 1),
-                (Peer(PeerId(PLACEHOLDER), StoreId(store_id)),),
+            placeholder = factories.region(
+                PLACEHOLDER, peers=(factories.peer(PLACEHOLDER, store_id),)
             )
-            self.cluster.bootstrap(store(store_id), placeholder, 4242, now=self.now)
+            self.cluster.bootstrap(factories.store(store_id), placeholder, 4242, now=self.now)
         else:
-            self.cluster.put_store(store(store_id), now=self.now)
+            self.cluster.put_store(factories.store(store_id), now=self.now)
         if heartbeat:
             age = {StoreState.DISCONNECTED: DISCONNECT, StoreState.DOWN: DOWN}.get(state, 0.0)
             stats = StoreStats(
@@ -139,15 +134,16 @@ class MockCluster:
         (on store `leader`, default the first voter) at `now`; `pending`
         are stores whose peer is catching up."""
         voters, learners = tuple(voters), tuple(learners)
-        peers = tuple(Peer(peer_id(region_id, s), StoreId(s)) for s in voters) + tuple(
-            Peer(peer_id(region_id, s), StoreId(s), PeerRole.LEARNER) for s in learners
+        peers = tuple(factories.peer(peer_id(region_id, s), s) for s in voters) + tuple(
+            factories.learner(peer_id(region_id, s), s) for s in learners
         )
-        region = Region(
-            RegionId(region_id),
+        region = factories.region(
+            region_id,
             key(region_id),
             key(region_id + 1),
-            RegionEpoch(conf_ver, version),
-            peers,
+            conf_ver=conf_ver,
+            version=version,
+            peers=peers,
         )
         self._leaders[region.id] = peer_id(region_id, voters[0] if leader is None else leader)
         self.report(region, pending=[p for p in peers if p.store_id in set(pending)])

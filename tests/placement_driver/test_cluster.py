@@ -7,17 +7,19 @@ import dataclasses
 import pytest
 
 from kvproto import pdpb
-from kvproto.metapb import Peer, PeerId, PeerRole, Region, RegionId, StoreId, StoreState
+from kvproto.metapb import PeerId, Region, RegionId, StoreId, StoreState
 from kvproto.pdpb import PdErrorCode, StoreStats
 from placement_driver.cluster import Cluster
 from placement_driver.config import ConfigError
 from placement_driver.errors import PdRequestError
 from placement_driver.regions import REPORTED_FIELDS
 from placement_driver.storage import MemoryMetaStorage
-from tests.placement_driver.helpers import region, store
+from tests.factories import learner, peer, region, store
 
 CLUSTER_ID = 4242
 SHORT = {"store_disconnect_time": 10, "max_store_down_time": 60}
+ONE = (peer(100, 1),)  # the peer of the region the cluster is bootstrapped with
+THREE = (*ONE, peer(101, 2), peer(102, 3))
 
 
 def new_cluster(storage: MemoryMetaStorage | None = None, now: float = 0.0) -> Cluster:
@@ -28,7 +30,7 @@ def bootstrapped(storage: MemoryMetaStorage | None = None, stores: int = 3) -> C
     """Stores 1..stores (ids skipped past by bootstrap), region 1 covering
     everything with peer 100 on store 1."""
     c = new_cluster(storage)
-    c.bootstrap(store(1), region(1, peers=((100, 1),)), CLUSTER_ID, now=0.0)
+    c.bootstrap(store(1), region(1, peers=ONE), CLUSTER_ID, now=0.0)
     c.ids.skip_past(stores)
     for s in range(2, stores + 1):
         c.put_store(store(s), now=0.0)
@@ -54,27 +56,27 @@ def refused(code: PdErrorCode) -> pytest.RaisesExc[PdRequestError]:
 def test_bootstrap_is_accepted_once() -> None:
     c = new_cluster()
     assert not c.is_bootstrapped
-    c.bootstrap(store(1), region(1, peers=((100, 1),)), CLUSTER_ID, now=0.0)
+    c.bootstrap(store(1), region(1, peers=ONE), CLUSTER_ID, now=0.0)
     assert c.cluster_id == CLUSTER_ID
     assert c.get_store(1).state == StoreState.UP
     record = c.get_region(b"anything")
     assert record is not None and record.region.id == 1 and record.leader is None
     with refused(PdErrorCode.ALREADY_BOOTSTRAPPED):
-        c.bootstrap(store(2), region(2, peers=((101, 2),)), 99, now=0.0)
+        c.bootstrap(store(2), region(2, peers=(peer(101, 2),)), 99, now=0.0)
     assert c.cluster_id == CLUSTER_ID
 
 
 @pytest.mark.parametrize(
     ("first_store", "first_region", "message"),
     [
-        (store(1), region(1, b"", b"m"), "whole key space"),
-        (store(1), region(1, b"a", b""), "whole key space"),
-        (store(1), region(1, peers=((100, 1), (101, 2))), "one peer"),
-        (store(1), region(1, peers=((100, 2),)), "not on store 1"),
-        (store(1), region(0), "region id must be > 0"),
-        (store(0), region(1, peers=((100, 0),)), "store id must be > 0"),
-        (dataclasses.replace(store(1), address="nowhere"), region(1), "bad address"),
-        (store(1), region(1, peers=((0, 1),)), "peer and store ids must be > 0"),
+        (store(1), region(1, b"", b"m", peers=ONE), "whole key space"),
+        (store(1), region(1, b"a", b"", peers=ONE), "whole key space"),
+        (store(1), region(1, peers=(peer(100, 1), peer(101, 2))), "one peer"),
+        (store(1), region(1, peers=(peer(100, 2),)), "not on store 1"),
+        (store(1), region(0, peers=ONE), "region id must be > 0"),
+        (store(0), region(1, peers=(peer(100, 0),)), "store id must be > 0"),
+        (store(1, address="nowhere"), region(1, peers=ONE), "bad address"),
+        (store(1), region(1, peers=(peer(0, 1),)), "peer and store ids must be > 0"),
     ],
 )
 def test_a_bad_bootstrap_is_refused_and_changes_nothing(
@@ -89,14 +91,14 @@ def test_a_bad_bootstrap_is_refused_and_changes_nothing(
 
 
 def test_a_learner_cannot_bootstrap_the_cluster() -> None:
-    r = region(1).with_peers((Peer(PeerId(100), StoreId(1), PeerRole.LEARNER),))
+    r = region(1, peers=(learner(100, 1),))
     with refused(PdErrorCode.INVALID_ARGUMENT):
         new_cluster().bootstrap(store(1), r, CLUSTER_ID, now=0.0)
 
 
 def test_ids_chosen_by_the_bootstrap_request_are_never_allocated() -> None:
     c = new_cluster()
-    c.bootstrap(store(7), region(5, peers=((31, 7),)), CLUSTER_ID, now=0.0)
+    c.bootstrap(store(7), region(5, peers=(peer(31, 7),)), CLUSTER_ID, now=0.0)
     assert min(c.alloc_ids(3)) > 31
 
 
@@ -105,10 +107,10 @@ def test_a_failed_write_leaves_the_cluster_unbootstrapped() -> None:
     c = new_cluster(storage)
     storage.fail_writes = True
     with pytest.raises(OSError):
-        c.bootstrap(store(1), region(1), CLUSTER_ID, now=0.0)
+        c.bootstrap(store(1), region(1, peers=ONE), CLUSTER_ID, now=0.0)
     assert not c.is_bootstrapped
     storage.fail_writes = False
-    c.bootstrap(store(1), region(1), CLUSTER_ID, now=0.0)
+    c.bootstrap(store(1), region(1, peers=ONE), CLUSTER_ID, now=0.0)
     assert c.is_bootstrapped
 
 
@@ -127,18 +129,18 @@ def test_a_store_id_must_come_from_the_allocator() -> None:
 def test_an_address_of_another_live_store_is_refused() -> None:
     c = bootstrapped(stores=2)
     with refused(PdErrorCode.DUPLICATE_STORE_ADDRESS):
-        c.put_store(dataclasses.replace(store(2), address=store(1).address), now=0.0)
+        c.put_store(store(2, address=store(1).address), now=0.0)
     # Once store 1 is a tombstone its address is free again.
     c.get_store(1).operator_state = StoreState.TOMBSTONE
     c.update_store_states(now=0.0)
-    c.put_store(dataclasses.replace(store(2), address=store(1).address), now=0.0)
+    c.put_store(store(2, address=store(1).address), now=0.0)
     assert c.get_store(2).address == store(1).address
 
 
 def test_put_store_ignores_the_state_it_carries_and_refuses_tombstones() -> None:
     storage = MemoryMetaStorage()
     c = bootstrapped(storage, stores=2)
-    c.put_store(dataclasses.replace(store(2), state=StoreState.TOMBSTONE), now=0.0)
+    c.put_store(store(2, state=StoreState.TOMBSTONE), now=0.0)
     assert c.get_store(2).state == StoreState.UP
     c.get_store(2).operator_state = StoreState.TOMBSTONE
     c.update_store_states(now=0.0)
@@ -180,15 +182,13 @@ def test_a_heartbeat_from_an_unknown_store_is_refused() -> None:
 
 # -- region heartbeats -----------------------------------------------------------------
 
-THREE = ((100, 1), (101, 2), (102, 3))
-
 
 def test_a_split_replaces_the_old_region_in_either_report_order() -> None:
     for left_first in (True, False):
         c = bootstrapped()
         c.region_heartbeat(report(region(1, peers=THREE)), now=1.0)
         left = region(1, b"", b"m", version=2, peers=THREE)
-        right = region(2, b"m", b"", version=2, peers=((200, 1), (201, 2), (202, 3)))
+        right = region(2, b"m", b"", version=2, peers=(peer(200, 1), peer(201, 2), peer(202, 3)))
         for r in (left, right) if left_first else (right, left):
             c.region_heartbeat(report(r), now=2.0)
         assert [rec.region for rec in c.regions()] == [left, right]
@@ -277,13 +277,13 @@ def test_every_field_a_region_heartbeat_reports_is_kept() -> None:
 @pytest.mark.parametrize(
     ("rep", "code"),
     [
-        (Request(H, region(1, peers=THREE), Peer(PeerId(999), StoreId(1))), "INVALID_ARGUMENT"),
-        (Request(H, region(1, peers=THREE), Peer(PeerId(100), StoreId(2))), "INVALID_ARGUMENT"),
+        (Request(H, region(1, peers=THREE), peer(999, 1)), "INVALID_ARGUMENT"),
+        (Request(H, region(1, peers=THREE), peer(100, 2)), "INVALID_ARGUMENT"),
         (Request(H, region(1, peers=THREE), None), "INVALID_ARGUMENT"),  # type: ignore[arg-type]
         (report(region(1, b"k", b"c", peers=THREE)), "INVALID_ARGUMENT"),
-        (report(region(1, peers=((100, 1), (101, 1)))), "INVALID_ARGUMENT"),
-        (report(region(1, peers=((100, 1), (100, 2)))), "INVALID_ARGUMENT"),
-        (report(region(1, peers=((100, 9),))), "STORE_NOT_FOUND"),
+        (report(region(1, peers=(peer(100, 1), peer(101, 1)))), "INVALID_ARGUMENT"),
+        (report(region(1, peers=(peer(100, 1), peer(100, 2)))), "INVALID_ARGUMENT"),
+        (report(region(1, peers=(peer(100, 9),))), "STORE_NOT_FOUND"),
         (report(region(1, peers=THREE), approximate_size=-1), "INVALID_ARGUMENT"),
     ],
 )
@@ -291,7 +291,7 @@ def test_a_malformed_region_heartbeat_is_refused(rep: Request, code: str) -> Non
     c = bootstrapped()
     with refused(PdErrorCode[code]):
         c.region_heartbeat(rep, now=1.0)
-    assert [r.region for r in c.regions()] == [region(1, peers=((100, 1),))]
+    assert [r.region for r in c.regions()] == [region(1, peers=ONE)]
 
 
 def test_region_queries_need_a_bootstrapped_cluster() -> None:
@@ -299,7 +299,7 @@ def test_region_queries_need_a_bootstrapped_cluster() -> None:
     with refused(PdErrorCode.NOT_BOOTSTRAPPED):
         c.get_region(b"a")
     with refused(PdErrorCode.NOT_BOOTSTRAPPED):
-        c.region_heartbeat(report(region(1)), now=0.0)
+        c.region_heartbeat(report(region(1, peers=ONE)), now=0.0)
 
 
 # -- splits ---------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_report_batch_split_learns_the_new_regions_and_keeps_the_leader() -> Non
     c = bootstrapped()
     c.region_heartbeat(report(region(1, peers=THREE), leader=101), now=1.0)
     left = region(1, b"", b"k", version=2, peers=THREE)
-    right = region(5, b"k", b"", version=2, peers=((50, 1), (51, 2), (52, 3)))
+    right = region(5, b"k", b"", version=2, peers=(peer(50, 1), peer(51, 2), peer(52, 3)))
     assert c.report_batch_split([left, right], now=2.0) == 2
     assert c.get_region(b"a").leader.id == 101  # type: ignore[union-attr]
     assert c.get_region(b"z").region == right  # type: ignore[union-attr]
@@ -343,10 +343,14 @@ def test_report_batch_split_learns_the_new_regions_and_keeps_the_leader() -> Non
 def test_report_batch_split_needs_adjacent_regions() -> None:
     c = bootstrapped()
     with refused(PdErrorCode.INVALID_ARGUMENT):
-        c.report_batch_split([region(1, b"", b"k", version=2)], now=1.0)
+        c.report_batch_split([region(1, b"", b"k", version=2, peers=ONE)], now=1.0)
     with refused(PdErrorCode.INVALID_ARGUMENT):
         c.report_batch_split(
-            [region(1, b"", b"k", version=2), region(5, b"m", b"", version=2)], now=1.0
+            [
+                region(1, b"", b"k", version=2, peers=ONE),
+                region(5, b"m", b"", version=2, peers=ONE),
+            ],
+            now=1.0,
         )
 
 
@@ -465,18 +469,20 @@ def test_store_counts_follow_the_region_tree() -> None:
     assert c.store_region_count(3) == 1 and c.store_pending_peer_count(3) == 1
     # A split, reported by the store: two regions per store, the left keeps its stat.
     left = region(1, b"", b"m", version=2, peers=THREE)
-    right = region(2, b"m", b"", version=2, peers=((200, 1), (201, 2)))
+    right = region(2, b"m", b"", version=2, peers=(peer(200, 1), peer(201, 2)))
     c.report_batch_split([left, right], now=2.0)
     check_store_counts(c)
     assert [c.store_region_count(s) for s in (1, 2, 3)] == [2, 2, 1]
     # Store 3's peer caught up; the right region loses store 2's peer.
     c.region_heartbeat(report(left), now=3.0)
-    c.region_heartbeat(report(region(2, b"m", b"", version=2, conf_ver=2, peers=((200, 1),))), 3.0)
+    c.region_heartbeat(
+        report(region(2, b"m", b"", version=2, conf_ver=2, peers=(peer(200, 1),))), 3.0
+    )
     check_store_counts(c)
     assert [c.store_region_count(s) for s in (1, 2, 3)] == [2, 1, 1]
     assert c.store_pending_peer_count(3) == 0
     # A merge back replaces both.
-    c.region_heartbeat(report(region(1, version=4, peers=THREE[:1])), now=4.0)
+    c.region_heartbeat(report(region(1, version=4, peers=ONE)), now=4.0)
     check_store_counts(c)
     assert [c.store_region_count(s) for s in (1, 2, 3)] == [1, 0, 0]
 
@@ -484,7 +490,7 @@ def test_store_counts_follow_the_region_tree() -> None:
 def test_an_administrator_decommissions_and_removes_a_store() -> None:
     storage = MemoryMetaStorage()
     c = bootstrapped(storage)
-    c.region_heartbeat(report(region(1, peers=((100, 1), (101, 2)))), now=1.0)
+    c.region_heartbeat(report(region(1, peers=(peer(100, 1), peer(101, 2)))), now=1.0)
     # Store 2 is made Offline, persisted first.
     assert c.set_store_state(2, StoreState.OFFLINE, now=1.0).state == StoreState.OFFLINE
     assert Cluster(storage, 2.0).get_store(2).state == StoreState.OFFLINE
@@ -493,7 +499,7 @@ def test_an_administrator_decommissions_and_removes_a_store() -> None:
         c.set_store_state(2, StoreState.TOMBSTONE, now=2.0)
     assert c.bury_empty_offline_stores(now=2.0) == []
     # Its peer is gone: a patrol buries it; then nothing changes it again.
-    c.region_heartbeat(report(region(1, conf_ver=2, peers=((100, 1),))), now=3.0)
+    c.region_heartbeat(report(region(1, conf_ver=2, peers=ONE)), now=3.0)
     assert c.bury_empty_offline_stores(now=3.0) == [2]
     assert Cluster(storage, 4.0).get_store(2).state == StoreState.TOMBSTONE
     with refused(PdErrorCode.STORE_TOMBSTONE):

@@ -10,12 +10,13 @@ from urllib.parse import quote_from_bytes
 import pytest
 import trio
 
-from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId
+from kvproto.metapb import Peer, Region, RegionEpoch
 from kvproto.pdpb import PeerStats
 from placement_driver.http_api import key_json, region_json
 from placement_driver.regions import REPORTED_FIELDS, RegionRecord, RegionStat
 from placement_driver.server import PdServer
-from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, http_request, region
+from tests.factories import peer, region
+from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, http_request
 
 TIMEOUT = 10
 API = "/pd/api/v1"
@@ -33,13 +34,7 @@ async def split_at(caller: PdCaller, key: bytes) -> tuple[Region, Region]:
     assert first is not None
     new_id, new_peer = await caller.alloc_id(), await caller.alloc_id()
     left = first.with_range(b"", key).with_epoch(RegionEpoch(1, 2))
-    right = Region(
-        RegionId(new_id),
-        key,
-        b"",
-        RegionEpoch(1, 2),
-        (Peer(PeerId(new_peer), first.peers[0].store_id),),
-    )
+    right = region(new_id, key, version=2, peers=(peer(new_peer, first.peers[0].store_id),))
     await caller.region_heartbeat(left, term=1, approximate_size=300, approximate_keys=3)
     await caller.region_heartbeat(right, term=1)
     return left, right
@@ -81,7 +76,7 @@ async def test_stores_and_one_store(pd: PdServer, caller: PdCaller) -> None:
 
 
 def test_a_region_shows_every_field_of_its_last_heartbeat() -> None:
-    r = region(1, peers=((100, 1), (101, 2), (102, 3)))
+    r = region(1)  # voters on stores 1, 2, 3
     stat = RegionStat(
         leader=r.peers[1],
         term=2,

@@ -8,10 +8,7 @@ import pytest
 
 from kvproto import pdpb
 from kvproto.metapb import (
-    Peer,
     PeerId,
-    PeerRole,
-    Region,
     RegionEpoch,
     RegionId,
     StoreId,
@@ -29,6 +26,7 @@ from placement_driver.operators import (
     OperatorTimeouts,
     RemovePeer,
 )
+from tests import factories
 from tests.placement_driver.mock_cluster import (
     MockCluster,
     Refused,
@@ -57,9 +55,7 @@ def test_an_add_replica_operator_advances_only_on_reports_that_show_its_steps_do
     # The leader's heartbeat gets the first step, planned on the epoch it reported.
     order = mc.heartbeat(region)
     assert order is not None and order.region_id == 1 and order.region_epoch == region.epoch
-    assert only_change(order) == ChangePeer(
-        ChangePeerType.ADD_LEARNER, Peer(PeerId(1001), StoreId(2), PeerRole.LEARNER)
-    )
+    assert only_change(order) == ChangePeer(ChangePeerType.ADD_LEARNER, factories.learner(1001, 2))
     op = mc.operator(1)
     assert op is not None and op.current == 0
     # A heartbeat before the change is applied gets the same step again.
@@ -104,9 +100,7 @@ def test_a_down_voter_is_replaced_through_a_joint_change_the_store_accepts() -> 
     assert voters(region) == [1, 2, 4] and learners(region) == [3]
     # Out of it: the demoted peer, now a learner, is removed.
     order = mc.heartbeat(region, down=(down,))
-    assert only_change(order) == ChangePeer(
-        ChangePeerType.REMOVE, Peer(down.id, StoreId(3), PeerRole.LEARNER)
-    )
+    assert only_change(order) == ChangePeer(ChangePeerType.REMOVE, factories.learner(down.id, 3))
     region = apply_order(region, order)
     # Done: three voters on live stores, conf_ver moved by 1 + 2 + 1.
     assert mc.heartbeat(region) is None
@@ -126,8 +120,8 @@ def test_removing_a_voter_inside_a_joint_change_would_be_refused_by_the_store() 
         region_epoch=region.epoch,
         change_peer=ChangePeerRequest(
             (
-                ChangePeer(ChangePeerType.ADD_VOTER, Peer(PeerId(104), StoreId(4))),
-                ChangePeer(ChangePeerType.REMOVE, Peer(PeerId(103), StoreId(3))),
+                ChangePeer(ChangePeerType.ADD_VOTER, factories.peer(104, 4)),
+                ChangePeer(ChangePeerType.REMOVE, factories.peer(103, 3)),
             )
         ),
     )
@@ -164,11 +158,7 @@ def test_an_unexplained_conf_ver_move_cancels_the_operator() -> None:
         region_id=1,
         region_epoch=region.epoch,
         change_peer=ChangePeerRequest(
-            (
-                ChangePeer(
-                    ChangePeerType.ADD_LEARNER, Peer(PeerId(77), StoreId(3), PeerRole.LEARNER)
-                ),
-            )
+            (ChangePeer(ChangePeerType.ADD_LEARNER, factories.learner(77, 3)),)
         ),
     )
     region = apply_order(region, other)
@@ -183,7 +173,7 @@ def test_an_unexplained_conf_ver_move_cancels_the_operator() -> None:
             region_id=1,
             region_epoch=region.epoch,
             change_peer=ChangePeerRequest(
-                (ChangePeer(ChangePeerType.REMOVE, Peer(PeerId(77), StoreId(3))),)
+                (ChangePeer(ChangePeerType.REMOVE, factories.peer(77, 3)),)
             ),
         ),
     )
@@ -358,7 +348,7 @@ def test_a_patrol_cancels_operators_of_regions_gone_from_the_tree() -> None:
     op = mc.controller.split_region(mc.cluster, 1, [b"r0001m"], mc.now)
     # Region 2, newer, is reported over region 1's whole range: region 1 is gone.
     mc.report(
-        Region(RegionId(2), key(1), key(2), RegionEpoch(1, 2), (Peer(PeerId(201), StoreId(1)),)),
+        factories.region(2, key(1), key(2), version=2, peers=(factories.peer(201, 1),)),
         leader=1,
     )
     assert mc.cluster.region_by_id(1) is None

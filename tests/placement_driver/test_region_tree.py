@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kvproto.metapb import Region, RegionId, ranges_overlap
 from placement_driver.region_tree import RegionTree
-from tests.placement_driver.helpers import region
+from tests.factories import region
 
 
 def test_find_uses_half_open_ranges_and_open_ends() -> None:

@@ -4,9 +4,10 @@ peer on store s is r * 100 + s; new peers get 1001, 1002, ..."""
 
 from __future__ import annotations
 
-from kvproto.metapb import Peer, PeerId, PeerRole, RegionEpoch, StoreId, StoreState
+from kvproto.metapb import Peer, PeerRole, RegionEpoch, StoreId, StoreState
 from placement_driver.operators import AddLearner, OperatorKind
 from placement_driver.replica_checker import OpInfluence, check_replicas
+from tests.factories import learner
 from tests.placement_driver.mock_cluster import MockCluster, TiB, describe
 
 
@@ -57,7 +58,7 @@ def test_snapshot_and_pending_limits_keep_a_store_from_taking_more() -> None:
     mc.region(1, voters=(1,))
     # An operator elsewhere is still to send a snapshot to store 2.
     influence = OpInfluence()
-    influence.add([AddLearner(Peer(PeerId(999), StoreId(2), PeerRole.LEARNER))])
+    influence.add([AddLearner(learner(999, 2))])
     assert describe(check_replicas(mc.cluster, mc.record(1), influence))[0].endswith("store 3")
     # Store 3 has a peer catching up in another region: at its pending limit.
     mc.region(2, voters=(4, 3), pending=(3,))

@@ -10,9 +10,10 @@ from pathlib import Path
 import trio
 
 from kvproto import pdpb
-from kvproto.metapb import Peer, Region, StoreState
+from kvproto.metapb import StoreState
 from kvproto.rpc import connect
 from placement_driver.testing import open_pd
+from tests.factories import peer, region
 from tests.placement_driver.helpers import PdCaller, bootstrap_cluster
 
 TIMEOUT = 20
@@ -38,12 +39,11 @@ async def test_a_restart_keeps_cluster_id_stores_ids_config_and_regions(tmp_path
                 )
             ).ids
             left = first.with_range(b"", b"m").with_epoch(pdpb.RegionEpoch(1, 2))
-            right = Region(
+            right = region(
                 split.new_region_id,
                 b"m",
-                b"",
-                pdpb.RegionEpoch(1, 2),
-                (Peer(split.new_peer_ids[0], stores[0].id),),
+                version=2,
+                peers=(peer(split.new_peer_ids[0], stores[0].id),),
             )
             await caller.region_heartbeat(left, term=2)
             await caller.region_heartbeat(right, term=1)

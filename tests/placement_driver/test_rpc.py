@@ -14,12 +14,13 @@ import trio
 from kvproto import pdpb
 from kvproto.codec import decode_cbor, encode_cbor, from_wire, to_wire
 from kvproto.frame import FrameReader, encode_frame
-from kvproto.metapb import Peer, PeerId, Region, RegionId, StoreId, StoreState
+from kvproto.metapb import StoreId, StoreState
 from kvproto.pd_client import PdServerError, open_pd_client
 from kvproto.pdpb import PdErrorCode
 from kvproto.rpc import FrameKind, RpcError, RpcErrorCode, connect
 from placement_driver.server import PdServer
-from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, region, store
+from tests.factories import peer, region, store
+from tests.placement_driver.helpers import PdCaller, bootstrap_cluster
 
 TIMEOUT = 10
 
@@ -38,7 +39,7 @@ async def test_bootstrap_is_accepted_once_and_sets_the_cluster_id(caller: PdCall
         assert r.bootstrapped and r.header.cluster_id == caller.cluster_id
 
         second = pdpb.BootstrapRequest(
-            caller.header(), stores[0], region(1, peers=((2, stores[0].id),))
+            caller.header(), stores[0], region(1, peers=(peer(2, stores[0].id),))
         )
         error = await caller.error(second, pdpb.BootstrapResponse)
         assert error.code == PdErrorCode.ALREADY_BOOTSTRAPPED
@@ -105,7 +106,7 @@ async def test_an_address_used_by_another_store_is_refused(caller: PdCaller) -> 
     with trio.fail_after(TIMEOUT):
         stores = await bootstrap_cluster(caller, store_count=2)
         new_id = await caller.alloc_id()
-        clash = dataclasses.replace(store(new_id), address=stores[1].address)
+        clash = store(new_id, address=stores[1].address)
         error = await caller.error(
             pdpb.PutStoreRequest(caller.header(), clash), pdpb.PutStoreResponse
         )
@@ -119,7 +120,7 @@ async def test_region_heartbeats_build_the_region_tree(caller: PdCaller) -> None
         first = (await caller.get_region(b"")).region
         assert first is not None
         # The region got two more peers (conf change), then split at "m".
-        peers = (*first.peers, Peer(PeerId(1001), s2.id), Peer(PeerId(1002), s3.id))
+        peers = (*first.peers, peer(1001, s2.id), peer(1002, s3.id))
         grown = dataclasses.replace(first, peers=peers, epoch=pdpb.RegionEpoch(4, 1))
         await caller.region_heartbeat(grown, leader=peers[1], term=3, approximate_size=1 << 20)
         got = await caller.get_region(b"anything")
@@ -130,12 +131,12 @@ async def test_region_heartbeats_build_the_region_tree(caller: PdCaller) -> None
         )
         (ids,) = split.ids
         left = dataclasses.replace(grown, end_key=b"m", epoch=pdpb.RegionEpoch(4, 2))
-        right = Region(
+        right = region(
             ids.new_region_id,
             b"m",
-            b"",
-            pdpb.RegionEpoch(4, 2),
-            tuple(Peer(pid, p.store_id) for pid, p in zip(ids.new_peer_ids, peers, strict=True)),
+            conf_ver=4,
+            version=2,
+            peers=(peer(pid, p.store_id) for pid, p in zip(ids.new_peer_ids, peers, strict=True)),
         )
         await caller.ok(
             pdpb.ReportBatchSplitRequest(caller.header(), (left, right)),
@@ -168,7 +169,7 @@ async def test_unknown_regions_are_answered_with_none(caller: PdCaller) -> None:
     ("make_request", "response", "code"),
     [
         (
-            lambda h: pdpb.PutStoreRequest(h, dataclasses.replace(store(1), address="nowhere")),
+            lambda h: pdpb.PutStoreRequest(h, store(1, address="nowhere")),
             pdpb.PutStoreResponse,
             PdErrorCode.INVALID_ARGUMENT,
         ),
@@ -188,14 +189,12 @@ async def test_unknown_regions_are_answered_with_none(caller: PdCaller) -> None:
             PdErrorCode.STORE_NOT_FOUND,
         ),
         (
-            lambda h: pdpb.RegionHeartbeatRequest(
-                h, region(7, peers=((70, 1),)), Peer(PeerId(71), StoreId(1))
-            ),
+            lambda h: pdpb.RegionHeartbeatRequest(h, region(7, peers=(peer(70, 1),)), peer(71, 1)),
             pdpb.RegionHeartbeatResponse,
             PdErrorCode.INVALID_ARGUMENT,
         ),
         (
-            lambda h: pdpb.AskBatchSplitRequest(h, region(404, peers=((70, 1),)), 1),
+            lambda h: pdpb.AskBatchSplitRequest(h, region(404, peers=(peer(70, 1),)), 1),
             pdpb.AskBatchSplitResponse,
             PdErrorCode.REGION_NOT_FOUND,
         ),
@@ -283,13 +282,8 @@ async def test_the_store_nodes_pd_client_works_against_the_pd(pd: PdServer) -> N
         async with open_pd_client([pd.addresses.rpc]) as client:
             assert not await client.is_bootstrapped()
             store_id = StoreId(await client.alloc_id())
-            first = Region(
-                RegionId(await client.alloc_id()),
-                b"",
-                b"",
-                pdpb.RegionEpoch(1, 1),
-                (Peer(PeerId(await client.alloc_id()), store_id),),
-            )
+            region_id, peer_id = await client.alloc_id(), await client.alloc_id()
+            first = region(region_id, peers=(peer(peer_id, store_id),))
             await client.bootstrap(store(store_id), first)
             assert client.cluster_id == pd.cluster.cluster_id != 0
             with pytest.raises(PdServerError) as info:

@@ -18,11 +18,12 @@ import trio
 import trio.testing
 
 from kvproto import pdpb
-from kvproto.metapb import Peer, PeerId, PeerRole, RegionEpoch, StoreState
+from kvproto.metapb import RegionEpoch, StoreState
 from placement_driver.operators import OperatorKind, OperatorStatus, OperatorTimeouts
 from placement_driver.server import PdServer
 from placement_driver.testing import TEST_CLUSTER_CONFIG, connect_in_memory, open_pd
 from plumbing.nursery import open_background_nursery
+from tests.factories import learner
 from tests.placement_driver.fake_stores import FakeStores
 from tests.placement_driver.helpers import PdCaller
 from tests.placement_driver.mock_cluster import learners, voters
@@ -245,7 +246,7 @@ async def test_an_unexpected_epoch_change_cancels_the_operator(
             assert op is not None and op.is_running
             # Behind the PD's back, a learner is added on store 3 too.
             fr = fake.regions[rid]  # type: ignore[index]
-            extra = Peer(PeerId(9999), s3, PeerRole.LEARNER)
+            extra = learner(9999, s3)
             fr.region = fr.region.with_peer(extra).with_epoch(
                 RegionEpoch(fr.region.epoch.conf_ver + 1, fr.region.epoch.version)
             )

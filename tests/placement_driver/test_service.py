@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 from kvproto import pdpb
-from kvproto.metapb import Peer, PeerId, RegionId, StoreId
+from kvproto.metapb import RegionId
 from placement_driver.cluster import Cluster
 from placement_driver.regions import RegionRecord
 from placement_driver.service import RESPONSE_TYPES, PdService
 from placement_driver.storage import MemoryMetaStorage
-from tests.placement_driver.helpers import region, store
+from tests.factories import peer, region, store
 
 H = pdpb.RequestHeader()
 
@@ -35,11 +35,11 @@ class TransferToSecondPeer:
 def test_the_operator_hook_answers_region_heartbeats() -> None:
     hook = TransferToSecondPeer()
     service = PdService(Cluster(MemoryMetaStorage(), 0.0), random.Random(1), hook)
-    first = region(1, peers=((100, 1),))
+    first = region(1, peers=(peer(100, 1),))
     service.handle(pdpb.BootstrapRequest(H, store(1), first), now=0.0)
     cluster_id = service.cluster.cluster_id
     service.handle(pdpb.PutStoreRequest(H, store(2)), now=0.0)  # id 2 < bootstrap's skip
-    two = first.with_peers((*first.peers, Peer(PeerId(101), StoreId(2))))
+    two = first.with_peer(peer(101, 2))
     two = two.with_epoch(pdpb.RegionEpoch(2, 1))
     answer = service.handle(pdpb.RegionHeartbeatRequest(H, two, two.peers[0]), now=1.0)
     assert isinstance(answer, pdpb.RegionHeartbeatResponse)
@@ -70,6 +70,8 @@ def test_the_cluster_id_comes_from_the_injected_random() -> None:
     ids = []
     for _ in range(2):
         service = PdService(Cluster(MemoryMetaStorage(), 0.0), random.Random(42))
-        service.handle(pdpb.BootstrapRequest(H, store(1), region(1, peers=((100, 1),))), now=0.0)
+        service.handle(
+            pdpb.BootstrapRequest(H, store(1), region(1, peers=(peer(100, 1),))), now=0.0
+        )
         ids.append(service.cluster.cluster_id)
     assert ids[0] == ids[1] != 0

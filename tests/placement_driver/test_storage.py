@@ -13,7 +13,7 @@ from placement_driver.storage import (
     LmdbMetaStorage,
     StoredMeta,
 )
-from tests.placement_driver.helpers import region, store
+from tests.factories import region, store
 
 
 def test_everything_saved_is_loaded_back(tmp_path: Path) -> None:
@@ -22,7 +22,7 @@ def test_everything_saved_is_loaded_back(tmp_path: Path) -> None:
         storage.save_id_bound(1000)
         storage.save_bootstrap(77, store(1), region(1))
         storage.save_store(store(2))
-        storage.save_store(store(2, port=3000))  # replaced
+        storage.save_store(store(2, address="127.0.0.1:3000"))  # replaced
         storage.save_config({"max_replicas": "5", "region_max_size": "1GiB"})
         storage.save_config({"max_replicas": "3"})  # the whole config is replaced
         storage.save_regions([region(1, b"", b"k", version=2), region(2, b"k", b"", version=2)], [])
@@ -31,16 +31,14 @@ def test_everything_saved_is_loaded_back(tmp_path: Path) -> None:
         meta = storage.load()
     assert meta.cluster_id == 77
     assert meta.id_bound == 1000
-    assert meta.stores == [store(1), store(2, port=3000)]
+    assert meta.stores == [store(1), store(2, address="127.0.0.1:3000")]
     assert meta.config == {"max_replicas": "3"}
     assert meta.regions == [region(1, b"", b"k", version=2), region(3, b"k", b"", version=3)]
 
 
 def test_store_states_are_stored_as_given(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     with LmdbMetaStorage(tmp_path) as storage:
-        storage.save_store(replace(store(4), state=StoreState.TOMBSTONE))
+        storage.save_store(store(4, state=StoreState.TOMBSTONE))
         assert storage.load().stores[0].state == StoreState.TOMBSTONE
 
 

@@ -65,14 +65,11 @@ from raft import (
     Config,
     ConfState,
     EntryType,
-    HardState,
     MemoryStorage,
     Message,
     MessageType,
     ProposalDroppedError,
     RaftNode,
-    Snapshot,
-    SnapshotMetadata,
 )
 from raft.describe import (
     describe_conf_state,
@@ -82,6 +79,7 @@ from raft.describe import (
     describe_ready,
     describe_snapshot,
 )
+from tests.raft.helpers import booted_storage, write_ready
 
 # A runaway `stabilize` (a node that always has a Ready) is a bug to report,
 # not a test that hangs.
@@ -299,16 +297,8 @@ class Env:
         cs = ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
         first = max(self.peers, default=0) + 1
         for node_id in range(first, first + n):
-            storage = MemoryStorage()
-            history: list[tuple[int, ConfState]] = []
-            if index > 0:
-                storage.apply_snapshot(
-                    Snapshot(metadata=SnapshotMetadata(index=index, term=1, conf_state=cs))
-                )
-                # The term of the snapshot is durable too: no node starts
-                # below the term of an entry it holds.
-                storage.set_hard_state(HardState(term=1, commit=index))
-                history.append((index, cs))
+            storage = booted_storage(cs, index) if index > 0 else MemoryStorage()
+            history = [(index, cs)] if index > 0 else []
             cfg = Config(id=node_id, **base)  # type: ignore[arg-type]
             node = RaftNode(cfg, storage, FixedJitter())
             self.peers[node_id] = Peer(cfg, storage, node, history)
@@ -402,13 +392,10 @@ class Env:
         rd = p.node.ready()
         out = describe_ready(rd).splitlines()
         self.net.extend(rd.messages)
+        write_ready(p.storage, rd)
         if rd.snapshot is not None:
-            p.storage.apply_snapshot(rd.snapshot)
             meta = rd.snapshot.metadata
             p.conf_history = [(meta.index, meta.conf_state)]
-        p.storage.append(rd.entries)
-        if rd.hard_state is not None:
-            p.storage.set_hard_state(rd.hard_state)
         self.net.extend(rd.persisted_messages)
         for e in rd.committed_entries:
             if e.type != EntryType.CONF_CHANGE:

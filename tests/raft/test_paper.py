@@ -25,6 +25,7 @@ from raft import (
     RaftNode,
     Role,
 )
+from tests.raft.helpers import write_ready
 
 MT = MessageType
 ELECTION = 10
@@ -79,12 +80,7 @@ def handle(n: RaftNode) -> list[Message]:
     if not n.has_ready():
         return []
     rd = n.ready()
-    s = storage_of(n)
-    if rd.snapshot is not None:
-        s.apply_snapshot(rd.snapshot)
-    s.append(rd.entries)
-    if rd.hard_state is not None:
-        s.set_hard_state(rd.hard_state)
+    write_ready(storage_of(n), rd)
     n.advance(rd)
     return list(rd.all_messages())
 

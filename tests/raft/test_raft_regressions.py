@@ -9,7 +9,6 @@ the docstring (it may no longer reproduce once the simulator changes).
 from __future__ import annotations
 
 import pytest
-from scenario import Env
 
 from raft import (
     ConfChange,
@@ -24,32 +23,20 @@ from raft import (
     Message,
     MessageType,
     RaftNode,
-    Ready,
     Role,
     Snapshot,
     SnapshotMetadata,
 )
+from tests.raft.helpers import booted_storage, write_ready
+from tests.raft.scenario import Env
 
 VOTERS_123 = ConfState(voters=(1, 2, 3))
 
 
 def _bootstrapped(nid: int, cs: ConfState = VOTERS_123) -> tuple[RaftNode, MemoryStorage]:
     """A node whose storage starts from a snapshot at 1/1 holding `cs`."""
-    st = MemoryStorage()
-    st.apply_snapshot(Snapshot(SnapshotMetadata(index=1, term=1, conf_state=cs)))
-    st.set_hard_state(HardState(term=1, commit=1))
+    st = booted_storage(cs)
     return RaftNode(Config(id=nid, applied=1), st), st
-
-
-def _persist(st: MemoryStorage, rn: RaftNode) -> Ready:
-    """Take a Ready and write it (snapshot, entries, hard state); don't advance."""
-    rd = rn.ready()
-    if rd.snapshot is not None:
-        st.apply_snapshot(rd.snapshot)
-    st.append(rd.entries)
-    if rd.hard_state is not None:
-        st.set_hard_state(rd.hard_state)
-    return rd
 
 
 def test_snapshot_is_refused_while_handed_out_entries_are_being_applied() -> None:
@@ -77,7 +64,8 @@ def test_snapshot_is_refused_while_handed_out_entries_are_being_applied() -> Non
         commit=2,
     )
     rn.step(append)
-    rd = _persist(st, rn)
+    rd = rn.ready()
+    write_ready(st, rd)  # not advanced: the application is still applying
     assert [e.index for e in rd.committed_entries] == [2]
 
     # The leader meanwhile compacted past index 2: a snapshot at 5 arrives
@@ -130,8 +118,7 @@ def test_a_node_restarts_from_a_snapshot_newer_than_its_hard_state() -> None:
 
 
 def test_a_hard_state_committing_beyond_the_log_is_still_refused() -> None:
-    st = MemoryStorage()
-    st.apply_snapshot(Snapshot(SnapshotMetadata(index=1, term=1, conf_state=VOTERS_123)))
+    st = booted_storage(VOTERS_123)
     st.set_hard_state(HardState(term=1, commit=3))
     with pytest.raises(AssertionError, match="commit 3"):
         RaftNode(Config(id=1), st)

@@ -5,9 +5,9 @@ or forwarded to the leader this node knows of) or refused at once with
 from __future__ import annotations
 
 import pytest
-from scenario import Env
 
 from raft import MessageType, NotLeaderError, ProposalDroppedError, Role
+from tests.raft.scenario import Env
 
 
 def _cluster(prevote: bool = True) -> Env:

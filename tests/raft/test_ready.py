@@ -6,31 +6,20 @@ from __future__ import annotations
 from raft import (
     Config,
     ConfState,
-    HardState,
     MemoryStorage,
     Message,
     MessageType,
     RaftNode,
-    Ready,
     Role,
     Snapshot,
     SnapshotMetadata,
 )
+from tests.raft.helpers import booted_storage, write_ready
 
 
 def _node(node_id: int, cs: ConfState, index: int = 2) -> tuple[RaftNode, MemoryStorage]:
-    storage = MemoryStorage()
-    storage.apply_snapshot(Snapshot(metadata=SnapshotMetadata(index=index, term=1, conf_state=cs)))
-    storage.set_hard_state(HardState(term=1, commit=index))
+    storage = booted_storage(cs, index)
     return RaftNode(Config(id=node_id, election_ticks=3), storage), storage
-
-
-def _persist(storage: MemoryStorage, rd: Ready) -> None:
-    if rd.snapshot is not None:
-        storage.apply_snapshot(rd.snapshot)
-    storage.append(rd.entries)
-    if rd.hard_state is not None:
-        storage.set_hard_state(rd.hard_state)
 
 
 def test_no_message_leaves_before_a_new_term_is_durable() -> None:
@@ -53,7 +42,7 @@ def test_a_leader_appends_before_its_write_once_its_term_is_durable() -> None:
     node, storage = _node(1, ConfState(voters=(1,), learners=(2,)))
     node.campaign()
     rd = node.ready()
-    _persist(storage, rd)
+    write_ready(storage, rd)
     node.advance(rd)
     node.propose(b"a")
     rd = node.ready()
@@ -79,7 +68,7 @@ def test_an_installed_snapshot_is_written_durably_and_leaves_nothing_to_do() -> 
     assert rd.must_sync
     assert rd.messages == ()
     assert [m.index for m in rd.persisted_messages] == [10]
-    _persist(storage, rd)
+    write_ready(storage, rd)
     follower.advance(rd)
     assert follower.applied_index == 10
     assert not follower.has_ready()

@@ -11,7 +11,8 @@ import difflib
 from pathlib import Path
 
 import pytest
-from scenario import render, run_file
+
+from tests.raft.scenario import render, run_file
 
 TESTDATA = Path(__file__).parent / "testdata"
 FILES = sorted(TESTDATA.glob("*.txt"))

@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raftsim import Options, Simulation, SimulationFailure, run_random
-from raftsim.workload import Chaos, random_flavor
+from tests.raft.raftsim import Options, Simulation, SimulationFailure, run_random
+from tests.raft.raftsim.workload import Chaos, random_flavor
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _trace(seed: int, steps: int) -> tuple[str, dict[str, int]]:
@@ -53,10 +55,9 @@ def test_the_failure_report_holds_seed_step_events_and_reproduce_line() -> None:
 def test_a_seed_replays_exactly_in_another_process() -> None:
     """Nothing depends on str/bytes hash randomization or on the process."""
     code = (
-        "import hashlib, logging, sys\n"
+        "import hashlib, logging\n"
         "logging.disable(logging.CRITICAL)\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from test_sim_determinism import _trace\n"
+        "from tests.raft.test_sim_determinism import _trace\n"
         "text, stats = _trace(7, 1200)\n"
         "print(hashlib.sha256((text + repr(sorted(stats.items()))).encode()).hexdigest())\n"
     )
@@ -64,7 +65,12 @@ def test_a_seed_replays_exactly_in_another_process() -> None:
     for hashseed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hashseed}
         out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code],
+            cwd=ROOT,  # `-c` imports from the working directory: the repository
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         digests.add(out.stdout.strip())
     assert len(digests) == 1

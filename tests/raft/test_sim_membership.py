@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from raftsim import SimReport, run_random
-from raftsim.pytest_support import parametrize_seeds, run_seeds, steps
+
+from tests.raft.raftsim import SimReport, run_random
+from tests.raft.raftsim.pytest_support import parametrize_seeds, run_seeds, steps
 
 SEEDS = range(0, 200)
 STEPS = 4000

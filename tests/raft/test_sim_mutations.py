@@ -15,13 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from raftsim import Options, SafetyViolation, SimulationFailure, run_random
 
 from raft.core import Raft
 from raft.errors import CompactedError, UnavailableError
 from raft.log import RaftLog
 from raft.read_only import ReadAnswer
 from raft.types import NONE, Entry, MessageType
+from tests.raft.raftsim import Options, SafetyViolation, SimulationFailure, run_random
 
 
 def _hunt(

@@ -10,10 +10,11 @@ empty disk and no config, is brought in the same way.
 from __future__ import annotations
 
 import pytest
-from raftsim import Faults, Options, Simulation
-from raftsim.cluster import SimNode
-from raftsim.pytest_support import parametrize_seeds, run_seeds
-from raftsim.workload import ADD_LEARNER, conf_changes
+
+from tests.raft.raftsim import Faults, Options, Simulation
+from tests.raft.raftsim.cluster import SimNode
+from tests.raft.raftsim.pytest_support import parametrize_seeds, run_seeds
+from tests.raft.raftsim.workload import ADD_LEARNER, conf_changes
 
 SEEDS = range(0, 10)
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from raftsim import run_random
-from raftsim.pytest_support import parametrize_seeds, run_seeds, steps
+
+from tests.raft.raftsim import run_random
+from tests.raft.raftsim.pytest_support import parametrize_seeds, run_seeds, steps
 
 SOAK = bool(os.environ.get("SHARDKV_SOAK"))
 SOAK_SEED_BASE = 1_000_000

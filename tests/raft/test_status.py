@@ -3,10 +3,9 @@ its internals), a copy that does not change under it."""
 
 from __future__ import annotations
 
-from scenario import Env
-
 from raft import ProgressStatus, Role
 from raft.progress import ProgressState
+from tests.raft.scenario import Env
 
 
 def test_a_leader_reports_every_members_progress_and_a_follower_none() -> None:

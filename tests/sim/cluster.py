@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.errors import ClientError, UndeterminedError
-from kvproto.epoch import INITIAL_EPOCH
-from kvproto.metapb import Peer, PeerId, Region, RegionId, Store, StoreId, StoreState
+from kvproto.metapb import Region, StoreState
 from store_node import keys
 from store_node.bootstrap import write_initial_region
 from store_node.core import CoreConfig
 from store_node.engine import Engine, scan_cursor
 from store_node.log_gc import LogGcConfig
+from tests import factories
 from tests.sim import linearizability as lin
 from tests.sim.client import Op, SimClient
 from tests.sim.disk import SyncMode
@@ -203,12 +203,12 @@ class Simulation:
     # -- setup --------------------------------------------------------------------------
 
     def bootstrap(self) -> None:
-        first = Region(RegionId(5), b"", b"", INITIAL_EPOCH, (Peer(PeerId(6), StoreId(1)),))
+        first = factories.region(5, peers=(factories.peer(6, 1),))
         engine = Engine(self.root / "s1")
         write_initial_region(engine, first)
         engine.close()
         self.pd.start()
-        stores = [Store(StoreId(i), f"s{i}:20160") for i in self.stores]
+        stores = [factories.store(i, address=f"s{i}:20160") for i in self.stores]
         self.pd.bootstrap(stores[0], first, stores[1:])
         for s in self.stores.values():
             s.start()

@@ -4,17 +4,22 @@ Each `run_round` does what the StoreNode shell does for one store: end the
 round, deliver the messages to send now, persist and apply, deliver the
 messages to send after persisting, then `after_persist`. Replies are kept by
 token for the test to inspect.
+
+Most tests start from `bootstrapped`: region 1 (the whole key space, peer
+``10 + s`` on store `s`, as `tests.factories.region` builds it) on every
+store, ticked until it has a leader.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvproto.kvrpcpb import Context
 from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId
+from kvproto.metapb import Region, RegionId, StoreId
+from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType
 from kvproto.raft_serverpb import RaftMessage, SnapshotKey
 from store_node.bootstrap import load_regions, load_store, write_initial_region
 from store_node.core import CoreConfig, StoreCore
@@ -23,6 +28,7 @@ from store_node.peer import Reply
 from store_node.persist import persist_and_apply
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
 from store_node.split import scan_region
+from tests.factories import region as make_region
 
 
 class CoreCluster:
@@ -176,7 +182,33 @@ class CoreCluster:
         region = self.cores[store_id].peers[region_id].region
         return Context(RegionId(region_id), region.epoch, meta)
 
+    def change_peer(self, kind: ChangePeerType, peer: PeerMeta) -> None:
+        """Region 1's leader proposes one membership change; then the
+        cluster settles and ticks 3 times."""
+        found = self.leader_of(1)
+        assert found is not None, "region 1 has no leader"
+        store = found[0]
+        region = self.cores[store].peers[1].region
+        err = self.cores[store].change_peer(
+            ("cc", peer.id, kind), 1, region.epoch, ChangePeerRequest((ChangePeer(kind, peer),))
+        )
+        assert err is None, err
+        self.stabilize()
+        self.tick(3)
 
-def first_region(store_ids: list[int]) -> Region:
-    peers = tuple(PeerMeta(PeerId(10 + s), StoreId(s)) for s in store_ids)
-    return Region(RegionId(1), b"", b"", RegionEpoch(conf_ver=1, version=1), peers)
+
+def bootstrapped(
+    root: Path,
+    store_ids: Sequence[int],
+    config: CoreConfig | None = None,
+    *,
+    sync: bool = False,
+    region_on: Sequence[int] | None = None,
+    ticks: int = 40,
+) -> CoreCluster:
+    """A CoreCluster of `store_ids` with region 1 bootstrapped on the stores
+    `region_on` (default: all of them), after `ticks` ticks."""
+    c = CoreCluster(root, list(store_ids), config, sync=sync)
+    c.bootstrap(make_region(1, stores=store_ids if region_on is None else region_on))
+    c.tick(ticks)
+    return c

@@ -11,18 +11,17 @@ import pytest
 from kvproto.errorpb import EpochNotMatch, KeyNotInRegion, NotLeader, StoreNotMatch
 from kvproto.kvrpcpb import Context
 from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId, RegionEpoch, RegionId, StoreId
+from kvproto.metapb import RegionEpoch, RegionId, StoreId
 from kvproto.raft_cmdpb import CompareAndSet, Delete, DeleteRange, Put, WriteResult
 from store_node import keys
 from store_node.peer import ReadPermit, WriteDone
-from tests.store_node.harness import CoreCluster, first_region
+from tests.factories import peer
+from tests.store_node.harness import CoreCluster, bootstrapped
 
 
 @pytest.fixture
 def single(tmp_path: Path) -> CoreCluster:
-    c = CoreCluster(tmp_path, [1])
-    c.bootstrap(first_region([1]))
-    c.tick(30)
+    c = bootstrapped(tmp_path, [1], ticks=30)
     assert c.leader_of(1) is not None
     return c
 
@@ -77,14 +76,10 @@ def test_requests_are_checked_against_region_store_and_epoch(single: CoreCluster
 
 
 def test_three_replicas_replicate_and_only_the_leader_serves(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3])
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3])
     leader_store, meta = c.leader_of(1)
     follower = next(s for s in (1, 2, 3) if s != leader_store)
-    fctx = Context(
-        RegionId(1), RegionEpoch(1, 1), PeerMeta(PeerId(10 + follower), StoreId(follower))
-    )
+    fctx = Context(RegionId(1), RegionEpoch(1, 1), peer(10 + follower, follower))
     err = c.cores[follower].propose_write("x", fctx, (Put(b"a", b"1"),), 2)
     assert isinstance(err, NotLeader) and err.leader == meta
     assert write(c, "w", Put(b"a", b"1")) is not None
@@ -94,9 +89,7 @@ def test_three_replicas_replicate_and_only_the_leader_serves(tmp_path: Path) -> 
 
 
 def test_restart_replays_log_from_durable_applied_index(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1])
-    c.bootstrap(first_region([1]))
-    c.tick(30)
+    c = bootstrapped(tmp_path, [1], ticks=30)
     for i in range(20):
         write(c, f"w{i}", Put(b"k%02d" % i, b"v%d" % i))
     applied = c.cores[1].peers[1].storage.apply_state.applied_index

@@ -20,7 +20,8 @@ from store_node import keys
 from store_node.core import CoreConfig
 from store_node.log_gc import LogGcConfig
 from store_node.peer import WriteDone
-from tests.store_node.harness import CoreCluster, first_region
+from tests import factories
+from tests.store_node.harness import CoreCluster, bootstrapped
 
 CONFIG = CoreConfig(
     election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(threshold=30, count_limit=60)
@@ -39,9 +40,7 @@ def route(c: CoreCluster, key: bytes) -> tuple[int, int] | None:
 def run(tmp_path: Path, seed: int, steps: int) -> tuple[int, int]:
     """One run; returns (acknowledged writes, regions at the end)."""
     rng = random.Random(seed)
-    c = CoreCluster(tmp_path, STORES, CONFIG, sync=True)
-    c.bootstrap(first_region(STORES))
-    c.tick(40)
+    c = bootstrapped(tmp_path, STORES, CONFIG, sync=True)
     c.split_limits = (1 << 30, 40)
     acked: set[bytes] = set()
     sent: dict[object, bytes] = {}
@@ -124,6 +123,6 @@ def test_a_message_dropping_filter_sees_raft_messages(tmp_path: Path) -> None:
     seen: list[RaftMessage] = []
     c = CoreCluster(tmp_path, STORES, CONFIG)
     c.drop = lambda m: seen.append(m) is None
-    c.bootstrap(first_region(STORES))
+    c.bootstrap(factories.region(1, stores=STORES))
     c.tick(30)
     assert seen and c.leader_of(1) is None  # everything dropped: nobody can win

@@ -9,14 +9,14 @@ from typing import Any
 
 from kvproto import kvrpcpb as kv
 from kvproto.errorpb import RegionError
-from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId, StoreId
 from kvproto.rpc import Deferred, RequestContext
 from store_node import keys
 from store_node.engine import Engine, WriteBatch
 from store_node.kv_service import KvService, Limits
 from store_node.peer import ReadPermit
+from tests.factories import region
 
-REGION = Region(RegionId(1), b"", b"", RegionEpoch(1, 1), (Peer(PeerId(11), StoreId(1)),))
+REGION = region(1, stores=(1,))
 CTX = kv.Context(REGION.id, REGION.epoch, REGION.peers[0])
 
 

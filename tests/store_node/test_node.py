@@ -18,6 +18,7 @@ import trio
 from kvproto import kvrpcpb as kv
 from kvproto.pd_client import open_pd_client
 from kvproto.rpc import connect
+from placement_driver.server import PdServer
 from placement_driver.testing import open_pd
 from plumbing.nursery import open_background_nursery
 from shardkv import local_cluster
@@ -56,65 +57,72 @@ async def leader_context(pd_addr: str, key: bytes = b"") -> kv.Context:
         return ctx
 
 
+@asynccontextmanager
+async def pd_and_one_store(
+    tmp: Path, **store_kw: object
+) -> AsyncIterator[tuple[PdServer, StoreInfo, kv.Context]]:
+    """A PD and a store `s1` (settings `store_kw` over `store_config`'s) that
+    bootstraps the cluster; the context of the first region's leader."""
+    async with (
+        open_pd(tmp / "pd") as pd,
+        running_store(store_config(tmp, "s1", pd.addresses.rpc, **store_kw)) as (_, info),
+    ):
+        yield pd, info, await leader_context(pd.addresses.rpc)
+
+
 async def test_first_store_bootstraps_and_serves_every_operation(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with (
-            open_pd(tmp_path / "pd") as pd,
-            running_store(store_config(tmp_path, "s1", pd.addresses.rpc)) as (_, info),
+            pd_and_one_store(tmp_path) as (_, info, ctx),
+            connect(info.address) as conn,
         ):
-            ctx = await leader_context(pd.addresses.rpc)
-            async with connect(info.address) as conn:
-                assert await conn.call(kv.RawPutRequest(ctx, b"a", b"1")) == kv.RawWriteResponse()
-                pairs = tuple((b"b%d" % i, b"%d" % i) for i in range(5))
-                await conn.call(kv.RawBatchPutRequest(ctx, pairs))
-                r = await conn.call(kv.RawGetRequest(ctx, b"a"))
-                assert r == kv.RawGetResponse(value=b"1")
-                r = await conn.call(kv.RawGetRequest(ctx, b"nope"))
-                assert r == kv.RawGetResponse(value=None)
-                r = await conn.call(kv.RawBatchGetRequest(ctx, (b"b1", b"zz", b"a")))
-                assert r.pairs == ((b"b1", b"1"), (b"a", b"1"))
-                r = await conn.call(kv.RawScanRequest(ctx, b"b", b"", 3))
-                assert [k for k, _ in r.pairs] == [b"b0", b"b1", b"b2"]
-                r = await conn.call(kv.RawScanRequest(ctx, b"", b"b3", 10, reverse=True))
-                assert [k for k, _ in r.pairs] == [b"b2", b"b1", b"b0", b"a"]
-                r = await conn.call(kv.RawScanRequest(ctx, b"", b"", 10, keys_only=True))
-                assert all(v == b"" for _, v in r.pairs) and len(r.pairs) == 6
-                r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"a", b"1", b"2"))
-                assert r == kv.RawCompareAndSetResponse(succeeded=True, previous=b"1")
-                r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"a", b"1", b"3"))
-                assert r == kv.RawCompareAndSetResponse(succeeded=False, previous=b"2")
-                r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"new", None, b"x"))
-                assert r.succeeded and r.previous is None
-                await conn.call(kv.RawDeleteRequest(ctx, b"a"))
-                await conn.call(kv.RawBatchDeleteRequest(ctx, (b"b0", b"b1")))
-                await conn.call(kv.RawDeleteRangeRequest(ctx, b"b3", b"b9"))
-                r = await conn.call(kv.RawScanRequest(ctx, b"", b"", 100))
-                assert [k for k, _ in r.pairs] == [b"b2", b"new"]
+            assert await conn.call(kv.RawPutRequest(ctx, b"a", b"1")) == kv.RawWriteResponse()
+            pairs = tuple((b"b%d" % i, b"%d" % i) for i in range(5))
+            await conn.call(kv.RawBatchPutRequest(ctx, pairs))
+            r = await conn.call(kv.RawGetRequest(ctx, b"a"))
+            assert r == kv.RawGetResponse(value=b"1")
+            r = await conn.call(kv.RawGetRequest(ctx, b"nope"))
+            assert r == kv.RawGetResponse(value=None)
+            r = await conn.call(kv.RawBatchGetRequest(ctx, (b"b1", b"zz", b"a")))
+            assert r.pairs == ((b"b1", b"1"), (b"a", b"1"))
+            r = await conn.call(kv.RawScanRequest(ctx, b"b", b"", 3))
+            assert [k for k, _ in r.pairs] == [b"b0", b"b1", b"b2"]
+            r = await conn.call(kv.RawScanRequest(ctx, b"", b"b3", 10, reverse=True))
+            assert [k for k, _ in r.pairs] == [b"b2", b"b1", b"b0", b"a"]
+            r = await conn.call(kv.RawScanRequest(ctx, b"", b"", 10, keys_only=True))
+            assert all(v == b"" for _, v in r.pairs) and len(r.pairs) == 6
+            r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"a", b"1", b"2"))
+            assert r == kv.RawCompareAndSetResponse(succeeded=True, previous=b"1")
+            r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"a", b"1", b"3"))
+            assert r == kv.RawCompareAndSetResponse(succeeded=False, previous=b"2")
+            r = await conn.call(kv.RawCompareAndSetRequest(ctx, b"new", None, b"x"))
+            assert r.succeeded and r.previous is None
+            await conn.call(kv.RawDeleteRequest(ctx, b"a"))
+            await conn.call(kv.RawBatchDeleteRequest(ctx, (b"b0", b"b1")))
+            await conn.call(kv.RawDeleteRangeRequest(ctx, b"b3", b"b9"))
+            r = await conn.call(kv.RawScanRequest(ctx, b"", b"", 100))
+            assert [k for k, _ in r.pairs] == [b"b2", b"new"]
 
 
 async def test_bad_input_gets_typed_errors(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with (
-            open_pd(tmp_path / "pd") as pd,
-            running_store(
-                store_config(tmp_path, "s1", pd.addresses.rpc, max_key_size=16, max_value_size=32)
-            ) as (_, info),
+            pd_and_one_store(tmp_path, max_key_size=16, max_value_size=32) as (_, info, ctx),
+            connect(info.address) as conn,
         ):
-            ctx = await leader_context(pd.addresses.rpc)
-            async with connect(info.address) as conn:
-                r = await conn.call(kv.RawPutRequest(ctx, b"", b"v"))
-                assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
-                r = await conn.call(kv.RawPutRequest(ctx, b"k" * 17, b"v"))
-                assert r.error.code == kv.KvErrorCode.KEY_TOO_LARGE
-                r = await conn.call(kv.RawPutRequest(ctx, b"k", b"v" * 33))
-                assert r.error.code == kv.KvErrorCode.VALUE_TOO_LARGE
-                r = await conn.call(kv.RawScanRequest(ctx, b"z", b"a", 10))
-                assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
-                r = await conn.call(kv.RawScanRequest(ctx, b"a", b"", 0))
-                assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
-                wrong = kv.Context(ctx.region_id + 100, ctx.region_epoch, ctx.peer)
-                r = await conn.call(kv.RawGetRequest(wrong, b"k"))
-                assert type(r.region_error).__name__ == "RegionNotFound"
+            r = await conn.call(kv.RawPutRequest(ctx, b"", b"v"))
+            assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
+            r = await conn.call(kv.RawPutRequest(ctx, b"k" * 17, b"v"))
+            assert r.error.code == kv.KvErrorCode.KEY_TOO_LARGE
+            r = await conn.call(kv.RawPutRequest(ctx, b"k", b"v" * 33))
+            assert r.error.code == kv.KvErrorCode.VALUE_TOO_LARGE
+            r = await conn.call(kv.RawScanRequest(ctx, b"z", b"a", 10))
+            assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
+            r = await conn.call(kv.RawScanRequest(ctx, b"a", b"", 0))
+            assert r.error.code == kv.KvErrorCode.INVALID_ARGUMENT
+            wrong = kv.Context(ctx.region_id + 100, ctx.region_epoch, ctx.peer)
+            r = await conn.call(kv.RawGetRequest(wrong, b"k"))
+            assert type(r.region_error).__name__ == "RegionNotFound"
 
 
 async def test_hundred_concurrent_writers_then_restart_keeps_everything(tmp_path: Path) -> None:
@@ -142,11 +150,7 @@ async def test_hundred_concurrent_writers_then_restart_keeps_everything(tmp_path
 
 async def test_garbage_on_the_store_port_does_not_disturb_clients(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with (
-            open_pd(tmp_path / "pd") as pd,
-            running_store(store_config(tmp_path, "s1", pd.addresses.rpc)) as (_, info),
-        ):
-            ctx = await leader_context(pd.addresses.rpc)
+        async with pd_and_one_store(tmp_path) as (_, info, ctx):
             host, port = info.address.rsplit(":", 1)
             async with connect(info.address) as conn:
                 await conn.call(kv.RawPutRequest(ctx, b"k", b"v"))
@@ -160,11 +164,7 @@ async def test_garbage_on_the_store_port_does_not_disturb_clients(tmp_path: Path
 
 async def test_a_pd_ordered_split_divides_the_region_at_the_key(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with (
-            open_pd(tmp_path / "pd") as pd,
-            running_store(store_config(tmp_path, "s1", pd.addresses.rpc)) as (_, info),
-        ):
-            ctx = await leader_context(pd.addresses.rpc)
+        async with pd_and_one_store(tmp_path) as (pd, info, ctx):
             async with connect(info.address) as conn:
                 for k in (b"a", b"m", b"z"):
                     await conn.call(kv.RawPutRequest(ctx, k, b"v"))

@@ -8,14 +8,14 @@ import zlib
 from pathlib import Path
 
 from kvproto import codec
-from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId, PeerRole, StoreId
-from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType, Put
+from kvproto.metapb import PeerRole
+from kvproto.raft_cmdpb import ChangePeerType, Put
 from kvproto.raft_serverpb import PeerState, RegionLocalState
 from store_node import keys
 from store_node.core import CoreConfig
 from store_node.log_gc import LogGcConfig
-from tests.store_node.harness import CoreCluster, first_region
+from tests.factories import learner, peer
+from tests.store_node.harness import CoreCluster, bootstrapped
 
 GC = LogGcConfig(threshold=20, count_limit=50, size_limit=1 << 30)
 CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2, log_gc=GC)
@@ -42,30 +42,17 @@ def checksum(c: CoreCluster, store: int) -> int:
     return crc
 
 
-def change(c: CoreCluster, kind: ChangePeerType, peer: PeerMeta) -> None:
-    store, _ = c.leader_of(1)
-    region = c.cores[store].peers[1].region
-    err = c.cores[store].change_peer(
-        ("cc", peer.id, kind), 1, region.epoch, ChangePeerRequest((ChangePeer(kind, peer),))
-    )
-    assert err is None, err
-    c.stabilize()
-    c.tick(3)
-
-
 def test_a_peer_added_on_a_new_store_catches_up_by_snapshot(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2], CONFIG)
-    c.bootstrap(first_region([1]))
-    c.tick(30)
+    c = bootstrapped(tmp_path, [1, 2], CONFIG, region_on=[1], ticks=30)
     put_many(c, b"a", 300)
     leader_peer = c.cores[1].peers[1]
     assert leader_peer.storage.apply_state.truncated_index > 100  # log truncated
-    new = PeerMeta(PeerId(22), StoreId(2), PeerRole.LEARNER)
-    change(c, ChangePeerType.ADD_LEARNER, new)
+    new = learner(22, 2)
+    c.change_peer(ChangePeerType.ADD_LEARNER, new)
     c.tick(10)
     assert (1, 2, 1) in c.snapshots_delivered
     assert c.cores[2].peers[1].initialized
-    change(c, ChangePeerType.ADD_VOTER, PeerMeta(PeerId(22), StoreId(2)))
+    c.change_peer(ChangePeerType.ADD_VOTER, peer(22, 2))
     put_many(c, b"b", 30)
     c.tick(5)
     assert checksum(c, 1) == checksum(c, 2)
@@ -75,13 +62,11 @@ def test_a_peer_added_on_a_new_store_catches_up_by_snapshot(tmp_path: Path) -> N
 
 
 def test_a_removed_peer_is_destroyed_with_its_data(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     put_many(c, b"k", 30)
     leader_store, _ = c.leader_of(1)
     victim = next(s for s in (3, 2) if s != leader_store)
-    change(c, ChangePeerType.REMOVE, PeerMeta(PeerId(10 + victim), StoreId(victim)))
+    c.change_peer(ChangePeerType.REMOVE, peer(10 + victim, victim))
     c.tick(5)
     assert 1 not in c.cores[victim].peers
     assert c.engines[victim].kv_items(keys.DATA_DB) == []
@@ -99,9 +84,7 @@ def test_a_removed_peer_is_destroyed_with_its_data(tmp_path: Path) -> None:
 
 
 def test_a_follower_down_past_the_lag_allowance_catches_up_by_snapshot(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     leader_store, _ = c.leader_of(1)
     down = next(s for s in (3, 2) if s != leader_store)
     c.stop(down)
@@ -119,9 +102,7 @@ def test_a_follower_down_past_the_lag_allowance_catches_up_by_snapshot(tmp_path:
 
 
 def test_each_log_stays_bounded_while_writes_go_on(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     worst = 0
     for round_no in range(40):
         put_many(c, b"w%03d" % round_no, 20, per_round=5)
@@ -133,15 +114,13 @@ def test_each_log_stays_bounded_while_writes_go_on(tmp_path: Path) -> None:
 
 
 def test_a_stale_peer_back_after_removal_is_told_to_destroy_itself(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3, 4], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3, 4], CONFIG, region_on=[1, 2, 3])
     leader_store, _ = c.leader_of(1)
     stale = next(s for s in (3, 2) if s != leader_store)
     c.stop(stale)
-    change(c, ChangePeerType.ADD_LEARNER, PeerMeta(PeerId(44), StoreId(4), PeerRole.LEARNER))
-    change(c, ChangePeerType.ADD_VOTER, PeerMeta(PeerId(44), StoreId(4)))
-    change(c, ChangePeerType.REMOVE, PeerMeta(PeerId(10 + stale), StoreId(stale)))
+    c.change_peer(ChangePeerType.ADD_LEARNER, learner(44, 4))
+    c.change_peer(ChangePeerType.ADD_VOTER, peer(44, 4))
+    c.change_peer(ChangePeerType.REMOVE, peer(10 + stale, stale))
     c.start(stale)
     # Its election attempts reach the members, which answer with a tombstone.
     c.tick(60)
@@ -152,9 +131,7 @@ def test_a_stale_peer_back_after_removal_is_told_to_destroy_itself(tmp_path: Pat
 def test_the_leader_reports_a_silent_follower_as_down(tmp_path: Path) -> None:
     from store_node.pd_worker import region_heartbeat_request
 
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     leader_store, _ = c.leader_of(1)
     leader = c.cores[leader_store].peers[1]
     req = region_heartbeat_request(leader, c.cores[leader_store].ticks, 0.1, down_after_ticks=20)

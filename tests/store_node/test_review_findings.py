@@ -8,9 +8,8 @@ from pathlib import Path
 
 from kvproto import codec
 from kvproto.errorpb import NotLeader, StaleCommand, UndeterminedResult
-from kvproto.metapb import Peer as PeerMeta
-from kvproto.metapb import PeerId, PeerRole, Region, RegionEpoch, RegionId, StoreId
-from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType, Put
+from kvproto.metapb import RegionEpoch, RegionId
+from kvproto.raft_cmdpb import ChangePeerType, Put
 from kvproto.raft_serverpb import PeerState, RaftMessage, RegionLocalState
 from raft.types import Message, MessageType
 from store_node import keys
@@ -20,21 +19,11 @@ from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import LogGcConfig
 from store_node.peer import ReadPermit
 from store_node.records import decode_hard_state
-from tests.store_node.harness import CoreCluster, first_region
+from tests import factories
+from tests.store_node.harness import CoreCluster, bootstrapped
 
 GC = LogGcConfig(threshold=20, count_limit=50, size_limit=1 << 30)
 CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2, log_gc=GC)
-
-
-def _change(c: CoreCluster, kind: ChangePeerType, peer: PeerMeta) -> None:
-    store, _ = c.leader_of(1)
-    region = c.cores[store].peers[1].region
-    err = c.cores[store].change_peer(
-        ("cc", peer.id, kind), 1, region.epoch, ChangePeerRequest((ChangePeer(kind, peer),))
-    )
-    assert err is None, err
-    c.stabilize()
-    c.tick(3)
 
 
 def _put(c: CoreCluster, key: bytes, value: bytes = b"v") -> None:
@@ -49,18 +38,16 @@ def test_a_peer_removed_then_added_again_starts_from_a_clean_log(tmp_path: Path)
     # Finding 2: the destroy's raft/ deletions were deferred (no fsync), so the
     # new peer read the old peer's hard state and log and the loop died with
     # "log hole at 1".
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG, sync=True)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG, sync=True)
     for i in range(10):
         _put(c, b"k%02d" % i)
     leader_store, _ = c.leader_of(1)
     victim = next(s for s in (3, 2) if s != leader_store)
-    _change(c, ChangePeerType.REMOVE, PeerMeta(PeerId(10 + victim), StoreId(victim)))
+    c.change_peer(ChangePeerType.REMOVE, factories.peer(10 + victim, victim))
     c.tick(5)
     assert 1 not in c.cores[victim].peers
-    new = PeerMeta(PeerId(100 + victim), StoreId(victim), PeerRole.LEARNER)
-    _change(c, ChangePeerType.ADD_LEARNER, new)
+    new = factories.learner(100 + victim, victim)
+    c.change_peer(ChangePeerType.ADD_LEARNER, new)
     c.tick(20)
     peer = c.cores[victim].peers[1]
     assert peer.meta.id == new.id and peer.initialized
@@ -73,9 +60,7 @@ def test_stale_raft_state_of_a_tombstoned_region_is_cleaned_at_start(tmp_path: P
     # Finding 2, after a SIGKILL right after a destroy: the kv/ tombstone is
     # durable but the raft/ deletions are not. A restart must drop them, or
     # every later re-add of the region here reads them.
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG, sync=True)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG, sync=True)
     for i in range(5):
         _put(c, b"k%02d" % i)
     leader_store, _ = c.leader_of(1)
@@ -85,7 +70,7 @@ def test_stale_raft_state_of_a_tombstoned_region_is_cleaned_at_start(tmp_path: P
     stale_log = engine.raft_items(keys.LOG_DB)
     stale_state = engine.raft_items(keys.STATE_DB)
     assert stale_log and stale_state
-    _change(c, ChangePeerType.REMOVE, PeerMeta(PeerId(10 + victim), StoreId(victim)))
+    c.change_peer(ChangePeerType.REMOVE, factories.peer(10 + victim, victim))
     c.tick(5)
     assert 1 not in c.cores[victim].peers
     c.crash(victim)
@@ -102,8 +87,8 @@ def test_stale_raft_state_of_a_tombstoned_region_is_cleaned_at_start(tmp_path: P
     # its commit index goes with the log it pointed into.
     ((_, raw),) = c.engines[victim].raft_items(keys.STATE_DB)
     assert decode_hard_state(raw).commit == 0
-    new = PeerMeta(PeerId(100 + victim), StoreId(victim), PeerRole.LEARNER)
-    _change(c, ChangePeerType.ADD_LEARNER, new)
+    new = factories.learner(100 + victim, victim)
+    c.change_peer(ChangePeerType.ADD_LEARNER, new)
     c.tick(20)
     assert c.cores[victim].peers[1].initialized
 
@@ -111,8 +96,8 @@ def test_stale_raft_state_of_a_tombstoned_region_is_cleaned_at_start(tmp_path: P
 def _vote(region_epoch: RegionEpoch, to_peer: int, candidate: int, term: int) -> RaftMessage:
     return RaftMessage(
         region_id=RegionId(1),
-        from_peer=PeerMeta(PeerId(candidate), StoreId(candidate % 10)),
-        to_peer=PeerMeta(PeerId(to_peer), StoreId(3)),
+        from_peer=factories.peer(candidate, candidate % 10),
+        to_peer=factories.peer(to_peer, 3),
         region_epoch=region_epoch,
         message=Message(
             type=MessageType.VOTE, to=to_peer, from_=candidate, term=term, log_term=9, index=99
@@ -159,16 +144,8 @@ def test_a_split_applied_with_a_log_truncation_still_skips_tombstoned_regions(
     # task, the task was rebuilt positionally and lost `skip_regions`: a split
     # applied then re-created a region this store holds a tombstone for.
     config = CoreConfig(election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(threshold=1))
-    c = CoreCluster(tmp_path, [1], config)
-    c.bootstrap(first_region([1]))
-    c.tick(20)
-    gone = Region(
-        RegionId(1000),
-        b"m",
-        b"",
-        RegionEpoch(conf_ver=3, version=2),
-        (PeerMeta(PeerId(1001), StoreId(1)),),
-    )
+    c = bootstrapped(tmp_path, [1], config, ticks=20)
+    gone = factories.region(1000, b"m", conf_ver=3, version=2, peers=(factories.peer(1001, 1),))
     c.stop(1)
     e = Engine(tmp_path / "s1")
     b = WriteBatch()
@@ -197,9 +174,7 @@ def test_a_split_applied_with_a_log_truncation_still_skips_tombstoned_regions(
 def test_a_received_snapshot_that_raft_refuses_leaves_no_file(tmp_path: Path) -> None:
     # Finding 9: a snapshot file Raft refused (here: one below the follower's
     # commit index, as a duplicate delivery is) stayed until a restart.
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     leader_store, _ = c.leader_of(1)
     lagging = next(s for s in (3, 2) if s != leader_store)
     c.stop(lagging)
@@ -228,9 +203,7 @@ def test_reads_forwarded_by_followers_never_merge_with_the_leaders(tmp_path: Pat
     # its pending ReadIndex requests by context alone: a follower's forwarded
     # read (leadership moved between admission and the round) and the
     # leader's own read of the same number merged, and one never got an answer.
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     _put(c, b"k")
     leader_store, _ = c.leader_of(1)
     follower = next(s for s in (1, 2, 3) if s != leader_store)
@@ -254,9 +227,7 @@ def test_a_read_with_no_leader_to_forward_to_is_answered_at_once(tmp_path: Path)
     # Finding 6 (second half): a read flushed by a peer that lost the lead to
     # nobody known yet was dropped by Raft and waited in `reading` until the
     # next role change; now Raft refuses it and the store answers NotLeader.
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     leader_store, _ = c.leader_of(1)
     follower = next(s for s in (1, 2, 3) if s != leader_store)
     # Cut off, the follower campaigns and cannot win: it knows no leader.
@@ -274,9 +245,7 @@ def test_a_read_with_no_leader_to_forward_to_is_answered_at_once(tmp_path: Path)
 def test_a_forwarded_read_whose_answer_is_lost_is_answered_after_a_timeout(
     tmp_path: Path,
 ) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     leader_store, _ = c.leader_of(1)
     follower = next(s for s in (1, 2, 3) if s != leader_store)
     c.cores[follower].peers[1].queued_reads.append(("read", 2))
@@ -295,9 +264,7 @@ def test_a_write_applied_through_a_snapshot_is_not_reported_stale(tmp_path: Path
     # Finding 1: a leader's proposal that another leader committed reached
     # the old leader only through a snapshot; the store then answered
     # StaleCommand ("did not run") for a write that was applied.
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     old, _ = c.leader_of(1)
     # Everything sent to the old leader is lost: it replicates the write
     # but never hears that it committed, and steps down (CheckQuorum).

@@ -27,11 +27,12 @@ from store_node.engine import Engine
 from store_node.log_gc import LogGcConfig
 from store_node.peer import WriteDone
 from store_node.records import ApplyState, decode_session_meta
-from tests.store_node.harness import CoreCluster, first_region
+from tests.factories import region
+from tests.store_node.harness import CoreCluster, bootstrapped
 
 SID = b"s" * 16
 OTHER = b"o" * 16
-REGION = first_region([1])
+REGION = region(1, stores=(1,))
 TTL = 60_000
 
 
@@ -186,9 +187,7 @@ def _write(c: CoreCluster, token: object, w: ClientWrite, region_id: int = 1) ->
 def test_a_retry_on_a_new_leader_after_a_split_and_a_snapshot_gets_the_first_answer(
     tmp_path: Path,
 ) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     first = _write(c, "w1", cas(1, None, b"a"))
     assert first.results == (WriteResult(True, None),)
     # The region splits (the key lands in the new right part), a follower

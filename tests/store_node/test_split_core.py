@@ -19,7 +19,7 @@ from store_node import keys
 from store_node.core import CoreConfig
 from store_node.log_gc import LogGcConfig
 from store_node.split import choose_split_keys
-from tests.store_node.harness import CoreCluster, first_region
+from tests.store_node.harness import CoreCluster, bootstrapped
 
 CONFIG = CoreConfig(
     election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(threshold=20, count_limit=200)
@@ -74,9 +74,7 @@ def assert_covers_key_space(ranges: list[tuple[bytes, bytes]]) -> None:
 
 
 def test_regions_split_by_key_count_and_all_replicas_agree(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     c.split_limits = (1 << 30, 40)
     put_keys(c, range(300))
     c.tick(10)
@@ -93,9 +91,7 @@ def test_regions_split_by_key_count_and_all_replicas_agree(tmp_path: Path) -> No
 
 
 def test_a_request_with_the_pre_split_epoch_gets_the_new_regions(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1], CONFIG)
-    c.bootstrap(first_region([1]))
-    c.tick(30)
+    c = bootstrapped(tmp_path, [1], CONFIG, ticks=30)
     old = c.context(1)
     c.split_limits = (1 << 30, 20)
     put_keys(c, range(60))
@@ -108,9 +104,7 @@ def test_a_request_with_the_pre_split_epoch_gets_the_new_regions(tmp_path: Path)
 
 
 def test_a_replica_down_during_splits_catches_up(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1, 2, 3], CONFIG)
-    c.bootstrap(first_region([1, 2, 3]))
-    c.tick(40)
+    c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     leader_store, _ = c.leader_of(1)
     down = next(s for s in (3, 2) if s != leader_store)
     c.stop(down)
@@ -125,9 +119,7 @@ def test_a_replica_down_during_splits_catches_up(tmp_path: Path) -> None:
 
 
 def test_regions_truncate_their_logs_independently(tmp_path: Path) -> None:
-    c = CoreCluster(tmp_path, [1], CONFIG)
-    c.bootstrap(first_region([1]))
-    c.tick(30)
+    c = bootstrapped(tmp_path, [1], CONFIG, ticks=30)
     c.split_limits = (1 << 30, 100)
     put_keys(c, range(120))
     c.split_limits = None  # no more splits

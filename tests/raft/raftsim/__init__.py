@@ -23,8 +23,8 @@ A scripted scenario, every invariant still checked after each step:
     sim.restart(2)
     sim.await_catch_up()
 
-Tests import it as `raftsim` (tests/raft is on sys.path under pytest's
-default import mode, like `scenario.py`).
+Tests import it as `tests.raft.raftsim` (and the scenario runner as
+`tests.raft.scenario`), from the repository root like every test package.
 """
 
 from .cluster import Options, SimNode, Simulation
