@@ -27,11 +27,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
-from kvproto.errorpb import RegionError, ServerIsBusy
+from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Context, SessionRef
 from kvproto.metapb import Region, StoreId
 from kvproto.pd_client import PdClient, open_pd_client
@@ -39,6 +39,7 @@ from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
 from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
 from plumbing.logs import PROCESS_FIELDS
+from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
 from store_node.config import StoreConfig
 from store_node.core import CoreConfig, StoreCore
@@ -47,7 +48,7 @@ from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
 from store_node.log_gc import LogGcConfig
 from store_node.pd_worker import PdWorker
-from store_node.peer import ReadPermit, ReplyValue, WriteDone
+from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import must_block, persist_and_apply
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
@@ -67,27 +68,6 @@ def _no_event(core: StoreCore) -> None:
 # The token of a split the store decided on: nobody waits for its reply.
 SPLIT_ORDER = "split-order"
 T = TypeVar("T")
-
-
-class Callback:
-    """A core token that hands the reply to a function (deferred RPC handlers).
-    The function runs inside the store loop: it must not block, and its
-    failure is logged, never raised into the loop."""
-
-    __slots__ = ("_done", "_fn")
-
-    def __init__(self, fn: Callable[[Any], None]) -> None:
-        self._fn = fn
-        self._done = False
-
-    def set(self, value: ReplyValue) -> None:
-        if self._done:
-            return
-        self._done = True
-        try:
-            self._fn(value)
-        except Exception:
-            log.exception("a request's reply callback failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +233,7 @@ class StoreNode:
             outcomes = persist_and_apply(self.engine, out)
         for store_id, msgs in out.messages_after_persist.items():
             transport.send(store_id, msgs)
-        for reply in core.after_persist(out, outcomes):
-            if isinstance(reply.token, Callback):
-                reply.token.set(reply.value)
+        answer(core.after_persist(out, outcomes))
         self._start_snapshot_work(core, out)
         self.rounds += 1
         if core.heartbeat_due or core.split_reports:
@@ -425,10 +403,8 @@ class StoreNode:
 
     # -- requests -----------------------------------------------------------
 
-    # Client requests call the core directly rather than through the event
-    # channel: admission only queues work on the peer (the next round takes
-    # it), which is safe at any point where the loop awaits, and it saves a
-    # channel hop per request. The loop is nudged if it sleeps.
+    # Client requests enter the core directly (store_node.admission); the
+    # loop is nudged if it sleeps.
 
     def submit_write(
         self,
@@ -439,14 +415,7 @@ class StoreNode:
         done: Callable[[WriteDone | RegionError], None],
     ) -> None:
         """`write` for deferred handlers: `done` gets the reply in the loop."""
-        core = self.core
-        if core is None:
-            done(ServerIsBusy("the store is starting", backoff_ms=100))
-            return
-        token = Callback(done)
-        err = core.propose_write(token, ctx, ops, nbytes, session)
-        if err is not None:
-            token.set(err)
+        admit_write(self.core, ctx, ops, nbytes, session, done)
         self._nudge()
 
     def submit_read(
@@ -456,14 +425,7 @@ class StoreNode:
         done: Callable[[ReadPermit | RegionError], None],
     ) -> None:
         """`read` for deferred handlers: `done` gets the permit in the loop."""
-        core = self.core
-        if core is None:
-            done(ServerIsBusy("the store is starting", backoff_ms=100))
-            return
-        token = Callback(done)
-        err = core.read(token, ctx, bounds)
-        if err is not None:
-            token.set(err)
+        admit_read(self.core, ctx, bounds, done)
         self._nudge()
 
     async def _on_raft_batch(self, batch: RaftMessageBatch, _: RequestContext) -> None:

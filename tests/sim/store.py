@@ -23,17 +23,18 @@ from functools import partial
 from pathlib import Path
 
 from kvproto import pdpb
-from kvproto.errorpb import RegionError, ServerIsBusy
+from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Context, SessionRef
 from kvproto.metapb import Region, StoreId
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, SnapshotKey
 from kvproto.rpc import Deferred, RequestContext
+from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
 from store_node.core import CoreConfig, StoreCore
 from store_node.engine import Engine
 from store_node.kv_service import KvService, Limits
-from store_node.node import SPLIT_ORDER, Callback
+from store_node.node import SPLIT_ORDER
 from store_node.pd_worker import execute_order, region_heartbeat_request
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import persist_and_apply
@@ -198,13 +199,7 @@ class SimStore:
         session: SessionRef | None,
         done: Callable[[WriteDone | RegionError], None],
     ) -> None:
-        token = Callback(done)
-        if self.core is None:
-            token.set(ServerIsBusy("the store is starting", backoff_ms=100))
-            return
-        err = self.core.propose_write(token, ctx, ops, nbytes, session)
-        if err is not None:
-            token.set(err)
+        admit_write(self.core, ctx, ops, nbytes, session, done)
         self._nudge()
 
     def submit_read(
@@ -213,13 +208,7 @@ class SimStore:
         bounds: Sequence[bytes],
         done: Callable[[ReadPermit | RegionError], None],
     ) -> None:
-        token = Callback(done)
-        if self.core is None:
-            token.set(ServerIsBusy("the store is starting", backoff_ms=100))
-            return
-        err = self.core.read(token, ctx, bounds)
-        if err is not None:
-            token.set(err)
+        admit_read(self.core, ctx, bounds, done)
         self._nudge()
 
     def serve(self, request: object, respond: Callable[[object], None]) -> None:
@@ -269,9 +258,7 @@ class SimStore:
         assert core is not None
         outcomes = persist_and_apply(self.engine, out)
         self._send(out.messages_after_persist)
-        for reply in core.after_persist(out, outcomes):
-            if isinstance(reply.token, Callback):
-                reply.token.set(reply.value)
+        answer(core.after_persist(out, outcomes))
         self.rounds += 1
         for path in out.obsolete_files:
             path.unlink(missing_ok=True)
