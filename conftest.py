@@ -11,7 +11,7 @@ _passed = 0
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    global _passed
+    global _passed  # noqa: PLW0603 (a session-wide count, in pytest's own hooks)
     if report.when == "call" and report.passed:
         _passed += 1
 

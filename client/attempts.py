@@ -134,7 +134,7 @@ class Attempts:
     capped: bool = False
     # Shared by a call and all its parts: whether some part of a write was
     # applied (a multi-region write that then fails wrote part of itself).
-    call: CallState = field(default_factory=lambda: CallState())
+    call: CallState = field(default_factory=CallState)
     _tries: dict[BackoffKind, int] = field(default_factory=dict)
     _free: int = 0
 

@@ -113,14 +113,18 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     (
         "RpcConnectionLostError",
         "no",
-        "avoid the store, reload, back off (store); conditional without a session: "
-        "UndeterminedError",
+        (
+            "avoid the store, reload, back off (store); conditional without a session: "
+            "UndeterminedError"
+        ),
     ),
     (
         "RpcTimeoutError",
         "no",
-        "deadline reached: read DeadlineExceeded, write UndeterminedError; attempt timeout "
-        "(attempt_timeout) before the deadline: as RpcConnectionLostError",
+        (
+            "deadline reached: read DeadlineExceeded, write UndeterminedError; attempt timeout "
+            "(attempt_timeout) before the deadline: as RpcConnectionLostError"
+        ),
     ),
     (
         "RpcRemoteError INTERNAL",
@@ -145,8 +149,10 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     (
         "RegionNotFound",
         "no",
-        "avoid the store, reload, back off (region miss); conditional without a session: "
-        "UndeterminedError",
+        (
+            "avoid the store, reload, back off (region miss); conditional without a session: "
+            "UndeterminedError"
+        ),
     ),
     ("KeyNotInRegion", "yes", "reload region from PD, back off (region miss)"),
     ("ServerIsBusy", "yes", "back off (busy), at least the store's backoff_ms"),

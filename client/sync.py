@@ -124,16 +124,16 @@ class SyncClient:
     def client(self) -> Client:
         """The async client the calls run on (in the background thread)."""
         if self._client is None or self._closed:
-            raise ClientClosed()
+            raise ClientClosed
         return self._client
 
     def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         if self._closed or self._token is None:
-            raise ClientClosed()
+            raise ClientClosed
         try:
             return trio.from_thread.run(call, trio_token=self._token)
         except trio.RunFinishedError:
-            raise ClientClosed() from None
+            raise ClientClosed from None
 
     # -- the calls (see client.Client for each contract) ----------------------
 
@@ -182,7 +182,7 @@ class SyncClient:
         timeout: float | None = None,
     ) -> SyncScanIterator:
         if self._closed or self._token is None:
-            raise ClientClosed()
+            raise ClientClosed
         pages = trio.from_thread.run_sync(
             partial(
                 self.client.scan_iter,

@@ -133,7 +133,7 @@ class PdServer:
         self._service: PdService | None = None
         self._addresses: PdAddresses | None = None
         self._wake_store_states = trio.Event()
-        self._rpc_server = RpcServer({t: self._handle for t in RESPONSE_TYPES})
+        self._rpc_server = RpcServer(dict.fromkeys(RESPONSE_TYPES, self._handle))
 
     @property
     def rpc_server(self) -> RpcServer:

@@ -253,7 +253,7 @@ class Raft:
         self._send(self._msg(MT.HEARTBEAT, to, commit=commit, context=ctx))
 
     def _bcast_append(self) -> None:
-        for i, _ in self.trk.items():
+        for i in self.trk.ids():
             if i != self.id:
                 self._send_append(i)
 
@@ -261,7 +261,7 @@ class Raft:
         if ctx is None:
             ctx = self.read_only.last_pending_ctx() or b""
         self.read_only.unbroadcast = False
-        for i, _ in self.trk.items():
+        for i in self.trk.ids():
             if i != self.id:
                 self._send_heartbeat(i, ctx)
 
@@ -274,7 +274,7 @@ class Raft:
             return
         if self.append_pending:
             self.append_pending = False
-            for i, _ in self.trk.items():
+            for i in self.trk.ids():
                 # As many appends as the window takes; none empty (entries
                 # already sent after an acknowledgement need no resend).
                 while i != self.id and self._maybe_send_append(i, send_if_empty=False):
@@ -979,7 +979,7 @@ class Raft:
             self._bcast_append()
         else:
             # Probe new members at once rather than at the next heartbeat.
-            for i, _ in self.trk.items():
+            for i in self.trk.ids():
                 if i != self.id:
                     self._maybe_send_append(i, send_if_empty=False)
         if self.lead_transferee != NONE and self.lead_transferee not in cfg.voters:

@@ -97,8 +97,10 @@ def describe_ready(rd: Ready) -> str:
 def describe_raft(r: Raft) -> str:
     """Role, term, log marks and (on a leader) every follower's progress."""
     lines = [
-        f"{r.id}: {r.role.name} term={r.term} vote={r.vote} lead={r.lead} "
-        f"commit={r.log.committed} applied={r.log.applied} last={r.log.last_index()}"
+        (
+            f"{r.id}: {r.role.name} term={r.term} vote={r.vote} lead={r.lead} "
+            f"commit={r.log.committed} applied={r.log.applied} last={r.log.last_index()}"
+        )
     ]
     lines.append(f"   config: {r.trk.config.describe()}")
     if r.lead_transferee:

@@ -70,6 +70,10 @@ class ProgressTracker:
         for i in sorted(self.progress):
             yield i, self.progress[i]
 
+    def ids(self) -> list[int]:
+        """Every member's id, ascending."""
+        return sorted(self.progress)
+
     def voter_ids(self) -> list[int]:
         return sorted(self.config.voters.ids())
 

@@ -62,10 +62,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded here, in the parent: the child between fork and exec then makes one
+# system call and takes no lock another thread could have held at the fork.
+_LIBC = _load_libc() if sys.platform == "linux" else None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ChildProcess:
@@ -80,7 +91,8 @@ class ChildProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=logf,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                # One prctl between fork and exec (see _LIBC): safe with threads.
+                preexec_fn=_die_with_parent if _LIBC is not None else None,  # noqa: PLW1509
             )
         self.pid = self.popen.pid
 

@@ -296,8 +296,9 @@ def _one_message_codec(cls: type) -> _FieldCodec:
     encode: Encoder
     decode_one: Decoder
     if cls in pending:  # a cycle back to a class being built
-        encode = lambda v: codec.encode(v)  # noqa: E731
-        decode_one = lambda v: codec.decode(v)  # noqa: E731
+        # Late binding on purpose: the class's codec is filled in once built.
+        encode = lambda v: codec.encode(v)  # noqa: E731, PLW0108
+        decode_one = lambda v: codec.decode(v)  # noqa: E731, PLW0108
     else:
         encode, decode_one = codec.encode, codec.decode
 

@@ -281,7 +281,7 @@ class FakeStore:
         return self
 
     def server(self) -> RpcServer:
-        return RpcServer({t: self.handle for t in _ANSWERS})
+        return RpcServer(dict.fromkeys(_ANSWERS, self.handle))
 
     async def handle(self, req: Any, ctx: RequestContext) -> object:
         self.in_flight += 1

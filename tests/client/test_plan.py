@@ -53,7 +53,7 @@ def test_a_cursor_never_asks_beyond_the_store_cap_or_the_limit() -> None:
     assert ScanCursor(b"", b"", page_size=50, remaining=7).page_limit() == 7
     assert ScanCursor(b"b", b"a").done
     assert ScanCursor(b"a", b"a").done
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="page size must be positive"):
         ScanCursor(b"", b"", page_size=0)
 
 

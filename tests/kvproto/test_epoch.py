@@ -83,7 +83,7 @@ def test_bumps_follow_the_table() -> None:
 
 def test_batch_split_into_n_plus_one_regions_moves_version_by_n() -> None:
     assert bumped(E(5, 7), AdminCmdType.BATCH_SPLIT, count=3) == E(5, 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="count must be >= 1"):
         bumped(E(5, 7), AdminCmdType.BATCH_SPLIT, count=0)
 
 

@@ -106,7 +106,7 @@ async def test_connecting_to_a_closed_port_is_unavailable() -> None:
 
 @pytest.mark.parametrize("address", ["nohost", "host:", ":80", "h:0", "h:99999", "h:x"])
 def test_malformed_addresses_are_refused(address: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected host:port"):
         parse_address(address)
 
 

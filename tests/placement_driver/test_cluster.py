@@ -106,7 +106,7 @@ def test_a_failed_write_leaves_the_cluster_unbootstrapped() -> None:
     storage = MemoryMetaStorage()
     c = new_cluster(storage)
     storage.fail_writes = True
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="injected write failure"):
         c.bootstrap(store(1), region(1, peers=ONE), CLUSTER_ID, now=0.0)
     assert not c.is_bootstrapped
     storage.fail_writes = False
@@ -368,7 +368,7 @@ def test_set_config_is_all_or_nothing_and_persisted_first() -> None:
         c.set_config({"listen": "127.0.0.1:1"})
     assert c.config.max_replicas == 3
     storage.fail_writes = True
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="injected write failure"):
         c.set_config({"max_replicas": "5"})
     assert c.config.max_replicas == 3
     storage.fail_writes = False
@@ -427,7 +427,7 @@ def test_region_flushes_write_changes_and_delete_replaced_regions() -> None:
     assert c.flush_regions() == 0 and storage.writes == writes  # nothing changed
     c.region_heartbeat(report(region(2, b"", b"", version=3, peers=THREE)), now=3.0)
     storage.fail_writes = True
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="injected write failure"):
         c.flush_regions()
     storage.fail_writes = False
     assert c.flush_regions() == 2  # region 2 written, region 1 deleted
@@ -526,6 +526,6 @@ def test_a_failed_write_leaves_the_store_state_as_it_was() -> None:
     storage = MemoryMetaStorage()
     c = bootstrapped(storage)
     storage.fail_writes = True
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="injected write failure"):
         c.set_store_state(2, StoreState.OFFLINE, now=1.0)
     assert c.get_store(2).state == StoreState.UP

@@ -48,7 +48,7 @@ def test_a_failed_write_hands_out_nothing() -> None:
     ids = IdAllocator(bounds, 0, step=2)
     ids.alloc(2)
     bounds.fail = True
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk gone"):
         ids.alloc()
     bounds.fail = False
     assert list(ids.alloc()) == [3]

@@ -54,7 +54,7 @@ def test_inflights_refuse_misuse() -> None:
     w2.add(5, 1)
     with pytest.raises(AssertionError):
         w2.add(5, 1)  # not increasing
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive"):
         Inflights(0)
 
 

@@ -25,7 +25,7 @@ import pytest
 from tests.raft.raftsim import SimReport, run_random
 from tests.raft.raftsim.pytest_support import parametrize_seeds, run_seeds, steps
 
-SEEDS = range(0, 200)
+SEEDS = range(200)
 STEPS = 4000
 
 

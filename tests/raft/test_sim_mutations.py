@@ -88,7 +88,7 @@ def test_committing_an_older_terms_entry_by_counting_replicas_is_caught(
         "maybe_commit",
         commit_by_counting,
         {"leader-completeness", "committed-entry-changed", "state-machine-safety"},
-        range(0, 300),
+        range(300),
         5000,
         flavor="leader-hunter",
         options=Options(max_size_per_msg=1, max_inflight=1),
@@ -111,7 +111,7 @@ def test_granting_a_second_vote_in_a_term_is_caught(monkeypatch: pytest.MonkeyPa
         "_handle_vote_request",
         forgetful,
         {"vote-once", "election-safety"},
-        range(0, 100),
+        range(100),
         2000,
     )
 
@@ -130,7 +130,7 @@ def test_counting_a_rejected_vote_as_granted_is_caught(monkeypatch: pytest.Monke
         "_poll",
         optimistic,
         {"election-safety", "leader-completeness"},
-        range(0, 100),
+        range(100),
         2000,
     )
 
@@ -152,7 +152,7 @@ def test_acknowledging_before_the_write_is_durable_is_caught(
         "_send",
         send_early,
         {"leader-completeness", "committed-entry-changed", "state-machine-safety", "vote-once"},
-        range(0, 200),
+        range(200),
         2000,
         flavor="crashy",
     )
@@ -174,7 +174,7 @@ def test_a_heartbeat_committing_past_the_followers_match_is_caught(
         "_send_heartbeat",
         eager_heartbeat,
         {"committed-entry-changed", "state-machine-safety", "log-matching"},
-        range(0, 100),
+        range(100),
         2000,
     )
 
@@ -192,7 +192,7 @@ def test_reading_without_confirming_leadership_is_caught(monkeypatch: pytest.Mon
         "_handle_read_index",
         read_at_once,
         {"read-linearizability"},
-        range(0, 200),
+        range(200),
         2000,
     )
 
@@ -216,6 +216,6 @@ def test_keeping_a_conflicting_entry_is_caught(monkeypatch: pytest.MonkeyPatch) 
         "find_conflict",
         lenient,
         {"log-matching", "committed-entry-changed", "state-machine-safety", "leader-completeness"},
-        range(0, 100),
+        range(100),
         2000,
     )

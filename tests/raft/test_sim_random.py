@@ -21,7 +21,7 @@ import pytest
 from tests.raft.raftsim import SimReport, run_random
 from tests.raft.raftsim.pytest_support import parametrize_seeds, run_seeds, steps
 
-SEEDS = range(0, 400)
+SEEDS = range(400)
 STEPS = 3000
 
 

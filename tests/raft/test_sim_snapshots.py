@@ -16,7 +16,7 @@ from tests.raft.raftsim.cluster import SimNode
 from tests.raft.raftsim.pytest_support import parametrize_seeds, run_seeds
 from tests.raft.raftsim.workload import ADD_LEARNER, conf_changes
 
-SEEDS = range(0, 10)
+SEEDS = range(10)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

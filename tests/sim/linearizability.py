@@ -989,8 +989,10 @@ def _describe_failure(kc: KeyCheck, context: int, after: int = 5) -> str:
         f"  {_plural(len(ops), 'op')}"
         + (f" ({n_unknown} unknown, {len(kc.left_out)} of them unobservable)" if n_unknown else "")
         + f", initial value {_fmt_value(kc.initial)}, {kc.steps} search steps",
-        f"  The longest linearizable prefix found places {_plural(len(prefix), 'op')}; after it"
-        f" the value is {_fmt_value(state)}.",
+        (
+            f"  The longest linearizable prefix found places {_plural(len(prefix), 'op')}; after it"
+            f" the value is {_fmt_value(state)}."
+        ),
     ]
     if kc.verdict is Verdict.VIOLATION:
         lines.append("  None of the ops that could come next fits:")

@@ -177,7 +177,7 @@ def test_retrying_writes_without_sessions_is_caught(tmp_path: Path) -> None:
         tmp_path,
         mutate,
         ("not linearizable",),
-        range(0, 10),
+        range(10),
         options,
         correct_options=MUTATION_OPTIONS,
     )

@@ -27,14 +27,14 @@ from store_node.node import StoreInfo, StoreNode
 
 
 def store_config(tmp: Path, name: str, pd: str, **kw: object) -> StoreConfig:
-    base = dict(
-        data_dir=str(tmp / name),
-        listen="127.0.0.1:0",
-        pd=(pd,),
-        tick_interval=0.02,
-        store_heartbeat_interval=0.2,
-        region_heartbeat_interval=0.5,
-    )
+    base = {
+        "data_dir": str(tmp / name),
+        "listen": "127.0.0.1:0",
+        "pd": (pd,),
+        "tick_interval": 0.02,
+        "store_heartbeat_interval": 0.2,
+        "region_heartbeat_interval": 0.5,
+    }
     base.update(kw)
     return StoreConfig(**base)  # type: ignore[arg-type]
 

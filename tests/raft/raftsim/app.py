@@ -83,5 +83,5 @@ class KvStateMachine:
                 f"snapshot data at {body['applied']} under metadata at {snap.metadata.index}",
             )
         sm = cls(body["applied"], body["digest"], snap.metadata.conf_state)
-        sm.kv = {k: v for k, v in body["kv"]}
+        sm.kv = dict(body["kv"])
         return sm
