@@ -123,27 +123,26 @@ def clean_destroyed(engine: Engine, tombstones: list[Region]) -> int:
     return cleaned
 
 
-def load_tombstones(engine: Engine) -> list[Region]:
-    """Regions whose peer on this store was destroyed."""
-    out: list[Region] = []
+def _region_states(engine: Engine) -> list[tuple[bytes, RegionLocalState]]:
+    """Every region record of this store (key, state), in id order."""
+    out = []
     for k, v in engine.kv_items(keys.REGION_DB):
         try:
-            state = codec.loads(v, RegionLocalState)
+            out.append((k, codec.loads(v, RegionLocalState)))
         except DecodeError as e:
             raise CorruptRecordError(f"region state {keys.region_id_of(k)}: {e}") from e
-        if state.state == PeerState.TOMBSTONE:
-            out.append(state.region)
     return out
+
+
+def load_tombstones(engine: Engine) -> list[Region]:
+    """Regions whose peer on this store was destroyed."""
+    return [s.region for _, s in _region_states(engine) if s.state == PeerState.TOMBSTONE]
 
 
 def load_regions(engine: Engine) -> list[tuple[Region, ApplyState]]:
     """Every live region of this store with its apply state, in id order."""
     out: list[tuple[Region, ApplyState]] = []
-    for k, v in engine.kv_items(keys.REGION_DB):
-        try:
-            state = codec.loads(v, RegionLocalState)
-        except DecodeError as e:
-            raise CorruptRecordError(f"region state {keys.region_id_of(k)}: {e}") from e
+    for k, state in _region_states(engine):
         if state.state == PeerState.TOMBSTONE:
             continue
         raw = engine.kv_get(keys.APPLY_DB, k)
