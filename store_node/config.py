@@ -7,9 +7,10 @@ flags of the same name (`--tick-interval 50ms`). Durations accept "100ms",
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from plumbing.config_file import setting
+from store_node.log_gc import LogGcConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +105,22 @@ class StoreConfig:
             raise ValueError("election_ticks must be greater than heartbeat_ticks")
         if not self.pd:
             raise ValueError("at least one PD address is needed (--pd HOST:PORT)")
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """What the store core runs with: `StoreConfig` turned into ticks and
+    bytes by the shell, or set directly by tests and the simulation."""
+
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    max_inflight_msgs: int = 256
+    max_size_per_msg: int = 1 << 20
+    # Upper bound on the ops bytes batched into one log entry.
+    max_entry_bytes: int = 8 << 20
+    # Writes queued on one region beyond this many bytes get ServerIsBusy.
+    max_pending_write_bytes: int = 64 << 20
+    # A client session idle this long in a region is forgotten there
+    # (store_node.sessions); a client must not retry a write for longer.
+    session_ttl_ms: int = 10 * 60_000
+    log_gc: LogGcConfig = field(default_factory=LogGcConfig)

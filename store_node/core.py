@@ -24,11 +24,10 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from kvproto import epoch
-from kvproto.debugpb import PeerStatus, StoreStatusResponse
 from kvproto.errorpb import (
     EpochNotMatch,
     NotLeader,
@@ -50,11 +49,12 @@ from raft.errors import (
     ConfChangeError,
 )
 from raft.node import Ready
-from raft.types import Message, MessageType, Role, Snapshot
+from raft.types import MessageType, Role, Snapshot
 from store_node import commands, membership, queries, snapshot_control
 from store_node.apply import ApplyOutcome, ApplyTask
+from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
-from store_node.log_gc import LogGcConfig, truncate_point
+from store_node.log_gc import truncate_point
 from store_node.peer import Peer, Reply, Token
 from store_node.peer_life import (
     Create,
@@ -72,22 +72,6 @@ from store_node.snapshot_control import ReceivedSnapshots
 from store_node.split_control import SplitControl
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class CoreConfig:
-    election_ticks: int = 10
-    heartbeat_ticks: int = 2
-    max_inflight_msgs: int = 256
-    max_size_per_msg: int = 1 << 20
-    # Upper bound on the ops bytes batched into one log entry.
-    max_entry_bytes: int = 8 << 20
-    # Writes queued on one region beyond this many bytes get ServerIsBusy.
-    max_pending_write_bytes: int = 64 << 20
-    # A client session idle this long in a region is forgotten there
-    # (store_node.sessions); a client must not retry a write for longer.
-    session_ttl_ms: int = 10 * 60_000
-    log_gc: LogGcConfig = field(default_factory=LogGcConfig)
 
 
 class StoreCore:
@@ -440,7 +424,7 @@ class StoreCore:
 
     def _collect(self, peer: Peer, rd: Ready, out: RoundOutput) -> None:
         for m in rd.messages:
-            self._route(peer, m, out, out.messages_now)
+            out.route(peer, m, out.messages_now)
         batch = out.raft_batch
         if rd.snapshot is not None:
             self._install_snapshot(peer, rd.snapshot, out)
@@ -454,7 +438,7 @@ class StoreCore:
         if rd.hard_state is not None:
             peer.storage.set_hard_state(rd.hard_state, batch)
         for m in rd.persisted_messages:
-            self._route(peer, m, out, out.messages_after_persist)
+            out.route(peer, m, out.messages_after_persist)
         if rd.committed_entries:
             out.apply_tasks.append(
                 ApplyTask(peer.region, peer.storage.apply_state, rd.committed_entries)
@@ -465,34 +449,6 @@ class StoreCore:
         others = other_ranges(self.peers, peer.region_id)
         snapshot_control.install(peer, snap, path, others, out)
         self._set_region(peer, descriptor_of(snap).region)
-
-    def _route(
-        self,
-        peer: Peer,
-        m: Message,
-        out: RoundOutput,
-        into: dict[StoreId, list[RaftMessage]],
-    ) -> None:
-        to = peer.peer_cache.get(PeerId(m.to))
-        if to is None:
-            log.debug("region %d: no store known for peer %d; dropped", peer.region_id, m.to)
-            return
-        region = peer.region
-        rm = RaftMessage(
-            region_id=RegionId(region.id),
-            from_peer=peer.meta,
-            to_peer=to,
-            region_epoch=region.epoch,
-            message=m,
-            start_key=region.start_key,
-            end_key=region.end_key,
-        )
-        if m.type == MessageType.SNAPSHOT:
-            generated = peer.storage.generated
-            assert generated is not None and generated[0] == m.snapshot, "snapshot not generated"
-            out.snapshot_sends.append((to.store_id, rm, generated[1]))
-        else:
-            into[to.store_id].append(rm)
 
     def after_persist(self, out: RoundOutput, outcomes: list[ApplyOutcome]) -> list[Reply]:
         """The round's writes are durable and its tasks applied (outcomes in
@@ -687,29 +643,6 @@ class StoreCore:
             replies.extend(peer.fail_reads(NotLeader(RegionId(peer.region_id), peer.leader_meta())))
 
     # -- views for the PD worker and tools ---------------------------------
-
-    def status(self) -> StoreStatusResponse:
-        peers = []
-        for rid in sorted(self.peers):
-            p = self.peers[rid]
-            if not p.initialized:
-                continue
-            a = p.storage.apply_state
-            peers.append(
-                PeerStatus(
-                    region=p.region,
-                    is_leader=p.is_leader(),
-                    term=p.node.term,
-                    commit_index=p.node.commit_index,
-                    applied_index=a.applied_index,
-                    truncated_index=a.truncated_index,
-                    log_entries=p.storage.log_entries(),
-                    log_bytes=p.storage.log_bytes,
-                    approximate_size=p.approximate_size or 0,
-                    approximate_keys=p.approximate_keys or 0,
-                )
-            )
-        return StoreStatusResponse(self.store_id, tuple(peers), tuple(sorted(self.stats.items())))
 
     def leader_regions(self) -> list[Peer]:
         return [

@@ -27,6 +27,7 @@ from store_node.core import StoreCore
 from store_node.engine import Engine, scan_cursor
 from store_node.peer import ReadPermit, WriteDone
 from store_node.sessions import check_session_id
+from store_node.status import store_status
 
 T = TypeVar("T")
 
@@ -99,7 +100,7 @@ class KvService:
         }
 
     async def store_status(self, _: StoreStatusRequest, __: RequestContext) -> StoreStatusResponse:
-        status = await self.node.call_core(lambda core: core.status())
+        status = await self.node.call_core(store_status)
         counters = dict(status.counters)
         counters.update(self.node.loop_counters())
         return dataclasses.replace(status, counters=tuple(sorted(counters.items())))

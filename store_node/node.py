@@ -41,8 +41,8 @@ from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
-from store_node.config import StoreConfig
-from store_node.core import CoreConfig, StoreCore
+from store_node.config import CoreConfig, StoreConfig
+from store_node.core import StoreCore
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits

@@ -4,17 +4,21 @@ the whole-region work (snapshots, destroys, files, split measures)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvproto.metapb import Region, StoreId
+from kvproto.metapb import PeerId, Region, RegionId, StoreId
 from kvproto.raft_serverpb import RaftMessage
 from raft.node import Ready
+from raft.types import Message, MessageType
 from store_node.apply import ApplyTask
 from store_node.engine import WriteBatch
 from store_node.peer import Peer, Reply
 from store_node.records import ApplyState
 from store_node.region_tasks import DestroyTask, SnapshotTask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -45,3 +49,27 @@ class RoundOutput:
     split_checks: list[Region] = field(default_factory=list)
     # Client writes proposed in this round (a measure of load).
     proposed_writes: int = 0
+
+    def route(self, peer: Peer, m: Message, into: dict[StoreId, list[RaftMessage]]) -> None:
+        """Address `m` from `peer` to its destination store in `into`; a
+        snapshot goes to `snapshot_sends` with the file generated for it."""
+        to = peer.peer_cache.get(PeerId(m.to))
+        if to is None:
+            log.debug("region %d: no store known for peer %d; dropped", peer.region_id, m.to)
+            return
+        region = peer.region
+        rm = RaftMessage(
+            region_id=RegionId(region.id),
+            from_peer=peer.meta,
+            to_peer=to,
+            region_epoch=region.epoch,
+            message=m,
+            start_key=region.start_key,
+            end_key=region.end_key,
+        )
+        if m.type == MessageType.SNAPSHOT:
+            generated = peer.storage.generated
+            assert generated is not None and generated[0] == m.snapshot, "snapshot not generated"
+            self.snapshot_sends.append((to.store_id, rm, generated[1]))
+        else:
+            into[to.store_id].append(rm)

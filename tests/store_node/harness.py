@@ -22,7 +22,8 @@ from kvproto.metapb import Region, RegionId, StoreId
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType
 from kvproto.raft_serverpb import RaftMessage, SnapshotKey
 from store_node.bootstrap import load_regions, load_store, write_initial_region
-from store_node.core import CoreConfig, StoreCore
+from store_node.config import CoreConfig
+from store_node.core import StoreCore
 from store_node.engine import Engine, WriteBatch
 from store_node.peer import Reply
 from store_node.persist import persist_and_apply

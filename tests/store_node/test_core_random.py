@@ -17,7 +17,7 @@ from kvproto.errorpb import RegionError
 from kvproto.raft_cmdpb import Put
 from kvproto.raft_serverpb import RaftMessage
 from store_node import keys
-from store_node.core import CoreConfig
+from store_node.config import CoreConfig
 from store_node.log_gc import LogGcConfig
 from store_node.peer import WriteDone
 from tests import factories

@@ -12,7 +12,7 @@ from kvproto.metapb import PeerRole
 from kvproto.raft_cmdpb import ChangePeerType, Put
 from kvproto.raft_serverpb import PeerState, RegionLocalState
 from store_node import keys
-from store_node.core import CoreConfig
+from store_node.config import CoreConfig
 from store_node.log_gc import LogGcConfig
 from tests.factories import learner, peer
 from tests.store_node.harness import CoreCluster, bootstrapped

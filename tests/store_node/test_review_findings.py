@@ -14,7 +14,7 @@ from kvproto.raft_serverpb import PeerState, RaftMessage, RegionLocalState
 from raft.types import Message, MessageType
 from store_node import keys
 from store_node.apply import region_state_bytes
-from store_node.core import CoreConfig
+from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import LogGcConfig
 from store_node.peer import ReadPermit

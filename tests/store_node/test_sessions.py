@@ -22,7 +22,7 @@ from kvproto.raft_cmdpb import (
 from raft.types import Entry
 from store_node import keys, sessions
 from store_node.apply import ApplyTask, apply_task
-from store_node.core import CoreConfig
+from store_node.config import CoreConfig
 from store_node.engine import Engine
 from store_node.log_gc import LogGcConfig
 from store_node.peer import WriteDone

@@ -16,7 +16,7 @@ from kvproto.kvrpcpb import Context
 from kvproto.metapb import RegionId
 from kvproto.raft_cmdpb import Put
 from store_node import keys
-from store_node.core import CoreConfig
+from store_node.config import CoreConfig
 from store_node.log_gc import LogGcConfig
 from store_node.split import choose_split_keys
 from tests.store_node.harness import CoreCluster, bootstrapped
