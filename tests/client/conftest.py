@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "cluster(split_keys=(), *, store_ids=None, config=None, seed=7): the fake cluster "
-        "of the `h` fixture (tests/client/fakes.py: fake_cluster)",
+        "of the `h` fixture (tests/client/fakes/harness.py: fake_cluster)",
     )
 
 

@@ -11,24 +11,8 @@ from hypothesis import strategies as st
 
 from client.cache import CachedRegion, RegionCache
 from kvproto import epoch
-from kvproto.metapb import (
-    Peer,
-    PeerId,
-    PeerRole,
-    Region,
-    RegionEpoch,
-    RegionId,
-    StoreId,
-    ranges_overlap,
-)
-
-
-def peers(region_id: int, stores: tuple[int, ...] = (1, 2, 3)) -> tuple[Peer, ...]:
-    return tuple(Peer(PeerId(region_id * 10 + s), StoreId(s)) for s in stores)
-
-
-def region(rid: int, start: bytes, end: bytes, version: int = 1, conf_ver: int = 1) -> Region:
-    return Region(RegionId(rid), start, end, RegionEpoch(conf_ver, version), peers(rid))
+from kvproto.metapb import Region, StoreId, ranges_overlap
+from tests.factories import learner, peer, peers, region
 
 
 def ids(cache: RegionCache) -> list[int]:
@@ -131,7 +115,7 @@ def test_leader_hints_and_peer_choice() -> None:
     c = RegionCache()
     r = region(1, b"", b"")
     c.insert(r)
-    assert not c.update_leader(1, Peer(PeerId(99), StoreId(9)))
+    assert not c.update_leader(1, peer(99, 9))
     assert c.update_leader(1, r.peers[2])
     entry = c.get(1)
     assert entry is not None
@@ -145,9 +129,7 @@ def test_leader_hints_and_peer_choice() -> None:
 
 
 def test_learners_are_never_chosen() -> None:
-    r = region(1, b"", b"").with_peers(
-        (Peer(PeerId(11), StoreId(1), PeerRole.LEARNER), Peer(PeerId(12), StoreId(2)))
-    )
+    r = region(1, peers=(learner(11, 1), peer(12, 2)))
     entry = CachedRegion(r)
     assert entry.choose_peer() == r.peers[1]
     assert entry.next_peer_after(r.peers[1]) == r.peers[1]

@@ -10,35 +10,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.plan import MAX_SCAN_PAGE, ScanCursor, chunks, clip, end_in_region, holds_keys_before
-from kvproto.metapb import Region, RegionEpoch, RegionId
-
-
-def region(start: bytes, end: bytes, rid: int = 1) -> Region:
-    return Region(RegionId(rid), start, end, RegionEpoch(1, 1))
+from kvproto.metapb import Region
+from tests.factories import region
 
 
 def test_clip_cuts_a_range_to_the_region() -> None:
-    assert clip(region(b"c", b"f"), b"a", b"z") == (b"c", b"f")
-    assert clip(region(b"c", b"f"), b"d", b"e") == (b"d", b"e")
-    assert clip(region(b"c", b""), b"d", b"") == (b"d", b"")
-    assert clip(region(b"c", b"f"), b"", b"") == (b"c", b"f")
-    assert clip(region(b"", b""), b"d", b"e") == (b"d", b"e")
+    assert clip(region(1, b"c", b"f", stores=()), b"a", b"z") == (b"c", b"f")
+    assert clip(region(1, b"c", b"f", stores=()), b"d", b"e") == (b"d", b"e")
+    assert clip(region(1, b"c", b"", stores=()), b"d", b"") == (b"d", b"")
+    assert clip(region(1, b"c", b"f", stores=()), b"", b"") == (b"c", b"f")
+    assert clip(region(1, b"", b"", stores=()), b"d", b"e") == (b"d", b"e")
 
 
 def test_end_in_region_finds_the_run_of_keys_inside() -> None:
     keys = [b"a", b"b", b"f", b"g", b"z"]
-    assert end_in_region(keys, 0, region(b"", b"f")) == 2
-    assert end_in_region(keys, 2, region(b"f", b"h")) == 4
-    assert end_in_region(keys, 4, region(b"h", b"")) == 5
+    assert end_in_region(keys, 0, region(1, b"", b"f", stores=())) == 2
+    assert end_in_region(keys, 2, region(1, b"f", b"h", stores=())) == 4
+    assert end_in_region(keys, 4, region(1, b"h", b"", stores=())) == 5
 
 
 def test_holds_keys_before() -> None:
-    assert holds_keys_before(region(b"c", b"f"), b"f")
-    assert holds_keys_before(region(b"c", b"f"), b"d")
-    assert not holds_keys_before(region(b"c", b"f"), b"c")
-    assert not holds_keys_before(region(b"c", b"f"), b"")
-    assert holds_keys_before(region(b"c", b""), b"")
-    assert holds_keys_before(region(b"c", b""), b"x")
+    assert holds_keys_before(region(1, b"c", b"f", stores=()), b"f")
+    assert holds_keys_before(region(1, b"c", b"f", stores=()), b"d")
+    assert not holds_keys_before(region(1, b"c", b"f", stores=()), b"c")
+    assert not holds_keys_before(region(1, b"c", b"f", stores=()), b"")
+    assert holds_keys_before(region(1, b"c", b"", stores=()), b"")
+    assert holds_keys_before(region(1, b"c", b"", stores=()), b"x")
 
 
 def test_chunks_bound_count_and_bytes_but_take_at_least_one() -> None:
@@ -66,7 +63,7 @@ class Truth:
 
     def regions(self) -> list[Region]:
         edges = [b"", *self.bounds, b""]
-        return [region(edges[i], edges[i + 1], i + 1) for i in range(len(edges) - 1)]
+        return [region(i + 1, edges[i], edges[i + 1], stores=()) for i in range(len(edges) - 1)]
 
     def holding(self, key: bytes) -> Region:
         return next(r for r in self.regions() if r.contains(key))

@@ -31,7 +31,7 @@ from kvproto.errorpb import (
     StoreNotMatch,
     UndeterminedResult,
 )
-from kvproto.metapb import Peer, PeerId, Region, RegionEpoch, RegionId, StoreId
+from kvproto.metapb import RegionId, StoreId
 from kvproto.rpc import (
     RpcConnectionLostError,
     RpcError,
@@ -42,14 +42,9 @@ from kvproto.rpc import (
     RpcUnavailableError,
 )
 from kvproto.rpc.reconnect import Backoff
+from tests.factories import epoch, peer, region
 
-REGION = Region(
-    RegionId(1),
-    b"",
-    b"",
-    RegionEpoch(1, 1),
-    tuple(Peer(PeerId(10 + s), StoreId(s)) for s in (1, 2, 3)),
-)
+REGION = region(1)
 P1, P2, P3 = REGION.peers
 
 
@@ -125,7 +120,7 @@ def test_not_leader_without_a_hint_rotates_through_the_peers() -> None:
 
 def test_not_leader_naming_an_unknown_peer_reloads_the_region() -> None:
     cache, entry, att = setup()
-    stranger = Peer(PeerId(99), StoreId(9))
+    stranger = peer(99, 9)
     d = retry.on_region_error(cache, entry, P1, NotLeader(RegionId(1), stranger), att)
     assert d == Retry(BackoffKind.REGION_MISS)
     assert cache.get(1) is None
@@ -133,8 +128,8 @@ def test_not_leader_naming_an_unknown_peer_reloads_the_region() -> None:
 
 def test_epoch_not_match_with_newer_regions_updates_the_cache_and_retries_at_once() -> None:
     cache, entry, att = setup()
-    left = REGION.with_range(b"", b"m").with_epoch(RegionEpoch(1, 2))
-    right = Region(RegionId(2), b"m", b"", RegionEpoch(1, 2), REGION.peers)
+    left = REGION.with_range(b"", b"m").with_epoch(epoch(version=2))
+    right = region(2, b"m", version=2, peers=REGION.peers)
     d = retry.on_region_error(cache, entry, P1, EpochNotMatch((left, right)), att)
     assert d == Retry(None)
     assert [e.region for e in cache] == [left, right]
