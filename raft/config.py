@@ -27,6 +27,11 @@ class Config:
     # A leader that has not heard from a quorum within an election timeout
     # steps down; followers ignore votes while they hear from a leader.
     check_quorum: bool = True
+    # A node restarted from its persisted state grants no vote (nor
+    # pre-vote) until an election timeout has passed, as if it had just
+    # heard from a leader: a leader's lease may rest on acknowledgements it
+    # sent before it went down, and a vote given at once would break it.
+    quiet_after_start: bool = False
     # A leader that is removed from (or demoted in) the config steps down
     # once the change is applied.
     step_down_on_removal: bool = True

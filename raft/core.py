@@ -94,6 +94,9 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
+        # Until an election timeout has passed since start (or a leader was
+        # heard, or we campaign), vote requests are treated as in a lease.
+        self.quiet = config.quiet_after_start and config.check_quorum
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
 
@@ -376,6 +379,8 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_ticks:
+            self.quiet = False
         if self.promotable() and self._past_election_timeout():
             self.election_elapsed = 0
             self.hup(transfer=False)
@@ -419,6 +424,7 @@ class Raft:
             # The config we would campaign in may be about to change.
             log.debug("%d: unapplied conf change, not campaigning", self.id)
             return
+        self.quiet = False
         if transfer or not self.cfg.pre_vote:
             self._campaign(MT.VOTE, transfer)
         else:
@@ -487,7 +493,7 @@ class Raft:
                 force = m.context == CAMPAIGN_TRANSFER
                 in_lease = (
                     self.cfg.check_quorum
-                    and self.lead != NONE
+                    and (self.lead != NONE or self.quiet)
                     and self.election_elapsed < self.cfg.election_ticks
                 )
                 if not force and in_lease:

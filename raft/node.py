@@ -33,6 +33,7 @@ from raft.core import Raft
 from raft.progress import ProgressState
 from raft.storage import LogStorage
 from raft.types import (
+    NONE,
     ConfChange,
     ConfState,
     Entry,
@@ -310,6 +311,12 @@ class RaftNode:
     @property
     def commit_index(self) -> int:
         return self._raft.log.committed
+
+    @property
+    def transferring_leadership(self) -> bool:
+        """A leader transfer is under way (the transferee may campaign with
+        votes granted despite this leader)."""
+        return self._raft.lead_transferee != NONE
 
     @property
     def applied_index(self) -> int:

@@ -116,6 +116,7 @@ def propose_change_peer(
     except ProposalDroppedError as e:
         return str(e)
     peer.proposals.append(Proposal(index, peer.node.term, [(token, 0)], is_admin=True))
+    peer.lease.suspend()
     return None
 
 

@@ -43,6 +43,14 @@ class StoreConfig:
     tick_interval: float = setting(0.1, "Raft tick interval", kind="duration", min=0.001)
     election_ticks: int = setting(10, "ticks without a leader before an election", min=2)
     heartbeat_ticks: int = setting(2, "ticks between leader heartbeats", min=1)
+    lease_margin: float = setting(
+        0.2,
+        "a leader answers reads from its lease for (election_ticks - 1) * tick_interval "
+        "minus this margin after a heartbeat round, covering clock drift between stores; "
+        "a margin that leaves nothing turns lease reads off",
+        kind="duration",
+        min=0.0,
+    )
     max_inflight_msgs: int = setting(256, "unacknowledged appends per follower", min=1)
     max_size_per_msg: int = setting(1 << 20, "entry bytes per append message", kind="size", min=1)
     max_entry_bytes: int = setting(
@@ -123,4 +131,7 @@ class CoreConfig:
     # A client session idle this long in a region is forgotten there
     # (store_node.sessions); a client must not retry a write for longer.
     session_ttl_ms: int = 10 * 60_000
+    # How long a quorum-acknowledged heartbeat round keeps a leader's lease
+    # (store_node.lease.lease_duration); 0: every read takes a ReadIndex round.
+    lease_seconds: float = 0.0
     log_gc: LogGcConfig = field(default_factory=LogGcConfig)

@@ -5,17 +5,20 @@ The shell (`StoreNode`) feeds it events and runs one round at a time:
 1. events: `step_raft`, `tick`, `propose_write`, `read`, `change_peer`,
    `transfer_leader` (each marks the region dirty; admission errors are
    returned at once);
-2. `end_round()` flushes the round's queued writes and reads into the Raft
-   nodes and collects `Ready` from dirty peers only: one `raft/` write batch
-   for all regions, the messages to send now and after the write, grouped by
-   destination store, and the apply tasks;
+2. `end_round(now)` serves reads from leader leases, flushes the round's
+   queued writes and reads into the Raft nodes and collects `Ready` from
+   dirty peers only: one `raft/` write batch for all regions, the messages
+   to send now and after the write, grouped by destination store, and the
+   apply tasks;
 3. the shell sends `messages_now`, persists the batch (one transaction, one
    fsync), applies the tasks in one `kv/` transaction, sends
    `messages_after_persist`;
 4. `after_persist(output, outcomes)` advances the peers and returns the
    replies for clients.
 
-Time reaches it only as `tick()`; it iterates regions in id order.
+Time reaches it only as `tick()` (Raft's clock, and the wall clock that
+stamps commands) and as `end_round(now)` (the monotonic clock of leases);
+it iterates regions in id order.
 """
 
 from __future__ import annotations
@@ -111,10 +114,16 @@ class StoreCore:
     # -- peers -------------------------------------------------------------
 
     def add_peer(
-        self, region: Region, apply_state: ApplyState, meta: PeerMeta | None = None
+        self,
+        region: Region,
+        apply_state: ApplyState,
+        meta: PeerMeta | None = None,
+        restarted: bool = False,
     ) -> Peer:
         """Start the peer of `region` on this store from its persisted state
-        (`meta` for a peer created uninitialized, whose region is empty)."""
+        (`meta` for a peer created uninitialized, whose region is empty;
+        `restarted` for a peer that ran before this store restarted: it
+        keeps the promise not to vote that its last acknowledgements made)."""
         if meta is None:
             meta = region.peer_on_store(self.store_id)
         if meta is None:
@@ -126,8 +135,10 @@ class StoreCore:
             max_inflight_msgs=self.config.max_inflight_msgs,
             max_size_per_msg=self.config.max_size_per_msg,
             applied=apply_state.applied_index,
+            quiet_after_start=restarted,
         )
         peer = start_peer(self.engine, region, meta, apply_state, raft_cfg, self.rng)
+        peer.lease.duration = self.config.lease_seconds
         storage, node = peer.storage, peer.node
         peer.remember_peers(region)
         self.peers[region.id] = peer
@@ -362,7 +373,10 @@ class StoreCore:
             or self._replies
         )
 
-    def end_round(self) -> RoundOutput:
+    def end_round(self, now: float) -> RoundOutput:
+        """Collect the round's work; `now` (monotonic seconds, read before
+        any of the round's messages leave) dates its ReadIndex rounds and
+        checks leader leases."""
         out = RoundOutput(
             raft_batch=WriteBatch(),
             must_sync=False,
@@ -386,7 +400,7 @@ class StoreCore:
                 continue
             cfg = self.config
             commands.propose_writes(peer, cfg.max_entry_bytes, self.now_ms, cfg.session_ttl_ms, out)
-            queries.start_reads(peer, self.ticks, out)
+            queries.start_reads(peer, self.ticks, now, out)
             if peer.node.has_ready():
                 rd = peer.node.ready()
                 out.readies.append((peer, rd))
@@ -395,6 +409,8 @@ class StoreCore:
                 peer.generating = True
                 out.generate_snapshots.append(rid)
         out.split_checks.extend(self.splits.take_due(self.peers))
+        if out.lease_reads:
+            self.stats["lease_reads"] += out.lease_reads
         if any(t.entries for t in out.apply_tasks):
             skip = frozenset(rid for rid, p in self.peers.items() if p.initialized) | frozenset(
                 self.tombstones
@@ -465,10 +481,7 @@ class StoreCore:
             if rd.soft_state is not None:
                 self._on_role_change(peer, rd, replies)
             for rs in rd.read_states:
-                batch = peer.reading.pop(rs.request_ctx, None)
-                if batch is not None:
-                    batch.index = rs.index
-                    peer.read_waiting.append(batch)
+                queries.read_answered(peer, rs.request_ctx, rs.index)
             replies.extend(peer.serve_reads())
             if peer.pending_remove:
                 self.life.to_destroy[peer.region_id] = "removed by a conf change"
@@ -493,6 +506,8 @@ class StoreCore:
         peer.storage.apply_state = outcome.apply_state
         for res in outcome.entries:
             if res.conf_change is not None:
+                # A new majority may never have acknowledged our rounds.
+                peer.lease.suspend()
                 try:
                     peer.node.apply_conf_change(res.conf_change)
                 except ConfChangeError as e:
@@ -519,6 +534,7 @@ class StoreCore:
     # -- splits ------------------------------------------------------------
 
     def _on_split(self, peer: Peer, regions: tuple[Region, ...]) -> None:
+        peer.lease.suspend()
         self.splits.on_split(peer, regions)
         if peer.is_leader():
             self.heartbeat_due.update(r.id for r in regions)

@@ -46,6 +46,7 @@ from store_node.core import StoreCore
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
+from store_node.lease import lease_duration
 from store_node.log_gc import LogGcConfig
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
@@ -137,6 +138,9 @@ class StoreNode:
                         max_size_per_msg=cfg.max_size_per_msg,
                         max_entry_bytes=cfg.max_entry_bytes,
                         session_ttl_ms=int(cfg.session_ttl * 1000),
+                        lease_seconds=lease_duration(
+                            cfg.election_ticks, cfg.tick_interval, cfg.lease_margin
+                        ),
                         log_gc=LogGcConfig(
                             threshold=cfg.raft_log_gc_threshold,
                             count_limit=cfg.raft_log_gc_count_limit,
@@ -147,7 +151,7 @@ class StoreNode:
                     tombstones=tombstones,
                 )
                 for region, apply_state in regions:
-                    core.add_peer(region, apply_state)
+                    core.add_peer(region, apply_state, restarted=True)
                 for region_id in fresh_regions:
                     core.campaign(region_id)
                 self.core = core
@@ -219,7 +223,7 @@ class StoreNode:
             await self._round(core)
 
     async def _round(self, core: StoreCore) -> None:
-        out = core.end_round()
+        out = core.end_round(trio.current_time())
         transport = self.transport
         assert transport is not None
         for store_id, msgs in out.messages_now.items():
@@ -392,7 +396,10 @@ class StoreNode:
         next_tick = trio.current_time() + interval
         while True:
             await trio.sleep_until(next_tick)
-            next_tick = max(next_tick + interval, trio.current_time())
+            # Never two ticks closer than the interval, even after a stall:
+            # followers' election timers must not run ahead of real time
+            # (leader leases rely on it, store_node.lease).
+            next_tick = max(next_tick + interval, trio.current_time() + interval)
             # The wall clock stamps commands (session expiry reads it).
             await self.submit(partial(StoreCore.tick, now_ms=int(time.time() * 1000)))
 

@@ -30,6 +30,7 @@ from kvproto.raft_cmdpb import (
 )
 from raft.node import RaftNode
 from raft.types import Role
+from store_node.lease import Lease
 from store_node.peer_storage import PeerStorage
 from store_node.records import ApplyState
 
@@ -92,6 +93,12 @@ class ReadBatch:
     tokens: list[Token]
     index: int = 0  # known once the ReadState arrives
     started_tick: int = 0  # when its ReadIndex round began (store ticks)
+    # When the round began (monotonic seconds) and under which lease
+    # generation and term, if a leader began it: its answer renews the lease.
+    started_at: float = 0.0
+    generation: int = 0
+    term: int = 0
+    renews_lease: bool = False
 
 
 @dataclass(slots=True)
@@ -117,6 +124,7 @@ class Peer:
     # Reads whose index is known, waiting for apply to reach it (index order).
     read_waiting: deque[ReadBatch] = field(default_factory=deque)
     read_seq: int = 0
+    lease: Lease = field(default_factory=lambda: Lease(0.0))
     # Drawn at creation: a leader keys pending reads by context alone, so a
     # context must be unique among every peer of the region and across
     # restarts of this one (its counter starts again at 0).

@@ -49,6 +49,8 @@ class RoundOutput:
     split_checks: list[Region] = field(default_factory=list)
     # Client writes proposed in this round (a measure of load).
     proposed_writes: int = 0
+    # Reads answered from a leader lease in this round.
+    lease_reads: int = 0
 
     def route(self, peer: Peer, m: Message, into: dict[StoreId, list[RaftMessage]]) -> None:
         """Address `m` from `peer` to its destination store in `into`; a

@@ -239,7 +239,7 @@ class SimStore:
             self._start_round(core)
 
     def _start_round(self, core: StoreCore) -> None:
-        out = core.end_round()
+        out = core.end_round(self.world.now)
         self._send(out.messages_now)
         self._in_round = True
         fsync = self.world.rng.uniform(0.0002, 0.001) if out.raft_batch.ops else 0.00002

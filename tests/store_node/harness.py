@@ -58,6 +58,8 @@ class CoreCluster:
         # Fault injection: drop a message when this says so.
         self.drop: Callable[[RaftMessage], bool] | None = None
         self.split_limits: tuple[int, int] | None = None
+        # The stores' monotonic clock (leases), advanced by the test.
+        self.now = 0.0
         for s in store_ids:
             self.start(s)
 
@@ -66,7 +68,7 @@ class CoreCluster:
         tombstones, regions = load_store(engine)
         core = StoreCore(StoreId(store_id), engine, self.config, tombstones=tombstones)
         for region, apply_state in regions:
-            core.add_peer(region, apply_state)
+            core.add_peer(region, apply_state, restarted=True)
         self.engines[store_id] = engine
         self.cores[store_id] = core
         self.snap_dirs[store_id] = SnapDir(self.root / f"s{store_id}" / "snap")
@@ -97,7 +99,7 @@ class CoreCluster:
         core.split_limits = self.split_limits
         if not core.has_work():
             return False
-        out = core.end_round()
+        out = core.end_round(self.now)
         self._deliver(out.messages_now)
         outcomes = persist_and_apply(self.engines[store_id], out)
         self._deliver(out.messages_after_persist)
