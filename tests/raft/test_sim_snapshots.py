@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.raft.raftsim import Faults, Options, Simulation
-from tests.raft.raftsim.cluster import SimNode
+from tests.raft.raftsim import Faults, Options, SimNode, Simulation
 from tests.raft.raftsim.pytest_support import parametrize_seeds, run_seeds
 from tests.raft.raftsim.workload import ADD_LEARNER, conf_changes
 

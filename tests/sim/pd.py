@@ -174,6 +174,12 @@ class SimPd:
             return False
         return True
 
+    def regions(self) -> list[Region]:
+        """The regions the PD knows of; none while it is down."""
+        if not self.up:
+            return []
+        return [r.region for r in self.cluster.regions()]
+
     # -- periodic work ---------------------------------------------------------------
 
     def _patrol(self, incarnation: int) -> None:

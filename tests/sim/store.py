@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from kvproto import pdpb
 from kvproto.errorpb import RegionError
@@ -31,7 +32,8 @@ from kvproto.raft_serverpb import RaftMessage, SnapshotKey
 from kvproto.rpc import Deferred, RequestContext
 from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
-from store_node.core import CoreConfig, StoreCore
+from store_node.config import CoreConfig
+from store_node.core import StoreCore
 from store_node.engine import Engine
 from store_node.kv_service import KvService, Limits
 from store_node.node import SPLIT_ORDER
@@ -53,6 +55,7 @@ STORE_HEARTBEAT_INTERVAL = 1.0
 KV_SYNC_INTERVAL = 5.0
 
 Event = Callable[[StoreCore], None]
+T = TypeVar("T")
 
 
 class SimStore:
@@ -210,6 +213,14 @@ class SimStore:
     ) -> None:
         admit_read(self.core, ctx, bounds, done)
         self._nudge()
+
+    async def call_core(self, fn: Callable[[StoreCore], T]) -> T:
+        # Only the status request calls into the loop; the simulation
+        # never sends it.
+        raise NotImplementedError("the simulation has no store status calls")
+
+    def loop_counters(self) -> dict[str, int]:
+        return {"rounds": self.rounds}
 
     def serve(self, request: object, respond: Callable[[object], None]) -> None:
         if self.paused:

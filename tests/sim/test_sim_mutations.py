@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from kvproto.errorpb import RegionError, RegionId, RegionNotFound, StaleCommand
+from kvproto.errorpb import RegionError, RegionNotFound, StaleCommand
 from kvproto.kvrpcpb import Context
+from kvproto.metapb import RegionId
 from raft.node import Ready
 from store_node import bootstrap, keys
 from store_node.core import StoreCore

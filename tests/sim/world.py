@@ -25,7 +25,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kvproto.rpc import (
     RpcCallError,
@@ -84,7 +84,7 @@ class Faults:
     lose_answer: float = 0.0
 
 
-class Server:
+class Server(Protocol):
     """What a network endpoint that answers calls looks like: when its
     process dies it calls every function in `connections` (each breaks one
     open call; a dict, not a set, so the order replays) and bumps

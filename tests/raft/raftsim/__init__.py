@@ -1,7 +1,8 @@
 """A deterministic simulator for `raft/`: the main safety net of the project.
 
 * `cluster.Simulation`: nodes with disks that survive crashes, a simulated
-  network, a heap of timed events, invariants checked after every step.
+  network, a heap of timed events, invariants checked after every step
+  (put together from `params`, `world`, `driver`, `operations`, `liveness`).
 * `network.Network` / `Faults`: drops, duplicates, delays, partitions.
 * `invariants.Checker`: the safety invariants (listed in its docstring).
 * `workload.Chaos` / `run_random`: random operations and faults, then heal
@@ -27,10 +28,11 @@ Tests import it as `tests.raft.raftsim` (and the scenario runner as
 `tests.raft.scenario`), from the repository root like every test package.
 """
 
-from .cluster import Options, SimNode, Simulation
+from .cluster import Simulation
 from .disk import SimDisk
 from .invariants import Checker
 from .network import Faults, Network
+from .params import Options
 from .trace import (
     LivenessFailure,
     RaftCrashed,
@@ -40,6 +42,7 @@ from .trace import (
     Violation,
 )
 from .workload import Chaos, Profile, SimReport, run_random
+from .world import SimNode
 
 __all__ = [
     "Chaos",

@@ -26,9 +26,11 @@ from typing import Any
 
 from raft import ConfChangeSingle, ConfChangeTransition, ConfChangeType
 
-from .cluster import Options, SimNode, Simulation
+from .cluster import Simulation
 from .network import Faults
+from .params import Options
 from .trace import TRACE_LEN
+from .world import SimNode
 
 ADD_VOTER = ConfChangeType.ADD_NODE
 ADD_LEARNER = ConfChangeType.ADD_LEARNER

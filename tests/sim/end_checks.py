@@ -1,0 +1,100 @@
+"""What the end of a whole-cluster simulation run checks of the cluster itself
+(the history is the linearizability checker's): that it settled (every
+region has one leader whose replicas applied all it committed, and every
+key has a region with a leader), that every region's replicas are
+byte-equal (data and client sessions), and that a region tree tiles the key
+space.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from collections.abc import Mapping
+
+from kvproto.metapb import Region
+from store_node import keys
+from store_node.engine import Engine, scan_cursor
+from tests.sim.store import SimStore
+
+
+def leaders(stores: Mapping[int, SimStore]) -> dict[int, list[SimStore]]:
+    """Region id -> the stores whose peer of it believes it leads (all stores up)."""
+    out: dict[int, list[SimStore]] = {}
+    for s in stores.values():
+        assert s.core is not None
+        for peer in s.core.leader_regions():
+            out.setdefault(peer.region_id, []).append(s)
+    return out
+
+
+def converged(stores: Mapping[int, SimStore]) -> bool:
+    """Every store up, every region led by one store whose replicas applied
+    all it committed, and every key in a region with a leader."""
+    if any(s.core is None for s in stores.values()):
+        return False
+    led = leaders(stores)
+    for region_id, (store, *rest) in led.items():
+        if rest:
+            return False
+        assert store.core is not None
+        leader = store.core.peers[region_id]
+        region = leader.region
+        applied = leader.node.applied_index
+        if leader.node.commit_index != applied:
+            return False
+        for p in region.peers:
+            other = stores[p.store_id].core
+            assert other is not None
+            peer = other.peers.get(region_id)
+            if peer is None or not peer.initialized or peer.node.applied_index != applied:
+                return False
+    # Every key has a region with a leader.
+    regions = sorted(
+        (stores[s[0].store_id].core.peers[rid].region for rid, s in led.items()),  # type: ignore[union-attr]
+        key=lambda r: r.start_key,
+    )
+    return tiles(regions) is None
+
+
+def differing_replicas(stores: Mapping[int, SimStore]) -> tuple[str, str] | None:
+    """The first region led whose replicas are not byte-equal, as (what, details), or None."""
+    for region_id, (store, *_) in leaders(stores).items():
+        assert store.core is not None
+        region = store.core.peers[region_id].region
+        sums = {}
+        for p in region.peers:
+            sums[p.store_id] = region_digest(stores[p.store_id].engine, region)
+        if len(set(sums.values())) != 1:
+            return f"replicas of region {region_id} differ", f"digests by store: {sums}"
+    return None
+
+
+def tiles(regions: list[Region]) -> str | None:
+    """Why sorted `regions` do not cover the key space exactly once, or None."""
+    if not regions:
+        return "no regions"
+    if regions[0].start_key != b"":
+        return f"nothing covers keys below {regions[0].start_key!r}"
+    for a, b in itertools.pairwise(regions):
+        if a.end_key != b.start_key:
+            return f"region {a.id} ends at {a.end_key!r}, region {b.id} starts at {b.start_key!r}"
+    if regions[-1].end_key != b"":
+        return f"nothing covers keys from {regions[-1].end_key!r}"
+    return None
+
+
+def region_digest(engine: Engine, region: Region) -> int:
+    """CRC of a region's data and client sessions on one store."""
+    crc = 0
+    with engine.read_kv() as txn:
+        for k, v in scan_cursor(txn, engine.kv_db(keys.DATA_DB), region.start_key, region.end_key):
+            crc = zlib.crc32(bytes(k) + b"=" + bytes(v), crc)
+        for k, v in scan_cursor(
+            txn,
+            engine.kv_db(keys.SESSION_DB),
+            keys.session_prefix(region.id),
+            keys.session_prefix(region.id + 1),
+        ):
+            crc = zlib.crc32(bytes(k) + b"=" + bytes(v), crc)
+    return crc
