@@ -5,6 +5,7 @@
     async with client.connect(["127.0.0.1:2379"]) as kv:   # PD addresses
         await kv.put(b"k", b"v")
         v = await kv.get(b"k")                             # bytes or None
+        v = await kv.get(b"k", consistency="follower")     # at any replica
 
     with client.SyncClient(["127.0.0.1:2379"]) as kv:      # blocking, for scripts
         kv.put(b"k", b"v")
@@ -13,7 +14,9 @@ Modules, pure core first (no I/O, no clock, no trio):
 
 * `errors`: the exceptions raised (`ClientError` and its subclasses);
 * `checks`: argument checks, and what a call is called in its errors;
-* `config`: `ClientConfig`, the tunables;
+* `config`: `ClientConfig`, the tunables, and `Consistency`, what a read
+  promises;
+* `reads`: a read's `ReadMode`, and `ReadResult` (a value and its staleness);
 * `cache`: the region cache (start key -> region + leader hint);
 * `session`: the numbering of writes for exactly-once application;
 * `attempts`: the retry state of a call (deadline, backoffs, session number);
@@ -47,7 +50,9 @@ from client.rawkv import (
     DEFAULT_TIMEOUT,
     Client,
     ClientConfig,
+    Consistency,
     Pair,
+    ReadResult,
     ScanIterator,
     connect,
     open_client,
@@ -62,10 +67,12 @@ __all__ = [
     "ClientConfig",
     "ClientError",
     "ClusterMismatch",
+    "Consistency",
     "DeadlineExceeded",
     "InvalidArgument",
     "Pair",
     "PdUnavailable",
+    "ReadResult",
     "ScanIterator",
     "StoreError",
     "SyncClient",

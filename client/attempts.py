@@ -135,6 +135,13 @@ class Attempts:
     # Shared by a call and all its parts: whether some part of a write was
     # applied (a multi-region write that then fails wrote part of itself).
     call: CallState = field(default_factory=CallState)
+    # A follower or stale read: any replica may serve it. Its attempts go
+    # to a replica chosen to spread the load (`replica_attempt`: one that is
+    # not the leader hint) until one fails; then to the leader
+    # (`leader_only`).
+    any_replica: bool = False
+    replica_attempt: bool = False
+    leader_only: bool = False
     _tries: dict[BackoffKind, int] = field(default_factory=dict)
     _free: int = 0
 
@@ -182,6 +189,8 @@ class Attempts:
             seq=self.seq,
             attempt_timeout=self.attempt_timeout,
             call=self.call,
+            any_replica=self.any_replica,
+            leader_only=self.leader_only,
         )
 
     def note(self, cause: str, *, pd: bool = False) -> None:

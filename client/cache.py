@@ -16,7 +16,8 @@ the stores, so its answer can be older than what an EpochNotMatch taught us).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import random
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from sortedcontainers import SortedDict
@@ -49,6 +50,13 @@ class CachedRegion:
             if p.store_id not in avoid:
                 return p
         return None
+
+    def choose_replica(self, skip: Collection[StoreId], rng: random.Random) -> Peer | None:
+        """A peer of the region (voter or learner) chosen at random among
+        those whose store is not in `skip` (follower and stale reads spread
+        over the stores); None if none is left."""
+        candidates = [p for p in self.region.peers if p.store_id not in skip]
+        return rng.choice(candidates) if candidates else None
 
     def next_peer_after(self, peer: Peer) -> Peer | None:
         """The voter after `peer` in region order, wrapping around (None for
@@ -150,21 +158,22 @@ class RegionCache:
         return True
 
     def update_from_epoch_not_match(
-        self, current_regions: Iterable[Region], responder: StoreId
+        self, current_regions: Iterable[Region], responder: StoreId | None
     ) -> bool:
         """Take the regions of an EpochNotMatch answered by store `responder`.
 
         Each is cached unless stale against the cache; its leader hint is its
         peer on `responder` (which answered as the leader of the region the
         request named, and a split's new regions start with their leaders on
-        the same store). Returns whether the cache changed.
+        the same store). A `responder` of None (a replica that need not
+        lead answered) gives no hint. Returns whether the cache changed.
         """
         changed = False
         for r in sorted(current_regions, key=lambda r: r.start_key):
             old = self.get(r.id)
             if old is not None and old.region == r:
                 continue
-            if self.insert(r, r.peer_on_store(responder)):
+            if self.insert(r, None if responder is None else r.peer_on_store(responder)):
                 changed = True
         return changed
 

@@ -1,15 +1,20 @@
 """`shardkv kv`: read and write keys from the command line.
 
     shardkv kv --pd 127.0.0.1:2379 put KEY VALUE
-    shardkv kv get KEY
+    shardkv kv get [--consistency C] [--max-staleness SECONDS] KEY
     shardkv kv delete KEY
     shardkv kv scan [--start S] [--end E] [--limit N] [--reverse] [--keys-only]
+                    [--consistency C] [--max-staleness SECONDS]
 
 Keys and values are UTF-8 text on the command line, or hex with `--hex`.
-Output: `get` prints the value; `scan` prints one ``key<TAB>value`` line per
-pair. With `--hex` every field is printed as hex; otherwise a field that is
-not printable as one text field (not UTF-8, or holding a tab or a line
-break) is printed as ``hex:`` followed by its hex digits.
+`--consistency` is strong (the default: at the leader), follower (at any
+replica, still linearizable) or stale (at any replica, at most
+`--max-staleness` seconds old; how stale the answer may be is printed on
+stderr after it). Output: `get` prints the value; `scan` prints one
+``key<TAB>value`` line per pair. With `--hex` every field is printed as
+hex; otherwise a field that is not printable as one text field (not
+UTF-8, or holding a tab or a line break) is printed as ``hex:`` followed by
+its hex digits.
 
 Exit status: 0 on success, 1 on failure (a one-line error on stderr; `get`
 of a key without a value is a failure), 2 on a usage error.
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 
 import trio
 
-from client.config import DEFAULT_TIMEOUT
+from client.config import DEFAULT_MAX_STALENESS, DEFAULT_TIMEOUT, Consistency
 from client.errors import ClientError
 from client.rawkv import connect
 from kvproto.rpc import parse_address
@@ -76,6 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     put.add_argument("value", metavar="VALUE")
     get = sub.add_parser("get", help="print the value of KEY")
     get.add_argument("key", metavar="KEY")
+    _add_read_flags(get)
     delete = sub.add_parser("delete", help="delete KEY")
     delete.add_argument("key", metavar="KEY")
     scan = sub.add_parser("scan", help="print the pairs of [START, END)")
@@ -86,7 +92,27 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     scan.add_argument("--reverse", action="store_true", help="descending from END")
     scan.add_argument("--keys-only", action="store_true", help="print keys only")
+    _add_read_flags(scan)
     p.set_defaults(run=run)
+
+
+def _add_read_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--consistency",
+        choices=[c.value for c in Consistency],
+        default=Consistency.STRONG.value,
+        help=(
+            "strong: at the leader; follower: at any replica, linearizable too; "
+            "stale: at any replica, maybe stale (default: %(default)s)"
+        ),
+    )
+    p.add_argument(
+        "--max-staleness",
+        type=float,
+        default=DEFAULT_MAX_STALENESS,
+        metavar="SECONDS",
+        help="how stale a stale read may be (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,6 +184,18 @@ def _show(data: bytes, hex_mode: bool) -> str:
     return text
 
 
+def _check_read_flags(args: argparse.Namespace) -> None:
+    m = args.max_staleness
+    if not (m >= 0 and m != float("inf")):
+        raise UsageError(f"--max-staleness must be a non-negative number of seconds, got {m}")
+
+
+def _note_staleness(args: argparse.Namespace, staleness: float) -> None:
+    """A stale read says on stderr how stale its answer may be."""
+    if args.consistency == Consistency.STALE:
+        print(f"{PROG}: stale by at most {staleness:.3f} s", file=sys.stderr)
+
+
 async def _run(args: argparse.Namespace, pd: list[str]) -> int:
     cmd = args.kv_command
     key = b""
@@ -169,11 +207,15 @@ async def _run(args: argparse.Namespace, pd: list[str]) -> int:
         if cmd == "put":
             await kv.put(key, _arg_bytes(args, "VALUE", args.value))
         elif cmd == "get":
-            value = await kv.get(key)
-            if value is None:
+            _check_read_flags(args)
+            got = await kv.get_with_staleness(
+                key, consistency=args.consistency, max_staleness=args.max_staleness
+            )
+            if got.value is None:
                 print(f"{PROG}: get {_show(key, args.hex)}: not found", file=sys.stderr)
                 return 1
-            print(_show(value, args.hex))
+            print(_show(got.value, args.hex))
+            _note_staleness(args, got.staleness)
         elif cmd == "delete":
             await kv.delete(key)
         elif cmd == "scan":
@@ -183,14 +225,22 @@ async def _run(args: argparse.Namespace, pd: list[str]) -> int:
             end = _arg_bytes(args, "--end", args.end)
             if end and end < start:
                 raise UsageError("--end must not be below --start")
-            pairs = await kv.scan(
-                start, end, limit=args.limit, reverse=args.reverse, keys_only=args.keys_only
+            _check_read_flags(args)
+            result = await kv.scan_with_staleness(
+                start,
+                end,
+                limit=args.limit,
+                reverse=args.reverse,
+                keys_only=args.keys_only,
+                consistency=args.consistency,
+                max_staleness=args.max_staleness,
             )
-            for k, v in pairs:
+            for k, v in result.value:
                 if args.keys_only:
                     print(_show(k, args.hex))
                 else:
                     print(f"{_show(k, args.hex)}\t{_show(v, args.hex)}")
+            _note_staleness(args, result.staleness)
         else:
             raise AssertionError(f"unknown kv command {cmd!r}")
     return 0

@@ -1,23 +1,66 @@
-"""The client's tunables (`ClientConfig`) and its defaults."""
+"""The client's tunables (`ClientConfig`) and its defaults, and the read
+consistencies a call may ask for (`Consistency`)."""
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from client.attempts import DEFAULT_BACKOFFS, BackoffKind
 from kvproto.rpc.reconnect import Backoff
 
 __all__ = [
+    "DEFAULT_MAX_STALENESS",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_SCAN_LIMIT",
     "DEFAULT_TIMEOUT",
     "STORE_BACKOFF",
     "ClientConfig",
+    "Consistency",
+    "ConsistencyArg",
 ]
 
+
+class Consistency(enum.StrEnum):
+    """What a read (get, batch_get, scan, scan_iter: their `consistency=`)
+    promises, and where it is served.
+
+    * ``"strong"`` (the default): at the region's leader, from its lease or
+      after a ReadIndex round. Linearizable: the read sees every write that
+      completed before it was called.
+    * ``"follower"``: at any replica of the region (voter or learner),
+      chosen to spread reads over the stores; the replica has the leader
+      confirm a read index and serves once it has applied that far.
+      Linearizable too (the index is the leader's commit index at a time
+      after the read arrived); costs a round trip between the replica and
+      the leader, none of the leader's kv/ reads.
+    * ``"stale"``: at any replica, from what it has applied, without
+      asking the leader: the read sees every write that completed at least
+      `staleness` seconds before it was called, where `staleness` (the
+      answer's, `ReadResult.staleness`) is at most the call's
+      `max_staleness` (default `ClientConfig.max_staleness`). A replica
+      staler than that serves it as a follower read (staleness 0). Not
+      linearizable: a value read may be older than one read before.
+
+    A call whose replica fails (unreachable, no leader known, not found,
+    epoch changed) goes on at the leader, within its deadline. Each region
+    of a batch or scan is read on its own (a scan is not a snapshot).
+    """
+
+    STRONG = "strong"
+    FOLLOWER = "follower"
+    STALE = "stale"
+
+
+# What `consistency=` takes: a Consistency or its value.
+ConsistencyArg: TypeAlias = Consistency | Literal["strong", "follower", "stale"]
+
 DEFAULT_TIMEOUT: Final = 10.0
+# How stale a stale read may be, in seconds, unless the call says.
+DEFAULT_MAX_STALENESS: Final = 5.0
 DEFAULT_SCAN_LIMIT: Final = 10_000
 DEFAULT_PAGE_SIZE: Final = 1_000
 
@@ -53,6 +96,9 @@ class ClientConfig:
     # tries another peer (within the call's deadline): a stopped store, or
     # a leader cut off from its followers, never answers.
     attempt_timeout: float = 2.0
+    # The staleness (seconds) a stale read accepts unless its call says
+    # (`max_staleness=`); see `Consistency`.
+    max_staleness: float = DEFAULT_MAX_STALENESS
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -63,3 +109,5 @@ class ClientConfig:
             raise ValueError(f"attempt_timeout must be positive, got {self.attempt_timeout}")
         if self.batch_max_bytes < 1:
             raise ValueError(f"batch_max_bytes must be positive, got {self.batch_max_bytes}")
+        if not (self.max_staleness >= 0 and math.isfinite(self.max_staleness)):
+            raise ValueError(f"max_staleness must be >= 0 and finite, got {self.max_staleness}")

@@ -8,7 +8,9 @@ are forgotten when a retry decision says so (a store that cannot be
 reached may have moved).
 
 PD calls are retried with backoff until the call's deadline
-(`client.retry.on_pd_error`).
+(`client.retry.on_pd_error`). A store that could not be reached is
+suspect for `SUSPECT_SECONDS` (or until it answers): follower and stale
+reads pick other replicas meanwhile.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ from kvproto.pd_client import PdClusterMismatchError, PdServerError
 from kvproto.rpc import RpcCallError, StreamOpener
 from kvproto.rpc.reconnect import ReconnectingConnection
 
-__all__ = ["PREFETCH_REGIONS", "PdApi", "RegionLocator"]
+__all__ = ["PREFETCH_REGIONS", "SUSPECT_SECONDS", "PdApi", "RegionLocator"]
 
 log = logging.getLogger(__name__)
 
 # Regions a batch or range call loads from the PD in one call on a miss.
 PREFETCH_REGIONS: Final = 32
+
+# How long a store that failed stays out of the replicas follower and stale
+# reads choose from (unless it answers meanwhile).
+SUSPECT_SECONDS: Final = 5.0
 
 T = TypeVar("T")
 
@@ -75,6 +81,8 @@ class RegionLocator:
         self._open_stream = open_stream
         self._store_addresses: dict[StoreId, str] = {}
         self._connections: dict[str, ReconnectingConnection] = {}
+        # Stores that failed lately, until when (trio time).
+        self._suspects: dict[StoreId, float] = {}
 
     def close(self) -> None:
         """Close every store connection."""
@@ -165,12 +173,25 @@ class RegionLocator:
             self._connections[address] = conn
         return conn
 
+    def suspects(self) -> set[StoreId]:
+        """The stores that failed in the last SUSPECT_SECONDS and have not
+        answered since."""
+        now = trio.current_time()
+        for store_id in [s for s, until in self._suspects.items() if until <= now]:
+            del self._suspects[store_id]
+        return set(self._suspects)
+
+    def answered(self, store_id: StoreId) -> None:
+        """A store answered a request: it is no longer suspect."""
+        self._suspects.pop(store_id, None)
+
     async def wait(self, att: Attempts, decision: Decision) -> None:
-        """Carry out a retry decision: forget the store address it names,
-        then sleep its backoff; raises when it gives up or the deadline
-        would pass."""
+        """Carry out a retry decision: forget the store address it names
+        (and suspect that store), then sleep its backoff; raises when it
+        gives up or the deadline would pass."""
         if isinstance(decision, Retry) and decision.forget_store is not None:
             self._store_addresses.pop(decision.forget_store, None)
+            self._suspects[decision.forget_store] = trio.current_time() + SUSPECT_SECONDS
         delay = att.plan(decision, trio.current_time())
         log.debug("%s: retrying in %.3f s after: %s", att.what, delay, att.last_cause)
         if delay > 0:

@@ -21,11 +21,17 @@ delete_range walk the regions of their range, clipped to each region's
 bounds (`client.scan`, `client.batch`).
 
 Consistency: every single-key call and every region group of a batch is
-linearizable (the store serves reads through ReadIndex). A batch write is
-not atomic across regions: if it raises after a group was written, it
-raises UndeterminedError (DeadlineExceeded promises that nothing was
-written); retrying the call is safe (batch writes are idempotent). A scan
-is not a snapshot: each page is read at its own time.
+linearizable (the store serves reads through ReadIndex), reads included
+unless they ask for less: `consistency=` of get, batch_get, scan and
+scan_iter is "strong" (the default: at the leader), "follower" (at any
+replica, still linearizable) or "stale" (at any replica, from what it has
+applied, at most `max_staleness` seconds old); see `client.config.
+Consistency`. The `*_with_staleness` calls (and `ScanIterator.staleness`)
+also say how stale their answer may be (`client.reads.ReadResult`). A batch
+write is not atomic across regions: if it raises after a group was
+written, it raises UndeterminedError (DeadlineExceeded promises that
+nothing was written); retrying the call is safe (batch writes are
+idempotent). A scan is not a snapshot: each page is read at its own time.
 
 Connections: one pipelined `ReconnectingConnection` per store address,
 made on first use and shared by every task of the client; store addresses
@@ -56,9 +62,17 @@ from client.checks import (
     describe_keys,
     describe_range_call,
 )
-from client.config import DEFAULT_PAGE_SIZE, DEFAULT_SCAN_LIMIT, DEFAULT_TIMEOUT, ClientConfig
+from client.config import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_SCAN_LIMIT,
+    DEFAULT_TIMEOUT,
+    ClientConfig,
+    Consistency,
+    ConsistencyArg,
+)
 from client.locate import PdApi, RegionLocator
 from client.plan import MAX_SCAN_PAGE, Pair, ScanCursor, range_is_empty
+from client.reads import STRONG_READ, ReadMode, ReadResult, read_mode
 from client.scan import ScanIterator, next_filled_page, next_page
 from client.sender import RequestSender
 from kvproto import kvrpcpb as kv
@@ -71,8 +85,10 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "Client",
     "ClientConfig",
+    "Consistency",
     "Pair",
     "PdApi",
+    "ReadResult",
     "ScanIterator",
     "connect",
     "open_client",
@@ -80,8 +96,9 @@ __all__ = [
 
 
 class Client:
-    """Typed KV calls routed to region leaders. Made by `connect` (or
-    `open_client`); every call may run concurrently with the others."""
+    """Typed KV calls routed to region leaders (reads that ask for it: to
+    any replica). Made by `connect` (or `open_client`); every call may run
+    concurrently with the others."""
 
     def __init__(
         self,
@@ -115,36 +132,94 @@ class Client:
 
     # -- reads --------------------------------------------------------------
 
-    async def get(self, key: bytes, *, timeout: float | None = None) -> bytes | None:  # noqa: ASYNC109
-        """The value of `key`, or None if it has none."""
+    def _read_mode(self, what: str, consistency: object, max_staleness: object) -> ReadMode:
+        return read_mode(what, consistency, max_staleness, self.config.max_staleness)
+
+    async def get(
+        self,
+        key: bytes,
+        *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> bytes | None:
+        """The value of `key`, or None if it has none. `consistency`: where
+        it is read and what that promises ("strong", "follower" or "stale",
+        see `client.config.Consistency`); a stale read accepts
+        `max_staleness` seconds (None: `ClientConfig.max_staleness`)."""
+        result = await self.get_with_staleness(
+            key, consistency=consistency, max_staleness=max_staleness, timeout=timeout
+        )
+        return result.value
+
+    async def get_with_staleness(
+        self,
+        key: bytes,
+        *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ReadResult[bytes | None]:
+        """`get`, with how stale the value may be (`ReadResult.staleness`:
+        0 unless `consistency` is "stale")."""
         what = describe_call("get", key)
         key = check_key(what, key)
-        att = self._sender.attempts(what, OpKind.READ, timeout)
+        mode = self._read_mode(what, consistency, max_staleness)
+        att = self._sender.attempts(what, OpKind.READ, timeout, mode)
         resp = await self._sender.single(
-            att, key, lambda ctx: kv.RawGetRequest(ctx, key), kv.RawGetResponse
+            att,
+            key,
+            lambda ctx: kv.RawGetRequest(ctx, key, mode.wire, mode.max_staleness_ms),
+            kv.RawGetResponse,
         )
-        return resp.value
+        return ReadResult(resp.value, resp.staleness_ms / 1000)
 
     async def batch_get(
         self,
         keys: Iterable[bytes],
         *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> dict[bytes, bytes]:
-        """The keys among `keys` that have a value, in key order."""
+        """The keys among `keys` that have a value, in key order, each
+        region's read at `consistency` (see `get`)."""
+        result = await self.batch_get_with_staleness(
+            keys, consistency=consistency, max_staleness=max_staleness, timeout=timeout
+        )
+        return result.value
+
+    async def batch_get_with_staleness(
+        self,
+        keys: Iterable[bytes],
+        *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ReadResult[dict[bytes, bytes]]:
+        """`batch_get`, with how stale the answer may be (the stalest of its
+        regions')."""
         ks = sorted({check_key("batch_get", k) for k in keys})
+        what = describe_keys("batch_get", ks) if ks else "batch_get"
+        mode = self._read_mode(what, consistency, max_staleness)
         if not ks:
-            return {}
-        att = self._sender.attempts(describe_keys("batch_get", ks), OpKind.READ, timeout)
+            return ReadResult({})
+        att = self._sender.attempts(what, OpKind.READ, timeout, mode)
         found: dict[bytes, bytes] = {}
+        staleness_ms = 0
+
+        def request(att: Attempts, keys: Sequence[bytes], ctx: kv.Context) -> kv.RawBatchGetRequest:
+            return kv.RawBatchGetRequest(ctx, tuple(keys), mode.wire, mode.max_staleness_ms)
 
         def take(resp: kv.RawBatchGetResponse) -> None:
+            nonlocal staleness_ms
             found.update(resp.pairs)
+            staleness_ms = max(staleness_ms, resp.staleness_ms)
 
         await batch.for_each_region(
-            self._sender, att, ks, own_key, len, _batch_get, kv.RawBatchGetResponse, take
+            self._sender, att, ks, own_key, len, request, kv.RawBatchGetResponse, take
         )
-        return {k: found[k] for k in sorted(found)}
+        return ReadResult({k: found[k] for k in sorted(found)}, staleness_ms / 1000)
 
     async def contains(self, key: bytes, *, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Whether `key` has a value (without transferring the value)."""
@@ -178,21 +253,54 @@ class Client:
         limit: int = DEFAULT_SCAN_LIMIT,
         reverse: bool = False,
         keys_only: bool = False,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> list[Pair]:
         """At most `limit` pairs with keys in ``[start, end)`` (empty `end`:
         no bound), ascending, or descending from `end` when `reverse`.
-        Values are b"" when `keys_only`. One deadline covers every page;
-        for large ranges use `scan_iter`."""
+        Values are b"" when `keys_only`. Each page is read at `consistency`
+        (see `get`). One deadline covers every page; for large ranges use
+        `scan_iter`."""
+        result = await self.scan_with_staleness(
+            start,
+            end,
+            limit=limit,
+            reverse=reverse,
+            keys_only=keys_only,
+            consistency=consistency,
+            max_staleness=max_staleness,
+            timeout=timeout,
+        )
+        return result.value
+
+    async def scan_with_staleness(
+        self,
+        start: bytes,
+        end: bytes = b"",
+        *,
+        limit: int = DEFAULT_SCAN_LIMIT,
+        reverse: bool = False,
+        keys_only: bool = False,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> ReadResult[list[Pair]]:
+        """`scan`, with how stale the answer may be (the stalest of its
+        pages')."""
         what = describe_range_call("scan", start, end)
         start, end = check_range(what, start, end)
         check_positive(what, "limit", limit)
+        mode = self._read_mode(what, consistency, max_staleness)
         cursor = ScanCursor(start, end, reverse, keys_only, MAX_SCAN_PAGE, limit)
-        att = self._sender.attempts(what, OpKind.READ, timeout)
+        att = self._sender.attempts(what, OpKind.READ, timeout, mode)
         out: list[Pair] = []
+        staleness = 0.0
         while not cursor.done:
-            out.extend(await next_page(self._sender, att, cursor))
-        return out
+            page = await next_page(self._sender, att, cursor, mode)
+            out.extend(page.value)
+            staleness = max(staleness, page.staleness)
+        return ReadResult(out, staleness)
 
     def scan_iter(
         self,
@@ -203,32 +311,38 @@ class Client:
         limit: int | None = None,
         reverse: bool = False,
         keys_only: bool = False,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
         timeout: float | None = None,
     ) -> ScanIterator:
         """``async for key, value in kv.scan_iter(start, end)``: the pairs of
         ``[start, end)`` in order (descending when `reverse`), fetched
         `page_size` at a time, region by region, up to `limit` pairs (None:
-        all). Each page has its own deadline (`timeout`)."""
+        all), each page read at `consistency` (see `get`; the iterator's
+        `staleness` is the stalest page's so far). Each page has its own
+        deadline (`timeout`)."""
         what = describe_range_call("scan", start, end)
         start, end = check_range(what, start, end)
         check_positive(what, "page size", page_size)
         if limit is not None:
             check_positive(what, "limit", limit)
+        mode = self._read_mode(what, consistency, max_staleness)
         cursor = ScanCursor(start, end, reverse, keys_only, page_size, limit)
-        return ScanIterator(self, cursor, what, timeout)
+        return ScanIterator(self, cursor, what, timeout, mode)
 
     async def next_scan_page(
         self,
         cursor: ScanCursor,
         what: str,
         *,
+        mode: ReadMode = STRONG_READ,
         timeout: float | None = None,  # noqa: ASYNC109
-    ) -> list[Pair]:
-        """The next non-empty page of `cursor` (empty once it is done), with
-        its own deadline. The building block of `scan_iter` and of the
-        blocking client's."""
-        att = self._sender.attempts(what, OpKind.READ, timeout)
-        return await next_filled_page(self._sender, att, cursor)
+    ) -> ReadResult[list[Pair]]:
+        """The next non-empty page of `cursor` (empty once it is done), read
+        in `mode`, with its own deadline. The building block of `scan_iter`
+        and of the blocking client's."""
+        att = self._sender.attempts(what, OpKind.READ, timeout, mode)
+        return await next_filled_page(self._sender, att, cursor, mode)
 
     # -- plain writes (idempotent) ------------------------------------------
 
@@ -377,10 +491,6 @@ class Client:
 
 
 # The requests of a batch call's region groups (see batch.for_each_region).
-
-
-def _batch_get(att: Attempts, keys: Sequence[bytes], ctx: kv.Context) -> kv.RawBatchGetRequest:
-    return kv.RawBatchGetRequest(ctx, tuple(keys))
 
 
 def _batch_put(att: Attempts, pairs: Sequence[Pair], ctx: kv.Context) -> kv.RawBatchPutRequest:

@@ -42,6 +42,11 @@ The policy (see also `POLICY`, which the docs and tests print):
   already be committed under another leader. `RpcConnectionLostError`,
   `RpcTimeoutError`, `RpcProtocolError`, `RpcRemoteError(INTERNAL)`: the
   request may have run.
+* Follower and stale reads go to a replica chosen to spread the load; when
+  such an attempt fails because of the replica (it knows no leader, has no
+  such region, is behind the cache's epoch, cannot be reached), the call
+  goes on at the leader at once, without reloading the region or moving the
+  leader hint (`on_replica_error`); other failures are judged as above.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ __all__ = [
     "on_pd_error",
     "on_region_error",
     "on_region_unknown",
+    "on_replica_error",
     "on_rpc_error",
     "on_session_expired",
     "on_store_unknown",
@@ -170,6 +176,24 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     ),
     ("KvError other", "yes", "InvalidArgument"),
     ("PD unreachable or PdServerError", "yes", "back off (pd); at the deadline PdUnavailable"),
+    # Follower and stale reads at a replica other than the leader hint (reads
+    # write nothing: the second column does not apply).
+    (
+        "replica read: NotLeader(no leader), RegionNotFound",
+        "-",
+        "retry at once at the leader (RegionNotFound: avoid the store)",
+    ),
+    (
+        "replica read: EpochNotMatch",
+        "-",
+        "cache newer regions (no leader hint from the replica); retry at once at the leader",
+    ),
+    (
+        "replica read: store unreachable or no answer in attempt_timeout",
+        "-",
+        "avoid the store (and skip it for replica reads a while); retry at once at the leader",
+    ),
+    ("replica read: any other answer", "-", "as for a read at the leader; later attempts go there"),
 )
 
 
@@ -284,6 +308,44 @@ def on_rpc_error(
     return Retry(BackoffKind.STORE, forget_store=peer.store_id)
 
 
+def on_replica_error(
+    cache: RegionCache,
+    entry: CachedRegion,
+    peer: Peer,
+    err: RegionError | RpcCallError,
+    att: Attempts,
+) -> Decision:
+    """A follower or stale read sent to `peer`, a replica that is not the
+    leader hint, failed with `err`: the call goes on at the leader."""
+    att.leader_only = True
+    cause = f"store {peer.store_id}: {err}"
+    if isinstance(err, NotLeader) and err.leader is None:
+        # The replica knows no leader: the hint may still be right.
+        att.note(cause)
+        return Retry(None)
+    if isinstance(err, RegionNotFound):
+        # Not (yet) a peer there: a learner waiting for its snapshot, or a
+        # removed one.
+        att.note(cause)
+        att.avoid.add(peer.store_id)
+        return Retry(None)
+    if isinstance(err, EpochNotMatch):
+        # Newer regions are cached, without a leader hint; older ones are
+        # the replica's lag, not the cache's: the leader will say.
+        att.note(cause)
+        cache.update_from_epoch_not_match(err.current_regions, None)
+        return Retry(None)
+    if isinstance(err, RpcUnavailableError | RpcConnectionLostError) or (
+        isinstance(err, RpcTimeoutError) and att.capped
+    ):
+        att.note(cause)
+        att.avoid.add(peer.store_id)
+        return Retry(None, forget_store=peer.store_id)
+    if isinstance(err, RpcCallError):
+        return on_rpc_error(cache, entry, peer, err, att)
+    return on_region_error(cache, entry, peer, err, att)
+
+
 class Answer(Protocol):
     """What every KV response has (kvproto.kvrpcpb)."""
 
@@ -310,11 +372,15 @@ def judge(
     `outcome` is what came back: a response, or the `RpcCallError` the call
     raised. Raises InvalidArgument for a request no retry can fix."""
     if isinstance(outcome, RpcCallError):
+        if att.replica_attempt:
+            return on_replica_error(cache, entry, peer, outcome, att)
         return on_rpc_error(cache, entry, peer, outcome, att)
     if not isinstance(outcome, expected):
         wrong = RpcProtocolError(f"expected {expected.__name__}, got {type(outcome).__name__}")
         return on_rpc_error(cache, entry, peer, wrong, att)
     if outcome.region_error is not None:
+        if att.replica_attempt:
+            return on_replica_error(cache, entry, peer, outcome.region_error, att)
         return on_region_error(cache, entry, peer, outcome.region_error, att)
     if outcome.error is not None:
         if outcome.error.code == KvErrorCode.SESSION_EXPIRED:

@@ -26,10 +26,12 @@ from client.checks import check_positive
 from client.config import ClientConfig
 from client.errors import ClientClosed, InvalidArgument
 from client.locate import RegionLocator
+from client.reads import STRONG_READ, ReadMode
 from client.retry import Answer
 from client.session import Session
 from kvproto import kvrpcpb as kv
 from kvproto.codec import EncodeError
+from kvproto.metapb import Peer
 from kvproto.rpc import RpcCallError
 
 __all__ = ["RequestSender"]
@@ -57,9 +59,11 @@ class RequestSender:
     def closed(self) -> bool:
         return self._closed
 
-    def attempts(self, what: str, kind: OpKind, timeout: float | None) -> Attempts:
+    def attempts(
+        self, what: str, kind: OpKind, timeout: float | None, mode: ReadMode = STRONG_READ
+    ) -> Attempts:
         """The retry state of a new call; its deadline is `timeout` from now
-        (None: the config's)."""
+        (None: the config's). A read in `mode` may go to any replica."""
         if self._closed:
             raise ClientClosed(what)
         t = self.config.timeout if timeout is None else timeout
@@ -72,6 +76,7 @@ class RequestSender:
             self._rng,
             backoffs=self.config.backoffs,
             attempt_timeout=self.config.attempt_timeout,
+            any_replica=mode.any_replica,
         )
 
     # -- sessions -----------------------------------------------------------
@@ -134,7 +139,7 @@ class RequestSender:
         if self._closed:
             raise ClientClosed(att.what)
         cache = self.regions.cache
-        peer = entry.choose_peer(att.avoid)
+        peer = self._choose_peer(att, entry)
         if peer is None:
             await self.wait(att, retry.on_no_peer(cache, entry, att))
             return None
@@ -155,7 +160,22 @@ class RequestSender:
         if isinstance(verdict, Retry | GiveUp):
             await self.wait(att, verdict)
             return None
+        self.regions.answered(peer.store_id)
         return verdict
+
+    def _choose_peer(self, att: Attempts, entry: CachedRegion) -> Peer | None:
+        """Where the attempt goes: the leader hint (or the next voter not
+        avoided); for a follower or stale read, until one such attempt
+        failed, a replica chosen at random among those whose store neither
+        failed in this call nor lately."""
+        att.replica_attempt = False
+        if att.any_replica and not att.leader_only:
+            skip = att.avoid | self.regions.suspects()
+            peer = entry.choose_replica(skip, att.rng)
+            if peer is not None:
+                att.replica_attempt = entry.leader is None or peer.id != entry.leader.id
+                return peer
+        return entry.choose_peer(att.avoid)
 
     async def wait(self, att: Attempts, decision: Decision) -> None:
         """Carry out a retry decision (a new session if it says so; the rest

@@ -26,10 +26,17 @@ from typing import TypeVar
 
 import trio
 
-from client.config import DEFAULT_PAGE_SIZE, DEFAULT_SCAN_LIMIT, ClientConfig
+from client.config import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_SCAN_LIMIT,
+    ClientConfig,
+    Consistency,
+    ConsistencyArg,
+)
 from client.errors import ClientClosed
 from client.plan import Pair
 from client.rawkv import Client, connect
+from client.reads import ReadResult
 from client.scan import ScanIterator
 
 __all__ = ["SyncClient", "SyncScanIterator"]
@@ -137,13 +144,77 @@ class SyncClient:
 
     # -- the calls (see client.Client for each contract) ----------------------
 
-    def get(self, key: bytes, *, timeout: float | None = None) -> bytes | None:
-        return self._run(partial(self.client.get, key, timeout=timeout))
+    def get(
+        self,
+        key: bytes,
+        *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,
+    ) -> bytes | None:
+        return self._run(
+            partial(
+                self.client.get,
+                key,
+                consistency=consistency,
+                max_staleness=max_staleness,
+                timeout=timeout,
+            )
+        )
+
+    def get_with_staleness(
+        self,
+        key: bytes,
+        *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,
+    ) -> ReadResult[bytes | None]:
+        return self._run(
+            partial(
+                self.client.get_with_staleness,
+                key,
+                consistency=consistency,
+                max_staleness=max_staleness,
+                timeout=timeout,
+            )
+        )
 
     def batch_get(
-        self, keys: Iterable[bytes], *, timeout: float | None = None
+        self,
+        keys: Iterable[bytes],
+        *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,
     ) -> dict[bytes, bytes]:
-        return self._run(partial(self.client.batch_get, list(keys), timeout=timeout))
+        return self._run(
+            partial(
+                self.client.batch_get,
+                list(keys),
+                consistency=consistency,
+                max_staleness=max_staleness,
+                timeout=timeout,
+            )
+        )
+
+    def batch_get_with_staleness(
+        self,
+        keys: Iterable[bytes],
+        *,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,
+    ) -> ReadResult[dict[bytes, bytes]]:
+        return self._run(
+            partial(
+                self.client.batch_get_with_staleness,
+                list(keys),
+                consistency=consistency,
+                max_staleness=max_staleness,
+                timeout=timeout,
+            )
+        )
 
     def contains(self, key: bytes, *, timeout: float | None = None) -> bool:
         return self._run(partial(self.client.contains, key, timeout=timeout))
@@ -156,6 +227,8 @@ class SyncClient:
         limit: int = DEFAULT_SCAN_LIMIT,
         reverse: bool = False,
         keys_only: bool = False,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
         timeout: float | None = None,
     ) -> list[Pair]:
         return self._run(
@@ -166,6 +239,34 @@ class SyncClient:
                 limit=limit,
                 reverse=reverse,
                 keys_only=keys_only,
+                consistency=consistency,
+                max_staleness=max_staleness,
+                timeout=timeout,
+            )
+        )
+
+    def scan_with_staleness(
+        self,
+        start: bytes,
+        end: bytes = b"",
+        *,
+        limit: int = DEFAULT_SCAN_LIMIT,
+        reverse: bool = False,
+        keys_only: bool = False,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
+        timeout: float | None = None,
+    ) -> ReadResult[list[Pair]]:
+        return self._run(
+            partial(
+                self.client.scan_with_staleness,
+                start,
+                end,
+                limit=limit,
+                reverse=reverse,
+                keys_only=keys_only,
+                consistency=consistency,
+                max_staleness=max_staleness,
                 timeout=timeout,
             )
         )
@@ -179,6 +280,8 @@ class SyncClient:
         limit: int | None = None,
         reverse: bool = False,
         keys_only: bool = False,
+        consistency: ConsistencyArg = Consistency.STRONG,
+        max_staleness: float | None = None,
         timeout: float | None = None,
     ) -> SyncScanIterator:
         if self._closed or self._token is None:
@@ -192,6 +295,8 @@ class SyncClient:
                 limit=limit,
                 reverse=reverse,
                 keys_only=keys_only,
+                consistency=consistency,
+                max_staleness=max_staleness,
                 timeout=timeout,
             ),
             trio_token=self._token,
@@ -251,6 +356,11 @@ class SyncScanIterator:
 
     def __iter__(self) -> Iterator[Pair]:
         return self
+
+    @property
+    def staleness(self) -> float:
+        """How stale the pairs returned so far may be (`ScanIterator.staleness`)."""
+        return self._pages.staleness
 
     def __next__(self) -> Pair:
         if not self._buffer:

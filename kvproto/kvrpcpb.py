@@ -9,6 +9,10 @@ or the result.
 
 Keys and values are bytes. `end_key` b"" means +infinity.
 
+Reads (get, batch get, scan) carry a `Consistency` and, for stale reads, the
+staleness the caller accepts (`max_staleness_ms`); their answers say how
+stale they may be (`staleness_ms`, 0 for strong and follower reads).
+
 Tags are part of the wire format: never reused, never renumbered.
 """
 
@@ -56,11 +60,34 @@ class KvError:
 Pair = tuple[bytes, bytes]
 
 
+class Consistency(IntEnum):
+    """What a read promises, and which peer may serve it (the request's
+    `Context.peer`).
+
+    * STRONG: at the leader only (from its lease, or after a ReadIndex
+      round): linearizable.
+    * FOLLOWER: at any initialized peer of the region on the store, voter or
+      learner: the peer has the leader confirm a read index (Raft ReadIndex,
+      forwarded by a follower) and waits until it applied that far:
+      linearizable too.
+    * STALE: at any initialized peer, from what it has applied, at once:
+      every write acknowledged before `now - staleness_ms` is visible. A
+      peer staler than `max_staleness_ms` serves it as a FOLLOWER read
+      (answered with staleness 0).
+    """
+
+    STRONG = 0
+    FOLLOWER = 1
+    STALE = 2
+
+
 @wire(202)
 @dataclass(frozen=True, slots=True)
 class RawGetRequest:
     context: Context
     key: bytes
+    consistency: Consistency = Consistency.STRONG
+    max_staleness_ms: int = 0  # STALE only; >= 0
 
 
 @wire(203)
@@ -69,6 +96,7 @@ class RawGetResponse:
     region_error: RegionError | None = None
     error: KvError | None = None
     value: bytes | None = None  # None: not found
+    staleness_ms: int = 0
 
 
 @wire(204)
@@ -76,6 +104,8 @@ class RawGetResponse:
 class RawBatchGetRequest:
     context: Context
     keys: tuple[bytes, ...]
+    consistency: Consistency = Consistency.STRONG
+    max_staleness_ms: int = 0
 
 
 @wire(205)
@@ -84,6 +114,7 @@ class RawBatchGetResponse:
     region_error: RegionError | None = None
     error: KvError | None = None
     pairs: tuple[Pair, ...] = ()  # found keys only, in request order
+    staleness_ms: int = 0
 
 
 @wire(206)
@@ -98,6 +129,8 @@ class RawScanRequest:
     limit: int
     reverse: bool = False
     keys_only: bool = False
+    consistency: Consistency = Consistency.STRONG
+    max_staleness_ms: int = 0
 
 
 @wire(207)
@@ -106,6 +139,7 @@ class RawScanResponse:
     region_error: RegionError | None = None
     error: KvError | None = None
     pairs: tuple[Pair, ...] = ()  # values are b"" when keys_only
+    staleness_ms: int = 0
 
 
 @wire(216)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kvproto.errorpb import RegionError, ServerIsBusy
-from kvproto.kvrpcpb import Context, SessionRef
+from kvproto.kvrpcpb import Consistency, Context, SessionRef
 from kvproto.raft_cmdpb import WriteOp
 from store_node.core import StoreCore
 from store_node.peer import ReadPermit, Reply, ReplyValue, WriteDone
@@ -69,13 +69,19 @@ def admit_read(
     ctx: Context,
     bounds: Sequence[bytes],
     done: Callable[[ReadPermit | RegionError], None],
+    consistency: Consistency = Consistency.STRONG,
+    max_staleness: float = 0.0,
 ) -> None:
-    """Queue a linearizable read; `done` gets its permit (or why not)."""
+    """Queue a read of `consistency` (a stale one accepting `max_staleness`
+    seconds); `done` gets its permit (or why not)."""
     if core is None:
         done(STARTING)
         return
     token = Callback(done)
-    err = core.read(token, ctx, bounds)
+    if consistency == Consistency.STRONG:
+        err = core.read(token, ctx, bounds)
+    else:
+        err = core.replica_read(token, ctx, bounds, consistency, max_staleness)
     if err is not None:
         token.set(err)
 

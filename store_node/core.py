@@ -2,14 +2,14 @@
 
 The shell (`StoreNode`) feeds it events and runs one round at a time:
 
-1. events: `step_raft`, `tick`, `propose_write`, `read`, `change_peer`,
-   `transfer_leader` (each marks the region dirty; admission errors are
-   returned at once);
-2. `end_round(now)` serves reads from leader leases, flushes the round's
-   queued writes and reads into the Raft nodes and collects `Ready` from
-   dirty peers only: one `raft/` write batch for all regions, the messages
-   to send now and after the write, grouped by destination store, and the
-   apply tasks;
+1. events: `step_raft`, `tick`, `propose_write`, `read`, `replica_read`,
+   `change_peer`, `transfer_leader` (each marks the region dirty; admission
+   errors are returned at once);
+2. `end_round(now)` serves reads from leader leases and stale reads from
+   applied states, flushes the round's queued writes and reads into the
+   Raft nodes and collects `Ready` from dirty peers only: one `raft/` write
+   batch for all regions, the messages to send now and after the write,
+   grouped by destination store, and the apply tasks;
 3. the shell sends `messages_now`, persists the batch (one transaction, one
    fsync), applies the tasks in one `kv/` transaction, sends
    `messages_after_persist`;
@@ -17,8 +17,8 @@ The shell (`StoreNode`) feeds it events and runs one round at a time:
    replies for clients.
 
 Time reaches it only as `tick()` (Raft's clock, and the wall clock that
-stamps commands) and as `end_round(now)` (the monotonic clock of leases);
-it iterates regions in id order.
+stamps commands) and as `end_round(now)` (the monotonic clock of leases
+and of stale reads' freshness); it iterates regions in id order.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from kvproto.errorpb import (
     RegionNotFound,
     StoreNotMatch,
 )
-from kvproto.kvrpcpb import Context, SessionRef
+from kvproto.kvrpcpb import Consistency, Context, SessionRef
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region, RegionEpoch, RegionId, StoreId
 from kvproto.raft_cmdpb import (
@@ -283,21 +283,32 @@ class StoreCore:
 
     # -- requests ----------------------------------------------------------
 
-    def check_context(self, ctx: Context) -> Peer | RegionError:
-        """The peer a request addressed by `ctx` goes to, or why it can't."""
+    def check_context(self, ctx: Context, *, any_role: bool = False) -> Peer | RegionError:
+        """The peer a request addressed by `ctx` goes to, or why it can't:
+        the leader; with `any_role` (follower and stale reads) the peer of
+        this store that `ctx` names, leader or not."""
         if ctx.peer.store_id != self.store_id:
             return StoreNotMatch(ctx.peer.store_id, self.store_id)
-        return self._leader_peer(ctx.region_id, ctx.region_epoch, None)
+        peer = self._leader_peer(ctx.region_id, ctx.region_epoch, None, leader=not any_role)
+        if isinstance(peer, Peer) and any_role and peer.meta.id != ctx.peer.id:
+            return RegionNotFound(RegionId(ctx.region_id))  # another peer's request
+        return peer
 
     def _leader_peer(
-        self, region_id: int, request_epoch: RegionEpoch, cmd: epoch.AdminCmdType | None
+        self,
+        region_id: int,
+        request_epoch: RegionEpoch,
+        cmd: epoch.AdminCmdType | None,
+        *,
+        leader: bool = True,
     ) -> Peer | RegionError:
-        """The initialized leader peer of `region_id` whose region passes the
-        epoch rule of `cmd` (None: a normal request), or why not."""
+        """The initialized leader peer (any peer unless `leader`) of
+        `region_id` whose region passes the epoch rule of `cmd` (None: a
+        normal request), or why not."""
         peer = self.peers.get(region_id)
         if peer is None or not peer.initialized:
             return RegionNotFound(RegionId(region_id))
-        if not peer.is_leader():
+        if leader and not peer.is_leader():
             return NotLeader(RegionId(region_id), peer.leader_meta())
         if not epoch.check_request_epoch(request_epoch, peer.region, cmd):
             return EpochNotMatch(self._current_regions(peer))
@@ -339,6 +350,19 @@ class StoreCore:
         if not isinstance(peer, Peer):
             return peer
         err = queries.queue_read(peer, token, keys)
+        if err is None:
+            self._dirty.add(peer.region_id)
+        return err
+
+    def replica_read(
+        self, token: Token, ctx: Context, keys: Iterable[bytes], mode: Consistency, stale: float
+    ) -> RegionError | None:
+        """Queue a follower read, or a stale read accepting `stale` seconds,
+        at this store's peer of the region, whatever its role (`queries`)."""
+        peer = self.check_context(ctx, any_role=True)
+        if not isinstance(peer, Peer):
+            return peer
+        err = queries.queue_replica_read(peer, token, keys, mode, stale)
         if err is None:
             self._dirty.add(peer.region_id)
         return err
@@ -409,8 +433,8 @@ class StoreCore:
                 peer.generating = True
                 out.generate_snapshots.append(rid)
         out.split_checks.extend(self.splits.take_due(self.peers))
-        if out.lease_reads:
-            self.stats["lease_reads"] += out.lease_reads
+        for name, n in out.counts.items():
+            self.stats[name] += n
         if any(t.entries for t in out.apply_tasks):
             skip = frozenset(rid for rid, p in self.peers.items() if p.initialized) | frozenset(
                 self.tombstones
@@ -489,6 +513,7 @@ class StoreCore:
                 self._maybe_truncate(peer)
             if peer.node.has_ready():
                 self._dirty.add(peer.region_id)
+        replies.extend(queries.grant_stale(self.peers, out))
         return replies
 
     def _maybe_truncate(self, peer: Peer) -> None:

@@ -2,8 +2,10 @@
 wait for Raft, answer.
 
 Writes become ops of the region's batched proposal for the current round;
-reads wait for a ReadIndex permit and run against `kv/` in its callback, in
-the store loop, before any later round can change the region's data.
+reads wait for a permit (store_node.queries: at the leader for strong
+reads, at any peer for follower and stale reads) and run against `kv/` in
+its callback, in the store loop, before any later round can change the
+region's data; a stale read's answer says how stale it may be.
 Requests that no retry can fix (empty or too large keys, too large values,
 inverted ranges) get a typed `KvError`; routing problems a `RegionError`.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -56,6 +59,15 @@ class StoreAccess(Protocol):
         done: Callable[[ReadPermit | RegionError], None],
     ) -> None: ...
 
+    def submit_replica_read(
+        self,
+        ctx: kv.Context,
+        bounds: Sequence[bytes],
+        consistency: kv.Consistency,
+        max_staleness: float,
+        done: Callable[[ReadPermit | RegionError], None],
+    ) -> None: ...
+
     async def call_core(self, fn: Callable[[StoreCore], T]) -> T: ...
 
     def loop_counters(self) -> dict[str, int]: ...
@@ -78,6 +90,17 @@ class Limits:
 
 def _err(code: kv.KvErrorCode, message: str) -> kv.KvError:
     return kv.KvError(code, message)
+
+
+_CONSISTENCIES = frozenset(int(c) for c in kv.Consistency)
+
+
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, rounded up: a staleness is never understated."""
+    return math.ceil(seconds * 1000) if seconds > 0 else 0
+
+
+ReadRequest = kv.RawGetRequest | kv.RawBatchGetRequest | kv.RawScanRequest
 
 
 class KvService:
@@ -137,6 +160,21 @@ class KvService:
                 return e
         return None
 
+    def _check_read(self, req: ReadRequest) -> kv.KvError | None:
+        """The read's consistency and staleness bound (the codec refuses an
+        unknown consistency from the wire; callers in the process may not)."""
+        consistency: object = req.consistency
+        is_int = isinstance(consistency, int) and not isinstance(consistency, bool)
+        if not is_int or consistency not in _CONSISTENCIES:
+            return _err(kv.KvErrorCode.INVALID_ARGUMENT, f"unknown consistency {consistency!r}")
+        bound: object = req.max_staleness_ms
+        if type(bound) is not int or bound < 0:
+            return _err(
+                kv.KvErrorCode.INVALID_ARGUMENT,
+                f"max_staleness_ms must be a non-negative int, got {bound!r}",
+            )
+        return None
+
     def _check_range(self, start: bytes, end: bytes) -> kv.KvError | None:
         if len(start) > self.limits.max_key_size or len(end) > self.limits.max_key_size:
             return _err(kv.KvErrorCode.KEY_TOO_LARGE, "range bound too large")
@@ -171,13 +209,15 @@ class KvService:
 
     def _read(
         self,
-        context: kv.Context,
+        req: ReadRequest,
         bounds: Sequence[bytes],
         done: Callable[[ReadPermit | RegionError], None],
         span: tuple[bytes, bytes] | None = None,
     ) -> None:
-        """Ask for a read permit; `done` gets EpochNotMatch instead if the
-        region split while the read waited (or no longer holds `span`)."""
+        """Ask for a permit to read as `req` says (at which consistency);
+        `done` gets EpochNotMatch instead if the region split while the read
+        waited (or no longer holds `span`)."""
+        context = req.context
 
         def checked(value: ReadPermit | RegionError) -> None:
             if isinstance(value, ReadPermit):
@@ -190,12 +230,17 @@ class KvService:
                     return
             done(value)
 
-        self.node.submit_read(context, bounds, checked)
+        consistency = kv.Consistency(req.consistency)
+        if consistency == kv.Consistency.STRONG:
+            self.node.submit_read(context, bounds, checked)
+        else:
+            max_staleness = req.max_staleness_ms / 1000
+            self.node.submit_replica_read(context, bounds, consistency, max_staleness, checked)
 
     # -- reads ---------------------------------------------------------------
 
     def raw_get(self, req: kv.RawGetRequest, _: RequestContext, respond: Respond) -> None:
-        e = self._check_key(req.key)
+        e = self._check_key(req.key) or self._check_read(req)
         if e is not None:
             respond(kv.RawGetResponse(error=e))
             return
@@ -204,14 +249,15 @@ class KvService:
             if not isinstance(permit, ReadPermit):
                 respond(kv.RawGetResponse(region_error=permit))
             else:
-                respond(kv.RawGetResponse(value=self.node.engine.kv_get(keys.DATA_DB, req.key)))
+                value = self.node.engine.kv_get(keys.DATA_DB, req.key)
+                respond(kv.RawGetResponse(value=value, staleness_ms=_ms(permit.staleness)))
 
-        self._read(req.context, [req.key], done)
+        self._read(req, [req.key], done)
 
     def raw_batch_get(
         self, req: kv.RawBatchGetRequest, _: RequestContext, respond: Respond
     ) -> None:
-        e = self._check_keys(req.keys)
+        e = self._check_keys(req.keys) or self._check_read(req)
         if e is not None:
             respond(kv.RawBatchGetResponse(error=e))
             return
@@ -228,12 +274,12 @@ class KvService:
                     v = txn.get(k, db=db)
                     if v is not None:
                         pairs.append((k, bytes(v)))
-            respond(kv.RawBatchGetResponse(pairs=tuple(pairs)))
+            respond(kv.RawBatchGetResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
 
-        self._read(req.context, req.keys, done)
+        self._read(req, req.keys, done)
 
     def raw_scan(self, req: kv.RawScanRequest, _: RequestContext, respond: Respond) -> None:
-        e = self._check_range(req.start_key, req.end_key)
+        e = self._check_range(req.start_key, req.end_key) or self._check_read(req)
         if e is None and req.limit <= 0:
             e = _err(kv.KvErrorCode.INVALID_ARGUMENT, "scan limit must be positive")
         if e is not None:
@@ -260,9 +306,9 @@ class KvService:
                     pairs.append((bytes(k), b"" if req.keys_only else bytes(v)))
                     if len(pairs) >= limit:
                         break
-            respond(kv.RawScanResponse(pairs=tuple(pairs)))
+            respond(kv.RawScanResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
 
-        self._read(req.context, [req.start_key], done, (req.start_key, req.end_key))
+        self._read(req, [req.start_key], done, (req.start_key, req.end_key))
 
     # -- writes --------------------------------------------------------------
 

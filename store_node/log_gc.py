@@ -10,8 +10,12 @@ dead replica never makes a log grow without bound.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from store_node.peer import Peer
+if TYPE_CHECKING:
+    # Only for annotations: store_node.config imports LogGcConfig from here,
+    # and the CLI, without the server extra, must not pull in lmdb.
+    from store_node.peer import Peer
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from typing import TypeVar
 import trio
 
 from kvproto.errorpb import RegionError
-from kvproto.kvrpcpb import Context, SessionRef
+from kvproto.kvrpcpb import Consistency, Context, SessionRef
 from kvproto.metapb import Region, StoreId
 from kvproto.pd_client import PdClient, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
@@ -433,6 +433,18 @@ class StoreNode:
     ) -> None:
         """`read` for deferred handlers: `done` gets the permit in the loop."""
         admit_read(self.core, ctx, bounds, done)
+        self._nudge()
+
+    def submit_replica_read(
+        self,
+        ctx: Context,
+        bounds: Sequence[bytes],
+        consistency: Consistency,
+        max_staleness: float,
+        done: Callable[[ReadPermit | RegionError], None],
+    ) -> None:
+        """`replica_read` for deferred handlers (follower and stale reads)."""
+        admit_read(self.core, ctx, bounds, done, consistency, max_staleness)
         self._nudge()
 
     async def _on_raft_batch(self, batch: RaftMessageBatch, _: RequestContext) -> None:

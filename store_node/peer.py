@@ -9,6 +9,7 @@ a read index or for apply. It never does I/O itself beyond its storage seam;
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections import deque
 from collections.abc import Hashable
@@ -30,6 +31,7 @@ from kvproto.raft_cmdpb import (
 )
 from raft.node import RaftNode
 from raft.types import Role
+from store_node.freshness import Freshness
 from store_node.lease import Lease
 from store_node.peer_storage import PeerStorage
 from store_node.records import ApplyState
@@ -53,9 +55,12 @@ class WriteDone:
 @dataclass(frozen=True, slots=True)
 class ReadPermit:
     """The read may now run against `kv/`: everything committed before it
-    arrived is applied. `region` is the region as of now."""
+    arrived is applied; or, for a stale read (`staleness` > 0), every write
+    acknowledged before `staleness` seconds ago. `region` is the region as
+    of now."""
 
     region: Region
+    staleness: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +93,16 @@ class Proposal:
 
 @dataclass(slots=True)
 class ReadBatch:
-    """Reads that share one ReadIndex round."""
+    """Reads that share one ReadIndex round (or a lease read), and the
+    round itself: once applied up to its index, the peer is fresh as of
+    `started_at` (store_node.freshness)."""
 
     tokens: list[Token]
     index: int = 0  # known once the ReadState arrives
     started_tick: int = 0  # when its ReadIndex round began (store ticks)
     # When the round began (monotonic seconds) and under which lease
     # generation and term, if a leader began it: its answer renews the lease.
-    started_at: float = 0.0
+    started_at: float = -math.inf
     generation: int = 0
     term: int = 0
     renews_lease: bool = False
@@ -119,12 +126,16 @@ class Peer:
     queued_writes: list[QueuedWrite] = field(default_factory=list)
     queued_bytes: int = 0
     queued_reads: list[Token] = field(default_factory=list)
+    # Stale reads of this round, with the staleness each accepts (seconds):
+    # decided when the round ends (store_node.queries.start_reads).
+    queued_stale: list[tuple[Token, float]] = field(default_factory=list)
     # ReadIndex rounds in flight, by request context.
     reading: dict[bytes, ReadBatch] = field(default_factory=dict)
     # Reads whose index is known, waiting for apply to reach it (index order).
     read_waiting: deque[ReadBatch] = field(default_factory=deque)
     read_seq: int = 0
     lease: Lease = field(default_factory=lambda: Lease(0.0))
+    freshness: Freshness = field(default_factory=Freshness)
     # Drawn at creation: a leader keys pending reads by context alone, so a
     # context must be unique among every peer of the region and across
     # restarts of this one (its counter starts again at 0).
@@ -253,12 +264,14 @@ class Peer:
         replies = [Reply(t, err) for p in self.proposals for t, _ in p.waiters]
         replies += [Reply(w.token, err) for w in self.queued_writes]
         replies += [Reply(t, err) for t in self.queued_reads]
+        replies += [Reply(t, err) for t, _ in self.queued_stale]
         for b in list(self.reading.values()) + list(self.read_waiting):
             replies += [Reply(t, err) for t in b.tokens]
         self.proposals.clear()
         self.queued_writes.clear()
         self.queued_bytes = 0
         self.queued_reads.clear()
+        self.queued_stale.clear()
         self.reading.clear()
         self.read_waiting.clear()
         return replies
@@ -283,9 +296,12 @@ class Peer:
         return _READ_CTX.pack(self.meta.id, self.read_nonce, self.read_seq)
 
     def serve_reads(self) -> list[Reply]:
+        """Permits for the reads whose index is applied; the peer is fresh
+        as of their rounds' start."""
         applied = self.node.applied_index
         replies: list[Reply] = []
         while self.read_waiting and self.read_waiting[0].index <= applied:
             b = self.read_waiting.popleft()
+            self.freshness.confirmed(b.started_at)
             replies.extend(Reply(t, ReadPermit(self.region)) for t in b.tokens)
         return replies

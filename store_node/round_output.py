@@ -5,6 +5,7 @@ the whole-region work (snapshots, destroys, files, split measures)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from raft.node import Ready
 from raft.types import Message, MessageType
 from store_node.apply import ApplyTask
 from store_node.engine import WriteBatch
-from store_node.peer import Peer, Reply
+from store_node.peer import Peer, Reply, Token
 from store_node.records import ApplyState
 from store_node.region_tasks import DestroyTask, SnapshotTask
 
@@ -49,8 +50,15 @@ class RoundOutput:
     split_checks: list[Region] = field(default_factory=list)
     # Client writes proposed in this round (a measure of load).
     proposed_writes: int = 0
-    # Reads answered from a leader lease in this round.
-    lease_reads: int = 0
+    # Stale reads served from the applied state in this round, with their
+    # staleness: permitted once the round is applied, with the region as of
+    # then (store_node.queries.grant_stale).
+    stale_permits: list[tuple[Peer, Token, float]] = field(default_factory=list)
+    # Read counters of the round (lease_reads; follower_reads: reads a
+    # follower forwarded to the leader; stale_reads, stale_reads_refused:
+    # stale reads served from the applied state, or as follower reads),
+    # added to the store's.
+    counts: Counter[str] = field(default_factory=Counter)
 
     def route(self, peer: Peer, m: Message, into: dict[StoreId, list[RaftMessage]]) -> None:
         """Address `m` from `peer` to its destination store in `into`; a

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from sortedcontainers import SortedDict
 
+from kvproto import kvrpcpb as kv
 from kvproto.metapb import Peer, Region, RegionEpoch, StoreId
 from tests.factories import peer, region
 
@@ -29,6 +30,7 @@ class Seen:
     keys: tuple[bytes, ...]
     range: tuple[bytes, bytes] | None
     answer: str
+    consistency: kv.Consistency = kv.Consistency.STRONG
 
 
 @dataclass

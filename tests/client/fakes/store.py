@@ -2,13 +2,17 @@
 store does (`StoreCore.check_context`, the KV service's checks):
 StoreNotMatch, RegionNotFound, NotLeader with the leader as hint,
 EpochNotMatch on a version mismatch, KeyNotInRegion; then it executes the
-request on the cluster's one shared SortedDict. Its `script` injects
-answers ahead of that: a region error, a KvError, holding the request
-forever (a timeout), or cutting the connection before or after applying it
-(an unknown outcome)."""
+request on the cluster's one shared SortedDict. Follower and stale reads
+are served by any store with a peer of the region (the one the request
+names); a stale read answers the store's `staleness_ms` if the request
+accepts it (else 0, as a follower read). Its `script` injects answers ahead
+of that: a region error, a KvError, holding the request forever (a
+timeout), or cutting the connection before or after applying it (an
+unknown outcome)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +117,8 @@ class FakeStore:
         self.latency = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
+        # How stale this store's applied state is, for stale reads.
+        self.staleness_ms = 0
 
     @property
     def address(self) -> str:
@@ -141,9 +147,11 @@ class FakeStore:
         keys = tuple(_keys_of(req))
         rng = (req.start_key, req.end_key) if hasattr(req, "start_key") else None
 
+        consistency = kv.Consistency(getattr(req, "consistency", kv.Consistency.STRONG))
+
         def record(what: str) -> None:
             self.cluster.seen.append(
-                Seen(self.store_id, kind, req.context.region_id, keys, rng, what)
+                Seen(self.store_id, kind, req.context.region_id, keys, rng, what, consistency)
             )
 
         for rule in self.script:
@@ -171,7 +179,10 @@ class FakeStore:
             record(type(err).__name__)
             return answer(region_error=err)
         record("ok")
-        return self._execute(req)
+        resp: Any = self._execute(req)
+        if consistency == kv.Consistency.STALE and self.staleness_ms <= req.max_staleness_ms:
+            resp = dataclasses.replace(resp, staleness_ms=self.staleness_ms)
+        return resp
 
     def _validate(self, req: Any) -> kv.KvError | None:
         for k in _keys_of(req):
@@ -194,7 +205,11 @@ class FakeStore:
         if region is None or region.peer_on_store(StoreId(self.store_id)) is None:
             return RegionNotFound(ctx.region_id)
         leader = c.leaders.get(region.id)
-        if leader is None or leader.store_id != self.store_id:
+        if getattr(req, "consistency", kv.Consistency.STRONG) != kv.Consistency.STRONG:
+            mine = region.peer_on_store(StoreId(self.store_id))
+            if mine is None or mine.id != ctx.peer.id:
+                return RegionNotFound(ctx.region_id)
+        elif leader is None or leader.store_id != self.store_id:
             return NotLeader(region.id, leader)
         if ctx.region_epoch.version != region.epoch.version:
             if c.epoch_error_with_siblings:
