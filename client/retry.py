@@ -51,6 +51,7 @@ The policy (see also `POLICY`, which the docs and tests print):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final, Protocol, TypeVar
 
 from client.attempts import (
@@ -433,3 +434,17 @@ def on_pd_error(cause: str, att: Attempts) -> Decision:
     calls only read, so they are always retried until the deadline."""
     att.note(f"PD: {cause}", pd=True)
     return Retry(BackoffKind.PD)
+
+
+def choose_peer(att: Attempts, entry: CachedRegion, suspects: Collection[StoreId]) -> Peer | None:
+    """Where an attempt goes: the leader hint (or the next voter not
+    avoided); for a follower or stale read, until one such attempt failed,
+    a replica chosen at random among those whose store neither failed in
+    this call nor lately (`suspects`)."""
+    att.replica_attempt = False
+    if att.any_replica and not att.leader_only:
+        peer = entry.choose_replica(att.avoid | set(suspects), att.rng)
+        if peer is not None:
+            att.replica_attempt = entry.leader is None or peer.id != entry.leader.id
+            return peer
+    return entry.choose_peer(att.avoid)

@@ -31,7 +31,6 @@ from client.retry import Answer
 from client.session import Session
 from kvproto import kvrpcpb as kv
 from kvproto.codec import EncodeError
-from kvproto.metapb import Peer
 from kvproto.rpc import RpcCallError
 
 __all__ = ["RequestSender"]
@@ -139,7 +138,7 @@ class RequestSender:
         if self._closed:
             raise ClientClosed(att.what)
         cache = self.regions.cache
-        peer = self._choose_peer(att, entry)
+        peer = retry.choose_peer(att, entry, self.regions.suspects())
         if peer is None:
             await self.wait(att, retry.on_no_peer(cache, entry, att))
             return None
@@ -162,20 +161,6 @@ class RequestSender:
             return None
         self.regions.answered(peer.store_id)
         return verdict
-
-    def _choose_peer(self, att: Attempts, entry: CachedRegion) -> Peer | None:
-        """Where the attempt goes: the leader hint (or the next voter not
-        avoided); for a follower or stale read, until one such attempt
-        failed, a replica chosen at random among those whose store neither
-        failed in this call nor lately."""
-        att.replica_attempt = False
-        if att.any_replica and not att.leader_only:
-            skip = att.avoid | self.regions.suspects()
-            peer = entry.choose_replica(skip, att.rng)
-            if peer is not None:
-                att.replica_attempt = entry.leader is None or peer.id != entry.leader.id
-                return peer
-        return entry.choose_peer(att.avoid)
 
     async def wait(self, att: Attempts, decision: Decision) -> None:
         """Carry out a retry decision (a new session if it says so; the rest

@@ -57,7 +57,7 @@ from store_node import commands, membership, queries, snapshot_control
 from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
-from store_node.log_gc import truncate_point
+from store_node.log_gc import truncate_point, write_truncations
 from store_node.peer import Peer, Reply, Token
 from store_node.peer_life import (
     Create,
@@ -440,20 +440,7 @@ class StoreCore:
                 self.tombstones
             )
             out.apply_tasks = [replace(t, skip_regions=skip) for t in out.apply_tasks]
-        with_task = {t.region.id for t in out.apply_tasks}
-        for rid, (index, term) in sorted(self._truncations.items()):
-            peer = self.peers.get(rid)
-            if peer is None or index <= peer.storage.apply_state.truncated_index:
-                continue
-            peer.storage.truncate_to(index, term, out.raft_after_kv)
-            self.stats["log_truncations"] += 1
-            if rid in with_task:
-                # The apply task writes the apply state, truncation included.
-                for i, t in enumerate(out.apply_tasks):
-                    if t.region.id == rid:
-                        out.apply_tasks[i] = replace(t, apply_state=peer.storage.apply_state)
-            else:
-                out.apply_states.append((rid, peer.storage.apply_state))
+        self.stats["log_truncations"] += write_truncations(self.peers, self._truncations, out)
         self._truncations.clear()
         # A received snapshot Raft took is installed by this round; any other
         # was refused (below the commit index, replaced by a newer one...).

@@ -9,13 +9,15 @@ dead replica never makes a log grow without bound.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     # Only for annotations: store_node.config imports LogGcConfig from here,
     # and the CLI, without the server extra, must not pull in lmdb.
     from store_node.peer import Peer
+    from store_node.round_output import RoundOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +51,27 @@ def truncate_point(peer: Peer, cfg: LogGcConfig) -> int | None:
     if target - a.truncated_index < cfg.threshold:
         return None
     return target
+
+
+def write_truncations(
+    peers: Mapping[int, Peer], truncations: Mapping[int, tuple[int, int]], out: RoundOutput
+) -> int:
+    """Add the decided truncations (region -> (index, term)) to the round:
+    the log deletions after the kv/ write, the apply states with the new
+    truncation point (in the region's apply task if it has one, which
+    writes the apply state anyway). Returns how many were written."""
+    with_task = {t.region.id for t in out.apply_tasks}
+    written = 0
+    for rid, (index, term) in sorted(truncations.items()):
+        peer = peers.get(rid)
+        if peer is None or index <= peer.storage.apply_state.truncated_index:
+            continue
+        peer.storage.truncate_to(index, term, out.raft_after_kv)
+        written += 1
+        if rid in with_task:
+            for i, t in enumerate(out.apply_tasks):
+                if t.region.id == rid:
+                    out.apply_tasks[i] = replace(t, apply_state=peer.storage.apply_state)
+        else:
+            out.apply_states.append((rid, peer.storage.apply_state))
+    return written
