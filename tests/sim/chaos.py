@@ -34,6 +34,7 @@ CHAOS_WEIGHTS: dict[str, float] = {
     "partition": 8,
     "partition_leader": 4,
     "deaf": 4,
+    "transfer_deaf": 3,
     "pause": 6,
     "lossy": 9,
     "lose_answers": 9,
@@ -51,6 +52,15 @@ FLAVORS: dict[str | None, dict[str, float]] = {
     "bounces": {"bounce": 40, "move": 20},
     "deaf": {"deaf": 100, "split": 0, "move": 0, "bounce": 0, "decommission": 0},
     "crashes": {"crash_mid_fsync": 80, "power_loss": 10, "power_loss_all": 10},
+    # Deposed leaders serving some clients while others find the successor.
+    "leases": {
+        **dict.fromkeys(CHAOS_WEIGHTS, 0.0),
+        "partition_leader": 40,
+        "transfer_deaf": 20,
+        "pause": 15,
+        "transfer": 15,
+        "lossy": 10,
+    },
 }
 
 
@@ -160,16 +170,25 @@ class Chaos:
         self._isolate(victim, rng, "partition")
 
     def _act_partition_leader(self, rng: random.Random) -> None:
-        """The leader of some region cut off from the other stores, while
-        clients still reach it (a deposed leader serving them)."""
-        self._isolate(self._some_leader(rng), rng, "leader partition", clients=False)
+        """The leader of some region cut off from the other stores and from
+        some clients, while the others still reach it: a deposed leader
+        serving some clients while the rest find its successor."""
+        victim = self._some_leader(rng)
+        cut = {c.name for c in self.clients if rng.random() < 0.5}
+        self._isolate(victim, rng, "leader partition", clients=False, also=cut)
 
     def _isolate(
-        self, victim: SimStore, rng: random.Random, what: str, clients: bool | None = None
+        self,
+        victim: SimStore,
+        rng: random.Random,
+        what: str,
+        clients: bool | None = None,
+        also: set[str] | None = None,
     ) -> None:
         others = {s.name for s in self.stores.values() if s is not victim}
         if clients if clients is not None else rng.random() < 0.5:
             others |= {c.name for c in self.clients}
+        others |= also or set()
         self.net.partition({victim.name}, others)
         self.faults[what] += 1
         self.world.log(f"chaos: {victim.name} partitioned from {sorted(others)}")
@@ -210,6 +229,37 @@ class Chaos:
         self.faults["one-way partition"] += 1
         self.world.log(f"chaos: {victim.name} hears nothing")
         self.world.at(rng.uniform(1.5, 6.0), self._heal_net)
+
+    def _act_transfer_deaf(self, rng: random.Random) -> None:
+        """A leader hands its leadership over and at once hears nothing more
+        from the other stores: its TimeoutNow goes out, the transferee wins,
+        and the old leader, still reachable by some clients, learns nothing
+        of it until its own quorum check; the clients that lost it go on
+        with the new one."""
+        victim = self._some_leader(rng)
+        core = victim.core
+        if core is None or victim.paused:
+            return
+        candidates = [
+            (p.region_id, q.id)
+            for p in core.leader_regions()
+            for q in p.region.peers
+            if q.id != p.meta.id and not q.is_learner
+        ]
+        if not candidates:
+            return
+        region_id, to_peer = rng.choice(candidates)
+        victim.submit(lambda c: c.transfer_leader(region_id, to_peer))
+        for s in self.stores.values():
+            if s is not victim:
+                self.net.cut.add((s.name, victim.name))
+        # Some clients lose it too: they go on with the new leader.
+        for c in self.clients:
+            if rng.random() < 0.5:
+                self.net.partition({victim.name}, {c.name})
+        self.faults["transfer, then deaf"] += 1
+        self.world.log(f"chaos: {victim.name} transfers region {region_id}, then hears nothing")
+        self.world.at(rng.uniform(1.5, 4.0), self._heal_net)
 
     def _act_lossy(self, rng: random.Random) -> None:
         self.net.faults = Faults(

@@ -123,8 +123,8 @@ class SimClient:
 
     # -- the building blocks (client.rawkv's flow) ----------------------------------------
 
-    def _attempts(self, what: str, kind: OpKind) -> Attempts:
-        return Attempts(
+    def _attempts(self, what: str, kind: OpKind, any_replica: bool = False) -> Attempts:
+        att = Attempts(
             what,
             kind,
             self.world.now + self.timeout,
@@ -132,6 +132,8 @@ class SimClient:
             self.rng,
             attempt_timeout=self.attempt_timeout,
         )
+        att.any_replica = any_replica
+        return att
 
     def _session_for_write(self) -> Session | None:
         if not self.exactly_once:
@@ -199,7 +201,8 @@ class SimClient:
     ) -> Op[A | None]:
         """One attempt, as `client.rawkv.Client._call`."""
         att.check(self.world.now)
-        peer = entry.choose_peer(att.avoid)
+        # The simulation keeps no suspects across calls.
+        peer = retry.choose_peer(att, entry, ())
         if peer is None:
             yield from self._wait(att, retry.on_no_peer(self.cache, entry, att))
             return None
@@ -270,22 +273,28 @@ class SimClient:
 
     # -- operations -----------------------------------------------------------------
 
-    def get(self, key: bytes) -> Op[bytes | None]:
-        att = self._attempts(f"get {key!r}", OpKind.READ)
+    def get(self, key: bytes, follower: bool = False) -> Op[bytes | None]:
+        """`follower`: a follower read (client.config.Consistency.FOLLOWER)."""
+        att = self._attempts(f"get {key!r}", OpKind.READ, follower)
+        mode = _mode(follower)
         resp = yield from self._single(
-            att, key, lambda ctx: kv.RawGetRequest(ctx, key), kv.RawGetResponse
+            att, key, lambda ctx: kv.RawGetRequest(ctx, key, mode), kv.RawGetResponse
         )
         return resp.value
 
-    def batch_get(self, keys: Sequence[bytes]) -> Op[dict[bytes, bytes]]:
+    def batch_get(self, keys: Sequence[bytes], follower: bool = False) -> Op[dict[bytes, bytes]]:
         ks = sorted(set(keys))
-        att = self._attempts(f"batch_get {len(ks)} keys", OpKind.READ)
+        att = self._attempts(f"batch_get {len(ks)} keys", OpKind.READ, follower)
+        mode = _mode(follower)
         found: dict[bytes, bytes] = {}
 
         def send(a: Attempts, entry: CachedRegion, lo: int, hi: int) -> Op[bool]:
             group = tuple(ks[lo:hi])
             resp = yield from self._call(
-                a, entry, lambda ctx: kv.RawBatchGetRequest(ctx, group), kv.RawBatchGetResponse
+                a,
+                entry,
+                lambda ctx: kv.RawBatchGetRequest(ctx, group, mode),
+                kv.RawBatchGetResponse,
             )
             if resp is None:
                 return False
@@ -436,3 +445,7 @@ def _delete_range(
     att: Attempts, start: bytes, end: bytes, ctx: kv.Context
 ) -> kv.RawDeleteRangeRequest:
     return kv.RawDeleteRangeRequest(ctx, start, end, att.session_ref())
+
+
+def _mode(follower: bool) -> kv.Consistency:
+    return kv.Consistency.FOLLOWER if follower else kv.Consistency.STRONG

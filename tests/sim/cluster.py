@@ -37,12 +37,13 @@ import shutil
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from store_node.bootstrap import write_initial_region
 from store_node.config import CoreConfig
 from store_node.engine import Engine
+from store_node.lease import lease_duration
 from store_node.log_gc import LogGcConfig
 from tests import factories
 from tests.sim import end_checks
@@ -52,7 +53,7 @@ from tests.sim.disk import SyncMode
 from tests.sim.linearizability import check
 from tests.sim.linearizability_explain import describe_check_result
 from tests.sim.pd import SimPd
-from tests.sim.store import SimStore
+from tests.sim.store import TICK, SimStore
 from tests.sim.workload import Workload
 from tests.sim.world import Net, World
 
@@ -81,6 +82,8 @@ CORE_CONFIG = CoreConfig(
     # Small thresholds: logs get truncated and followers catch up by snapshot.
     log_gc=LogGcConfig(threshold=8, count_limit=24, size_limit=1 << 20),
     session_ttl_ms=120_000,
+    # As a store computes it with the default margin (store_node.config).
+    lease_seconds=lease_duration(10, TICK, 0.2),
 )
 
 
@@ -102,8 +105,16 @@ class Options:
     # "all" calls, or only reads and conditional writes (which a client
     # without sessions never retries after an unknown outcome).
     workload: str = "all"
+    # How many of the clients only read.
+    readers: int = 0
     # Chaos weights for a kind of bug (FLAVORS); None: the default mix.
     flavor: str | None = None
+    # Each store's monotonic clock runs at a rate drawn in 1 +- clock_drift
+    # (within what the lease margin covers: (1 - d) / (1 + d) of the
+    # minimum election timeout must exceed the lease).
+    clock_drift: float = 0.04
+    # Leader lease reads (False: every read takes a ReadIndex round).
+    lease_reads: bool = True
 
 
 class SimulationFailure(AssertionError):
@@ -125,6 +136,8 @@ class Report:
     events: int
     keys_checked: int = 0
     undecided: int = 0
+    # The stores' counters, summed (lease reads, follower reads...).
+    store_stats: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -132,7 +145,9 @@ class Report:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
         return (
             f"seed {self.seed}: {self.operations} operations ({outcomes}); "
-            f"{self.regions} regions; faults: {faults or 'none'}; "
+            f"{self.regions} regions; {self.store_stats['lease_reads']} lease reads, "
+            f"{self.store_stats['follower_reads']} follower reads; "
+            f"faults: {faults or 'none'}; "
             f"{self.virtual_seconds:.0f} virtual s, {self.events} events"
         )
 
@@ -146,6 +161,8 @@ class Simulation:
         self.net = Net(self.world)
         self.pd = SimPd(self.world, PD_CONFIG)
         self.stores: dict[int, SimStore] = {}
+        config = CORE_CONFIG if options.lease_reads else replace(CORE_CONFIG, lease_seconds=0.0)
+        drift = options.clock_drift
         for i in range(1, options.stores + 1):
             store = SimStore(
                 self.world,
@@ -153,8 +170,9 @@ class Simulation:
                 self.pd,
                 i,
                 root / f"s{i}",
-                CORE_CONFIG,
+                config,
                 options.kv_mode,
+                clock_rate=self.world.rng.uniform(1 - drift, 1 + drift),
             )
             self.stores[i] = store
         for s in self.stores.values():
@@ -173,7 +191,9 @@ class Simulation:
             )
             for c in range(1, options.clients + 1)
         ]
-        self.workload = Workload(self.world, self.clients, self.keyspace, options.workload)
+        self.workload = Workload(
+            self.world, self.clients, self.keyspace, options.workload, options.readers
+        )
         self.history = self.workload.history
         self.chaos = Chaos(
             self.world,
@@ -249,6 +269,7 @@ class Simulation:
             net=self.net.stats,
             virtual_seconds=self.world.now,
             events=self.world.events,
+            store_stats=sum((st.stats() for st in self.stores.values()), Counter()),
         )
         if self.workload.unexpected:
             self._fail("unexpected errors", "\n".join(self.workload.unexpected[:20]))

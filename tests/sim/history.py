@@ -85,9 +85,11 @@ def _keys_tuple(keys: Iterable[bytes]) -> tuple[bytes, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Get:
-    """Result: the value (None: absent)."""
+    """Result: the value (None: absent). `follower`: served by any replica
+    after the leader confirmed a read index (as linearizable)."""
 
     key: bytes
+    follower: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class BatchGet:
     """Result: a mapping of the keys that have a value to it."""
 
     keys: tuple[bytes, ...]
+    follower: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", _keys_tuple(self.keys))
@@ -447,10 +450,10 @@ def _fmt_range(start: bytes, end: bytes) -> str:
 def describe_call(call: Call) -> str:
     """A client call, briefly."""
     match call:
-        case Get(key=k):
-            return f"get {fmt_value(k)}"
-        case BatchGet(keys=keys):
-            return f"batch_get of {len(keys)} keys"
+        case Get(key=k, follower=f):
+            return f"get {fmt_value(k)}{' (follower read)' if f else ''}"
+        case BatchGet(keys=keys, follower=f):
+            return f"batch_get of {len(keys)} keys{' (follower read)' if f else ''}"
         case Scan(start=s, end=e, limit=limit, reverse=rev):
             return f"scan {_fmt_range(s, e)} limit {limit}{' reverse' if rev else ''}"
         case Put(key=k, value=v):

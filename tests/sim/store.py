@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from kvproto import pdpb
 from kvproto.errorpb import RegionError
-from kvproto.kvrpcpb import Context, SessionRef
+from kvproto.kvrpcpb import Consistency, Context, SessionRef
 from kvproto.metapb import Region, StoreId
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, SnapshotKey
@@ -68,6 +68,7 @@ class SimStore:
         root: Path,
         config: CoreConfig,
         kv_mode: SyncMode,
+        clock_rate: float = 1.0,
     ) -> None:
         self.world = world
         self.net = net
@@ -96,12 +97,17 @@ class SimStore:
         self._held: deque[Callable[[], None]] = deque()
         # How far this machine's wall clock is off (commands carry it).
         self.clock_skew_ms = 0
+        # How fast this machine's monotonic clock runs against true time
+        # (1 +- drift): its ticks and its leader leases both follow it.
+        self.clock_rate = clock_rate
         self.handlers = {
             t: h.fn
             for t, h in KvService(self, Limits()).handlers().items()
             if isinstance(h, Deferred)
         }
         self.rounds = 0
+        # Store counters of the incarnations before this one.
+        self._stats_before: Counter[str] = Counter()
 
     # -- life ------------------------------------------------------------------
 
@@ -126,7 +132,7 @@ class SimStore:
             tombstones=tombstones,
         )
         for region, apply_state in regions:
-            core.add_peer(region, apply_state)
+            core.add_peer(region, apply_state, restarted=True)
         self.core = core
         self._events.clear()
         self._held.clear()
@@ -137,7 +143,7 @@ class SimStore:
         self.up = True
         self.incarnation += 1
         inc = self.incarnation
-        self.world.at(TICK, self._tick, inc)
+        self.world.at(self._tick_interval(), self._tick, inc)
         self.world.at(self.world.rng.uniform(0, 1), self._region_heartbeats, inc)
         self.world.at(self.world.rng.uniform(0, 1), self._store_heartbeat, inc)
         self.world.at(KV_SYNC_INTERVAL, self._sync_kv, inc)
@@ -148,9 +154,7 @@ class SimStore:
         assert isinstance(self.engine, SimEngine)
         loss = self.engine.power_loss() if power_loss else self.engine.crash()
         self.world.log(f"{self.name}: {'power loss' if power_loss else 'crash'}: lost {loss}")
-        self.up = False
-        self.incarnation += 1
-        self.core = None
+        self._forget_core()
         for broken in list(self.connections):
             broken()
         self.connections.clear()
@@ -168,10 +172,18 @@ class SimStore:
 
     def close(self) -> None:
         if self.up:
-            self.up = False
-            self.incarnation += 1
-            self.core = None
+            self._forget_core()
             self.engine.close()
+
+    def _forget_core(self) -> None:
+        self._stats_before = self.stats()
+        self.up = False
+        self.incarnation += 1
+        self.core = None
+
+    def stats(self) -> Counter[str]:
+        """The store's counters (`StoreCore.stats`), over its lives."""
+        return self._stats_before + Counter(self.core.stats if self.core else {})
 
     # -- inputs ------------------------------------------------------------------
 
@@ -214,6 +226,17 @@ class SimStore:
         admit_read(self.core, ctx, bounds, done)
         self._nudge()
 
+    def submit_replica_read(
+        self,
+        ctx: Context,
+        bounds: Sequence[bytes],
+        consistency: Consistency,
+        max_staleness: float,
+        done: Callable[[ReadPermit | RegionError], None],
+    ) -> None:
+        admit_read(self.core, ctx, bounds, done, consistency, max_staleness)
+        self._nudge()
+
     async def call_core(self, fn: Callable[[StoreCore], T]) -> T:
         # Only the status request calls into the loop; the simulation
         # never sends it.
@@ -250,7 +273,7 @@ class SimStore:
             self._start_round(core)
 
     def _start_round(self, core: StoreCore) -> None:
-        out = core.end_round(self.world.now)
+        out = core.end_round(self.monotonic())
         self._send(out.messages_now)
         self._in_round = True
         fsync = self.world.rng.uniform(0.0002, 0.001) if out.raft_batch.ops else 0.00002
@@ -301,10 +324,18 @@ class SimStore:
         if self.paused:
             # A stopped process misses its ticks; the ticker takes one when
             # it runs again (store_node.node's ticker does the same).
-            self.world.at(TICK, self._tick, inc)
+            self.world.at(self._tick_interval(), self._tick, inc)
             return
         self.submit(partial(StoreCore.tick, now_ms=self.world.wall_ms() + self.clock_skew_ms))
-        self.world.at(TICK, self._tick, inc)
+        self.world.at(self._tick_interval(), self._tick, inc)
+
+    def _tick_interval(self) -> float:
+        """TICK by this machine's clock, in true time."""
+        return TICK / self.clock_rate
+
+    def monotonic(self) -> float:
+        """This machine's monotonic clock (it runs on through a pause)."""
+        return 1000.0 + self.world.now * self.clock_rate
 
     def _sync_kv(self, inc: int) -> None:
         if inc != self.incarnation:

@@ -35,10 +35,21 @@ from tests.sim.world import World
 
 class Workload:
     def __init__(
-        self, world: World, clients: Sequence[SimClient], keyspace: Sequence[bytes], calls: str
+        self,
+        world: World,
+        clients: Sequence[SimClient],
+        keyspace: Sequence[bytes],
+        calls: str,
+        readers: int = 0,
     ) -> None:
-        """`calls`: "all" kinds of calls, or only reads and "conditional" writes."""
+        """`calls`: "all" kinds of calls, or only reads and "conditional"
+        writes; the last `readers` clients only read (they stay with the
+        leader they know as long as it answers: no write tells them of
+        another)."""
         self.world = world
+        self.readers = (
+            {c.client_id for c in clients[len(clients) - readers :]} if readers else set()
+        )
         self.clients = clients
         self.keyspace = keyspace
         self.calls = calls
@@ -96,15 +107,20 @@ class Workload:
         key = rng.choice(ks)
         if self.calls == "conditional" and 0.32 <= r < 0.70:
             r = rng.uniform(0.70, 1.0)
+        if client.client_id in self.readers:
+            r *= 0.32
 
         def value() -> bytes:
             return b"c%d.%d" % (client.client_id, next(self._values))
 
         if r < 0.18:
-            return Get(key), client.get(key)
+            # Some reads are follower reads: linearizable too.
+            follower = r < 0.06
+            return Get(key, follower), client.get(key, follower)
         if r < 0.25:
             sample = rng.sample(ks, rng.randint(2, 4))
-            return BatchGet(tuple(sample)), client.batch_get(sample)
+            follower = r < 0.20
+            return BatchGet(tuple(sample), follower), client.batch_get(sample, follower)
         if r < 0.32:
             start, end = sorted(rng.sample([*ks, b"k99"], 2))
             if rng.random() < 0.2:
