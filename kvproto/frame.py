@@ -10,6 +10,7 @@ refused as soon as its 4 bytes arrive, before any of the body is read.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import deque
 from typing import Final
@@ -178,15 +179,49 @@ class FrameWriter:
     def send_nowait(self, frame: bytes) -> int:
         """Queue one encoded frame; returns its sequence number (from 1).
 
+        When the writer is idle and the stream is a socket, the frame is
+        written at once: a lone request or answer then leaves without
+        waiting for the writer task's turn (on a busy store loop that turn
+        comes late). What the socket does not take now, the writer sends.
+
         Raises trio.BrokenResourceError if the stream already failed.
         """
         if self.error is not None:
             raise trio.BrokenResourceError("the stream failed earlier") from self.error
+        self._queued += 1
+        if not self._pending and not self._sending:
+            sent = self._write_now(frame)
+            if sent == len(frame):
+                return self._queued
+            if sent:
+                frame = frame[sent:]
         self._pending.append(frame)
         self._pending_bytes += len(frame)
-        self._queued += 1
         self._wake_writer.set()
         return self._queued
+
+    def _write_now(self, frame: bytes) -> int:
+        """Bytes of `frame` the socket took without blocking (0: none, or
+        not a socket). Errors are left to the writer task, which meets them
+        again on its next write and ends the stream the usual way."""
+        stream = self._stream
+        if not isinstance(stream, trio.SocketStream):
+            return 0
+        # Checked at every write: a closed socket's number may already
+        # belong to another file.
+        fd = stream.socket.fileno()
+        if fd < 0:
+            return 0
+        self.attempted = self._queued
+        try:
+            return os.write(fd, frame)
+        except OSError:  # BlockingIOError (buffer full), or the peer is gone
+            return 0
+
+    @property
+    def writable(self) -> bool:
+        """Whether `wait_writable` would return at once."""
+        return self._pending_bytes <= self._high_water or self.error is not None
 
     async def wait_writable(self) -> None:
         """Backpressure: wait while more than `high_water` bytes are queued.

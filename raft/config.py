@@ -32,6 +32,12 @@ class Config:
     # heard from a leader: a leader's lease may rest on acknowledgements it
     # sent before it went down, and a vote given at once would break it.
     quiet_after_start: bool = False
+    # A leader whose commit index advances tells only followers it sends
+    # entries to anyway; the others learn it with the next append or
+    # heartbeat (raft-rs's skip_bcast_commit, on in TiKV). Saves an empty
+    # append, its answer and a follower round per commit; followers apply
+    # up to a heartbeat interval later when writes stop.
+    skip_bcast_commit: bool = False
     # A leader that is removed from (or demoted in) the config steps down
     # once the change is applied.
     step_down_on_removal: bool = True

@@ -87,6 +87,9 @@ class Raft:
         # Index of the latest conf change proposed by this leader (or the last
         # index when it became leader); a new one waits until it is applied.
         self.pending_conf_index = 0
+        # With skip_bcast_commit: the commit of this index (a conf change, a
+        # split) still goes to every follower at once.
+        self.bcast_commit_of = 0
         self.read_only = ReadOnly()
         # Proposals appended since the last Ready: their appends go out
         # together when the driver asks for the Ready (`flush`).
@@ -260,6 +263,18 @@ class Raft:
             if i != self.id:
                 self._send_append(i)
 
+    def _bcast_commit(self) -> None:
+        """Tell the followers of a new commit index: at once (an append,
+        empty if need be), or with `skip_bcast_commit` only to followers
+        that have entries to receive anyway."""
+        if not self.cfg.skip_bcast_commit or self.log.committed >= self.bcast_commit_of > 0:
+            self.bcast_commit_of = 0
+            self._bcast_append()
+            return
+        for i in self.trk.ids():
+            if i != self.id:
+                self._maybe_send_append(i, send_if_empty=False)
+
     def _bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:
             ctx = self.read_only.last_pending_ctx() or b""
@@ -312,6 +327,9 @@ class Raft:
                 fresh.match = self.log.stable_last_index()
             self.trk.progress[i] = fresh
         self.pending_conf_index = 0
+        # With skip_bcast_commit: the commit of this index (a conf change, a
+        # split) still goes to every follower at once.
+        self.bcast_commit_of = 0
         self.read_only = ReadOnly()
         self.append_pending = False
 
@@ -650,8 +668,8 @@ class Raft:
             elif pr.state == ProgressState.REPLICATE:
                 pr.inflights.free_le(m.index)
             if self._maybe_commit():
-                self._bcast_append()
-            elif pr.can_bump_commit(self.log.committed):
+                self._bcast_commit()
+            elif pr.can_bump_commit(self.log.committed) and not self.cfg.skip_bcast_commit:
                 # It may be missing the latest commit index: send it.
                 self._send_append(m.from_)
             # The window may have room for several appends now.
@@ -860,6 +878,7 @@ class Raft:
             [Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=cc.encode())]
         )
         self.pending_conf_index = index
+        self.bcast_commit_of = index
         self.append_pending = True
         return index
 
@@ -924,7 +943,7 @@ class Raft:
             pr = self.trk.progress.get(self.id)
             stable = self.log.stable_last_index()
             if pr is not None and pr.maybe_update(stable) and self._maybe_commit():
-                self._bcast_append()
+                self._bcast_commit()
 
     def on_applied(self, index: int) -> None:
         self.log.applied_to(max(index, self.log.applied))
@@ -951,6 +970,7 @@ class Raft:
             [Entry(term=0, index=0, type=EntryType.CONF_CHANGE, data=ConfChange().encode())]
         )
         self.pending_conf_index = index
+        self.bcast_commit_of = index
         self.append_pending = True
         log.debug("%d: proposed leaving the joint config at %d", self.id, index)
 

@@ -142,6 +142,12 @@ class RaftNode:
         change is unapplied and `ConfChangeError` if `cc` is invalid now."""
         return self._raft.propose_conf_change(cc)
 
+    def broadcast_commit_of(self, index: int) -> None:
+        """With `Config.skip_bcast_commit`, still send the commit of the
+        entry at `index` to every follower at once (an entry they must apply
+        promptly, such as a split). Conf changes are always broadcast."""
+        self._raft.bcast_commit_of = max(self._raft.bcast_commit_of, index)
+
     def apply_conf_change(self, cc: ConfChange) -> ConfState:
         """Apply a committed conf change entry; returns the new ConfState.
 

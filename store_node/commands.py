@@ -143,5 +143,8 @@ def propose_split(
         index = peer.node.propose(codec.dumps(peer.command(req)))
     except ProposalDroppedError as e:
         return str(e)
+    # The followers create the new regions' peers when they apply the split:
+    # until then the new regions cannot elect.
+    peer.node.broadcast_commit_of(index)
     peer.proposals.append(Proposal(index, peer.node.term, [(token, 0)], is_admin=True))
     return None

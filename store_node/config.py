@@ -134,4 +134,7 @@ class CoreConfig:
     # How long a quorum-acknowledged heartbeat round keeps a leader's lease
     # (store_node.lease.lease_duration); 0: every read takes a ReadIndex round.
     lease_seconds: float = 0.0
+    # raft.Config.skip_bcast_commit: followers learn a commit index with the
+    # next append or heartbeat, not from an empty append of their own.
+    skip_bcast_commit: bool = True
     log_gc: LogGcConfig = field(default_factory=LogGcConfig)

@@ -136,6 +136,7 @@ class StoreCore:
             max_size_per_msg=self.config.max_size_per_msg,
             applied=apply_state.applied_index,
             quiet_after_start=restarted,
+            skip_bcast_commit=self.config.skip_bcast_commit,
         )
         peer = start_peer(self.engine, region, meta, apply_state, raft_cfg, self.rng)
         peer.lease.duration = self.config.lease_seconds

@@ -50,7 +50,7 @@ from store_node.lease import lease_duration
 from store_node.log_gc import LogGcConfig
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
-from store_node.persist import must_block, persist_and_apply
+from store_node.persist import apply_and_truncate, must_block, persist_and_apply, persist_raft
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
@@ -226,23 +226,36 @@ class StoreNode:
         out = core.end_round(trio.current_time())
         transport = self.transport
         assert transport is not None
+        flushed = True
         for store_id, msgs in out.messages_now.items():
-            transport.send(store_id, msgs)
+            flushed = transport.send(store_id, msgs) and flushed
         idle = self._recv_events.statistics().current_buffer_used == 0
-        if must_block(self.engine, out, idle):
+        if must_block(self.engine, out, idle, flushed):
             outcomes = await trio.to_thread.run_sync(
                 persist_and_apply, self.engine, out, limiter=self._limiter
             )
-        else:
+            self._send_after_persist(out)
+        elif out.snapshot_tasks or out.destroy_tasks:
             outcomes = persist_and_apply(self.engine, out)
-        for store_id, msgs in out.messages_after_persist.items():
-            transport.send(store_id, msgs)
+            self._send_after_persist(out)
+        else:
+            # What a follower vouches for is durable once the raft/ batch is:
+            # its answers leave before the kv/ apply and its own fsync.
+            persist_raft(self.engine, out)
+            self._send_after_persist(out)
+            outcomes = apply_and_truncate(self.engine, out)
         answer(core.after_persist(out, outcomes))
         self._start_snapshot_work(core, out)
         self.rounds += 1
         if core.heartbeat_due or core.split_reports:
             self._round_done.set()
             self._round_done = trio.Event()
+
+    def _send_after_persist(self, out: RoundOutput) -> None:
+        transport = self.transport
+        assert transport is not None
+        for store_id, msgs in out.messages_after_persist.items():
+            transport.send(store_id, msgs)
 
     # -- snapshots ----------------------------------------------------------
 

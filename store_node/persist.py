@@ -23,7 +23,7 @@ from store_node.round_output import RoundOutput
 INLINE_APPLY_BYTES = 256 << 10
 
 
-def must_block(engine: Engine, out: RoundOutput, idle: bool) -> bool:
+def must_block(engine: Engine, out: RoundOutput, idle: bool, flushed: bool = False) -> bool:
     """Whether the round's writes run in the worker thread rather than inline.
 
     Long work (a snapshot, a big apply, a log reset) always goes to the
@@ -31,15 +31,18 @@ def must_block(engine: Engine, out: RoundOutput, idle: bool) -> bool:
     when the store is `idle` apart from this round and the round carries at
     most one client write, blocking the loop for the fsync costs nobody
     anything and saves the thread hop (a third of a lone write's latency).
+    `flushed`: the round's messages to send now were all handed to their
+    connections already.
     """
     if out.raft_batch.ops:
         if out.must_sync and engine.sync:
             # Messages to send now (a leader's appends) must not wait for
-            # this fsync: the transport's tasks run only while the loop waits.
+            # this fsync: the transport's tasks run only while the loop waits,
+            # so they must have left already (`flushed`).
             lone = (
                 idle
                 and out.proposed_writes <= 1
-                and not out.messages_now
+                and (flushed or not out.messages_now)
                 and out.raft_batch.nbytes <= 64 << 10
             )
             if not lone:
@@ -55,7 +58,18 @@ def must_block(engine: Engine, out: RoundOutput, idle: bool) -> bool:
 
 
 def persist_and_apply(engine: Engine, out: RoundOutput) -> list[ApplyOutcome]:
+    persist_raft(engine, out)
+    return apply_and_truncate(engine, out)
+
+
+def persist_raft(engine: Engine, out: RoundOutput) -> None:
+    """Step 1: the round's raft/ batch."""
     engine.write_raft(out.raft_batch, out.must_sync)
+
+
+def apply_and_truncate(engine: Engine, out: RoundOutput) -> list[ApplyOutcome]:
+    """Steps 2 and 3: the kv/ transaction, then the raft/ writes that must
+    follow it."""
     outcomes: list[ApplyOutcome] = []
     if out.apply_tasks or out.snapshot_tasks or out.destroy_tasks or out.apply_states:
 

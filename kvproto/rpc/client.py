@@ -193,6 +193,21 @@ class RpcConnection:
             raise RpcUnavailableError(f"{self.peer}: connection broken") from None
         await self._writer.wait_writable()
 
+    def try_send_oneway(self, msg: object) -> bool:
+        """`send_oneway` without waiting: False (nothing queued) if the
+        connection is closed or its send queue is above high water.
+
+        Raises EncodeError as `send_oneway` does.
+        """
+        if self._close_reason is not None or not self._writer.writable:
+            return False
+        frame = encode_envelope(FrameKind.ONEWAY, 0, msg, self._max_frame_size)
+        try:
+            self._writer.send_nowait(frame)
+        except trio.BrokenResourceError:
+            return False
+        return True
+
     async def _run_writer(self, scope: trio.CancelScope) -> None:
         await self._writer.run()
         # The stream failed under the writer: the connection is over.

@@ -99,6 +99,12 @@ class ReconnectingConnection:
         return self._conn is not None and not self._conn.is_closed
 
     @property
+    def current(self) -> RpcConnection | None:
+        """The open connection, if there is one (no connecting)."""
+        conn = self._conn
+        return conn if conn is not None and not conn.is_closed else None
+
+    @property
     def retry_at(self) -> float:
         """Trio time before which no connection attempt is made."""
         return self._retry_at

@@ -230,3 +230,54 @@ async def test_writer_failure_is_recorded_and_wakes_waiters() -> None:
     assert isinstance(writer.error, trio.BrokenResourceError)
     with pytest.raises(trio.BrokenResourceError):
         writer.send_nowait(b"more")
+
+
+# -- FrameWriter on a socket: idle writes go out at once ------------------------------
+
+
+async def _socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    a, b = trio.socket.socketpair()
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
+async def test_an_idle_writer_writes_a_frame_to_its_socket_at_once() -> None:
+    left, right = await _socket_pair()
+    writer = FrameWriter(left)
+    # No writer task runs: the frame must leave from send_nowait itself.
+    seq = writer.send_nowait(encode_frame(b"now"))
+    assert writer.attempted == seq
+    reader = FrameReader(right)
+    assert await reader.receive_frame() == b"now"
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_what_the_socket_does_not_take_follows_in_order_through_the_writer() -> None:
+    left, right = await _socket_pair()
+    writer = FrameWriter(left)
+    big = bytes(range(256)) * 40_000  # ~10 MB: more than a socket buffer holds
+    bodies = [b"first", big, b"after"]
+    reader = FrameReader(right)
+    got: list[bytes | None] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(writer.run)
+        for body in bodies:
+            writer.send_nowait(encode_frame(body))
+        for _ in bodies:
+            got.append(await reader.receive_frame())
+        n.cancel_scope.cancel()
+    assert got == bodies
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_a_closed_socket_is_never_written_directly() -> None:
+    left, right = await _socket_pair()
+    writer = FrameWriter(left)
+    await left.aclose()
+    # The closed socket's number may belong to another file by now: the
+    # frame is queued for the writer, which reports the stream closed.
+    writer.send_nowait(encode_frame(b"late"))
+    await writer.run()
+    assert isinstance(writer.error, trio.ClosedResourceError)
+    await right.aclose()

@@ -104,6 +104,9 @@ def applied(c: CoreCluster, store: int) -> int:
 def test_a_follower_read_waits_for_the_leaders_read_index_and_for_apply(c: CoreCluster) -> None:
     f = a_follower(c)
     put(c, b"k", b"old")
+    # Followers learn a commit index with the next heartbeat
+    # (skip_bcast_commit).
+    c.tick(2)
     wire = Wire(c)
     # The follower misses the next write: the leader commits it with the other.
     wire.drop = lambda m: m.to_peer.store_id == f and m.message.type == MessageType.APPEND
