@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Final
 
 from kvproto import pdpb
@@ -199,10 +199,13 @@ class Cluster:
         self.check_bootstrapped()
         return self._stores.set_state(store_id, state, now)
 
-    def bury_empty_offline_stores(self, now: float) -> list[StoreId]:
+    def bury_empty_offline_stores(
+        self, now: float, *, keep: Collection[StoreId] = ()
+    ) -> list[StoreId]:
         """Make every Offline store that no region has a peer on any more a
-        Tombstone; returns their ids."""
-        return self._stores.bury_empty_offline(now)
+        Tombstone, but those in `keep` (stores running operators target);
+        returns their ids."""
+        return self._stores.bury_empty_offline(now, keep=keep)
 
     def store_region_count(self, store_id: int) -> int:
         """Regions with a peer (any role) on the store, in the region tree."""

@@ -13,14 +13,16 @@ Rules:
   `max_pending_peer_count`, counting the operators still running
   (`OpInfluence`).
 * It is the PD's `OperatorHook`: on each accepted region heartbeat it
-  advances the region's operator with the report (steps done, success,
-  cancel) and answers its current step; a region without one gets the
-  replica checker run on it (within the limit), and the first step of the
-  new operator at once.
+  advances the region's operator with the report and the current store
+  states (steps done, success, cancel: see `operators`) and answers its
+  current step; a region without one gets the replica checker run on it
+  (within the limit), and the first step of the new operator at once.
 * `patrol` (periodically, from the shell): times out operators whose step is
   past its deadline, cancels those whose region left the region tree,
-  buries Offline stores that hold no region any more (Tombstone), and runs
-  the replica checker over every region heard from since this PD started.
+  buries Offline stores that hold no region any more (Tombstone) unless a
+  running operator still targets them (an order it sent may yet put a peer
+  there: the store stays Offline until the operator ends), and runs the
+  replica checker over every region heard from since this PD started.
 * Timeouts per step (`OperatorTimeouts`): generous defaults, 1 min for a
   step that moves no data, 10 min for one that needs a snapshot.
 * Finished operators (success, timeout, canceled) are kept in a bounded
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from kvproto import pdpb
-from kvproto.metapb import RegionId, StoreId
+from kvproto.metapb import RegionId, StoreId, StoreState
 from kvproto.pdpb import PdErrorCode
 from placement_driver.cluster import Cluster
 from placement_driver.errors import OperatorExistsError, PdRequestError, invalid_argument
@@ -48,6 +50,7 @@ from placement_driver.operators import (
     OperatorStatus,
     OperatorTimeouts,
     SplitRegion,
+    StoreStateOf,
 )
 from placement_driver.regions import MAX_SPLIT_COUNT, RegionRecord
 from placement_driver.replica_checker import OpInfluence, check_replicas
@@ -105,6 +108,11 @@ class OperatorController:
     def running_count(self, kind: OperatorKind) -> int:
         return sum(1 for op in self._running.values() if op.kind == kind)
 
+    def target_stores(self) -> frozenset[StoreId]:
+        """The stores running operators still put a peer, a voter or the
+        leadership on."""
+        return frozenset(s for op in self._running.values() for s in op.target_stores())
+
     def influence(self) -> OpInfluence:
         influence = OpInfluence()
         for op in self._running.values():
@@ -148,16 +156,17 @@ class OperatorController:
     def on_region_heartbeat(
         self, cluster: Cluster, record: RegionRecord, now: float
     ) -> pdpb.RegionHeartbeatResponse | None:
+        store_state = _store_states(cluster)
         op = self._running.get(record.region.id)
         if op is not None:
-            op.update(record, now)
+            op.update(record, now, store_state)
             if op.is_running:
                 op.check_timeout(now, self.timeouts)
             if op.is_running:
-                return op.next_order(record)
+                return op.next_order(record, store_state)
             self._retire(op)
         new = self._check(cluster, record, now, None)
-        return None if new is None else new.next_order(record)
+        return None if new is None else new.next_order(record, store_state)
 
     def _check(
         self, cluster: Cluster, record: RegionRecord, now: float, influence: OpInfluence | None
@@ -189,7 +198,7 @@ class OperatorController:
             if not op.is_running:
                 self._retire(op)
                 finished.append(op)
-        buried = cluster.bury_empty_offline_stores(now)
+        buried = cluster.bury_empty_offline_stores(now, keep=self.target_stores())
         created: list[Operator] = []
         influence = self.influence()
         for record in cluster.regions():
@@ -242,3 +251,13 @@ class OperatorController:
         )
         self.add(op, now)
         return op
+
+
+def _store_states(cluster: Cluster) -> StoreStateOf:
+    """The stores' current states as operators read them (None: unknown)."""
+
+    def state(store_id: StoreId) -> StoreState | None:
+        info = cluster.find_store(store_id)
+        return None if info is None else info.state
+
+    return state

@@ -29,13 +29,29 @@ Rules:
   leaves it by itself), and AddLearner is not sent again once the learner
   is a member (it is catching up by snapshot: "pending").
 * Epoch: the steps must explain every move of the region's epoch since the
-  operator was planned (`origin`). `conf_ver` may have moved by at most the
-  bumps of the finished steps plus those of the current one (a simple
-  change bumps it once, a joint change twice: enter and leave); `version`
+  operator was planned (`origin`), counting only what the reported region
+  shows (TiKV PD's ConfVerChanged): `conf_ver` may have moved by at most
+  the bumps of the finished steps plus those of the current step that the
+  report shows under way (a learner added but catching up: 1; a joint
+  change entered but not left: 1 of its 2; a step not begun: 0). A simple
+  change bumps it once, a joint change twice (enter and leave); `version`
   may move only through a SplitRegion step. Any other move means someone
-  else changed the region and the plan is stale: the operator is CANCELED.
+  else changed the region (e.g. a late order of a forgotten operator
+  removed a peer) and the plan is stale: the operator is CANCELED, before
+  its step can change the region a second time.
   It is also canceled when its current step can no longer finish (the peer
-  to promote is gone, the peer to remove became the leader, ...).
+  to promote is gone, the peer to remove became the leader, ...), and when
+  a store the current step puts a peer, a voter or the leadership on
+  (`targets()`) is no longer fit for it: Down, Offline, Tombstone or
+  unknown (`UNFIT_TARGET_STATES`; Disconnected is tolerated, a short
+  silence, e.g. of a store busy receiving the step's snapshot). The PD
+  never buries a store that a running operator still targets.
+* Leader: a joint step never demotes the leader. If the leadership came back
+  to a peer the step demotes (after an earlier TransferLeader moved it
+  away), the step's order is replaced by a transfer of the leadership to
+  another healthy voter (the operator's own TransferLeader target first),
+  and the joint change goes out once a report shows the new leader; with
+  no such voter, the operator is canceled.
 * Time: each step has a deadline counted from when it became current
   (`OperatorTimeouts`): `snapshot` for a step that needs a snapshot
   (AddLearner: the new peer catches up), `step` for the others. A step past
@@ -48,15 +64,26 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
 from kvproto import pdpb
-from kvproto.metapb import Peer, PeerRole, Region, RegionEpoch, RegionId
+from kvproto.metapb import (
+    Peer,
+    PeerId,
+    PeerRole,
+    Region,
+    RegionEpoch,
+    RegionId,
+    StoreId,
+    StoreState,
+)
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType
 from placement_driver.regions import RegionRecord
 
 __all__ = [
+    "UNFIT_TARGET_STATES",
     "AddLearner",
     "ChangePeers",
     "Operator",
@@ -67,12 +94,29 @@ __all__ = [
     "RemovePeer",
     "SplitRegion",
     "Step",
+    "StoreStateOf",
     "TransferLeader",
     "describe_peer",
     "in_joint",
 ]
 
 _JOINT_ROLES = frozenset({PeerRole.INCOMING_VOTER, PeerRole.DEMOTING_VOTER})
+# A peer's role inside the joint configuration a change enters.
+_JOINT_ROLE_OF: Final = {
+    ChangePeerType.ADD_VOTER: PeerRole.INCOMING_VOTER,
+    ChangePeerType.ADD_LEARNER: PeerRole.DEMOTING_VOTER,
+}
+
+# A store's current state, None if the PD does not know the store (the
+# controller passes the cluster's).
+StoreStateOf: TypeAlias = Callable[[StoreId], StoreState | None]
+
+# A step is not sent to put a peer, a voter or the leadership on a store in
+# one of these states (nor on an unknown store): its data would be on a
+# store being drained or gone. Disconnected is not here: a store that
+# missed a few heartbeats (one busy receiving a snapshot, say) may well
+# finish the step, and the step's deadline bounds the wait.
+UNFIT_TARGET_STATES: Final = frozenset({StoreState.DOWN, StoreState.OFFLINE, StoreState.TOMBSTONE})
 
 
 def in_joint(region: Region) -> bool:
@@ -105,9 +149,11 @@ def _change_peer(*changes: ChangePeer) -> pdpb.RegionHeartbeatResponse:
 #
 # Every step has: `kind` (stable name), `describe()`, `conf_ver_bumps`,
 # `needs_snapshot`, `is_done(record)`, `in_flight(region)` (its change is
-# visible but not finished: do not send it again), `problem(record)` (why it
-# can no longer finish, or None) and `order()` (the response carrying it;
-# the controller fills in the epoch).
+# visible but not finished: do not send it again), `bumps_shown(region)`
+# (how many of its `conf_ver_bumps` the region shows: 0 before it, all once
+# done), `targets()` (the stores it puts a peer, a voter or the leadership
+# on), `problem(record)` (why it can no longer finish, or None) and
+# `order()` (the response carrying it; the controller fills in the epoch).
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +175,13 @@ class AddLearner:
 
     def in_flight(self, region: Region) -> bool:
         return region.find_peer(self.peer.id) is not None
+
+    def bumps_shown(self, region: Region) -> int:
+        p = region.find_peer(self.peer.id)
+        return int(p is not None and p.is_learner and p.store_id == self.peer.store_id)
+
+    def targets(self) -> tuple[StoreId, ...]:
+        return (self.peer.store_id,)
 
     def problem(self, record: RegionRecord) -> str | None:
         p = record.region.find_peer(self.peer.id)
@@ -160,6 +213,13 @@ class PromoteLearner:
     def in_flight(self, region: Region) -> bool:
         return False
 
+    def bumps_shown(self, region: Region) -> int:
+        p = region.find_peer(self.peer.id)
+        return int(p is not None and p.role == PeerRole.VOTER)
+
+    def targets(self) -> tuple[StoreId, ...]:
+        return (self.peer.store_id,)
+
     def problem(self, record: RegionRecord) -> str | None:
         if record.region.find_peer(self.peer.id) is None:
             return f"peer {self.peer.id} is not a member"
@@ -189,6 +249,12 @@ class RemovePeer:
 
     def in_flight(self, region: Region) -> bool:
         return False
+
+    def bumps_shown(self, region: Region) -> int:
+        return int(region.find_peer(self.peer.id) is None)
+
+    def targets(self) -> tuple[StoreId, ...]:
+        return ()
 
     def problem(self, record: RegionRecord) -> str | None:
         leader = record.leader
@@ -233,7 +299,9 @@ class ChangePeers:
         return "joint: " + ", ".join(parts)
 
     def is_done(self, record: RegionRecord) -> bool:
-        region = record.region
+        return self._reached(record.region)
+
+    def _reached(self, region: Region) -> bool:
         for c in self.changes:
             p = region.find_peer(c.peer.id)
             if c.change_type == ChangePeerType.REMOVE:
@@ -247,6 +315,34 @@ class ChangePeers:
 
     def in_flight(self, region: Region) -> bool:
         return in_joint(region)
+
+    def bumps_shown(self, region: Region) -> int:
+        if self._reached(region):
+            return self.conf_ver_bumps
+        # Entered but not left: only if the joint configuration is this
+        # step's, each peer in its joint role (someone else's joint change
+        # explains nothing). A learner REMOVEd in the change is simply gone.
+        if not in_joint(region):
+            return 0
+        for c in self.changes:
+            p = region.find_peer(c.peer.id)
+            if c.change_type == ChangePeerType.REMOVE:
+                if p is not None:
+                    return 0
+            elif p is None or p.role != _JOINT_ROLE_OF[c.change_type]:
+                return 0
+        return 1
+
+    def targets(self) -> tuple[StoreId, ...]:
+        return tuple(
+            c.peer.store_id for c in self.changes if c.change_type == ChangePeerType.ADD_VOTER
+        )
+
+    def demoted(self) -> frozenset[PeerId]:
+        """The peers this step takes the vote from (demoted or removed)."""
+        return frozenset(
+            c.peer.id for c in self.changes if c.change_type != ChangePeerType.ADD_VOTER
+        )
 
     def problem(self, record: RegionRecord) -> str | None:
         region = record.region
@@ -283,6 +379,12 @@ class TransferLeader:
     def in_flight(self, region: Region) -> bool:
         return False
 
+    def bumps_shown(self, region: Region) -> int:
+        return 0
+
+    def targets(self) -> tuple[StoreId, ...]:
+        return (self.to.store_id,)
+
     def problem(self, record: RegionRecord) -> str | None:
         p = record.region.find_peer(self.to.id)
         if p is None or p.role != PeerRole.VOTER:
@@ -318,6 +420,12 @@ class SplitRegion:
     def in_flight(self, region: Region) -> bool:
         return False
 
+    def bumps_shown(self, region: Region) -> int:
+        return 0
+
+    def targets(self) -> tuple[StoreId, ...]:
+        return ()
+
     def problem(self, record: RegionRecord) -> str | None:
         return None
 
@@ -330,6 +438,17 @@ class SplitRegion:
 Step: TypeAlias = (
     AddLearner | PromoteLearner | RemovePeer | ChangePeers | TransferLeader | SplitRegion
 )
+
+
+def _unfit_target(step: Step, store_state: StoreStateOf) -> str | None:
+    """Why `step` must not put anything on one of its target stores."""
+    for store_id in step.targets():
+        state = store_state(store_id)
+        if state is None:
+            return f"target store {store_id} is not known"
+        if state in UNFIT_TARGET_STATES:
+            return f"target store {store_id} is {state.name.lower()}"
+    return None
 
 
 # -- operators -------------------------------------------------------------------------
@@ -410,11 +529,17 @@ class Operator:
         """The current step and those after it (none once finished)."""
         return self.steps[self.current :] if self.is_running else ()
 
+    def target_stores(self) -> frozenset[StoreId]:
+        """The stores its remaining steps put a peer, a voter or the
+        leadership on (those of finished steps show in the region tree)."""
+        return frozenset(s for step in self.remaining_steps() for s in step.targets())
+
     # -- progress (the controller calls these) -----------------------------------
 
-    def update(self, record: RegionRecord, now: float) -> None:
+    def update(self, record: RegionRecord, now: float, store_state: StoreStateOf) -> None:
         """Learn from a report of the region: finish the steps it shows
-        done, then succeed or cancel if the report says so."""
+        done, then succeed, or cancel if the report (or the state of a store
+        the current step targets, by `store_state`) says so."""
         assert self.is_running and record.region.id == self.region_id
         while (step := self.current_step) is not None and step.is_done(record):
             self.current += 1
@@ -424,24 +549,73 @@ class Operator:
         if step is None:
             self.finish(OperatorStatus.SUCCESS, now)
             return
-        reason = self._unexplained_epoch(record.region.epoch) or step.problem(record)
+        reason = (
+            self._unexplained_epoch(record.region, step)
+            or step.problem(record)
+            or _unfit_target(step, store_state)
+            or self._no_handoff(step, record, store_state)
+        )
         if reason is not None:
             self.finish(OperatorStatus.CANCELED, now, f"step {self.current + 1}: {reason}")
 
-    def _unexplained_epoch(self, epoch: RegionEpoch) -> str | None:
-        explained = self.steps[: self.current + 1]
+    def _unexplained_epoch(self, region: Region, step: Step) -> str | None:
+        # Only what the report shows counts: a step's budget is not spent
+        # until the region shows its change, or someone else's change of the
+        # same size would pass for it and the step would then change the
+        # region a second time.
+        epoch = region.epoch
         moved = epoch.conf_ver - self.origin.conf_ver
-        allowed = sum(s.conf_ver_bumps for s in explained)
-        if moved > allowed:
+        shown = sum(s.conf_ver_bumps for s in self.steps[: self.current])
+        shown += step.bumps_shown(region)
+        if moved > shown:
             return (
                 f"conf_ver moved from {self.origin.conf_ver} to {epoch.conf_ver}, "
-                f"the steps explain at most {allowed}"
+                f"the operator's changes the region shows explain {shown}: "
+                "someone else changed its membership"
             )
         if epoch.version != self.origin.version and not any(
             isinstance(s, SplitRegion) for s in self.steps[: self.current]
         ):
             return f"version moved from {self.origin.version} to {epoch.version}"
         return None
+
+    def _no_handoff(
+        self, step: Step, record: RegionRecord, store_state: StoreStateOf
+    ) -> str | None:
+        """Why the leadership cannot be moved off a peer `step` demotes."""
+        leader = record.leader
+        if (
+            isinstance(step, ChangePeers)
+            and leader is not None
+            and leader.id in step.demoted()
+            and self._handoff(step, record, store_state) is None
+        ):
+            return (
+                f"peer {leader.id} to demote is the leader, "
+                "and no other healthy voter can take over"
+            )
+        return None
+
+    def _handoff(
+        self, step: ChangePeers, record: RegionRecord, store_state: StoreStateOf
+    ) -> Peer | None:
+        """The voter to lead before `step` demotes the leader: one the step
+        keeps a voter, on an Up store, neither reported down nor pending;
+        the target of the operator's own TransferLeader steps first (it was
+        chosen with the whole cluster in view), then the lowest peer id."""
+        demoted = step.demoted()
+        down = {d.peer.id for d in record.stat.down_peers}
+        candidates = [
+            p
+            for p in record.region.peers
+            if p.role == PeerRole.VOTER
+            and p.id not in demoted
+            and p.id not in down
+            and not record.stat.is_pending(p.id)
+            and store_state(p.store_id) == StoreState.UP
+        ]
+        chosen = {s.to.id for s in self.steps if isinstance(s, TransferLeader)}
+        return min(candidates, key=lambda p: (p.id not in chosen, p.id), default=None)
 
     def check_timeout(self, now: float, timeouts: OperatorTimeouts) -> bool:
         """Time the operator out if its current step is past its deadline."""
@@ -458,14 +632,25 @@ class Operator:
         )
         return True
 
-    def next_order(self, record: RegionRecord) -> pdpb.RegionHeartbeatResponse | None:
+    def next_order(
+        self, record: RegionRecord, store_state: StoreStateOf
+    ) -> pdpb.RegionHeartbeatResponse | None:
         """The response carrying the current step, planned on the epoch
-        just reported; None while the step's change is under way."""
+        just reported; None while the step's change is under way. A joint
+        step that would demote the leader sends a transfer of the
+        leadership instead (the step stays current)."""
         step = self.current_step
         region = record.region
         if not self.is_running or step is None or in_joint(region) or step.in_flight(region):
             return None
-        return dataclasses.replace(step.order(), region_id=region.id, region_epoch=region.epoch)
+        order = step.order()
+        leader = record.leader
+        if isinstance(step, ChangePeers) and leader is not None and leader.id in step.demoted():
+            to = self._handoff(step, record, store_state)
+            if to is None:  # `update` cancels such an operator; never demote the leader
+                return None
+            order = TransferLeader(to).order()
+        return dataclasses.replace(order, region_id=region.id, region_epoch=region.epoch)
 
     def finish(self, status: OperatorStatus, now: float, reason: str = "") -> None:
         assert self.is_running and status != OperatorStatus.RUNNING

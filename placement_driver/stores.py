@@ -15,8 +15,9 @@ States (metapb.StoreState):
   operators on it"; Down means "replace its replicas" (checkers, later).
 * Offline (being drained) and Tombstone (removed) are set by an
   administrator (`Stores.set_state`; an Offline store that no region has a
-  peer on any more is made Tombstone by `Stores.bury_empty_offline`) and
-  kept as they are, whatever the heartbeats say. Only these "operator
+  peer on any more, and that no running operator targets, is made
+  Tombstone by `Stores.bury_empty_offline`) and kept as they are, whatever
+  the heartbeats say. Only these "operator
   states" are persisted; the others are derived.
 
 `StoreInfo` is one store; `Stores` is every store of the cluster and their
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from kvproto.metapb import Store, StoreId, StoreState
@@ -271,12 +272,18 @@ class Stores:
         self._set_operator_state(info, state, now, "by an administrator")
         return info
 
-    def bury_empty_offline(self, now: float) -> list[StoreId]:
+    def bury_empty_offline(self, now: float, *, keep: Collection[StoreId] = ()) -> list[StoreId]:
         """Make every Offline store that no region has a peer on any more a
-        Tombstone; returns their ids."""
+        Tombstone; returns their ids. Stores in `keep` stay Offline: running
+        operators target them, and the region tree cannot show a peer an
+        order already sent is about to add."""
         buried = []
         for info in self.all():
-            if info.operator_state == StoreState.OFFLINE and not self._region_count(info.id):
+            if (
+                info.operator_state == StoreState.OFFLINE
+                and info.id not in keep
+                and not self._region_count(info.id)
+            ):
                 self._set_operator_state(
                     info, StoreState.TOMBSTONE, now, "(it was Offline and holds no region)"
                 )
