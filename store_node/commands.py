@@ -9,7 +9,7 @@ rest, resolved when its entry applies (`Peer.resolve_applied`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from kvproto import codec
 from kvproto.errorpb import KeyNotInRegion, NotLeader, RegionError, ServerIsBusy
@@ -30,6 +30,8 @@ from raft.errors import (
     NotLeaderError,
     ProposalDroppedError,
 )
+from raft.node import Status
+from raft.types import Role
 from store_node import membership, split
 from store_node.apply import range_inside
 from store_node.peer import Peer, Proposal, QueuedWrite, Reply, Token
@@ -101,13 +103,21 @@ def _propose_batch(
 
 
 def propose_change_peer(
-    peer: Peer, token: Token, req: ChangePeerRequest
+    peer: Peer, token: Token, req: ChangePeerRequest, heard: Collection[int] = ()
 ) -> RegionError | str | None:
     """Propose a membership change now; a region error, a refusal reason,
-    or None once proposed."""
+    or None once proposed. Refused if it would leave the region without a
+    healthy quorum (TiKV's check_conf_change): a group that cannot commit
+    cannot take back the change either."""
     cc = membership.to_conf_change(req, codec.dumps(peer.command(req)))
     try:
-        membership.apply_to_region(peer.region, cc, req)
+        after = membership.apply_to_region(peer.region, cc, req)
+        status = peer.node.status()
+        if status.role == Role.LEADER:  # else propose_conf_change raises NotLeaderError
+            healthy = _healthy(status) | set(heard)
+            unsafe = membership.quorum_problem(peer.region, after, healthy)
+            if unsafe is not None:
+                return f"{unsafe} ({_HEALTHY})"
         index = peer.node.propose_conf_change(cc)
     except (ConfChangeError, ConfChangePendingError) as e:
         return str(e)
@@ -118,6 +128,16 @@ def propose_change_peer(
     peer.proposals.append(Proposal(index, peer.node.term, [(token, 0)], is_admin=True))
     peer.lease.suspend()
     return None
+
+
+_HEALTHY = "healthy: the leader and the followers heard from within an election timeout"
+
+
+def _healthy(status: Status) -> set[int]:
+    """The members a leader can count on to acknowledge: itself and those
+    heard from since its last CheckQuorum round (`recent_active`; that
+    round clears it, so the caller adds the peers heard from lately)."""
+    return {status.id} | {i for i, pr in status.progress.items() if pr.recent_active}
 
 
 def propose_split(

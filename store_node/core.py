@@ -376,7 +376,9 @@ class StoreCore:
         peer = self._leader_peer(region_id, request_epoch, epoch.AdminCmdType.CHANGE_PEER)
         if not isinstance(peer, Peer):
             return peer
-        refused = commands.propose_change_peer(peer, token, req)
+        horizon = self.ticks - self.config.election_ticks
+        heard = [pid for pid, tick in peer.last_heard.items() if tick >= horizon]
+        refused = commands.propose_change_peer(peer, token, req, heard)
         if refused is None:
             self._dirty.add(region_id)
         return refused

@@ -9,6 +9,8 @@ and the Raft group can never disagree about which changes are valid.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from kvproto.metapb import Peer, PeerRole, Region
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType
 from raft import confchange
@@ -130,6 +132,28 @@ def apply_to_region(region: Region, cc: ConfChange, req: ChangePeerRequest | Non
         if i in members
     )
     return region.with_peers(peers)
+
+
+def quorum_problem(before: Region, after: Region, healthy: Collection[int]) -> str | None:
+    """Why going from `before` to `after` would leave the region without a
+    majority of `healthy` voters (in either half of a joint configuration),
+    or None. A change that keeps the voters as they are cannot make it
+    worse, and is never refused: removing a silent learner must stay
+    possible in a region that lost its quorum."""
+    was, now = conf_state_of(before), conf_state_of(after)
+    if (was.voters, was.voters_outgoing) == (now.voters, now.voters_outgoing):
+        return None
+    halves = (("voters", now.voters), ("outgoing voters", now.voters_outgoing))
+    for name, ids in halves:
+        if not ids:
+            continue
+        up = [i for i in ids if i in healthy]
+        if 2 * len(up) <= len(ids):
+            return (
+                f"unsafe conf change: the {name} after it {list(ids)} would have "
+                f"{len(up)} healthy {up}, no majority"
+            )
+    return None
 
 
 def describe_change(c: ChangePeer) -> str:

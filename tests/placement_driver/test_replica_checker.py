@@ -189,3 +189,76 @@ def test_learners_being_added_count_against_their_store() -> None:
     # The second goes to the other store.
     assert describe(first)[0] == "add learner peer 1001 on store 2"
     assert describe(second)[0] == "add learner peer 1002 on store 3"
+
+
+# -- healthy quorum: a voter is healthy on a live store (Up, Offline, Disconnected),
+# neither reported down by the leader nor pending ---------------------------------------
+
+
+def test_lowering_max_replicas_removes_dead_voters_before_a_live_offline_one() -> None:
+    # Five voters, two on Down stores (2, 3) and one on an Offline but live store
+    # (9); the administrator lowers max_replicas from 5 to 3.
+    mc = MockCluster(max_replicas=5).store(1).store(2).store(3).store(4).store(9)
+    mc.region(1, voters=(1, 4, 2, 3, 9)).down(2).down(3)
+    mc.cluster.set_store_state(9, StoreState.OFFLINE, mc.now)
+    mc.cluster.set_config({"max_replicas": "3"})
+    op = check_replicas(mc.cluster, mc.record(1))
+    # Removing the voter on 9 would leave 2 healthy voters (1, 4) of 4.
+    assert op is not None and op.desc == "remove-extra-replica"
+    assert describe(op) == ["remove peer 103 on store 3"]
+    # Once it is gone, the other Down voter goes next.
+    mc.region(1, voters=(1, 4, 2, 9), conf_ver=2)
+    assert describe(check_replicas(mc.cluster, mc.record(1))) == ["remove peer 102 on store 2"]
+
+
+def test_a_voter_the_leader_reports_down_is_removed_before_a_healthy_one() -> None:
+    # Five voters on Up stores, four wanted; the leader reports peer 103 down
+    # and peer 102 catching up. By fullness alone (all equal), the highest store
+    # id would go: 105.
+    mc = MockCluster(max_replicas=4).store(1).store(2).store(3).store(4).store(5)
+    mc.region(1, voters=(1, 2, 3, 4, 5))
+    mc.report(mc.region_of(1), pending=[mc.peer(1, 2)], down=[mc.peer(1, 3)])
+    # Without 105, 102 and 103 would be two unhealthy voters of four.
+    assert describe(check_replicas(mc.cluster, mc.record(1))) == ["remove peer 103 on store 3"]
+
+
+def test_a_region_whose_healthy_voters_are_no_majority_is_left_alone() -> None:
+    # Store 3 is Down and the leader reports peer 102 down: one healthy voter of
+    # three. A replacement would enter a joint configuration its outgoing half
+    # (1, 2, 3) could not commit the leaving of.
+    mc = three_stores().store(4).region(1, voters=(1, 2, 3)).down(3)
+    mc.report(mc.region_of(1), down=[mc.peer(1, 2)])
+    assert check_replicas(mc.cluster, mc.record(1)) is None
+    # A pending voter cannot acknowledge either.
+    mc.report(mc.region_of(1), pending=[mc.peer(1, 2)])
+    assert check_replicas(mc.cluster, mc.record(1)) is None
+    # Heard from again and caught up: the Down voter is replaced.
+    mc.report(mc.region_of(1))
+    op = check_replicas(mc.cluster, mc.record(1))
+    assert op is not None and op.desc == "replace-down-peer"
+
+
+# -- a replacement learner catching up is kept and used ---------------------------------
+
+
+def test_a_replacement_learner_catching_up_is_not_removed_as_extra() -> None:
+    # A replace-down-peer operator added a learner on store 4 and timed out (or
+    # the PD restarted) while its snapshot was still on the way.
+    mc = three_stores().store(4).region(1, voters=(1, 2, 3), learners=(4,), pending=(4,))
+    mc.down(3)
+    assert check_replicas(mc.cluster, mc.record(1)) is None
+
+
+def test_a_replacement_learner_catching_up_is_waited_for_then_promoted() -> None:
+    # As above, with store 5 free: no second learner is added there.
+    mc = three_stores().store(4).store(5)
+    mc.region(1, voters=(1, 2, 3), learners=(4,), pending=(4,)).down(3)
+    assert check_replicas(mc.cluster, mc.record(1)) is None
+    # Caught up: it takes the Down voter's place.
+    mc.region(1, voters=(1, 2, 3), learners=(4,))
+    op = check_replicas(mc.cluster, mc.record(1))
+    assert op is not None and op.desc == "replace-down-peer"
+    assert describe(op) == [
+        "joint: promote peer 104 on store 4, demote peer 103 on store 3",
+        "remove peer 103 on store 3",
+    ]
