@@ -71,15 +71,20 @@ def admit_read(
     done: Callable[[ReadPermit | RegionError], None],
     consistency: Consistency = Consistency.STRONG,
     max_staleness: float = 0.0,
+    now: float | None = None,
 ) -> None:
     """Queue a read of `consistency` (a stale one accepting `max_staleness`
-    seconds); `done` gets its permit (or why not)."""
+    seconds); `done` gets its permit (or why not): at once for a strong read
+    the leader's lease covers at `now`."""
     if core is None:
         done(STARTING)
         return
     token = Callback(done)
     if consistency == Consistency.STRONG:
-        err = core.read(token, ctx, bounds)
+        err = core.read(token, ctx, bounds, now)
+        if isinstance(err, ReadPermit):
+            done(err)
+            return
     else:
         err = core.replica_read(token, ctx, bounds, consistency, max_staleness)
     if err is not None:

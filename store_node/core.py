@@ -58,7 +58,7 @@ from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import truncate_point, write_truncations
-from store_node.peer import Peer, Reply, Token
+from store_node.peer import Peer, ReadPermit, Reply, Token
 from store_node.peer_life import (
     Create,
     Early,
@@ -344,12 +344,26 @@ class StoreCore:
             self._dirty.add(peer.region_id)
         return err
 
-    def read(self, token: Token, ctx: Context, keys: Iterable[bytes]) -> RegionError | None:
-        """Queue a linearizable read of `keys` (or of a range whose bounds are
-        passed as keys) through this round's shared ReadIndex."""
+    def read(
+        self, token: Token, ctx: Context, keys: Iterable[bytes], now: float | None = None
+    ) -> RegionError | ReadPermit | None:
+        """A linearizable read of `keys` (or of a range whose bounds are
+        passed as keys): its permit at once when the leader's lease covers
+        `now` (the monotonic clock; None: do not try), else queued for this
+        round (the lease, or the round's shared ReadIndex); or why not."""
         peer = self.check_context(ctx)
         if not isinstance(peer, Peer):
             return peer
+        if now is not None:
+            keys = tuple(keys)
+            permit = queries.lease_permit(peer, keys, now)
+            if isinstance(permit, ReadPermit):
+                self.stats["lease_reads"] += 1
+                if peer.lease.wants_renewal(now, peer.node.term):
+                    self._dirty.add(peer.region_id)  # start_reads renews it
+                return permit
+            if permit is not None:
+                return permit
         err = queries.queue_read(peer, token, keys)
         if err is None:
             self._dirty.add(peer.region_id)

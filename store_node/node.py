@@ -444,9 +444,11 @@ class StoreNode:
         bounds: Sequence[bytes],
         done: Callable[[ReadPermit | RegionError], None],
     ) -> None:
-        """`read` for deferred handlers: `done` gets the permit in the loop."""
-        admit_read(self.core, ctx, bounds, done)
-        self._nudge()
+        """`read` for deferred handlers: `done` gets the permit now (the
+        leader's lease) or in the loop."""
+        admit_read(self.core, ctx, bounds, done, now=trio.current_time())
+        if self.core is not None and self.core.has_work():
+            self._nudge()  # queued: a lease read served at once needs no round
 
     def submit_replica_read(
         self,

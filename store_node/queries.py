@@ -35,6 +35,37 @@ from store_node.peer import Peer, ReadBatch, ReadPermit, Reply, Token
 from store_node.round_output import RoundOutput
 
 
+def lease_permit(peer: Peer, keys: Iterable[bytes], now: float) -> ReadPermit | RegionError | None:
+    """A permit for a strong read of `keys` at once, from the leader's
+    lease (TiKV's local reader), or None if the read must wait for a round:
+    not the leader, no valid lease at `now`, a transfer under way, or no
+    entry of this term applied yet.
+
+    Why the applied state is enough: once an entry of its own term is
+    applied, every entry of earlier terms is applied here, and the entries
+    committed but not yet applied are this leader's own, not acknowledged
+    to anyone (writes are answered once applied here). So the applied state
+    holds every write acknowledged before the read arrived. Served between
+    rounds, possibly while a round's writes are in flight: kv/ then holds at
+    least what this peer has applied. A round that destroys this peer or
+    changes its membership suspends the lease first. (A lease of this term
+    comes from a ReadIndex round, which starts only once an entry of the
+    term committed, so the applied-term check rarely refuses: it keeps the
+    argument above local instead of resting on that.)
+    """
+    node = peer.node
+    if not peer.is_leader() or node.transferring_leadership:
+        return None
+    lease = peer.lease
+    if not lease.valid(now, node.term) or peer.storage.apply_state.applied_term != node.term:
+        return None
+    err = _check_keys(peer, keys)
+    if err is not None:
+        return err
+    peer.freshness.confirmed(now)
+    return ReadPermit(peer.region)
+
+
 def queue_read(peer: Peer, token: Token, keys: Iterable[bytes]) -> RegionError | None:
     """Queue a read of `keys` (or of a range whose bounds are passed as
     keys) for the round's shared ReadIndex, or say why not."""

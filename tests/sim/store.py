@@ -223,7 +223,7 @@ class SimStore:
         bounds: Sequence[bytes],
         done: Callable[[ReadPermit | RegionError], None],
     ) -> None:
-        admit_read(self.core, ctx, bounds, done)
+        admit_read(self.core, ctx, bounds, done, now=self.monotonic())
         self._nudge()
 
     def submit_replica_read(

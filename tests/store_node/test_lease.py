@@ -82,6 +82,27 @@ def test_a_read_index_round_grants_the_lease_and_later_reads_need_no_round(
     assert c.cores[store[0]].stats["lease_reads"] == 1
 
 
+def test_within_the_lease_a_read_is_granted_at_admission_without_a_round(
+    c: CoreCluster,
+) -> None:
+    wire = Wire(c)
+    c.now = 100.0
+    read(c, "first")
+    store = c.leader_of(1)
+    assert store is not None
+    core = c.cores[store[0]]
+    # The local reader: the permit comes back from `read` itself, nothing
+    # is queued and no round is due for it.
+    permit = core.read("local", c.context(1), [b"k"], now=100.3)
+    assert isinstance(permit, ReadPermit)
+    assert not core.has_work()
+    assert core.stats["lease_reads"] == 1
+    assert wire.heartbeats == 2
+    # Outside the lease it is queued for a round instead.
+    assert core.read("late", c.context(1), [b"k"], now=100.0 + LEASE) is None
+    assert core.has_work()
+
+
 def test_after_the_lease_ends_a_read_takes_a_round_again(c: CoreCluster) -> None:
     wire = Wire(c)
     c.now = 100.0
@@ -124,8 +145,9 @@ def test_a_leader_transfer_suspends_the_lease(c: CoreCluster) -> None:
     assert c.cores[store].peers[1].node.transferring_leadership
     c.drop = wire._see
     c.now = 100.1
-    # Not from the lease (a transfer's vote is granted despite it).
-    assert c.cores[store].read("during", c.context(1), [b"k"]) is None
+    # Not from the lease (a transfer's vote is granted despite it), neither
+    # at admission nor in the round.
+    assert c.cores[store].read("during", c.context(1), [b"k"], now=100.1) is None
     c.stabilize()
     assert c.cores[store].stats["lease_reads"] == 0
     assert not leader_lease(c).valid(100.1, c.cores[store].peers[1].node.term)
