@@ -107,8 +107,8 @@ def test_a_write_applied_by_snapshot_answered_stale_is_caught(tmp_path: Path) ->
         client_timeout=20.0,
         attempt_timeout=20.0,
     )
-    # Caught by seed 2 when written (the seeds move with the workload).
-    _caught(tmp_path, mutate, ("not linearizable",), range(2, 10), options)
+    # Caught by seed 3 when written (the seeds move with the workload).
+    _caught(tmp_path, mutate, ("not linearizable",), range(3, 10), options)
 
 
 # -- finding 2: a destroyed peer's raft state left for the next peer --------------------
@@ -132,8 +132,8 @@ def test_a_destroy_whose_raft_deletions_are_not_durable_is_caught(tmp_path: Path
         m.setattr(bootstrap, "clean_destroyed", lambda engine, tombstones: 0)
 
     options = Options(duration=10.0, flavor="bounces")
-    # Caught ("log hole at 1") by seed 12 when written.
-    _caught(tmp_path, mutate, ("raised", "liveness", "replicas"), range(12, 20), options)
+    # Caught ("log hole at 1") by seed 18 when written.
+    _caught(tmp_path, mutate, ("raised", "liveness", "replicas"), range(18, 24), options)
 
 
 # -- acknowledging appends before they are durable ------------------------------------
@@ -162,12 +162,14 @@ def test_acknowledging_before_fsync_is_caught(tmp_path: Path) -> None:
     def mutate(m: pytest.MonkeyPatch) -> None:
         m.setattr(StoreCore, "_collect", early_acks)
 
-    options = Options(duration=10.0, flavor="crashes")
-    # Caught by seed 55 when written: a follower that lost entries it had
+    # A short settle: the broken cluster churns until the liveness check
+    # gives up, which at the default 60 virtual seconds costs minutes.
+    options = Options(duration=10.0, flavor="crashes", settle=15.0)
+    # Caught by seed 14 when written: a follower that lost entries it had
     # acknowledged is never sent them again (the leader believes it has
     # them), so its replicas never agree.
     expected = ("not linearizable", "replicas", "raised", "liveness")
-    _caught(tmp_path, mutate, expected, range(55, 63), options)
+    _caught(tmp_path, mutate, expected, range(14, 22), options)
 
 
 # -- a retried write without its session --------------------------------------------------
@@ -194,27 +196,29 @@ def test_retrying_writes_without_sessions_is_caught(tmp_path: Path) -> None:
 
 def test_reads_served_without_read_index_are_caught(tmp_path: Path) -> None:
     def local_read(
-        self: StoreCore, token: Token, ctx: Context, keys: Iterable[bytes]
-    ) -> RegionError | None:
+        self: StoreCore,
+        token: Token,
+        ctx: Context,
+        keys: Iterable[bytes],
+        now: float | None = None,
+    ) -> RegionError | ReadPermit | None:
         peer = self.check_context(ctx)
         if not isinstance(peer, Peer):
             return peer
         # Whatever this peer has applied, as soon as it thinks it leads.
-        self._replies.append(Reply(token, ReadPermit(peer.region)))
-        self._dirty.add(peer.region_id)
-        return None
+        return ReadPermit(peer.region)
 
     def mutate(m: pytest.MonkeyPatch) -> None:
         m.setattr(StoreCore, "read", local_read)
 
     options = Options(duration=10.0, flavor="leaders")
-    # Caught by seed 50 of 0..50 when written (a paused leader wakes up and
-    # serves reads before it hears of the new term); seeds 16, 20 and 23
-    # caught it before followers learnt commits lazily.
-    _caught(tmp_path, mutate, ("not linearizable",), range(50, 58), options)
+    # Caught by seed 16 when written (a paused leader wakes up and serves
+    # reads before it hears of the new term).
+    _caught(tmp_path, mutate, ("not linearizable",), range(16, 24), options)
 
 
 # -- leader leases ------------------------------------------------------------------------
+
 
 # Deposed leaders serving some clients while the others, quick to give up on
 # an attempt, find the successor and write there.
@@ -239,8 +243,8 @@ def test_a_lease_kept_through_a_leader_transfer_is_caught(tmp_path: Path) -> Non
         # hears nothing more, answers from its lease until its quorum check.
         m.setattr(RaftNode, "transferring_leadership", property(lambda self: False))
 
-    # Caught by seed 3 when written (chaos "transfer_deaf").
-    _caught(tmp_path, mutate, ("not linearizable",), range(3, 10), LEASE_OPTIONS)
+    # Caught by seed 4 when written (chaos "transfer_deaf").
+    _caught(tmp_path, mutate, ("not linearizable",), range(4, 10), LEASE_OPTIONS)
 
 
 # -- follower reads -----------------------------------------------------------------------
