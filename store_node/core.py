@@ -213,6 +213,16 @@ class StoreCore:
         peer.last_heard[msg.from_peer.id] = self.ticks
         peer.node.step(msg.message)
         self._dirty.add(msg.region_id)
+        if msg.from_peer.id in peer.reported_pending:
+            self._check_caught_up(peer)
+
+    def _check_caught_up(self, peer: Peer) -> None:
+        """Report the region at once when a peer reported pending caught up."""
+        now = frozenset(p.id for p in peer.pending_peers())
+        if not peer.reported_pending <= now:
+            peer.reported_pending = now
+            if peer.is_leader():
+                self.heartbeat_due.add(peer.region_id)
 
     def _peer_for(self, msg: RaftMessage) -> Peer | None:
         """The local peer a message may be stepped into (created if it is

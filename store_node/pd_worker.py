@@ -17,11 +17,9 @@ from typing import Protocol, TypeVar
 import trio
 
 from kvproto import pdpb
-from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import PeerId, Region
 from kvproto.pd_client import PdClient, PdClusterMismatchError, PdServerError
 from kvproto.rpc import RpcCallError
-from raft.progress import ProgressState
 from store_node.config import StoreConfig
 from store_node.core import StoreCore
 from store_node.peer import Peer
@@ -193,9 +191,7 @@ def region_heartbeat_request(
     catching up by snapshot, or behind the truncated log, is pending."""
     status = peer.node.status()
     down: list[pdpb.PeerStats] = []
-    pending: list[PeerMeta] = []
-    truncated = peer.storage.apply_state.truncated_index
-    for node_id, pr in status.progress.items():
+    for node_id in status.progress:
         if node_id == status.id:
             continue
         meta = peer.region.find_peer(PeerId(node_id))
@@ -204,8 +200,8 @@ def region_heartbeat_request(
         silent = now_tick - peer.last_heard.setdefault(meta.id, now_tick)
         if silent >= down_after_ticks:
             down.append(pdpb.PeerStats(meta, down_seconds=int(silent * tick_interval)))
-        if pr.state == ProgressState.SNAPSHOT or pr.match < truncated:
-            pending.append(meta)
+    pending = peer.pending_peers()
+    peer.reported_pending = frozenset(p.id for p in pending)
     return pdpb.RegionHeartbeatRequest(
         header=pdpb.RequestHeader(),
         region=peer.region,

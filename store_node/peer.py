@@ -30,6 +30,7 @@ from kvproto.raft_cmdpb import (
     WriteResult,
 )
 from raft.node import RaftNode
+from raft.progress import ProgressState
 from raft.types import Role
 from store_node.freshness import Freshness
 from store_node.lease import Lease
@@ -154,6 +155,24 @@ class Peer:
 
     # A snapshot is being generated for followers (at most one at a time).
     generating: bool = False
+    # The peers the last region heartbeat reported pending: when one
+    # catches up, the PD hears of it at once (an operator's AddLearner step
+    # is done only then), not at the next periodic heartbeat.
+    reported_pending: frozenset[PeerId] = frozenset()
+
+    def pending_peers(self) -> list[PeerMeta]:
+        """The members a leader would report pending: catching up by
+        snapshot, or behind the truncated log."""
+        status = self.node.status()
+        truncated = self.storage.apply_state.truncated_index
+        pending: list[PeerMeta] = []
+        for node_id, pr in status.progress.items():
+            if node_id == status.id:
+                continue
+            meta = self.region.find_peer(PeerId(node_id))
+            if meta is not None and (pr.state == ProgressState.SNAPSHOT or pr.match < truncated):
+                pending.append(meta)
+        return pending
 
     @property
     def region_id(self) -> int:

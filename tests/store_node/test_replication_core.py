@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kvproto import codec
 from kvproto.metapb import PeerRole
-from kvproto.raft_cmdpb import ChangePeerType, Put
+from kvproto.raft_cmdpb import ChangePeer, ChangePeerRequest, ChangePeerType, Put
 from kvproto.raft_serverpb import PeerState, RegionLocalState
 from store_node import keys
 from store_node.config import CoreConfig
@@ -142,3 +142,30 @@ def test_the_leader_reports_a_silent_follower_as_down(tmp_path: Path) -> None:
     req = region_heartbeat_request(leader, c.cores[leader_store].ticks, 0.1, down_after_ticks=20)
     assert [d.peer.store_id for d in req.down_peers] == [silent]
     assert req.down_peers[0].down_seconds >= 2
+
+
+def test_a_learner_reported_pending_is_reported_again_once_it_caught_up(
+    tmp_path: Path,
+) -> None:
+    from store_node.pd_worker import region_heartbeat_request
+
+    c = bootstrapped(tmp_path, [1, 2], CONFIG, region_on=[1], ticks=30)
+    put_many(c, b"a", 300)
+    leader = c.cores[1]
+    region = leader.peers[1].region
+    change = ChangePeerRequest((ChangePeer(ChangePeerType.ADD_LEARNER, learner(22, 2)),))
+    assert leader.change_peer("cc", 1, region.epoch, change) is None
+    c.stabilize()
+    # The heartbeat the epoch change asked for shows the learner pending
+    # (it needs a snapshot: the log is truncated).
+    assert 1 in leader.heartbeat_due
+    leader.take_heartbeat_due()
+    req = region_heartbeat_request(leader.peers[1], leader.ticks, 0.1, down_after_ticks=20)
+    assert [p.id for p in req.pending_peers] == [22]
+    c.tick(10)
+    assert c.cores[2].peers[1].initialized
+    # Caught up: the PD must hear of it now (the operator's AddLearner step
+    # is done only then), not at the next periodic heartbeat.
+    assert 1 in leader.heartbeat_due
+    req = region_heartbeat_request(leader.peers[1], leader.ticks, 0.1, down_after_ticks=20)
+    assert req.pending_peers == ()
