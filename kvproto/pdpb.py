@@ -184,11 +184,15 @@ class StoreHeartbeatRequest:
 @wire(118)
 @dataclass(frozen=True, slots=True)
 class StoreHeartbeatResponse:
-    """Carries the split thresholds so stores learn them from the PD."""
+    """Carries the split thresholds so stores learn them from the PD, and
+    the regions led on the store that the PD asks to hear from now (it has
+    an operator step waiting for them, which travels only in the answer to
+    a region heartbeat)."""
 
     header: ResponseHeader
     region_max_size: int = 0
     region_max_keys: int = 0
+    report_regions: tuple[RegionId, ...] = ()
 
 
 # -- regions -----------------------------------------------------------------------

@@ -79,6 +79,8 @@ class OperatorController:
             raise ValueError(f"history size must be >= 1, got {history_size}")
         self.timeouts = timeouts or OperatorTimeouts()
         self._running: dict[RegionId, Operator] = {}
+        # Regions whose running operator no heartbeat has answered yet.
+        self._unsent: set[RegionId] = set()
         self._history: deque[Operator] = deque(maxlen=history_size)
 
     # -- reading -----------------------------------------------------------------
@@ -108,6 +110,19 @@ class OperatorController:
     def running_count(self, kind: OperatorKind) -> int:
         return sum(1 for op in self._running.values() if op.kind == kind)
 
+    def regions_waiting(self, cluster: Cluster, store_id: StoreId) -> tuple[RegionId, ...]:
+        """Regions led on `store_id` whose operator started since their last
+        heartbeat (a patrol or the API made it): its first step goes out in
+        the answer to the next one, which the store is asked to send now."""
+        waiting = []
+        for region_id in sorted(self._unsent):
+            record = cluster.get_region_by_id(region_id)
+            if region_id not in self._running or record is None:
+                self._unsent.discard(region_id)
+            elif record.leader is not None and record.leader.store_id == store_id:
+                waiting.append(region_id)
+        return tuple(waiting)
+
     def target_stores(self) -> frozenset[StoreId]:
         """The stores running operators still put a peer, a voter or the
         leadership on."""
@@ -129,6 +144,7 @@ class OperatorController:
             raise OperatorExistsError(op.region_id, running.describe())
         op.start(now)
         self._running[op.region_id] = op
+        self._unsent.add(op.region_id)
         log.info("operator started: %s", op.describe())
 
     def cancel(self, region_id: int, now: float, reason: str) -> Operator | None:
@@ -157,6 +173,7 @@ class OperatorController:
         self, cluster: Cluster, record: RegionRecord, now: float
     ) -> pdpb.RegionHeartbeatResponse | None:
         store_state = _store_states(cluster)
+        self._unsent.discard(record.region.id)
         op = self._running.get(record.region.id)
         if op is not None:
             op.update(record, now, store_state)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from kvproto import pdpb
+from kvproto.metapb import RegionId, StoreId
 from kvproto.pdpb import PdError, PdErrorCode, ResponseHeader
 from placement_driver.cluster import Cluster
 from placement_driver.errors import PdRequestError, invalid_argument
@@ -41,6 +42,11 @@ class OperatorHook(Protocol):
         The header of the returned response is replaced."""
         ...
 
+    def regions_waiting(self, cluster: Cluster, store_id: StoreId) -> tuple[RegionId, ...]:
+        """Regions led on `store_id` with an operator step waiting to be
+        sent, which the store is asked to report at once."""
+        ...
+
 
 class NoOperators:
     """The hook of a PD without schedulers: never an operator step."""
@@ -49,6 +55,9 @@ class NoOperators:
         self, cluster: Cluster, record: RegionRecord, now: float
     ) -> pdpb.RegionHeartbeatResponse | None:
         return None
+
+    def regions_waiting(self, cluster: Cluster, store_id: StoreId) -> tuple[RegionId, ...]:
+        return ()
 
 
 # Request type -> response type. Every response's fields but the header
@@ -161,8 +170,9 @@ class PdService:
     ) -> pdpb.StoreHeartbeatResponse:
         self.cluster.store_heartbeat(req.stats, now)
         config = self.cluster.config
+        waiting = self.operators.regions_waiting(self.cluster, req.stats.store_id)
         return pdpb.StoreHeartbeatResponse(
-            self._header(), config.region_max_size, config.region_max_keys
+            self._header(), config.region_max_size, config.region_max_keys, waiting
         )
 
     def _region_heartbeat(

@@ -85,6 +85,8 @@ class PdWorker:
                     await self.store.submit(
                         _learn_limits((resp.region_max_size, resp.region_max_keys))
                     )
+                if resp.report_regions:
+                    await self._report_now(resp.report_regions)
             except PD_UNAVAILABLE as e:  # the PD being away must not stop the store
                 log.warning("store heartbeat failed: %s", e)
             await trio.sleep(self.config.store_heartbeat_interval)
@@ -106,6 +108,17 @@ class PdWorker:
             for p in peers
             if p.is_leader() and p.initialized
         ]
+
+    async def _report_now(self, region_ids: Sequence[int]) -> None:
+        """Heartbeats of the regions the PD asked to hear from (it holds an
+        operator step for them)."""
+
+        def take(core: StoreCore) -> list[pdpb.RegionHeartbeatRequest]:
+            peers = [p for rid in region_ids if (p := core.peers.get(rid)) is not None]
+            return self._requests(core, peers)
+
+        for req in await self.store.call_core(take):
+            await self.region_heartbeat(req)
 
     async def _run_periodic_region_heartbeats(self) -> None:
         while True:

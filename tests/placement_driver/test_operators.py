@@ -366,3 +366,18 @@ def test_influence_counts_the_steps_still_to_come() -> None:
     assert influence.region_delta == {4: 1, 3: -1}
     assert influence.snapshots_in == {4: 1}
     assert isinstance(op.steps[0], AddLearner) and isinstance(op.steps[1], ChangePeers)
+
+
+def test_a_region_whose_new_operator_no_heartbeat_answered_is_asked_for() -> None:
+    # A patrol makes the operator; its first step can only travel in the
+    # answer to a region heartbeat, so the leader's store is asked for one
+    # (in its store heartbeat's answer) until that heartbeat came.
+    mc = MockCluster().store(1).store(2).store(3).region(1, voters=(1,))
+    assert mc.controller.regions_waiting(mc.cluster, StoreId(1)) == ()
+    created = mc.patrol()
+    assert [op.region_id for op in created] == [1]
+    assert mc.controller.regions_waiting(mc.cluster, StoreId(1)) == (1,)
+    assert mc.controller.regions_waiting(mc.cluster, StoreId(2)) == ()
+    order = mc.heartbeat(mc.region_of(1))
+    assert order is not None and order.change_peer is not None
+    assert mc.controller.regions_waiting(mc.cluster, StoreId(1)) == ()
