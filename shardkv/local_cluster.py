@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,41 @@ async def leader_context(pd: PdClient, key: bytes = b"") -> tuple[kv.Context, st
             if store is not None:
                 return kv.Context(region.id, region.epoch, leader), store.address
         await trio.sleep(0.05)
+
+
+async def under_replicated(pd: PdClient, count: int) -> list[tuple[Region, int]]:
+    """Every region with fewer than `count` voters, and how many it has."""
+    short: list[tuple[Region, int]] = []
+    start = b""
+    while True:
+        infos = await pd.scan_regions(start, limit=256)
+        for info in infos:
+            voters = sum(p.role == PeerRole.VOTER for p in info.region.peers)
+            if voters < count:
+                short.append((info.region, voters))
+        if not infos or not infos[-1].region.end_key:
+            return short
+        start = infos[-1].region.end_key
+
+
+async def wait_replicated(
+    pd: PdClient, count: int, progress: Callable[[str], None] | None = None
+) -> None:
+    """Wait until every region has `count` voters; `progress` is told what
+    is still missing whenever that changes (cancel from outside to bound)."""
+    said = ""
+    while True:
+        short = await under_replicated(pd, count)
+        if not short:
+            return
+        first, voters = short[0]
+        what = f"region {first.id} has {voters} of {count} voters"
+        if len(short) > 1:
+            what += f" ({len(short)} regions short)"
+        if progress is not None and what != said:
+            progress(what)
+            said = what
+        await trio.sleep(0.2)
 
 
 async def wait_for_voters(pd: PdClient, count: int, key: bytes = b"") -> Region:

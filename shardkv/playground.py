@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """\
 Start a local shardkv cluster: one placement driver and N stores, each a child
 process on free 127.0.0.1 ports. The command waits until the cluster serves a
-write and a read, prints how to reach it, and runs until Ctrl-C or SIGTERM,
-then stops every child cleanly.
+write and a read and every region has its replicas (3 voters, or one per
+store with fewer stores; it says what it still waits for), prints how to
+reach it, and runs until Ctrl-C or SIGTERM, then stops every child cleanly.
 
 Without --data-dir the data lives in a fresh temporary directory that is
 removed at exit. With --data-dir the data (and the ports) are kept, and the
@@ -134,11 +135,13 @@ async def _main(root: Path, args: argparse.Namespace) -> int:
             print(f"starting a PD and {args.stores} stores in {root} ...", file=sys.stderr)
             await cluster.start()
             async with open_pd_client([cluster.pd_address]) as pd:
-                outcome = await _wait_ready(cluster, pd, signals, args.ready_timeout)
+                replicas = min(3, args.stores)
+                outcome = await _wait_ready(cluster, pd, signals, args.ready_timeout, replicas)
                 if outcome == "timeout":
                     print(
-                        f"shardkv playground: the cluster did not serve within "
-                        f"{args.ready_timeout:.0f} s; see the logs in {root / 'logs'}",
+                        f"shardkv playground: the cluster was not serving with its "
+                        f"replicas within {args.ready_timeout:.0f} s; see the logs in "
+                        f"{root / 'logs'}",
                         file=sys.stderr,
                     )
                     return 1
@@ -167,8 +170,15 @@ async def _wait_ready(
     pd: PdClient,
     signals: AsyncIterator[int],
     ready_timeout: float,
+    replicas: int,
 ) -> str:
-    """ "ready", "timeout" or "interrupted" (a signal while starting)."""
+    """ "ready", "timeout" or "interrupted" (a signal while starting).
+    Ready: serving, and every region has `replicas` voters."""
+    from shardkv.local_cluster import wait_replicated
+
+    def progress(what: str) -> None:
+        print(f"  waiting for replicas: {what}", file=sys.stderr)
+
     outcome = "timeout"
     with trio.move_on_after(ready_timeout):
         async with trio.open_nursery() as n:
@@ -182,6 +192,7 @@ async def _wait_ready(
 
             n.start_soon(on_signal)
             await cluster.wait_ready(pd)
+            await wait_replicated(pd, replicas, progress)
             outcome = "ready"
             n.cancel_scope.cancel()
     return outcome

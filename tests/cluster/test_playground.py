@@ -15,6 +15,8 @@ from pathlib import Path
 import trio
 
 import client
+from kvproto.pd_client import open_pd_client
+from shardkv.local_cluster import under_replicated
 
 
 def processes_mentioning(marker: str) -> list[int]:
@@ -62,6 +64,9 @@ async def test_playground_serves_and_ctrl_c_leaves_no_child(tmp_path: Path) -> N
     with trio.fail_after(90):
         proc, pd = await start_playground(data_dir)
         try:
+            # "Up" means replicated: 2 stores, 2 voters in every region.
+            async with open_pd_client([pd]) as pd_client:
+                assert await under_replicated(pd_client, 2) == []
             async with client.connect([pd]) as kv:
                 await kv.put(b"hello", b"world")
                 assert await kv.get(b"hello") == b"world"
