@@ -209,7 +209,16 @@ class PeerStats:
 @dataclass(frozen=True, slots=True)
 class RegionHeartbeatRequest:
     """Sent by a region's leader periodically and at once when its leader or
-    epoch changes."""
+    epoch changes.
+
+    The flow fields count the region's client traffic at this leader over
+    the last `interval_seconds`, since its previous heartbeat of the region
+    (or since it became leader): keys and bytes (key + value) of the client
+    writes of its term it applied (puts and deletes; a delete range counts
+    nothing) and of the pairs its reads returned. An interval of 0 measured
+    nothing (the counts wait for the next heartbeat). Fields are positional
+    on the wire (appended here, with defaults): PD and stores upgrade
+    together."""
 
     header: RequestHeader
     region: Region
@@ -221,6 +230,9 @@ class RegionHeartbeatRequest:
     pending_peers: tuple[Peer, ...] = ()
     written_bytes: int = 0
     written_keys: int = 0
+    read_bytes: int = 0
+    read_keys: int = 0
+    interval_seconds: float = 0.0
 
 
 @wire(122)

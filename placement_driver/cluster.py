@@ -16,7 +16,7 @@ hands to the two parts that own their state:
   derived states, decommissioning, burying empty Offline stores);
 * `regions.Regions`: the region tree and what each leader last reported
   (region heartbeats and their staleness rules, batch splits, flushing),
-  with the per-store peer counts over the tree.
+  with the per-store peer counts and leaders' flows over the tree.
 
 Refused requests raise `PdRequestError` with a `PdErrorCode`.
 """
@@ -40,7 +40,7 @@ from placement_driver.config import (
 )
 from placement_driver.errors import PdRequestError, invalid_argument
 from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP, IdAllocator
-from placement_driver.regions import MAX_SPLIT_COUNT, RegionRecord, Regions, check_region
+from placement_driver.regions import MAX_SPLIT_COUNT, Flow, RegionRecord, Regions, check_region
 from placement_driver.storage import MetaStorage
 from placement_driver.stores import StoreInfo, Stores, StoreTransition, check_store
 
@@ -215,6 +215,11 @@ class Cluster:
         """Peers on the store that their regions' leaders last reported
         pending (catching up)."""
         return self._regions.pending_peer_count(store_id)
+
+    def store_leader_flow(self, store_id: int) -> Flow:
+        """The client traffic per second of the regions led on the store:
+        the sum of their flows as their leaders last reported them."""
+        return self._regions.leader_flow(store_id)
 
     # -- regions (`Regions`) ----------------------------------------------------
 

@@ -9,8 +9,11 @@ Endpoints under /pd/api/v1; GET (and HEAD) reads:
     /health               {"health": true, "bootstrapped": ..., "cluster_id": ...}
     /cluster              cluster id, bootstrap state, store and region counts
     /stores               {"count": n, "stores": [store, ...]} in id order
-    /store/{id}           one store
-    /regions              {"count": n, "regions": [region, ...]} in key order
+    /store/{id}           one store; `leader_flow` sums the flows of the
+                          regions led there
+    /regions              {"count": n, "regions": [region, ...]} in key order;
+                          a region shows its last heartbeat's fields and its
+                          `flow`: written and read bytes and keys per second
     /region/id/{id}       one region
     /region/key/{key}     the region containing the URL-escaped key bytes
                           (e.g. /region/key/user%00%ff)
@@ -72,7 +75,7 @@ from placement_driver.operators import (
     Step,
     TransferLeader,
 )
-from placement_driver.regions import REPORTED_FIELDS, RegionRecord
+from placement_driver.regions import REPORTED_FIELDS, Flow, RegionRecord
 from placement_driver.stores import StoreInfo
 
 __all__ = [
@@ -140,7 +143,8 @@ def _age(now: float, then: float | None) -> float | None:
 
 def region_json(record: RegionRecord, now: float) -> JsonObject:
     """The region, then what its leader last reported under the names of
-    the heartbeat's fields (`RegionStat`), then the heartbeat's age."""
+    the heartbeat's fields (`RegionStat`), its flow (per second, from the
+    latest heartbeat that measured one), then the heartbeat's age."""
     region, stat = record.region, record.stat
     out: JsonObject = {
         "id": region.id,
@@ -151,6 +155,7 @@ def region_json(record: RegionRecord, now: float) -> JsonObject:
     }
     for name in REPORTED_FIELDS:
         out[name] = _reported_json(getattr(stat, name))
+    out["flow"] = dataclasses.asdict(stat.flow)
     out["seconds_since_heartbeat"] = _age(now, stat.last_heartbeat)
     return out
 
@@ -206,7 +211,10 @@ def operator_json(op: Operator, now: float) -> JsonObject:
     }
 
 
-def store_json(info: StoreInfo, now: float) -> JsonObject:
+def store_json(info: StoreInfo, now: float, leader_flow: Flow) -> JsonObject:
+    """The store, what its last heartbeat said (`stats`), and `leader_flow`:
+    the sum of the flows of the regions led there (from region
+    heartbeats)."""
     stats = None
     if info.stats is not None:
         stats = dataclasses.asdict(info.stats)
@@ -218,6 +226,7 @@ def store_json(info: StoreInfo, now: float) -> JsonObject:
         "labels": dict(info.meta.labels),
         "seconds_since_heartbeat": _age(now, info.last_heartbeat),
         "stats": stats,
+        "leader_flow": dataclasses.asdict(leader_flow),
     }
 
 
@@ -359,7 +368,8 @@ class AdminApi:
 
     def _stores(self, req: _Request) -> JsonObject:
         now = self._clock()
-        stores = [store_json(s, now) for s in self._cluster.stores()]
+        c = self._cluster
+        stores = [store_json(s, now, c.store_leader_flow(s.id)) for s in c.stores()]
         return {"count": len(stores), "stores": stores}
 
     def _store(self, req: _Request) -> JsonObject:
@@ -367,7 +377,7 @@ class AdminApi:
         info = self._cluster.find_store(store_id)
         if info is None:
             raise HttpError(404, f"store {store_id} not found")
-        return store_json(info, self._clock())
+        return store_json(info, self._clock(), self._cluster.store_leader_flow(store_id))
 
     def _regions(self, req: _Request) -> JsonObject:
         now = self._clock()
@@ -439,7 +449,7 @@ class AdminApi:
         info = self._cluster.set_store_state(store_id, state, now)
         if self._on_store_state_change is not None:
             self._on_store_state_change()
-        return store_json(info, now)
+        return store_json(info, now, self._cluster.store_leader_flow(store_id))
 
 
 _SETTABLE_STATES: Final = {

@@ -22,7 +22,11 @@ it periodically and at shutdown).
 What a heartbeat reports besides the region is `RegionStat`, copied from
 the request field by field by name (`RegionStat.from_heartbeat`): a new
 field of pdpb.RegionHeartbeatRequest is added there and in `RegionStat`,
-nowhere else.
+nowhere else. From the traffic counts and their interval the heartbeat
+derives the region's `Flow` (per second); a heartbeat with an empty
+interval measured nothing and keeps the previous flow. Per store, `Regions`
+sums the flows of the regions led there (the base of hot-region
+scheduling).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections import Counter
+import math
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -46,6 +51,7 @@ from placement_driver.storage import MetaStorage
 __all__ = [
     "MAX_SPLIT_COUNT",
     "REPORTED_FIELDS",
+    "Flow",
     "RegionRecord",
     "RegionStat",
     "Regions",
@@ -58,11 +64,50 @@ MAX_SPLIT_COUNT: Final = 1000  # new regions per AskBatchSplit
 
 
 @dataclass(frozen=True, slots=True)
+class Flow:
+    """Client traffic per second, written and read (key and value bytes,
+    keys), as a region's leader measured it over a heartbeat's interval; or
+    the sum of such flows."""
+
+    write_bytes_rate: float = 0.0
+    write_keys_rate: float = 0.0
+    read_bytes_rate: float = 0.0
+    read_keys_rate: float = 0.0
+
+    @classmethod
+    def of(cls, request: pdpb.RegionHeartbeatRequest) -> Flow | None:
+        """The flow the heartbeat measured; None if its interval is empty."""
+        seconds = request.interval_seconds
+        if seconds <= 0:
+            return None
+        return cls(
+            request.written_bytes / seconds,
+            request.written_keys / seconds,
+            request.read_bytes / seconds,
+            request.read_keys / seconds,
+        )
+
+    @classmethod
+    def total(cls, flows: Iterable[Flow]) -> Flow:
+        wb = wk = rb = rk = 0.0
+        for f in flows:
+            wb += f.write_bytes_rate
+            wk += f.write_keys_rate
+            rb += f.read_bytes_rate
+            rk += f.read_keys_rate
+        return cls(wb, wk, rb, rk)
+
+
+NO_FLOW: Final = Flow()
+
+
+@dataclass(frozen=True, slots=True)
 class RegionStat:
     """What the last accepted heartbeat of a region said besides its
     metadata: every field of pdpb.RegionHeartbeatRequest but `header` and
-    `region`, under the same names, and when it came. Not persisted: a
-    restarted PD knows regions but not leaders."""
+    `region`, under the same names; the flow derived from the latest one
+    that measured any; and when it came. Not persisted: a restarted PD knows
+    regions but not leaders."""
 
     leader: Peer | None = None
     term: int = 0
@@ -72,11 +117,25 @@ class RegionStat:
     pending_peers: tuple[Peer, ...] = ()
     written_bytes: int = 0
     written_keys: int = 0
+    read_bytes: int = 0
+    read_keys: int = 0
+    interval_seconds: float = 0.0
+    flow: Flow = NO_FLOW
     last_heartbeat: float | None = None  # None: none since this PD started
 
     @classmethod
-    def from_heartbeat(cls, request: pdpb.RegionHeartbeatRequest, now: float) -> RegionStat:
-        return cls(**{name: getattr(request, name) for name in REPORTED_FIELDS}, last_heartbeat=now)
+    def from_heartbeat(
+        cls, request: pdpb.RegionHeartbeatRequest, now: float, previous: Flow = NO_FLOW
+    ) -> RegionStat:
+        """The stat of an accepted heartbeat; `previous` is the region's flow
+        until now, kept if the heartbeat's interval is empty (a new leader
+        reports at once: the region's load moved to it, it did not stop)."""
+        measured = Flow.of(request)
+        return cls(
+            **{name: getattr(request, name) for name in REPORTED_FIELDS},
+            flow=previous if measured is None else measured,
+            last_heartbeat=now,
+        )
 
     def is_pending(self, peer_id: int) -> bool:
         """Whether the leader reported the peer pending (catching up)."""
@@ -85,10 +144,18 @@ class RegionStat:
 
 # The fields of a RegionStat that a heartbeat fills in, in order.
 REPORTED_FIELDS: Final = tuple(
-    f.name for f in dataclasses.fields(RegionStat) if f.name != "last_heartbeat"
+    f.name for f in dataclasses.fields(RegionStat) if f.name not in ("flow", "last_heartbeat")
 )
 # Reported numbers refused when negative.
-_NON_NEGATIVE: Final = ("term", "approximate_size", "approximate_keys")
+_NON_NEGATIVE: Final = (
+    "term",
+    "approximate_size",
+    "approximate_keys",
+    "written_bytes",
+    "written_keys",
+    "read_bytes",
+    "read_keys",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +172,10 @@ class Regions:
     """Every region the PD knows (the region tree) with its `RegionStat`,
     the region changes not yet flushed, and per store the peers (any role)
     and the pending peers over the tree (as the regions' leaders last
-    reported them).
+    reported them), and the flows of the regions led there.
 
-    Invariant: the per-store counts equal a count over the tree (kept by
-    `_put`, the one place the tree changes)."""
+    Invariant: the per-store counts and flows equal a count over the tree
+    (kept by `_put`, the one place the tree changes)."""
 
     def __init__(self, storage: MetaStorage, stored: Iterable[Region]) -> None:
         """Load the stored regions, oldest version first so that a newer
@@ -119,6 +186,9 @@ class Regions:
         self._stats: dict[RegionId, RegionStat] = {}
         self._store_peers: Counter[StoreId] = Counter()
         self._store_pending: Counter[StoreId] = Counter()
+        # Per store, the flow of each region led there: summed when asked,
+        # so that no float error piles up as regions come and go.
+        self._store_led: defaultdict[StoreId, dict[RegionId, Flow]] = defaultdict(dict)
         # Not yet flushed: ids to write (their current version), ids to delete.
         self._dirty: set[RegionId] = set()
         self._deleted: set[RegionId] = set()
@@ -167,6 +237,12 @@ class Regions:
         pending (catching up)."""
         return self._store_pending[StoreId(store_id)]
 
+    def leader_flow(self, store_id: int) -> Flow:
+        """The sum of the flows of the regions whose leader is on the store
+        (as last reported)."""
+        led = self._store_led.get(StoreId(store_id))
+        return Flow.total(led.values()) if led else NO_FLOW
+
     def _record(self, region: Region) -> RegionRecord:
         return RegionRecord(region, self._stats[region.id])
 
@@ -199,8 +275,14 @@ class Regions:
         for name in _NON_NEGATIVE:
             if getattr(request, name) < 0:
                 raise invalid_argument(f"region {region.id}: {name} is negative")
+        if not (math.isfinite(request.interval_seconds) and request.interval_seconds >= 0):
+            raise invalid_argument(
+                f"region {region.id}: interval_seconds must be a finite number >= 0, "
+                f"got {request.interval_seconds}"
+            )
         self._check_not_stale(region, request.term)
-        stat = RegionStat.from_heartbeat(request, now)
+        known = self._stats.get(region.id)
+        stat = RegionStat.from_heartbeat(request, now, NO_FLOW if known is None else known.flow)
         self._put(region, stat)
         return RegionRecord(region, stat)
 
@@ -295,6 +377,12 @@ class Regions:
             self._store_peers[p.store_id] += sign
         for p in stat.pending_peers:
             self._store_pending[p.store_id] += sign
+        if stat.leader is not None:
+            led = self._store_led[stat.leader.store_id]
+            if sign > 0:
+                led[region.id] = stat.flow
+            else:
+                del led[region.id]
 
     # -- persistence -------------------------------------------------------------
 

@@ -71,6 +71,12 @@ class EntryResult:
     conf_change: ConfChange | None = None
     # An admin command's resulting regions (a split: original first).
     regions: tuple[Region, ...] = ()
+    # Bytes (key + value) and keys of its client writes applied, puts and
+    # deletes alike (TiKV's written flow); a delete range counts nothing
+    # (its key count is unknown without a scan). Per entry, so that only
+    # the leader of its term counts it (`StoreCore._absorb`).
+    written_bytes: int = 0
+    written_keys: int = 0
 
 
 @dataclass(slots=True)
@@ -79,9 +85,9 @@ class ApplyOutcome:
     apply_state: ApplyState
     entries: list[EntryResult] = field(default_factory=list)
     region_changed: bool = False
-    # Approximate bytes and keys written (for size-based split checks).
-    written_bytes: int = 0
-    written_keys: int = 0
+    # Approximate bytes and keys added (for size-based split checks).
+    size_hint_bytes: int = 0
+    size_hint_keys: int = 0
     # Regions created by splits applied in this task, in order.
     new_regions: list[Region] = field(default_factory=list)
 
@@ -174,11 +180,12 @@ def _apply_writes(txn: KvTxn, out: ApplyOutcome, e: Entry, cmd: WriteCommand) ->
         bad = _key_outside(region, w.ops)
         if bad is not None:
             return EntryResult(e.index, e.term, region_error=bad)
+    res = EntryResult(e.index, e.term)
     table: sessions.RegionSessions | None = None
     outcomes: list[WriteOutcome] = []
     for w in cmd.writes:
         if w.session is None:
-            outcomes.append(tuple(_apply_op(txn, region, op, out) for op in w.ops))
+            outcomes.append(tuple(_apply_op(txn, region, op, out, res) for op in w.ops))
             continue
         if table is None:
             table = sessions.RegionSessions(txn, region.id)
@@ -189,10 +196,11 @@ def _apply_writes(txn: KvTxn, out: ApplyOutcome, e: Entry, cmd: WriteCommand) ->
         elif isinstance(decision, sessions.Expired):
             outcomes.append(sessions.EXPIRED)
         else:
-            results = tuple(_apply_op(txn, region, op, out) for op in w.ops)
+            results = tuple(_apply_op(txn, region, op, out, res) for op in w.ops)
             table.record(w.session, results)
             outcomes.append(results)
-    return EntryResult(e.index, e.term, writes=tuple(outcomes))
+    res.writes = tuple(outcomes)
+    return res
 
 
 def _apply_split(
@@ -266,14 +274,21 @@ def _key_outside(region: Region, ops: tuple[WriteOp, ...]) -> RegionError | None
     return None
 
 
-def _apply_op(txn: KvTxn, region: Region, op: WriteOp, out: ApplyOutcome) -> WriteResult:
+def _apply_op(
+    txn: KvTxn, region: Region, op: WriteOp, out: ApplyOutcome, res: EntryResult
+) -> WriteResult:
     if isinstance(op, Put):
         txn.put(keys.DATA_DB, op.key, op.value)
-        out.written_bytes += len(op.key) + len(op.value)
-        out.written_keys += 1
+        size = len(op.key) + len(op.value)
+        out.size_hint_bytes += size
+        out.size_hint_keys += 1
+        res.written_bytes += size
+        res.written_keys += 1
         return WriteResult()
     if isinstance(op, Delete):
         txn.delete(keys.DATA_DB, op.key)
+        res.written_bytes += len(op.key)
+        res.written_keys += 1
         return WriteResult()
     if isinstance(op, DeleteRange):
         txn.delete_range(keys.DATA_DB, op.start_key, op.end_key)
@@ -284,10 +299,14 @@ def _apply_op(txn: KvTxn, region: Region, op: WriteOp, out: ApplyOutcome) -> Wri
             return WriteResult(succeeded=False, previous=previous)
         if op.new_value is None:
             txn.delete(keys.DATA_DB, op.key)
+            res.written_bytes += len(op.key)
         else:
             txn.put(keys.DATA_DB, op.key, op.new_value)
-            out.written_bytes += len(op.key) + len(op.new_value)
-            out.written_keys += 1
+            size = len(op.key) + len(op.new_value)
+            out.size_hint_bytes += size
+            out.size_hint_keys += 1
+            res.written_bytes += size
+        res.written_keys += 1
         return WriteResult(succeeded=True, previous=previous)
     raise AssertionError(f"unknown write op {op!r}")
 

@@ -58,7 +58,7 @@ from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
 from store_node.log_gc import truncate_point, write_truncations
-from store_node.peer import Peer, ReadPermit, Reply, Token
+from store_node.peer import Flow, Peer, ReadPermit, Reply, Token
 from store_node.peer_life import (
     Create,
     Early,
@@ -543,7 +543,13 @@ class StoreCore:
         if outcome.region_changed:
             self._set_region(peer, outcome.region)
         peer.storage.apply_state = outcome.apply_state
+        # A leader counts the writes of its own term only: an earlier term's
+        # entries were its leader's traffic (counted there if applied in time).
+        flow_term = peer.node.term if peer.is_leader() else 0
         for res in outcome.entries:
+            if res.term == flow_term:
+                peer.flow.written_bytes += res.written_bytes
+                peer.flow.written_keys += res.written_keys
             if res.conf_change is not None:
                 # A new majority may never have acknowledged our rounds.
                 peer.lease.suspend()
@@ -564,9 +570,9 @@ class StoreCore:
         for region in outcome.new_regions:
             self._create_split_peer(peer, region)
         if peer.approximate_size is not None:
-            peer.approximate_size += outcome.written_bytes
+            peer.approximate_size += outcome.size_hint_bytes
         if peer.approximate_keys is not None:
-            peer.approximate_keys += outcome.written_keys
+            peer.approximate_keys += outcome.size_hint_keys
         self.splits.on_size_changed(peer)
         return replies
 
@@ -684,6 +690,8 @@ class StoreCore:
     def _on_role_change(self, peer: Peer, rd: Ready, replies: list[Reply]) -> None:
         ss = rd.soft_state
         assert ss is not None
+        # Each leadership reports its own traffic, from zero.
+        peer.flow = Flow(since_tick=self.ticks)
         if ss.role == Role.LEADER:
             self.heartbeat_due.add(peer.region_id)
             log.info(
@@ -698,6 +706,16 @@ class StoreCore:
             replies.extend(peer.fail_reads(NotLeader(RegionId(peer.region_id), peer.leader_meta())))
 
     # -- views for the PD worker and tools ---------------------------------
+
+    def count_read(self, region_id: int, nbytes: int, nkeys: int) -> None:
+        """A client read returned `nkeys` pairs of `nbytes` (keys and values)
+        from the region: part of its read flow if served by its leader. Called
+        for every read served, so it stays a lookup and two additions."""
+        peer = self.peers.get(region_id)
+        if peer is not None and peer.is_leader():
+            flow = peer.flow
+            flow.read_bytes += nbytes
+            flow.read_keys += nkeys
 
     def leader_regions(self) -> list[Peer]:
         return [

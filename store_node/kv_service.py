@@ -38,7 +38,9 @@ T = TypeVar("T")
 class StoreAccess(Protocol):
     """What the KV service needs of the store (`StoreNode` has it): its
     engine for reads at a permit, the store loop's admission of writes and
-    reads (answered by callback), and a call into the loop for status."""
+    reads (answered by callback), the count of what a read returned (the
+    region's read flow, `StoreCore.count_read`), and a call into the loop
+    for status."""
 
     @property
     def engine(self) -> Engine: ...
@@ -67,6 +69,8 @@ class StoreAccess(Protocol):
         max_staleness: float,
         done: Callable[[ReadPermit | RegionError], None],
     ) -> None: ...
+
+    def count_read(self, region_id: int, nbytes: int, nkeys: int) -> None: ...
 
     async def call_core(self, fn: Callable[[StoreCore], T]) -> T: ...
 
@@ -250,6 +254,8 @@ class KvService:
                 respond(kv.RawGetResponse(region_error=permit))
             else:
                 value = self.node.engine.kv_get(keys.DATA_DB, req.key)
+                if value is not None:
+                    self.node.count_read(permit.region.id, len(req.key) + len(value), 1)
                 respond(kv.RawGetResponse(value=value, staleness_ms=_ms(permit.staleness)))
 
         self._read(req, [req.key], done)
@@ -267,6 +273,7 @@ class KvService:
                 respond(kv.RawBatchGetResponse(region_error=permit))
                 return
             pairs = []
+            nbytes = 0
             engine = self.node.engine
             with engine.read_kv() as txn:
                 db = engine.kv_db(keys.DATA_DB)
@@ -274,6 +281,8 @@ class KvService:
                     v = txn.get(k, db=db)
                     if v is not None:
                         pairs.append((k, bytes(v)))
+                        nbytes += len(k) + len(v)
+            self.node.count_read(permit.region.id, nbytes, len(pairs))
             respond(kv.RawBatchGetResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
 
         self._read(req, req.keys, done)
@@ -294,6 +303,7 @@ class KvService:
                 return
             limit = min(req.limit, MAX_SCAN_LIMIT)
             pairs: list[tuple[bytes, bytes]] = []
+            nbytes = 0
             engine = self.node.engine
             with engine.read_kv() as txn:
                 for k, v in scan_cursor(
@@ -303,9 +313,12 @@ class KvService:
                     req.end_key,
                     reverse=req.reverse,
                 ):
-                    pairs.append((bytes(k), b"" if req.keys_only else bytes(v)))
+                    pair = (bytes(k), b"" if req.keys_only else bytes(v))
+                    pairs.append(pair)
+                    nbytes += len(pair[0]) + len(pair[1])
                     if len(pairs) >= limit:
                         break
+            self.node.count_read(permit.region.id, nbytes, len(pairs))
             respond(kv.RawScanResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
 
         self._read(req, [req.start_key], done, (req.start_key, req.end_key))

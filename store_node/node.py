@@ -390,6 +390,11 @@ class StoreNode:
     def used_bytes(self) -> int:
         return self.engine.used_bytes()
 
+    def count_read(self, region_id: int, nbytes: int, nkeys: int) -> None:
+        """What a read served at a permit returned (the region's read flow)."""
+        if self.core is not None:
+            self.core.count_read(region_id, nbytes, nkeys)
+
     def loop_counters(self) -> dict[str, int]:
         """Counters of the shell (the core keeps its own)."""
         transport = self.transport

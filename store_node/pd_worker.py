@@ -1,6 +1,7 @@
 """The store's side of the PD conversation: store heartbeats every few
 seconds, region heartbeats from each leader periodically and at once when a
-region's leader or epoch changes.
+region's leader or epoch changes (each with the region's client traffic
+since the previous one).
 
 A heartbeat that fails is logged and retried on the next interval: the PD
 being away must never stop the store from serving.
@@ -22,7 +23,7 @@ from kvproto.pd_client import PdClient, PdClusterMismatchError, PdServerError
 from kvproto.rpc import RpcCallError
 from store_node.config import StoreConfig
 from store_node.core import StoreCore
-from store_node.peer import Peer
+from store_node.peer import Flow, Peer
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,11 @@ def region_heartbeat_request(
 ) -> pdpb.RegionHeartbeatRequest:
     """What the leader of a region tells the PD about it: a follower not heard
     from for `down_after_ticks` is down (for how long, in seconds); one
-    catching up by snapshot, or behind the truncated log, is pending."""
+    catching up by snapshot, or behind the truncated log, is pending; the
+    client traffic since the previous heartbeat (`Peer.flow`), which starts
+    again from zero. The interval is in store ticks, as down times are: in
+    the same tick as the previous heartbeat no time has passed, so the
+    counts wait for the next one."""
     status = peer.node.status()
     down: list[pdpb.PeerStats] = []
     for node_id in status.progress:
@@ -215,6 +220,11 @@ def region_heartbeat_request(
             down.append(pdpb.PeerStats(meta, down_seconds=int(silent * tick_interval)))
     pending = peer.pending_peers()
     peer.reported_pending = frozenset(p.id for p in pending)
+    flow = peer.flow
+    if now_tick > flow.since_tick:
+        peer.flow = Flow(since_tick=now_tick)  # the next heartbeat counts from here
+    else:  # no tick since: report an empty interval, keep counting
+        flow = Flow(since_tick=now_tick)
     return pdpb.RegionHeartbeatRequest(
         header=pdpb.RequestHeader(),
         region=peer.region,
@@ -224,4 +234,9 @@ def region_heartbeat_request(
         approximate_keys=peer.approximate_keys or 0,
         down_peers=tuple(down),
         pending_peers=tuple(pending),
+        written_bytes=flow.written_bytes,
+        written_keys=flow.written_keys,
+        read_bytes=flow.read_bytes,
+        read_keys=flow.read_keys,
+        interval_seconds=float((now_tick - flow.since_tick) * tick_interval),
     )

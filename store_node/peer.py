@@ -110,6 +110,19 @@ class ReadBatch:
 
 
 @dataclass(slots=True)
+class Flow:
+    """A leader's client traffic in its region since `since_tick` (the store
+    tick of its previous region heartbeat, or of becoming leader): what the
+    next heartbeat reports to the PD (`pd_worker.region_heartbeat_request`)."""
+
+    since_tick: int = 0
+    written_bytes: int = 0
+    written_keys: int = 0
+    read_bytes: int = 0
+    read_keys: int = 0
+
+
+@dataclass(slots=True)
 class QueuedWrite:
     token: Token
     ops: tuple[WriteOp, ...]
@@ -159,6 +172,9 @@ class Peer:
     # catches up, the PD hears of it at once (an operator's AddLearner step
     # is done only then), not at the next periodic heartbeat.
     reported_pending: frozenset[PeerId] = frozenset()
+    # Counted only while leader (the leader reports it), from zero at each
+    # leader change.
+    flow: Flow = field(default_factory=Flow)
 
     def pending_peers(self) -> list[PeerMeta]:
         """The members a leader would report pending: catching up by

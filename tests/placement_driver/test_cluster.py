@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -12,7 +13,7 @@ from kvproto.pdpb import PdErrorCode, StoreStats
 from placement_driver.cluster import Cluster
 from placement_driver.config import ConfigError
 from placement_driver.errors import PdRequestError
-from placement_driver.regions import REPORTED_FIELDS
+from placement_driver.regions import REPORTED_FIELDS, Flow
 from placement_driver.storage import MemoryMetaStorage
 from tests.factories import learner, peer, region, store
 
@@ -41,7 +42,7 @@ H = pdpb.RequestHeader()
 Request = pdpb.RegionHeartbeatRequest
 
 
-def report(r: Region, leader: int | None = None, term: int = 1, **fields: int) -> Request:
+def report(r: Region, leader: int | None = None, term: int = 1, **fields: int | float) -> Request:
     leader_peer = r.peers[0] if leader is None else r.find_peer(PeerId(leader))
     return Request(H, r, leader_peer, term=term, **fields)  # type: ignore[arg-type]
 
@@ -268,10 +269,14 @@ def test_every_field_a_region_heartbeat_reports_is_kept() -> None:
         pending_peers=(r.peers[0],),
         written_bytes=6,
         written_keys=7,
+        read_bytes=8,
+        read_keys=9,
+        interval_seconds=2.0,
     )
     rec = c.region_heartbeat(rep, now=8.0)
     assert [getattr(rec.stat, f) for f in REPORTED_FIELDS] == [getattr(rep, f) for f in wire[2:]]
     assert rec.stat.last_heartbeat == 8.0
+    assert rec.stat.flow == Flow(3.0, 3.5, 4.0, 4.5)
 
 
 @pytest.mark.parametrize(
@@ -285,6 +290,11 @@ def test_every_field_a_region_heartbeat_reports_is_kept() -> None:
         (report(region(1, peers=(peer(100, 1), peer(100, 2)))), "INVALID_ARGUMENT"),
         (report(region(1, peers=(peer(100, 9),))), "STORE_NOT_FOUND"),
         (report(region(1, peers=THREE), approximate_size=-1), "INVALID_ARGUMENT"),
+        (report(region(1, peers=THREE), written_bytes=-1), "INVALID_ARGUMENT"),
+        (report(region(1, peers=THREE), read_keys=-1), "INVALID_ARGUMENT"),
+        (report(region(1, peers=THREE), interval_seconds=-1.0), "INVALID_ARGUMENT"),
+        (report(region(1, peers=THREE), interval_seconds=math.nan), "INVALID_ARGUMENT"),
+        (report(region(1, peers=THREE), interval_seconds=math.inf), "INVALID_ARGUMENT"),
     ],
 )
 def test_a_malformed_region_heartbeat_is_refused(rep: Request, code: str) -> None:
@@ -450,7 +460,7 @@ def test_overlapping_stored_regions_keep_the_newest() -> None:
 
 
 def check_store_counts(c: Cluster) -> None:
-    """The incremental counts equal a count over the region tree."""
+    """The incremental counts and flows equal a count over the region tree."""
     for s in c.stores():
         peers = sum(1 for r in c.regions() if r.region.peer_on_store(s.id) is not None)
         pending = sum(1 for r in c.regions() for p in r.stat.pending_peers if p.store_id == s.id)
@@ -458,6 +468,8 @@ def check_store_counts(c: Cluster) -> None:
             peers,
             pending,
         ), s.id
+        led = [r.stat.flow for r in c.regions() if r.leader and r.leader.store_id == s.id]
+        assert c.store_leader_flow(s.id) == Flow.total(led), s.id
 
 
 def test_store_counts_follow_the_region_tree() -> None:
@@ -485,6 +497,53 @@ def test_store_counts_follow_the_region_tree() -> None:
     c.region_heartbeat(report(region(1, version=4, peers=ONE)), now=4.0)
     check_store_counts(c)
     assert [c.store_region_count(s) for s in (1, 2, 3)] == [1, 0, 0]
+
+
+def test_a_region_keeps_the_flow_of_its_latest_measured_interval() -> None:
+    c = bootstrapped()
+    whole = region(1, peers=THREE)
+    c.region_heartbeat(report(whole, written_bytes=50, read_keys=4, interval_seconds=10.0), 1.0)
+    expected = Flow(write_bytes_rate=5.0, read_keys_rate=0.4)
+    assert c.store_leader_flow(1) == expected
+    # A new leader reports at once, over an empty interval: the region's
+    # load moved with the leadership, it did not stop.
+    c.region_heartbeat(report(whole, leader=101, term=2, interval_seconds=0.0), 2.0)
+    record = c.region_by_id(1)
+    assert record is not None and record.stat.flow == expected
+    assert (c.store_leader_flow(1), c.store_leader_flow(2)) == (Flow(), expected)
+    # Its next heartbeat measured an idle region.
+    c.region_heartbeat(report(whole, leader=101, term=2, interval_seconds=10.0), 12.0)
+    assert c.store_leader_flow(2) == Flow()
+    check_store_counts(c)
+
+
+def test_store_flows_sum_the_regions_led_there() -> None:
+    c = bootstrapped()
+    left = region(1, b"", b"m", version=2, peers=THREE)
+    right = region(2, b"m", b"", version=2, peers=(peer(200, 1), peer(201, 2)))
+    c.region_heartbeat(report(left, written_keys=10, interval_seconds=1.0), 1.0)
+    c.region_heartbeat(report(right, written_keys=30, interval_seconds=10.0), 1.0)
+    assert c.store_leader_flow(1) == Flow(write_keys_rate=13.0)
+    check_store_counts(c)
+    # The right region's leadership moves to store 2.
+    c.region_heartbeat(report(right, leader=201, term=2, written_keys=5, interval_seconds=1.0), 2)
+    assert [c.store_leader_flow(s).write_keys_rate for s in (1, 2, 3)] == [10.0, 5.0, 0.0]
+    check_store_counts(c)
+    # A split reported by the store: the new region has no flow yet, the
+    # left one keeps its own.
+    left2 = region(1, b"", b"g", version=3, peers=THREE)
+    middle = region(3, b"g", b"m", version=3, peers=THREE)
+    c.report_batch_split([left2, middle], now=3.0)
+    assert c.store_leader_flow(1) == Flow(write_keys_rate=10.0)
+    check_store_counts(c)
+    # A merge back replaces all of them.
+    c.region_heartbeat(report(region(1, version=5, peers=THREE), interval_seconds=0.0), 4.0)
+    assert [c.store_leader_flow(s) for s in (1, 2, 3)] == [
+        Flow(write_keys_rate=10.0),
+        Flow(),
+        Flow(),
+    ]
+    check_store_counts(c)
 
 
 def test_an_administrator_decommissions_and_removes_a_store() -> None:

@@ -13,7 +13,7 @@ import trio
 from kvproto.metapb import Peer, Region, RegionEpoch
 from kvproto.pdpb import PeerStats
 from placement_driver.http_api import key_json, region_json
-from placement_driver.regions import REPORTED_FIELDS, RegionRecord, RegionStat
+from placement_driver.regions import REPORTED_FIELDS, Flow, RegionRecord, RegionStat
 from placement_driver.server import PdServer
 from tests.factories import peer, region
 from tests.placement_driver.helpers import PdCaller, bootstrap_cluster, http_request
@@ -75,6 +75,46 @@ async def test_stores_and_one_store(pd: PdServer, caller: PdCaller) -> None:
         assert body["stores"][0]["stats"] is None  # no heartbeat yet
 
 
+async def test_regions_and_stores_show_the_flow_their_leaders_report(
+    pd: PdServer, caller: PdCaller
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        s1, s2 = await bootstrap_cluster(caller, store_count=2)
+        left, right = await split_at(caller, b"m")
+        for reported, seconds in [(left, 10.0), (right, 2.0)]:
+            await caller.region_heartbeat(
+                reported,
+                term=1,
+                written_bytes=400,
+                written_keys=4,
+                read_bytes=100,
+                read_keys=2,
+                interval_seconds=seconds,
+            )
+
+        status, r = await get(pd, f"{API}/region/id/{right.id}")
+        assert status == 200
+        assert (r["written_bytes"], r["read_keys"], r["interval_seconds"]) == (400, 2, 2.0)
+        assert r["flow"] == {
+            "write_bytes_rate": 200.0,
+            "write_keys_rate": 2.0,
+            "read_bytes_rate": 50.0,
+            "read_keys_rate": 1.0,
+        }
+        # Both regions are led on the first store: its flow is their sum.
+        status, body = await get(pd, f"{API}/stores")
+        flows = {s["id"]: s["leader_flow"] for s in body["stores"]}
+        assert flows[s1.id] == {
+            "write_bytes_rate": 240.0,
+            "write_keys_rate": 2.4,
+            "read_bytes_rate": 60.0,
+            "read_keys_rate": 1.2,
+        }
+        assert flows[s2.id] == dict.fromkeys(flows[s2.id], 0.0)
+        status, one = await get(pd, f"{API}/store/{s1.id}")
+        assert (status, one["leader_flow"]) == (200, flows[s1.id])
+
+
 def test_a_region_shows_every_field_of_its_last_heartbeat() -> None:
     r = region(1)  # voters on stores 1, 2, 3
     stat = RegionStat(
@@ -86,6 +126,10 @@ def test_a_region_shows_every_field_of_its_last_heartbeat() -> None:
         pending_peers=(r.peers[0],),
         written_bytes=6,
         written_keys=7,
+        read_bytes=8,
+        read_keys=9,
+        interval_seconds=10.0,
+        flow=Flow(0.6, 0.7, 0.8, 0.9),
         last_heartbeat=8.0,
     )
     document = region_json(RegionRecord(r, stat), now=9.5)
@@ -107,9 +151,18 @@ def test_a_region_shows_every_field_of_its_last_heartbeat() -> None:
         "pending_peers": [peer(r.peers[0])],
         "written_bytes": 6,
         "written_keys": 7,
+        "read_bytes": 8,
+        "read_keys": 9,
+        "interval_seconds": 10.0,
+        "flow": {
+            "write_bytes_rate": 0.6,
+            "write_keys_rate": 0.7,
+            "read_bytes_rate": 0.8,
+            "read_keys_rate": 0.9,
+        },
         "seconds_since_heartbeat": 1.5,
     }
-    assert list(document)[5:-1] == list(REPORTED_FIELDS)
+    assert list(document)[5:-2] == list(REPORTED_FIELDS)
     assert region_json(RegionRecord(r, RegionStat()), now=9.5)["leader"] is None
 
 

@@ -242,6 +242,10 @@ class SimStore:
         # never sends it.
         raise NotImplementedError("the simulation has no store status calls")
 
+    def count_read(self, region_id: int, nbytes: int, nkeys: int) -> None:
+        if self.core is not None:
+            self.core.count_read(region_id, nbytes, nkeys)
+
     def loop_counters(self) -> dict[str, int]:
         return {"rounds": self.rounds}
 
