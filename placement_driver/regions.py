@@ -272,6 +272,19 @@ class Regions:
         if leader.is_learner:
             raise invalid_argument(f"region {region.id}: a learner cannot be the leader")
         live_store(leader.store_id)
+        # The checkers judge members by these lists: a peer that is not a
+        # member (a forged or confused report) must not count as one.
+        for kind, peers in (
+            ("down", [d.peer for d in request.down_peers]),
+            ("pending", request.pending_peers),
+        ):
+            for p in peers:
+                member = region.find_peer(p.id)
+                if member is None or member.store_id != p.store_id:
+                    raise invalid_argument(
+                        f"region {region.id}: {kind} peer {p.id} on store {p.store_id} "
+                        "is not one of its peers"
+                    )
         for name in _NON_NEGATIVE:
             if getattr(request, name) < 0:
                 raise invalid_argument(f"region {region.id}: {name} is negative")

@@ -295,6 +295,16 @@ def test_every_field_a_region_heartbeat_reports_is_kept() -> None:
         (report(region(1, peers=THREE), interval_seconds=-1.0), "INVALID_ARGUMENT"),
         (report(region(1, peers=THREE), interval_seconds=math.nan), "INVALID_ARGUMENT"),
         (report(region(1, peers=THREE), interval_seconds=math.inf), "INVALID_ARGUMENT"),
+        # Down and pending peers must be members, as the region lists them.
+        (
+            report(region(1, peers=THREE), down_peers=(pdpb.PeerStats(peer(999, 2), 5),)),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            report(region(1, peers=THREE), down_peers=(pdpb.PeerStats(peer(101, 3), 5),)),
+            "INVALID_ARGUMENT",
+        ),
+        (report(region(1, peers=THREE), pending_peers=(peer(998, 3),)), "INVALID_ARGUMENT"),
     ],
 )
 def test_a_malformed_region_heartbeat_is_refused(rep: Request, code: str) -> None:
