@@ -23,7 +23,7 @@ from store_node.round_output import RoundOutput
 INLINE_APPLY_BYTES = 256 << 10
 
 
-def must_block(engine: Engine, out: RoundOutput, idle: bool, flushed: bool = False) -> bool:
+def must_block(engine: Engine, out: RoundOutput, idle: bool, flushed: bool) -> bool:
     """Whether the round's writes run in the worker thread rather than inline.
 
     Long work (a snapshot, a big apply, a log reset) always goes to the
