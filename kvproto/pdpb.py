@@ -35,6 +35,10 @@ class PdErrorCode(IntEnum):
     REGION_NOT_FOUND = 9
     STALE_REGION = 10
     UNKNOWN_CONFIG = 11
+    # A well-formed request that the cluster's current state refuses (a
+    # store to drain while too few others are Up, a region with an operator
+    # running): it may succeed later, unchanged.
+    FAILED_PRECONDITION = 12
 
 
 @wire(100)

@@ -192,12 +192,15 @@ class Cluster:
         without a heartbeat; None if none will."""
         return self._stores.next_state_change(now)
 
-    def set_store_state(self, store_id: int, state: StoreState, now: float) -> StoreInfo:
+    def set_store_state(
+        self, store_id: int, state: StoreState, now: float, *, targeted: Collection[StoreId] = ()
+    ) -> StoreInfo:
         """An administrator's store state change (`Stores.set_state`):
-        OFFLINE, UP again, or TOMBSTONE for an Offline store that holds no
-        region."""
+        OFFLINE (while `max_replicas` other stores are Up), UP again, or
+        TOMBSTONE for an Offline store that holds no region and is not in
+        `targeted` (the stores running operators target)."""
         self.check_bootstrapped()
-        return self._stores.set_state(store_id, state, now)
+        return self._stores.set_state(store_id, state, now, targeted=targeted)
 
     def bury_empty_offline_stores(
         self, now: float, *, keep: Collection[StoreId] = ()
@@ -265,8 +268,14 @@ class Cluster:
     def report_batch_split(self, regions: Sequence[Region], now: float) -> int:
         """Learn the regions a split produced (left to right) before their
         leaders report them; returns how many were applied (stale ones are
-        skipped)."""
+        skipped). STORE_TOMBSTONE if a peer of them is on a removed store:
+        the report comes from one of their peers' stores (the leader's),
+        and a removed store holds no region, so it is a removed store
+        speaking, or one the PD must not learn peers on."""
         self.check_bootstrapped()
+        for r in regions:
+            for p in r.peers:
+                self._stores.check_not_removed(p.store_id)
         return self._regions.report_batch_split(regions)
 
     def flush_regions(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kvproto.pdpb import PdError, PdErrorCode
 
-__all__ = ["OperatorExistsError", "PdRequestError", "invalid_argument"]
+__all__ = ["OperatorExistsError", "PdRequestError", "failed_precondition", "invalid_argument"]
 
 
 class PdRequestError(Exception):
@@ -26,6 +26,12 @@ class PdRequestError(Exception):
 def invalid_argument(message: str) -> PdRequestError:
     """The refusal of a malformed request (INVALID_ARGUMENT)."""
     return PdRequestError(PdErrorCode.INVALID_ARGUMENT, message)
+
+
+def failed_precondition(message: str) -> PdRequestError:
+    """The refusal of a well-formed request that the cluster's current
+    state does not allow (FAILED_PRECONDITION; HTTP 409)."""
+    return PdRequestError(PdErrorCode.FAILED_PRECONDITION, message)
 
 
 class OperatorExistsError(Exception):

@@ -41,7 +41,9 @@ bytes are not UTF-8. An empty end key means +infinity. Errors are JSON
 ``{"error": "..."}``: 404 for unknown ids, keys outside every region and
 unknown paths; 400 for malformed ids, bodies and arguments; 405 for other
 methods (with an Allow header); 409 when the cluster's state refuses an order
-(the region already has an operator, not bootstrapped, a Tombstone store);
+(the region already has an operator, not bootstrapped, a Tombstone store, a
+store to drain while fewer than max_replicas others are Up, a store to remove
+that still holds regions or that a running operator targets);
 413 for a body over 1 MiB; 503 for operator endpoints of a PD without an
 operator controller.
 
@@ -115,6 +117,7 @@ _STATUS_OF_CODE: Final = {
     PdErrorCode.STORE_NOT_FOUND: 404,
     PdErrorCode.NOT_BOOTSTRAPPED: 409,
     PdErrorCode.STORE_TOMBSTONE: 409,
+    PdErrorCode.FAILED_PRECONDITION: 409,
 }
 
 
@@ -446,7 +449,8 @@ class AdminApi:
                 400, f"cannot set state {values[0]!r}: settable states are Up, Offline, Tombstone"
             )
         now = self._clock()
-        info = self._cluster.set_store_state(store_id, state, now)
+        targeted = () if self._operators is None else self._operators.target_stores()
+        info = self._cluster.set_store_state(store_id, state, now, targeted=targeted)
         if self._on_store_state_change is not None:
             self._on_store_state_change()
         return store_json(info, now, self._cluster.store_leader_flow(store_id))

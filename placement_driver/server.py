@@ -246,7 +246,8 @@ class PdServer:
 
     def set_store_state(self, store_id: int, state: StoreState) -> StoreInfo:
         """`Cluster.set_store_state` now (Offline: decommission)."""
-        info = self.cluster.set_store_state(store_id, state, trio.current_time())
+        targeted = () if self._controller is None else self._controller.target_stores()
+        info = self.cluster.set_store_state(store_id, state, trio.current_time(), targeted=targeted)
         self._wake_store_watch()
         return info
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from kvproto.metapb import Store, StoreId, StoreState
 from kvproto.pdpb import PdErrorCode, StoreStats
 from placement_driver.config import ClusterConfig, parse_listen_address
-from placement_driver.errors import PdRequestError, invalid_argument
+from placement_driver.errors import PdRequestError, failed_precondition, invalid_argument
 from placement_driver.storage import MetaStorage
 
 __all__ = ["OPERATOR_STATES", "StoreInfo", "StoreTransition", "Stores", "check_store"]
@@ -177,6 +177,12 @@ class Stores:
             raise _removed(store_id)
         return info
 
+    def check_not_removed(self, store_id: int) -> None:
+        """STORE_TOMBSTONE if the store was removed; an unknown id passes."""
+        info = self._by_id.get(StoreId(store_id))
+        if info is not None and info.is_tombstone:
+            raise _removed(store_id)
+
     def next_state_change(self, now: float) -> float | None:
         """The earliest time after `now` at which a store's state changes
         without a heartbeat; None if none will."""
@@ -244,33 +250,60 @@ class Stores:
                 changes.append(StoreTransition(info.id, old, info.state))
         return changes
 
-    def set_state(self, store_id: int, state: StoreState, now: float) -> StoreInfo:
+    def set_state(
+        self, store_id: int, state: StoreState, now: float, *, targeted: Collection[StoreId] = ()
+    ) -> StoreInfo:
         """An administrator's store state change, persisted before it takes
         effect:
 
         * OFFLINE: decommission the store (its peers get replaced; it gets
-          no new ones); heartbeats no longer change its state;
+          no new ones); heartbeats no longer change its state. Refused while
+          fewer than `max_replicas` other stores are Up: its peers would
+          have nowhere to go, and regions would stay short of voters;
         * UP: take an Offline store back (its state follows heartbeats again);
-        * TOMBSTONE: remove an Offline store that holds no region.
+        * TOMBSTONE: remove an Offline store that holds no region and that
+          no running operator targets (`targeted`: an order already sent may
+          yet put a peer there).
 
-        Disconnected and Down follow from heartbeats and cannot be set; a
-        Tombstone store never changes again (STORE_TOMBSTONE)."""
+        Disconnected and Down follow from heartbeats and cannot be set
+        (INVALID_ARGUMENT); what the cluster's state refuses is
+        FAILED_PRECONDITION; a Tombstone store never changes again
+        (STORE_TOMBSTONE)."""
         info = self.get_live(store_id)
         if state not in (StoreState.UP, *OPERATOR_STATES):
             raise invalid_argument(
                 f"{state.name} follows from heartbeats and cannot be set; "
                 "settable: UP, OFFLINE, TOMBSTONE"
             )
+        if state == StoreState.OFFLINE and info.operator_state != StoreState.OFFLINE:
+            self._check_can_drain(info)
         if state == StoreState.TOMBSTONE:
             if info.operator_state != StoreState.OFFLINE:
-                raise invalid_argument(
+                raise failed_precondition(
                     f"store {store_id} must be made Offline before it is removed"
                 )
             count = self._region_count(store_id)
             if count:
-                raise invalid_argument(f"store {store_id} still holds {count} regions")
+                raise failed_precondition(f"store {store_id} still holds {count} regions")
+            if info.id in targeted:
+                raise failed_precondition(
+                    f"a running operator still puts a peer or the leadership on store {store_id}"
+                )
         self._set_operator_state(info, state, now, "by an administrator")
         return info
+
+    def _check_can_drain(self, info: StoreInfo) -> None:
+        """FAILED_PRECONDITION unless `max_replicas` Up stores remain
+        without `info`."""
+        wanted = self._config().max_replicas
+        up = [s.id for s in self.all() if s.id != info.id and s.state == StoreState.UP]
+        if len(up) < wanted:
+            others = ", ".join(map(str, up)) or "none"
+            raise failed_precondition(
+                f"store {info.id} cannot be made Offline: {len(up)} other stores are Up "
+                f"({others}) and max_replicas is {wanted}; its peers would have nowhere to go "
+                "(add a store, or lower max_replicas, first)"
+            )
 
     def bury_empty_offline(self, now: float, *, keep: Collection[StoreId] = ()) -> list[StoreId]:
         """Make every Offline store that no region has a peer on any more a

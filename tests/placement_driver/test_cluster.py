@@ -374,6 +374,20 @@ def test_report_batch_split_needs_adjacent_regions() -> None:
         )
 
 
+def test_report_batch_split_from_a_removed_store_is_refused() -> None:
+    c = bootstrapped(stores=4)
+    c.set_store_state(4, StoreState.OFFLINE, now=1.0)
+    c.set_store_state(4, StoreState.TOMBSTONE, now=1.0)
+    # Store 4's process, removed but still running on old data, splits its
+    # old copy of region 1: the PD must not replace region 1 with regions on
+    # a removed store.
+    left = region(1, b"", b"k", version=2, peers=(peer(140, 4),))
+    right = region(5, b"k", b"", version=2, peers=(peer(50, 4),))
+    with refused(PdErrorCode.STORE_TOMBSTONE):
+        c.report_batch_split([left, right], now=2.0)
+    assert [r.region for r in c.regions()] == [region(1, peers=ONE)]
+
+
 # -- config ---------------------------------------------------------------------------
 
 
@@ -558,13 +572,13 @@ def test_store_flows_sum_the_regions_led_there() -> None:
 
 def test_an_administrator_decommissions_and_removes_a_store() -> None:
     storage = MemoryMetaStorage()
-    c = bootstrapped(storage)
+    c = bootstrapped(storage, stores=4)  # 3 stay Up for max_replicas 3
     c.region_heartbeat(report(region(1, peers=(peer(100, 1), peer(101, 2)))), now=1.0)
     # Store 2 is made Offline, persisted first.
     assert c.set_store_state(2, StoreState.OFFLINE, now=1.0).state == StoreState.OFFLINE
     assert Cluster(storage, 2.0).get_store(2).state == StoreState.OFFLINE
     # It still holds region 1: it cannot be removed yet.
-    with refused(PdErrorCode.INVALID_ARGUMENT):
+    with refused(PdErrorCode.FAILED_PRECONDITION):
         c.set_store_state(2, StoreState.TOMBSTONE, now=2.0)
     assert c.bury_empty_offline_stores(now=2.0) == []
     # Its peer is gone: a patrol buries it; then nothing changes it again.
@@ -576,11 +590,11 @@ def test_an_administrator_decommissions_and_removes_a_store() -> None:
 
 
 def test_only_up_offline_and_tombstone_can_be_set() -> None:
-    c = bootstrapped()
+    c = bootstrapped(stores=4)
     for state in (StoreState.DOWN, StoreState.DISCONNECTED):
         with refused(PdErrorCode.INVALID_ARGUMENT):
             c.set_store_state(2, state, now=1.0)
-    with refused(PdErrorCode.INVALID_ARGUMENT):  # Up stores are made Offline first
+    with refused(PdErrorCode.FAILED_PRECONDITION):  # Up stores are made Offline first
         c.set_store_state(3, StoreState.TOMBSTONE, now=1.0)
     with refused(PdErrorCode.STORE_NOT_FOUND):
         c.set_store_state(9, StoreState.OFFLINE, now=1.0)
@@ -591,9 +605,48 @@ def test_only_up_offline_and_tombstone_can_be_set() -> None:
     assert c.get_store(2).state == StoreState.UP
 
 
+def test_a_store_is_drained_only_while_max_replicas_other_stores_are_up() -> None:
+    c = bootstrapped(stores=3)
+    # Three stores for three replicas: a drained store's peers could go nowhere.
+    with refused(PdErrorCode.FAILED_PRECONDITION) as info:
+        c.set_store_state(2, StoreState.OFFLINE, now=1.0)
+    assert info.value.message == (
+        "store 2 cannot be made Offline: 2 other stores are Up (1, 3) and max_replicas is 3; "
+        "its peers would have nowhere to go (add a store, or lower max_replicas, first)"
+    )
+    assert c.get_store(2).state == StoreState.UP
+    # A fourth store makes room for one drain, not two.
+    c.ids.skip_past(4)
+    c.put_store(store(4), now=1.0)
+    c.set_store_state(2, StoreState.OFFLINE, now=1.0)
+    with refused(PdErrorCode.FAILED_PRECONDITION):
+        c.set_store_state(3, StoreState.OFFLINE, now=1.0)
+    # Asking again for a store already Offline changes nothing, and is no error.
+    c.set_store_state(2, StoreState.OFFLINE, now=1.0)
+    # Only Up stores count: store 2 back Up but silent (Down) makes no room.
+    c.set_store_state(2, StoreState.UP, now=100.0)
+    assert c.get_store(2).state == StoreState.DOWN
+    for s in (1, 3, 4):
+        c.store_heartbeat(StoreStats(StoreId(s)), now=100.0)
+    with refused(PdErrorCode.FAILED_PRECONDITION):
+        c.set_store_state(3, StoreState.OFFLINE, now=100.0)
+    # Fewer replicas wanted: room again.
+    c.set_config({"max_replicas": "2"})
+    assert c.set_store_state(3, StoreState.OFFLINE, now=100.0).state == StoreState.OFFLINE
+
+
+def test_a_store_a_running_operator_targets_is_not_removed_by_hand() -> None:
+    c = bootstrapped(stores=4)
+    c.set_store_state(4, StoreState.OFFLINE, now=1.0)
+    with refused(PdErrorCode.FAILED_PRECONDITION) as info:
+        c.set_store_state(4, StoreState.TOMBSTONE, now=1.0, targeted={StoreId(4)})
+    assert "a running operator still puts a peer" in info.value.message
+    assert c.set_store_state(4, StoreState.TOMBSTONE, now=1.0).state == StoreState.TOMBSTONE
+
+
 def test_a_failed_write_leaves_the_store_state_as_it_was() -> None:
     storage = MemoryMetaStorage()
-    c = bootstrapped(storage)
+    c = bootstrapped(storage, stores=4)
     storage.fail_writes = True
     with pytest.raises(OSError, match="injected write failure"):
         c.set_store_state(2, StoreState.OFFLINE, now=1.0)

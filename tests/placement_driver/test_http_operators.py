@@ -136,6 +136,8 @@ async def test_a_store_is_marked_offline_and_back_up_over_http(
     with trio.fail_after(TIMEOUT):
         fake = await one_store(caller)
         s2 = await fake.add_store()
+        for _ in range(2):  # 3 stores stay Up for max_replicas 3
+            await fake.add_store()
         # Store 2 is decommissioned.
         status, store = await call(pd, "POST", f"/store/{s2}/state?state=Offline")
         assert (status, store["id"], store["state"]) == (200, s2, "Offline")
@@ -153,7 +155,7 @@ async def test_a_store_is_marked_offline_and_back_up_over_http(
     [
         ("/store/1/state", 400, "give the new state once"),
         ("/store/1/state?state=Down", 400, "cannot set state 'Down'"),
-        ("/store/1/state?state=Tombstone", 400, "must be made Offline before"),
+        ("/store/1/state?state=Tombstone", 409, "must be made Offline before"),
         ("/store/999/state?state=Offline", 404, "store 999 is not known"),
         ("/store/x/state?state=Offline", 400, "bad store id"),
     ],
@@ -171,9 +173,32 @@ async def test_a_store_holding_regions_cannot_be_removed(pd: PdServer, caller: P
     with trio.fail_after(TIMEOUT):
         fake = await one_store(caller)
         (s1,) = fake.stores
+        for _ in range(3):  # 3 stores stay Up for max_replicas 3
+            await fake.add_store()
         assert (await call(pd, "POST", f"/store/{s1}/state?state=Offline"))[0] == 200
         status, answer = await call(pd, "POST", f"/store/{s1}/state?state=Tombstone")
-        assert status == 400 and f"store {s1} still holds 1 regions" in answer["error"]
+        assert status == 409 and f"store {s1} still holds 1 regions" in answer["error"]
+
+
+async def test_a_store_is_not_drained_while_too_few_others_are_up(
+    pd: PdServer, caller: PdCaller
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        fake = await one_store(caller)
+        s2, s3 = await fake.add_store(), await fake.add_store()
+        # Three stores, max_replicas 3: draining one would leave its peers
+        # nowhere to go. The cluster's state refuses it: 409, with the reason.
+        status, answer = await call(pd, "POST", f"/store/{s2}/state?state=Offline")
+        assert status == 409, answer
+        assert answer["error"] == (
+            f"store {s2} cannot be made Offline: 2 other stores are Up ({fake.stores[0]}, {s3}) "
+            "and max_replicas is 3; its peers would have nowhere to go "
+            "(add a store, or lower max_replicas, first)"
+        )
+        assert pd.cluster.get_store(s2).state == StoreState.UP
+        # A fourth store makes room.
+        await fake.add_store()
+        assert (await call(pd, "POST", f"/store/{s2}/state?state=Offline"))[0] == 200
 
 
 def test_a_pd_without_an_operator_controller_answers_503_on_operator_endpoints() -> None:

@@ -26,6 +26,12 @@ def four_stores(**config: object) -> MockCluster:
     return MockCluster(**config).store(1).store(2).store(3).store(4)
 
 
+def five_stores(**config: object) -> MockCluster:
+    """Four stores and a spare (5): with max_replicas 4, store 4 can be
+    drained while 4 others stay Up."""
+    return four_stores(**config).store(5)
+
+
 def only_change(order: pdpb.RegionHeartbeatResponse | None) -> ChangePeer:
     assert order is not None and order.change_peer is not None, order
     (change,) = order.change_peer.changes
@@ -68,7 +74,7 @@ def make_unavailable(mc: MockCluster, store_id: int, state: StoreState) -> None:
 def test_an_add_learner_step_whose_target_store_left_is_canceled_not_sent(
     state: StoreState,
 ) -> None:
-    mc = four_stores(max_replicas=4).region(1, voters=(1, 2, 3))
+    mc = five_stores(max_replicas=4).region(1, voters=(1, 2, 3))
     region = mc.region_of(1)
     # A fourth replica is planned on store 4: the learner is ordered.
     order = mc.heartbeat(region)
@@ -76,7 +82,8 @@ def test_an_add_learner_step_whose_target_store_left_is_canceled_not_sent(
     op = mc.operator(1)
     assert op is not None
     # Before the leader acts on it, store 4 leaves (it holds no peer yet,
-    # so an administrator may even remove it).
+    # so even a Tombstone is possible: the core allows it; the admin API
+    # refuses it while an operator targets the store).
     make_unavailable(mc, 4, state)
     # The next heartbeat cancels the operator, naming the store, and store 4
     # gets nothing more.
@@ -87,7 +94,7 @@ def test_an_add_learner_step_whose_target_store_left_is_canceled_not_sent(
 
 
 def test_a_learner_on_a_store_that_went_offline_is_not_promoted() -> None:
-    mc = four_stores(max_replicas=4).region(1, voters=(1, 2, 3))
+    mc = five_stores(max_replicas=4).region(1, voters=(1, 2, 3))
     region = mc.region_of(1)
     # The learner on store 4 is added and catches up.
     region = apply_order(region, mc.heartbeat(region))
@@ -107,7 +114,7 @@ def test_a_learner_on_a_store_that_went_offline_is_not_promoted() -> None:
 
 
 def test_a_store_a_running_operator_targets_is_not_buried() -> None:
-    mc = four_stores(max_replicas=4).region(1, voters=(1, 2, 3))
+    mc = five_stores(max_replicas=4).region(1, voters=(1, 2, 3))
     region = mc.region_of(1)
     # The learner on store 4 is ordered; the region tree holds no peer there yet.
     mc.heartbeat(region)

@@ -347,7 +347,8 @@ def test_a_patrol_cancels_operators_of_regions_gone_from_the_tree() -> None:
 
 
 def test_a_patrol_buries_offline_stores_that_hold_no_region() -> None:
-    mc = three_stores().store(4).region(1, voters=(1, 2, 3))
+    # Store 5 keeps 3 stores Up (max_replicas) when 3 and 4 are decommissioned.
+    mc = three_stores().store(4).store(5).region(1, voters=(1, 2, 3))
     # Store 4 holds nothing and is decommissioned: the next patrol removes it.
     mc.cluster.set_store_state(4, StoreState.OFFLINE, mc.now)
     # Store 3 holds region 1: it stays Offline until its peer is replaced.

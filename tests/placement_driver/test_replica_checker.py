@@ -42,8 +42,8 @@ def test_stores_that_cannot_take_a_peer_are_skipped() -> None:
     # Every store but 8 is unfit: gone, silent, unknown, full or busy.
     mc = MockCluster().store(1)
     mc.store(2, state=StoreState.DISCONNECTED).store(3, state=StoreState.DOWN)
-    mc.store(4, state=StoreState.OFFLINE).store(5, heartbeat=False)
-    mc.store(6, available=TiB // 10).store(7, busy=True).store(8)
+    mc.store(5, heartbeat=False).store(6, available=TiB // 10).store(7, busy=True).store(8)
+    mc.store(4, state=StoreState.OFFLINE)  # last: drained while enough stores are Up
     mc.region(1, voters=(1,))
     assert describe(check_replicas(mc.cluster, mc.record(1)))[0] == (
         "add learner peer 1001 on store 8"
@@ -198,9 +198,11 @@ def test_learners_being_added_count_against_their_store() -> None:
 def test_lowering_max_replicas_removes_dead_voters_before_a_live_offline_one() -> None:
     # Five voters, two on Down stores (2, 3) and one on an Offline but live store
     # (9); the administrator lowers max_replicas from 5 to 3.
-    mc = MockCluster(max_replicas=5).store(1).store(2).store(3).store(4).store(9)
-    mc.region(1, voters=(1, 4, 2, 3, 9)).down(2).down(3)
+    # (Store 5, with no peer, lets 9 be drained while 5 other stores are Up.)
+    mc = MockCluster(max_replicas=5).store(1).store(2).store(3).store(4).store(5).store(9)
+    mc.region(1, voters=(1, 4, 2, 3, 9))
     mc.cluster.set_store_state(9, StoreState.OFFLINE, mc.now)
+    mc.down(2).down(3)
     mc.cluster.set_config({"max_replicas": "3"})
     op = check_replicas(mc.cluster, mc.record(1))
     # Removing the voter on 9 would leave 2 healthy voters (1, 4) of 4.
