@@ -79,6 +79,7 @@ class Cluster:
             now,
             config=lambda: self.config,
             region_count=self._regions.peer_count,
+            removed=meta.removed_stores,
         )
 
     def _initial_config(
@@ -201,6 +202,15 @@ class Cluster:
         `targeted` (the stores running operators target)."""
         self.check_bootstrapped()
         return self._stores.set_state(store_id, state, now, targeted=targeted)
+
+    def remove_tombstone_stores(self, store_id: int | None = None) -> list[StoreInfo]:
+        """Take Tombstone stores off the store list (`Stores.remove`): the
+        one given (STORE_NOT_FOUND, FAILED_PRECONDITION if it is not a
+        Tombstone), or every Tombstone store. Returns them."""
+        self.check_bootstrapped()
+        if store_id is not None:
+            return [self._stores.remove(store_id)]
+        return [self._stores.remove(s.id) for s in self.stores() if s.is_tombstone]
 
     def bury_empty_offline_stores(
         self, now: float, *, keep: Collection[StoreId] = ()

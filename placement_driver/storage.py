@@ -17,6 +17,8 @@ On-disk layout, one LMDB environment under the data directory::
         db "store"       store_id u64 BE  -> metapb.Store (CBOR message)
         db "region"      region_id u64 BE -> metapb.Region (CBOR message)
         db "config"      key name (UTF-8) -> value text (UTF-8)
+        db "removed_store"  store_id u64 BE -> b"" (Tombstone stores taken
+                         off the store list: their ids never join again)
 
 Keys are built by the named functions below. Big-endian integers make
 LMDB's byte order the numeric order.
@@ -61,6 +63,10 @@ META_DB: Final = b"meta"
 STORE_DB: Final = b"store"
 REGION_DB: Final = b"region"
 CONFIG_DB: Final = b"config"
+# Added without a format change: a PD that predates it opens the
+# environment as before and does not know the removed ids (it would let a
+# removed store's process join again; it never writes this db).
+REMOVED_STORE_DB: Final = b"removed_store"
 
 FORMAT_KEY: Final = b"format"
 CLUSTER_ID_KEY: Final = b"cluster_id"
@@ -96,6 +102,7 @@ class StoredMeta:
     stores: list[Store] = field(default_factory=list)
     regions: list[Region] = field(default_factory=list)
     config: dict[str, str] = field(default_factory=dict)
+    removed_stores: list[int] = field(default_factory=list)  # ids, ascending
 
 
 class MetaStorage(Protocol):
@@ -112,6 +119,11 @@ class MetaStorage(Protocol):
     def save_id_bound(self, bound: int) -> None: ...
 
     def save_store(self, store: Store) -> None: ...
+
+    def remove_store(self, store_id: int) -> None:
+        """Delete the store's record and remember its id as removed,
+        atomically."""
+        ...
 
     def save_config(self, items: Mapping[str, str]) -> None:
         """Replace the whole stored config."""
@@ -133,7 +145,14 @@ class MemoryMetaStorage:
 
     def load(self) -> StoredMeta:
         m = self.meta
-        return StoredMeta(m.cluster_id, m.id_bound, list(m.stores), list(m.regions), dict(m.config))
+        return StoredMeta(
+            m.cluster_id,
+            m.id_bound,
+            list(m.stores),
+            list(m.regions),
+            dict(m.config),
+            list(m.removed_stores),
+        )
 
     def _write(self) -> None:
         if self.fail_writes:
@@ -158,6 +177,11 @@ class MemoryMetaStorage:
         stores = {s.id: s for s in self.meta.stores}
         stores[store.id] = store
         self.meta.stores = sorted(stores.values(), key=lambda s: s.id)
+
+    def remove_store(self, store_id: int) -> None:
+        self._write()
+        self.meta.stores = [s for s in self.meta.stores if s.id != store_id]
+        self.meta.removed_stores = sorted({*self.meta.removed_stores, store_id})
 
     def save_config(self, items: Mapping[str, str]) -> None:
         self._write()
@@ -197,7 +221,8 @@ class LmdbMetaStorage:
                 metasync=True,
             )
             self._dbs = {
-                name: self._env.open_db(name) for name in (META_DB, STORE_DB, REGION_DB, CONFIG_DB)
+                name: self._env.open_db(name)
+                for name in (META_DB, STORE_DB, REGION_DB, CONFIG_DB, REMOVED_STORE_DB)
             }
             self._check_format()
         except BaseException:
@@ -260,6 +285,8 @@ class LmdbMetaStorage:
                 meta.stores.append(_decode(bytes(v), Store, "store"))
             for _, v in txn.cursor(db=self._db(REGION_DB)):
                 meta.regions.append(_decode(bytes(v), Region, "region"))
+            for k, _ in txn.cursor(db=self._db(REMOVED_STORE_DB)):
+                meta.removed_stores.append(_U64.unpack(bytes(k))[0])
             for k, v in txn.cursor(db=self._db(CONFIG_DB)):
                 try:
                     meta.config[bytes(k).decode()] = bytes(v).decode()
@@ -282,6 +309,13 @@ class LmdbMetaStorage:
         self._write(
             lambda txn: txn.put(store_key(store.id), codec.dumps(store), db=self._db(STORE_DB))
         )
+
+    def remove_store(self, store_id: int) -> None:
+        def fn(txn: Any) -> None:
+            txn.delete(store_key(store_id), db=self._db(STORE_DB))
+            txn.put(store_key(store_id), b"", db=self._db(REMOVED_STORE_DB))
+
+        self._write(fn)
 
     def save_config(self, items: Mapping[str, str]) -> None:
         def fn(txn: Any) -> None:

@@ -19,6 +19,11 @@ States (metapb.StoreState):
   Tombstone by `Stores.bury_empty_offline`) and kept as they are, whatever
   the heartbeats say. Only these "operator
   states" are persisted; the others are derived.
+* A Tombstone store may be taken off the store list (`Stores.remove`):
+  its record is deleted, and its id is remembered as removed, so that its
+  process, started again on its old data directory, is refused
+  (STORE_TOMBSTONE) rather than welcomed back as a new store under its old
+  id (a new store gets a new id from the allocator).
 
 `StoreInfo` is one store; `Stores` is every store of the cluster and their
 lifecycle. Pure: time comes in as an explicit `now` (seconds on the
@@ -139,12 +144,14 @@ class Stores:
         *,
         config: Callable[[], ClusterConfig],
         region_count: Callable[[int], int],
+        removed: Iterable[int] = (),
     ) -> None:
-        """Load the stored stores; `now` is the base of their heartbeat
-        age."""
+        """Load the stored stores and the ids of the removed ones; `now` is
+        the base of their heartbeat age."""
         self._storage = storage
         self._config = config
         self._region_count = region_count
+        self._removed = {StoreId(i) for i in removed}
         self._by_id: dict[StoreId, StoreInfo] = {}
         for store in stored:
             info = StoreInfo(store, seen_at=now, operator_state=_operator_state(store.state))
@@ -163,24 +170,27 @@ class Stores:
         return self._by_id.get(StoreId(store_id))
 
     def get(self, store_id: int) -> StoreInfo:
-        """The store; STORE_NOT_FOUND if it is not known."""
+        """The store; STORE_NOT_FOUND if it is not known (or was taken off
+        the list)."""
         info = self._by_id.get(StoreId(store_id))
         if info is None:
-            raise PdRequestError(PdErrorCode.STORE_NOT_FOUND, f"store {store_id} is not known")
+            gone = " (it was removed)" if store_id in self._removed else ""
+            raise PdRequestError(
+                PdErrorCode.STORE_NOT_FOUND, f"store {store_id} is not known{gone}"
+            )
         return info
 
     def get_live(self, store_id: int) -> StoreInfo:
-        """The store; STORE_NOT_FOUND if it is not known, STORE_TOMBSTONE
-        if it was removed."""
-        info = self.get(store_id)
-        if info.is_tombstone:
-            raise _removed(store_id)
-        return info
+        """The store; STORE_TOMBSTONE if it was removed (Tombstone, or
+        taken off the list), STORE_NOT_FOUND if it is not known."""
+        self.check_not_removed(store_id)
+        return self.get(store_id)
 
     def check_not_removed(self, store_id: int) -> None:
-        """STORE_TOMBSTONE if the store was removed; an unknown id passes."""
+        """STORE_TOMBSTONE if the store was removed (Tombstone, or taken
+        off the list); an unknown id passes."""
         info = self._by_id.get(StoreId(store_id))
-        if info is not None and info.is_tombstone:
+        if store_id in self._removed or (info is not None and info.is_tombstone):
             raise _removed(store_id)
 
     def next_state_change(self, now: float) -> float | None:
@@ -203,13 +213,12 @@ class Stores:
         or update the address and labels of a known one. The state in
         `store` is ignored: the PD owns store states."""
         check_store(store)
+        self.check_not_removed(store.id)
         old = self._by_id.get(store.id)
         if old is None and store.id >= next_id:
             raise invalid_argument(
                 f"store id {store.id} was not allocated by this PD (use AllocId)"
             )
-        if old is not None and old.is_tombstone:
-            raise _removed(store.id)
         for other in self._by_id.values():
             if other.id != store.id and not other.is_tombstone and other.address == store.address:
                 raise PdRequestError(
@@ -305,6 +314,23 @@ class Stores:
                 "(add a store, or lower max_replicas, first)"
             )
 
+    def remove(self, store_id: int) -> StoreInfo:
+        """Take a Tombstone store off the list (persisted first); its id
+        stays refused. STORE_NOT_FOUND if unknown, FAILED_PRECONDITION if
+        it is not a Tombstone."""
+        info = self.get(store_id)
+        if not info.is_tombstone:
+            raise failed_precondition(
+                f"store {store_id} is {info.state.name.capitalize()}: only a Tombstone store "
+                "can be removed from the store list (make it Offline; it becomes Tombstone "
+                "once it holds no region)"
+            )
+        self._storage.remove_store(info.id)
+        del self._by_id[info.id]
+        self._removed.add(info.id)
+        log.warning("store %d (tombstone) removed from the store list", info.id)
+        return info
+
     def bury_empty_offline(self, now: float, *, keep: Collection[StoreId] = ()) -> list[StoreId]:
         """Make every Offline store that no region has a peer on any more a
         Tombstone; returns their ids. Stores in `keep` stay Offline: running
@@ -359,7 +385,12 @@ def check_store(store: Store) -> None:
 
 
 def _removed(store_id: int) -> PdRequestError:
-    return PdRequestError(PdErrorCode.STORE_TOMBSTONE, f"store {store_id} was removed (tombstone)")
+    return PdRequestError(
+        PdErrorCode.STORE_TOMBSTONE,
+        f"store {store_id} was removed from the cluster (tombstone); "
+        "a removed store never comes back: start it with an empty data directory "
+        "to join as a new store",
+    )
 
 
 def _operator_state(state: StoreState) -> StoreState:

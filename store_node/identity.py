@@ -56,11 +56,15 @@ async def ensure_identity(
         check_store_ident(ident, pd.cluster_id)
         known = await pd.get_store(ident.store_id)
         if known is not None and known.state == StoreState.TOMBSTONE:
-            raise DataDirMismatchError(
-                f"store {ident.store_id} was removed from the cluster (tombstone); "
-                "start with an empty --data-dir to join as a new store"
-            )
-        await pd.put_store(Store(ident.store_id, address, StoreState.UP, labels))
+            raise _removed(ident.store_id)
+        try:
+            await pd.put_store(Store(ident.store_id, address, StoreState.UP, labels))
+        except PdServerError as e:
+            # A Tombstone taken off the PD's store list is unknown to
+            # GetStore above; the PD still refuses its id.
+            if e.code == PdErrorCode.STORE_TOMBSTONE:
+                raise _removed(ident.store_id) from None
+            raise
         return ident, []
 
     created: list[int] = []
@@ -105,6 +109,13 @@ async def ensure_identity(
     write_store_ident(engine, ident)
     log.info("joined cluster %d as store %d", pd.cluster_id, store_id)
     return ident, []
+
+
+def _removed(store_id: int) -> DataDirMismatchError:
+    return DataDirMismatchError(
+        f"store {store_id} was removed from the cluster (tombstone); "
+        "start with an empty --data-dir to join as a new store"
+    )
 
 
 async def _bootstrap(

@@ -644,6 +644,44 @@ def test_a_store_a_running_operator_targets_is_not_removed_by_hand() -> None:
     assert c.set_store_state(4, StoreState.TOMBSTONE, now=1.0).state == StoreState.TOMBSTONE
 
 
+def test_a_tombstone_taken_off_the_store_list_never_comes_back() -> None:
+    storage = MemoryMetaStorage()
+    c = bootstrapped(storage, stores=5)
+    # Only a Tombstone can be taken off the list.
+    with refused(PdErrorCode.FAILED_PRECONDITION) as info:
+        c.remove_tombstone_stores(2)
+    assert "store 2 is Up: only a Tombstone store can be removed" in info.value.message
+    with refused(PdErrorCode.STORE_NOT_FOUND):
+        c.remove_tombstone_stores(9)
+    for s in (4, 5):
+        c.set_store_state(s, StoreState.OFFLINE, now=1.0)
+        c.set_store_state(s, StoreState.TOMBSTONE, now=1.0)
+    assert [s.id for s in c.remove_tombstone_stores(4)] == [4]
+    assert [s.id for s in c.stores()] == [1, 2, 3, 5]
+    # Without an id: every Tombstone store (none left is no error).
+    assert [s.id for s in c.remove_tombstone_stores()] == [5]
+    assert c.remove_tombstone_stores() == []
+    # Persisted: after a restart the ids are still refused, not taken for
+    # new stores joining under their old ids.
+    c = Cluster(storage, 2.0, config_overrides=SHORT)
+    assert [s.id for s in c.stores()] == [1, 2, 3]
+    with refused(PdErrorCode.STORE_NOT_FOUND) as missing:
+        c.get_store(4)
+    assert missing.value.message == "store 4 is not known (it was removed)"
+    with refused(PdErrorCode.STORE_TOMBSTONE) as gone:
+        c.put_store(store(4), now=2.0)
+    assert "store 4 was removed from the cluster (tombstone)" in gone.value.message
+    with refused(PdErrorCode.STORE_TOMBSTONE):
+        c.store_heartbeat(StoreStats(StoreId(5)), now=2.0)
+    with refused(PdErrorCode.STORE_TOMBSTONE):
+        c.region_heartbeat(
+            report(region(1, conf_ver=2, peers=(peer(100, 1), peer(104, 4))), leader=104), now=2.0
+        )
+    # A new store may take the address a removed one had.
+    c.ids.skip_past(6)
+    c.put_store(store(6, address=store(4).address), now=2.0)
+
+
 def test_a_failed_write_leaves_the_store_state_as_it_was() -> None:
     storage = MemoryMetaStorage()
     c = bootstrapped(storage, stores=4)

@@ -23,6 +23,8 @@ def test_everything_saved_is_loaded_back(tmp_path: Path) -> None:
         storage.save_bootstrap(77, store(1), region(1))
         storage.save_store(store(2))
         storage.save_store(store(2, address="127.0.0.1:3000"))  # replaced
+        storage.save_store(store(3, state=StoreState.TOMBSTONE))
+        storage.remove_store(3)  # its record goes, its id is remembered
         storage.save_config({"max_replicas": "5", "region_max_size": "1GiB"})
         storage.save_config({"max_replicas": "3"})  # the whole config is replaced
         storage.save_regions([region(1, b"", b"k", version=2), region(2, b"k", b"", version=2)], [])
@@ -33,6 +35,7 @@ def test_everything_saved_is_loaded_back(tmp_path: Path) -> None:
     assert meta.id_bound == 1000
     assert meta.stores == [store(1), store(2, address="127.0.0.1:3000")]
     assert meta.config == {"max_replicas": "3"}
+    assert meta.removed_stores == [3]
     assert meta.regions == [region(1, b"", b"k", version=2), region(3, b"k", b"", version=3)]
 
 
