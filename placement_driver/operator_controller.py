@@ -8,7 +8,8 @@ Rules:
   (`OperatorExistsError`), whoever asks.
 * Limits: operators of the replica checker run at most
   `replica_schedule_limit` at once (0 turns the checker off); an
-  administrator's operators (manual split) are not limited. Per store, the
+  administrator's operators (split, transfer-leader, add-peer, remove-peer,
+  transfer-peer: `admin_operators`) are not limited. Per store, the
   checker's choice of target stores honours `max_snapshot_count` and
   `max_pending_peer_count`, counting the operators still running
   (`OpInfluence`).
@@ -35,13 +36,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from kvproto import pdpb
 from kvproto.metapb import RegionId, StoreId, StoreState
 from kvproto.pdpb import PdErrorCode
+from placement_driver.admin_operators import plan_admin_operator
 from placement_driver.cluster import Cluster
 from placement_driver.errors import OperatorExistsError, PdRequestError, invalid_argument
 from placement_driver.operators import (
@@ -230,6 +232,42 @@ class OperatorController:
 
     # -- administrators' operators ---------------------------------------------------
 
+    def add_admin(
+        self,
+        cluster: Cluster,
+        region_id: int,
+        plan: Callable[[RegionRecord], Operator],
+        now: float,
+    ) -> Operator:
+        """Start the operator `plan` makes for the region (it raises
+        PdRequestError to refuse). NOT_BOOTSTRAPPED, REGION_NOT_FOUND, or
+        OperatorExistsError if the region has a running operator (checked
+        before planning: a plan may take new peer ids). Its first step
+        reaches the leader with the region's next heartbeat, which the
+        leader's store is asked for."""
+        cluster.check_bootstrapped()
+        record = cluster.region_by_id(region_id)
+        if record is None:
+            raise PdRequestError(PdErrorCode.REGION_NOT_FOUND, f"region {region_id} is not known")
+        running = self.get(region_id)
+        if running is not None:
+            raise OperatorExistsError(running.region_id, running.describe())
+        op = plan(record)
+        self.add(op, now)
+        return op
+
+    def admin_operator(
+        self, cluster: Cluster, name: str, region_id: int, store_ids: dict[str, int], now: float
+    ) -> Operator:
+        """Start the administrator's operator `name` (`admin_operators`)."""
+        influence = self.influence()
+        return self.add_admin(
+            cluster,
+            region_id,
+            lambda record: plan_admin_operator(cluster, record, name, store_ids, influence),
+            now,
+        )
+
     def split_region(
         self, cluster: Cluster, region_id: int, keys: Sequence[bytes], now: float
     ) -> Operator:
@@ -238,36 +276,29 @@ class OperatorController:
         scan says). REGION_NOT_FOUND, INVALID_ARGUMENT, or
         OperatorExistsError if the region has a running operator. The step
         reaches the leader with the region's next heartbeat."""
-        cluster.check_bootstrapped()
-        record = cluster.region_by_id(region_id)
-        if record is None:
-            raise PdRequestError(PdErrorCode.REGION_NOT_FOUND, f"region {region_id} is not known")
-        region = record.region
         keys = tuple(keys)
-        if len(keys) > MAX_SPLIT_COUNT:
-            raise invalid_argument(f"at most {MAX_SPLIT_COUNT} split keys at once, got {len(keys)}")
-        previous = region.start_key
-        for key in keys:
-            if key <= previous:
-                raise invalid_argument(
-                    f"split key {key!r} is not inside region {region_id} after {previous!r} "
-                    "(keys must be strictly increasing and strictly inside the region)"
-                )
-            if region.end_key and key >= region.end_key:
-                raise invalid_argument(
-                    f"split key {key!r} is not inside region {region_id} "
-                    f"[{region.start_key!r}, {region.end_key!r})"
-                )
-            previous = key
-        op = Operator(
-            region.id,
-            "split-region",
-            OperatorKind.ADMIN,
-            (SplitRegion(region.epoch.version, keys),),
-            region.epoch,
-        )
-        self.add(op, now)
-        return op
+        return self.add_admin(cluster, region_id, lambda record: _plan_split(record, keys), now)
+
+
+def _plan_split(record: RegionRecord, keys: tuple[bytes, ...]) -> Operator:
+    region = record.region
+    if len(keys) > MAX_SPLIT_COUNT:
+        raise invalid_argument(f"at most {MAX_SPLIT_COUNT} split keys at once, got {len(keys)}")
+    previous = region.start_key
+    for key in keys:
+        if key <= previous:
+            raise invalid_argument(
+                f"split key {key!r} is not inside region {region.id} after {previous!r} "
+                "(keys must be strictly increasing and strictly inside the region)"
+            )
+        if region.end_key and key >= region.end_key:
+            raise invalid_argument(
+                f"split key {key!r} is not inside region {region.id} "
+                f"[{region.start_key!r}, {region.end_key!r})"
+            )
+        previous = key
+    step = SplitRegion(region.epoch.version, keys)
+    return Operator(region.id, "split-region", OperatorKind.ADMIN, (step,), region.epoch)
 
 
 def _store_states(cluster: Cluster) -> StoreStateOf:

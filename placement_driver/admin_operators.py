@@ -1,0 +1,188 @@
+"""The administrator's operators: plans for one region ordered by hand
+(the admin API's ``POST /operators``), pure like the replica checker and
+built from the same plans (`plans.RegionPlanner`).
+
+    transfer-leader  to_store_id            TransferLeader to its voter there
+    add-peer         store_id               AddLearner, PromoteLearner
+    remove-peer      store_id               [TransferLeader away,] RemovePeer
+    transfer-peer    from_store_id,         a voter: [TransferLeader away,]
+                     to_store_id            AddLearner, ChangePeers (promote +
+                                            demote, joint), RemovePeer; a
+                                            learner: AddLearner, RemovePeer
+
+(split-region is `OperatorController.split_region`.)
+
+They are checked as the checker's are, and refused (`PdRequestError`)
+otherwise: the region must have a known leader and not be in a joint
+configuration; a store that gets a peer or the leadership must be Up;
+one peer per store; every configuration the plan passes through keeps a
+majority of healthy voters. A store that is not known is STORE_NOT_FOUND,
+what the region's or the stores' state refuses is FAILED_PRECONDITION.
+They are not limited by the schedule limits (an administrator's order),
+but one region still runs one operator at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from kvproto.metapb import Peer, PeerId, PeerRole, StoreId, StoreState
+from kvproto.pdpb import PdErrorCode
+from placement_driver.errors import PdRequestError, failed_precondition, invalid_argument
+from placement_driver.operators import (
+    Operator,
+    OperatorKind,
+    RemovePeer,
+    Step,
+    TransferLeader,
+    in_joint,
+)
+from placement_driver.plans import ClusterView, OpInfluence, RegionPlanner
+from placement_driver.regions import RegionRecord
+
+__all__ = ["ADMIN_OPERATORS", "AdminOperator", "plan_admin_operator"]
+
+
+class _AdminPlanner(RegionPlanner):
+    def check_region(self) -> None:
+        rid = self.region.id
+        if self.record.leader is None:
+            raise failed_precondition(f"region {rid} has no known leader yet")
+        if in_joint(self.region):
+            raise failed_precondition(
+                f"region {rid} is in a joint configuration (its leader is leaving it)"
+            )
+
+    def check_known(self, store_id: StoreId) -> None:
+        if self.view.find_store(store_id) is None:
+            raise PdRequestError(PdErrorCode.STORE_NOT_FOUND, f"store {store_id} is not known")
+
+    def check_target(self, store_id: StoreId) -> None:
+        """The store may get a peer or the leadership: known and Up."""
+        self.check_known(store_id)
+        state = self.state(store_id)
+        if state != StoreState.UP:
+            raise failed_precondition(
+                f"store {store_id} is {state.name.capitalize()}: "
+                "an operator puts peers and leaders on Up stores only"
+            )
+
+    def member_on(self, store_id: StoreId) -> Peer:
+        peer = self.region.peer_on_store(store_id)
+        if peer is None:
+            self.check_known(store_id)
+            raise failed_precondition(f"region {self.region.id} has no peer on store {store_id}")
+        return peer
+
+    def free_target(self, store_id: StoreId) -> None:
+        """The store may get a new peer of the region."""
+        self.check_target(store_id)
+        other = self.region.peer_on_store(store_id)
+        if other is not None:
+            raise failed_precondition(
+                f"store {store_id} already holds peer {other.id} of region {self.region.id}"
+            )
+
+    def handoff_or_refuse(self, leaving: Peer) -> list[Step]:
+        steps = self.handoff(leaving)
+        if steps is None:
+            raise failed_precondition(
+                f"peer {leaving.id} leads region {self.region.id} "
+                "and no other healthy voter on an Up store can take over"
+            )
+        return steps
+
+    def operator(self, desc: str, steps: list[Step]) -> Operator:
+        if not self.keeps_quorum(steps):
+            raise failed_precondition(
+                f"{desc} would leave region {self.region.id} without a majority of healthy "
+                "voters in one of its steps (voters are down, pending or on Down stores)"
+            )
+        return Operator(self.region.id, desc, OperatorKind.ADMIN, tuple(steps), self.region.epoch)
+
+    def with_new_peer(
+        self, desc: str, store_id: StoreId, plan: Callable[[Peer], list[Step]]
+    ) -> Operator:
+        """The plan checked on a placeholder peer first: a new id is taken
+        only for a plan that is proposed."""
+        self.operator(desc, plan(Peer(PeerId(0), store_id, PeerRole.LEARNER)))
+        return self.operator(desc, plan(self.new_peer(store_id)))
+
+
+def _transfer_leader(p: _AdminPlanner, to_store_id: StoreId) -> Operator:
+    to = p.member_on(to_store_id)
+    rid = p.region.id
+    leader = p.record.leader
+    if leader is not None and leader.id == to.id:
+        raise failed_precondition(f"peer {to.id} on store {to_store_id} already leads region {rid}")
+    if to.role != PeerRole.VOTER:
+        raise failed_precondition(
+            f"peer {to.id} on store {to_store_id} is a {to.role.name.lower()}, not a voter"
+        )
+    p.check_target(to_store_id)
+    if not p.healthy(to):
+        raise failed_precondition(
+            f"peer {to.id} on store {to_store_id} is reported down or catching up"
+        )
+    return p.operator("transfer-leader", [TransferLeader(to)])
+
+
+def _add_peer(p: _AdminPlanner, store_id: StoreId) -> Operator:
+    p.free_target(store_id)
+    return p.with_new_peer("add-peer", store_id, p.add_voter)
+
+
+def _remove_peer(p: _AdminPlanner, store_id: StoreId) -> Operator:
+    peer = p.member_on(store_id)
+    return p.operator("remove-peer", [*p.handoff_or_refuse(peer), RemovePeer(peer)])
+
+
+def _transfer_peer(p: _AdminPlanner, from_store_id: StoreId, to_store_id: StoreId) -> Operator:
+    if from_store_id == to_store_id:
+        raise invalid_argument(f"from and to are the same store ({to_store_id})")
+    old = p.member_on(from_store_id)
+    p.free_target(to_store_id)
+    if old.is_learner:
+        return p.with_new_peer("transfer-peer", to_store_id, lambda new: p.move_learner(old, new))
+    first = p.handoff_or_refuse(old)
+    return p.with_new_peer(
+        "transfer-peer", to_store_id, lambda new: [*first, *p.replacement(old, new, add=True)]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AdminOperator:
+    """One kind of administrator's operator: the store ids it takes (by
+    their names in the request) and its planner."""
+
+    store_fields: tuple[str, ...]
+    plan: Callable[..., Operator]
+
+
+ADMIN_OPERATORS: Final = {
+    "transfer-leader": AdminOperator(("to_store_id",), _transfer_leader),
+    "transfer-peer": AdminOperator(("from_store_id", "to_store_id"), _transfer_peer),
+    "add-peer": AdminOperator(("store_id",), _add_peer),
+    "remove-peer": AdminOperator(("store_id",), _remove_peer),
+}
+
+
+def plan_admin_operator(
+    view: ClusterView,
+    record: RegionRecord,
+    name: str,
+    store_ids: dict[str, int],
+    influence: OpInfluence | None = None,
+) -> Operator:
+    """The operator `name` (a key of ADMIN_OPERATORS) for the region, with
+    its store ids by field name (not started); raises PdRequestError if
+    it is refused. `influence` (the running operators') orders the
+    candidates to take the leadership over, as the checker's does."""
+    kind = ADMIN_OPERATORS[name]
+    if set(store_ids) != set(kind.store_fields):
+        raise ValueError(f"{name} takes {kind.store_fields}, got {sorted(store_ids)}")
+    planner = _AdminPlanner(view, record, influence or OpInfluence())
+    planner.check_region()
+    return kind.plan(planner, **{k: StoreId(v) for k, v in store_ids.items()})
