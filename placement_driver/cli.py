@@ -43,6 +43,11 @@ cluster config keys are stored in the data directory and can be changed
 while running (SetConfig RPC): at start, a key named by the file or a flag
 wins over the stored value, a key named by neither keeps it.
 
+With --admin-token-file FILE, every admin API request that changes
+something (POST, DELETE) needs the header 'Authorization: Bearer <token>'
+(shardkv ctl --token-file FILE sends it); reads stay open. A missing or
+empty token file stops the PD at start.
+
 Durations are seconds or text: 500ms, 20s, 30m, 1h. Sizes are bytes or
 text: 64KiB, 96MiB (MB = 1000**2 bytes). An unknown key or a bad value stops
 the PD at start with exit code 2. Ctrl-C or SIGTERM stop it cleanly (exit 0).
@@ -61,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     server = p.add_argument_group("server options (start-up only)")
     defaults = ServerConfig()
     for f in dataclasses.fields(ServerConfig):
-        metavar = "DIR" if f.name == "data_dir" else "HOST:PORT"
+        metavar = {"data_dir": "DIR", "admin_token_file": "FILE"}.get(f.name, "HOST:PORT")
         default = getattr(defaults, f.name)
         suffix = f" (default: {default})" if default else ""
         server.add_argument(

@@ -3,8 +3,8 @@
 Two dataclasses, one flat namespace of keys (pd.toml, flags, RPC and HTTP
 use the same names):
 
-* `ServerConfig`: how this PD process runs (`data_dir`, `listen`, `http`).
-  Read at start only.
+* `ServerConfig`: how this PD process runs (`data_dir`, `listen`, `http`,
+  `admin_token_file`). Read at start only.
 * `ClusterConfig`: what the cluster runs with (replicas, split thresholds,
   store down times, schedule limits). Persisted with the cluster metadata,
   readable and settable over RPC (`SetConfig`, all or nothing).
@@ -46,6 +46,7 @@ __all__ = [
     "format_value",
     "load_startup_config",
     "parse_listen_address",
+    "read_admin_token",
 ]
 
 MiB: Final = 1 << 20
@@ -62,6 +63,11 @@ class ServerConfig:
     )
     http: str = setting(
         "127.0.0.1:2380", "HOST:PORT of the admin HTTP API (JSON); port 0 picks a free port"
+    )
+    admin_token_file: str = setting(
+        "",
+        "file holding the admin token: every admin API request but GET and HEAD then needs "
+        "'Authorization: Bearer <token>' (read at start; default: no token, orders are open)",
     )
 
     def validate(self) -> None:
@@ -188,6 +194,25 @@ def load_startup_config(path: str | None, flags: Mapping[str, object]) -> Startu
     # them when it starts (still exit code 2).
     cluster_config_from(overrides, check_rules=False)
     return StartupConfig(server, overrides)
+
+
+def read_admin_token(path: str) -> str:
+    """The admin token in the file at `path`: its one line (surrounding
+    whitespace, such as the final newline, dropped). ConfigError if the file
+    cannot be read, is empty, or holds anything but printable ASCII without
+    spaces (the token travels in an HTTP header)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the admin token file {path}: {e}") from None
+    if not token:
+        raise ConfigError(f"the admin token file {path} is empty")
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"the admin token in {path} must be one word of printable ASCII (no spaces)"
+        )
+    return token
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

@@ -24,22 +24,49 @@ Endpoints under /pd/api/v1; GET (and HEAD) reads:
     /operator/{region_id} the region's running operator, else its latest
                           finished one
 
-POST orders (answered once the order is taken, not once it is carried out):
+    /regions/store/{id}   {"count": n, "regions": [...]}: the regions with a
+                          peer (any role) on the store, in key order
+    /operators/{region_id}  same as /operator/{region_id}
 
-    /regions/split        body {"region_id": N, "keys": [{"hex": "..."} or
-                          {"text": "..."}, ...]}: start an operator splitting
-                          the region at the keys (an empty list: by size);
+Orders, POST and DELETE (answered once the order is taken, not once it is
+carried out; the views are `http_admin`'s):
+
+    POST /operators       start an administrator's operator on a region;
+                          body {"name": ..., "region_id": N, ...}:
+                          transfer-leader {"to_store_id": S},
+                          transfer-peer {"from_store_id": S1, "to_store_id": S2},
+                          add-peer {"store_id": S}, remove-peer {"store_id": S},
+                          split-region {"keys": [key, ...]} (none: by size);
                           answers the operator
-    /store/{id}/state?state=Offline   set a store's state: Offline
+    DELETE /operators/{region_id}   cancel the region's running operator;
+                          answers it
+    POST /regions/split   body {"region_id": N, "keys": [key, ...]}: as
+                          split-region above
+    POST /store/{id}/state?state=Offline   set a store's state: Offline
                           (decommission: its peers get replaced, and it becomes
                           Tombstone once it holds no region), Up (take it back),
                           Tombstone (an Offline store holding no region);
                           answers the store
+    DELETE /store/{id}    make the store Offline (same rules); answers it
+    DELETE /stores/remove-tombstone[?store_id=N]   take Tombstone stores off
+                          the store list (the one given, else every one); their
+                          ids stay refused. Answers {"count": n, "removed":
+                          [store, ...]}
+    POST /config          body {"key": value, ...}: change cluster config keys
+                          (values as in pd.toml), all or nothing; answers the
+                          whole config
+
+Admin token: an AdminApi given `admin_token` (``shardkv pd
+--admin-token-file FILE``) answers every request but GET and HEAD with 401
+unless it carries ``Authorization: Bearer <token>``: checked here, by
+method, before routing, so that orders added later are covered too. Reads
+stay open.
 
 Keys appear as ``{"hex": "75736572", "text": "user"}``, `text` null when the
 bytes are not UTF-8. An empty end key means +infinity. Errors are JSON
 ``{"error": "..."}``: 404 for unknown ids, keys outside every region and
-unknown paths; 400 for malformed ids, bodies and arguments; 405 for other
+unknown paths; 400 for malformed ids, bodies and arguments; 401 for an order
+without the admin token (or with another); 405 for other
 methods (with an Allow header); 409 when the cluster's state refuses an order
 (the region already has an operator, not bootstrapped, a Tombstone store, a
 store to drain while fewer than max_replicas others are Up, a store to remove
@@ -53,37 +80,41 @@ cannot hold arbitrary key bytes.
 
 from __future__ import annotations
 
-import dataclasses
+import hmac
 import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote_to_bytes
 
-from kvproto.metapb import Peer, RegionEpoch, StoreState
-from kvproto.pdpb import PdErrorCode, PeerStats
+from kvproto.metapb import StoreId
+from kvproto.pdpb import PdErrorCode
 from placement_driver.cluster import Cluster
 from placement_driver.errors import OperatorExistsError, PdRequestError
-from placement_driver.operator_controller import OperatorController
-from placement_driver.operators import (
-    AddLearner,
-    ChangePeers,
-    Operator,
-    PromoteLearner,
-    RemovePeer,
-    SplitRegion,
-    Step,
-    TransferLeader,
+from placement_driver.http_admin import AdminOrders
+from placement_driver.http_json import (
+    HttpError,
+    JsonObject,
+    key_json,
+    operator_json,
+    region_json,
+    store_json,
 )
-from placement_driver.regions import REPORTED_FIELDS, Flow, RegionRecord
-from placement_driver.stores import StoreInfo
+
+# Under the names views written in this module use.
+from placement_driver.http_json import Request as _Request
+from placement_driver.http_json import View as _View
+from placement_driver.http_json import json_body as _json_body  # noqa: F401  (for views here)
+from placement_driver.http_json import parse_id as _parse_id
+from placement_driver.http_json import parse_key as _parse_key  # noqa: F401  (for views here)
+from placement_driver.operator_controller import OperatorController
 
 __all__ = [
     "API_PREFIX",
     "MAX_BODY",
     "AdminApi",
+    "HttpError",
     "key_json",
     "operator_json",
     "region_json",
@@ -100,16 +131,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-JsonObject = dict[str, Any]
-
-STATE_NAMES: Final = {
-    StoreState.UP: "Up",
-    StoreState.DISCONNECTED: "Disconnected",
-    StoreState.DOWN: "Down",
-    StoreState.OFFLINE: "Offline",
-    StoreState.TOMBSTONE: "Tombstone",
-}
-
+# Methods that only read: open even with an admin token.
+READ_METHODS: Final = frozenset({"GET", "HEAD"})
 
 # PdRequestError codes -> HTTP status; any other code is 400.
 _STATUS_OF_CODE: Final = {
@@ -121,133 +144,18 @@ _STATUS_OF_CODE: Final = {
 }
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def key_json(key: bytes) -> JsonObject:
-    try:
-        text: str | None = key.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    return {"hex": key.hex(), "text": text}
-
-
-def peer_json(peer: Peer) -> JsonObject:
-    return {"id": peer.id, "store_id": peer.store_id, "role": peer.role.name.lower()}
-
-
-def _age(now: float, then: float | None) -> float | None:
-    return None if then is None else round(now - then, 3)
-
-
-def region_json(record: RegionRecord, now: float) -> JsonObject:
-    """The region, then what its leader last reported under the names of
-    the heartbeat's fields (`RegionStat`), its flow (per second, from the
-    latest heartbeat that measured one), then the heartbeat's age."""
-    region, stat = record.region, record.stat
-    out: JsonObject = {
-        "id": region.id,
-        "start_key": key_json(region.start_key),
-        "end_key": key_json(region.end_key),
-        "epoch": epoch_json(region.epoch),
-        "peers": [peer_json(p) for p in region.peers],
-    }
-    for name in REPORTED_FIELDS:
-        out[name] = _reported_json(getattr(stat, name))
-    out["flow"] = dataclasses.asdict(stat.flow)
-    out["seconds_since_heartbeat"] = _age(now, stat.last_heartbeat)
-    return out
-
-
-def _reported_json(value: object) -> Any:
-    """A value of a region heartbeat as JSON (numbers and None as they are)."""
-    match value:
-        case Peer():
-            return peer_json(value)
-        case PeerStats(peer=peer, down_seconds=down_seconds):
-            return {"peer": peer_json(peer), "down_seconds": down_seconds}
-        case tuple():
-            return [_reported_json(v) for v in value]
-        case _:
-            return value
-
-
-def epoch_json(epoch: RegionEpoch) -> JsonObject:
-    return {"conf_ver": epoch.conf_ver, "version": epoch.version}
-
-
-def step_json(step: Step) -> JsonObject:
-    out: JsonObject = {"kind": step.kind, "description": step.describe()}
-    match step:
-        case AddLearner(peer) | PromoteLearner(peer) | RemovePeer(peer):
-            out["peer"] = peer_json(peer)
-        case TransferLeader(to):
-            out["peer"] = peer_json(to)
-        case ChangePeers(changes):
-            out["changes"] = [
-                {"type": c.change_type.name.lower(), "peer": peer_json(c.peer)} for c in changes
-            ]
-        case SplitRegion(keys=keys):
-            out["keys"] = [key_json(k) for k in keys]
-    return out
-
-
-def operator_json(op: Operator, now: float) -> JsonObject:
-    """`current_step` indexes `steps` (equal to their count once all are
-    done); times are seconds on the PD's clock, relative to `now`."""
-    end = now if op.finished_at is None else op.finished_at
-    return {
-        "region_id": op.region_id,
-        "desc": op.desc,
-        "kind": op.kind.value,
-        "status": op.status.value,
-        "steps": [step_json(s) for s in op.steps],
-        "current_step": op.current,
-        "origin_epoch": epoch_json(op.origin),
-        "seconds_running": round(end - op.created_at, 3),
-        "seconds_since_finished": _age(now, op.finished_at),
-        "reason": op.reason or None,
-    }
-
-
-def store_json(info: StoreInfo, now: float, leader_flow: Flow) -> JsonObject:
-    """The store, what its last heartbeat said (`stats`), and `leader_flow`:
-    the sum of the flows of the regions led there (from region
-    heartbeats)."""
-    stats = None
-    if info.stats is not None:
-        stats = dataclasses.asdict(info.stats)
-        del stats["store_id"]
-    return {
-        "id": info.id,
-        "address": info.address,
-        "state": STATE_NAMES[info.state],
-        "labels": dict(info.meta.labels),
-        "seconds_since_heartbeat": _age(now, info.last_heartbeat),
-        "stats": stats,
-        "leader_flow": dataclasses.asdict(leader_flow),
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    match: re.Match[bytes]
-    query: dict[str, list[str]]
-    body: bytes
-
-
-_View = Callable[[_Request], JsonObject]
-
-
 class AdminApi:
     """The ASGI application. `clock` gives the shell's current time (the
     same clock as the heartbeat times held by `cluster`). `operators` is the
     PD's operator controller (None: the operator endpoints answer 503);
-    `on_store_state_change` is called after a store state was set."""
+    `on_store_state_change` is called after an order that may change store
+    states (a store state, the store list, the config). `admin_token`: the
+    token every request but a read must carry (None: none needed).
+
+    Routes: the first route whose pattern matches the path and that has a
+    view for the method answers; several routes may share a pattern (one
+    per method or group of methods), and a path that some route matches
+    but none for the method is a 405."""
 
     def __init__(
         self,
@@ -256,11 +164,15 @@ class AdminApi:
         *,
         operators: OperatorController | None = None,
         on_store_state_change: Callable[[], None] | None = None,
+        admin_token: str | None = None,
     ) -> None:
+        if admin_token is not None and not admin_token:
+            raise ValueError("an admin token must not be empty")
         self._cluster = cluster
         self._clock = clock
         self._operators = operators
-        self._on_store_state_change = on_store_state_change
+        self._orders = AdminOrders(cluster, clock, operators, on_store_state_change)
+        self._bearer = None if admin_token is None else f"Bearer {admin_token}".encode()
         p = re.escape(API_PREFIX.encode())
 
         def route(pattern: bytes, **views: _View) -> tuple[re.Pattern[bytes], dict[str, _View]]:
@@ -270,14 +182,24 @@ class AdminApi:
             route(rb"/health/?", GET=self._health),
             route(rb"/cluster/?", GET=self._cluster_info),
             route(rb"/stores/?", GET=self._stores),
+            route(rb"/stores/remove-tombstone/?", DELETE=self._orders.remove_tombstones),
             route(rb"/store/(?P<id>[^/]*)/?", GET=self._store),
-            route(rb"/store/(?P<id>[^/]*)/state/?", POST=self._set_store_state),
+            route(rb"/store/(?P<id>[^/]*)/?", DELETE=self._orders.offline_store),
+            route(rb"/store/(?P<id>[^/]*)/state/?", POST=self._orders.set_store_state),
             route(rb"/regions/?", GET=self._regions),
-            route(rb"/regions/split/?", POST=self._split_region),
+            route(rb"/regions/split/?", POST=self._orders.split_region),
+            route(rb"/regions/store/(?P<id>[^/]*)/?", GET=self._regions_on_store),
             route(rb"/region/id/(?P<id>[^/]*)/?", GET=self._region_by_id),
             route(rb"/region/key/(?P<key>.*)", GET=self._region_by_key),
             route(rb"/config/?", GET=self._config),
+            route(rb"/config/?", POST=self._orders.set_config),
             route(rb"/operators/?", GET=self._operators_view),
+            route(rb"/operators/?", POST=self._orders.add_operator),
+            route(
+                rb"/operators/(?P<id>[^/]*)/?",
+                GET=self._operator,
+                DELETE=self._orders.cancel_operator,
+            ),
             route(rb"/operator/(?P<id>[^/]*)/?", GET=self._operator),
         ]
 
@@ -301,17 +223,20 @@ class AdminApi:
                     body = b""
                 if not message.get("more_body"):
                     break
+            authorization = _header(scope, b"authorization")
+            extra: list[tuple[bytes, bytes]] = []
             if too_large:
-                status, document, allow = 413, {"error": f"body over {MAX_BODY} bytes"}, None
+                status, document = 413, {"error": f"body over {MAX_BODY} bytes"}
             else:
-                status, document, allow = self._respond(method, raw_path, query, body)
+                status, document, extra = self._respond(
+                    method, raw_path, query, body, authorization
+                )
             data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(data)).encode()),
+                *extra,
             ]
-            if allow is not None:
-                headers.append((b"allow", allow.encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
         elif kind == "websocket":
@@ -319,39 +244,72 @@ class AdminApi:
             await send({"type": "websocket.close", "code": 1003})
 
     def respond(
-        self, method: str, raw_path: bytes, body: bytes = b"", query: bytes = b""
+        self,
+        method: str,
+        raw_path: bytes,
+        body: bytes = b"",
+        query: bytes = b"",
+        *,
+        authorization: bytes | None = None,
     ) -> tuple[int, Any]:
         """The status and JSON document for a request (`raw_path` may carry
-        the query after "?")."""
-        status, document, _ = self._respond(method, raw_path, query, body)
+        the query after "?"; `authorization` is the header's value)."""
+        status, document, _ = self._respond(method, raw_path, query, body, authorization)
         return status, document
 
     def _respond(
-        self, method: str, raw_path: bytes, query: bytes, body: bytes
-    ) -> tuple[int, Any, str | None]:
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        body: bytes,
+        authorization: bytes | None = None,
+    ) -> tuple[int, Any, list[tuple[bytes, bytes]]]:
+        """The status, the JSON document and the extra headers."""
         path, _, in_path = raw_path.partition(b"?")
         query = query or in_path
+        refusal = self._check_token(method, authorization)
+        if refusal is not None:
+            return 401, {"error": refusal}, [(b"www-authenticate", b'Bearer realm="shardkv-pd"')]
+        allowed: set[str] = set()
         for pattern, views in self._routes:
             match = pattern.fullmatch(path)
             if match is None:
                 continue
             view = views.get("GET" if method == "HEAD" else method)
             if view is None:
-                allowed = ["GET", "HEAD"] if "GET" in views else sorted(views)
-                allow = ", ".join(allowed)
-                what = "it is read-only" if "GET" in views else f"use {allow}"
-                reason = f"method {method} is not allowed on this endpoint; {what}"
-                return 405, {"error": reason}, allow
+                allowed.update(views)
+                continue
             request = _Request(match, parse_qs(query.decode("latin-1")), body)
             try:
-                return 200, view(request), None
+                return 200, view(request), []
             except HttpError as e:
-                return e.status, {"error": e.reason}, None
+                return e.status, {"error": e.reason}, []
             except PdRequestError as e:
-                return _STATUS_OF_CODE.get(e.code, 400), {"error": e.message}, None
+                return _STATUS_OF_CODE.get(e.code, 400), {"error": e.message}, []
             except OperatorExistsError as e:
-                return 409, {"error": str(e)}, None
-        return 404, {"error": f"no such endpoint: {path.decode('latin-1')}"}, None
+                return 409, {"error": str(e)}, []
+        if allowed:
+            allow = ", ".join(sorted(allowed | ({"HEAD"} if "GET" in allowed else set())))
+            what = "it is read-only" if allowed == {"GET"} else f"use {allow}"
+            reason = f"method {method} is not allowed on this endpoint; {what}"
+            return 405, {"error": reason}, [(b"allow", allow.encode())]
+        return 404, {"error": f"no such endpoint: {path.decode('latin-1')}"}, []
+
+    def _check_token(self, method: str, authorization: bytes | None) -> str | None:
+        """Why the request is refused for want of the admin token, or None."""
+        if self._bearer is None or method in READ_METHODS:
+            return None
+        if authorization is None:
+            return (
+                f"{method} needs the admin token: send the header "
+                "'Authorization: Bearer <token>' (shardkv ctl --token-file FILE)"
+            )
+        # Constant time: how much of a guess matched must not show in the
+        # time the refusal takes.
+        if not hmac.compare_digest(authorization.strip(), self._bearer):
+            return "wrong admin token"
+        return None
 
     # -- views -------------------------------------------------------------------
 
@@ -404,10 +362,20 @@ class AdminApi:
     def _config(self, req: _Request) -> JsonObject:
         return dict(self._cluster.config.toml_values())
 
+    def _regions_on_store(self, req: _Request) -> JsonObject:
+        store_id = _parse_id(req.match["id"], "store")
+        if self._cluster.find_store(store_id) is None:
+            raise HttpError(404, f"store {store_id} not found")
+        now = self._clock()
+        regions = [
+            region_json(r, now)
+            for r in self._cluster.regions()
+            if r.region.peer_on_store(StoreId(store_id)) is not None
+        ]
+        return {"count": len(regions), "regions": regions}
+
     def _controller(self) -> OperatorController:
-        if self._operators is None:
-            raise HttpError(503, "this PD runs without an operator controller")
-        return self._operators
+        return self._orders.controller()
 
     def _operators_view(self, req: _Request) -> JsonObject:
         controller = self._controller()
@@ -423,79 +391,13 @@ class AdminApi:
             raise HttpError(404, f"no operator for region {region_id}")
         return operator_json(op, self._clock())
 
-    # -- orders ----------------------------------------------------------------------
 
-    def _split_region(self, req: _Request) -> JsonObject:
-        controller = self._controller()
-        body = _json_body(req.body)
-        region_id = body.get("region_id")
-        if isinstance(region_id, bool) or not isinstance(region_id, int) or region_id <= 0:
-            raise HttpError(400, f"region_id must be a positive integer, got {region_id!r}")
-        raw_keys = body.get("keys", [])
-        if not isinstance(raw_keys, list):
-            raise HttpError(400, 'keys must be a list of {"hex": ...} or {"text": ...}')
-        keys = tuple(_parse_key(k) for k in raw_keys)
-        now = self._clock()
-        return operator_json(controller.split_region(self._cluster, region_id, keys, now), now)
-
-    def _set_store_state(self, req: _Request) -> JsonObject:
-        store_id = _parse_id(req.match["id"], "store")
-        values = req.query.get("state", [])
-        if len(values) != 1:
-            raise HttpError(400, "give the new state once: ?state=Up|Offline|Tombstone")
-        state = _SETTABLE_STATES.get(values[0].lower())
-        if state is None:
-            raise HttpError(
-                400, f"cannot set state {values[0]!r}: settable states are Up, Offline, Tombstone"
-            )
-        now = self._clock()
-        targeted = () if self._operators is None else self._operators.target_stores()
-        info = self._cluster.set_store_state(store_id, state, now, targeted=targeted)
-        if self._on_store_state_change is not None:
-            self._on_store_state_change()
-        return store_json(info, now, self._cluster.store_leader_flow(store_id))
-
-
-_SETTABLE_STATES: Final = {
-    "up": StoreState.UP,
-    "offline": StoreState.OFFLINE,
-    "tombstone": StoreState.TOMBSTONE,
-}
-
-
-def _json_body(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HttpError(400, f"the body is not JSON: {e}") from None
-    if not isinstance(document, dict):
-        raise HttpError(400, "the body must be a JSON object")
-    return document
-
-
-def _parse_key(raw: object) -> bytes:
-    """A key given as {"hex": "..."} or {"text": "..."} (exactly one)."""
-    if not isinstance(raw, dict) or len(raw.keys() & {"hex", "text"}) != 1:
-        raise HttpError(400, f'a key is {{"hex": ...}} or {{"text": ...}}, got {raw!r}')
-    if "hex" in raw:
-        value = raw["hex"]
-        if isinstance(value, str):
-            try:
-                return bytes.fromhex(value)
-            except ValueError:
-                pass
-        raise HttpError(400, f"bad hex key {value!r}")
-    text = raw["text"]
-    if not isinstance(text, str):
-        raise HttpError(400, f"bad text key {text!r}")
-    return text.encode()
-
-
-def _parse_id(raw: bytes, what: str) -> int:
-    text = unquote_to_bytes(raw).decode("latin-1")
-    if not text.isascii() or not text.isdigit() or int(text) <= 0:
-        raise HttpError(400, f"bad {what} id {text!r}: expected a positive integer")
-    return int(text)
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of the request header `name` (lower case), if sent."""
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value)
+    return None
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -47,7 +47,7 @@ from kvproto import pdpb
 from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
 from placement_driver.cluster import Cluster
-from placement_driver.config import ServerConfig, parse_listen_address
+from placement_driver.config import ServerConfig, parse_listen_address, read_admin_token
 from placement_driver.http_api import AdminApi
 from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP
 from placement_driver.operator_controller import (
@@ -94,8 +94,8 @@ class PdServer:
     ``await nursery.start(server.run)`` returns the `PdAddresses` once both
     listeners are bound; `cluster` and `addresses` are set from then on.
     `run` raises ConfigError if the stored config and the overrides
-    together are invalid, DataDirLockedError if another PD uses the data
-    directory.
+    together are invalid or the admin token file cannot be used,
+    DataDirLockedError if another PD uses the data directory.
     """
 
     def __init__(
@@ -162,6 +162,9 @@ class PdServer:
     async def run(
         self, *, task_status: trio.TaskStatus[PdAddresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        token_file = self.config.admin_token_file
+        # Before anything is opened: a bad token file stops the PD at start.
+        admin_token = read_admin_token(token_file) if token_file else None
         owned: LmdbMetaStorage | None = None
         storage = self._storage
         if storage is None:
@@ -178,7 +181,7 @@ class PdServer:
             try:
                 async with trio.open_nursery() as nursery:
                     rpc = await nursery.start(self._serve_rpc)
-                    http = await nursery.start(self._serve_http, cluster)
+                    http = await nursery.start(self._serve_http, cluster, admin_token)
                     nursery.start_soon(self._watch_store_states, cluster)
                     nursery.start_soon(self._flush_regions_periodically, cluster)
                     if self._controller is not None:
@@ -219,7 +222,9 @@ class PdServer:
 
     # -- HTTP ---------------------------------------------------------------------
 
-    async def _serve_http(self, cluster: Cluster, *, task_status: trio.TaskStatus[str]) -> None:
+    async def _serve_http(
+        self, cluster: Cluster, admin_token: str | None, *, task_status: trio.TaskStatus[str]
+    ) -> None:
         config = hypercorn.config.Config()
         config.bind = [self.config.http]
         config.accesslog = None
@@ -229,7 +234,10 @@ class PdServer:
             trio.current_time,
             operators=self._controller,
             on_store_state_change=self._wake_store_watch,
+            admin_token=admin_token,
         )
+        if admin_token is not None:
+            log.info("admin API: orders need the admin token of %s", self.config.admin_token_file)
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(_hypercorn_serve, app, config)
             task_status.started(binds[0].removeprefix("http://"))

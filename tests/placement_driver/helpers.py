@@ -138,19 +138,25 @@ class HttpResponse:
         return json.loads(self.body)
 
 
-async def http_request(url: str, method: str = "GET", body: bytes | None = None) -> HttpResponse:
+async def http_request(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
     """One HTTP/1.1 request with h11 over a fresh trio TCP stream (the path
-    in `url` is sent as is, so escapes reach the server untouched)."""
+    in `url` is sent as is, so escapes reach the server untouched), with
+    `headers` besides Host, Connection and Content-Length."""
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     conn = h11.Connection(h11.CLIENT)
     stream = await trio.open_tcp_stream(parts.hostname, parts.port)
     async with stream:
-        headers = [("Host", parts.netloc), ("Connection", "close")]
+        sent = [("Host", parts.netloc), ("Connection", "close"), *(headers or {}).items()]
         if body is not None:
-            headers.append(("Content-Length", str(len(body))))
-        request = h11.Request(method=method, target=target, headers=headers)
+            sent.append(("Content-Length", str(len(body))))
+        request = h11.Request(method=method, target=target, headers=sent)
         data = conn.send(request)
         if body:
             data += conn.send(h11.Data(data=body))

@@ -44,7 +44,15 @@ def run_pd(*args: str) -> subprocess.CompletedProcess[str]:
 def test_pd_help_explains_its_flags() -> None:
     r = run_pd("--help")
     assert r.returncode == 0, r.stderr
-    for flag in ("--data-dir", "--listen", "--http", "--config", "--log-level", "--max-replicas"):
+    for flag in (
+        "--data-dir",
+        "--listen",
+        "--http",
+        "--config",
+        "--log-level",
+        "--max-replicas",
+        "--admin-token-file",
+    ):
         assert flag in r.stdout
     for words in ("Durations are seconds", "96MiB", "30m", "SIGTERM", "exit code 2"):
         assert words in r.stdout
@@ -81,6 +89,8 @@ def test_the_console_script_runs() -> None:
         ("", ["--max-replicas", "zero"], "bad value for max_replicas"),
         ("", ["--store-disconnect-time", "2h"], "store_disconnect_time must be shorter"),
         ("", ["--listen", "localhost"], "bad value for listen"),
+        ('admin_token_file = "/nonexistent/token"\n', [], "cannot read the admin token file"),
+        ("", ["--admin-token-file", "/dev/null"], "the admin token file /dev/null is empty"),
     ],
 )
 def test_a_bad_config_is_refused_at_start_with_a_clear_message(

@@ -238,9 +238,9 @@ async def test_a_key_outside_every_region_is_404(pd: PdServer) -> None:
         assert status == 404 and "no region contains key b'abc'" in body["error"]
 
 
-async def test_the_api_is_read_only(pd: PdServer) -> None:
+async def test_read_endpoints_are_read_only(pd: PdServer) -> None:
     with trio.fail_after(TIMEOUT):
-        r = await http_request(pd.addresses.http_url + f"{API}/config", method="POST")
+        r = await http_request(pd.addresses.http_url + f"{API}/regions", method="POST")
         assert r.status == 405 and "read-only" in r.json()["error"]
         assert r.headers["allow"] == "GET, HEAD"
 

@@ -114,7 +114,7 @@ async def test_split_orders_are_checked(pd: PdServer, caller: PdCaller) -> None:
         # Orders are POST only; reads are GET only.
         r = await http_request(pd.addresses.http_url + API_PREFIX + "/regions/split")
         assert r.status == 405 and r.headers["allow"] == "POST"
-        r = await http_request(pd.addresses.http_url + API_PREFIX + "/operators", "POST", b"")
+        r = await http_request(pd.addresses.http_url + API_PREFIX + "/operator/1", "POST", b"")
         assert r.status == 405 and r.headers["allow"] == "GET, HEAD"
         # A huge body is refused before it is parsed.
         status, answer = await call(pd, "POST", "/regions/split", b" " * (MAX_BODY + 1))
