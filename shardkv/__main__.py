@@ -28,6 +28,7 @@ SUBCOMMANDS: Final = (
     "placement_driver.cli",  # shardkv pd
     "store_node.cli",  # shardkv store
     "client.cli",  # shardkv kv
+    "client.ctl",  # shardkv ctl
     "shardkv.playground",  # shardkv playground
 )
 
