@@ -18,6 +18,8 @@ import urllib.request
 from typing import Any, Final
 from urllib.parse import urlencode
 
+from plumbing.config_file import ConfigError, read_token_file
+
 __all__ = ["API_PREFIX", "DEFAULT_TIMEOUT", "AdminError", "PdAdminClient", "read_token"]
 
 log = logging.getLogger(__name__)
@@ -36,16 +38,12 @@ class AdminError(Exception):
 
 
 def read_token(path: str) -> str:
-    """The admin token in the file at `path` (its one line, surrounding
-    whitespace dropped); AdminError if unreadable or empty."""
+    """The admin token in the file at `path`; AdminError if it cannot be
+    used (`plumbing.config_file.read_token_file`, as the PD reads it)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise AdminError(f"cannot read the token file {path}: {e}") from None
-    if not token:
-        raise AdminError(f"the token file {path} is empty")
-    return token
+        return read_token_file(path, "token")
+    except ConfigError as e:
+        raise AdminError(str(e)) from None
 
 
 class PdAdminClient:

@@ -46,7 +46,6 @@ __all__ = [
     "format_value",
     "load_startup_config",
     "parse_listen_address",
-    "read_admin_token",
 ]
 
 MiB: Final = 1 << 20
@@ -194,25 +193,6 @@ def load_startup_config(path: str | None, flags: Mapping[str, object]) -> Startu
     # them when it starts (still exit code 2).
     cluster_config_from(overrides, check_rules=False)
     return StartupConfig(server, overrides)
-
-
-def read_admin_token(path: str) -> str:
-    """The admin token in the file at `path`: its one line (surrounding
-    whitespace, such as the final newline, dropped). ConfigError if the file
-    cannot be read, is empty, or holds anything but printable ASCII without
-    spaces (the token travels in an HTTP header)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the admin token file {path}: {e}") from None
-    if not token:
-        raise ConfigError(f"the admin token file {path} is empty")
-    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
-        raise ConfigError(
-            f"the admin token in {path} must be one word of printable ASCII (no spaces)"
-        )
-    return token
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

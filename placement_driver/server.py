@@ -47,7 +47,7 @@ from kvproto import pdpb
 from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
 from placement_driver.cluster import Cluster
-from placement_driver.config import ServerConfig, parse_listen_address, read_admin_token
+from placement_driver.config import ServerConfig, parse_listen_address
 from placement_driver.http_api import AdminApi
 from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP
 from placement_driver.operator_controller import (
@@ -59,6 +59,7 @@ from placement_driver.operators import Operator, OperatorTimeouts
 from placement_driver.service import RESPONSE_TYPES, OperatorHook, PdService
 from placement_driver.storage import LmdbMetaStorage, MetaStorage
 from placement_driver.stores import StoreInfo
+from plumbing.config_file import read_token_file
 
 __all__ = ["PdAddresses", "PdServer"]
 
@@ -164,7 +165,7 @@ class PdServer:
     ) -> None:
         token_file = self.config.admin_token_file
         # Before anything is opened: a bad token file stops the PD at start.
-        admin_token = read_admin_token(token_file) if token_file else None
+        admin_token = read_token_file(token_file, "admin token") if token_file else None
         owned: LmdbMetaStorage | None = None
         storage = self._storage
         if storage is None:

@@ -237,3 +237,20 @@ def describe(cfg: object) -> dict[str, object]:
     """The config as plain values, for logs and admin APIs."""
     assert dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def read_token_file(path: str, what: str = "token") -> str:
+    """The secret token in the file at `path` (`what` names it in errors):
+    its one line, surrounding whitespace such as the final newline dropped.
+    ConfigError if the file cannot be read, is empty, or holds anything but
+    one word of printable ASCII (a token travels in an HTTP header)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the {what} file {path}: {e}") from None
+    if not token:
+        raise ConfigError(f"the {what} file {path} is empty")
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise ConfigError(f"the {what} in {path} must be one word of printable ASCII (no spaces)")
+    return token

@@ -24,24 +24,14 @@ import trio
 
 from client.ctl import DEFAULT_PD_HTTP, PD_HTTP_ENV
 from kvproto.metapb import PeerRole, StoreState
-from kvproto.rpc import connect
 from placement_driver.cluster import Cluster
 from placement_driver.http_api import API_PREFIX, AdminApi
 from placement_driver.server import PdServer
 from placement_driver.storage import MemoryMetaStorage
-from placement_driver.testing import open_pd
 from shardkv.__main__ import main
-from tests.placement_driver.fake_stores import FakeStores
-from tests.placement_driver.helpers import PdCaller
+from tests.placement_driver.fake_stores import FakeStores, admin_cluster
 
 TIMEOUT = 30
-CONFIG = {
-    # Only the administrator starts operators; stores never go silent
-    # while a test runs on a busy machine.
-    "replica_schedule_limit": 0,
-    "store_disconnect_time": "1h",
-    "max_store_down_time": "2h",
-}
 
 
 @dataclass(slots=True)
@@ -87,12 +77,7 @@ class Ctl:
 async def ctl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Ctl]:
     """A PD with four fake stores; the first region has one voter, on the
     first store."""
-    async with (
-        open_pd(tmp_path / "pd", config=CONFIG, seed=7) as pd,
-        connect(pd.addresses.rpc, connect_timeout=5) as conn,
-    ):
-        fake = FakeStores(PdCaller(conn), interval=0.02, catch_up=1)
-        await fake.bootstrap(4)
+    async with admin_cluster(tmp_path / "pd") as (pd, fake):
         yield Ctl(pd, fake, capsys)
 
 
@@ -341,12 +326,7 @@ async def test_orders_need_the_token_file_of_a_pd_with_an_admin_token(
     token = tmp_path / "token"
     token.write_text("t0ken\n")
     with trio.fail_after(TIMEOUT):
-        async with (
-            open_pd(tmp_path / "pd", config=CONFIG, admin_token_file=token) as pd,
-            connect(pd.addresses.rpc, connect_timeout=5) as conn,
-        ):
-            fake = FakeStores(PdCaller(conn))
-            await fake.bootstrap(1)
+        async with admin_cluster(tmp_path / "pd", 1, admin_token_file=token) as (pd, fake):
             ctl = Ctl(pd, fake, capsys)
             await ctl.ok("store", "list")  # reads are open
             reason = await ctl.fails("config", "set", "max_replicas", "1")

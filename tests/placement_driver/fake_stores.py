@@ -16,12 +16,17 @@ and lets their leaders (on the old leader's store) heartbeat.
 
 `wait_until(predicate)` returns once the predicate holds, checked after
 every heartbeat answer: tests await conditions instead of sleeping.
+
+`admin_cluster` is a running PD and its fake stores for tests of the admin
+API and `shardkv ctl`: only an administrator starts operators there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -30,7 +35,10 @@ from kvproto import pdpb
 from kvproto.epoch import AdminCmdType, bumped
 from kvproto.metapb import Peer, PeerId, PeerRole, Region, RegionId, StoreId
 from kvproto.pdpb import PeerStats, StoreStats
+from kvproto.rpc import connect
 from placement_driver.operators import in_joint
+from placement_driver.server import PdServer
+from placement_driver.testing import open_pd
 from tests.factories import store
 from tests.placement_driver.helpers import PdCaller, bootstrap_cluster
 from tests.placement_driver.mock_cluster import Refused, apply_order, leave_joint
@@ -223,3 +231,39 @@ class FakeStores:
             pdpb.ReportBatchSplitResponse,
         )
         self.orders.append((region.id, f"split at {keys}"))
+
+
+# The replica checker off (only an administrator starts operators), and
+# store timeouts no test on a busy machine reaches (no store turns
+# Disconnected while the fakes stay quiet).
+ADMIN_CONFIG: Mapping[str, object] = {
+    "replica_schedule_limit": 0,
+    "store_disconnect_time": "1h",
+    "max_store_down_time": "2h",
+}
+
+
+@asynccontextmanager
+async def admin_cluster(
+    data_dir: str | os.PathLike[str],
+    store_count: int = 4,
+    *,
+    id_alloc_step: int = 1000,
+    admin_token_file: str | os.PathLike[str] | None = None,
+) -> AsyncIterator[tuple[PdServer, FakeStores]]:
+    """A PD on ADMIN_CONFIG with `store_count` fake stores; the first region
+    has one voter, on the first store. `FakeStores.run` is the test's to
+    start."""
+    async with (
+        open_pd(
+            data_dir,
+            config=ADMIN_CONFIG,
+            seed=7,
+            id_alloc_step=id_alloc_step,
+            admin_token_file=admin_token_file,
+        ) as pd,
+        connect(pd.addresses.rpc, connect_timeout=5) as conn,
+    ):
+        fake = FakeStores(PdCaller(conn), interval=0.02, catch_up=1)
+        await fake.bootstrap(store_count)
+        yield pd, fake

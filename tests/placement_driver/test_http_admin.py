@@ -22,36 +22,32 @@ import pytest
 import trio
 
 from kvproto.metapb import PeerRole, StoreState
-from kvproto.rpc import connect
 from placement_driver.cluster import Cluster
 from placement_driver.http_api import API_PREFIX, AdminApi
 from placement_driver.server import PdServer
 from placement_driver.storage import MemoryMetaStorage
 from placement_driver.testing import open_pd
-from tests.placement_driver.fake_stores import FakeStores
-from tests.placement_driver.helpers import PdCaller, http_request
+from tests.placement_driver.fake_stores import ADMIN_CONFIG, FakeStores, admin_cluster
+from tests.placement_driver.helpers import http_request
 
 TIMEOUT = 20
-CONFIG = {
-    "replica_schedule_limit": 0,
-    "store_disconnect_time": "1h",
-    "max_store_down_time": "2h",
-}
 
 
 @pytest.fixture
-async def admin_pd(tmp_path: Path) -> AsyncIterator[PdServer]:
-    async with open_pd(tmp_path / "pd", config=CONFIG, id_alloc_step=10, seed=7) as server:
-        yield server
-
-
-@pytest.fixture
-async def fake(admin_pd: PdServer) -> AsyncIterator[FakeStores]:
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[PdServer, FakeStores]]:
     """Four fake stores; the first region has one voter, on the first."""
-    async with connect(admin_pd.addresses.rpc, connect_timeout=5) as conn:
-        stores = FakeStores(PdCaller(conn), interval=0.02, catch_up=1)
-        await stores.bootstrap(4)
-        yield stores
+    async with admin_cluster(tmp_path / "pd", id_alloc_step=10) as running:
+        yield running
+
+
+@pytest.fixture
+def admin_pd(cluster: tuple[PdServer, FakeStores]) -> PdServer:
+    return cluster[0]
+
+
+@pytest.fixture
+def fake(cluster: tuple[PdServer, FakeStores]) -> FakeStores:
+    return cluster[1]
 
 
 async def call(
@@ -277,7 +273,7 @@ async def test_the_admin_token_file_guards_the_orders_of_a_running_pd(tmp_path: 
     token_file = tmp_path / "token"
     token_file.write_text("0123456789abcdef\n")  # the final newline is not part of it
     with trio.fail_after(TIMEOUT):
-        async with open_pd(tmp_path / "pd", config=CONFIG, admin_token_file=token_file) as pd:
+        async with open_pd(tmp_path / "pd", config=ADMIN_CONFIG, admin_token_file=token_file) as pd:
             url = pd.addresses.http_url + API_PREFIX + "/config"
             r = await http_request(url, "POST", b'{"max_replicas": 2}')
             assert r.status == 401 and r.headers["www-authenticate"].startswith("Bearer")
