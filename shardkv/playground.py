@@ -227,6 +227,7 @@ def _print_banner(cluster: LocalCluster, stores: Sequence[Store], root: Path) ->
         "Try it from another terminal:",
         f"  shardkv kv --pd {cluster.pd_address} put hello world",
         f"  shardkv kv --pd {cluster.pd_address} get hello",
+        f"  shardkv ctl --pd-http {cluster.http_url} store list",
         "",
         "or from Python:",
         "  import client",
