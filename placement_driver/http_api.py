@@ -102,12 +102,14 @@ from placement_driver.http_json import (
     store_json,
 )
 
-# Under the names views written in this module use.
+# The request helpers under the private names they had here before they
+# moved to http_json: views added to this module by other branches (the
+# scheduler endpoints) keep working unchanged.
 from placement_driver.http_json import Request as _Request
 from placement_driver.http_json import View as _View
-from placement_driver.http_json import json_body as _json_body  # noqa: F401  (for views here)
+from placement_driver.http_json import json_body as _json_body  # noqa: F401
 from placement_driver.http_json import parse_id as _parse_id
-from placement_driver.http_json import parse_key as _parse_key  # noqa: F401  (for views here)
+from placement_driver.http_json import parse_key as _parse_key  # noqa: F401
 from placement_driver.operator_controller import OperatorController
 
 __all__ = [
@@ -172,7 +174,7 @@ class AdminApi:
         self._clock = clock
         self._operators = operators
         self._orders = AdminOrders(cluster, clock, operators, on_store_state_change)
-        self._bearer = None if admin_token is None else f"Bearer {admin_token}".encode()
+        self._token = None if admin_token is None else admin_token.encode()
         p = re.escape(API_PREFIX.encode())
 
         def route(pattern: bytes, **views: _View) -> tuple[re.Pattern[bytes], dict[str, _View]]:
@@ -298,16 +300,17 @@ class AdminApi:
 
     def _check_token(self, method: str, authorization: bytes | None) -> str | None:
         """Why the request is refused for want of the admin token, or None."""
-        if self._bearer is None or method in READ_METHODS:
+        if self._token is None or method in READ_METHODS:
             return None
-        if authorization is None:
+        scheme, _, given = (authorization or b"").strip().partition(b" ")
+        if scheme.lower() != b"bearer":  # the scheme's case does not matter (RFC 9110)
             return (
                 f"{method} needs the admin token: send the header "
                 "'Authorization: Bearer <token>' (shardkv ctl --token-file FILE)"
             )
         # Constant time: how much of a guess matched must not show in the
         # time the refusal takes.
-        if not hmac.compare_digest(authorization.strip(), self._bearer):
+        if not hmac.compare_digest(given.strip(), self._token):
             return "wrong admin token"
         return None
 

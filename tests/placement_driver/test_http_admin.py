@@ -261,9 +261,11 @@ def test_orders_need_the_admin_token_and_reads_do_not() -> None:
         }
         assert respond(method, path, b"Bearer guess") == (401, {"error": "wrong admin token"})
         assert respond(method, path, b"s3cret")[0] == 401  # the scheme is part of it
+        assert respond(method, path, b"Basic s3cret")[0] == 401
     # With the token, the order goes through to its own checks.
     status, answer = respond("POST", "/config", b"Bearer s3cret")
     assert (status, answer["error"].startswith("the body is not JSON")) == (400, True)
+    assert respond("POST", "/config", b"bearer s3cret")[0] == 400  # any case of the scheme
     # Without a token configured, nothing is asked.
     open_api = AdminApi(Cluster(MemoryMetaStorage(), 0.0), lambda: 0.0)
     assert open_api.respond("POST", f"{API_PREFIX}/config".encode(), b"{}")[0] == 200
