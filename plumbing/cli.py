@@ -110,7 +110,7 @@ async def serve_until_signal(
 
 
 # What the PD and the stores need beyond a client install (the `server` extra).
-SERVER_MODULES = ("lmdb", "hypercorn")
+SERVER_MODULES = ("lmdb", "hypercorn", "prometheus_client")
 
 
 def missing_server_modules(prog: str) -> str | None:
