@@ -58,7 +58,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote_to_bytes
@@ -80,6 +80,7 @@ from placement_driver.operators import (
 )
 from placement_driver.regions import REPORTED_FIELDS, Flow, RegionRecord
 from placement_driver.stores import StoreInfo
+from plumbing.asgi import Receive, Scope, Send, lifespan
 
 __all__ = [
     "API_PREFIX",
@@ -96,11 +97,6 @@ log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/pd/api/v1"
 MAX_BODY: Final = 1 << 20
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 JsonObject = dict[str, Any]
 
@@ -298,7 +294,7 @@ class AdminApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif kind == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             query = scope.get("query_string") or b""
@@ -518,13 +514,3 @@ def _parse_id(raw: bytes, what: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) <= 0:
         raise HttpError(400, f"bad {what} id {text!r}: expected a positive integer")
     return int(text)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -39,30 +39,11 @@ from placement_driver.cluster import Cluster
 from placement_driver.http_api import STATE_NAMES
 from placement_driver.operator_controller import OperatorController
 from placement_driver.operators import OperatorKind
+from plumbing.metrics import LATENCY_BUCKETS
 
-__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "ClusterCollector", "PdMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "ClusterCollector", "PdMetrics"]
 
 log = logging.getLogger(__name__)
-
-# Seconds: from a fast in-memory handler (tens of microseconds) up to a
-# heartbeat that waited on a slow LMDB write.
-LATENCY_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
 
 
 class PdMetrics:

@@ -35,32 +35,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from plumbing.metrics import LATENCY_BUCKETS
 from store_node.core import StoreCore
 from store_node.round_output import RoundOutput
 
-__all__ = ["COUNTER_HELP", "LATENCY_BUCKETS", "MetricsSource", "StoreCollector", "StoreMetrics"]
+__all__ = ["COUNTER_HELP", "MetricsSource", "StoreCollector", "StoreMetrics"]
 
 log = logging.getLogger(__name__)
-
-# Seconds: an fsync on a fast SSD takes tens of microseconds, on a busy disk
-# tens of milliseconds; a PD heartbeat a fraction of a millisecond locally.
-LATENCY_BUCKETS: Final = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
 
 # The counters of `StoreCore.stats` folded into shardkv_store_proposals_total.
 PROPOSAL_TYPES: Final = {

@@ -22,22 +22,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import hypercorn.config
 import hypercorn.trio
 import trio
 
+from plumbing.asgi import Receive, Scope, Send, lifespan
+from plumbing.cli import error_leaves
+
 __all__ = ["Page", "StatusAddressError", "StatusApp", "json_page", "serve_status"]
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +73,7 @@ class StatusApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif kind == "http":
             while True:  # drop the body, whatever it is
                 message = await receive()
@@ -124,7 +121,7 @@ async def serve_status(
     try:
         await hypercorn.trio.serve(app, config, task_status=bound)  # type: ignore[arg-type]
     except (OSError, ExceptionGroup) as e:
-        errors = list(_leaves(e))
+        errors = list(error_leaves(e))
         if bound.started_at is not None or not all(isinstance(x, OSError) for x in errors):
             raise
         reason = "; ".join(map(str, errors))
@@ -141,21 +138,3 @@ class _BoundAddress:
     def started(self, binds: list[str]) -> None:
         self.started_at = binds[0].removeprefix("http://")
         self._task_status.started(self.started_at)
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for e in error.exceptions:
-            yield from _leaves(e)
-    else:
-        yield error
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
