@@ -4,6 +4,9 @@ Served by hypercorn's trio worker (see `server.py`); this module only maps
 a method, a raw path, a query and a body to a status and a JSON document,
 so the routing and the views are testable without a socket.
 
+`GET /metrics` (at the root, as Prometheus expects): the PD's metrics in
+Prometheus text format (`placement_driver.metrics`).
+
 Endpoints under /pd/api/v1; GET (and HEAD) reads:
 
     /health               {"health": true, "bootstrapped": ..., "cluster_id": ...}
@@ -84,7 +87,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -96,6 +99,7 @@ from placement_driver.http_admin import AdminOrders
 from placement_driver.http_json import (
     HttpError,
     JsonObject,
+    Text,
     key_json,
     operator_json,
     region_json,
@@ -111,12 +115,14 @@ from placement_driver.http_json import json_body as _json_body  # noqa: F401
 from placement_driver.http_json import parse_id as _parse_id
 from placement_driver.http_json import parse_key as _parse_key  # noqa: F401
 from placement_driver.operator_controller import OperatorController
+from plumbing.asgi import Receive, Scope, Send, lifespan
 
 __all__ = [
     "API_PREFIX",
     "MAX_BODY",
     "AdminApi",
     "HttpError",
+    "Text",
     "key_json",
     "operator_json",
     "region_json",
@@ -127,11 +133,6 @@ log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/pd/api/v1"
 MAX_BODY: Final = 1 << 20
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # Methods that only read: open even with an admin token.
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
@@ -151,8 +152,10 @@ class AdminApi:
     same clock as the heartbeat times held by `cluster`). `operators` is the
     PD's operator controller (None: the operator endpoints answer 503);
     `on_store_state_change` is called after an order that may change store
-    states (a store state, the store list, the config). `admin_token`: the
-    token every request but a read must carry (None: none needed).
+    states (a store state, the store list, the config). `metrics` returns
+    the Prometheus exposition and its content type (None: /metrics answers
+    503). `admin_token`: the token every request but a read must carry
+    (None: none needed).
 
     Routes: the first route whose pattern matches the path and that has a
     view for the method answers; several routes may share a pattern (one
@@ -166,6 +169,7 @@ class AdminApi:
         *,
         operators: OperatorController | None = None,
         on_store_state_change: Callable[[], None] | None = None,
+        metrics: Callable[[], Text] | None = None,
         admin_token: str | None = None,
     ) -> None:
         if admin_token is not None and not admin_token:
@@ -175,12 +179,14 @@ class AdminApi:
         self._operators = operators
         self._orders = AdminOrders(cluster, clock, operators, on_store_state_change)
         self._token = None if admin_token is None else admin_token.encode()
+        self._metrics_source = metrics
         p = re.escape(API_PREFIX.encode())
 
         def route(pattern: bytes, **views: _View) -> tuple[re.Pattern[bytes], dict[str, _View]]:
             return re.compile(p + pattern, re.DOTALL), views
 
         self._routes: list[tuple[re.Pattern[bytes], dict[str, _View]]] = [
+            (re.compile(rb"/metrics/?"), {"GET": self._metrics}),  # at the root: Prometheus
             route(rb"/health/?", GET=self._health),
             route(rb"/cluster/?", GET=self._cluster_info),
             route(rb"/stores/?", GET=self._stores),
@@ -208,7 +214,7 @@ class AdminApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif kind == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             query = scope.get("query_string") or b""
@@ -233,9 +239,13 @@ class AdminApi:
                 status, document, extra = self._respond(
                     method, raw_path, query, body, authorization
                 )
-            data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
+            if isinstance(document, Text):
+                data, content_type = document.body, document.content_type.encode()
+            else:
+                data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
+                content_type = b"application/json"
             headers = [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(data)).encode()),
                 *extra,
             ]
@@ -254,8 +264,9 @@ class AdminApi:
         *,
         authorization: bytes | None = None,
     ) -> tuple[int, Any]:
-        """The status and JSON document for a request (`raw_path` may carry
-        the query after "?"; `authorization` is the header's value)."""
+        """The status and JSON document (`Text` for /metrics) for a request
+        (`raw_path` may carry the query after "?"; `authorization` is the
+        header's value)."""
         status, document, _ = self._respond(method, raw_path, query, body, authorization)
         return status, document
 
@@ -365,6 +376,11 @@ class AdminApi:
     def _config(self, req: _Request) -> JsonObject:
         return dict(self._cluster.config.toml_values())
 
+    def _metrics(self, req: _Request) -> Text:
+        if self._metrics_source is None:
+            raise HttpError(503, "this PD exports no metrics")
+        return self._metrics_source()
+
     def _regions_on_store(self, req: _Request) -> JsonObject:
         store_id = _parse_id(req.match["id"], "store")
         if self._cluster.find_store(store_id) is None:
@@ -401,13 +417,3 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key.lower() == name:
             return bytes(value)
     return None
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

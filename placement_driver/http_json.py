@@ -37,6 +37,7 @@ __all__ = [
     "HttpError",
     "JsonObject",
     "Request",
+    "Text",
     "View",
     "epoch_json",
     "json_body",
@@ -186,8 +187,17 @@ class Request:
     body: bytes
 
 
-# A view answers a JSON document, or raises HttpError or PdRequestError.
-View = Callable[[Request], JsonObject]
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A view's answer that is not JSON (the metrics exposition)."""
+
+    body: bytes
+    content_type: str
+
+
+# A view answers a JSON document (or Text), or raises HttpError or
+# PdRequestError.
+View = Callable[[Request], JsonObject | Text]
 
 
 def json_body(body: bytes) -> dict[str, Any]:

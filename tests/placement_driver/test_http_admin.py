@@ -246,6 +246,7 @@ def test_orders_need_the_admin_token_and_reads_do_not() -> None:
         return api.respond(method, (API_PREFIX + path).encode(), authorization=authorization)
 
     assert respond("GET", "/health")[0] == 200
+    assert api.respond("GET", b"/metrics")[0] == 503  # open too (this one has no metrics)
     assert respond("HEAD", "/config")[0] == 200
     for method, path in [
         ("POST", "/config"),
