@@ -512,7 +512,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(text)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # The reader left (`| head`, `| grep -q`): no traceback, and none
+        # at exit either, when Python flushes stdout again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

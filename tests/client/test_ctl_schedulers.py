@@ -16,9 +16,13 @@ The same commands against a real PD are in tests/client/test_ctl.py
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,3 +196,22 @@ def test_the_token_travels_with_scheduler_orders(
         ctl(api, capsys, "--token-file", str(token), "scheduler", "add", "balance-leader")[0] == 0
     )
     assert api.authorizations == ["Bearer abc"]
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(api: FakeSchedulerApi) -> None:
+    # `shardkv ctl ... | head -1`: the pipe's reader is gone before the write.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "shardkv", "ctl", "--pd-http", api.url, "scheduler", "list"],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (1, "")
