@@ -6,14 +6,10 @@ No I/O, no clock, no randomness; every choice is by a total order (ties
 broken by store id), so the same view always gives the same operator. The
 only effect is taking new peer ids from the view's id allocator.
 
-A voter is healthy when its store is known and not Down or Tombstone (an
-Offline store still serves until it is emptied; a Disconnected one has
-missed a few heartbeats only), the leader does not report it down and it is
-not pending (catching up). No operator is proposed unless every
-configuration it passes through, after each of its steps (both halves of a
-joint one), keeps a majority of healthy voters; a learner the operator adds
-counts as healthy once promoted, since its AddLearner step finishes only
-when it has caught up.
+Health, the quorum simulation and which stores accept a new peer are
+`region_check`'s (shared with the balance schedulers). No operator is
+proposed unless every configuration it passes through, after each of its
+steps (both halves of a joint one), keeps a majority of healthy voters.
 
 Rules, in order (the first that applies wins; a rule that waits stops the
 others):
@@ -47,28 +43,21 @@ others):
    timeout) while the region has its voters: `RemovePeer` - but not the
    learners rule 1 would use to replace the voters on stores to vacate.
 
-The best target store: Up, holding no peer of the region, known from a
-store heartbeat, not busy, used ratio at most LOW_SPACE_RATIO, fewer than
-`max_snapshot_count` snapshots on their way in (operators that still have to
-add a learner there) and fewer than `max_pending_peer_count` pending peers;
-among those, the fewest regions (counting the peers operators are adding
-and removing), ties to the lowest store id.
+The best target store: among the stores that accept a new peer
+(`RegionCheck.accepts_peers`) and hold none of the region, the fewest
+regions (counting the peers operators are adding and removing), ties to the
+lowest store id.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Final, Protocol, TypeAlias
+from collections.abc import Callable
+from typing import TypeAlias
 
-from kvproto.metapb import Peer, PeerId, PeerRole, StoreId, StoreState
-from kvproto.raft_cmdpb import ChangePeer, ChangePeerType
-from placement_driver.config import ClusterConfig
+from kvproto.metapb import Peer, PeerRole, StoreState
 from placement_driver.operators import (
     AddLearner,
-    ChangePeers,
     Operator,
     OperatorKind,
     PromoteLearner,
@@ -77,9 +66,18 @@ from placement_driver.operators import (
     TransferLeader,
     in_joint,
 )
+from placement_driver.region_check import (
+    DEAD_STATES,
+    LOW_SPACE_RATIO,
+    VACATE_STATES,
+    ClusterView,
+    OpInfluence,
+    RegionCheck,
+)
 from placement_driver.regions import RegionRecord
 from placement_driver.stores import StoreInfo
 
+# The shared judgments are re-exported: callers of the checker import them here.
 __all__ = [
     "DEAD_STATES",
     "LOW_SPACE_RATIO",
@@ -88,14 +86,6 @@ __all__ = [
     "OpInfluence",
     "check_replicas",
 ]
-
-# A store whose used ratio (1 - available / capacity) is above this gets no
-# new peers (TiKV PD's low-space-ratio default).
-LOW_SPACE_RATIO: Final = 0.8
-# Peers on stores in these states are moved elsewhere.
-VACATE_STATES = frozenset({StoreState.DOWN, StoreState.OFFLINE, StoreState.TOMBSTONE})
-# Voters on stores in these states cannot vote.
-DEAD_STATES = frozenset({StoreState.DOWN, StoreState.TOMBSTONE})
 
 
 class _Wait(enum.Enum):
@@ -108,43 +98,6 @@ class _Wait(enum.Enum):
 _Verdict: TypeAlias = Operator | _Wait | None
 
 
-class ClusterView(Protocol):
-    """What a checker reads of the cluster (`Cluster` is one)."""
-
-    @property
-    def config(self) -> ClusterConfig: ...
-
-    def stores(self, *, exclude_tombstone: bool = False) -> list[StoreInfo]: ...
-
-    def find_store(self, store_id: int) -> StoreInfo | None: ...
-
-    def store_region_count(self, store_id: int) -> int: ...
-
-    def store_pending_peer_count(self, store_id: int) -> int: ...
-
-    def alloc_ids(self, count: int = 1) -> range: ...
-
-
-@dataclass(slots=True)
-class OpInfluence:
-    """What running operators are about to do to stores, so that a checker
-    does not send every region to the same store: the change in region
-    count per store (a learner still to add: +1, a peer still to remove:
-    -1) and the snapshots still to come per store (one per learner still to
-    add)."""
-
-    region_delta: Counter[StoreId] = field(default_factory=Counter)
-    snapshots_in: Counter[StoreId] = field(default_factory=Counter)
-
-    def add(self, steps: Iterable[Step]) -> None:
-        for step in steps:
-            if isinstance(step, AddLearner):
-                self.region_delta[step.peer.store_id] += 1
-                self.snapshots_in[step.peer.store_id] += 1
-            elif isinstance(step, RemovePeer):
-                self.region_delta[step.peer.store_id] -= 1
-
-
 def check_replicas(
     view: ClusterView, record: RegionRecord, influence: OpInfluence | None = None
 ) -> Operator | None:
@@ -152,57 +105,11 @@ def check_replicas(
     return _Check(view, record, influence or OpInfluence()).run()
 
 
-class _Check:
-    def __init__(self, view: ClusterView, record: RegionRecord, influence: OpInfluence) -> None:
-        self.view = view
-        self.record = record
-        self.region = record.region
-        self.influence = influence
-        self.config = view.config
-
+class _Check(RegionCheck):
     # -- store judgments -----------------------------------------------------------
 
-    def state(self, store_id: StoreId) -> StoreState:
-        info = self.view.find_store(store_id)
-        return StoreState.TOMBSTONE if info is None else info.state
-
-    def regions_on(self, store_id: StoreId) -> int:
-        return self.view.store_region_count(store_id) + self.influence.region_delta[store_id]
-
-    def to_vacate(self, peer: Peer) -> bool:
-        return self.state(peer.store_id) in VACATE_STATES
-
-    def accepts_peers(self, info: StoreInfo) -> bool:
-        config = self.config
-        stats = info.stats
-        if info.state != StoreState.UP or stats is None or stats.is_busy:
-            return False
-        if stats.capacity > 0 and stats.available < stats.capacity * (1 - LOW_SPACE_RATIO):
-            return False
-        snapshots = max(self.influence.snapshots_in[info.id], stats.receiving_snap_count)
-        if snapshots >= config.max_snapshot_count:
-            return False
-        return self.view.store_pending_peer_count(info.id) < config.max_pending_peer_count
-
     def target(self) -> StoreInfo | None:
-        taken = {p.store_id for p in self.region.peers}
-        candidates = [s for s in self.view.stores() if s.id not in taken and self.accepts_peers(s)]
-        return min(candidates, key=lambda s: (self.regions_on(s.id), s.id), default=None)
-
-    def fill_order(self, peer: Peer) -> tuple[int, int]:
-        """Smaller is the emptier store."""
-        return (self.regions_on(peer.store_id), peer.store_id)
-
-    def is_down(self, peer: Peer) -> bool:
-        return any(d.peer.id == peer.id for d in self.record.stat.down_peers)
-
-    def healthy(self, peer: Peer) -> bool:
-        """Whether the peer can acknowledge the leader's appends now."""
-        return (
-            self.state(peer.store_id) not in DEAD_STATES
-            and not self.is_down(peer)
-            and not self.record.stat.is_pending(peer.id)
-        )
+        return min(self.new_homes(), key=lambda s: (self.regions_on(s.id), s.id), default=None)
 
     def unhealthiness(self, peer: Peer) -> int:
         """Larger is the less healthy (and the first to go)."""
@@ -221,46 +128,6 @@ class _Check:
         """Larger is removed first."""
         return (self.unhealthiness(peer), self.regions_on(peer.store_id), peer.store_id)
 
-    def keeps_quorum(self, steps: Sequence[Step]) -> bool:
-        """Whether a majority of the voters is healthy in every configuration
-        the steps pass through: a voter removed or demoted while others are
-        down could leave a group that cannot commit, not even the change
-        that would repair it."""
-        # Peer id -> healthy, for the voters and the learners as the steps go.
-        voters = {p.id: self.healthy(p) for p in self.region.peers if p.role == PeerRole.VOTER}
-        learners = {p.id: self.healthy(p) for p in self.region.peers if p.is_learner}
-
-        def change(config: dict[PeerId, bool], kind: ChangePeerType, peer_id: PeerId) -> None:
-            """`config` (the voters) and `learners` after one change."""
-            if kind == ChangePeerType.ADD_VOTER:
-                if peer_id not in config:
-                    config[peer_id] = learners.pop(peer_id, False)
-            elif kind == ChangePeerType.ADD_LEARNER:
-                learners[peer_id] = config.pop(peer_id, learners.get(peer_id, False))
-            else:
-                config.pop(peer_id, None)
-                learners.pop(peer_id, None)
-
-        for step in steps:
-            if isinstance(step, AddLearner):
-                # Healthy by the time anything promotes it: the step is done
-                # only once the learner has caught up.
-                learners[step.peer.id] = True
-            elif isinstance(step, PromoteLearner):
-                change(voters, ChangePeerType.ADD_VOTER, step.peer.id)
-            elif isinstance(step, RemovePeer):
-                change(voters, ChangePeerType.REMOVE, step.peer.id)
-            elif isinstance(step, ChangePeers):
-                # Joint: the outgoing half is `voters` as they were, checked
-                # already; the incoming half must hold a majority too.
-                incoming = dict(voters)
-                for c in step.changes:
-                    change(incoming, c.change_type, c.peer.id)
-                voters = incoming
-            if 2 * sum(voters.values()) <= len(voters):
-                return False
-        return True
-
     def spares(self, learners: list[Peer]) -> list[Peer]:
         """Learners that can become voters of the region, best first: on an
         Up store, not reported down; caught up first, then the emptiest."""
@@ -276,22 +143,6 @@ class _Check:
             return []
         leaving = [v for v in voters if self.to_vacate(v)]
         return sorted(leaving, key=self.removal_order, reverse=True)
-
-    def new_leader(self, leaving: Peer) -> Peer | None:
-        """The healthy voter to lead instead of `leaving`."""
-        candidates = [
-            p
-            for p in self.region.peers
-            if p.role == PeerRole.VOTER
-            and p.id != leaving.id
-            and self.healthy(p)
-            and self.state(p.store_id) == StoreState.UP
-        ]
-        return min(candidates, key=self.fill_order, default=None)
-
-    def new_peer(self, store: StoreInfo) -> Peer:
-        (peer_id,) = self.view.alloc_ids(1)
-        return Peer(PeerId(peer_id), store.id, PeerRole.LEARNER)
 
     def operator(self, desc: str, *steps: Step) -> Operator:
         return Operator(self.region.id, desc, OperatorKind.REPLICA, steps, self.region.epoch)
@@ -327,16 +178,12 @@ class _Check:
                 return self.operator(f"remove-{why}-learner", RemovePeer(learner))
         spares = self.spares(learners)
         for voter in self.voters_to_replace(voters):
-            steps: list[Step] = []
-            if voter.id == leader.id:
-                new_leader = self.new_leader(voter)
-                if new_leader is None:
-                    continue
-                steps.append(TransferLeader(new_leader))
-            store: StoreInfo | None = None
+            if voter.id == leader.id and self.new_leader(voter) is None:
+                continue
+            to: Peer | StoreInfo
             if spares:
-                new = spares[0]
-                if self.record.stat.is_pending(new.id):
+                to = spares[0]
+                if self.record.stat.is_pending(to.id):
                     # Adding another would leave two learners to catch up,
                     # and this one removed as extra once the other is promoted.
                     return _Wait.WAIT
@@ -344,28 +191,13 @@ class _Check:
                 store = self.target()
                 if store is None:
                     return None
-                # Its id is taken only for a plan that is proposed.
-                new = Peer(PeerId(0), store.id, PeerRole.LEARNER)
-            if not self.keeps_quorum(steps + self.replacement(voter, new, add=store is not None)):
+                to = store
+            steps = self.move_voter(voter, to)
+            if steps is None:
                 continue
-            if store is not None:
-                new = self.new_peer(store)
-            steps += self.replacement(voter, new, add=store is not None)
             why = self.state(voter.store_id).name.lower()
             return self.operator(f"replace-{why}-peer", *steps)
         return None
-
-    def replacement(self, voter: Peer, new: Peer, *, add: bool) -> list[Step]:
-        """The steps that put learner `new` (added first if `add`) in the
-        place of `voter`."""
-        demoted = Peer(voter.id, voter.store_id, PeerRole.LEARNER)
-        swap = ChangePeers(
-            (
-                ChangePeer(ChangePeerType.ADD_VOTER, Peer(new.id, new.store_id)),
-                ChangePeer(ChangePeerType.ADD_LEARNER, demoted),
-            )
-        )
-        return [AddLearner(new), swap, RemovePeer(demoted)] if add else [swap, RemovePeer(demoted)]
 
     def make_up(self, voters: list[Peer], learners: list[Peer], leader: Peer) -> _Verdict:
         if len(voters) >= self.config.max_replicas:

@@ -200,7 +200,7 @@ async def test_max_snapshot_count_limits_learners_per_store(
 
             def all_replicated() -> bool:
                 nonlocal peak
-                influence = pd.operator_controller.influence()
+                influence = pd.operator_controller.influence(pd.cluster)
                 peak = max(peak, *influence.snapshots_in.values(), 0)
                 return settled(pd) and all(
                     len(voters(fr.region)) == 3 for fr in fake.regions.values()
