@@ -36,14 +36,25 @@ POST orders (answered once the order is taken, not once it is carried out):
                           Tombstone (an Offline store holding no region);
                           answers the store
 
+Schedulers (`schedulers`: documents and checks there):
+
+    GET /schedulers       {"schedulers": [{"name", "paused_until" (seconds until
+                          it resumes, null), "store_id" (null), "operators_created"}]}
+    POST /schedulers      {"name": "balance-leader"} or {"name": "evict-leader",
+                          "store_id": 4}: activate it; answers the scheduler
+                          (409 if active, 404 for an unknown store)
+    DELETE /schedulers/{name}          deactivate it (404 if not active)
+    POST /schedulers/{name}            {"delay": seconds}: pause it that long,
+                          0 resumes it
+
 Keys appear as ``{"hex": "75736572", "text": "user"}``, `text` null when the
 bytes are not UTF-8. An empty end key means +infinity. Errors are JSON
 ``{"error": "..."}``: 404 for unknown ids, keys outside every region and
 unknown paths; 400 for malformed ids, bodies and arguments; 405 for other
 methods (with an Allow header); 409 when the cluster's state refuses an order
-(the region already has an operator, not bootstrapped, a Tombstone store);
-413 for a body over 1 MiB; 503 for operator endpoints of a PD without an
-operator controller.
+(the region already has an operator, not bootstrapped, a Tombstone store, the
+scheduler is already active); 413 for a body over 1 MiB; 503 for operator and
+scheduler endpoints of a PD without an operator controller.
 
 Keys are read from the ASGI `raw_path`: the decoded `path` is text, which
 cannot hold arbitrary key bytes.
@@ -63,7 +74,12 @@ from urllib.parse import parse_qs, unquote_to_bytes
 from kvproto.metapb import Peer, RegionEpoch, StoreState
 from kvproto.pdpb import PdErrorCode, PeerStats
 from placement_driver.cluster import Cluster
-from placement_driver.errors import OperatorExistsError, PdRequestError
+from placement_driver.errors import (
+    OperatorExistsError,
+    PdRequestError,
+    SchedulerExistsError,
+    SchedulerNotFoundError,
+)
 from placement_driver.operator_controller import OperatorController
 from placement_driver.operators import (
     AddLearner,
@@ -76,6 +92,13 @@ from placement_driver.operators import (
     TransferLeader,
 )
 from placement_driver.regions import REPORTED_FIELDS, Flow, RegionRecord
+from placement_driver.schedulers import (
+    SchedulerController,
+    add_from_json,
+    pause_from_json,
+    scheduler_json,
+    schedulers_json,
+)
 from placement_driver.stores import StoreInfo
 
 __all__ = [
@@ -243,8 +266,9 @@ _View = Callable[[_Request], JsonObject]
 class AdminApi:
     """The ASGI application. `clock` gives the shell's current time (the
     same clock as the heartbeat times held by `cluster`). `operators` is the
-    PD's operator controller (None: the operator endpoints answer 503);
-    `on_store_state_change` is called after a store state was set."""
+    PD's operator controller and `schedulers` its schedulers (None: their
+    endpoints answer 503); `on_store_state_change` is called after a store
+    state was set."""
 
     def __init__(
         self,
@@ -252,11 +276,13 @@ class AdminApi:
         clock: Callable[[], float],
         *,
         operators: OperatorController | None = None,
+        schedulers: SchedulerController | None = None,
         on_store_state_change: Callable[[], None] | None = None,
     ) -> None:
         self._cluster = cluster
         self._clock = clock
         self._operators = operators
+        self._schedulers = schedulers
         self._on_store_state_change = on_store_state_change
         p = re.escape(API_PREFIX.encode())
 
@@ -276,6 +302,8 @@ class AdminApi:
             route(rb"/config/?", GET=self._config),
             route(rb"/operators/?", GET=self._operators_view),
             route(rb"/operator/(?P<id>[^/]*)/?", GET=self._operator),
+            route(rb"/schedulers/?", GET=self._schedulers_view, POST=self._add_scheduler),
+            route(rb"/schedulers/(?P<name>[^/]+)/?", POST=self._pause, DELETE=self._remove),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -346,8 +374,10 @@ class AdminApi:
                 return e.status, {"error": e.reason}, None
             except PdRequestError as e:
                 return _STATUS_OF_CODE.get(e.code, 400), {"error": e.message}, None
-            except OperatorExistsError as e:
+            except (OperatorExistsError, SchedulerExistsError) as e:
                 return 409, {"error": str(e)}, None
+            except SchedulerNotFoundError as e:
+                return 404, {"error": str(e)}, None
         return 404, {"error": f"no such endpoint: {path.decode('latin-1')}"}, None
 
     # -- views -------------------------------------------------------------------
@@ -420,6 +450,30 @@ class AdminApi:
             raise HttpError(404, f"no operator for region {region_id}")
         return operator_json(op, self._clock())
 
+    # -- schedulers (the logic is `schedulers`') ------------------------------------
+
+    def _scheduler_controller(self) -> SchedulerController:
+        if self._schedulers is None:
+            raise HttpError(503, "this PD runs without an operator controller")
+        return self._schedulers
+
+    def _schedulers_view(self, req: _Request) -> JsonObject:
+        return schedulers_json(self._scheduler_controller(), self._clock())
+
+    def _add_scheduler(self, req: _Request) -> JsonObject:
+        controller = self._scheduler_controller()
+        entry = add_from_json(controller, self._cluster, _json_body(req.body))
+        return scheduler_json(entry, self._clock())
+
+    def _pause(self, req: _Request) -> JsonObject:
+        controller = self._scheduler_controller()
+        name, now = _path_text(req.match["name"]), self._clock()
+        return scheduler_json(pause_from_json(controller, name, _json_body(req.body), now), now)
+
+    def _remove(self, req: _Request) -> JsonObject:
+        controller = self._scheduler_controller()
+        return scheduler_json(controller.remove(_path_text(req.match["name"])), self._clock())
+
     # -- orders ----------------------------------------------------------------------
 
     def _split_region(self, req: _Request) -> JsonObject:
@@ -487,8 +541,12 @@ def _parse_key(raw: object) -> bytes:
     return text.encode()
 
 
+def _path_text(raw: bytes) -> str:
+    return unquote_to_bytes(raw).decode("latin-1")
+
+
 def _parse_id(raw: bytes, what: str) -> int:
-    text = unquote_to_bytes(raw).decode("latin-1")
+    text = _path_text(raw)
     if not text.isascii() or not text.isdigit() or int(text) <= 0:
         raise HttpError(400, f"bad {what} id {text!r}: expected a positive integer")
     return int(text)

@@ -25,7 +25,7 @@ that planners do not send every region to the same store.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -119,12 +119,22 @@ class RegionCheck:
     """One region in a cluster view, with the influence of the running
     operators: the judgments the replica checker and the schedulers share."""
 
-    def __init__(self, view: ClusterView, record: RegionRecord, influence: OpInfluence) -> None:
+    def __init__(
+        self,
+        view: ClusterView,
+        record: RegionRecord,
+        influence: OpInfluence,
+        *,
+        no_leaders: Collection[StoreId] = frozenset(),
+    ) -> None:
+        """`no_leaders`: stores the leadership must not be moved to (those
+        an evict-leader scheduler empties)."""
         self.view = view
         self.record = record
         self.region = record.region
         self.influence = influence
         self.config = view.config
+        self.no_leaders = no_leaders
 
     # -- stores ------------------------------------------------------------------
 
@@ -172,6 +182,12 @@ class RegionCheck:
             and not self.record.stat.is_pending(peer.id)
         )
 
+    def has_quorum(self) -> bool:
+        """Whether the healthy voters are a majority: else the region cannot
+        commit a conf change or take a new leader."""
+        voters = [p for p in self.region.peers if p.role == PeerRole.VOTER]
+        return 2 * sum(self.healthy(v) for v in voters) > len(voters)
+
     def healthy_voters(self) -> list[Peer]:
         """The healthy voters on Up stores: those fit to lead."""
         return [
@@ -184,7 +200,11 @@ class RegionCheck:
 
     def new_leader(self, leaving: Peer) -> Peer | None:
         """The healthy voter on an Up store to lead instead of `leaving`."""
-        candidates = [p for p in self.healthy_voters() if p.id != leaving.id]
+        candidates = [
+            p
+            for p in self.healthy_voters()
+            if p.id != leaving.id and p.store_id not in self.no_leaders
+        ]
         return min(candidates, key=self.fill_order, default=None)
 
     def new_peer(self, store: StoreInfo) -> Peer:

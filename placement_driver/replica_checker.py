@@ -153,10 +153,10 @@ class _Check(RegionCheck):
         leader = self.record.leader
         if leader is None or in_joint(self.region):
             return None
+        if not self.has_quorum():
+            return None
         voters = [p for p in self.region.peers if p.role == PeerRole.VOTER]
         learners = [p for p in self.region.peers if p.is_learner]
-        if 2 * sum(self.healthy(v) for v in voters) <= len(voters):
-            return None
         rules: list[Callable[[list[Peer], list[Peer], Peer], _Verdict]] = [
             self.replace_vacated,
             self.make_up,

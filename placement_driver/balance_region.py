@@ -1,0 +1,98 @@
+"""balance-region: spread the replicas over the Up stores by region score
+(region count and approximate size: TiKV PD's balance-region-scheduler).
+Pure, over a `ScheduleContext`.
+
+Each proposal moves one voter of one region from the store with the
+highest region score to the store with the lowest that may take it, with
+the replica checker's replacement plan (`RegionCheck.move_voter`):
+[`TransferLeader` away if the voter leads, to a healthy voter on a store
+that is not evicting], `AddLearner` on the target, `ChangePeers` (promote
+it and demote the old voter, joint: the voter count never drops),
+`RemovePeer` the old one. Kind REGION, bounded by `region_schedule_limit`.
+
+Which regions move: free to plan (`ScheduleContext.free`), exactly
+`max_replicas` voters and no learner (the replica checker's business
+first), every voter healthy (no down or pending peer, no voter on a Down
+or Tombstone store), and a plan that keeps a healthy majority after every
+step. Followers before leaders (a follower moves without a leader
+transfer), then key order.
+
+Where to: a store that accepts a new peer (`RegionCheck.accepts_peers`:
+Up, known, not busy, space left, under `max_snapshot_count` and
+`max_pending_peer_count`, counting running operators) and holds no peer of
+the region (so a region never has two replicas on one store); the lowest
+region score first. The move must respect the tolerance: source score -
+target score > 2 * ratio * the region's weight. Sources are tried from the
+highest score down; those within the tolerance of the lowest Up store are
+not tried at all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kvproto.metapb import PeerRole, StoreId
+from placement_driver.operators import Operator, OperatorKind
+from placement_driver.regions import RegionRecord
+from placement_driver.schedule_context import ScheduleContext
+
+__all__ = ["BalanceRegion"]
+
+log = logging.getLogger(__name__)
+
+
+class BalanceRegion:
+    __slots__ = ()
+
+    name = "balance-region"
+    kind = OperatorKind.REGION
+    store_id: StoreId | None = None
+
+    def propose(self, ctx: ScheduleContext) -> Operator | None:
+        stores = ctx.up_stores()
+        if len(stores) < 2:
+            return None
+        lowest = min(ctx.region_score(s.id) for s in stores)
+        ratio = ctx.tolerance()
+        for source in sorted(stores, key=lambda s: (-ctx.region_score(s.id), s.id)):
+            score = ctx.region_score(source.id)
+            # A region weighs at least 1: no move from here can pass.
+            if score - lowest <= 2 * ratio:
+                return None
+            for record in sorted(
+                ctx.hosted_on(source.id),
+                key=lambda r: r.leader is not None and r.leader.store_id == source.id,
+            ):
+                op = self._move(ctx, record, source.id, score, ratio)
+                if op is not None:
+                    return op
+        return None
+
+    def _move(
+        self, ctx: ScheduleContext, record: RegionRecord, source: StoreId, score: int, ratio: float
+    ) -> Operator | None:
+        region = record.region
+        voter = region.peer_on_store(source)
+        if not ctx.free(record) or voter is None or voter.role != PeerRole.VOTER:
+            return None
+        check = ctx.check(record)
+        voters = [p for p in region.peers if p.role == PeerRole.VOTER]
+        if len(voters) != check.config.max_replicas or len(voters) != len(region.peers):
+            return None
+        if not all(check.healthy(v) for v in voters):
+            return None
+        target = min(check.new_homes(), key=lambda s: (ctx.region_score(s.id), s.id), default=None)
+        if target is None or score - ctx.region_score(target.id) <= 2 * ratio * record.stat.weight:
+            return None
+        steps = check.move_voter(voter, target)
+        if steps is None:
+            return None
+        log.debug(
+            "balance-region: region %d from store %d (score %d) to store %d (score %d)",
+            region.id,
+            source,
+            score,
+            target.id,
+            ctx.region_score(target.id),
+        )
+        return ctx.operator(record, self.name, self.kind, steps)
