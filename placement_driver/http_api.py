@@ -362,9 +362,8 @@ class AdminApi:
                 continue
             view = views.get("GET" if method == "HEAD" else method)
             if view is None:
-                allowed = ["GET", "HEAD"] if "GET" in views else sorted(views)
-                allow = ", ".join(allowed)
-                what = "it is read-only" if "GET" in views else f"use {allow}"
+                allow = ", ".join(sorted([*views, "HEAD"] if "GET" in views else views))
+                what = "it is read-only" if list(views) == ["GET"] else f"use {allow}"
                 reason = f"method {method} is not allowed on this endpoint; {what}"
                 return 405, {"error": reason}, allow
             request = _Request(match, parse_qs(query.decode("latin-1")), body)
