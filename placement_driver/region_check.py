@@ -50,6 +50,7 @@ __all__ = [
     "ClusterView",
     "OpInfluence",
     "RegionCheck",
+    "accepts_peers",
 ]
 
 # A store whose used ratio (1 - available / capacity) is above this gets no
@@ -115,6 +116,20 @@ class OpInfluence:
                 leader = step.to.store_id
 
 
+def accepts_peers(view: ClusterView, influence: OpInfluence, info: StoreInfo) -> bool:
+    """Whether the store may take a new peer (of any region) now."""
+    config = view.config
+    stats = info.stats
+    if info.state != StoreState.UP or stats is None or stats.is_busy:
+        return False
+    if stats.capacity > 0 and stats.available < stats.capacity * (1 - LOW_SPACE_RATIO):
+        return False
+    snapshots = max(influence.snapshots_in[info.id], stats.receiving_snap_count)
+    if snapshots >= config.max_snapshot_count:
+        return False
+    return view.store_pending_peer_count(info.id) < config.max_pending_peer_count
+
+
 class RegionCheck:
     """One region in a cluster view, with the influence of the running
     operators: the judgments the replica checker and the schedulers share."""
@@ -148,22 +163,14 @@ class RegionCheck:
     def to_vacate(self, peer: Peer) -> bool:
         return self.state(peer.store_id) in VACATE_STATES
 
-    def accepts_peers(self, info: StoreInfo) -> bool:
-        config = self.config
-        stats = info.stats
-        if info.state != StoreState.UP or stats is None or stats.is_busy:
-            return False
-        if stats.capacity > 0 and stats.available < stats.capacity * (1 - LOW_SPACE_RATIO):
-            return False
-        snapshots = max(self.influence.snapshots_in[info.id], stats.receiving_snap_count)
-        if snapshots >= config.max_snapshot_count:
-            return False
-        return self.view.store_pending_peer_count(info.id) < config.max_pending_peer_count
-
     def new_homes(self) -> list[StoreInfo]:
         """The stores that may take a new peer of the region (none there yet)."""
         taken = {p.store_id for p in self.region.peers}
-        return [s for s in self.view.stores() if s.id not in taken and self.accepts_peers(s)]
+        return [
+            s
+            for s in self.view.stores()
+            if s.id not in taken and accepts_peers(self.view, self.influence, s)
+        ]
 
     def fill_order(self, peer: Peer) -> tuple[int, int]:
         """Smaller is the emptier store."""

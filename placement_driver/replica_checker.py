@@ -44,7 +44,7 @@ others):
    learners rule 1 would use to replace the voters on stores to vacate.
 
 The best target store: among the stores that accept a new peer
-(`RegionCheck.accepts_peers`) and hold none of the region, the fewest
+(`region_check.accepts_peers`) and hold none of the region, the fewest
 regions (counting the peers operators are adding and removing), ties to the
 lowest store id.
 """

@@ -82,10 +82,10 @@ class ScheduleContext:
     influence: OpInfluence
     busy: set[RegionId]
     evicting: frozenset[StoreId] = frozenset()  # stores evict-leader empties
-    _up: list[StoreInfo] | None = None
-    _led: dict[StoreId, list[RegionRecord]] = field(default_factory=dict)
-    _hosted: dict[StoreId, list[RegionRecord]] = field(default_factory=dict)
-    _indexed: bool = False
+    _up: list[StoreInfo] | None = field(default=None, init=False)
+    _led: dict[StoreId, list[RegionRecord]] = field(default_factory=dict, init=False)
+    _hosted: dict[StoreId, list[RegionRecord]] = field(default_factory=dict, init=False)
+    _indexed: bool = field(default=False, init=False)
 
     # -- stores ------------------------------------------------------------------
 
