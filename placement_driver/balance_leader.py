@@ -37,32 +37,22 @@ class BalanceLeader:
     store_id: StoreId | None = None
 
     def propose(self, ctx: ScheduleContext) -> Operator | None:
-        stores = ctx.up_stores()
-        targets = [s.id for s in stores if s.id not in ctx.evicting]
+        targets = [s.id for s in ctx.up_stores() if s.id not in ctx.evicting]
         if not targets:
             return None
         lowest = min(ctx.leader_score(s) for s in targets)
         margin = 2 * ctx.tolerance()
-        for source in sorted(stores, key=lambda s: (-ctx.leader_score(s.id), s.id)):
-            score = ctx.leader_score(source.id)
-            if score - lowest <= margin:
-                return None
-            for record in ctx.led_on(source.id):
-                if not ctx.free(record):
-                    continue
-                check = ctx.check(record)
-                if not check.has_quorum():
-                    continue
-                best = next(iter(ctx.leader_targets(check)), None)
-                if best is None or score - ctx.leader_score(best.store_id) <= margin:
+        for source, score in ctx.sources(ctx.leader_score, lowest, margin):
+            for record, to in ctx.leader_moves(source):
+                if score - ctx.leader_score(to.store_id) <= margin:
                     continue
                 log.debug(
                     "balance-leader: region %d from store %d (%d leaders) to store %d (%d)",
                     record.region.id,
-                    source.id,
+                    source,
                     score,
-                    best.store_id,
-                    ctx.leader_score(best.store_id),
+                    to.store_id,
+                    ctx.leader_score(to.store_id),
                 )
-                return ctx.operator(record, self.name, self.kind, [TransferLeader(best)])
+                return ctx.operator(record, self.name, self.kind, [TransferLeader(to)])
         return None

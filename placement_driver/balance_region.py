@@ -52,27 +52,23 @@ class BalanceRegion:
     store_id: StoreId | None = None
 
     def propose(self, ctx: ScheduleContext) -> Operator | None:
-        stores = ctx.up_stores()
-        fit = [s for s in stores if accepts_peers(ctx.view, ctx.influence, s)]
+        fit = [s for s in ctx.up_stores() if accepts_peers(ctx.view, ctx.influence, s)]
         if not fit:
             return None
         lowest = min(ctx.region_score(s.id) for s in fit)
         ratio = ctx.tolerance()
-        for source in sorted(stores, key=lambda s: (-ctx.region_score(s.id), s.id)):
-            score = ctx.region_score(source.id)
-            # A region weighs at least 1: no move from here can pass.
-            if score - lowest <= 2 * ratio:
-                return None
+        # A region weighs at least 1: the margin of the lightest.
+        for source, score in ctx.sources(ctx.region_score, lowest, 2 * ratio):
             # Where a region of weight 1 could go, the emptiest first.
             targets = sorted(
                 (s for s in fit if score - ctx.region_score(s.id) > 2 * ratio),
                 key=lambda s: (ctx.region_score(s.id), s.id),
             )
             # Followers first: they move without a leader transfer.
-            hosted = sorted(ctx.hosted_on(source.id), key=lambda r: _leads(r, source.id))
+            hosted = sorted(ctx.hosted_on(source), key=lambda r: _leads(r, source))
             for record in hosted:
                 op = self._move(
-                    ctx, record, source.id, score - 2 * ratio * record.stat.weight, targets
+                    ctx, record, source, score - 2 * ratio * record.stat.weight, targets
                 )
                 if op is not None:
                     return op

@@ -16,7 +16,6 @@ moved off again.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from kvproto.metapb import StoreId
@@ -24,8 +23,6 @@ from placement_driver.operators import Operator, OperatorKind, TransferLeader
 from placement_driver.schedule_context import ScheduleContext
 
 __all__ = ["EVICT_LEADER", "EvictLeader"]
-
-log = logging.getLogger(__name__)
 
 EVICT_LEADER = "evict-leader"  # the kind's name; a scheduler's is "evict-leader-<store_id>"
 
@@ -41,17 +38,8 @@ class EvictLeader:
         return f"{EVICT_LEADER}-{self.store_id}"
 
     def propose(self, ctx: ScheduleContext) -> Operator | None:
-        for record in ctx.led_on(self.store_id):
-            if not ctx.free(record):
-                continue
-            check = ctx.check(record)
-            if not check.has_quorum():
-                continue
-            best = next(iter(ctx.leader_targets(check)), None)
-            if best is None:
-                log.debug(
-                    "%s: region %d has no voter to take its leadership", self.name, record.region.id
-                )
-                continue
-            return ctx.operator(record, EVICT_LEADER, self.kind, [TransferLeader(best)])
-        return None
+        move = next(ctx.leader_moves(self.store_id), None)
+        if move is None:
+            return None
+        record, to = move
+        return ctx.operator(record, EVICT_LEADER, self.kind, [TransferLeader(to)])

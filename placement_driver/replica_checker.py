@@ -66,26 +66,11 @@ from placement_driver.operators import (
     TransferLeader,
     in_joint,
 )
-from placement_driver.region_check import (
-    DEAD_STATES,
-    LOW_SPACE_RATIO,
-    VACATE_STATES,
-    ClusterView,
-    OpInfluence,
-    RegionCheck,
-)
+from placement_driver.region_check import DEAD_STATES, ClusterView, OpInfluence, RegionCheck
 from placement_driver.regions import RegionRecord
 from placement_driver.stores import StoreInfo
 
-# The shared judgments are re-exported: callers of the checker import them here.
-__all__ = [
-    "DEAD_STATES",
-    "LOW_SPACE_RATIO",
-    "VACATE_STATES",
-    "ClusterView",
-    "OpInfluence",
-    "check_replicas",
-]
+__all__ = ["check_replicas"]
 
 
 class _Wait(enum.Enum):

@@ -24,7 +24,7 @@ most regions on one store, at least 1 (larger clusters tolerate more).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -150,19 +150,38 @@ class ScheduleContext:
         leadership to an evicting store."""
         return RegionCheck(self.view, record, self.influence, no_leaders=self.evicting)
 
-    def leader_targets(self, check: RegionCheck, exclude: Collection[StoreId] = ()) -> list[Peer]:
-        """The voters the leadership may move to: healthy, on an Up store
-        that is not evicting, not the leader; the lowest leader score first
-        (ties: the lowest store id)."""
-        leader = check.record.leader
-        candidates = [
-            p
-            for p in check.healthy_voters()
-            if (leader is None or p.id != leader.id)
-            and p.store_id not in self.evicting
-            and p.store_id not in exclude
-        ]
-        return sorted(candidates, key=lambda p: (self.leader_score(p.store_id), p.store_id))
+    def sources(
+        self, score: Callable[[StoreId], int], floor: int, margin: float
+    ) -> Iterator[tuple[StoreId, int]]:
+        """The Up stores and their scores, the highest first (ties: the
+        lowest id), while a score is above `floor` by more than `margin`:
+        below that no move from the store can pass the tolerance."""
+        for info in sorted(self.up_stores(), key=lambda s: (-score(s.id), s.id)):
+            if score(info.id) - floor <= margin:
+                return
+            yield info.id, score(info.id)
+
+    def leader_moves(self, store_id: StoreId) -> Iterator[tuple[RegionRecord, Peer]]:
+        """The regions led on the store that may move their leadership (free
+        to plan, a healthy majority), in key order, each with the voter to
+        move it to: healthy, on an Up store that is not evicting, the lowest
+        leader score (ties: the lowest store id)."""
+        for record in self.led_on(store_id):
+            if not self.free(record):
+                continue
+            check = self.check(record)
+            if not check.has_quorum():
+                continue
+            candidates = [
+                p
+                for p in check.healthy_voters()
+                if p.store_id != store_id and p.store_id not in self.evicting
+            ]
+            best = min(
+                candidates, key=lambda p: (self.leader_score(p.store_id), p.store_id), default=None
+            )
+            if best is not None:
+                yield record, best
 
     def operator(
         self, record: RegionRecord, desc: str, kind: OperatorKind, steps: list[Step]
