@@ -179,3 +179,30 @@ def test_a_region_never_gets_two_replicas_on_one_store() -> None:
     for record in mc.cluster.regions():
         assert len({p.store_id for p in record.region.peers}) == 3
         assert all(p.role == PeerRole.VOTER for p in record.region.peers)
+
+
+def test_the_leadership_moved_off_a_source_never_goes_to_an_evicting_store() -> None:
+    mc = MockCluster().store(1).store(2).store(3).store(4)
+    for r in (1, 2, 3):
+        mc.region(r, voters=(1, 2, 3), leader=1)
+    mc.schedulers.remove("balance-leader")
+    mc.schedulers.add(mc.cluster, "evict-leader", 2)
+    ops = [op for op in mc.schedule() if op.desc == "balance-region"]
+    assert ops
+    for op in ops:
+        assert isinstance(op.steps[0], TransferLeader) and op.steps[0].to.store_id == 3
+
+
+def test_the_influence_of_running_moves_counts_sizes_and_leaders() -> None:
+    mc = MockCluster(region_schedule_limit=1).store(1).store(2).store(3).store(4)
+    mc.region(1, voters=(1, 2, 3), leader=1, size=2 * MiB)
+    for r in range(2, 12):
+        mc.region(r, voters=(1, 2, 3), leader=1)
+    mc.schedulers.remove("balance-leader")
+    (op,) = mc.schedule()
+    assert op.region_id == 1  # scores 12, 12, 12, 0: its 2 MiB can go
+    influence = mc.controller.influence(mc.cluster)
+    # The leader leaves store 1 for store 2; 2 MiB arrive on 4 and leave 1.
+    assert influence.leader_delta == {1: -1, 2: 1}
+    assert influence.size_delta == {4: 2, 1: -2}
+    assert influence.region_delta == {4: 1, 1: -1}
