@@ -4,6 +4,9 @@ Served by hypercorn's trio worker (see `server.py`); this module only maps
 a method, a raw path, a query and a body to a status and a JSON document,
 so the routing and the views are testable without a socket.
 
+`GET /metrics` (at the root, as Prometheus expects): the PD's metrics in
+Prometheus text format (`placement_driver.metrics`).
+
 Endpoints under /pd/api/v1; GET (and HEAD) reads:
 
     /health               {"health": true, "bootstrapped": ..., "cluster_id": ...}
@@ -66,7 +69,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote_to_bytes
@@ -100,11 +103,13 @@ from placement_driver.schedulers import (
     schedulers_json,
 )
 from placement_driver.stores import StoreInfo
+from plumbing.asgi import Receive, Scope, Send, lifespan
 
 __all__ = [
     "API_PREFIX",
     "MAX_BODY",
     "AdminApi",
+    "Text",
     "key_json",
     "operator_json",
     "region_json",
@@ -115,11 +120,6 @@ log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/pd/api/v1"
 MAX_BODY: Final = 1 << 20
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 JsonObject = dict[str, Any]
 
@@ -260,7 +260,15 @@ class _Request:
     body: bytes
 
 
-_View = Callable[[_Request], JsonObject]
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A view's answer that is not JSON (the metrics exposition)."""
+
+    body: bytes
+    content_type: str
+
+
+_View = Callable[[_Request], JsonObject | Text]
 
 
 class AdminApi:
@@ -268,7 +276,8 @@ class AdminApi:
     same clock as the heartbeat times held by `cluster`). `operators` is the
     PD's operator controller and `schedulers` its schedulers (None: their
     endpoints answer 503); `on_store_state_change` is called after a store
-    state was set."""
+    state was set. `metrics` returns the Prometheus exposition and its
+    content type (None: /metrics answers 503)."""
 
     def __init__(
         self,
@@ -278,18 +287,21 @@ class AdminApi:
         operators: OperatorController | None = None,
         schedulers: SchedulerController | None = None,
         on_store_state_change: Callable[[], None] | None = None,
+        metrics: Callable[[], Text] | None = None,
     ) -> None:
         self._cluster = cluster
         self._clock = clock
         self._operators = operators
         self._schedulers = schedulers
         self._on_store_state_change = on_store_state_change
+        self._metrics_source = metrics
         p = re.escape(API_PREFIX.encode())
 
         def route(pattern: bytes, **views: _View) -> tuple[re.Pattern[bytes], dict[str, _View]]:
             return re.compile(p + pattern, re.DOTALL), views
 
         self._routes: list[tuple[re.Pattern[bytes], dict[str, _View]]] = [
+            (re.compile(rb"/metrics/?"), {"GET": self._metrics}),  # at the root: Prometheus
             route(rb"/health/?", GET=self._health),
             route(rb"/cluster/?", GET=self._cluster_info),
             route(rb"/stores/?", GET=self._stores),
@@ -309,7 +321,7 @@ class AdminApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
         elif kind == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             query = scope.get("query_string") or b""
@@ -330,9 +342,13 @@ class AdminApi:
                 status, document, allow = 413, {"error": f"body over {MAX_BODY} bytes"}, None
             else:
                 status, document, allow = self._respond(method, raw_path, query, body)
-            data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
+            if isinstance(document, Text):
+                data, content_type = document.body, document.content_type.encode()
+            else:
+                data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
+                content_type = b"application/json"
             headers = [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(data)).encode()),
             ]
             if allow is not None:
@@ -346,8 +362,8 @@ class AdminApi:
     def respond(
         self, method: str, raw_path: bytes, body: bytes = b"", query: bytes = b""
     ) -> tuple[int, Any]:
-        """The status and JSON document for a request (`raw_path` may carry
-        the query after "?")."""
+        """The status and JSON document (`Text` for /metrics) for a request
+        (`raw_path` may carry the query after "?")."""
         status, document, _ = self._respond(method, raw_path, query, body)
         return status, document
 
@@ -429,6 +445,11 @@ class AdminApi:
 
     def _config(self, req: _Request) -> JsonObject:
         return dict(self._cluster.config.toml_values())
+
+    def _metrics(self, req: _Request) -> Text:
+        if self._metrics_source is None:
+            raise HttpError(503, "this PD exports no metrics")
+        return self._metrics_source()
 
     def _controller(self) -> OperatorController:
         if self._operators is None:
@@ -549,13 +570,3 @@ def _parse_id(raw: bytes, what: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) <= 0:
         raise HttpError(400, f"bad {what} id {text!r}: expected a positive integer")
     return int(text)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

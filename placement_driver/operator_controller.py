@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -85,6 +85,12 @@ class OperatorController:
         # Regions whose running operator no heartbeat has answered yet.
         self._unsent: set[RegionId] = set()
         self._history: deque[Operator] = deque(maxlen=history_size)
+        # Counts since start for the PD's metrics (placement_driver.metrics
+        # reads them when scraped): started by (kind, desc), finished by
+        # (kind, desc, status), and started by each scheduler.
+        self.created_counts: Counter[tuple[str, str]] = Counter()
+        self.finished_counts: Counter[tuple[str, str, str]] = Counter()
+        self.scheduler_counts: Counter[str] = Counter()
 
     # -- reading -----------------------------------------------------------------
 
@@ -156,8 +162,11 @@ class OperatorController:
 
     # -- adding and finishing -------------------------------------------------------
 
-    def add(self, op: Operator, now: float) -> None:
-        """Start `op`; OperatorExistsError if its region has one running."""
+    def add(self, op: Operator, now: float, *, scheduler: str | None = None) -> None:
+        """Start `op`; OperatorExistsError if its region has one running.
+        `scheduler`: the name of the scheduler that made it (counted in the
+        metric shardkv_pd_scheduler_operators_total): every scheduler passes
+        it."""
         assert op.is_running and op.current == 0
         running = self._running.get(op.region_id)
         if running is not None:
@@ -165,6 +174,9 @@ class OperatorController:
         op.start(now)
         self._running[op.region_id] = op
         self._unsent.add(op.region_id)
+        self.created_counts[op.kind.value, op.desc] += 1
+        if scheduler is not None:
+            self.scheduler_counts[scheduler] += 1
         log.info("operator started: %s", op.describe())
 
     def cancel(self, region_id: int, now: float, reason: str) -> Operator | None:
@@ -178,6 +190,7 @@ class OperatorController:
         assert not op.is_running
         del self._running[op.region_id]
         self._history.append(op)
+        self.finished_counts[op.kind.value, op.desc, op.status.value] += 1
         level = logging.INFO if op.status == OperatorStatus.SUCCESS else logging.WARNING
         log.log(
             level,

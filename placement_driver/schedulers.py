@@ -24,9 +24,11 @@ leaves less room; the operators it proposes start at once. One
 `ScheduleContext` serves the whole run: each scheduler sees the operators
 running and those proposed before it (regions taken, store scores moved).
 
-Counters (`SchedulerStats`, for the metrics endpoint): operators created
-per scheduler, and runs per scheduler and outcome (scheduled: at least one
-operator; balanced: nothing to do; limited: its kind at its limit; paused).
+Counters for the metrics endpoint: the operators each scheduler starts
+are counted by the operator controller (`OperatorController.add(...,
+scheduler=name)`: `scheduler_counts`); `SchedulerStats.runs` counts runs per
+scheduler and outcome (scheduled: at least one operator; balanced: nothing
+to do; limited: its kind at its limit; paused).
 
 Refusals: an unknown name or bad argument is INVALID_ARGUMENT, an
 evict-leader for an unknown store STORE_NOT_FOUND, for a Tombstone store
@@ -125,9 +127,10 @@ class Outcome(enum.Enum):
 
 @dataclass(slots=True)
 class SchedulerStats:
-    """Decisions since this PD started, by scheduler name (for metrics)."""
+    """Runs since this PD started, by scheduler name and outcome (for
+    metrics; the operators they started are the operator controller's
+    `scheduler_counts`)."""
 
-    operators: Counter[str] = field(default_factory=Counter)
     runs: Counter[tuple[str, Outcome]] = field(default_factory=Counter)
 
 
@@ -264,12 +267,11 @@ class SchedulerController:
             budget = min(BATCH, operators.room(cluster, entry.scheduler.kind))
             made = 0
             while made < budget and (op := entry.scheduler.propose(ctx)) is not None:
-                operators.add(op, now)
+                operators.add(op, now, scheduler=entry.name)
                 ctx.take(op)
                 created.append(op)
                 made += 1
             entry.operators_created += made
-            stats.operators[entry.name] += made
             outcome = Outcome.LIMITED if budget == 0 else Outcome.BALANCED
             stats.runs[(entry.name, Outcome.SCHEDULED if made else outcome)] += 1
         return created

@@ -4,7 +4,8 @@ It owns the nursery, the sockets and the storage; the decisions are the
 core's (`Cluster`, `PdService`). One lifetime, one nursery:
 
 * the PD RPC (kvproto `RpcServer`, one handler for every pdpb request);
-* the admin HTTP API (`AdminApi` served by hypercorn's trio worker);
+* the admin HTTP API (`AdminApi` served by hypercorn's trio worker), and
+  `GET /metrics` on the same port (`PdMetrics`: a registry of its own);
 * a task that re-derives store states exactly when the next one changes
   (Up -> Disconnected -> Down; woken early by heartbeats, new stores and
   config changes), on `trio.current_time()`, so trio's MockClock drives it;
@@ -38,6 +39,7 @@ import dataclasses
 import logging
 import math
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,8 +53,9 @@ from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
-from placement_driver.http_api import AdminApi
+from placement_driver.http_api import AdminApi, Text
 from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP
+from placement_driver.metrics import CONTENT_TYPE_LATEST, PdMetrics
 from placement_driver.operator_controller import (
     DEFAULT_HISTORY_SIZE,
     OperatorController,
@@ -139,6 +142,7 @@ class PdServer:
         self._addresses: PdAddresses | None = None
         self._wake_store_states = trio.Event()
         self._rpc_server = RpcServer(dict.fromkeys(RESPONSE_TYPES, self._handle))
+        self.metrics = PdMetrics(lambda: self._cluster, self._controller)
 
     @property
     def rpc_server(self) -> RpcServer:
@@ -225,7 +229,10 @@ class PdServer:
     async def _handle(self, request: Any, ctx: RequestContext) -> object:
         if self._service is None:
             raise RuntimeError("the PD is not running")
+        started = time.perf_counter()
         response = self._service.handle(request, trio.current_time())
+        if isinstance(response, pdpb.RegionHeartbeatResponse):
+            self.metrics.observe_region_heartbeat(time.perf_counter() - started, response)
         if isinstance(request, _WAKES_STORE_STATES):
             self._wake_store_states.set()
         return response
@@ -243,6 +250,7 @@ class PdServer:
             operators=self._controller,
             schedulers=self._schedulers,
             on_store_state_change=self._wake_store_watch,
+            metrics=lambda: Text(self.metrics.exposition(), CONTENT_TYPE_LATEST),
         )
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(_hypercorn_serve, app, config)

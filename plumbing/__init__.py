@@ -7,6 +7,8 @@
   one-line error reports.
 * `nursery`: a nursery for a block's background tasks whose own error
   leaves the block as itself, not wrapped in an ExceptionGroup.
+* `asgi`: the ASGI types and lifespan answers of the PD's and the stores'
+  HTTP apps; `metrics`: what their Prometheus metrics share.
 
 Only the standard library and trio: no lmdb, no hypercorn, nothing of the
 other packages, so that a client-only install can use it.

@@ -30,6 +30,7 @@ __all__ = [
     "STOP_SIGNALS",
     "add_log_level_flag",
     "configure_logging",
+    "error_leaves",
     "print_errors",
     "serve_until_signal",
 ]
@@ -110,7 +111,7 @@ async def serve_until_signal(
 
 
 # What the PD and the stores need beyond a client install (the `server` extra).
-SERVER_MODULES = ("lmdb", "hypercorn")
+SERVER_MODULES = ("lmdb", "hypercorn", "prometheus_client")
 
 
 def missing_server_modules(prog: str) -> str | None:
@@ -134,13 +135,15 @@ def missing_server_modules(prog: str) -> str | None:
 def print_errors(prog: str, error: BaseException) -> None:
     """Print ``prog: message`` on stderr for `error`, or for each error in
     it if it is an ExceptionGroup (nested groups included)."""
-    for e in _leaves(error):
+    for e in error_leaves(error):
         print(f"{prog}: {e}", file=sys.stderr)
 
 
-def _leaves(error: BaseException) -> Iterator[BaseException]:
+def error_leaves(error: BaseException) -> Iterator[BaseException]:
+    """`error` itself, or every error inside it if it is an ExceptionGroup
+    (nested groups included)."""
     if isinstance(error, BaseExceptionGroup):
         for e in error.exceptions:
-            yield from _leaves(e)
+            yield from error_leaves(e)
     else:
         yield error

@@ -2,7 +2,8 @@
 and the cluster tests' fixture.
 
 Each child is `python -m shardkv pd|store ...` with its own data directory
-and log file under the cluster's directory, on free 127.0.0.1 ports. On
+and log file under the cluster's directory, on free 127.0.0.1 ports (a
+store's status port, `--status`, included: `StoreSpec.status_url`). On
 Linux every child gets PR_SET_PDEATHSIG, so it dies with its parent even if
 the parent is SIGKILLed: no orphans. `aclose` stops children with SIGTERM
 (SIGKILL after a grace period).
@@ -180,6 +181,21 @@ class StoreSpec:
     address: str
     data_dir: Path
     child: Child
+    status_address: str = ""
+
+    @property
+    def status_url(self) -> str:
+        """Where the store serves /metrics and /status."""
+        return f"http://{self.status_address}"
+
+    def set_address(self, flag: str, address: str) -> None:
+        """Change the address given to `flag` (--listen, --status)."""
+        i = self.child.args.index(flag)
+        self.child.args[i + 1] = address
+        if flag == "--listen":
+            self.address = address
+        elif flag == "--status":
+            self.status_address = address
 
 
 @dataclass(slots=True)
@@ -221,13 +237,14 @@ class LocalCluster:
 
     def _store_spec(self, i: int) -> StoreSpec:
         address = f"127.0.0.1:{free_port()}"
+        status = f"127.0.0.1:{free_port()}"
         data_dir = self.root / f"store-{i}"
         args = ["store", "--data-dir", str(data_dir), "--listen", address, "--pd", self.pd_address]
+        args += ["--status", status]
         for k, v in self.store_flags.items():
             args += [k, v]
-        return StoreSpec(
-            i, address, data_dir, Child(f"store-{i}", args, self.root / "logs" / f"store-{i}.log")
-        )
+        log_path = self.root / "logs" / f"store-{i}.log"
+        return StoreSpec(i, address, data_dir, Child(f"store-{i}", args, log_path), status)
 
     def add_store(self) -> StoreSpec:
         spec = self._store_spec(len(self.store_specs) + 1)

@@ -111,24 +111,18 @@ async def _main(root: Path, args: argparse.Namespace) -> int:
         http_port=http_port,
         pd_flags={"--max-replicas": str(min(3, args.stores))},
     )
+    ports: dict[str, int] = {"pd": pd_port, "http": http_port}
     for spec in cluster.store_specs:
-        port = saved.get(f"store-{spec.index}")
-        if port:
-            spec.address = f"127.0.0.1:{port}"
-            i = spec.child.args.index("--listen")
-            spec.child.args[i + 1] = spec.address
-    (root / STATE_FILE).write_text(
-        json.dumps(
-            {
-                "pd": pd_port,
-                "http": http_port,
-                **{
-                    f"store-{s.index}": int(s.address.rsplit(":", 1)[1])
-                    for s in cluster.store_specs
-                },
-            }
-        )
-    )
+        for key, flag in (
+            (f"store-{spec.index}", "--listen"),
+            (f"status-{spec.index}", "--status"),
+        ):
+            port = saved.get(key)
+            if port:
+                spec.set_address(flag, f"127.0.0.1:{port}")
+        ports[f"store-{spec.index}"] = int(spec.address.rsplit(":", 1)[1])
+        ports[f"status-{spec.index}"] = int(spec.status_address.rsplit(":", 1)[1])
+    (root / STATE_FILE).write_text(json.dumps(ports))
     code = 0
     try:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -218,9 +212,13 @@ def _print_banner(cluster: LocalCluster, stores: Sequence[Store], root: Path) ->
         "shardkv playground is up.",
         f"  PD:        {cluster.pd_address}",
         f"  admin API: {cluster.http_url}/pd/api/v1/stores",
+        f"  metrics:   {cluster.http_url}/metrics",
     ]
+    status = {spec.address: spec.status_url for spec in cluster.store_specs}
     for s in stores:
-        lines.append(f"  store {s.id}:   {s.address}")
+        url = status.get(s.address)
+        where = "" if url is None else f"   status: {url}/status, {url}/metrics"
+        lines.append(f"  store {s.id}:   {s.address}{where}")
     lines += [
         f"  logs:      {root / 'logs'}",
         "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvproto.rpc import parse_address
 from plumbing.config_file import setting
 from store_node.log_gc import LogGcConfig
 
@@ -27,6 +28,12 @@ class StoreConfig:
     advertise: str | None = setting(
         None,
         "address other stores and clients use (default: the bound --listen address)",
+        metavar="HOST:PORT",
+    )
+    status: str | None = setting(
+        None,
+        "address of the status HTTP server (GET /metrics for Prometheus, GET /status as "
+        "JSON), e.g. 127.0.0.1:20180; port 0 picks a free one (logged); off by default",
         metavar="HOST:PORT",
     )
     pd: tuple[str, ...] = setting(
@@ -113,6 +120,11 @@ class StoreConfig:
             raise ValueError("election_ticks must be greater than heartbeat_ticks")
         if not self.pd:
             raise ValueError("at least one PD address is needed (--pd HOST:PORT)")
+        if self.status:
+            try:
+                parse_address(self.status, listen=True)
+            except ValueError as e:
+                raise ValueError(f"bad value for status: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)

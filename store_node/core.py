@@ -103,7 +103,8 @@ class StoreCore:
         # Answers decided between rounds (reads that timed out), sent with the next.
         self._replies: list[Reply] = []
         self._truncations: dict[int, tuple[int, int]] = {}
-        # Counters reported as store metrics.
+        # Counters since start, reported as store metrics (store_node.metrics
+        # reads them when scraped: plain ints, as they change every round).
         self.stats: dict[str, int] = defaultdict(int)
         # Ticks since the store started (the store's notion of time).
         self.ticks = 0
@@ -405,6 +406,7 @@ class StoreCore:
         refused = commands.propose_change_peer(peer, token, req, heard)
         if refused is None:
             self._dirty.add(region_id)
+            self.stats["conf_changes_proposed"] += 1
         return refused
 
     def transfer_leader(self, region_id: int, to_peer: PeerId) -> None:
@@ -462,6 +464,7 @@ class StoreCore:
         out.split_checks.extend(self.splits.take_due(self.peers))
         for name, n in out.counts.items():
             self.stats[name] += n
+        self.stats["proposed_writes"] += out.proposed_writes
         if any(t.entries for t in out.apply_tasks):
             skip = frozenset(rid for rid, p in self.peers.items() if p.initialized) | frozenset(
                 self.tombstones
@@ -489,6 +492,8 @@ class StoreCore:
             out.must_sync = out.must_sync or rd.must_sync
         if rd.entries:
             peer.storage.append(rd.entries, batch)
+            self.stats["log_entries_appended"] += len(rd.entries)
+            self.stats["log_bytes_appended"] += sum(len(e.data) for e in rd.entries)
         if rd.hard_state is not None:
             peer.storage.set_hard_state(rd.hard_state, batch)
         for m in rd.persisted_messages:
@@ -645,6 +650,7 @@ class StoreCore:
         refused = commands.propose_split(peer, token, split_keys, ids)
         if refused is None:
             self._dirty.add(region_id)
+            self.stats["splits_proposed"] += 1
         return refused
 
     @property

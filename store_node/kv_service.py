@@ -12,7 +12,6 @@ inverted ranges) get a typed `KvError`; routing problems a `RegionError`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -127,10 +126,7 @@ class KvService:
         }
 
     async def store_status(self, _: StoreStatusRequest, __: RequestContext) -> StoreStatusResponse:
-        status = await self.node.call_core(store_status)
-        counters = dict(status.counters)
-        counters.update(self.node.loop_counters())
-        return dataclasses.replace(status, counters=tuple(sorted(counters.items())))
+        return await self.node.call_core(lambda core: store_status(core, self.node.loop_counters()))
 
     # -- validation ----------------------------------------------------------
 

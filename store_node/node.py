@@ -10,6 +10,11 @@ The services (`KvService`, `PdWorker`) take it as a small Protocol each
 (`kv_service.StoreAccess`, `pd_worker.StoreLoop`) and reach the core only
 through the loop (`call_core`, `submit`, the deferred client entries).
 
+With `status` set, the nursery also runs the status HTTP server
+(`status_http`: `GET /metrics` from `self.metrics`, `GET /status`), bound
+before the store registers with the PD, so a bad address fails the start
+at once.
+
 The store loop (one task): wait for one event, drain what else is queued (up
 to `max_round_events`), end the round, send the messages that may go before
 the write, persist and apply in the worker thread (one hop per round), send
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Consistency, Context, SessionRef
@@ -48,6 +54,7 @@ from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
 from store_node.lease import lease_duration
 from store_node.log_gc import LogGcConfig
+from store_node.metrics import StoreMetrics
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import apply_and_truncate, must_block, persist_and_apply, persist_raft
@@ -55,6 +62,8 @@ from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
 from store_node.split import scan_region
+from store_node.status import status_json, store_status
+from store_node.status_http import Page, StatusApp, json_page, serve_status
 from store_node.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,8 @@ class StoreInfo:
     store_id: StoreId
     address: str
     cluster_id: int
+    # The bound address of the status HTTP server (None: not served).
+    status_address: str | None = None
 
 
 class StoreNode:
@@ -96,6 +107,10 @@ class StoreNode:
         self._snap_sends = trio.Semaphore(config.max_snapshot_sends)
         self._snap_gen = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
+        self.address = ""
+        self.raft_frames_received = 0
+        self.raft_messages_received = 0
+        self.metrics = StoreMetrics(self)
 
     # -- lifetime -----------------------------------------------------------
 
@@ -124,7 +139,11 @@ class StoreNode:
                 # Serve first (port 0 is only known once bound), but accept
                 # events only once the core exists: the channel buffers them.
                 bound = await nursery.start(server.serve, host, port)
-                address = cfg.advertise or f"{bound[0]}:{bound[1]}"
+                address = self.address = cfg.advertise or f"{bound[0]}:{bound[1]}"
+                status_address: str | None = None
+                if cfg.status:
+                    app = StatusApp(self.status_pages())
+                    status_address = await nursery.start(serve_status, app, cfg.status)
                 ident, fresh_regions = await self._register(pd, address)
                 PROCESS_FIELDS.fields["store"] = ident.store_id
                 tombstones, regions = load_store(self.engine)
@@ -156,7 +175,7 @@ class StoreNode:
                     core.campaign(region_id)
                 self.core = core
                 self.transport = Transport(ident.store_id, nursery, self._resolve_store)
-                worker = PdWorker(self, pd, cfg)
+                worker = PdWorker(self, pd, cfg, self.metrics.observe_pd_heartbeat)
                 nursery.start_soon(self._run_loop)
                 nursery.start_soon(self._run_ticker)
                 nursery.start_soon(self._run_kv_syncer)
@@ -164,13 +183,16 @@ class StoreNode:
                 nursery.start_soon(receiver.run_sweeper)
                 nursery.start_soon(self._run_split_scanner)
                 log.info(
-                    "store %d serving on %s (cluster %d, %d regions)",
+                    "store %d serving on %s (cluster %d, %d regions)%s",
                     ident.store_id,
                     address,
                     ident.cluster_id,
                     len(core.peers),
+                    "" if status_address is None else f", status on http://{status_address}",
                 )
-                task_status.started(StoreInfo(ident.store_id, address, ident.cluster_id))
+                task_status.started(
+                    StoreInfo(ident.store_id, address, ident.cluster_id, status_address)
+                )
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.engine.close, limiter=self._limiter)
@@ -247,6 +269,7 @@ class StoreNode:
         answer(core.after_persist(out, outcomes))
         self._start_snapshot_work(core, out)
         self.rounds += 1
+        self.metrics.observe_round(out)
         if core.heartbeat_due or core.split_reports:
             self._round_done.set()
             self._round_done = trio.Event()
@@ -401,8 +424,32 @@ class StoreNode:
         return {
             "rounds": self.rounds,
             "raft_frames_sent": transport.sent_frames if transport else 0,
+            "raft_messages_sent": transport.sent_messages if transport else 0,
             "raft_messages_dropped": transport.dropped if transport else 0,
+            "raft_frames_received": self.raft_frames_received,
+            "raft_messages_received": self.raft_messages_received,
         }
+
+    def queued_events(self) -> int:
+        """Events waiting for the store loop."""
+        return self._recv_events.statistics().current_buffer_used
+
+    # -- the status port --------------------------------------------------------
+
+    def status_pages(self) -> dict[str, Callable[[], Page]]:
+        return {"/metrics": self._metrics_page, "/status": self._status_page}
+
+    def _metrics_page(self) -> Page:
+        return Page(200, CONTENT_TYPE_LATEST, self.metrics.exposition())
+
+    def _status_page(self) -> Page:
+        """Read from the core directly, not through the loop: it changes the
+        core only on this thread, and a status must answer while a round is
+        stuck (when it matters most)."""
+        core = self.core
+        if core is None:
+            return json_page({"error": "the store is starting: registering with the PD"}, 503)
+        return json_page(status_json(store_status(core, self.loop_counters()), self.address))
 
     async def pd_work_due(self) -> None:
         """Wait until the PD must hear of something (a leader or epoch
@@ -469,6 +516,8 @@ class StoreNode:
 
     async def _on_raft_batch(self, batch: RaftMessageBatch, _: RequestContext) -> None:
         msgs = batch.messages
+        self.raft_frames_received += 1
+        self.raft_messages_received += len(msgs)
 
         def step(core: StoreCore) -> None:
             for m in msgs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
@@ -50,11 +51,25 @@ class StoreLoop(Protocol):
     def used_bytes(self) -> int: ...
 
 
+def _ignore_latency(kind: str, seconds: float) -> None:
+    pass
+
+
 class PdWorker:
-    def __init__(self, store: StoreLoop, pd: PdClient, config: StoreConfig) -> None:
+    """`observe_latency(kind, seconds)` is told how long each heartbeat the
+    PD answered took ("store" or "region"; the store's metrics)."""
+
+    def __init__(
+        self,
+        store: StoreLoop,
+        pd: PdClient,
+        config: StoreConfig,
+        observe_latency: Callable[[str, float], None] = _ignore_latency,
+    ) -> None:
         self.store = store
         self.pd = pd
         self.config = config
+        self._observe_latency = observe_latency
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -81,7 +96,10 @@ class PdWorker:
     async def _run_store_heartbeats(self) -> None:
         while True:
             try:
-                resp = await self.pd.store_heartbeat(await self.store_stats())
+                stats = await self.store_stats()
+                started = time.perf_counter()
+                resp = await self.pd.store_heartbeat(stats)
+                self._observe_latency("store", time.perf_counter() - started)
                 if resp.region_max_size and resp.region_max_keys:
                     await self.store.submit(
                         _learn_limits((resp.region_max_size, resp.region_max_keys))
@@ -152,11 +170,13 @@ class PdWorker:
 
     async def region_heartbeat(self, req: pdpb.RegionHeartbeatRequest) -> None:
         region_id = req.region.id
+        started = time.perf_counter()
         try:
             resp = await self.pd.region_heartbeat(req)
         except PD_UNAVAILABLE as e:  # the PD being away must not stop the store
             log.warning("region %d heartbeat failed: %s", region_id, e)
             return
+        self._observe_latency("region", time.perf_counter() - started)
         log.debug(
             "region %d v%d/c%d heartbeat: %s",
             region_id,

@@ -59,6 +59,11 @@ class RoundOutput:
     # stale reads served from the applied state, or as follower reads),
     # added to the store's.
     counts: Counter[str] = field(default_factory=Counter)
+    # How long the round's synced raft/ write and its kv/ transaction took
+    # (seconds; None: none ran), set by store_node.persist for the shell's
+    # latency histograms.
+    fsync_seconds: float | None = None
+    apply_seconds: float | None = None
 
     def route(self, peer: Peer, m: Message, into: dict[StoreId, list[RaftMessage]]) -> None:
         """Address `m` from `peer` to its destination store in `into`; a

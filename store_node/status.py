@@ -1,14 +1,20 @@
 """What a store reports about itself to tools (`shardkv ctl store status`,
-the debug RPC): every initialized peer's Raft and log position, and the
-store's counters."""
+the debug RPC, `GET /status` on the status port): every initialized peer's
+Raft and log position, and the store's counters."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from kvproto.debugpb import PeerStatus, StoreStatusResponse
 from store_node.core import StoreCore
 
 
-def store_status(core: StoreCore) -> StoreStatusResponse:
+def store_status(core: StoreCore, shell_counters: Mapping[str, int]) -> StoreStatusResponse:
+    """The status of every initialized peer, and the core's counters with
+    those of the shell (`StoreNode.loop_counters`: rounds, Raft traffic).
+    Reads the core without changing it."""
     peers = []
     for rid in sorted(core.peers):
         p = core.peers[rid]
@@ -29,4 +35,41 @@ def store_status(core: StoreCore) -> StoreStatusResponse:
                 approximate_keys=p.approximate_keys or 0,
             )
         )
-    return StoreStatusResponse(core.store_id, tuple(peers), tuple(sorted(core.stats.items())))
+    counters = {**core.stats, **shell_counters}
+    return StoreStatusResponse(core.store_id, tuple(peers), tuple(sorted(counters.items())))
+
+
+def status_json(status: StoreStatusResponse, address: str) -> dict[str, Any]:
+    """`status` as the JSON document of `GET /status`: keys in hex (an empty
+    end key is +infinity), this store's peer and its role in each region."""
+    regions = []
+    for p in status.peers:
+        r = p.region
+        me = r.peer_on_store(status.store_id)
+        regions.append(
+            {
+                "id": r.id,
+                "start_key": r.start_key.hex(),
+                "end_key": r.end_key.hex(),
+                "epoch": {"conf_ver": r.epoch.conf_ver, "version": r.epoch.version},
+                "peer_id": None if me is None else me.id,
+                "role": None if me is None else me.role.name.lower(),
+                "leader": p.is_leader,
+                "term": p.term,
+                "commit_index": p.commit_index,
+                "applied_index": p.applied_index,
+                "truncated_index": p.truncated_index,
+                "log_entries": p.log_entries,
+                "log_bytes": p.log_bytes,
+                "approximate_size": p.approximate_size,
+                "approximate_keys": p.approximate_keys,
+            }
+        )
+    return {
+        "store_id": status.store_id,
+        "address": address,
+        "region_count": len(regions),
+        "leader_count": sum(p.is_leader for p in status.peers),
+        "regions": regions,
+        "counters": dict(status.counters),
+    }

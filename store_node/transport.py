@@ -46,6 +46,7 @@ class Transport:
         self._conns: dict[StoreId, ReconnectingConnection] = {}
         self.dropped = 0
         self.sent_frames = 0
+        self.sent_messages = 0
 
     def send(self, store_id: StoreId, messages: list[RaftMessage]) -> bool:
         """Send `messages` to `store_id`; True if they were handed to the
@@ -71,6 +72,7 @@ class Transport:
                 RaftMessageBatch(self.store_id, tuple(messages))
             ):
                 self.sent_frames += 1
+                self.sent_messages += len(messages)
                 return True
         try:
             q.send_nowait(messages)
@@ -112,6 +114,7 @@ class Transport:
                 try:
                     await conn.send_oneway(RaftMessageBatch(self.store_id, tuple(msgs)))
                     self.sent_frames += 1
+                    self.sent_messages += len(msgs)
                 except RpcCallError as e:
                     self.dropped += len(msgs)
                     log.debug("to store %d: %s; %d messages dropped", store_id, e, len(msgs))

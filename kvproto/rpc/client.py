@@ -21,7 +21,8 @@ import trio
 
 from kvproto.codec import DecodeError, from_wire
 from kvproto.frame import DEFAULT_MAX_FRAME_SIZE, FrameReader, FrameWriter
-from kvproto.rpc.envelope import FrameKind, RpcError, decode_envelope, encode_envelope
+from kvproto.rpc.batching import EnvelopeBatcher
+from kvproto.rpc.envelope import FrameKind, RpcError, decode_envelopes, encode_inner
 from kvproto.rpc.errors import (
     RpcCallError,
     RpcConnectionLostError,
@@ -94,8 +95,8 @@ class RpcConnection:
     ) -> None:
         self.peer = peer
         self._stream = stream
-        self._max_frame_size = max_frame_size
         self._writer = FrameWriter(stream)
+        self._batcher = EnvelopeBatcher(self._writer, max_frame_size)
         self._reader = FrameReader(stream, max_frame_size)
         self._calls: dict[int, _PendingCall] = {}
         self._ids = itertools.count(1)
@@ -103,6 +104,11 @@ class RpcConnection:
         self._closed = trio.Event()
         self._close_reason: str | None = None
         self._started = False
+
+    @property
+    def batches_sent(self) -> int:
+        """Frames that carried more than one request or message."""
+        return self._batcher.batches
 
     @property
     def is_closed(self) -> bool:
@@ -122,6 +128,7 @@ class RpcConnection:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._run_writer, nursery.cancel_scope)
+                    nursery.start_soon(self._batcher.run)
                     reason = await self._read_answers()
                     nursery.cancel_scope.cancel()
         finally:
@@ -154,11 +161,14 @@ class RpcConnection:
         if self._close_reason is not None:
             raise RpcUnavailableError(f"{self.peer}: connection closed ({self._close_reason})")
         request_id = next(self._ids)
-        frame = encode_envelope(FrameKind.REQUEST, request_id, request, self._max_frame_size)
+        envelope = encode_inner(FrameKind.REQUEST, request_id, request)
         slot = _PendingCall(trio.Event())
+        # A call with none other in flight goes out now; others wait for the
+        # turn's batch (kvproto.rpc.batching).
+        lone = not self._calls
         self._calls[request_id] = slot
         try:
-            slot.seq = self._writer.send_nowait(frame)
+            self._batcher.send(envelope, lone=lone, ticket=slot)
             if timeout is None:
                 await self._writer.wait_writable()
                 await slot.done.wait()
@@ -186,9 +196,9 @@ class RpcConnection:
         """
         if self._close_reason is not None:
             raise RpcUnavailableError(f"{self.peer}: connection closed ({self._close_reason})")
-        frame = encode_envelope(FrameKind.ONEWAY, 0, msg, self._max_frame_size)
+        envelope = encode_inner(FrameKind.ONEWAY, 0, msg)
         try:
-            self._writer.send_nowait(frame)
+            self._batcher.send(envelope, lone=True)
         except trio.BrokenResourceError:
             raise RpcUnavailableError(f"{self.peer}: connection broken") from None
         await self._writer.wait_writable()
@@ -201,9 +211,9 @@ class RpcConnection:
         """
         if self._close_reason is not None or not self._writer.writable:
             return False
-        frame = encode_envelope(FrameKind.ONEWAY, 0, msg, self._max_frame_size)
+        envelope = encode_inner(FrameKind.ONEWAY, 0, msg)
         try:
-            self._writer.send_nowait(frame)
+            self._batcher.send(envelope, lone=True)
         except trio.BrokenResourceError:
             return False
         return True
@@ -221,15 +231,17 @@ class RpcConnection:
                 frame = await self._reader.receive_frame()
                 if frame is None:
                     return "closed by the server"
-                kind, request_id, body = decode_envelope(frame)
-                if kind not in (FrameKind.RESPONSE, FrameKind.ERROR):
-                    raise DecodeError(f"a server sent a {kind.name} frame")
-                slot = self._calls.get(request_id)
-                if slot is None:
-                    # The caller timed out or was cancelled; or a server bug.
-                    logger.debug("%s: answer to request %d nobody waits for", self.peer, request_id)
-                    continue
-                self._settle(slot, kind, body)
+                for kind, request_id, body in decode_envelopes(frame):
+                    if kind not in (FrameKind.RESPONSE, FrameKind.ERROR):
+                        raise DecodeError(f"a server sent a {kind.name} frame")
+                    slot = self._calls.get(request_id)
+                    if slot is None:
+                        # The caller timed out or was cancelled; or a server bug.
+                        logger.debug(
+                            "%s: answer to request %d nobody waits for", self.peer, request_id
+                        )
+                        continue
+                    self._settle(slot, kind, body)
         except DecodeError as e:
             logger.warning("%s: closing connection: malformed frame: %s", self.peer, e)
             return f"malformed frame: {e}"

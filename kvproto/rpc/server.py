@@ -12,7 +12,6 @@ failure is answered with an `RpcError` (kvproto.rpc.envelope).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,13 +22,14 @@ import trio
 
 from kvproto.codec import DecodeError, EncodeError, from_wire, message_type
 from kvproto.frame import DEFAULT_MAX_FRAME_SIZE, FrameReader, FrameWriter
+from kvproto.rpc.batching import EnvelopeBatcher
 from kvproto.rpc.envelope import (
     Echo,
     FrameKind,
     RpcError,
     RpcErrorCode,
-    decode_envelope,
-    encode_envelope,
+    decode_envelopes,
+    encode_inner,
 )
 
 __all__ = [
@@ -177,7 +177,12 @@ class _ServerConnection:
         self._id = conn_id
         self._max_frame_size = server.max_frame_size
         self._writer = FrameWriter(stream)
+        self._batcher = EnvelopeBatcher(self._writer, server.max_frame_size)
         self._reader = FrameReader(stream, server.max_frame_size)
+        # Requests read and not answered yet: an answer with none other in
+        # progress leaves at once, others with the turn's batch.
+        self._in_progress = 0
+        self._dispatching = False
         # Bounds the requests of this connection in progress; when all are
         # taken the reader stops reading, which pushes back through TCP.
         self._slots = trio.Semaphore(server.max_concurrent_requests)
@@ -190,6 +195,7 @@ class _ServerConnection:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._run_writer, nursery.cancel_scope)
             nursery.start_soon(self._run_oneways)
+            nursery.start_soon(self._batcher.run)
             async with trio.open_nursery() as requests:
                 clean_end = await self._read_frames(requests)
                 if not clean_end:
@@ -198,6 +204,7 @@ class _ServerConnection:
                 # The client finished sending: finish its work and answer it.
                 self._oneway_send.close()
                 await self._oneways_finished.wait()
+                self._batcher.flush()
                 await self._writer.wait_flushed()
             nursery.cancel_scope.cancel()
 
@@ -214,19 +221,32 @@ class _ServerConnection:
                 frame = await self._reader.receive_frame()
                 if frame is None:
                     return True
-                kind, request_id, body = decode_envelope(frame)
-                if kind == FrameKind.REQUEST:
-                    await self._slots.acquire()
-                    cls = message_type(body)
-                    handler = None if cls is None else self._handlers.get(cls)
-                    if isinstance(handler, Deferred):
-                        self._dispatch_deferred(handler, request_id, body)
+                envelopes = decode_envelopes(frame)
+                # Answers made while a batch is dispatched go out together.
+                self._dispatching = len(envelopes) > 1
+                for kind, request_id, body in envelopes:
+                    if kind == FrameKind.REQUEST:
+                        try:
+                            # No checkpoint per request while slots are
+                            # free: a batch is dispatched in one go.
+                            self._slots.acquire_nowait()
+                        except trio.WouldBlock:
+                            await self._slots.acquire()
+                        self._in_progress += 1
+                        cls = message_type(body)
+                        handler = None if cls is None else self._handlers.get(cls)
+                        if isinstance(handler, Deferred):
+                            self._dispatch_deferred(handler, request_id, body)
+                        else:
+                            requests.start_soon(self._handle_request, request_id, body)
+                    elif kind == FrameKind.ONEWAY:
+                        try:
+                            self._oneway_send.send_nowait(body)
+                        except trio.WouldBlock:
+                            await self._oneway_send.send(body)
                     else:
-                        requests.start_soon(self._handle_request, request_id, body)
-                elif kind == FrameKind.ONEWAY:
-                    await self._oneway_send.send(body)
-                else:
-                    raise DecodeError(f"a client sent a {kind.name} frame")
+                        raise DecodeError(f"a client sent a {kind.name} frame")
+                self._dispatching = False
         except DecodeError as e:
             logger.warning("%s: closing connection: malformed frame: %s", self._peer, e)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
@@ -244,16 +264,12 @@ class _ServerConnection:
             self._slots.release()
             if isinstance(answer, BaseException):
                 logger.error("%s: deferred handler failed", self._peer, exc_info=answer)
-                frame = self._error_frame(
-                    request_id,
-                    RpcError(RpcErrorCode.INTERNAL, f"{type(answer).__name__}: {answer}"[:1000]),
+                answer = RpcError(
+                    RpcErrorCode.INTERNAL, f"{type(answer).__name__}: {answer}"[:1000]
                 )
-            else:
-                frame = self._encode_answer(request_id, answer)
             # A full send queue is not waited for here: the bound on requests
             # in progress (the semaphore) already bounds what can pile up.
-            with contextlib.suppress(trio.BrokenResourceError):
-                self._writer.send_nowait(frame)
+            self._send_answer(request_id, answer)
 
         try:
             request = from_wire(body)
@@ -261,10 +277,7 @@ class _ServerConnection:
             logger.warning("%s: bad request %d: %s", self._peer, request_id, e)
             answered = True
             self._slots.release()
-            with contextlib.suppress(trio.BrokenResourceError):
-                self._writer.send_nowait(
-                    self._error_frame(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
-                )
+            self._send_answer(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
             return
         try:
             handler.fn(request, RequestContext(self._peer, self._id, request_id), respond)
@@ -274,54 +287,49 @@ class _ServerConnection:
             else:
                 logger.exception("%s: deferred handler failed after answering", self._peer)
 
-    def _encode_answer(self, request_id: int, response: object) -> bytes:
+    def _send_answer(self, request_id: int, answer: object) -> None:
+        """Send a handler's answer (an `RpcError` as an ERROR envelope): now
+        if no other request of the connection is in progress, else with the
+        turn's batch. An answer that cannot be encoded or framed is answered
+        INTERNAL instead."""
+        self._in_progress -= 1
+        lone = self._in_progress == 0 and not self._dispatching
+        kind = FrameKind.ERROR if isinstance(answer, RpcError) else FrameKind.RESPONSE
         try:
-            return encode_envelope(FrameKind.RESPONSE, request_id, response, self._max_frame_size)
-        except EncodeError as e:
-            logger.error("%s: cannot send an answer: %s", self._peer, e)
-            error = RpcError(RpcErrorCode.INTERNAL, f"cannot encode the answer: {e}"[:1000])
-            return self._error_frame(request_id, error)
+            try:
+                self._batcher.send(encode_inner(kind, request_id, answer), lone=lone)
+            except EncodeError as e:
+                logger.error("%s: cannot send answer %d: %s", self._peer, request_id, e)
+                error = RpcError(RpcErrorCode.INTERNAL, f"cannot encode the answer: {e}"[:1000])
+                self._batcher.send(encode_inner(FrameKind.ERROR, request_id, error), lone=lone)
+        except trio.BrokenResourceError:
+            pass  # the connection is closing; nobody to answer
 
     async def _handle_request(self, request_id: int, body: Any) -> None:
         try:
-            answer = await self._answer(request_id, body)
-            try:
-                self._writer.send_nowait(answer)
-            except trio.BrokenResourceError:
-                return  # the connection is closing; nobody to answer
+            self._send_answer(request_id, await self._answer(request_id, body))
             await self._writer.wait_writable()
         finally:
             self._slots.release()
 
-    async def _answer(self, request_id: int, body: Any) -> bytes:
+    async def _answer(self, request_id: int, body: Any) -> object:
+        """The handler's response, or the `RpcError` to answer instead."""
         cls = message_type(body)
         handler = None if cls is None else self._handlers.get(cls)
         if handler is None:
             what = cls.__qualname__ if cls else "a message of unknown type"
-            error = RpcError(RpcErrorCode.UNKNOWN_MESSAGE, f"no handler for {what}")
-            return self._error_frame(request_id, error)
+            return RpcError(RpcErrorCode.UNKNOWN_MESSAGE, f"no handler for {what}")
         try:
             request = from_wire(body)
         except DecodeError as e:
             logger.warning("%s: bad request %d: %s", self._peer, request_id, e)
-            return self._error_frame(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
-        name = type(request).__qualname__
+            return RpcError(RpcErrorCode.BAD_REQUEST, str(e))
         assert not isinstance(handler, Deferred)
         try:
-            response = await handler(request, RequestContext(self._peer, self._id, request_id))
+            return await handler(request, RequestContext(self._peer, self._id, request_id))
         except Exception as e:
-            logger.exception("%s: handler for %s failed", self._peer, name)
-            error = RpcError(RpcErrorCode.INTERNAL, f"{type(e).__name__}: {e}"[:1000])
-            return self._error_frame(request_id, error)
-        try:
-            return encode_envelope(FrameKind.RESPONSE, request_id, response, self._max_frame_size)
-        except EncodeError as e:
-            logger.error("%s: cannot send the answer to %s: %s", self._peer, name, e)
-            error = RpcError(RpcErrorCode.INTERNAL, f"cannot encode the answer: {e}"[:1000])
-            return self._error_frame(request_id, error)
-
-    def _error_frame(self, request_id: int, error: RpcError) -> bytes:
-        return encode_envelope(FrameKind.ERROR, request_id, error, self._max_frame_size)
+            logger.exception("%s: handler for %s failed", self._peer, type(request).__qualname__)
+            return RpcError(RpcErrorCode.INTERNAL, f"{type(e).__name__}: {e}"[:1000])
 
     async def _run_oneways(self) -> None:
         # One task, so one-way messages are handled one at a time in order.

@@ -17,6 +17,8 @@ import trio
 import client
 from kvproto.pd_client import open_pd_client
 from shardkv.local_cluster import under_replicated
+from tests.placement_driver.helpers import http_request
+from tests.prometheus import Samples
 
 
 def processes_mentioning(marker: str) -> list[int]:
@@ -35,7 +37,8 @@ def processes_mentioning(marker: str) -> list[int]:
     return pids
 
 
-async def start_playground(data_dir: Path) -> tuple[trio.Process, str]:
+async def start_playground(data_dir: Path) -> tuple[trio.Process, str, str]:
+    """The playground's process, its PD address and its banner."""
     argv = [sys.executable, "-m", "shardkv", "playground", "--stores", "2"]
     proc = await trio.lowlevel.open_process(
         [*argv, "--data-dir", str(data_dir)],
@@ -50,7 +53,31 @@ async def start_playground(data_dir: Path) -> tuple[trio.Process, str]:
         out += chunk
     m = re.search(rb"PD:\s+(\S+)", out)
     assert m is not None
-    return proc, m.group(1).decode()
+    return proc, m.group(1).decode(), out.decode()
+
+
+def status_urls(banner: str) -> list[str]:
+    return sorted(re.findall(r"status: (http://\S+)/status", banner))
+
+
+async def check_metrics_and_status(banner: str) -> None:
+    """The banner names the PD's /metrics and each store's status port;
+    they answer, and agree with a 2-store cluster that took a write."""
+    m = re.search(r"metrics:\s+(http://\S+)", banner)
+    assert m is not None
+    r = await http_request(m.group(1))
+    assert r.status == 200
+    assert Samples(r.body.decode()).labelled("shardkv_pd_stores", "state")["Up"] == 2
+    urls = status_urls(banner)
+    assert len(urls) == 2
+    leaders = 0
+    for url in urls:
+        r = await http_request(url + "/status")
+        assert r.status == 200 and r.json()["region_count"] >= 1
+        leaders += r.json()["leader_count"]
+        r = await http_request(url + "/metrics")
+        assert Samples(r.body.decode())["shardkv_store_rounds_total"] > 0
+    assert leaders >= 1
 
 
 async def wait_gone(marker: str) -> None:
@@ -62,7 +89,7 @@ async def wait_gone(marker: str) -> None:
 async def test_playground_serves_and_ctrl_c_leaves_no_child(tmp_path: Path) -> None:
     data_dir = tmp_path / "pg"
     with trio.fail_after(90):
-        proc, pd = await start_playground(data_dir)
+        proc, pd, banner = await start_playground(data_dir)
         try:
             # "Up" means replicated: 2 stores, 2 voters in every region.
             async with open_pd_client([pd]) as pd_client:
@@ -70,6 +97,7 @@ async def test_playground_serves_and_ctrl_c_leaves_no_child(tmp_path: Path) -> N
             async with client.connect([pd]) as kv:
                 await kv.put(b"hello", b"world")
                 assert await kv.get(b"hello") == b"world"
+            await check_metrics_and_status(banner)
             children = [p for p in processes_mentioning(str(data_dir)) if p != proc.pid]
             assert len(children) == 3  # the PD and two stores
             proc.send_signal(signal.SIGINT)
@@ -77,9 +105,10 @@ async def test_playground_serves_and_ctrl_c_leaves_no_child(tmp_path: Path) -> N
             await wait_gone(str(data_dir))
         finally:
             proc.kill()
-        # The kept data dir restarts the same cluster, data included.
-        proc, pd = await start_playground(data_dir)
+        # The kept data dir restarts the same cluster, data and ports included.
+        proc, pd, again = await start_playground(data_dir)
         try:
+            assert status_urls(again) == status_urls(banner)
             async with client.connect([pd]) as kv:
                 assert await kv.get(b"hello") == b"world"
         finally:
@@ -91,7 +120,7 @@ async def test_playground_serves_and_ctrl_c_leaves_no_child(tmp_path: Path) -> N
 async def test_children_die_with_a_killed_playground(tmp_path: Path) -> None:
     data_dir = tmp_path / "pg"
     with trio.fail_after(90):
-        proc, _ = await start_playground(data_dir)
+        proc, _, _ = await start_playground(data_dir)
         proc.kill()
         await proc.wait()
         await wait_gone(str(data_dir))

@@ -12,6 +12,7 @@ import trio.testing
 from kvproto.codec import encode_cbor, to_wire, wire
 from kvproto.frame import FrameReader, encode_frame
 from kvproto.rpc import Echo, RequestContext, RpcServer, StreamOpener, echo_handler
+from kvproto.rpc.envelope import decode_envelopes
 
 
 @wire(9100)
@@ -151,11 +152,14 @@ async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:
     return bytes(data)
 
 
-async def read_frames(stream: trio.abc.ReceiveStream, count: int) -> list[bytes]:
+async def read_envelopes(stream: trio.abc.ReceiveStream, count: int) -> list[list[Any]]:
+    """The next `count` envelopes a server sends, as [kind, id, body] lists,
+    whether each came in its own frame or several shared a BATCH."""
     reader = FrameReader(stream)
-    frames = []
-    for _ in range(count):
+    envelopes: list[list[Any]] = []
+    while len(envelopes) < count:
         frame = await reader.receive_frame()
         assert frame is not None
-        frames.append(frame)
-    return frames
+        envelopes += [list(e) for e in decode_envelopes(frame)]
+    assert len(envelopes) == count
+    return envelopes

@@ -14,16 +14,17 @@ import cbor2
 import pytest
 import trio
 
-from kvproto.codec import decode_cbor, from_wire, to_wire
+from kvproto.codec import from_wire, to_wire
 from kvproto.frame import encode_frame
 from kvproto.rpc import Echo, RpcConnection, RpcError, RpcErrorCode, RpcServer, connect
+from kvproto.rpc.envelope import decode_envelopes
 from tests.kvproto.rpc_helpers import (
     Hold,
     Note,
     Service,
     Unhandled,
     envelope,
-    read_frames,
+    read_envelopes,
     read_until_closed,
     request_frame,
     start_tcp_server,
@@ -143,7 +144,7 @@ async def test_unknown_request_type_answers_unknown_message(
                 + envelope(REQUEST, 3, "not even a message")
                 + request_frame(4, Echo(b"still here"))
             )
-            frames = [decode_cbor(f) for f in await read_frames(stream, 4)]
+            frames = await read_envelopes(stream, 4)
         by_id = {f[1]: f for f in frames}
         for request_id in (1, 2, 3):
             kind, _, body = by_id[request_id]
@@ -160,8 +161,7 @@ async def test_request_with_a_bad_body_answers_bad_request(
         async with await open_raw(address) as stream:
             echo_tag = to_wire(Echo(b""))[0]
             await stream.send_all(envelope(REQUEST, 1, [echo_tag, "text, not bytes"]))
-            [frame] = await read_frames(stream, 1)
-        kind, request_id, body = decode_cbor(frame)
+            [[kind, request_id, body]] = await read_envelopes(stream, 1)
         error = from_wire(body, RpcError)
         assert (kind, request_id, error.code) == (ERROR, 1, RpcErrorCode.BAD_REQUEST)
         assert "Echo.payload: expected bytes, got str" in error.message
@@ -193,12 +193,12 @@ async def test_clean_close_still_answers_requests_in_flight(address: str, servic
             await stream.send_eof()  # the client is done sending, still reading
             service.gate(10).set()
             answers = await read_until_closed(stream)
-    frames = []
+    envelopes = []  # both answers may share one BATCH frame
     while answers:
         (size,) = struct.unpack_from(">I", answers)
-        frames.append(decode_cbor(answers[4 : 4 + size]))
+        envelopes += [list(e) for e in decode_envelopes(answers[4 : 4 + size])]
         answers = answers[4 + size :]
-    assert sorted(frames) == [
+    assert sorted(envelopes) == [
         [RESPONSE, 1, to_wire(Echo(b"10"))],
         [RESPONSE, 2, to_wire(Echo(b"e"))],
     ]

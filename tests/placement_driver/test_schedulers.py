@@ -162,7 +162,7 @@ def test_decisions_are_counted_per_scheduler() -> None:
     mc.schedulers.add(mc.cluster, "evict-leader", 4)
     mc.schedule()
     stats = mc.schedulers.stats
-    assert stats.operators["balance-leader"] == BATCH
+    assert mc.controller.scheduler_counts == {"balance-leader": BATCH}
     assert stats.runs[("balance-leader", Outcome.SCHEDULED)] == 1
     assert stats.runs[("evict-leader-4", Outcome.BALANCED)] == 1  # it leads nothing
     assert stats.runs[("balance-region", Outcome.LIMITED)] == 1

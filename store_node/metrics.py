@@ -1,0 +1,205 @@
+"""A store's Prometheus metrics, served as `GET /metrics` on its status
+port (`store_node.status_http`).
+
+One `CollectorRegistry` per `StoreNode` (not prometheus_client's global
+one): tests run several stores in one process.
+
+The cost model. The store loop runs thousands of rounds a second, and a
+prometheus_client Counter takes a lock on every `inc`. So:
+
+* counters are plain ints where they happen: `StoreCore.stats` (the core's
+  events: proposals, log appends, snapshots, splits, reads...), the shell's
+  `StoreNode.loop_counters()` (rounds, Raft messages); `StoreCollector` reads
+  them, and the gauges (regions and leaders hosted, log sizes, the loop's
+  queue), only when scraped;
+* latencies are prometheus_client Histograms observed by the shell once per
+  round from the durations `store_node.persist` measured (about a
+  microsecond per round for the two), and once per PD heartbeat.
+
+Scrapes run on the trio thread, like the store loop, so reading the core
+between two of its steps needs no lock; they do not wait for the loop (a
+store stuck in a long round still answers).
+
+Every counter is `shardkv_store_<name>_total` for a counter `<name>` of the
+core or the shell (documented in `COUNTER_HELP`), except the proposals:
+`shardkv_store_proposals_total{type=write|conf_change|split}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from plumbing.metrics import LATENCY_BUCKETS
+from store_node.core import StoreCore
+from store_node.round_output import RoundOutput
+
+__all__ = ["COUNTER_HELP", "MetricsSource", "StoreCollector", "StoreMetrics"]
+
+log = logging.getLogger(__name__)
+
+# The counters of `StoreCore.stats` folded into shardkv_store_proposals_total.
+PROPOSAL_TYPES: Final = {
+    "proposed_writes": "write",
+    "conf_changes_proposed": "conf_change",
+    "splits_proposed": "split",
+}
+
+# Every counter kept by the core or the shell, with its meaning. All are
+# exported from the start (at 0); a counter missing here is still exported,
+# with a generic help text.
+COUNTER_HELP: Final = {
+    "rounds": "Rounds of the store loop (each one raft/ write batch for every region)",
+    "raft_messages_sent": "Raft messages handed to a connection to another store",
+    "raft_frames_sent": "Frames (batches of Raft messages) written to other stores",
+    "raft_messages_received": "Raft messages received from other stores",
+    "raft_frames_received": "Frames (batches of Raft messages) received from other stores",
+    "raft_messages_dropped": "Raft messages dropped (queue full, store unreachable)",
+    "log_entries_appended": "Raft log entries appended to this store's raft/",
+    "log_bytes_appended": "Bytes of Raft log entry data appended to this store's raft/",
+    "log_truncations": "Raft log prefixes truncated (compaction)",
+    "snapshots_generated": "Snapshots generated for followers",
+    "snapshots_sent": "Snapshots sent to other stores",
+    "snapshot_send_failures": "Snapshots that failed to reach another store",
+    "snapshots_received": "Snapshots received and accepted",
+    "splits": "Region splits applied by a leader on this store",
+    "peers_created": "Peers created on this store by a message of their region",
+    "peers_destroyed": "Peers removed from this store",
+    "lease_reads": "Reads answered from a leader's lease (no ReadIndex round)",
+    "follower_reads": "Follower reads forwarded to the leader for a read index",
+    "stale_reads": "Stale reads served from the applied state",
+    "stale_reads_refused": "Stale reads too stale, served as follower reads",
+}
+
+
+class MetricsSource(Protocol):
+    """What the collector reads (`StoreNode` has it): the core once it
+    exists, the shell's counters, the loop's queue."""
+
+    @property
+    def core(self) -> StoreCore | None: ...
+
+    def loop_counters(self) -> dict[str, int]: ...
+
+    def queued_events(self) -> int: ...
+
+
+class StoreMetrics:
+    """The registry of one store and the histograms its shell observes."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.registry = CollectorRegistry()
+        self.fsync_seconds = Histogram(
+            "shardkv_store_raft_log_fsync_seconds",
+            "Time of a round's synced raft/ write (one LMDB transaction and its fsync)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.apply_seconds = Histogram(
+            "shardkv_store_apply_seconds",
+            "Time of a round's kv/ transaction (committed entries applied, snapshots "
+            "installed, peers destroyed)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pd_heartbeat_seconds = Histogram(
+            "shardkv_store_pd_heartbeat_seconds",
+            "Time from sending a heartbeat to the PD to its answer, by kind (store, region)",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # Bound once: `labels()` looks the child up on every call.
+        self._pd_heartbeat = {
+            kind: self.pd_heartbeat_seconds.labels(kind) for kind in ("store", "region")
+        }
+        self.registry.register(StoreCollector(source))
+
+    def observe_round(self, out: RoundOutput) -> None:
+        """The latencies a round's persistence measured."""
+        if out.fsync_seconds is not None:
+            self.fsync_seconds.observe(out.fsync_seconds)
+        if out.apply_seconds is not None:
+            self.apply_seconds.observe(out.apply_seconds)
+
+    def observe_pd_heartbeat(self, kind: str, seconds: float) -> None:
+        self._pd_heartbeat[kind].observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class StoreCollector(Collector):
+    """Reads the store's plain counters and its peers when scraped."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        # The registry is ours alone and the names are fixed: nothing to
+        # check for clashes at registration.
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        source = self._source
+        core = source.core
+        counters = dict(source.loop_counters())
+        if core is not None:
+            counters.update(core.stats)
+            yield from _peer_gauges(core)
+        yield GaugeMetricFamily(
+            "shardkv_store_loop_queued_events",
+            "Events waiting for the store loop (Raft messages, ticks, orders)",
+            value=source.queued_events(),
+        )
+        yield from _counters(counters)
+
+
+def _peer_gauges(core: StoreCore) -> Iterator[Metric]:
+    regions = leaders = entries = log_bytes = 0
+    for peer in core.peers.values():
+        if not peer.initialized:
+            continue
+        regions += 1
+        leaders += peer.is_leader()
+        entries += peer.storage.log_entries()
+        log_bytes += peer.storage.log_bytes
+    yield GaugeMetricFamily(
+        "shardkv_store_regions", "Regions with an initialized peer on this store", value=regions
+    )
+    yield GaugeMetricFamily(
+        "shardkv_store_leaders", "Regions whose peer on this store leads", value=leaders
+    )
+    yield GaugeMetricFamily(
+        "shardkv_store_raft_log_entries",
+        "Raft log entries kept (not yet truncated), all regions",
+        value=entries,
+    )
+    yield GaugeMetricFamily(
+        "shardkv_store_raft_log_bytes",
+        "Approximate bytes of the Raft log entries kept, all regions",
+        value=log_bytes,
+    )
+
+
+def _counters(counters: Mapping[str, int]) -> Iterator[Metric]:
+    proposals = CounterMetricFamily(
+        "shardkv_store_proposals",
+        "Requests proposed to Raft by leaders on this store, by type: client writes "
+        "(batched into log entries), conf changes, splits",
+        labels=["type"],
+    )
+    for name, kind in PROPOSAL_TYPES.items():
+        proposals.add_metric([kind], counters.get(name, 0))
+    yield proposals
+    for name in sorted(COUNTER_HELP.keys() | counters.keys()):
+        if name in PROPOSAL_TYPES:
+            continue
+        help_text = COUNTER_HELP.get(name, f"Store counter {name}")
+        yield CounterMetricFamily(f"shardkv_store_{name}", help_text, value=counters.get(name, 0))

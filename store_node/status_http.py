@@ -1,0 +1,140 @@
+"""The store's status port: a small HTTP server for operators and Prometheus.
+
+    GET /metrics   the store's metrics in Prometheus text format
+                   (`store_node.metrics`)
+    GET /status    JSON: the store, each region's peer here (range in hex,
+                   epoch, role, leader or not, term, commit, applied and
+                   truncated indexes, log entries and bytes, approximate
+                   size) and the store's counters (`store_node.status`);
+                   503 while the store registers with the PD
+
+HEAD works wherever GET does. Other methods answer 405 (with an Allow
+header), other paths 404; errors are JSON ``{"error": "..."}``. Request
+bodies are read and dropped.
+
+It is a minimal ASGI app served by hypercorn's trio worker, as the PD's
+admin API is, in the store's nursery: it stops with the store. `StatusApp`
+only maps a method and a path to a page, so it is testable without a
+socket; the pages are the node's (`StoreNode.status_pages`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from plumbing.asgi import Receive, Scope, Send, lifespan
+from plumbing.cli import error_leaves
+
+__all__ = ["Page", "StatusAddressError", "StatusApp", "json_page", "serve_status"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def json_page(document: object, status: int = 200) -> Page:
+    data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
+    return Page(status, "application/json", data)
+
+
+class StatusAddressError(Exception):
+    """The status server could not listen on its address (a start error)."""
+
+
+class StatusApp:
+    """The ASGI application: `pages` maps a path ("/metrics") to what makes
+    its page now."""
+
+    def __init__(self, pages: Mapping[str, Callable[[], Page]]) -> None:
+        self._pages = dict(pages)
+
+    def respond(self, method: str, path: str) -> tuple[Page, str | None]:
+        """The page for a request, and the Allow header of a 405."""
+        make = self._pages.get(path.rstrip("/") or "/")
+        if make is None:
+            return json_page({"error": f"no such page: {path}"}, 404), None
+        if method not in ("GET", "HEAD"):
+            reason = f"method {method} is not allowed: the status pages are read-only"
+            return json_page({"error": reason}, 405), "GET, HEAD"
+        return make(), None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await lifespan(receive, send)
+        elif kind == "http":
+            while True:  # drop the body, whatever it is
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                if not message.get("more_body"):
+                    break
+            raw = scope.get("raw_path") or scope["path"].encode()
+            path = raw.partition(b"?")[0].decode("latin-1")
+            method = scope["method"]
+            try:
+                page, allow = self.respond(method, path)
+            except Exception:
+                log.exception("status page %s failed", path)
+                page, allow = (
+                    json_page({"error": "internal error (see the store's log)"}, 500),
+                    None,
+                )
+            headers = [
+                (b"content-type", page.content_type.encode()),
+                (b"content-length", str(len(page.body)).encode()),
+            ]
+            if allow is not None:
+                headers.append((b"allow", allow.encode()))
+            await send({"type": "http.response.start", "status": page.status, "headers": headers})
+            await send(
+                {"type": "http.response.body", "body": b"" if method == "HEAD" else page.body}
+            )
+        elif kind == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1003})
+
+
+async def serve_status(
+    app: StatusApp, address: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve `app` on `address` ("host:port", port 0: any free one) until
+    cancelled; `task_status` gets the bound "host:port". A failure to
+    listen (address in use, unknown host) is a StatusAddressError."""
+    config = hypercorn.config.Config()
+    config.bind = [address]
+    config.accesslog = None
+    config.errorlog = log
+    bound = _BoundAddress(task_status)
+    try:
+        await hypercorn.trio.serve(app, config, task_status=bound)  # type: ignore[arg-type]
+    except (OSError, ExceptionGroup) as e:
+        errors = list(error_leaves(e))
+        if bound.started_at is not None or not all(isinstance(x, OSError) for x in errors):
+            raise
+        reason = "; ".join(map(str, errors))
+        raise StatusAddressError(f"cannot serve the status port on {address}: {reason}") from e
+
+
+class _BoundAddress:
+    """Hands hypercorn's "http://host:port" binds on as "host:port"."""
+
+    def __init__(self, task_status: trio.TaskStatus[str]) -> None:
+        self._task_status = task_status
+        self.started_at: str | None = None
+
+    def started(self, binds: list[str]) -> None:
+        self.started_at = binds[0].removeprefix("http://")
+        self._task_status.started(self.started_at)
