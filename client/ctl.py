@@ -410,8 +410,10 @@ def _add_scheduler(groups: argparse._SubParsersAction[argparse.ArgumentParser]) 
         groups,
         "scheduler",
         "list, add, remove and pause schedulers",
-        "Schedulers balance the cluster (balance-leader, balance-region) or empty a\n"
-        "store of leaders before maintenance (evict-leader --store ID).",
+        "Schedulers balance the cluster (balance-leader and balance-region, on by\n"
+        "default) or empty a store of leaders before maintenance (add evict-leader\n"
+        "--store ID: it is named evict-leader-ID). A paused scheduler resumes by itself\n"
+        "after SECONDS, or with resume.",
     )
     _leaf(
         sub,
@@ -429,7 +431,7 @@ def _add_scheduler(groups: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "/schedulers",
             {"name": a.name} if a.store is None else {"name": a.name, "store_id": a.store},
         ),
-        lambda a, doc: f"added scheduler {a.name}",
+        lambda a, doc: f"added scheduler {_scheduler_name(a, doc)}",
     )
     add.add_argument(
         "name", metavar="NAME", help="e.g. balance-leader, balance-region, evict-leader"
@@ -440,7 +442,7 @@ def _add_scheduler(groups: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "remove",
         "remove a scheduler",
         lambda a: Call("DELETE", f"/schedulers/{quote(a.name, safe='')}"),
-        lambda a, doc: f"removed scheduler {a.name}",
+        lambda a, doc: f"removed scheduler {_scheduler_name(a, doc)}",
     )
     remove.add_argument("name", metavar="NAME")
     pause = _leaf(
@@ -448,7 +450,7 @@ def _add_scheduler(groups: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "pause",
         "pause a scheduler for SECONDS",
         lambda a: Call("POST", f"/schedulers/{quote(a.name, safe='')}", {"delay": a.seconds}),
-        lambda a, doc: f"paused scheduler {a.name} for {a.seconds:g} s",
+        lambda a, doc: f"paused scheduler {_scheduler_name(a, doc)} for {a.seconds:g} s",
     )
     pause.add_argument("name", metavar="NAME")
     pause.add_argument("seconds", type=_seconds, metavar="SECONDS")
@@ -457,9 +459,15 @@ def _add_scheduler(groups: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "resume",
         "resume a paused scheduler",
         lambda a: Call("POST", f"/schedulers/{quote(a.name, safe='')}", {"delay": 0}),
-        lambda a, doc: f"resumed scheduler {a.name}",
+        lambda a, doc: f"resumed scheduler {_scheduler_name(a, doc)}",
     )
     resume.add_argument("name", metavar="NAME")
+
+
+def _scheduler_name(args: argparse.Namespace, doc: Any) -> str:
+    """The name the PD gave it (evict-leader --store 4 is evict-leader-4)."""
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return str(name or args.name)
 
 
 def _add_config(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

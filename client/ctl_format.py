@@ -272,16 +272,17 @@ def format_operator(doc: Doc) -> str:
 
 
 def format_schedulers(doc: Doc) -> str:
+    """`paused_until` is the seconds until a paused scheduler resumes."""
     rows = [
         [
             s["name"],
             "-" if s.get("store_id") is None else str(s["store_id"]),
-            "-" if not s.get("paused_until") else str(s["paused_until"]),
+            seconds(s.get("paused_until"), never="-"),
             str(s.get("operators_created", "-")),
         ]
         for s in doc["schedulers"]
     ]
-    return table(("NAME", "STORE", "PAUSED UNTIL", "OPERATORS"), rows)
+    return table(("NAME", "STORE", "RESUMES IN", "OPERATORS"), rows)
 
 
 def format_config(doc: Doc) -> str:

@@ -1,6 +1,8 @@
 """The administrator's operators: plans for one region ordered by hand
 (the admin API's ``POST /operators``), pure like the replica checker and
-built from the same plans (`plans.RegionPlanner`).
+judged and built as the checker's and the schedulers' are
+(`region_check.RegionCheck`: health, the quorum simulation, moving a
+voter).
 
     transfer-leader  to_store_id            TransferLeader to its voter there
     add-peer         store_id               AddLearner, PromoteLearner
@@ -32,20 +34,23 @@ from kvproto.metapb import Peer, PeerId, PeerRole, StoreId, StoreState
 from kvproto.pdpb import PdErrorCode
 from placement_driver.errors import PdRequestError, failed_precondition, invalid_argument
 from placement_driver.operators import (
+    AddLearner,
     Operator,
     OperatorKind,
+    PromoteLearner,
     RemovePeer,
     Step,
     TransferLeader,
     in_joint,
 )
-from placement_driver.plans import ClusterView, OpInfluence, RegionPlanner
+from placement_driver.region_check import ClusterView, OpInfluence, RegionCheck
 from placement_driver.regions import RegionRecord
+from placement_driver.stores import StoreInfo
 
 __all__ = ["ADMIN_OPERATORS", "AdminOperator", "plan_admin_operator"]
 
 
-class _AdminPlanner(RegionPlanner):
+class _AdminPlanner(RegionCheck):
     def check_region(self) -> None:
         rid = self.region.id
         if self.record.leader is None:
@@ -55,19 +60,21 @@ class _AdminPlanner(RegionPlanner):
                 f"region {rid} is in a joint configuration (its leader is leaving it)"
             )
 
-    def check_known(self, store_id: StoreId) -> None:
-        if self.view.find_store(store_id) is None:
+    def check_known(self, store_id: StoreId) -> StoreInfo:
+        info = self.view.find_store(store_id)
+        if info is None:
             raise PdRequestError(PdErrorCode.STORE_NOT_FOUND, f"store {store_id} is not known")
+        return info
 
-    def check_target(self, store_id: StoreId) -> None:
+    def check_target(self, store_id: StoreId) -> StoreInfo:
         """The store may get a peer or the leadership: known and Up."""
-        self.check_known(store_id)
-        state = self.state(store_id)
-        if state != StoreState.UP:
+        info = self.check_known(store_id)
+        if info.state != StoreState.UP:
             raise failed_precondition(
-                f"store {store_id} is {state.name.capitalize()}: "
+                f"store {store_id} is {info.state.name.capitalize()}: "
                 "an operator puts peers and leaders on Up stores only"
             )
+        return info
 
     def member_on(self, store_id: StoreId) -> Peer:
         peer = self.region.peer_on_store(store_id)
@@ -76,26 +83,35 @@ class _AdminPlanner(RegionPlanner):
             raise failed_precondition(f"region {self.region.id} has no peer on store {store_id}")
         return peer
 
-    def free_target(self, store_id: StoreId) -> None:
+    def free_target(self, store_id: StoreId) -> StoreInfo:
         """The store may get a new peer of the region."""
-        self.check_target(store_id)
+        info = self.check_target(store_id)
         other = self.region.peer_on_store(store_id)
         if other is not None:
             raise failed_precondition(
                 f"store {store_id} already holds peer {other.id} of region {self.region.id}"
             )
+        return info
 
-    def handoff_or_refuse(self, leaving: Peer) -> list[Step]:
-        steps = self.handoff(leaving)
-        if steps is None:
+    def handoff(self, leaving: Peer) -> list[Step]:
+        """The steps that move the leadership off `leaving` before a plan
+        takes its vote (none if it does not lead); refused if no other
+        healthy voter can take over."""
+        leader = self.record.leader
+        if leader is None or leader.id != leaving.id:
+            return []
+        new_leader = self.new_leader(leaving)
+        if new_leader is None:
             raise failed_precondition(
                 f"peer {leaving.id} leads region {self.region.id} "
                 "and no other healthy voter on an Up store can take over"
             )
-        return steps
+        return [TransferLeader(new_leader)]
 
-    def operator(self, desc: str, steps: list[Step]) -> Operator:
-        if not self.keeps_quorum(steps):
+    def operator(self, desc: str, steps: list[Step] | None) -> Operator:
+        """The operator of `steps`, refused if they would leave the region
+        without a healthy quorum (None: `move_voter` found they would)."""
+        if steps is None or not self.keeps_quorum(steps):
             raise failed_precondition(
                 f"{desc} would leave region {self.region.id} without a majority of healthy "
                 "voters in one of its steps (voters are down, pending or on Down stores)"
@@ -103,12 +119,12 @@ class _AdminPlanner(RegionPlanner):
         return Operator(self.region.id, desc, OperatorKind.ADMIN, tuple(steps), self.region.epoch)
 
     def with_new_peer(
-        self, desc: str, store_id: StoreId, plan: Callable[[Peer], list[Step]]
+        self, desc: str, store: StoreInfo, plan: Callable[[Peer], list[Step]]
     ) -> Operator:
         """The plan checked on a placeholder peer first: a new id is taken
         only for a plan that is proposed."""
-        self.operator(desc, plan(Peer(PeerId(0), store_id, PeerRole.LEARNER)))
-        return self.operator(desc, plan(self.new_peer(store_id)))
+        self.operator(desc, plan(Peer(PeerId(0), store.id, PeerRole.LEARNER)))
+        return self.operator(desc, plan(self.new_peer(store)))
 
 
 def _transfer_leader(p: _AdminPlanner, to_store_id: StoreId) -> Operator:
@@ -130,26 +146,26 @@ def _transfer_leader(p: _AdminPlanner, to_store_id: StoreId) -> Operator:
 
 
 def _add_peer(p: _AdminPlanner, store_id: StoreId) -> Operator:
-    p.free_target(store_id)
-    return p.with_new_peer("add-peer", store_id, p.add_voter)
+    store = p.free_target(store_id)
+    return p.with_new_peer("add-peer", store, lambda new: [AddLearner(new), PromoteLearner(new)])
 
 
 def _remove_peer(p: _AdminPlanner, store_id: StoreId) -> Operator:
     peer = p.member_on(store_id)
-    return p.operator("remove-peer", [*p.handoff_or_refuse(peer), RemovePeer(peer)])
+    return p.operator("remove-peer", [*p.handoff(peer), RemovePeer(peer)])
 
 
 def _transfer_peer(p: _AdminPlanner, from_store_id: StoreId, to_store_id: StoreId) -> Operator:
     if from_store_id == to_store_id:
         raise invalid_argument(f"from and to are the same store ({to_store_id})")
     old = p.member_on(from_store_id)
-    p.free_target(to_store_id)
+    store = p.free_target(to_store_id)
     if old.is_learner:
-        return p.with_new_peer("transfer-peer", to_store_id, lambda new: p.move_learner(old, new))
-    first = p.handoff_or_refuse(old)
-    return p.with_new_peer(
-        "transfer-peer", to_store_id, lambda new: [*first, *p.replacement(old, new, add=True)]
-    )
+        return p.with_new_peer(
+            "transfer-peer", store, lambda new: [AddLearner(new), RemovePeer(old)]
+        )
+    p.handoff(old)  # refused here, with its reason, if nobody can take over
+    return p.operator("transfer-peer", p.move_voter(old, store))
 
 
 @dataclass(frozen=True, slots=True)

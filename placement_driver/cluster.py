@@ -224,6 +224,15 @@ class Cluster:
         """Regions with a peer (any role) on the store, in the region tree."""
         return self._regions.peer_count(store_id)
 
+    def store_region_size(self, store_id: int) -> int:
+        """The weights (`RegionStat.weight`: approximate size in MiB, at
+        least 1) of the regions with a peer on the store, summed."""
+        return self._regions.peer_size(store_id)
+
+    def store_leader_count(self, store_id: int) -> int:
+        """Regions whose leader, as last reported, is on the store."""
+        return self._regions.leader_count(store_id)
+
     def store_pending_peer_count(self, store_id: int) -> int:
         """Peers on the store that their regions' leaders last reported
         pending (catching up)."""

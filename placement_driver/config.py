@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -107,8 +108,20 @@ class ClusterConfig:
     replica_schedule_limit: int = setting(64, "replica repairs scheduled at once", min=0)
     merge_schedule_limit: int = setting(8, "region merges scheduled at once", min=0)
     hot_region_schedule_limit: int = setting(4, "hot region moves scheduled at once", min=0)
+    tolerant_size_ratio: float = setting(
+        0.0,
+        "balance schedulers move a leader (a replica) only between stores whose scores differ "
+        "by more than twice this many leaders (sizes of the region moved); 0: adaptive, "
+        "1/200 of the most regions on one store, at least 1",
+        min=0,
+        max=1e6,
+    )
     max_snapshot_count: int = setting(64, "snapshots a store sends or receives at once", min=0)
     max_pending_peer_count: int = setting(64, "pending peers a store may have", min=0)
+
+    def validate(self) -> None:
+        if not math.isfinite(self.tolerant_size_ratio):
+            raise ValueError(f"bad value for tolerant_size_ratio: {self.tolerant_size_ratio}")
 
     def check_rules(self) -> None:
         """The rules between keys; raises ConfigError."""
@@ -124,13 +137,13 @@ class ClusterConfig:
         values of GetConfig / SetConfig and of the stored config)."""
         return {name: format_value(self, name) for name in CLUSTER_KEYS}
 
-    def toml_values(self) -> dict[str, int | str]:
-        """Every key as it would be written in pd.toml: integers as numbers,
+    def toml_values(self) -> dict[str, int | float | str]:
+        """Every key as it would be written in pd.toml: numbers as numbers,
         sizes and durations as text (the HTTP API's JSON)."""
-        out: dict[str, int | str] = {}
+        out: dict[str, int | float | str] = {}
         for name in CLUSTER_KEYS:
             kind = _FIELDS[name].metadata.get("kind")
-            out[name] = format_value(self, name) if kind else int(getattr(self, name))
+            out[name] = format_value(self, name) if kind else getattr(self, name)
         return out
 
 

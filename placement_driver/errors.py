@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from kvproto.pdpb import PdError, PdErrorCode
 
-__all__ = ["OperatorExistsError", "PdRequestError", "failed_precondition", "invalid_argument"]
+__all__ = [
+    "OperatorExistsError",
+    "PdRequestError",
+    "SchedulerExistsError",
+    "SchedulerNotFoundError",
+    "failed_precondition",
+    "invalid_argument",
+]
 
 
 class PdRequestError(Exception):
@@ -41,3 +48,19 @@ class OperatorExistsError(Exception):
         super().__init__(f"region {region_id} already has a running operator: {running}")
         self.region_id = region_id
         self.running = running
+
+
+class SchedulerExistsError(Exception):
+    """A scheduler of that name is already active (the admin API: 409)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"scheduler {name} already exists")
+        self.name = name
+
+
+class SchedulerNotFoundError(Exception):
+    """No active scheduler has that name (the admin API: 404)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no scheduler {name}")
+        self.name = name

@@ -59,6 +59,17 @@ carried out; the views are `http_admin`'s):
                           (values as in pd.toml), all or nothing; answers the
                           whole config
 
+Schedulers (`schedulers`: documents and checks there):
+
+    GET /schedulers       {"schedulers": [{"name", "paused_until" (seconds until
+                          it resumes, null), "store_id" (null), "operators_created"}]}
+    POST /schedulers      {"name": "balance-leader"} or {"name": "evict-leader",
+                          "store_id": 4}: activate it; answers the scheduler
+                          (409 if active, 404 for an unknown store)
+    DELETE /schedulers/{name}          deactivate it (404 if not active)
+    POST /schedulers/{name}            {"delay": seconds}: pause it that long,
+                          0 resumes it
+
 Admin token: an AdminApi given `admin_token` (``shardkv pd
 --admin-token-file FILE``) answers every request but GET and HEAD with 401
 unless it carries ``Authorization: Bearer <token>``: checked here, by
@@ -73,9 +84,9 @@ without the admin token (or with another); 405 for other
 methods (with an Allow header); 409 when the cluster's state refuses an order
 (the region already has an operator, not bootstrapped, a Tombstone store, a
 store to drain while fewer than max_replicas others are Up, a store to remove
-that still holds regions or that a running operator targets);
-413 for a body over 1 MiB; 503 for operator endpoints of a PD without an
-operator controller.
+that still holds regions or that a running operator targets, the scheduler is
+already active); 413 for a body over 1 MiB; 503 for operator and scheduler
+endpoints of a PD without an operator controller.
 
 Keys are read from the ASGI `raw_path`: the decoded `path` is text, which
 cannot hold arbitrary key bytes.
@@ -94,7 +105,12 @@ from urllib.parse import parse_qs, unquote_to_bytes
 from kvproto.metapb import StoreId
 from kvproto.pdpb import PdErrorCode
 from placement_driver.cluster import Cluster
-from placement_driver.errors import OperatorExistsError, PdRequestError
+from placement_driver.errors import (
+    OperatorExistsError,
+    PdRequestError,
+    SchedulerExistsError,
+    SchedulerNotFoundError,
+)
 from placement_driver.http_admin import AdminOrders
 from placement_driver.http_json import (
     HttpError,
@@ -106,15 +122,21 @@ from placement_driver.http_json import (
     store_json,
 )
 
-# The request helpers under the private names they had here before they
-# moved to http_json: views added to this module by other branches (the
-# scheduler endpoints) keep working unchanged.
+# The request helpers under the private names the views here were written
+# with (before they moved to http_json, shared with http_admin).
 from placement_driver.http_json import Request as _Request
 from placement_driver.http_json import View as _View
-from placement_driver.http_json import json_body as _json_body  # noqa: F401
+from placement_driver.http_json import json_body as _json_body
 from placement_driver.http_json import parse_id as _parse_id
-from placement_driver.http_json import parse_key as _parse_key  # noqa: F401
+from placement_driver.http_json import path_text as _path_text
 from placement_driver.operator_controller import OperatorController
+from placement_driver.schedulers import (
+    SchedulerController,
+    add_from_json,
+    pause_from_json,
+    scheduler_json,
+    schedulers_json,
+)
 from plumbing.asgi import Receive, Scope, Send, lifespan
 
 __all__ = [
@@ -150,8 +172,8 @@ _STATUS_OF_CODE: Final = {
 class AdminApi:
     """The ASGI application. `clock` gives the shell's current time (the
     same clock as the heartbeat times held by `cluster`). `operators` is the
-    PD's operator controller (None: the operator endpoints answer 503);
-    `on_store_state_change` is called after an order that may change store
+    PD's operator controller and `schedulers` its schedulers (None: their
+    endpoints answer 503); `on_store_state_change` is called after an order that may change store
     states (a store state, the store list, the config). `metrics` returns
     the Prometheus exposition and its content type (None: /metrics answers
     503). `admin_token`: the token every request but a read must carry
@@ -168,6 +190,7 @@ class AdminApi:
         clock: Callable[[], float],
         *,
         operators: OperatorController | None = None,
+        schedulers: SchedulerController | None = None,
         on_store_state_change: Callable[[], None] | None = None,
         metrics: Callable[[], Text] | None = None,
         admin_token: str | None = None,
@@ -177,6 +200,7 @@ class AdminApi:
         self._cluster = cluster
         self._clock = clock
         self._operators = operators
+        self._schedulers = schedulers
         self._orders = AdminOrders(cluster, clock, operators, on_store_state_change)
         self._token = None if admin_token is None else admin_token.encode()
         self._metrics_source = metrics
@@ -209,6 +233,8 @@ class AdminApi:
                 DELETE=self._orders.cancel_operator,
             ),
             route(rb"/operator/(?P<id>[^/]*)/?", GET=self._operator),
+            route(rb"/schedulers/?", GET=self._schedulers_view, POST=self._add_scheduler),
+            route(rb"/schedulers/(?P<name>[^/]+)/?", POST=self._pause, DELETE=self._remove),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -300,8 +326,10 @@ class AdminApi:
                 return e.status, {"error": e.reason}, []
             except PdRequestError as e:
                 return _STATUS_OF_CODE.get(e.code, 400), {"error": e.message}, []
-            except OperatorExistsError as e:
+            except (OperatorExistsError, SchedulerExistsError) as e:
                 return 409, {"error": str(e)}, []
+            except SchedulerNotFoundError as e:
+                return 404, {"error": str(e)}, []
         if allowed:
             allow = ", ".join(sorted(allowed | ({"HEAD"} if "GET" in allowed else set())))
             what = "it is read-only" if allowed == {"GET"} else f"use {allow}"
@@ -409,6 +437,30 @@ class AdminApi:
         if op is None:
             raise HttpError(404, f"no operator for region {region_id}")
         return operator_json(op, self._clock())
+
+    # -- schedulers (the logic is `schedulers`') ------------------------------------
+
+    def _scheduler_controller(self) -> SchedulerController:
+        if self._schedulers is None:
+            raise HttpError(503, "this PD runs without an operator controller")
+        return self._schedulers
+
+    def _schedulers_view(self, req: _Request) -> JsonObject:
+        return schedulers_json(self._scheduler_controller(), self._clock())
+
+    def _add_scheduler(self, req: _Request) -> JsonObject:
+        controller = self._scheduler_controller()
+        entry = add_from_json(controller, self._cluster, _json_body(req.body))
+        return scheduler_json(entry, self._clock())
+
+    def _pause(self, req: _Request) -> JsonObject:
+        controller = self._scheduler_controller()
+        name, now = _path_text(req.match["name"]), self._clock()
+        return scheduler_json(pause_from_json(controller, name, _json_body(req.body), now), now)
+
+    def _remove(self, req: _Request) -> JsonObject:
+        controller = self._scheduler_controller()
+        return scheduler_json(controller.remove(_path_text(req.match["name"])), self._clock())
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

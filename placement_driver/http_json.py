@@ -45,6 +45,7 @@ __all__ = [
     "operator_json",
     "parse_id",
     "parse_key",
+    "path_text",
     "peer_json",
     "positive_int",
     "region_json",
@@ -228,8 +229,13 @@ def parse_key(raw: object) -> bytes:
     return text.encode()
 
 
+def path_text(raw: bytes) -> str:
+    """A part of the raw path, unescaped."""
+    return unquote_to_bytes(raw).decode("latin-1")
+
+
 def parse_id(raw: bytes, what: str) -> int:
-    text = unquote_to_bytes(raw).decode("latin-1")
+    text = path_text(raw)
     if not text.isascii() or not text.isdigit() or int(text) <= 0:
         raise HttpError(400, f"bad {what} id {text!r}: expected a positive integer")
     return int(text)

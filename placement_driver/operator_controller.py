@@ -7,12 +7,13 @@ Rules:
 * At most one running operator per region; adding a second one is refused
   (`OperatorExistsError`), whoever asks.
 * Limits: operators of the replica checker run at most
-  `replica_schedule_limit` at once (0 turns the checker off); an
-  administrator's operators (split, transfer-leader, add-peer, remove-peer,
-  transfer-peer: `admin_operators`) are not limited. Per store, the
-  checker's choice of target stores honours `max_snapshot_count` and
-  `max_pending_peer_count`, counting the operators still running
-  (`OpInfluence`).
+  `replica_schedule_limit` at once (0 turns the checker off), those of the
+  schedulers (`schedulers`) `leader_schedule_limit` (leader transfers) and
+  `region_schedule_limit` (replica moves); an administrator's operators
+  (split, transfer-leader, add-peer, remove-peer, transfer-peer:
+  `admin_operators`) are not limited. Per store, the choice of target
+  stores honours `max_snapshot_count` and `max_pending_peer_count`,
+  counting the operators still running (`OpInfluence`).
 * It is the PD's `OperatorHook`: on each accepted region heartbeat it
   advances the region's operator with the report and the current store
   states (steps done, success, cancel: see `operators`) and answers its
@@ -35,6 +36,7 @@ Rules:
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,8 +56,9 @@ from placement_driver.operators import (
     SplitRegion,
     StoreStateOf,
 )
+from placement_driver.region_check import OpInfluence
 from placement_driver.regions import MAX_SPLIT_COUNT, RegionRecord
-from placement_driver.replica_checker import OpInfluence, check_replicas
+from placement_driver.replica_checker import check_replicas
 
 __all__ = ["DEFAULT_HISTORY_SIZE", "OperatorController", "PatrolResult"]
 
@@ -118,6 +121,22 @@ class OperatorController:
     def running_count(self, kind: OperatorKind) -> int:
         return sum(1 for op in self._running.values() if op.kind == kind)
 
+    def room(self, cluster: Cluster, kind: OperatorKind) -> int:
+        """How many more operators of `kind` may start now: its limit in
+        the cluster config less those running (administrators' operators
+        are not limited)."""
+        config = cluster.config
+        match kind:
+            case OperatorKind.ADMIN:
+                return sys.maxsize
+            case OperatorKind.REPLICA:
+                limit = config.replica_schedule_limit
+            case OperatorKind.LEADER:
+                limit = config.leader_schedule_limit
+            case OperatorKind.REGION:
+                limit = config.region_schedule_limit
+        return max(0, limit - self.running_count(kind))
+
     def regions_waiting(self, cluster: Cluster, store_id: StoreId) -> tuple[RegionId, ...]:
         """Regions led on `store_id` whose operator started since their last
         heartbeat (a patrol or the API made it): its first step goes out in
@@ -136,10 +155,11 @@ class OperatorController:
         leadership on."""
         return frozenset(s for op in self._running.values() for s in op.target_stores())
 
-    def influence(self) -> OpInfluence:
+    def influence(self, cluster: Cluster) -> OpInfluence:
+        """What the running operators' remaining steps will do to the stores."""
         influence = OpInfluence()
         for op in self._running.values():
-            influence.add(op.remaining_steps())
+            influence.add(op.remaining_steps(), cluster.region_by_id(op.region_id))
         return influence
 
     # -- adding and finishing -------------------------------------------------------
@@ -206,15 +226,15 @@ class OperatorController:
         """Run the replica checker on a region without an operator, within
         the limit; start and return what it makes. `influence` (that of the
         running operators, computed here if None) gets the new one's."""
-        if self.running_count(OperatorKind.REPLICA) >= cluster.config.replica_schedule_limit:
+        if self.room(cluster, OperatorKind.REPLICA) <= 0:
             return None
         if influence is None:
-            influence = self.influence()
+            influence = self.influence(cluster)
         op = check_replicas(cluster, record, influence)
         if op is None:
             return None
         self.add(op, now)
-        influence.add(op.steps)
+        influence.add(op.steps, record)
         return op
 
     # -- periodic ----------------------------------------------------------------------
@@ -232,9 +252,9 @@ class OperatorController:
                 finished.append(op)
         buried = cluster.bury_empty_offline_stores(now, keep=self.target_stores())
         created: list[Operator] = []
-        influence = self.influence()
+        influence = self.influence(cluster)
         for record in cluster.regions():
-            if self.running_count(OperatorKind.REPLICA) >= cluster.config.replica_schedule_limit:
+            if self.room(cluster, OperatorKind.REPLICA) <= 0:
                 break
             if record.stat.last_heartbeat is None or record.region.id in self._running:
                 continue
@@ -273,7 +293,7 @@ class OperatorController:
         self, cluster: Cluster, name: str, region_id: int, store_ids: dict[str, int], now: float
     ) -> Operator:
         """Start the administrator's operator `name` (`admin_operators`)."""
-        influence = self.influence()
+        influence = self.influence(cluster)
         return self.add_admin(
             cluster,
             region_id,

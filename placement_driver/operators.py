@@ -101,6 +101,8 @@ class OperatorKind(enum.Enum):
 
     ADMIN = "admin"  # an administrator's order (manual split): no limit
     REPLICA = "replica"  # the replica checker: replica_schedule_limit
+    LEADER = "leader"  # balance-leader, evict-leader: leader_schedule_limit
+    REGION = "region"  # balance-region: region_schedule_limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ from kvproto import pdpb
 from kvproto.epoch import is_stale, loses_to_overlap
 from kvproto.metapb import Peer, PeerId, Region, RegionId, StoreId
 from kvproto.pdpb import PdErrorCode, PeerStats, SplitId
+from placement_driver.config import MiB
 from placement_driver.errors import PdRequestError, invalid_argument
 from placement_driver.region_tree import RegionTree
 from placement_driver.storage import MetaStorage
@@ -141,6 +142,13 @@ class RegionStat:
         """Whether the leader reported the peer pending (catching up)."""
         return any(p.id == peer_id for p in self.pending_peers)
 
+    @property
+    def weight(self) -> int:
+        """What one peer of the region adds to its store's region score: the
+        approximate size in MiB, at least 1, so that an empty or not yet
+        measured region still counts (TiKV PD's empty-region size)."""
+        return max(1, round(self.approximate_size / MiB))
+
 
 # The fields of a RegionStat that a heartbeat fills in, in order.
 REPORTED_FIELDS: Final = tuple(
@@ -170,11 +178,12 @@ class RegionRecord:
 
 class Regions:
     """Every region the PD knows (the region tree) with its `RegionStat`,
-    the region changes not yet flushed, and per store the peers (any role)
-    and the pending peers over the tree (as the regions' leaders last
-    reported them), and the flows of the regions led there.
+    the region changes not yet flushed, and per store the peers (any role),
+    their summed weights and the pending peers over the tree (as the
+    regions' leaders last reported them), and the regions led there with
+    their flows.
 
-    Invariant: the per-store counts and flows equal a count over the tree
+    Invariant: the per-store counts, sizes and flows equal a count over the tree
     (kept by `_put`, the one place the tree changes)."""
 
     def __init__(self, storage: MetaStorage, stored: Iterable[Region]) -> None:
@@ -185,6 +194,7 @@ class Regions:
         self._tree = RegionTree()
         self._stats: dict[RegionId, RegionStat] = {}
         self._store_peers: Counter[StoreId] = Counter()
+        self._store_size: Counter[StoreId] = Counter()
         self._store_pending: Counter[StoreId] = Counter()
         # Per store, the flow of each region led there: summed when asked,
         # so that no float error piles up as regions come and go.
@@ -231,6 +241,14 @@ class Regions:
     def peer_count(self, store_id: int) -> int:
         """Regions with a peer (any role) on the store."""
         return self._store_peers[StoreId(store_id)]
+
+    def peer_size(self, store_id: int) -> int:
+        """The weights of the regions with a peer on the store, summed."""
+        return self._store_size[StoreId(store_id)]
+
+    def leader_count(self, store_id: int) -> int:
+        """Regions whose leader is on the store (as last reported)."""
+        return len(self._store_led.get(StoreId(store_id), ()))
 
     def pending_peer_count(self, store_id: int) -> int:
         """Peers on the store that their regions' leaders last reported
@@ -388,6 +406,7 @@ class Regions:
     def _count(self, region: Region, stat: RegionStat, sign: int) -> None:
         for p in region.peers:
             self._store_peers[p.store_id] += sign
+            self._store_size[p.store_id] += sign * stat.weight
         for p in stat.pending_peers:
             self._store_pending[p.store_id] += sign
         if stat.leader is not None:

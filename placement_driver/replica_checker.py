@@ -6,11 +6,10 @@ No I/O, no clock, no randomness; every choice is by a total order (ties
 broken by store id), so the same view always gives the same operator. The
 only effect is taking new peer ids from the view's id allocator.
 
-The health of voters and the plans (add a voter, replace one, hand the
-leadership off first) are `plans.RegionPlanner`'s, shared with the
-administrator's operators: no operator is proposed unless every
-configuration it passes through keeps a majority of healthy voters
-(`keeps_quorum`).
+Health, the quorum simulation and which stores accept a new peer are
+`region_check`'s (shared with the balance schedulers). No operator is
+proposed unless every configuration it passes through, after each of its
+steps (both halves of a joint one), keeps a majority of healthy voters.
 
 Rules, in order (the first that applies wins; a rule that waits stops the
 others):
@@ -44,47 +43,34 @@ others):
    timeout) while the region has its voters: `RemovePeer` - but not the
    learners rule 1 would use to replace the voters on stores to vacate.
 
-The best target store: Up, holding no peer of the region, known from a
-store heartbeat, not busy, used ratio at most LOW_SPACE_RATIO, fewer than
-`max_snapshot_count` snapshots on their way in (operators that still have to
-add a learner there) and fewer than `max_pending_peer_count` pending peers;
-among those, the fewest regions (counting the peers operators are adding
-and removing), ties to the lowest store id.
+The best target store: among the stores that accept a new peer
+(`region_check.accepts_peers`) and hold none of the region, the fewest
+regions (counting the peers operators are adding and removing), ties to the
+lowest store id.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Final, TypeAlias
+from typing import TypeAlias
 
-from kvproto.metapb import Peer, PeerId, PeerRole, StoreState
+from kvproto.metapb import Peer, PeerRole, StoreState
 from placement_driver.operators import (
+    AddLearner,
     Operator,
     OperatorKind,
     PromoteLearner,
     RemovePeer,
     Step,
+    TransferLeader,
     in_joint,
 )
-from placement_driver.plans import DEAD_STATES, ClusterView, OpInfluence, RegionPlanner
+from placement_driver.region_check import DEAD_STATES, ClusterView, OpInfluence, RegionCheck
 from placement_driver.regions import RegionRecord
 from placement_driver.stores import StoreInfo
 
-__all__ = [
-    "DEAD_STATES",
-    "LOW_SPACE_RATIO",
-    "VACATE_STATES",
-    "ClusterView",
-    "OpInfluence",
-    "check_replicas",
-]
-
-# A store whose used ratio (1 - available / capacity) is above this gets no
-# new peers (TiKV PD's low-space-ratio default).
-LOW_SPACE_RATIO: Final = 0.8
-# Peers on stores in these states are moved elsewhere.
-VACATE_STATES = frozenset({StoreState.DOWN, StoreState.OFFLINE, StoreState.TOMBSTONE})
+__all__ = ["check_replicas"]
 
 
 class _Wait(enum.Enum):
@@ -104,28 +90,11 @@ def check_replicas(
     return _Check(view, record, influence or OpInfluence()).run()
 
 
-class _Check(RegionPlanner):
-    # -- store judgments (the health and the plans are `RegionPlanner`'s) ----------
-
-    def to_vacate(self, peer: Peer) -> bool:
-        return self.state(peer.store_id) in VACATE_STATES
-
-    def accepts_peers(self, info: StoreInfo) -> bool:
-        config = self.config
-        stats = info.stats
-        if info.state != StoreState.UP or stats is None or stats.is_busy:
-            return False
-        if stats.capacity > 0 and stats.available < stats.capacity * (1 - LOW_SPACE_RATIO):
-            return False
-        snapshots = max(self.influence.snapshots_in[info.id], stats.receiving_snap_count)
-        if snapshots >= config.max_snapshot_count:
-            return False
-        return self.view.store_pending_peer_count(info.id) < config.max_pending_peer_count
+class _Check(RegionCheck):
+    # -- store judgments -----------------------------------------------------------
 
     def target(self) -> StoreInfo | None:
-        taken = {p.store_id for p in self.region.peers}
-        candidates = [s for s in self.view.stores() if s.id not in taken and self.accepts_peers(s)]
-        return min(candidates, key=lambda s: (self.regions_on(s.id), s.id), default=None)
+        return min(self.new_homes(), key=lambda s: (self.regions_on(s.id), s.id), default=None)
 
     def unhealthiness(self, peer: Peer) -> int:
         """Larger is the less healthy (and the first to go)."""
@@ -169,10 +138,10 @@ class _Check(RegionPlanner):
         leader = self.record.leader
         if leader is None or in_joint(self.region):
             return None
+        if not self.has_quorum():
+            return None
         voters = [p for p in self.region.peers if p.role == PeerRole.VOTER]
         learners = [p for p in self.region.peers if p.is_learner]
-        if 2 * sum(self.healthy(v) for v in voters) <= len(voters):
-            return None
         rules: list[Callable[[list[Peer], list[Peer], Peer], _Verdict]] = [
             self.replace_vacated,
             self.make_up,
@@ -194,13 +163,12 @@ class _Check(RegionPlanner):
                 return self.operator(f"remove-{why}-learner", RemovePeer(learner))
         spares = self.spares(learners)
         for voter in self.voters_to_replace(voters):
-            steps = self.handoff(voter)
-            if steps is None:
+            if voter.id == leader.id and self.new_leader(voter) is None:
                 continue
-            store: StoreInfo | None = None
+            to: Peer | StoreInfo
             if spares:
-                new = spares[0]
-                if self.record.stat.is_pending(new.id):
+                to = spares[0]
+                if self.record.stat.is_pending(to.id):
                     # Adding another would leave two learners to catch up,
                     # and this one removed as extra once the other is promoted.
                     return _Wait.WAIT
@@ -208,13 +176,10 @@ class _Check(RegionPlanner):
                 store = self.target()
                 if store is None:
                     return None
-                # Its id is taken only for a plan that is proposed.
-                new = Peer(PeerId(0), store.id, PeerRole.LEARNER)
-            if not self.keeps_quorum(steps + self.replacement(voter, new, add=store is not None)):
+                to = store
+            steps = self.move_voter(voter, to)
+            if steps is None:
                 continue
-            if store is not None:
-                new = self.new_peer(store.id)
-            steps += self.replacement(voter, new, add=store is not None)
             why = self.state(voter.store_id).name.lower()
             return self.operator(f"replace-{why}-peer", *steps)
         return None
@@ -233,7 +198,8 @@ class _Check(RegionPlanner):
             store = self.target()
             if store is None:
                 return None
-            steps = tuple(self.add_voter(self.new_peer(store.id)))
+            new = self.new_peer(store)
+            steps = (AddLearner(new), PromoteLearner(new))
             desc = "add-replica"
         return self.operator(desc, *steps) if self.keeps_quorum(steps) else None
 
@@ -243,9 +209,12 @@ class _Check(RegionPlanner):
         if len(voters) <= self.config.max_replicas:
             return None
         for victim in sorted(voters, key=self.removal_order, reverse=True):
-            steps = self.handoff(victim)
-            if steps is None:
-                continue
+            steps: list[Step] = []
+            if victim.id == leader.id:
+                new_leader = self.new_leader(victim)
+                if new_leader is None:
+                    continue
+                steps.append(TransferLeader(new_leader))
             steps.append(RemovePeer(victim))
             if self.keeps_quorum(steps):
                 return self.operator("remove-extra-replica", *steps)

@@ -13,11 +13,13 @@ core's (`Cluster`, `PdService`). One lifetime, one nursery:
 * the scheduling: an `OperatorController` answers region heartbeats with
   operator steps, and a task runs its `patrol` every `patrol_interval`
   (timeouts, the replica checker over every region, burying empty Offline
-  stores).
+  stores), then the schedulers (`SchedulerController.run`: balance-leader,
+  balance-region, evict-leader; their set persisted in the storage).
 
 Administrators' orders (the HTTP API calls the same core methods):
 `split_region` starts a split operator, `set_store_state` marks a store
-Offline (decommission), Up again, or Tombstone.
+Offline (decommission), Up again, or Tombstone; `schedulers` are added,
+removed and paused.
 
 Persistence: `LmdbMetaStorage` under the data directory. Cluster id, stores,
 id blocks and config are written through before the request is answered;
@@ -33,6 +35,7 @@ storage on the way out.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -59,6 +62,7 @@ from placement_driver.operator_controller import (
     PatrolResult,
 )
 from placement_driver.operators import Operator, OperatorTimeouts
+from placement_driver.schedulers import SchedulerController
 from placement_driver.service import RESPONSE_TYPES, OperatorHook, PdService
 from placement_driver.storage import LmdbMetaStorage, MetaStorage
 from placement_driver.stores import StoreInfo
@@ -130,6 +134,7 @@ class PdServer:
         if operators is None:
             operators = OperatorController(operator_history_size, operator_timeouts)
         self._controller = operators if isinstance(operators, OperatorController) else None
+        self._schedulers: SchedulerController | None = None  # loaded by `run`
         self._operators = operators
         self._patrol_interval = patrol_interval
         self._storage = storage
@@ -159,6 +164,12 @@ class PdServer:
         return self._controller
 
     @property
+    def schedulers(self) -> SchedulerController:
+        if self._schedulers is None:
+            raise RuntimeError("this PD is not running or runs without an operator controller")
+        return self._schedulers
+
+    @property
     def addresses(self) -> PdAddresses:
         if self._addresses is None:
             raise RuntimeError("the PD is not running")
@@ -183,6 +194,8 @@ class PdServer:
             )
             self._cluster = cluster
             self._service = PdService(cluster, self._rng, self._operators)
+            if self._controller is not None:
+                self._schedulers = SchedulerController(storage)
             try:
                 async with trio.open_nursery() as nursery:
                     rpc = await nursery.start(self._serve_rpc)
@@ -241,6 +254,7 @@ class PdServer:
             cluster,
             trio.current_time,
             operators=self._controller,
+            schedulers=self._schedulers,
             on_store_state_change=self._wake_store_watch,
             metrics=lambda: Text(self.metrics.exposition(), CONTENT_TYPE_LATEST),
             admin_token=admin_token,
@@ -269,9 +283,18 @@ class PdServer:
         return info
 
     def patrol(self) -> PatrolResult:
-        """One patrol of the operator controller now (the task runs one
-        every `patrol_interval`)."""
-        return self.operator_controller.patrol(self.cluster, trio.current_time())
+        """One patrol of the operator controller and the schedulers now (the
+        task runs one every `patrol_interval`)."""
+        return self._patrol(self.cluster, self.operator_controller)
+
+    def _patrol(self, cluster: Cluster, controller: OperatorController) -> PatrolResult:
+        # The replica checker first: repairs have first pick of the regions.
+        now = trio.current_time()
+        result = controller.patrol(cluster, now)
+        if self._schedulers is not None:
+            scheduled = self._schedulers.run(cluster, controller, now)
+            result = dataclasses.replace(result, created=result.created + tuple(scheduled))
+        return result
 
     def _wake_store_watch(self) -> None:
         self._wake_store_states.set()
@@ -291,7 +314,7 @@ class PdServer:
         while True:
             await trio.sleep(self._patrol_interval)
             try:
-                result = controller.patrol(cluster, trio.current_time())
+                result = self._patrol(cluster, controller)
             except AssertionError:
                 raise
             except Exception:  # a storage failure (burying a store): next time

@@ -14,6 +14,9 @@ On-disk layout, one LMDB environment under the data directory::
         db "meta"        b"format"      -> u64 BE format version
                          b"cluster_id"  -> u64 BE (absent: not bootstrapped)
                          b"id_bound"    -> u64 BE (ids below it may be used)
+                         b"schedulers"  -> the active schedulers' names, UTF-8,
+                                           one per line (absent: never set, the
+                                           defaults run)
         db "store"       store_id u64 BE  -> metapb.Store (CBOR message)
         db "region"      region_id u64 BE -> metapb.Region (CBOR message)
         db "config"      key name (UTF-8) -> value text (UTF-8)
@@ -29,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -71,6 +74,7 @@ REMOVED_STORE_DB: Final = b"removed_store"
 FORMAT_KEY: Final = b"format"
 CLUSTER_ID_KEY: Final = b"cluster_id"
 ID_BOUND_KEY: Final = b"id_bound"
+SCHEDULERS_KEY: Final = b"schedulers"
 
 
 def store_key(store_id: int) -> bytes:
@@ -133,6 +137,14 @@ class MetaStorage(Protocol):
         """Store and delete region records, in one transaction."""
         ...
 
+    def save_schedulers(self, names: Sequence[str]) -> None:
+        """Replace the stored set of active schedulers."""
+        ...
+
+    def load_schedulers(self) -> list[str] | None:
+        """The stored active schedulers; None if never saved."""
+        ...
+
 
 class MemoryMetaStorage:
     """A MetaStorage in memory for tests of the pure core. `fail_writes`
@@ -140,6 +152,7 @@ class MemoryMetaStorage:
 
     def __init__(self) -> None:
         self.meta = StoredMeta()
+        self.schedulers: list[str] | None = None
         self.fail_writes = False
         self.writes = 0
 
@@ -186,6 +199,13 @@ class MemoryMetaStorage:
     def save_config(self, items: Mapping[str, str]) -> None:
         self._write()
         self.meta.config = dict(items)
+
+    def save_schedulers(self, names: Sequence[str]) -> None:
+        self._write()
+        self.schedulers = list(names)
+
+    def load_schedulers(self) -> list[str] | None:
+        return None if self.schedulers is None else list(self.schedulers)
 
     def save_regions(self, put: Iterable[Region], delete: Iterable[RegionId]) -> None:
         self._write()
@@ -325,6 +345,21 @@ class LmdbMetaStorage:
                 txn.put(config_key(name), value.encode(), db=db)
 
         self._write(fn)
+
+    def save_schedulers(self, names: Sequence[str]) -> None:
+        value = "\n".join(names).encode()
+        self._write(lambda txn: txn.put(SCHEDULERS_KEY, value, db=self._db(META_DB)))
+
+    def load_schedulers(self) -> list[str] | None:
+        with self._env.begin(db=self._dbs[META_DB]) as txn:
+            raw = txn.get(SCHEDULERS_KEY)
+        if raw is None:
+            return None
+        try:
+            text = bytes(raw).decode()
+        except UnicodeDecodeError as e:
+            raise CorruptMetaError(f"schedulers record: {e}") from e
+        return text.split("\n") if text else []
 
     def save_regions(self, put: Iterable[Region], delete: Iterable[RegionId]) -> None:
         puts = [(region_key(r.id), codec.dumps(r)) for r in put]

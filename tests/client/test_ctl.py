@@ -4,8 +4,8 @@ that carry out the steps they are answered with). `shardkv ctl` is
 blocking (urllib), so each run goes to a worker thread while the PD keeps
 serving in the trio loop.
 
-The scheduler commands run against a small fake of the scheduler API
-(tests/client/test_ctl_schedulers.py) until the PD has it.
+The scheduler commands also run against a small fake of the scheduler
+API's contract (tests/client/test_ctl_schedulers.py).
 
 Rules: loopback only, port 0; every test runs under `trio.fail_after`;
 tests await conditions (`FakeStores.wait_until`), never sleep.
@@ -24,10 +24,7 @@ import trio
 
 from client.ctl import DEFAULT_PD_HTTP, PD_HTTP_ENV
 from kvproto.metapb import PeerRole, StoreState
-from placement_driver.cluster import Cluster
-from placement_driver.http_api import API_PREFIX, AdminApi
 from placement_driver.server import PdServer
-from placement_driver.storage import MemoryMetaStorage
 from shardkv.__main__ import main
 from tests.placement_driver.fake_stores import FakeStores, admin_cluster
 
@@ -342,30 +339,31 @@ async def test_orders_need_the_token_file_of_a_pd_with_an_admin_token(
             assert (await ctl.fails("cluster")).startswith("cannot read the token file")
 
 
-def pd_has_scheduler_api() -> bool:
-    api = AdminApi(Cluster(MemoryMetaStorage(), 0.0), lambda: 0.0)
-    return api.respond("GET", f"{API_PREFIX}/schedulers".encode())[0] != 404
-
-
-@pytest.mark.skipif(
-    not pd_has_scheduler_api(),
-    reason="the PD has no /schedulers API yet (the balance-schedulers branch adds it); "
-    "tests/client/test_ctl_schedulers.py runs the commands against a fake meanwhile",
-)
 async def test_scheduler_commands_against_the_pd(ctl: Ctl) -> None:
     s2 = ctl.fake.stores[1]
+    evict = f"evict-leader-{s2}"
+
+    async def listed() -> dict[str, dict[str, Any]]:
+        return {s["name"]: s for s in (await ctl.json("scheduler", "list"))["schedulers"]}
+
     with trio.fail_after(TIMEOUT):
-        await ctl.ok("scheduler", "add", "balance-leader")
-        await ctl.ok("scheduler", "add", "evict-leader", "--store", str(s2))
-        listed = {s["name"]: s for s in (await ctl.json("scheduler", "list"))["schedulers"]}
-        assert listed["evict-leader"]["store_id"] == s2
+        header, *rows = await ctl.ok("scheduler", "list")
+        assert columns(header) == ["NAME", "STORE", "RESUMES", "IN", "OPERATORS"]
+        assert [columns(r)[0] for r in rows] == ["balance-leader", "balance-region"]
+        assert await ctl.ok("scheduler", "add", "evict-leader", "--store", str(s2)) == [
+            f"added scheduler {evict}"
+        ]
+        assert (await listed())[evict]["store_id"] == s2
         assert await ctl.ok("scheduler", "pause", "balance-leader", "60") == [
             "paused scheduler balance-leader for 60 s"
         ]
-        listed = {s["name"]: s for s in (await ctl.json("scheduler", "list"))["schedulers"]}
-        assert listed["balance-leader"]["paused_until"]
-        await ctl.ok("scheduler", "resume", "balance-leader")
-        await ctl.ok("scheduler", "remove", "evict-leader")
-        names = [s["name"] for s in (await ctl.json("scheduler", "list"))["schedulers"]]
-        assert "evict-leader" not in names and "balance-leader" in names
-        assert await ctl.fails("scheduler", "remove", "evict-leader")
+        assert 0 < (await listed())["balance-leader"]["paused_until"] <= 60
+        assert await ctl.ok("scheduler", "resume", "balance-leader") == [
+            "resumed scheduler balance-leader"
+        ]
+        assert (await listed())["balance-leader"]["paused_until"] is None
+        assert await ctl.ok("scheduler", "remove", evict) == [f"removed scheduler {evict}"]
+        assert evict not in await listed()
+        assert evict in await ctl.fails("scheduler", "remove", evict)
+        assert "already exists" in await ctl.fails("scheduler", "add", "balance-leader")
+        assert "unknown scheduler" in await ctl.fails("scheduler", "add", "shuffle-region")

@@ -124,12 +124,20 @@ def test_the_config_prints_as_pd_toml_lines() -> None:
 def test_schedulers_and_removed_stores() -> None:
     doc = {
         "schedulers": [
-            {"name": "evict-leader", "store_id": 4, "paused_until": None, "operators_created": 2}
+            {"name": "evict-leader-4", "store_id": 4, "paused_until": None, "operators_created": 2},
+            {
+                "name": "balance-region",
+                "store_id": None,
+                "paused_until": 12.3456,
+                "operators_created": 0,
+            },
         ]
     }
-    assert format_schedulers(doc) == (
-        "NAME          STORE  PAUSED UNTIL  OPERATORS\nevict-leader  4      -             2"
-    )
+    assert format_schedulers(doc).splitlines() == [
+        "NAME            STORE  RESUMES IN  OPERATORS",
+        "evict-leader-4  4      -           2",
+        "balance-region  -      12.3s       0",
+    ]
     assert format_removed({"count": 0, "removed": []}) == "no Tombstone store to remove"
     removed = {"count": 1, "removed": [{"id": 4, "address": "h:1"}]}
     assert format_removed(removed) == "store 4 (h:1) removed"

@@ -6,11 +6,15 @@ the contract the PD's scheduler endpoints are built to:
                                             "store_id", "operators_created"}]}
     POST   /pd/api/v1/schedulers          {"name": "balance-leader"} or
                                           {"name": "evict-leader", "store_id": 4}
+                                          (named evict-leader-4)
     DELETE /pd/api/v1/schedulers/{name}
     POST   /pd/api/v1/schedulers/{name}   {"delay": seconds} (0 resumes)
 
-The same commands against a real PD are in tests/client/test_ctl.py
-(skipped while the PD has no scheduler API).
+Every order answers the scheduler; `paused_until` is the seconds until it
+resumes. The fake starts with no scheduler (the PD with balance-leader and
+balance-region); it checks the contract from the ctl's side, with errors
+the ctl must pass on. The same commands against a real PD are in
+tests/client/test_ctl.py.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ class FakeSchedulerApi(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.schedulers: dict[str, dict[str, Any]] = {}
         self.authorizations: list[str | None] = []
-        self.now = 1000.0
 
     @property
     def url(self) -> str:
@@ -74,16 +77,17 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         known = self.server.schedulers
         if self.path == PREFIX:
-            name = body.get("name")
-            if name not in KNOWN:
-                self._answer(400, {"error": f"unknown scheduler {name!r}"})
+            kind, store_id = body.get("name"), body.get("store_id")
+            name = f"{kind}-{store_id}" if kind == "evict-leader" else kind
+            if kind not in KNOWN:
+                self._answer(400, {"error": f"unknown scheduler {kind!r}"})
             elif name in known:
                 self._answer(409, {"error": f"scheduler {name} already exists"})
             else:
                 known[name] = {
                     "name": name,
                     "paused_until": None,
-                    "store_id": body.get("store_id"),
+                    "store_id": store_id,
                     "operators_created": 0,
                 }
                 self._answer(200, known[name])
@@ -93,15 +97,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, {"error": f"scheduler {name} not found"})
             return
         delay = body["delay"]
-        known[name]["paused_until"] = self.server.now + delay if delay else None
+        known[name]["paused_until"] = delay or None
         self._answer(200, known[name])
 
     def do_DELETE(self) -> None:
         name = self.path.removeprefix(PREFIX + "/")
-        if self.server.schedulers.pop(name, None) is None:
+        removed = self.server.schedulers.pop(name, None)
+        if removed is None:
             self._answer(404, {"error": f"scheduler {name} not found"})
             return
-        self._answer(200, {"removed": name})
+        self._answer(200, removed)
 
 
 @pytest.fixture
@@ -130,7 +135,7 @@ def test_schedulers_are_added_listed_paused_resumed_and_removed(
 ) -> None:
     assert ctl(api, capsys, "scheduler", "list") == (
         0,
-        ["NAME  STORE  PAUSED UNTIL  OPERATORS", "(none)"],
+        ["NAME  STORE  RESUMES IN  OPERATORS", "(none)"],
         "",
     )
     assert ctl(api, capsys, "scheduler", "add", "balance-leader") == (
@@ -138,8 +143,10 @@ def test_schedulers_are_added_listed_paused_resumed_and_removed(
         ["added scheduler balance-leader"],
         "",
     )
-    assert ctl(api, capsys, "scheduler", "add", "evict-leader", "--store", "4")[0] == 0
-    assert api.schedulers["evict-leader"]["store_id"] == 4
+    assert ctl(api, capsys, "scheduler", "add", "evict-leader", "--store", "4")[1] == [
+        "added scheduler evict-leader-4"  # the name the PD gave it
+    ]
+    assert api.schedulers["evict-leader-4"]["store_id"] == 4
     assert ctl(api, capsys, "scheduler", "pause", "balance-leader", "60") == (
         0,
         ["paused scheduler balance-leader for 60 s"],
@@ -149,17 +156,17 @@ def test_schedulers_are_added_listed_paused_resumed_and_removed(
     assert (code, lines) == (
         0,
         [
-            "NAME            STORE  PAUSED UNTIL  OPERATORS",
-            "balance-leader  -      1060.0        0",
-            "evict-leader    4      -             0",
+            "NAME            STORE  RESUMES IN  OPERATORS",
+            "balance-leader  -      60.0s       0",
+            "evict-leader-4  4      -           0",
         ],
     )
     assert ctl(api, capsys, "scheduler", "resume", "balance-leader")[1] == [
         "resumed scheduler balance-leader"
     ]
     assert api.schedulers["balance-leader"]["paused_until"] is None
-    assert ctl(api, capsys, "scheduler", "remove", "evict-leader")[1] == [
-        "removed scheduler evict-leader"
+    assert ctl(api, capsys, "scheduler", "remove", "evict-leader-4")[1] == [
+        "removed scheduler evict-leader-4"
     ]
     code, lines, _ = ctl(api, capsys, "--json", "scheduler", "list")
     assert json.loads("\n".join(lines)) == {"schedulers": [api.schedulers["balance-leader"]]}

@@ -233,11 +233,13 @@ class FakeStores:
         self.orders.append((region.id, f"split at {keys}"))
 
 
-# The replica checker off (only an administrator starts operators), and
-# store timeouts no test on a busy machine reaches (no store turns
-# Disconnected while the fakes stay quiet).
+# The replica checker and the schedulers off (only an administrator starts
+# operators), and store timeouts no test on a busy machine reaches (no store
+# turns Disconnected while the fakes stay quiet).
 ADMIN_CONFIG: Mapping[str, object] = {
     "replica_schedule_limit": 0,
+    "leader_schedule_limit": 0,
+    "region_schedule_limit": 0,
     "store_disconnect_time": "1h",
     "max_store_down_time": "2h",
 }

@@ -19,7 +19,11 @@ Conventions (so tests read without arithmetic):
 
 `apply_order` carries out a step with store_node's own membership rules
 (`membership.apply_to_region`, the epoch rules of `kvproto.epoch`), so a
-step the store could not take fails here too.
+step the store could not take fails here too. `step` has a region's leader
+carry out what the PD answers it (leaving a joint configuration at once, a
+learner caught up at once), and `settle` patrols, schedules and steps until
+nothing runs: the schedulers (`schedulers`, the default set) run only in
+`schedule` and `settle`, never in `patrol`.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from kvproto.metapb import (
 from kvproto.pdpb import PeerStats, StoreStats
 from placement_driver.cluster import Cluster
 from placement_driver.operator_controller import OperatorController
-from placement_driver.operators import Operator, OperatorTimeouts
+from placement_driver.operators import Operator, OperatorTimeouts, in_joint
 from placement_driver.regions import RegionRecord
+from placement_driver.schedulers import SchedulerController
 from placement_driver.storage import MemoryMetaStorage
 from raft.types import ConfChange
 from store_node import membership
@@ -75,8 +80,10 @@ class MockCluster:
             },
         )
         self.controller = OperatorController(16)
+        self.schedulers = SchedulerController()
         self._leaders: dict[RegionId, PeerId] = {}
         self._terms: dict[RegionId, int] = {}
+        self._sizes: dict[RegionId, int] = {}
 
     # -- building ----------------------------------------------------------------
 
@@ -129,10 +136,12 @@ class MockCluster:
         pending: Iterable[int] = (),
         conf_ver: int = 1,
         version: int = 1,
+        size: int = 0,
     ) -> Self:
         """A region with peers on these stores, reported by its leader
         (on store `leader`, default the first voter) at `now`; `pending`
-        are stores whose peer is catching up."""
+        are stores whose peer is catching up; `size` its approximate size
+        in bytes (reported from now on)."""
         voters, learners = tuple(voters), tuple(learners)
         peers = tuple(factories.peer(peer_id(region_id, s), s) for s in voters) + tuple(
             factories.learner(peer_id(region_id, s), s) for s in learners
@@ -146,6 +155,7 @@ class MockCluster:
             peers=peers,
         )
         self._leaders[region.id] = peer_id(region_id, voters[0] if leader is None else leader)
+        self._sizes[region.id] = size
         self.report(region, pending=[p for p in peers if p.store_id in set(pending)])
         return self
 
@@ -197,7 +207,8 @@ class MockCluster:
         voter) reports `region` at `now`."""
         rid = region.id
         if leader is not None:
-            self._leaders[rid] = peer_id(rid, leader)
+            on_store = region.peer_on_store(StoreId(leader))
+            self._leaders[rid] = peer_id(rid, leader) if on_store is None else on_store.id
             self._terms[rid] = self._terms.get(rid, 1) + 1
         leader_peer = region.find_peer(self._leaders[rid])
         assert leader_peer is not None
@@ -207,6 +218,7 @@ class MockCluster:
                 region,
                 leader_peer,
                 term=self._terms.setdefault(rid, 1),
+                approximate_size=self._sizes.get(rid, 0),
                 pending_peers=tuple(pending),
                 down_peers=tuple(PeerStats(p) for p in down),
             ),
@@ -228,6 +240,48 @@ class MockCluster:
     def patrol(self) -> list[Operator]:
         """One patrol; the operators it created."""
         return list(self.controller.patrol(self.cluster, self.now).created)
+
+    def schedule(self) -> list[Operator]:
+        """One run of the schedulers; the operators it created."""
+        return self.schedulers.run(self.cluster, self.controller, self.now)
+
+    def step(self, region_id: int) -> bool:
+        """The region's leader heartbeats and carries out what the PD
+        answers, as a store does: a conf change (a joint one left at once,
+        a new learner caught up at once), a leader transfer; then reports
+        the region. Whether it was told anything."""
+        region = self.region_of(region_id)
+        order = self.heartbeat(region)
+        if order is None:
+            return False
+        if order.transfer_leader is not None:
+            self.report(region, leader=order.transfer_leader.store_id)
+        else:
+            region = apply_order(region, order)
+            if in_joint(region):
+                region = leave_joint(region)
+            self.report(region)
+        return True
+
+    def settle(self, rounds: int = 500) -> int:
+        """Patrol, schedule and step every region with an operator, round
+        after round, until no operator runs after a patrol and a run of the
+        schedulers; the rounds it took."""
+        for n in range(rounds):
+            self.patrol()
+            self.schedule()
+            running = self.controller.running()
+            if not running:
+                return n
+            for op in running:
+                self.step(op.region_id)
+        raise AssertionError(f"still running after {rounds} rounds: {self.controller.running()}")
+
+    def leader_counts(self, stores: Iterable[int]) -> dict[int, int]:
+        return {s: self.cluster.store_leader_count(s) for s in stores}
+
+    def region_counts(self, stores: Iterable[int]) -> dict[int, int]:
+        return {s: self.cluster.store_region_count(s) for s in stores}
 
 
 # -- the store's side -------------------------------------------------------------------

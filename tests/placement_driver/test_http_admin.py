@@ -3,7 +3,7 @@ regions per store) and the admin token, over a real HTTP connection (h11
 over trio) to a PD whose stores are fakes (`FakeStores`: heartbeats that
 carry out the steps they are answered with).
 
-The PD here has the replica checker off (an administrator's operators are
+The PD here has the replica checker and the schedulers off (an administrator's operators are
 not limited, and nothing else starts operators) and long store timeouts
 (no store turns Disconnected while a test runs on a busy machine).
 

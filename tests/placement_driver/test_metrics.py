@@ -30,8 +30,13 @@ TIMEOUT = 10
 
 @pytest.fixture
 async def quiet_pd(tmp_path: Path) -> AsyncIterator[PdServer]:
-    """A PD whose replica checker makes no operators: only the test's."""
-    config = {**TEST_CLUSTER_CONFIG, "replica_schedule_limit": 0}
+    """A PD whose replica checker and schedulers make no operators: only the test's."""
+    config = {
+        **TEST_CLUSTER_CONFIG,
+        "replica_schedule_limit": 0,
+        "leader_schedule_limit": 0,
+        "region_schedule_limit": 0,
+    }
     async with open_pd(tmp_path / "pd", config=config, seed=7) as server:
         yield server
 
@@ -89,7 +94,8 @@ async def test_metrics_show_stores_regions_leaders_operators_and_heartbeats(
         split = {"kind": "admin", "type": "split-region"}
         assert m.get("shardkv_pd_operators_created_total", split) == 1
         assert m.get("shardkv_pd_operators_finished_total", {**split, "result": "success"}) == 1
-        assert m.labelled("shardkv_pd_operators_running", "kind") == {"admin": 0, "replica": 0}
+        running = m.labelled("shardkv_pd_operators_running", "kind")
+        assert running == {"admin": 0, "replica": 0, "leader": 0, "region": 0}
         assert m.types["shardkv_pd_scheduler_operators"] == "counter"
         # Every heartbeat is counted once, by result, and timed.
         ok = m.get("shardkv_pd_region_heartbeats_total", {"result": "ok"})

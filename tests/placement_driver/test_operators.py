@@ -362,7 +362,7 @@ def test_a_patrol_buries_offline_stores_that_hold_no_region() -> None:
 def test_influence_counts_the_steps_still_to_come() -> None:
     mc = three_stores().store(4).region(1, voters=(1, 2, 3)).down(3)
     op = mc.patrol()[0]
-    influence = mc.controller.influence()
+    influence = mc.controller.influence(mc.cluster)
     # A learner to add on store 4 (one snapshot in), a peer to remove on store 3.
     assert influence.region_delta == {4: 1, 3: -1}
     assert influence.snapshots_in == {4: 1}

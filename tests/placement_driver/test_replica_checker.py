@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from kvproto.metapb import Peer, PeerRole, RegionEpoch, StoreId, StoreState
 from placement_driver.operators import AddLearner, OperatorKind
-from placement_driver.replica_checker import OpInfluence, check_replicas
+from placement_driver.region_check import OpInfluence
+from placement_driver.replica_checker import check_replicas
 from tests.factories import learner
 from tests.placement_driver.mock_cluster import MockCluster, TiB, describe
 

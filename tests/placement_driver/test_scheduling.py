@@ -10,6 +10,7 @@ Disconnected after 2 s and Down after 6 s without heartbeat.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -181,7 +182,9 @@ async def test_the_replica_schedule_limit_is_respected(
 
             await fake.wait_until(all_replicated)
             assert peak == 1
-            assert len(pd.operator_controller.history()) == 1 + 4 * 2  # the split, 8 adds
+            # The split and 8 adds (balance-leader moves leaders meanwhile).
+            kinds = Counter(op.kind for op in pd.operator_controller.history())
+            assert (kinds[OperatorKind.ADMIN], kinds[OperatorKind.REPLICA]) == (1, 4 * 2)
 
 
 async def test_max_snapshot_count_limits_learners_per_store(
@@ -200,7 +203,7 @@ async def test_max_snapshot_count_limits_learners_per_store(
 
             def all_replicated() -> bool:
                 nonlocal peak
-                influence = pd.operator_controller.influence()
+                influence = pd.operator_controller.influence(pd.cluster)
                 peak = max(peak, *influence.snapshots_in.values(), 0)
                 return settled(pd) and all(
                     len(voters(fr.region)) == 3 for fr in fake.regions.values()
@@ -303,3 +306,40 @@ async def test_an_offline_store_is_drained_then_becomes_a_tombstone(
             await fake.wait_until(lambda: pd.cluster.get_store(s2).state == StoreState.TOMBSTONE)
             assert pd.operator_controller.history()[-1].desc == "replace-offline-peer"
             assert learners(fake.region(rid)) == []
+
+
+async def test_a_new_store_fills_with_regions_and_leaders_until_balanced(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(LIMIT * 2):
+        async with cluster(tmp_path, stores=3) as (pd, fake):
+            # Twelve regions with three voters each (leaders spread over stores 1-3).
+            rid = first_region_id(fake)
+            await fake.wait_until(lambda: len(voters(fake.region(rid))) == 3 and settled(pd))
+            pd.split_region(rid, tuple(b"%c" % c for c in b"bcdefghijkl"))
+
+            def replicated() -> bool:
+                return len(fake.regions) == 12 and all(
+                    len(voters(fr.region)) == 3 for fr in fake.regions.values()
+                )
+
+            await fake.wait_until(replicated)
+            s4 = await fake.add_store()
+
+            def spread(counts: list[int]) -> int:
+                return max(counts) - min(counts)
+
+            def balanced() -> bool:
+                c = pd.cluster
+                regions = [c.store_region_count(s) for s in fake.stores]
+                leaders = [c.store_leader_count(s) for s in fake.stores]
+                return settled(pd) and spread(regions) <= 2 and spread(leaders) <= 2
+
+            await fake.wait_until(balanced)
+            assert pd.cluster.store_region_count(s4) >= 8
+            assert pd.cluster.store_leader_count(s4) >= 2
+            assert replicated() and fake.refused == []
+            for fr in fake.regions.values():
+                assert len({p.store_id for p in fr.region.peers}) == len(fr.region.peers) == 3
+            descs = {op.desc for op in pd.operator_controller.history()}
+            assert {"balance-region", "balance-leader"} <= descs
