@@ -3,7 +3,10 @@ and the cluster tests' fixture.
 
 Each child is `python -m shardkv pd|store ...` with its own data directory
 and log file under the cluster's directory, on free 127.0.0.1 ports (a
-store's status port, `--status`, included: `StoreSpec.status_url`). On
+store's status port, `--status`, included: `StoreSpec.status_url`). With
+`hosts`, each store gets a loopback address of its own instead (127.0.0.2,
+127.0.0.3, ...: on Linux all of 127.0.0.0/8 is loopback) and listens,
+advertises and serves its status there, as if on a machine of its own. On
 Linux every child gets PR_SET_PDEATHSIG, so it dies with its parent even if
 the parent is SIGKILLed: no orphans. `aclose` stops children with SIGTERM
 (SIGKILL after a grace period).
@@ -189,11 +192,14 @@ class StoreSpec:
         return f"http://{self.status_address}"
 
     def set_address(self, flag: str, address: str) -> None:
-        """Change the address given to `flag` (--listen, --status)."""
+        """Change the address given to `flag` (--listen, --status); a
+        store that advertises its listen address advertises the new one."""
         i = self.child.args.index(flag)
         self.child.args[i + 1] = address
         if flag == "--listen":
             self.address = address
+            if "--advertise" in self.child.args:
+                self.set_address("--advertise", address)
         elif flag == "--status":
             self.status_address = address
 
@@ -210,6 +216,10 @@ class LocalCluster:
     # Extra flags (flag -> value) for every store and for the PD.
     store_flags: dict[str, str] = field(default_factory=dict)
     pd_flags: dict[str, str] = field(default_factory=dict)
+    # Store i listens, advertises and serves its status on hosts[i - 1]
+    # (stand-ins for machines); empty: every store on 127.0.0.1, without
+    # --advertise. The PD stays on 127.0.0.1.
+    hosts: tuple[str, ...] = ()
     python: str = sys.executable
     pd_address: str = ""
     http_address: str = ""
@@ -217,6 +227,8 @@ class LocalCluster:
     store_specs: list[StoreSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.hosts and len(self.hosts) < self.stores:
+            raise ValueError(f"{self.stores} stores need as many hosts, got {list(self.hosts)}")
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self.pd_address = f"127.0.0.1:{self.pd_port or free_port()}"
         self.http_address = f"127.0.0.1:{self.http_port or free_port()}"
@@ -235,19 +247,30 @@ class LocalCluster:
         for i in range(1, self.stores + 1):
             self.store_specs.append(self._store_spec(i))
 
-    def _store_spec(self, i: int) -> StoreSpec:
-        address = f"127.0.0.1:{free_port()}"
-        status = f"127.0.0.1:{free_port()}"
+    def _store_spec(self, i: int, host: str | None = None) -> StoreSpec:
+        if host is None and self.hosts:
+            if i > len(self.hosts):
+                raise ValueError(f"no host for store {i}: hosts are {list(self.hosts)}")
+            host = self.hosts[i - 1]
+        bind = host or "127.0.0.1"
+        address = f"{bind}:{free_port(bind)}"
+        status = f"{bind}:{free_port(bind)}"
         data_dir = self.root / f"store-{i}"
         args = ["store", "--data-dir", str(data_dir), "--listen", address, "--pd", self.pd_address]
+        if host is not None:
+            # What a store on a machine of its own is given: the address
+            # every other store and client dials (here the same as --listen).
+            args += ["--advertise", address]
         args += ["--status", status]
         for k, v in self.store_flags.items():
             args += [k, v]
         log_path = self.root / "logs" / f"store-{i}.log"
         return StoreSpec(i, address, data_dir, Child(f"store-{i}", args, log_path), status)
 
-    def add_store(self) -> StoreSpec:
-        spec = self._store_spec(len(self.store_specs) + 1)
+    def add_store(self, host: str | None = None) -> StoreSpec:
+        """One more store, on `host` (default: its entry in `hosts`, else
+        127.0.0.1); started by `start_store`."""
+        spec = self._store_spec(len(self.store_specs) + 1, host)
         self.store_specs.append(spec)
         return spec
 
