@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kvproto.metapb import StoreState
 from tests.sim.client import SimClient
@@ -45,6 +45,7 @@ CHAOS_WEIGHTS: dict[str, float] = {
     "bounce": 3,
     "decommission": 3,
     "clock_skew": 4,
+    "lull": 4,
 }
 # Flavors weight the actions a bug needs (mutation tests pick one).
 FLAVORS: dict[str | None, dict[str, float]] = {
@@ -60,6 +61,7 @@ FLAVORS: dict[str | None, dict[str, float]] = {
         "pause": 15,
         "transfer": 15,
         "lossy": 10,
+        "lull": 15,
     },
 }
 
@@ -76,8 +78,10 @@ class Chaos:
         *,
         flavor: str | None,
         power_loss: bool,
+        lull: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.world = world
+        self._lull = lull
         self.net = net
         self.pd = pd
         self.stores = stores
@@ -217,6 +221,14 @@ class Chaos:
                 self.world.log(f"chaos: {victim.name} resumed")
 
         self.world.at(rng.uniform(1.0, 4.0), resume)
+
+    def _act_lull(self, rng: random.Random) -> None:
+        """The clients pause long enough for idle regions to hibernate, while
+        the faults go on: sleeping regions meet crashes and partitions."""
+        seconds = rng.uniform(2.5, 5.0)
+        self._lull(seconds)
+        self.faults["lull"] += 1
+        self.world.log(f"chaos: clients lull for {seconds:.1f} s")
 
     def _act_deaf(self, rng: random.Random) -> None:
         """A store hears nothing from the others but they hear it (one

@@ -204,6 +204,7 @@ class Simulation:
             self.keyspace,
             flavor=options.flavor,
             power_loss=options.power_loss,
+            lull=self.workload.lull,
         )
 
     def bootstrap(self) -> None:
