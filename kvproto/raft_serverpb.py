@@ -14,6 +14,20 @@ from kvproto.metapb import Peer, Region, RegionEpoch, RegionId, StoreId
 from raft.types import Message
 
 
+class HibernateFlag(IntEnum):
+    """The hibernation handshake, carried on heartbeats (store_node.hibernate)."""
+
+    NONE = 0
+    # On a leader's heartbeat: the region is idle, sleep if you hold my log.
+    REQUEST = 1
+    # On a follower's heartbeat response: asleep, holding the leader's log.
+    ACK = 2
+    # On a heartbeat response a follower sends of itself: something woke it
+    # (a replica read, say); its leader wakes too, so heartbeats resume
+    # before the follower's election timer runs out.
+    WAKE = 3
+
+
 @wire(280)
 @dataclass(frozen=True, slots=True)
 class RaftMessage:
@@ -23,6 +37,7 @@ class RaftMessage:
     sender knows it, so that a store that has no peer for the region yet can
     decide whether to create one (and a stale sender can be told so).
     `is_tombstone` asks the receiver to destroy its peer (it was removed).
+    `hibernate`: the hibernation handshake (store_node.hibernate).
     """
 
     region_id: RegionId
@@ -33,15 +48,20 @@ class RaftMessage:
     start_key: bytes = b""
     end_key: bytes = b""
     is_tombstone: bool = False
+    hibernate: HibernateFlag = HibernateFlag.NONE
 
 
 @wire(281)
 @dataclass(frozen=True, slots=True)
 class RaftMessageBatch:
-    """Every message of one loop round from one store to another: one frame."""
+    """Every message of one loop round from one store to another: one frame.
+    Also the stores' liveness signal (store_node.hibernate): a batch may be
+    empty, and `incarnation` (drawn when the sender started) tells a
+    restart apart from a store that was merely quiet."""
 
     from_store: StoreId
     messages: tuple[RaftMessage, ...]
+    incarnation: int = 0
 
 
 class PeerState(IntEnum):

@@ -58,6 +58,11 @@ class StoreConfig:
         kind="duration",
         min=0.0,
     )
+    hibernate_regions: bool = setting(
+        True,
+        "idle regions stop ticking and heartbeating (2 election timeouts without work); "
+        "stores then watch each other's liveness instead",
+    )
     max_inflight_msgs: int = setting(256, "unacknowledged appends per follower", min=1)
     max_size_per_msg: int = setting(1 << 20, "entry bytes per append message", kind="size", min=1)
     max_entry_bytes: int = setting(
@@ -150,3 +155,8 @@ class CoreConfig:
     # next append or heartbeat, not from an empty append of their own.
     skip_bcast_commit: bool = True
     log_gc: LogGcConfig = field(default_factory=LogGcConfig)
+    # Hibernating regions (store_node.hibernate): a leader idle this many
+    # ticks asks its region to sleep (0: never); a store silent this many
+    # ticks wakes the sleeping peers that depend on it.
+    hibernate_after_ticks: int = 20
+    liveness_ticks: int = 10

@@ -160,6 +160,10 @@ class StoreNode:
                         lease_seconds=lease_duration(
                             cfg.election_ticks, cfg.tick_interval, cfg.lease_margin
                         ),
+                        hibernate_after_ticks=(
+                            2 * cfg.election_ticks if cfg.hibernate_regions else 0
+                        ),
+                        liveness_ticks=cfg.election_ticks,
                         log_gc=LogGcConfig(
                             threshold=cfg.raft_log_gc_threshold,
                             count_limit=cfg.raft_log_gc_count_limit,
@@ -174,7 +178,12 @@ class StoreNode:
                 for region_id in fresh_regions:
                     core.campaign(region_id)
                 self.core = core
-                self.transport = Transport(ident.store_id, nursery, self._resolve_store)
+                self.transport = Transport(
+                    ident.store_id,
+                    nursery,
+                    self._resolve_store,
+                    incarnation=random.SystemRandom().getrandbits(63),
+                )
                 worker = PdWorker(self, pd, cfg, self.metrics.observe_pd_heartbeat)
                 nursery.start_soon(self._run_loop)
                 nursery.start_soon(self._run_ticker)
@@ -251,6 +260,9 @@ class StoreNode:
         flushed = True
         for store_id, msgs in out.messages_now.items():
             flushed = transport.send(store_id, msgs) and flushed
+        for store_id in out.pings:
+            if not out.messages_now.get(store_id):
+                transport.send(store_id, [], ping=True)
         idle = self._recv_events.statistics().current_buffer_used == 0
         if must_block(self.engine, out, idle, flushed):
             outcomes = await trio.to_thread.run_sync(
@@ -520,6 +532,7 @@ class StoreNode:
         self.raft_messages_received += len(msgs)
 
         def step(core: StoreCore) -> None:
+            core.heard_from_store(batch.from_store, batch.incarnation)
             for m in msgs:
                 core.step_raft(m)
 

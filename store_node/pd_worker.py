@@ -120,6 +120,7 @@ class PdWorker:
         return [
             region_heartbeat_request(
                 p,
+                core.heard_ticks(p),
                 core.ticks,
                 self.config.tick_interval,
                 down_after_ticks=2 * self.config.election_ticks,
@@ -218,10 +219,16 @@ PD_ORDER = "pd-order"
 
 
 def region_heartbeat_request(
-    peer: Peer, now_tick: int, tick_interval: float, down_after_ticks: int
+    peer: Peer,
+    heard: dict[PeerId, int],
+    now_tick: int,
+    tick_interval: float,
+    down_after_ticks: int,
 ) -> pdpb.RegionHeartbeatRequest:
     """What the leader of a region tells the PD about it: a follower not heard
-    from for `down_after_ticks` is down (for how long, in seconds); one
+    from for `down_after_ticks` (by `heard`, `StoreCore.heard_ticks`: a
+    sleeping leader hears its followers' stores) is down (for how long, in
+    seconds); one
     catching up by snapshot, or behind the truncated log, is pending; the
     client traffic since the previous heartbeat (`Peer.flow`), which starts
     again from zero. The interval is in store ticks, as down times are: in
@@ -235,7 +242,7 @@ def region_heartbeat_request(
         meta = peer.region.find_peer(PeerId(node_id))
         if meta is None:
             continue
-        silent = now_tick - peer.last_heard.setdefault(meta.id, now_tick)
+        silent = now_tick - heard.setdefault(meta.id, now_tick)
         if silent >= down_after_ticks:
             down.append(pdpb.PeerStats(meta, down_seconds=int(silent * tick_interval)))
     pending = peer.pending_peers()

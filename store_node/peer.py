@@ -175,6 +175,13 @@ class Peer:
     # Counted only while leader (the leader reports it), from zero at each
     # leader change.
     flow: Flow = field(default_factory=Flow)
+    # Hibernation (store_node.hibernate): not ticked while asleep; a leader
+    # counts its idle ticks, asks to sleep once it has enough
+    # (`wants_sleep`), and sleeps when every other member acked.
+    asleep: bool = False
+    idle_ticks: int = 0
+    wants_sleep: bool = False
+    sleep_acks: set[PeerId] = field(default_factory=set)
 
     def pending_peers(self) -> list[PeerMeta]:
         """The members a leader would report pending: catching up by

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvproto.metapb import PeerId, Region, RegionId, StoreId
-from kvproto.raft_serverpb import RaftMessage
+from kvproto.raft_serverpb import HibernateFlag, RaftMessage
 from raft.node import Ready
 from raft.types import Message, MessageType
 from store_node.apply import ApplyTask
 from store_node.engine import WriteBatch
+from store_node.hibernate import flag_for
 from store_node.peer import Peer, Reply, Token
 from store_node.records import ApplyState
 from store_node.region_tasks import DestroyTask, SnapshotTask
@@ -65,9 +66,20 @@ class RoundOutput:
     fsync_seconds: float | None = None
     apply_seconds: float | None = None
 
-    def route(self, peer: Peer, m: Message, into: dict[StoreId, list[RaftMessage]]) -> None:
+    # Stores to send a liveness batch to (an empty one if nothing else goes
+    # there this round): store_node.hibernate.
+    pings: list[StoreId] = field(default_factory=list)
+
+    def route(
+        self,
+        peer: Peer,
+        m: Message,
+        into: dict[StoreId, list[RaftMessage]],
+        flag: HibernateFlag | None = None,
+    ) -> None:
         """Address `m` from `peer` to its destination store in `into`; a
-        snapshot goes to `snapshot_sends` with the file generated for it."""
+        snapshot goes to `snapshot_sends` with the file generated for it.
+        `flag`: the hibernation flag (default: `hibernate.flag_for`)."""
         to = peer.peer_cache.get(PeerId(m.to))
         if to is None:
             log.debug("region %d: no store known for peer %d; dropped", peer.region_id, m.to)
@@ -81,6 +93,7 @@ class RoundOutput:
             message=m,
             start_key=region.start_key,
             end_key=region.end_key,
+            hibernate=flag_for(peer, m) if flag is None else flag,
         )
         if m.type == MessageType.SNAPSHOT:
             generated = peer.storage.generated

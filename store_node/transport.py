@@ -35,8 +35,12 @@ class Transport:
         *,
         queue_size: int = 1024,
         rng: random.Random | None = None,
+        incarnation: int = 0,
     ) -> None:
         self.store_id = store_id
+        # Stamped on every batch: the receivers tell a restart of this store
+        # from a quiet spell by it (store_node.hibernate).
+        self.incarnation = incarnation
         self._nursery = nursery
         self._resolve = resolve
         self._queue_size = queue_size
@@ -48,16 +52,17 @@ class Transport:
         self.sent_frames = 0
         self.sent_messages = 0
 
-    def send(self, store_id: StoreId, messages: list[RaftMessage]) -> bool:
+    def send(self, store_id: StoreId, messages: list[RaftMessage], *, ping: bool = False) -> bool:
         """Send `messages` to `store_id`; True if they were handed to the
         connection now (rather than queued for the sender task).
 
         When the store's sender is idle and connected, the batch is encoded
         and written here: the round's messages are on their way before the
         loop does anything else (a leader's fsync, say), and skip a task
-        switch. Otherwise the sender task coalesces and sends them.
+        switch. Otherwise the sender task coalesces and sends them. With
+        `ping`, an empty batch goes too: this store's liveness signal.
         """
-        if not messages:
+        if not messages and not ping:
             return True
         q = self._queues.get(store_id)
         if q is None:
@@ -69,7 +74,7 @@ class Transport:
         if stats.current_buffer_used == 0 and stats.tasks_waiting_receive and conn is not None:
             live = conn.current
             if live is not None and live.try_send_oneway(
-                RaftMessageBatch(self.store_id, tuple(messages))
+                RaftMessageBatch(self.store_id, tuple(messages), self.incarnation)
             ):
                 self.sent_frames += 1
                 self.sent_messages += len(messages)
@@ -112,7 +117,9 @@ class Transport:
                     )
                     self._conns[store_id] = conn
                 try:
-                    await conn.send_oneway(RaftMessageBatch(self.store_id, tuple(msgs)))
+                    await conn.send_oneway(
+                        RaftMessageBatch(self.store_id, tuple(msgs), self.incarnation)
+                    )
                     self.sent_frames += 1
                     self.sent_messages += len(msgs)
                 except RpcCallError as e:

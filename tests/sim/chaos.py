@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kvproto.metapb import StoreState
+from tests.sim import end_checks
 from tests.sim.client import SimClient
 from tests.sim.pd import SimPd
 from tests.sim.store import SimStore
@@ -45,11 +46,15 @@ CHAOS_WEIGHTS: dict[str, float] = {
     "bounce": 3,
     "decommission": 3,
     "clock_skew": 4,
+    "lull": 4,
+    "outage": 0,
 }
 # Flavors weight the actions a bug needs (mutation tests pick one).
 FLAVORS: dict[str | None, dict[str, float]] = {
     "leaders": {"pause": 30, "partition_leader": 20, "deaf": 20, "transfer": 20, "lossy": 10},
     "bounces": {"bounce": 40, "move": 20},
+    # Idle regions asleep when a store dies for long: they must elect anew.
+    "outages": {**dict.fromkeys(CHAOS_WEIGHTS, 0.0), "lull": 50, "outage": 20, "crash": 10},
     "deaf": {"deaf": 100, "split": 0, "move": 0, "bounce": 0, "decommission": 0},
     "crashes": {"crash_mid_fsync": 80, "power_loss": 10, "power_loss_all": 10},
     # Deposed leaders serving some clients while others find the successor.
@@ -60,6 +65,7 @@ FLAVORS: dict[str | None, dict[str, float]] = {
         "pause": 15,
         "transfer": 15,
         "lossy": 10,
+        "lull": 15,
     },
 }
 
@@ -76,8 +82,10 @@ class Chaos:
         *,
         flavor: str | None,
         power_loss: bool,
+        lull: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.world = world
+        self._lull = lull
         self.net = net
         self.pd = pd
         self.stores = stores
@@ -93,6 +101,8 @@ class Chaos:
         self._weights = [weights[n] for n in self._names]
         self._offline: int | None = None
         self._bouncing = False
+        # Regions found without a leader by an outage's probe.
+        self.leaderless: list[str] = []
 
     def start(self) -> None:
         self.active = True
@@ -217,6 +227,35 @@ class Chaos:
                 self.world.log(f"chaos: {victim.name} resumed")
 
         self.world.at(rng.uniform(1.0, 4.0), resume)
+
+    def _act_outage(self, rng: random.Random) -> None:
+        """A store dies for long (6 to 10 s) on an otherwise calm cluster:
+        5 s later, every region with a quorum of voters up must have a
+        leader again, asleep or not when it happened (a probe records the
+        ones that have not in `leaderless`)."""
+        if self._down():
+            return
+        victim = rng.choice(list(self.stores.values()))
+        victim.stop(power_loss=False)
+        self.faults["outage"] += 1
+        self.world.log(f"chaos: {victim.name} down for long")
+
+        def probe() -> None:
+            if victim.up or self._down() != [victim] or not self.active:
+                return  # something else happened meanwhile: no verdict
+            for rid in end_checks.leaderless(self.stores):
+                self.leaderless.append(f"region {rid}, {victim.name} down for 5 s")
+
+        self.world.at(5.0, probe)
+        self.world.at(rng.uniform(6.0, 10.0), self._restart, victim)
+
+    def _act_lull(self, rng: random.Random) -> None:
+        """The clients pause long enough for idle regions to hibernate, while
+        the faults go on: sleeping regions meet crashes and partitions."""
+        seconds = rng.uniform(2.5, 5.0)
+        self._lull(seconds)
+        self.faults["lull"] += 1
+        self.world.log(f"chaos: clients lull for {seconds:.1f} s")
 
     def _act_deaf(self, rng: random.Random) -> None:
         """A store hears nothing from the others but they hear it (one

@@ -204,6 +204,7 @@ class Simulation:
             self.keyspace,
             flavor=options.flavor,
             power_loss=options.power_loss,
+            lull=self.workload.lull,
         )
 
     def bootstrap(self) -> None:
@@ -271,6 +272,11 @@ class Simulation:
             events=self.world.events,
             store_stats=sum((st.stats() for st in self.stores.values()), Counter()),
         )
+        if self.chaos.leaderless:
+            self._fail(
+                "regions without a leader while a quorum was up",
+                "\n".join(self.chaos.leaderless[:20]),
+            )
         if self.workload.unexpected:
             self._fail("unexpected errors", "\n".join(self.workload.unexpected[:20]))
         result = check(self.history)

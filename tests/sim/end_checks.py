@@ -12,7 +12,7 @@ import itertools
 import zlib
 from collections.abc import Mapping
 
-from kvproto.metapb import Region
+from kvproto.metapb import PeerRole, Region
 from store_node import keys
 from store_node.engine import Engine, scan_cursor
 from tests.sim.store import SimStore
@@ -55,6 +55,33 @@ def converged(stores: Mapping[int, SimStore]) -> bool:
         key=lambda r: r.start_key,
     )
     return tiles(regions) is None
+
+
+def leaderless(stores: Mapping[int, SimStore]) -> list[int]:
+    """Regions whose voters are mostly on stores that are up, none of which
+    leads them (the stores up may be partitioned: call it on a calm
+    network). A region's shape is the newest epoch an up store knows."""
+    up = {s.store_id: s.core for s in stores.values() if s.core is not None}
+    newest: dict[int, Region] = {}
+    led: set[int] = set()
+    for core in up.values():
+        for rid, peer in core.peers.items():
+            if not peer.initialized:
+                continue
+            known = newest.get(rid)
+            if known is None or (peer.region.epoch.conf_ver, peer.region.epoch.version) > (
+                known.epoch.conf_ver,
+                known.epoch.version,
+            ):
+                newest[rid] = peer.region
+            if peer.is_leader():
+                led.add(rid)
+    out = []
+    for rid, region in sorted(newest.items()):
+        voters = [p for p in region.peers if p.role == PeerRole.VOTER]
+        if rid not in led and 2 * sum(p.store_id in up for p in voters) > len(voters):
+            out.append(rid)
+    return out
 
 
 def differing_replicas(stores: Mapping[int, SimStore]) -> tuple[str, str] | None:

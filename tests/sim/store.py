@@ -194,11 +194,12 @@ class SimStore:
         self._events.append(event)
         self._nudge()
 
-    def receive(self, msgs: Sequence[RaftMessage]) -> None:
+    def receive(self, msgs: Sequence[RaftMessage], from_store: StoreId, incarnation: int) -> None:
         if not self.up:
             return
 
         def step(core: StoreCore) -> None:
+            core.heard_from_store(from_store, incarnation)
             for m in msgs:
                 core.step_raft(m)
 
@@ -278,7 +279,7 @@ class SimStore:
 
     def _start_round(self, core: StoreCore) -> None:
         out = core.end_round(self.monotonic())
-        self._send(out.messages_now)
+        self._send(out.messages_now, out.pings)
         self._in_round = True
         fsync = self.world.rng.uniform(0.0002, 0.001) if out.raft_batch.ops else 0.00002
         self.world.at(fsync, self._finish_round, self.incarnation, out)
@@ -314,11 +315,20 @@ class SimStore:
         if self._events or core.has_work():
             self._nudge()
 
-    def _send(self, by_store: dict[StoreId, list[RaftMessage]]) -> None:
-        for store_id, msgs in by_store.items():
+    def _send(
+        self, by_store: dict[StoreId, list[RaftMessage]], pings: Sequence[StoreId] = ()
+    ) -> None:
+        """Each store's batch (an empty one, this store's liveness, to the
+        stores in `pings` that get nothing else), stamped with this life's
+        incarnation as the store's transport stamps its own."""
+        for store_id in sorted(set(by_store) | set(pings)):
+            msgs = by_store.get(store_id, [])
+            if not msgs and store_id not in pings:
+                continue
             target = self.others.get(store_id)
             if target is not None:
-                self.net.datagram(self.name, target.name, partial(target.receive, msgs))
+                deliver = partial(target.receive, msgs, self.store_id, self.incarnation)
+                self.net.datagram(self.name, target.name, deliver)
 
     # -- timers -----------------------------------------------------------------------
 
@@ -448,7 +458,11 @@ class SimStore:
             return
         inc = self.incarnation
         request = region_heartbeat_request(
-            peer, core.ticks, TICK, down_after_ticks=2 * self.config.election_ticks
+            peer,
+            core.heard_ticks(peer),
+            core.ticks,
+            TICK,
+            down_after_ticks=2 * self.config.election_ticks,
         )
 
         def on_answer(resp: object | None) -> None:

@@ -60,6 +60,9 @@ class Workload:
         self.running = 0
         self.active = False
         self._values = itertools.count(1)
+        # No client starts a call before this (virtual) time: a lull, long
+        # enough for idle regions to hibernate (store_node.hibernate).
+        self.lull_until = 0.0
 
     def start(self) -> None:
         self.active = True
@@ -70,10 +73,19 @@ class Workload:
         """No new calls; those running go on to their end."""
         self.active = False
 
+    def lull(self, seconds: float) -> None:
+        """Every client pauses between calls until `seconds` from now."""
+        self.lull_until = max(self.lull_until, self.world.now + seconds)
+
     def _next_op(self, client: SimClient) -> None:
         if not self.active:
             return
         rng = self.world.rng
+        if self.world.now < self.lull_until:
+            self.world.at(
+                self.lull_until - self.world.now + rng.uniform(0, 0.05), self._next_op, client
+            )
+            return
         call, op = self._choose(client, rng.random())
         op_id = self.history.invoke(client.client_id, call, self.world.now)
         self.running += 1

@@ -55,11 +55,15 @@ class CoreCluster:
         self.snapshots_delivered: list[tuple[int, int, int]] = []
         # Ids for split regions and peers (the PD's AllocID).
         self.next_id = 1000
-        # Fault injection: drop a message when this says so.
+        # Fault injection: drop a message when this says so; (from, to)
+        # store pairs that hear nothing of each other.
         self.drop: Callable[[RaftMessage], bool] | None = None
+        self.cut: set[tuple[int, int]] = set()
         self.split_limits: tuple[int, int] | None = None
         # The stores' monotonic clock (leases), advanced by the test.
         self.now = 0.0
+        # Each store's life, stamped on what it sends (store liveness).
+        self.incarnations: dict[int, int] = {}
         for s in store_ids:
             self.start(s)
 
@@ -71,6 +75,7 @@ class CoreCluster:
             core.add_peer(region, apply_state, restarted=True)
         self.engines[store_id] = engine
         self.cores[store_id] = core
+        self.incarnations[store_id] = self.incarnations.get(store_id, 0) + 1
         self.snap_dirs[store_id] = SnapDir(self.root / f"s{store_id}" / "snap")
         self.snap_dirs[store_id].clear_stale()
         self.down.discard(store_id)
@@ -100,9 +105,9 @@ class CoreCluster:
         if not core.has_work():
             return False
         out = core.end_round(self.now)
-        self._deliver(out.messages_now)
+        self._deliver(store_id, out.messages_now, out.pings)
         outcomes = persist_and_apply(self.engines[store_id], out)
-        self._deliver(out.messages_after_persist)
+        self._deliver(store_id, out.messages_after_persist)
         for r in core.after_persist(out, outcomes):
             self.replies[r.token] = r
         for path in out.obsolete_files:
@@ -150,14 +155,29 @@ class CoreCluster:
         self.snapshots_delivered.append((from_store, to_store, msg.region_id))
         return True
 
-    def _deliver(self, by_store: dict) -> None:
-        for store_id, msgs in by_store.items():
+    def _deliver(self, from_store: int, by_store: dict, pings: Sequence[int] = ()) -> None:
+        """Each store's batch, as the transport sends it: with the sender's
+        incarnation, and empty to the stores in `pings` that get nothing
+        else; a store in `cut` hears nothing from `from_store`."""
+        incarnation = self.incarnations[from_store]
+        for store_id in sorted(set(by_store) | set(pings)):
+            msgs = by_store.get(store_id, [])
             core = self.cores.get(store_id)
-            if core is None:
+            if core is None or (not msgs and store_id not in pings):
                 continue
+            if (from_store, store_id) in self.cut:
+                continue
+            core.heard_from_store(StoreId(from_store), incarnation)
             for m in msgs:
                 if self.drop is None or not self.drop(m):
                     core.step_raft(m)
+
+    def isolate(self, *stores: int) -> None:
+        """Cut `stores` off from the others: every Raft message to or from
+        them is dropped, and so is their liveness (store_node.hibernate)."""
+        self.drop = lambda m: m.to_peer.store_id in stores or m.from_peer.store_id in stores
+        pairs = {(a, b) for a in stores for b in self.cores if b not in stores}
+        self.cut |= pairs | {(b, a) for a, b in pairs}
 
     def stabilize(self, max_rounds: int = 1000) -> None:
         for _ in range(max_rounds):

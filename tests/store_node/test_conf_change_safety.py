@@ -20,7 +20,7 @@ CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2)
 def cut_off(c: CoreCluster, *stores: int) -> None:
     """Drop every Raft message to or from `stores`, for longer than an
     election timeout: the leader's CheckQuorum no longer sees them active."""
-    c.drop = lambda m: m.to_peer.store_id in stores or m.from_peer.store_id in stores
+    c.isolate(*stores)
     c.tick(2 * CONFIG.election_ticks)
 
 

@@ -33,7 +33,9 @@ def write(c: CoreCluster, token: str, *ops: WriteOp) -> None:
 
 def heartbeat(c: CoreCluster, store: int) -> pdpb.RegionHeartbeatRequest:
     core = c.cores[store]
-    return region_heartbeat_request(core.peers[1], core.ticks, TICK, down_after_ticks=20)
+    return region_heartbeat_request(
+        core.peers[1], core.peers[1].last_heard, core.ticks, TICK, down_after_ticks=20
+    )
 
 
 def flow(req: pdpb.RegionHeartbeatRequest) -> tuple[int, int, int, int]:

@@ -152,7 +152,7 @@ def test_a_learner_serves_follower_reads(tmp_path: Path) -> None:
 def test_a_follower_that_knows_no_leader_answers_not_leader(c: CoreCluster) -> None:
     f = a_follower(c)
     # Cut off, the follower campaigns and cannot win: it knows no leader.
-    c.drop = lambda m: f in (m.to_peer.store_id, m.from_peer.store_id)
+    c.isolate(f)
     c.tick(3 * CONFIG.election_ticks)
     assert c.cores[f].peers[1].node.leader_id == 0
     ask(c, f, "r", FOLLOWER)

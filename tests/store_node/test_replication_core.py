@@ -134,12 +134,16 @@ def test_the_leader_reports_a_silent_follower_as_down(tmp_path: Path) -> None:
     c = bootstrapped(tmp_path, [1, 2, 3], CONFIG)
     leader_store, _ = c.leader_of(1)
     leader = c.cores[leader_store].peers[1]
-    req = region_heartbeat_request(leader, c.cores[leader_store].ticks, 0.1, down_after_ticks=20)
+    req = region_heartbeat_request(
+        leader, leader.last_heard, c.cores[leader_store].ticks, 0.1, down_after_ticks=20
+    )
     assert req.down_peers == ()
     silent = next(s for s in (3, 2) if s != leader_store)
     c.stop(silent)
     c.tick(25)
-    req = region_heartbeat_request(leader, c.cores[leader_store].ticks, 0.1, down_after_ticks=20)
+    req = region_heartbeat_request(
+        leader, leader.last_heard, c.cores[leader_store].ticks, 0.1, down_after_ticks=20
+    )
     assert [d.peer.store_id for d in req.down_peers] == [silent]
     assert req.down_peers[0].down_seconds >= 2
 
@@ -160,12 +164,16 @@ def test_a_learner_reported_pending_is_reported_again_once_it_caught_up(
     # (it needs a snapshot: the log is truncated).
     assert 1 in leader.heartbeat_due
     leader.take_heartbeat_due()
-    req = region_heartbeat_request(leader.peers[1], leader.ticks, 0.1, down_after_ticks=20)
+    req = region_heartbeat_request(
+        leader.peers[1], leader.peers[1].last_heard, leader.ticks, 0.1, down_after_ticks=20
+    )
     assert [p.id for p in req.pending_peers] == [22]
     c.tick(10)
     assert c.cores[2].peers[1].initialized
     # Caught up: the PD must hear of it now (the operator's AddLearner step
     # is done only then), not at the next periodic heartbeat.
     assert 1 in leader.heartbeat_due
-    req = region_heartbeat_request(leader.peers[1], leader.ticks, 0.1, down_after_ticks=20)
+    req = region_heartbeat_request(
+        leader.peers[1], leader.peers[1].last_heard, leader.ticks, 0.1, down_after_ticks=20
+    )
     assert req.pending_peers == ()

@@ -211,7 +211,7 @@ def test_reads_forwarded_by_followers_never_merge_with_the_leaders(tmp_path: Pat
     # lead) and flushed in the next round: queued as admission leaves them.
     for store in (leader_store, follower):
         c.cores[store].peers[1].queued_reads.append(("read", store))
-        c.cores[store]._dirty.add(1)
+        c.cores[store]._touch(1)
     # Hold the leader's heartbeat round open until the forwarded read is in.
     c.drop = lambda m: m.message.type == MessageType.HEARTBEAT_RESPONSE
     c.stabilize()
@@ -231,12 +231,12 @@ def test_a_read_with_no_leader_to_forward_to_is_answered_at_once(tmp_path: Path)
     leader_store, _ = c.leader_of(1)
     follower = next(s for s in (1, 2, 3) if s != leader_store)
     # Cut off, the follower campaigns and cannot win: it knows no leader.
-    c.drop = lambda m: follower in (m.to_peer.store_id, m.from_peer.store_id)
+    c.isolate(follower)
     c.tick(3 * CONFIG.election_ticks)
     peer = c.cores[follower].peers[1]
     assert peer.node.leader_id == 0
     peer.queued_reads.append(("read", 1))
-    c.cores[follower]._dirty.add(1)
+    c.cores[follower]._touch(1)
     c.run_round(follower)
     reply = c.replies.get(("read", 1))
     assert reply is not None and isinstance(reply.value, NotLeader)
@@ -249,7 +249,7 @@ def test_a_forwarded_read_whose_answer_is_lost_is_answered_after_a_timeout(
     leader_store, _ = c.leader_of(1)
     follower = next(s for s in (1, 2, 3) if s != leader_store)
     c.cores[follower].peers[1].queued_reads.append(("read", 2))
-    c.cores[follower]._dirty.add(1)
+    c.cores[follower]._touch(1)
     c.drop = lambda m: m.message.type == MessageType.READ_INDEX
     c.stabilize()
     c.tick(2 * CONFIG.election_ticks - 1)
