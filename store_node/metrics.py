@@ -162,12 +162,13 @@ class StoreCollector(Collector):
 
 
 def _peer_gauges(core: StoreCore) -> Iterator[Metric]:
-    regions = leaders = entries = log_bytes = 0
+    regions = leaders = asleep = entries = log_bytes = 0
     for peer in core.peers.values():
         if not peer.initialized:
             continue
         regions += 1
         leaders += peer.is_leader()
+        asleep += peer.asleep
         entries += peer.storage.log_entries()
         log_bytes += peer.storage.log_bytes
     yield GaugeMetricFamily(
@@ -175,6 +176,11 @@ def _peer_gauges(core: StoreCore) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "shardkv_store_leaders", "Regions whose peer on this store leads", value=leaders
+    )
+    yield GaugeMetricFamily(
+        "shardkv_store_regions_asleep",
+        "Regions whose peer on this store hibernates (store_node.hibernate)",
+        value=asleep,
     )
     yield GaugeMetricFamily(
         "shardkv_store_raft_log_entries",

@@ -230,3 +230,16 @@ def test_a_stale_read_on_a_sleeping_follower_wakes_its_leader_too(c: CoreCluster
         c.tick()
         assert (f.node.role, f.node.leader_id) == (Role.FOLLOWER, found[1].id)
     assert c.cores[leader].peers[1].node.term == term
+
+
+def test_the_metrics_count_the_sleeping_regions_and_the_naps(c: CoreCluster) -> None:
+    from store_node.metrics import _peer_gauges
+
+    core = c.cores[1]
+    gauges = {m.name: m.samples[0].value for m in _peer_gauges(core)}
+    assert gauges["shardkv_store_regions_asleep"] == 1
+    assert core.stats["hibernations"] >= 1
+    assert write(c, "w", b"a")
+    gauges = {m.name: m.samples[0].value for m in _peer_gauges(core)}
+    assert gauges["shardkv_store_regions_asleep"] == 0
+    assert core.stats["wakeups"] >= 1
