@@ -45,19 +45,19 @@ from kvproto.raft_cmdpb import (
     ChangePeerRequest,
     WriteOp,
 )
-from kvproto.raft_serverpb import HibernateFlag, RaftMessage
+from kvproto.raft_serverpb import RaftMessage
 from plumbing.logs import log_fields
 from raft.config import Config as RaftConfig
 from raft.errors import (
     ConfChangeError,
 )
 from raft.node import Ready
-from raft.types import Message, MessageType, Role, Snapshot
-from store_node import commands, hibernate, membership, queries, snapshot_control
+from raft.types import MessageType, Role, Snapshot
+from store_node import commands, membership, queries, snapshot_control
 from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
-from store_node.hibernate import StoreLiveness
+from store_node.hibernate import Hibernation
 from store_node.log_gc import truncate_point, write_truncations
 from store_node.peer import Flow, Peer, ReadPermit, Reply, Token
 from store_node.peer_life import (
@@ -76,9 +76,6 @@ from store_node.snapshot_control import ReceivedSnapshots
 from store_node.split_control import SplitControl
 
 log = logging.getLogger(__name__)
-
-# How often the stores watched for sleeping peers are recomputed (ticks).
-_REWATCH_TICKS = 600
 
 
 class StoreCore:
@@ -115,13 +112,14 @@ class StoreCore:
         # The wall clock as of the latest tick (milliseconds since the epoch).
         self.now_ms = 0
         self.splits = SplitControl()
-        # Regions whose peer is awake (ticked): see store_node.hibernate.
-        self._awake: set[int] = set()
-        self.liveness = StoreLiveness()
-        # Liveness pings are due with the next round.
-        self._pings = False
-        # Followers woken here whose leader may still sleep: told this round.
-        self._wake_leader: set[int] = set()
+        # Which peers are awake (ticked), and the stores' liveness.
+        self.hibernation = Hibernation(
+            self.peers,
+            self.stats,
+            after_ticks=self.config.hibernate_after_ticks,
+            liveness_ticks=self.config.liveness_ticks,
+            heartbeat_ticks=self.config.heartbeat_ticks,
+        )
 
     # -- peers -------------------------------------------------------------
 
@@ -199,103 +197,29 @@ class StoreCore:
             self.now_ms = now_ms
         self.splits.on_tick()
         expire_before = self.ticks - 2 * self.config.election_ticks
-        for rid in sorted(self._awake):
-            peer = self.peers.get(rid)
-            if peer is None or peer.asleep:
-                self._awake.discard(rid)
-                continue
+        for peer in self.hibernation.to_tick():
             peer.node.tick()
             self._replies.extend(queries.expire_reads(peer, expire_before))
-            self._dirty.add(rid)
-            if self.config.hibernate_after_ticks:
-                self._count_idle(peer)
-        self._check_liveness()
-
-    def _count_idle(self, peer: Peer) -> None:
-        """A leader's idle ticks; asleep once idle long enough and acked."""
-        if not peer.is_leader() or not hibernate.leader_idle(peer):
-            self._reset_idle(peer)
-            return
-        peer.idle_ticks += 1
-        if peer.idle_ticks < self.config.hibernate_after_ticks:
-            return
-        peer.wants_sleep = True
-        others = {p.id for p in peer.region.peers if p.id != peer.meta.id}
-        if others <= peer.sleep_acks:
-            self._sleep(peer)
-
-    @staticmethod
-    def _reset_idle(peer: Peer) -> None:
-        peer.idle_ticks = 0
-        peer.wants_sleep = False
-        peer.sleep_acks.clear()
-
-    def _sleep(self, peer: Peer) -> None:
-        peer.asleep = True
-        self._awake.discard(peer.region_id)
-        self.liveness.watch(hibernate.watched_stores(peer), self.ticks)
-        self.stats["hibernations"] += 1
-
-    def _wake(self, peer: Peer, *, tell_leader: bool = True) -> None:
-        if peer.asleep:
-            if peer.is_leader():
-                # Its followers were heard through their stores meanwhile.
-                peer.last_heard.update(self.heard_ticks(peer))
-            elif tell_leader and peer.node.leader_id:
-                self._wake_leader.add(peer.region_id)
-            peer.asleep = False
-            self.stats["wakeups"] += 1
-        self._awake.add(peer.region_id)
-        self._reset_idle(peer)
+            self._dirty.add(peer.region_id)
+            self.hibernation.ticked(peer, self.ticks)
+        for rid in self.hibernation.check_liveness(self.ticks):
+            self._touch(rid)
 
     def _touch(self, region_id: int) -> None:
         """Something happened to the region: run it this round, awake."""
         self._dirty.add(region_id)
         peer = self.peers.get(region_id)
         if peer is not None:
-            self._wake(peer)
+            self.hibernation.wake(peer)
 
     def heard_ticks(self, peer: Peer) -> dict[PeerId, int]:
-        """When each other member was last heard from (store ticks): a
-        sleeping leader hears its followers through their stores."""
-        if not peer.asleep:
-            return peer.last_heard
-        heard = dict(peer.last_heard)
-        for p in peer.region.peers:
-            seen = self.liveness.heard_tick(p.store_id)
-            if p.id != peer.meta.id and seen is not None:
-                heard[p.id] = max(heard.get(p.id, seen), seen)
-        return heard
+        """When each other member was last heard from (store ticks)."""
+        return self.hibernation.heard_ticks(peer)
 
     def heard_from_store(self, store_id: StoreId, incarnation: int) -> None:
         """A batch from `store_id` arrived (its liveness, store_node.hibernate)."""
-        if self.liveness.heard(store_id, incarnation, self.ticks):
-            self._wake_dependents(store_id, "restarted")
-
-    def _check_liveness(self) -> None:
-        if not self.liveness.watched:
-            return
-        if self.ticks % self.config.heartbeat_ticks == 0:
-            self._pings = True
-        if self.ticks % _REWATCH_TICKS == 0:
-            # Forget the stores no sleeping peer depends on any more.
-            still: set[StoreId] = set()
-            for peer in self.peers.values():
-                if peer.asleep:
-                    still |= hibernate.watched_stores(peer)
-            self.liveness.watched &= still
-        for store_id in self.liveness.newly_silent(self.ticks, self.config.liveness_ticks):
-            self._wake_dependents(store_id, "silent")
-
-    def _wake_dependents(self, store_id: StoreId, why: str) -> None:
-        woken = 0
-        for rid in sorted(self.peers):
-            peer = self.peers[rid]
-            if peer.asleep and hibernate.depends_on(peer, store_id):
-                self._touch(rid)
-                woken += 1
-        if woken:
-            log.info("store %d %s: %d sleeping regions woken", store_id, why, woken)
+        for rid in self.hibernation.heard_from_store(store_id, incarnation, self.ticks):
+            self._touch(rid)
 
     def step_raft(self, msg: RaftMessage) -> None:
         """Handle a Raft message from another store: create the peer it is for
@@ -315,21 +239,9 @@ class StoreCore:
             return
         peer.peer_cache[msg.from_peer.id] = msg.from_peer
         peer.last_heard[msg.from_peer.id] = self.ticks
-        m = msg.message
-        peer.node.step(m)
+        peer.node.step(msg.message)
         self._dirty.add(msg.region_id)
-        if msg.hibernate == HibernateFlag.WAKE:
-            self._wake(peer)
-        elif m.type == MessageType.HEARTBEAT_RESPONSE:
-            # Neither wakes a leader nor ends its idleness: they come every
-            # heartbeat. An ACK counts towards its sleep.
-            if msg.hibernate == HibernateFlag.ACK and peer.wants_sleep:
-                peer.sleep_acks.add(msg.from_peer.id)
-        elif msg.hibernate == HibernateFlag.REQUEST and hibernate.may_sleep_on(peer, m):
-            if not peer.asleep:
-                self._sleep(peer)
-        else:
-            self._wake(peer, tell_leader=False)
+        self.hibernation.stepped(peer, msg, self.ticks)
         if msg.from_peer.id in peer.reported_pending:
             self._check_caught_up(peer)
 
@@ -517,7 +429,7 @@ class StoreCore:
         peer = self._leader_peer(region_id, request_epoch, epoch.AdminCmdType.CHANGE_PEER)
         if not isinstance(peer, Peer):
             return peer
-        self._wake(peer)  # first: a sleeping leader heard its followers' stores
+        self.hibernation.wake(peer)  # first: a sleeping leader heard its followers' stores
         horizon = self.ticks - self.config.election_ticks
         heard = [pid for pid, tick in peer.last_heard.items() if tick >= horizon]
         refused = commands.propose_change_peer(peer, token, req, heard)
@@ -537,8 +449,7 @@ class StoreCore:
     def has_work(self) -> bool:
         return bool(
             self._dirty
-            or self._pings
-            or self._wake_leader
+            or self.hibernation.has_work()
             or self.life.to_destroy
             or self.life.messages
             or self.splits.has_due
@@ -565,18 +476,7 @@ class StoreCore:
         for store_id, msgs in self.life.messages.items():
             out.messages_now[store_id].extend(msgs)
         self.life.messages.clear()
-        if self._pings:
-            self._pings = False
-            out.pings.extend(sorted(self.liveness.watched))
-        for rid in sorted(self._wake_leader):
-            peer = self.peers.get(rid)
-            if peer is not None and not peer.is_leader() and peer.node.leader_id:
-                node = peer.node
-                wake = Message(
-                    MessageType.HEARTBEAT_RESPONSE, to=node.leader_id, from_=node.id, term=node.term
-                )
-                out.route(peer, wake, out.messages_now, HibernateFlag.WAKE)
-        self._wake_leader.clear()
+        self.hibernation.flush(out)
         dirty, self._dirty = sorted(self._dirty), set()
         for rid in dirty:
             peer = self.peers.get(rid)

@@ -38,6 +38,7 @@ from raft.node import RaftNode, Ready
 from store_node import bootstrap, keys, queries
 from store_node.core import StoreCore
 from store_node.freshness import Freshness
+from store_node.hibernate import Hibernation
 from store_node.peer import Peer, ReadPermit, Reply, Token
 from store_node.peer_life import PeerLife
 from store_node.region_tasks import DestroyTask, Range, subtract_ranges
@@ -286,7 +287,7 @@ def test_sleeping_followers_that_ignore_their_leaders_store_dying_are_caught(
     def mutate(m: pytest.MonkeyPatch) -> None:
         # A sleeping follower is not ticked: unless the silence (or restart)
         # of its leader's store wakes it, it never counts towards an election.
-        m.setattr(StoreCore, "_wake_dependents", lambda self, store_id, why: None)
+        m.setattr(Hibernation, "_dependents", lambda self, store_id, why: [])
 
     # Caught by seed 0 when written (chaos "outages": idle regions asleep
     # when a store dies for 6-10 s; a probe 5 s in finds regions leaderless).
