@@ -61,13 +61,18 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(cfg: StoreConfig) -> int:
     from store_node.bootstrap import DataDirMismatchError
-    from store_node.node import StoreNode
+    from store_node.node import ListenAddressError, StoreNode
     from store_node.status_http import StatusAddressError
 
     code = 0
     try:
         await serve_until_signal(StoreNode(cfg).run)
-    except* (DataDirMismatchError, DataDirLockedError, StatusAddressError) as eg:
+    except* (
+        DataDirMismatchError,
+        DataDirLockedError,
+        ListenAddressError,
+        StatusAddressError,
+    ) as eg:
         print_errors("shardkv store", eg)
         code = 1
     if code == 0:

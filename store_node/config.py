@@ -130,6 +130,13 @@ class StoreConfig:
                 parse_address(self.status, listen=True)
             except ValueError as e:
                 raise ValueError(f"bad value for status: {e}") from None
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host in ("0.0.0.0", "::", "") and not self.advertise:
+            # It would register an address nobody can dial (TiKV refuses too).
+            raise ValueError(
+                f"listen {self.listen} takes every interface: set advertise (--advertise "
+                "HOST:PORT) to the address other stores and clients dial"
+            )
 
 
 @dataclass(frozen=True, slots=True)

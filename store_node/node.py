@@ -89,6 +89,10 @@ class StoreInfo:
     status_address: str | None = None
 
 
+class ListenAddressError(Exception):
+    """The store could not listen on its RPC address (a start error)."""
+
+
 class StoreNode:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -138,7 +142,10 @@ class StoreNode:
                 )
                 # Serve first (port 0 is only known once bound), but accept
                 # events only once the core exists: the channel buffers them.
-                bound = await nursery.start(server.serve, host, port)
+                try:
+                    bound = await nursery.start(server.serve, host, port)
+                except OSError as e:
+                    raise ListenAddressError(f"cannot listen on {cfg.listen}: {e}") from e
                 address = self.address = cfg.advertise or f"{bound[0]}:{bound[1]}"
                 status_address: str | None = None
                 if cfg.status:
