@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(cfg: StoreConfig) -> int:
     from store_node.bootstrap import DataDirMismatchError
-    from store_node.node import ListenAddressError, StoreNode
+    from store_node.node import ListenAddressError, RegistrationRefusedError, StoreNode
     from store_node.status_http import StatusAddressError
 
     code = 0
@@ -71,6 +71,7 @@ async def _serve(cfg: StoreConfig) -> int:
         DataDirMismatchError,
         DataDirLockedError,
         ListenAddressError,
+        RegistrationRefusedError,
         StatusAddressError,
     ) as eg:
         print_errors("shardkv store", eg)

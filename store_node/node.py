@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Consistency, Context, SessionRef
 from kvproto.metapb import Region, StoreId
-from kvproto.pd_client import PdClient, open_pd_client
+from kvproto.pd_client import PdClient, PdServerError, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
 from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
@@ -87,6 +87,11 @@ class StoreInfo:
     cluster_id: int
     # The bound address of the status HTTP server (None: not served).
     status_address: str | None = None
+
+
+class RegistrationRefusedError(Exception):
+    """The PD refused to register the store (a start error: e.g. its address
+    is another store's)."""
 
 
 class ListenAddressError(Exception):
@@ -221,6 +226,9 @@ class StoreNode:
         while True:
             try:
                 return await ensure_identity(self.engine, pd, address, self.config.labels)
+            except PdServerError as e:
+                # Refused, not unreachable: retrying cannot help.
+                raise RegistrationRefusedError(f"the PD refused this store: {e}") from e
             except RpcCallError as e:
                 log.warning("waiting for the PD at %s: %s", ",".join(self.config.pd), e)
             await trio.sleep(delay)

@@ -4,7 +4,6 @@ HTTP on 127.0.0.1 port 0. Every test is bounded by `trio.fail_after`."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from kvproto.rpc import connect
 from placement_driver.testing import open_pd
 from plumbing.config_file import ConfigError, load
 from store_node.config import StoreConfig
-from store_node.node import ListenAddressError, StoreNode
+from store_node.node import StoreNode
 from store_node.status_http import StatusAddressError, StatusApp
 from tests.placement_driver.helpers import http_request
 from tests.prometheus import Samples
@@ -151,36 +150,7 @@ async def test_an_address_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
                         pass
 
 
-async def test_a_taken_listen_address_is_a_clear_start_error(tmp_path: Path) -> None:
-    with trio.fail_after(30):
-        taken = trio.socket.socket()
-        with taken:
-            await taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
-            async with open_pd(tmp_path / "pd") as pd:
-                cfg = store_config(tmp_path, "s1", pd.addresses.rpc)
-                cfg = dataclasses.replace(cfg, listen=f"127.0.0.1:{port}")
-                with pytest.RaisesGroup(
-                    pytest.RaisesExc(ListenAddressError, match=f"127.0.0.1:{port}.*in use"),
-                    flatten_subgroups=True,
-                ):
-                    async with running_store(cfg):
-                        pass
-
-
 def test_a_malformed_status_address_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bad value for status"):
         load(StoreConfig, overrides={"data_dir": "d", "status": "127.0.0.1:99999"})
     assert load(StoreConfig, overrides={"data_dir": "d", "status": ""}).status is None
-
-
-@pytest.mark.parametrize("listen", ["0.0.0.0:20160", "[::]:20160"])
-def test_listening_on_every_interface_needs_an_advertised_address(listen: str) -> None:
-    with pytest.raises(ConfigError, match="set advertise"):
-        load(StoreConfig, overrides={"data_dir": "d", "pd": "127.0.0.1:1", "listen": listen})
-    cfg = load(
-        StoreConfig,
-        overrides={"data_dir": "d", "pd": "127.0.0.1:1", "listen": listen, "advertise": "h:1"},
-    )
-    assert cfg.advertise == "h:1"
