@@ -88,6 +88,22 @@ class Cluster:
         known = {k: v for k, v in stored.items() if k in CLUSTER_KEYS}
         for k in stored.keys() - known.keys():
             log.warning("ignoring unknown stored config key %r", k)
+        # Key by key: a value stored before its key had a range (or by an
+        # older version), now out of range, must not reach the heartbeat
+        # answers (a number beyond 64 bits made every store refuse them),
+        # nor cost the other keys their stored values.
+        for name, value in list(known.items()):
+            try:
+                cluster_config_from({name: value}, check_rules=False)
+            except ConfigError as e:
+                del known[name]
+                log.error(
+                    "stored config %s is refused, using the default %s instead: %s "
+                    "(set it again with SetConfig or POST /pd/api/v1/config)",
+                    name,
+                    ClusterConfig().items()[name],
+                    e,
+                )
         try:
             base = cluster_config_from(known)
         except ConfigError as e:
