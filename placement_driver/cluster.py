@@ -334,7 +334,7 @@ class Cluster:
             if name not in CLUSTER_KEYS:
                 raise PdRequestError(
                     PdErrorCode.UNKNOWN_CONFIG,
-                    f"unknown config key {name!r}; known keys: {', '.join(CLUSTER_KEYS)}",
+                    f"unknown config key {_short(name)}; known keys: {', '.join(CLUSTER_KEYS)}",
                 )
         try:
             config = cluster_config_from(items, self.config)
@@ -346,3 +346,9 @@ class Cluster:
                 log.info("config %s set to %s", name, value)
             self.config = config
         return config
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A key name from a request, quoted and cut to about `limit` characters."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(name)} characters)"
