@@ -24,7 +24,7 @@ import cbor2
 
 from kvproto.codec.errors import DecodeError, EncodeError
 
-__all__ = ["MAX_DEPTH", "CborCost", "cbor_cost", "decode_cbor", "encode_cbor"]
+__all__ = ["MAX_DEPTH", "CborCost", "CostLimitError", "cbor_cost", "decode_cbor", "encode_cbor"]
 
 # Deepest container nesting accepted from the wire. Our deepest message (an
 # RPC envelope around EpochNotMatch -> Region -> peers -> Peer) is under 10;
@@ -111,6 +111,15 @@ def decode_cbor(data: bytes | bytearray | memoryview) -> Any:
     return obj
 
 
+class CostLimitError(DecodeError):
+    """`cbor_cost` stopped at its budget: `over_items` tells which, the
+    items (else the memory)."""
+
+    def __init__(self, reason: str, *, over_items: bool) -> None:
+        super().__init__(reason)
+        self.over_items = over_items
+
+
 class CborCost(NamedTuple):
     """What decoding an item costs: its `items` (every int, string, array,
     simple value, map key and value counts one) and `memory`, the bytes of
@@ -145,7 +154,7 @@ def cbor_cost(data: bytes | bytearray | memoryview, *, max_items: int, max_memor
     """The cost of decoding the one CBOR item in `data`, found without
     building it; DecodeError as soon as it exceeds `max_items` or
     `max_memory` (so the walk itself is bounded by the budget, not by the
-    item), and for what `decode_cbor` would refuse anyway for its shape: a
+    item; CostLimitError), and for what `decode_cbor` would refuse anyway for its shape: a
     tag, an indefinite length, a reserved value, nesting deeper than
     `MAX_DEPTH`, a string or an array longer than the bytes left, trailing
     bytes. (It does not look inside strings: UTF-8 errors are the decoder's.)
@@ -235,11 +244,13 @@ def cbor_cost(data: bytes | bytearray | memoryview, *, max_items: int, max_memor
         else:
             raise DecodeError("CBOR semantic tags are not allowed")
         if items > max_items:
-            raise DecodeError(
-                f"decoding would cost too much: more than {max_items:,} items (the limit)"
+            raise CostLimitError(
+                f"decoding would cost too much: more than {max_items:,} items (the limit)",
+                over_items=True,
             )
         if memory > max_memory:
-            raise DecodeError(
+            raise CostLimitError(
                 f"decoding would cost too much: {memory:,} bytes of objects or more "
-                f"(the limit is {max_memory:,})"
+                f"(the limit is {max_memory:,})",
+                over_items=False,
             )

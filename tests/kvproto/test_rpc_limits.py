@@ -18,6 +18,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -351,3 +352,31 @@ async def test_the_decode_ratio_limit(nursery: trio.Nursery, item: bytes, refuse
                 # connection stays.
                 await trio.sleep(0.2)
                 assert not await is_closed_by_server(raw)
+
+
+async def test_only_frames_of_many_items_are_walked_in_a_thread(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large frame of a few items (a value, a snapshot chunk) is checked
+    on the loop: a thread hop costs more than its walk."""
+    hops = 0
+    run_sync = trio.to_thread.run_sync
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await run_sync(*args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    service = Service()
+    address = await start_tcp_server(nursery, service.server())
+    host, port = address.rsplit(":", 1)
+    with trio.fail_after(30):
+        async with connect(address) as client:
+            payload = bytes(1 << 20)
+            assert await client.call(Echo(payload)) == Echo(payload)
+        assert hops == 0
+        async with await trio.open_tcp_stream(host, int(port)) as raw:
+            await raw.send_all(notes_batch(30_000))
+            await service.wait_notes(30_000)
+        assert hops == 1
