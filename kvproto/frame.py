@@ -6,6 +6,25 @@ buffer and, after every `receive_some`, splits off every complete frame in
 it, so each byte is copied a bounded number of times whatever the frame and
 chunk sizes (never quadratic in a frame's size). A length over the limit is
 refused as soon as its 4 bytes arrive, before any of the body is read.
+
+Limits for a server facing peers it does not trust (`RpcServer` sets both):
+
+* `frame_timeout`: a frame whose first byte arrived must be complete within
+  that many seconds of waiting for the peer (and for budget, below), else
+  `FrameLimitError`. Time between frames never counts (connections idle as
+  long as they like), nor time the owner spends not reading (its own
+  backpressure). It also bounds a slow sender: at 30 s, a 64 MiB frame
+  needs 2.2 MB/s.
+* `budget`, a `FrameBudget` shared by the readers of one server: a frame
+  larger than `LARGE_FRAME` reserves its whole size from it once its
+  length is known and before its body is read, and holds it until the
+  reader is asked for the frame after it (so a frame being decoded still
+  counts). A reader that cannot reserve waits, reading nothing (TCP
+  pushes back on its peer), first come first served, until the frame's
+  time runs out. Smaller frames never wait: they arrive in the reader's
+  normal 64 KiB reads, so what a connection buffers outside the budget is
+  at most about 128 KiB (a read's worth of small frames, and the start of
+  a large one).
 """
 
 from __future__ import annotations
@@ -22,7 +41,10 @@ from kvproto.codec import DecodeError, EncodeError
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
+    "LARGE_FRAME",
+    "FrameBudget",
     "FrameError",
+    "FrameLimitError",
     "FrameReader",
     "FrameWriter",
     "encode_frame",
@@ -36,11 +58,86 @@ _RECEIVE_SIZE: Final = 64 * 1024
 # Upper bound per receive_some when a large frame's body is still missing:
 # bigger reads cut syscalls, but trio allocates the whole size up front.
 _MAX_RECEIVE_SIZE: Final = 1024 * 1024
+# Frames with a larger body reserve their size from a reader's budget.
+LARGE_FRAME: Final = _RECEIVE_SIZE
+_LARGE_NEED: Final = HEADER_SIZE + LARGE_FRAME
 
 
 class FrameError(DecodeError):
     """The byte stream is not a valid sequence of frames (oversized length,
     connection closed inside a frame)."""
+
+
+class FrameLimitError(FrameError):
+    """A frame refused for a limit of the reader, not for its bytes: not
+    complete within the frame timeout (a stalled or too slow peer)."""
+
+
+class FrameBudget:
+    """Bytes that the large frames being received (and, each, until the
+    frame after it is asked for) may hold across every reader sharing this
+    budget: one per server, bounding what its connections buffer together.
+
+    `acquire` waits first come first served: a large reservation at the
+    head is not overtaken by smaller ones behind it. Not thread-safe (one
+    trio run).
+    """
+
+    __slots__ = ("_waiters", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        if limit <= 0:
+            raise ValueError(f"a frame budget must be positive, got {limit}")
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[_BudgetWaiter] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Readers waiting for budget now."""
+        return len(self._waiters)
+
+    async def acquire(self, n: int) -> None:
+        """Reserve `n` bytes, waiting until they are free (ValueError if `n`
+        exceeds the whole budget: it would wait forever)."""
+        if n > self.limit:
+            raise ValueError(f"{n} bytes exceed the whole budget of {self.limit}")
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            return
+        waiter = _BudgetWaiter(n)
+        self._waiters.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.granted:
+                self.release(n)  # granted as it was cancelled
+            else:
+                self._waiters.remove(waiter)
+                self._grant()  # it may have held back those behind it
+            raise
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        assert self.used >= 0, "released more than was acquired"
+        self._grant()
+
+    def _grant(self) -> None:
+        waiters = self._waiters
+        while waiters and self.used + waiters[0].n <= self.limit:
+            waiter = waiters.popleft()
+            self.used += waiter.n
+            waiter.granted = True
+            waiter.event.set()
+
+
+class _BudgetWaiter:
+    __slots__ = ("event", "granted", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.event = trio.Event()
+        self.granted = False
 
 
 def encode_frame(body: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -56,18 +153,46 @@ class FrameReader:
     `receive_frame()` returns the next frame's body, or None at a clean end
     of stream (EOF exactly between two frames). It raises FrameError on an
     announced length over `max_frame_size` (once the frames before it were
-    returned, and without reading any further) and on EOF inside a frame;
-    stream errors (trio.BrokenResourceError...) propagate unchanged. Not
-    safe for concurrent use by two tasks.
+    returned, and without reading any further) and on EOF inside a frame,
+    and FrameLimitError when a frame is not complete within `frame_timeout`
+    (see the module doc, with `budget`); stream errors
+    (trio.BrokenResourceError...) propagate unchanged. Not safe for
+    concurrent use by two tasks. The owner of a reader with a budget calls
+    `release()` when done with it.
     """
 
-    __slots__ = ("_buffer", "_eof", "_error", "_frames", "_max_frame_size", "_need", "_stream")
+    __slots__ = (
+        "_budget",
+        "_buffer",
+        "_eof",
+        "_error",
+        "_frame_timeout",
+        "_frames",
+        "_held",
+        "_held_done",
+        "_max_frame_size",
+        "_need",
+        "_stream",
+        "_waited",
+    )
 
     def __init__(
-        self, stream: trio.abc.ReceiveStream, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+        self,
+        stream: trio.abc.ReceiveStream,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        *,
+        frame_timeout: float | None = None,
+        budget: FrameBudget | None = None,
     ) -> None:
+        if budget is not None and budget.limit < HEADER_SIZE + max_frame_size:
+            raise ValueError(
+                f"a frame budget of {budget.limit} bytes cannot hold a frame of the "
+                f"largest size {max_frame_size}"
+            )
         self._stream = stream
         self._max_frame_size = max_frame_size
+        self._frame_timeout = frame_timeout
+        self._budget = budget
         self._buffer = bytearray()
         self._frames: deque[bytes] = deque()
         # Bytes the buffer must hold before the next frame can be split off.
@@ -75,15 +200,27 @@ class FrameReader:
         self._eof = False
         # Raised once the frames before the bad header have been returned.
         self._error: FrameError | None = None
+        # Seconds spent waiting for the rest of the frame in progress.
+        self._waited = 0.0
+        # Budget reserved for the frame in progress (or the last returned).
+        self._held = 0
+        # The frame `_held` is for was split off: release at the next call.
+        self._held_done = False
 
     async def receive_frame(self) -> bytes | None:
+        if self._held_done:
+            self.release()
         while not self._frames:
             if self._error is not None:
                 raise self._error
             if self._eof:
                 return None
             want = min(max(self._need - len(self._buffer), _RECEIVE_SIZE), _MAX_RECEIVE_SIZE)
-            chunk = await self._stream.receive_some(want)
+            chunk: bytes | bytearray
+            if self._buffer:
+                chunk = await self._receive_rest(want)
+            else:
+                chunk = await self._stream.receive_some(want)
             if not chunk:
                 self._eof = True
                 if self._buffer:
@@ -95,6 +232,45 @@ class FrameReader:
             self._buffer += chunk
             self._split()
         return self._frames.popleft()
+
+    def release(self) -> None:
+        """Give back the budget held for the frame in progress or the last
+        one returned."""
+        if self._held and self._budget is not None:
+            self._budget.release(self._held)
+        self._held = 0
+        self._held_done = False
+
+    async def _receive_rest(self, want: int) -> bytes | bytearray:
+        """The next chunk of a frame already begun, under its timeout, once
+        a large frame has its budget."""
+        timeout = self._frame_timeout
+        if timeout is None:
+            await self._reserve_if_large()
+            return await self._stream.receive_some(want)
+        start = trio.current_time()
+        waiting_for_budget = True
+        with trio.move_on_after(timeout - self._waited) as scope:
+            await self._reserve_if_large()
+            waiting_for_budget = False
+            chunk = await self._stream.receive_some(want)
+        self._waited += trio.current_time() - start
+        if scope.cancelled_caught:
+            if waiting_for_budget:
+                why = (
+                    f"no budget freed for its {self._need} bytes (large frames of other "
+                    "connections hold it)"
+                )
+            else:
+                why = f"{len(self._buffer)} of its {self._need} bytes received"
+            raise FrameLimitError(f"frame not complete within {timeout:g} s: {why}")
+        return chunk
+
+    async def _reserve_if_large(self) -> None:
+        if self._budget is not None and not self._held and self._need > _LARGE_NEED:
+            need = self._need
+            await self._budget.acquire(need)
+            self._held = need
 
     def __aiter__(self) -> FrameReader:
         return self
@@ -129,6 +305,11 @@ class FrameReader:
                 pos = body_at + size
             else:
                 self._need = HEADER_SIZE
+        if pos:
+            # A frame was completed: what follows is a new frame, with its
+            # own time; a reservation was the completed frame's (the first).
+            self._waited = 0.0
+            self._held_done = self._held > 0
         # Deleting a prefix of a bytearray is O(1) in CPython (it moves the
         # start pointer), so a large frame arriving in small chunks stays linear.
         del buf[:pos]

@@ -88,6 +88,22 @@ class Cluster:
         known = {k: v for k, v in stored.items() if k in CLUSTER_KEYS}
         for k in stored.keys() - known.keys():
             log.warning("ignoring unknown stored config key %r", k)
+        # Key by key: a value stored before its key had a range (or by an
+        # older version), now out of range, must not reach the heartbeat
+        # answers (a number beyond 64 bits made every store refuse them),
+        # nor cost the other keys their stored values.
+        for name, value in list(known.items()):
+            try:
+                cluster_config_from({name: value}, check_rules=False)
+            except ConfigError as e:
+                del known[name]
+                log.error(
+                    "stored config %s is refused, using the default %s instead: %s "
+                    "(set it again with SetConfig or POST /pd/api/v1/config)",
+                    name,
+                    ClusterConfig().items()[name],
+                    e,
+                )
         try:
             base = cluster_config_from(known)
         except ConfigError as e:
@@ -318,7 +334,7 @@ class Cluster:
             if name not in CLUSTER_KEYS:
                 raise PdRequestError(
                     PdErrorCode.UNKNOWN_CONFIG,
-                    f"unknown config key {name!r}; known keys: {', '.join(CLUSTER_KEYS)}",
+                    f"unknown config key {_short(name)}; known keys: {', '.join(CLUSTER_KEYS)}",
                 )
         try:
             config = cluster_config_from(items, self.config)
@@ -330,3 +346,9 @@ class Cluster:
                 log.info("config %s set to %s", name, value)
             self.config = config
         return config
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A key name from a request, quoted and cut to about `limit` characters."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(name)} characters)"

@@ -51,6 +51,13 @@ __all__ = [
 
 MiB: Final = 1 << 20
 MAX_DURATION: Final = 10 * 365 * 24 * 3600.0  # ten years
+# Upper bounds of the cluster keys, far beyond any sensible value but well
+# inside the 64-bit ints of the wire: a value the PD stores travels in
+# heartbeat answers (region_max_size, region_max_keys), which a store
+# refuses whole if any int is beyond 64 bits.
+MAX_REGION_SIZE: Final = 1 << 40  # 1 TiB
+MAX_REGION_KEYS: Final = 1 << 40
+MAX_LIMIT: Final = 1 << 20  # operators, snapshots or pending peers at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +93,11 @@ class ClusterConfig:
 
     max_replicas: int = setting(3, "replicas (peers) of each region", min=1, max=15)
     region_max_size: int = setting(
-        96 * MiB, "a region larger than this is split", kind="size", min=1
+        96 * MiB, "a region larger than this is split", kind="size", min=1, max=MAX_REGION_SIZE
     )
-    region_max_keys: int = setting(960_000, "a region with more keys than this is split", min=1)
+    region_max_keys: int = setting(
+        960_000, "a region with more keys than this is split", min=1, max=MAX_REGION_KEYS
+    )
     store_disconnect_time: float = setting(
         20.0,
         "a store without heartbeat this long is Disconnected (no new operators on it)",
@@ -103,11 +112,19 @@ class ClusterConfig:
         min=0.001,
         max=MAX_DURATION,
     )
-    leader_schedule_limit: int = setting(4, "leader transfers scheduled at once", min=0)
-    region_schedule_limit: int = setting(2048, "region moves scheduled at once", min=0)
-    replica_schedule_limit: int = setting(64, "replica repairs scheduled at once", min=0)
-    merge_schedule_limit: int = setting(8, "region merges scheduled at once", min=0)
-    hot_region_schedule_limit: int = setting(4, "hot region moves scheduled at once", min=0)
+    leader_schedule_limit: int = setting(
+        4, "leader transfers scheduled at once", min=0, max=MAX_LIMIT
+    )
+    region_schedule_limit: int = setting(
+        2048, "region moves scheduled at once", min=0, max=MAX_LIMIT
+    )
+    replica_schedule_limit: int = setting(
+        64, "replica repairs scheduled at once", min=0, max=MAX_LIMIT
+    )
+    merge_schedule_limit: int = setting(8, "region merges scheduled at once", min=0, max=MAX_LIMIT)
+    hot_region_schedule_limit: int = setting(
+        4, "hot region moves scheduled at once", min=0, max=MAX_LIMIT
+    )
     tolerant_size_ratio: float = setting(
         0.0,
         "balance schedulers move a leader (a replica) only between stores whose scores differ "
@@ -116,8 +133,12 @@ class ClusterConfig:
         min=0,
         max=1e6,
     )
-    max_snapshot_count: int = setting(64, "snapshots a store sends or receives at once", min=0)
-    max_pending_peer_count: int = setting(64, "pending peers a store may have", min=0)
+    max_snapshot_count: int = setting(
+        64, "snapshots a store sends or receives at once", min=0, max=MAX_LIMIT
+    )
+    max_pending_peer_count: int = setting(
+        64, "pending peers a store may have", min=0, max=MAX_LIMIT
+    )
 
     def validate(self) -> None:
         if not math.isfinite(self.tolerant_size_ratio):

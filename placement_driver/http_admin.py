@@ -27,6 +27,7 @@ from placement_driver.http_json import (
     parse_id,
     parse_key,
     positive_int,
+    short,
     store_json,
 )
 from placement_driver.operator_controller import OperatorController
@@ -99,13 +100,16 @@ class AdminOrders:
         body = json_body(req.body)
         name = body.get("name")
         if not isinstance(name, str) or name not in OPERATOR_NAMES:
-            raise HttpError(400, f"name must be one of {', '.join(OPERATOR_NAMES)}; got {name!r}")
+            raise HttpError(
+                400, f"name must be one of {', '.join(OPERATOR_NAMES)}; got {short(name)}"
+            )
         fields = ("keys",) if name == "split-region" else ADMIN_OPERATORS[name].store_fields
         unknown = sorted(body.keys() - {"name", "region_id", *fields})
         if unknown:
             raise HttpError(
                 400,
-                f"unknown field {unknown[0]!r} for {name}; it takes region_id, {', '.join(fields)}",
+                f"unknown field {short(unknown[0])} for {name}; "
+                f"it takes region_id, {', '.join(fields)}",
             )
         region_id = positive_int(body, "region_id")
         if name == "split-region":
@@ -139,7 +143,8 @@ class AdminOrders:
         state = _SETTABLE_STATES.get(values[0].lower())
         if state is None:
             raise HttpError(
-                400, f"cannot set state {values[0]!r}: settable states are Up, Offline, Tombstone"
+                400,
+                f"cannot set state {short(values[0])}: settable states are Up, Offline, Tombstone",
             )
         return self._set_state(store_id, state)
 
@@ -177,7 +182,9 @@ class AdminOrders:
         items: dict[str, str] = {}
         for name, value in body.items():
             if isinstance(value, bool) or not isinstance(value, int | float | str):
-                raise HttpError(400, f"bad value for {name}: a number or a text, got {value!r}")
+                raise HttpError(
+                    400, f"bad value for {short(name)}: a number or a text, got {short(value)}"
+                )
             items[name] = str(value)
         config = self._cluster.set_config(items)
         self._changed()

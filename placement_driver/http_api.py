@@ -126,6 +126,7 @@ from placement_driver.http_json import (
 # with (before they moved to http_json, shared with http_admin).
 from placement_driver.http_json import Request as _Request
 from placement_driver.http_json import View as _View
+from placement_driver.http_json import cut as _cut
 from placement_driver.http_json import json_body as _json_body
 from placement_driver.http_json import parse_id as _parse_id
 from placement_driver.http_json import path_text as _path_text
@@ -155,6 +156,9 @@ log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/pd/api/v1"
 MAX_BODY: Final = 1 << 20
+
+# The longest reason an error answer carries.
+_REASON: Final = 600
 
 # Methods that only read: open even with an admin token.
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
@@ -322,20 +326,25 @@ class AdminApi:
             request = _Request(match, parse_qs(query.decode("latin-1")), body)
             try:
                 return 200, view(request), []
+            # Reasons are cut: some quote the request (a 5,000-digit name).
             except HttpError as e:
-                return e.status, {"error": e.reason}, []
+                return e.status, {"error": _cut(e.reason, _REASON)}, []
             except PdRequestError as e:
-                return _STATUS_OF_CODE.get(e.code, 400), {"error": e.message}, []
+                return _STATUS_OF_CODE.get(e.code, 400), {"error": _cut(e.message, _REASON)}, []
             except (OperatorExistsError, SchedulerExistsError) as e:
-                return 409, {"error": str(e)}, []
+                return 409, {"error": _cut(str(e), _REASON)}, []
             except SchedulerNotFoundError as e:
-                return 404, {"error": str(e)}, []
+                return 404, {"error": _cut(str(e), _REASON)}, []
+            except Exception:
+                # A bug: answered as JSON, the traceback only in the log.
+                log.exception("%s %s failed", method, _cut(path.decode("latin-1")))
+                return 500, {"error": "internal error (the PD logged it)"}, []
         if allowed:
             allow = ", ".join(sorted(allowed | ({"HEAD"} if "GET" in allowed else set())))
             what = "it is read-only" if allowed == {"GET"} else f"use {allow}"
             reason = f"method {method} is not allowed on this endpoint; {what}"
             return 405, {"error": reason}, [(b"allow", allow.encode())]
-        return 404, {"error": f"no such endpoint: {path.decode('latin-1')}"}, []
+        return 404, {"error": f"no such endpoint: {_cut(path.decode('latin-1'))}"}, []
 
     def _check_token(self, method: str, authorization: bytes | None) -> str | None:
         """Why the request is refused for want of the admin token, or None."""

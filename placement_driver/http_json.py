@@ -39,6 +39,7 @@ __all__ = [
     "Request",
     "Text",
     "View",
+    "cut",
     "epoch_json",
     "json_body",
     "key_json",
@@ -49,11 +50,16 @@ __all__ = [
     "peer_json",
     "positive_int",
     "region_json",
+    "short",
     "step_json",
     "store_json",
 ]
 
 JsonObject = dict[str, Any]
+
+# Ids (stores, regions) are 64-bit unsigned on the wire.
+MAX_ID: Final = 2**64 - 1
+_ID_DIGITS: Final = len(str(MAX_ID))
 
 STATE_NAMES: Final = {
     StoreState.UP: "Up",
@@ -202,19 +208,47 @@ View = Callable[[Request], JsonObject | Text]
 
 
 def json_body(body: bytes) -> dict[str, Any]:
+    """The JSON object a request body holds; HttpError 400 for anything
+    else, however hostile (not UTF-8, nested deeper than the parser's
+    recursion limit, a number of more than 4,300 digits)."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HttpError(400, f"the body is not JSON: {e}") from None
+    except RecursionError:
+        raise HttpError(400, "the body is not JSON: nested too deep") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digits
+        raise HttpError(400, f"the body is not JSON: {cut(str(e))}") from None
     if not isinstance(document, dict):
         raise HttpError(400, "the body must be a JSON object")
     return document
 
 
+def short(value: object, limit: int = 80) -> str:
+    """The repr of `value` cut to about `limit` characters, for refusals:
+    they name what was wrong without echoing a large input."""
+    return cut(_repr(value), limit)
+
+
+def cut(text: str, limit: int = 80) -> str:
+    """`text` cut to about `limit` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}...({len(text)} characters)"
+
+
+def _repr(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        # repr() is quadratic in the digits, and refused past 4,300.
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+
+
 def parse_key(raw: object) -> bytes:
     """A key given as {"hex": "..."} or {"text": "..."} (exactly one)."""
     if not isinstance(raw, dict) or len(raw.keys() & {"hex", "text"}) != 1:
-        raise HttpError(400, f'a key is {{"hex": ...}} or {{"text": ...}}, got {raw!r}')
+        raise HttpError(400, f'a key is {{"hex": ...}} or {{"text": ...}}, got {short(raw)}')
     if "hex" in raw:
         value = raw["hex"]
         if isinstance(value, str):
@@ -222,11 +256,14 @@ def parse_key(raw: object) -> bytes:
                 return bytes.fromhex(value)
             except ValueError:
                 pass
-        raise HttpError(400, f"bad hex key {value!r}")
+        raise HttpError(400, f"bad hex key {short(value)}")
     text = raw["text"]
     if not isinstance(text, str):
-        raise HttpError(400, f"bad text key {text!r}")
-    return text.encode()
+        raise HttpError(400, f"bad text key {short(text)}")
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON)
+        raise HttpError(400, f"bad text key {short(text)}: not valid Unicode") from None
 
 
 def path_text(raw: bytes) -> str:
@@ -235,15 +272,24 @@ def path_text(raw: bytes) -> str:
 
 
 def parse_id(raw: bytes, what: str) -> int:
+    """A store or region id in a path or query: 1 to 2**64 - 1, in decimal."""
     text = path_text(raw)
-    if not text.isascii() or not text.isdigit() or int(text) <= 0:
-        raise HttpError(400, f"bad {what} id {text!r}: expected a positive integer")
+    # The length first: int() of thousands of digits is slow, and refused
+    # past 4,300 (a ValueError that was a 500).
+    if (
+        not 0 < len(text) <= _ID_DIGITS
+        or not text.isascii()
+        or not text.isdigit()
+        or not 0 < int(text) <= MAX_ID
+    ):
+        raise HttpError(400, f"bad {what} id {short(text)}: expected a positive integer below 2^64")
     return int(text)
 
 
 def positive_int(body: dict[str, Any], name: str) -> int:
-    """The field `name` of a JSON body: a positive integer."""
+    """The field `name` of a JSON body: an id, 1 to 2**64 - 1 (beyond, it
+    could reach the wire, whose ints are 64-bit)."""
     value = body.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise HttpError(400, f"{name} must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
+        raise HttpError(400, f"{name} must be a positive integer below 2^64, got {short(value)}")
     return value

@@ -106,7 +106,7 @@ def make_scheduler(name: str, store_id: int | None = None) -> Scheduler:
         return BalanceLeader()
     if name == BalanceRegion.name:
         return BalanceRegion()
-    raise invalid_argument(f"unknown scheduler {name!r}; known: {', '.join(KNOWN_KINDS)}")
+    raise invalid_argument(f"unknown scheduler {_short(name)}; known: {', '.join(KNOWN_KINDS)}")
 
 
 def _run_order(scheduler: Scheduler) -> tuple[int, int]:
@@ -303,15 +303,17 @@ def add_from_json(
     "evict-leader", "store_id": 4}."""
     unknown = sorted(body.keys() - {"name", "store_id"})
     if unknown:
-        raise invalid_argument(f"unknown field {unknown[0]!r}; give name (and store_id)")
+        raise invalid_argument(f"unknown field {_short(unknown[0])}; give name (and store_id)")
     name = body.get("name")
     if not isinstance(name, str) or not name:
-        raise invalid_argument(f"name must be a scheduler name, got {name!r}")
+        raise invalid_argument(f"name must be a scheduler name, got {_short(name)}")
     store_id = body.get("store_id")
     if store_id is not None and (
-        isinstance(store_id, bool) or not isinstance(store_id, int) or store_id <= 0
+        isinstance(store_id, bool) or not isinstance(store_id, int) or not 0 < store_id < 2**64
     ):
-        raise invalid_argument(f"store_id must be a positive integer, got {store_id!r}")
+        raise invalid_argument(
+            f"store_id must be a positive integer below 2^64, got {_short(store_id)}"
+        )
     return controller.add(view, name, store_id)
 
 
@@ -323,5 +325,19 @@ def pause_from_json(
     unknown = sorted(body.keys() - {"delay"})
     delay = body.get("delay")
     if unknown or isinstance(delay, bool) or not isinstance(delay, (int, float)):
-        raise invalid_argument(f'give {{"delay": seconds}} (0 resumes), got {dict(body)!r}')
+        raise invalid_argument(f'give {{"delay": seconds}} (0 resumes), got {_short(dict(body))}')
+    if isinstance(delay, int) and not 0 <= delay <= MAX_DURATION:
+        # float() of a 400-digit int raises OverflowError (it was a 500).
+        raise invalid_argument(f"a pause lasts 0 to {MAX_DURATION:g} seconds, not {_short(delay)}")
     return controller.pause(name, float(delay), now)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """The repr of a value from a request, cut to about `limit` characters."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -25,6 +26,11 @@ from typing import Any, TypeVar
 from plumbing.units import format_duration, format_size, parse_duration, parse_size
 
 T = TypeVar("T")
+
+# Longer integers in text are refused before int() parses them (no key
+# takes one; Python itself refuses over 4,300 digits, with a hint that
+# makes no sense to an operator).
+_MAX_DIGITS = 40
 
 
 class ConfigError(ValueError):
@@ -93,6 +99,8 @@ def _convert(hint: Any, kind: str | None, value: object) -> object:
         if isinstance(value, int):
             return value
         if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            if len(value.strip()) > _MAX_DIGITS:
+                raise ValueError(f"expected an integer, got one of {len(value.strip())} digits")
             return int(value)
         raise ValueError(f"expected an integer, got {value!r}")
     if hint is float:
@@ -162,16 +170,24 @@ def load(cls: type[T], path: str | None = None, overrides: Mapping[str, object] 
     kwargs: dict[str, object] = {}
     for name, raw in values.items():
         f = fields[name]
+        kind = f.metadata.get("kind")
         try:
-            v = _convert(hints[name], f.metadata.get("kind"), raw)
-        except ValueError as e:
-            raise ConfigError(f"bad value for {name}: {e}") from None
+            v = _convert(hints[name], kind, raw)
+        except (ValueError, OverflowError) as e:
+            raise ConfigError(f"bad value for {name}: {_shorten(str(e), 200)}") from None
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
+            shown = _shorten(repr(raw))
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"bad value for {name}: {shown} is not a finite number")
             if lo is not None and v < lo:
-                raise ConfigError(f"bad value for {name}: {raw!r} is below the minimum {lo}")
+                raise ConfigError(
+                    f"bad value for {name}: {shown} is below the minimum {_bound(lo, kind)}"
+                )
             if hi is not None and v > hi:
-                raise ConfigError(f"bad value for {name}: {raw!r} is above the maximum {hi}")
+                raise ConfigError(
+                    f"bad value for {name}: {shown} is above the maximum {_bound(hi, kind)}"
+                )
         kwargs[name] = v
     cfg = cls(**kwargs)
     validate = getattr(cfg, "validate", None)
@@ -181,6 +197,24 @@ def load(cls: type[T], path: str | None = None, overrides: Mapping[str, object] 
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return cfg
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    """`text` cut to about `limit` characters: a config error may quote a
+    value sent by anyone (a 5,000-digit number), and goes to logs and
+    answers."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}...({len(text)} characters)"
+
+
+def _bound(value: float, kind: str | None) -> str:
+    """A min or max as the key's values are written ("1TiB", "10m")."""
+    if kind == "size" and float(value).is_integer():
+        return format_size(int(value))
+    if kind == "duration":
+        return format_duration(float(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -22,6 +22,8 @@ __all__ = ["MIN_DURATION", "format_duration", "format_size", "parse_duration", "
 # The shortest duration (seconds) `format_duration` writes, but 0.
 MIN_DURATION: Final = 0.0001
 
+# Longer numbers in text are refused before they are parsed.
+_MAX_DIGITS: Final = 40
 _DURATION: Final = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SIZE: Final = re.compile(r"^\s*([0-9]+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -62,6 +64,8 @@ def parse_size(value: object) -> int:
     if isinstance(value, str):
         m = _SIZE.match(value)
         if m:
+            if len(m.group(1)) > _MAX_DIGITS:
+                raise ValueError(f"expected a size, got a number of {len(m.group(1))} digits")
             unit = (m.group(2) or "b").lower()
             return int(m.group(1)) * _SIZE_UNITS[unit]
     raise ValueError(f"expected a size like 65536, 64KiB or 96MiB, got {value!r}")

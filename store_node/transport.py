@@ -1,11 +1,14 @@
 """Raft traffic to other stores: one connection and one sender per store.
 
 `send` never blocks the store loop: a round's messages for a store join that
-store's queue, and its sender task coalesces whatever is queued into one
-`RaftMessageBatch` frame. When the queue is full or the store cannot be
-reached, messages are dropped: Raft recovers from loss by itself (probes,
-heartbeats, retries), and a store loop that waited for a dead peer would
-stall every region.
+store's queue, and its sender task coalesces whatever is queued into
+`RaftMessageBatch` frames of at most `MAX_BATCH_MESSAGES` messages (TiKV's
+raft-msg-max-batch-size): a frame stays far inside the receiving server's
+decoding limits (kvproto.rpc.server: items and decoded size per frame),
+which would refuse it whole, and so every message to that store, again and
+again. When the queue is full or the store cannot be reached, messages are
+dropped: Raft recovers from loss by itself (probes, heartbeats, retries),
+and a store loop that waited for a dead peer would stall every region.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import trio
 
@@ -25,6 +29,10 @@ log = logging.getLogger(__name__)
 
 Resolver = Callable[[StoreId], Awaitable[str | None]]
 
+# Messages per frame. A heartbeat is about 36 CBOR items and 50 bytes, so a
+# frame of them is about 150,000 items and 200 KB, decoded in some 15 ms.
+MAX_BATCH_MESSAGES: Final = 4096
+
 
 class Transport:
     def __init__(
@@ -36,8 +44,10 @@ class Transport:
         queue_size: int = 1024,
         rng: random.Random | None = None,
         incarnation: int = 0,
+        max_batch_messages: int = MAX_BATCH_MESSAGES,
     ) -> None:
         self.store_id = store_id
+        self._max_batch = max_batch_messages
         # Stamped on every batch: the receivers tell a restart of this store
         # from a quiet spell by it (store_node.hibernate).
         self.incarnation = incarnation
@@ -71,7 +81,12 @@ class Transport:
             self._nursery.start_soon(self._run_sender, store_id, recv)
         stats = q.statistics()
         conn = self._conns.get(store_id)
-        if stats.current_buffer_used == 0 and stats.tasks_waiting_receive and conn is not None:
+        if (
+            stats.current_buffer_used == 0
+            and stats.tasks_waiting_receive
+            and conn is not None
+            and len(messages) <= self._max_batch
+        ):
             live = conn.current
             if live is not None and live.try_send_oneway(
                 RaftMessageBatch(self.store_id, tuple(messages), self.incarnation)
@@ -97,7 +112,7 @@ class Transport:
         try:
             async for first in recv:
                 msgs = list(first)
-                while True:  # coalesce everything queued into one frame
+                while True:  # coalesce everything queued, into few frames
                     try:
                         msgs.extend(recv.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
@@ -116,20 +131,25 @@ class Transport:
                         connect_timeout=2.0,
                     )
                     self._conns[store_id] = conn
-                try:
-                    await conn.send_oneway(
-                        RaftMessageBatch(self.store_id, tuple(msgs), self.incarnation)
-                    )
-                    self.sent_frames += 1
-                    self.sent_messages += len(msgs)
-                except RpcCallError as e:
-                    self.dropped += len(msgs)
-                    log.debug("to store %d: %s; %d messages dropped", store_id, e, len(msgs))
-                    if conn.failures >= 3:
-                        # The store may have moved: look its address up again.
-                        conn.close()
-                        conn = None
-                        del self._conns[store_id]
+                # An empty batch (a ping) is one frame too.
+                for start in range(0, max(len(msgs), 1), self._max_batch):
+                    batch = tuple(msgs[start : start + self._max_batch])
+                    try:
+                        await conn.send_oneway(
+                            RaftMessageBatch(self.store_id, batch, self.incarnation)
+                        )
+                        self.sent_frames += 1
+                        self.sent_messages += len(batch)
+                    except RpcCallError as e:
+                        lost = len(msgs) - start
+                        self.dropped += lost
+                        log.debug("to store %d: %s; %d messages dropped", store_id, e, lost)
+                        if conn.failures >= 3:
+                            # The store may have moved: look its address up again.
+                            conn.close()
+                            conn = None
+                            del self._conns[store_id]
+                        break
         finally:
             self._conns.pop(store_id, None)
             if conn is not None:

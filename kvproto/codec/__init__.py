@@ -47,7 +47,14 @@ below from `kvproto.codec`.
 
 from __future__ import annotations
 
-from kvproto.codec.cbor import MAX_DEPTH, decode_cbor, encode_cbor
+from kvproto.codec.cbor import (
+    MAX_DEPTH,
+    CborCost,
+    CostLimitError,
+    cbor_cost,
+    decode_cbor,
+    encode_cbor,
+)
 from kvproto.codec.errors import DecodeError, EncodeError
 
 # _field_codec: for the tests of the type hints the codec refuses.
@@ -58,8 +65,11 @@ from kvproto.codec.registry import message_type, register, registered_types, tag
 
 __all__ = [
     "MAX_DEPTH",
+    "CborCost",
+    "CostLimitError",
     "DecodeError",
     "EncodeError",
+    "cbor_cost",
     "decode_cbor",
     "dumps",
     "encode_cbor",

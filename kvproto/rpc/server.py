@@ -8,20 +8,61 @@ order. Nothing orders a request against a one-way message.
 A malformed frame (bad length, bad CBOR, bad envelope) closes that
 connection with a logged reason; nothing else is affected. A handler's
 failure is answered with an `RpcError` (kvproto.rpc.envelope).
+
+Limits (each an `RpcServer` argument), so that no peer can make the process
+hold unbounded memory or stall its event loop:
+
+* `max_frame_size` (64 MiB): a longer frame is refused from its length.
+* `frame_timeout` (30 s): a frame begun must be complete within that much
+  waiting, else the connection is closed; idle connections between frames
+  are never cut (kvproto.frame).
+* `max_buffered_bytes` (two frames of the largest size, 128 MiB): what the
+  frames over 64 KiB of all connections hold together while received and
+  decoded; a connection whose frame does not fit waits, reading nothing,
+  until budget frees or its frame time runs out (then it is closed). Each
+  connection also buffers up to about 128 KiB of small frames outside it.
+* `max_connections` (1024): a connection beyond is closed at once; a burst
+  of refusals is logged when it starts and when it ends, with its count.
+* Decoding cost, for frames over `DECODE_CHECK_SIZE` (64 KiB): before
+  decoding, `codec.cbor_cost` walks the frame, on the loop for its first
+  16,384 items (a few ms: most large frames, values, snapshot chunks,
+  appends, have a handful), in a worker thread beyond (at most two per
+  server, the loop keeps running), and refuses it, closing the
+  connection, if it has more than `max_frame_items` (2^20) items or would
+  decode to more than `max_decode_ratio` (32) times its size in Python
+  objects (an array of empty arrays is 65 times; the densest Raft traffic,
+  batches of heartbeats, about 20). The decode itself then runs on the
+  loop, bounded by those limits (about 0.1 s at 2^20 items). Smaller
+  frames are decoded at once: at most 5 MB and a few ms each.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import trio
 
-from kvproto.codec import DecodeError, EncodeError, from_wire, message_type
-from kvproto.frame import DEFAULT_MAX_FRAME_SIZE, FrameReader, FrameWriter
+from kvproto.codec import (
+    CostLimitError,
+    DecodeError,
+    EncodeError,
+    cbor_cost,
+    from_wire,
+    message_type,
+)
+from kvproto.frame import (
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZE,
+    FrameBudget,
+    FrameLimitError,
+    FrameReader,
+    FrameWriter,
+)
 from kvproto.rpc.batching import EnvelopeBatcher
 from kvproto.rpc.envelope import (
     Echo,
@@ -43,6 +84,21 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+DEFAULT_FRAME_TIMEOUT: Final = 30.0
+# Room for two frames of the largest size.
+DEFAULT_MAX_BUFFERED_BYTES: Final = 2 * (HEADER_SIZE + DEFAULT_MAX_FRAME_SIZE)
+DEFAULT_MAX_FRAME_ITEMS: Final = 1 << 20
+DEFAULT_MAX_DECODE_RATIO: Final = 32.0
+# Frames up to this size are decoded without a cost check: at most 64 Ki
+# items, about 5 MB of objects.
+DECODE_CHECK_SIZE: Final = 64 * 1024
+# Worker threads checking the cost of large frames at once, per server.
+_COST_CHECKERS: Final = 2
+# Items a frame's cost check may walk on the loop before it moves to a
+# thread: about 3 ms (0.2 us an item); the thread hop costs ~0.1-0.3 ms.
+_INLINE_ITEMS: Final = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +147,9 @@ class RpcServer:
     finish and are answered. Handlers are cancelled when the server is, or
     when their connection breaks or is dropped for a malformed frame; they
     must tolerate that.
+
+    The limits on frames, buffered bytes, connections and decoding are the
+    module doc's; `frame_timeout` None turns the frame timeout off.
     """
 
     def __init__(
@@ -101,14 +160,35 @@ class RpcServer:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         max_concurrent_requests: int = 128,
         max_queued_oneway: int = 1024,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        max_frame_items: int = DEFAULT_MAX_FRAME_ITEMS,
+        max_decode_ratio: float = DEFAULT_MAX_DECODE_RATIO,
     ) -> None:
+        if max_buffered_bytes < HEADER_SIZE + max_frame_size:
+            raise ValueError(
+                f"max_buffered_bytes ({max_buffered_bytes}) must hold a frame of "
+                f"max_frame_size ({max_frame_size}) and its header"
+            )
         self._handlers = dict(handlers or {})
         self._oneway_handlers = dict(oneway_handlers or {})
         self.max_frame_size = max_frame_size
         self.max_concurrent_requests = max_concurrent_requests
         self.max_queued_oneway = max_queued_oneway
+        self.max_connections = max_connections
+        self.frame_timeout = frame_timeout
+        self.max_frame_items = max_frame_items
+        self.max_decode_ratio = max_decode_ratio
+        # Shared by the frame readers of every connection.
+        self.buffer_budget = FrameBudget(max_buffered_bytes)
+        self._cost_checkers: trio.CapacityLimiter | None = None
         self._connection_ids = itertools.count(1)
         self.open_connections = 0
+        # Connections closed at once for max_connections, ever; and how
+        # many had been when the current burst of refusals began.
+        self.refused_connections = 0
+        self._burst_start: int | None = None
 
     async def serve(
         self,
@@ -142,7 +222,18 @@ class RpcServer:
 
     async def handle_connection(self, stream: trio.abc.Stream, peer: str = "?") -> None:
         """Serve one already-open connection until it ends; closes `stream`.
-        Never raises but Cancelled (usable with in-memory streams in tests)."""
+        Never raises but Cancelled (usable with in-memory streams in tests).
+        Beyond `max_connections` open, the stream is closed at once."""
+        if self.open_connections >= self.max_connections:
+            self._refuse(peer)
+            await trio.aclose_forcefully(stream)
+            return
+        if self._burst_start is not None:
+            logger.warning(
+                "accepting connections again, after refusing %d for max_connections",
+                self.refused_connections - self._burst_start,
+            )
+            self._burst_start = None
         conn = _ServerConnection(
             self._handlers, self._oneway_handlers, self, stream, peer, next(self._connection_ids)
         )
@@ -154,7 +245,42 @@ class RpcServer:
             logger.exception("%s: connection crashed", peer)
         finally:
             self.open_connections -= 1
+            conn.release()
             await trio.aclose_forcefully(stream)
+
+    def _refuse(self, peer: str) -> None:
+        if self._burst_start is None:
+            self._burst_start = self.refused_connections
+            logger.warning(
+                "%s: connection refused: %d open, the limit (max_connections); the "
+                "refusals that follow are counted, and logged when connections are "
+                "accepted again",
+                peer,
+                self.open_connections,
+            )
+        self.refused_connections += 1
+
+    async def check_decode_cost(self, frame: bytes) -> None:
+        """DecodeError if decoding `frame` would cost more than the limits
+        allow (module doc). The walk starts on the loop, where it may take
+        `_INLINE_ITEMS` items (a few ms; a frame of large values or a
+        snapshot chunk has a handful), and goes on in a worker thread for
+        a frame of more."""
+        max_memory = int(self.max_decode_ratio * len(frame))
+        try:
+            cbor_cost(
+                frame, max_items=min(_INLINE_ITEMS, self.max_frame_items), max_memory=max_memory
+            )
+            return
+        except CostLimitError as e:
+            if not e.over_items or self.max_frame_items <= _INLINE_ITEMS:
+                raise
+        if self._cost_checkers is None:
+            self._cost_checkers = trio.CapacityLimiter(_COST_CHECKERS)
+        check = functools.partial(
+            cbor_cost, frame, max_items=self.max_frame_items, max_memory=max_memory
+        )
+        await trio.to_thread.run_sync(check, limiter=self._cost_checkers)
 
 
 class _ServerConnection:
@@ -178,7 +304,13 @@ class _ServerConnection:
         self._max_frame_size = server.max_frame_size
         self._writer = FrameWriter(stream)
         self._batcher = EnvelopeBatcher(self._writer, server.max_frame_size)
-        self._reader = FrameReader(stream, server.max_frame_size)
+        self._reader = FrameReader(
+            stream,
+            server.max_frame_size,
+            frame_timeout=server.frame_timeout,
+            budget=server.buffer_budget,
+        )
+        self._server = server
         # Requests read and not answered yet: an answer with none other in
         # progress leaves at once, others with the turn's batch.
         self._in_progress = 0
@@ -208,6 +340,10 @@ class _ServerConnection:
                 await self._writer.wait_flushed()
             nursery.cancel_scope.cancel()
 
+    def release(self) -> None:
+        """Give back what the connection holds of the server's budget."""
+        self._reader.release()
+
     async def _run_writer(self, scope: trio.CancelScope) -> None:
         await self._writer.run()
         logger.debug("%s: send failed, closing: %r", self._peer, self._writer.error)
@@ -221,6 +357,8 @@ class _ServerConnection:
                 frame = await self._reader.receive_frame()
                 if frame is None:
                     return True
+                if len(frame) > DECODE_CHECK_SIZE:
+                    await self._server.check_decode_cost(frame)
                 envelopes = decode_envelopes(frame)
                 # Answers made while a batch is dispatched go out together.
                 self._dispatching = len(envelopes) > 1
@@ -247,6 +385,8 @@ class _ServerConnection:
                     else:
                         raise DecodeError(f"a client sent a {kind.name} frame")
                 self._dispatching = False
+        except FrameLimitError as e:
+            logger.warning("%s: closing connection: %s", self._peer, e)
         except DecodeError as e:
             logger.warning("%s: closing connection: malformed frame: %s", self._peer, e)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:

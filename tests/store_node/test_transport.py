@@ -4,14 +4,18 @@ Either way they arrive in order. Loopback TCP."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
+from kvproto.codec import cbor_cost
 from kvproto.metapb import RegionId, StoreId
-from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch
-from kvproto.rpc import RequestContext, RpcServer
+from kvproto.raft_serverpb import HibernateFlag, RaftMessage, RaftMessageBatch
+from kvproto.rpc import FrameKind, RequestContext, RpcServer
+from kvproto.rpc.envelope import encode_inner
+from kvproto.rpc.server import DEFAULT_MAX_DECODE_RATIO, DEFAULT_MAX_FRAME_ITEMS
 from raft import Message, MessageType
-from store_node.transport import Transport
+from store_node.transport import MAX_BATCH_MESSAGES, Transport
 from tests.factories import epoch, peer
 
 
@@ -55,3 +59,90 @@ async def test_messages_leave_from_send_once_the_sender_is_connected_and_idle() 
         assert arrived == [1, 2, 3]
         transport.close()
         n.cancel_scope.cancel()
+
+
+async def test_a_large_round_leaves_in_frames_of_at_most_max_batch_messages() -> None:
+    batches: list[list[int]] = []
+    more = trio.Event()
+
+    async def on_batch(batch: RaftMessageBatch, _: RequestContext) -> None:
+        batches.append([m.message.commit for m in batch.messages])
+        more.set()
+
+    server = RpcServer({}, {RaftMessageBatch: on_batch})
+    async with trio.open_nursery() as n:
+        host, port = await n.start(server.serve, "127.0.0.1", 0)
+
+        async def resolve(_: StoreId) -> str:
+            return f"{host}:{port}"
+
+        transport = Transport(StoreId(1), n, resolve, max_batch_messages=3)
+        transport.send(StoreId(2), [_msg(0)])
+        while not batches:
+            await more.wait()
+            more = trio.Event()
+        await trio.testing.wait_all_tasks_blocked()
+        # Connected and idle, but too many for one frame: the sender splits.
+        assert transport.send(StoreId(2), [_msg(i) for i in range(1, 11)]) is False
+        while sum(map(len, batches)) < 11:
+            await more.wait()
+            more = trio.Event()
+        assert [c for b in batches for c in b] == list(range(11))
+        assert all(len(b) <= 3 for b in batches) and len(batches) >= 5
+        transport.close()
+        n.cancel_scope.cancel()
+
+
+async def test_a_round_of_40000_messages_reaches_a_server_with_the_default_limits() -> None:
+    """In one frame it would be 1.4 million CBOR items, which RpcServer
+    refuses (the connection is closed, every message lost, again at each
+    retry)."""
+    arrived: list[int] = []
+    done = trio.Event()
+
+    async def on_batch(batch: RaftMessageBatch, _: RequestContext) -> None:
+        arrived.extend(m.message.commit for m in batch.messages)
+        if len(arrived) >= 40_000:
+            done.set()
+
+    server = RpcServer({}, {RaftMessageBatch: on_batch})
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            host, port = await n.start(server.serve, "127.0.0.1", 0)
+
+            async def resolve(_: StoreId) -> str:
+                return f"{host}:{port}"
+
+            transport = Transport(StoreId(1), n, resolve)
+            transport.send(StoreId(2), [_msg(i) for i in range(40_000)])
+            await done.wait()
+            assert arrived == list(range(40_000))
+            assert transport.dropped == 0
+            transport.close()
+            n.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("base", [1, 2**40], ids=["small-ids", "large-ids"])
+def test_a_frame_of_max_batch_messages_is_well_inside_a_servers_decoding_limits(
+    base: int,
+) -> None:
+    """A full batch of heartbeats, the densest Raft messages (small ids are
+    the densest: one byte on the wire, a slot of 8 decoded), passes
+    RpcServer's cost check with room to spare."""
+
+    def heartbeat(i: int) -> RaftMessage:
+        n = base + i % 2
+        return RaftMessage(
+            RegionId(n),
+            peer(n, n),
+            peer(n + 1, n),
+            epoch(conf_ver=n, version=n),
+            Message(MessageType.HEARTBEAT, to=n + 1, from_=n, term=n, commit=n),
+            hibernate=HibernateFlag.REQUEST,
+        )
+
+    batch = RaftMessageBatch(StoreId(1), tuple(map(heartbeat, range(MAX_BATCH_MESSAGES))), base)
+    frame = encode_inner(FrameKind.ONEWAY, 0, batch)
+    cost = cbor_cost(frame, max_items=1 << 40, max_memory=1 << 60)
+    assert cost.items <= DEFAULT_MAX_FRAME_ITEMS / 4
+    assert cost.memory <= DEFAULT_MAX_DECODE_RATIO * len(frame) / 1.4
