@@ -19,7 +19,10 @@ Not a benchmark itself (no printing: progress goes to a callback).
   round asks every region holding keys not yet boundaries to split at them
   (at most `MAX_SPLIT_KEYS` per request, evenly spaced; a later round splits
   the parts), then waits for the PD to see the splits.
-* `scrape(http, url)` reads a /metrics page (a store's status port, the PD).
+* `scrape(http, url)` reads a /metrics page (a store's status port, the PD);
+  `scrape_stores` every store's, and `activity` what the stores did between
+  two of them (rounds, Raft messages, region heartbeats, fsyncs and their
+  mean duration, per second and store).
 * `wait_balanced(pd, ...)` polls until `unbalanced()` is None in two readings
   in a row, and says since when; or, with `stall`, until the placement has
   stopped changing short of balance.
@@ -28,6 +31,7 @@ Not a benchmark itself (no printing: progress goes to a callback).
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -363,4 +367,38 @@ async def scrape(http: httpx.AsyncClient, url: str) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         if "_bucket{" not in name:
             out[name] = float(value)
+    return out
+
+
+# What a store did, from its /metrics: (label, counter) read before and
+# after a measurement; `activity` turns them into rates.
+STORE_COUNTERS: Final = (
+    ("rounds/s", "shardkv_store_rounds_total"),
+    ("raft msgs sent/s", "shardkv_store_raft_messages_sent_total"),
+    ("region hb/s", 'shardkv_store_pd_heartbeat_seconds_count{kind="region"}'),
+    ("fsyncs/s", "shardkv_store_raft_log_fsync_seconds_count"),
+)
+_FSYNC_SUM: Final = "shardkv_store_raft_log_fsync_seconds_sum"
+_FSYNC_COUNT: Final = "shardkv_store_raft_log_fsync_seconds_count"
+
+
+StoreSnapshot = dict[str, dict[str, float]]
+
+
+async def scrape_stores(http: httpx.AsyncClient, status_urls: dict[str, str]) -> StoreSnapshot:
+    """Every store's /metrics (`status_urls`: name -> http://host:port)."""
+    return {name: await scrape(http, url + "/metrics") for name, url in status_urls.items()}
+
+
+def activity(before: StoreSnapshot, after: StoreSnapshot, seconds: float) -> dict[str, float]:
+    """Per store, averaged over the stores: the `STORE_COUNTERS` as rates
+    per second, and "fsync ms", the mean duration of a synced raft/ write."""
+    out: dict[str, float] = {}
+    names = sorted(after)
+    for label, metric in STORE_COUNTERS:
+        rates = [(after[n].get(metric, 0) - before[n].get(metric, 0)) / seconds for n in names]
+        out[label] = sum(rates) / len(rates) if rates else math.nan
+    total = sum(after[n].get(_FSYNC_SUM, 0) - before[n].get(_FSYNC_SUM, 0) for n in names)
+    count = sum(after[n].get(_FSYNC_COUNT, 0) - before[n].get(_FSYNC_COUNT, 0) for n in names)
+    out["fsync ms"] = total / count * 1000 if count else math.nan
     return out

@@ -24,7 +24,8 @@ count in ascending order:
 3. write one key in every region (fills the client's region cache), then
    --tasks tasks put --value-size-byte values for --seconds, on keys spread
    over the whole key range (so over every region): puts/s and puts per
-   CPU-second of the cluster.
+   CPU-second of the cluster, and the stores' rounds, Raft messages and
+   fsyncs (count and mean duration) meanwhile.
 
 Counts only grow (a split cannot be undone), so each level is measured
 after the previous one's writes: --quiet covers the log truncations that
@@ -73,7 +74,16 @@ from benchmarks.driver import (
     run_main,
     workdir,
 )
-from benchmarks.pd_admin import PdAdmin, Placement, open_pd_admin, scrape, split_at, wait_balanced
+from benchmarks.pd_admin import (
+    STORE_COUNTERS,
+    PdAdmin,
+    Placement,
+    activity,
+    open_pd_admin,
+    scrape_stores,
+    split_at,
+    wait_balanced,
+)
 from benchmarks.systems import ShardKv, cluster_pids, start_shardkv
 
 STORES = 3
@@ -81,14 +91,6 @@ TARGET_REGIONS = 10_000
 TARGET_PERCENT = 5.0
 SETUP_PD_FLAGS = {"--leader-schedule-limit": "64"}
 MiB = 1 << 20
-
-# Store counters read around the idle window: (label, metric name).
-IDLE_COUNTERS = (
-    ("rounds/s", "shardkv_store_rounds_total"),
-    ("raft msgs sent/s", "shardkv_store_raft_messages_sent_total"),
-    ("region hb/s", 'shardkv_store_pd_heartbeat_seconds_count{kind="region"}'),
-    ("fsyncs/s", "shardkv_store_raft_log_fsync_seconds_count"),
-)
 
 
 def key(i: int) -> bytes:
@@ -107,6 +109,7 @@ class Level:
     pd_idle_percent: float = math.nan
     rss_mib: list[float] = field(default_factory=list)
     idle_rates: dict[str, float] = field(default_factory=dict)  # per store, mean
+    write_rates: dict[str, float] = field(default_factory=dict)
     puts_per_s: float = math.nan
     put_p50_ms: float = math.nan
     put_p99_ms: float = math.nan
@@ -169,18 +172,16 @@ async def measure_idle(
 ) -> None:
     progress(f"{level.regions:,} regions: {args.quiet:g} s quiet, then {args.idle:g} s idle")
     await trio.sleep(args.quiet)
-    before = {name: await scrape(http, url + "/metrics") for name, url in status_urls.items()}
+    before = await scrape_stores(http, status_urls)
     meter = proc.CpuMeter(pids)
     await trio.sleep(args.idle)
     used, elapsed = meter.used(), meter.elapsed()
-    after = {name: await scrape(http, url + "/metrics") for name, url in status_urls.items()}
+    after = await scrape_stores(http, status_urls)
     stores = sorted(status_urls, key=lambda n: int(n.split("-")[1]))
     level.idle_percent = [used[s] / elapsed * 100 for s in stores]
     level.pd_idle_percent = used["pd"] / elapsed * 100
     level.rss_mib = [proc.rss_bytes(pids[s]) / MiB for s in stores]
-    for label, metric in IDLE_COUNTERS:
-        rates = [(after[s].get(metric, 0) - before[s].get(metric, 0)) / elapsed for s in stores]
-        level.idle_rates[label] = statistics.fmean(rates)
+    level.idle_rates = activity(before, after, elapsed)
     progress(
         f"idle: stores {'/'.join(f'{x:.1f}' for x in level.idle_percent)}% of a core, "
         f"PD {level.pd_idle_percent:.1f}%, RSS {'/'.join(f'{x:.0f}' for x in level.rss_mib)} MiB"
@@ -195,7 +196,13 @@ def put_op(kv: ShardKv, keys: int, value: bytes) -> Op:
 
 
 async def measure_writes(
-    kv: ShardKv, level: Level, pids: dict[str, int], value: bytes, args: argparse.Namespace
+    kv: ShardKv,
+    http: httpx.AsyncClient,
+    level: Level,
+    pids: dict[str, int],
+    status_urls: dict[str, str],
+    value: bytes,
+    args: argparse.Namespace,
 ) -> None:
     # One key in every region first: the client learns every region.
     n = level.regions
@@ -203,9 +210,11 @@ async def measure_writes(
     op = put_op(kv, args.keys, value)
     if args.warmup > 0:
         await run_for(op, args.tasks, args.warmup)
+    before = await scrape_stores(http, status_urls)
     meter = proc.CpuMeter(pids)
     sample = await run_for(op, args.tasks, args.seconds, kind="put")
     sample.server_cpu = meter.used()
+    level.write_rates = activity(before, await scrape_stores(http, status_urls), sample.seconds)
     level.puts_per_s = sample.throughput()
     level.put_p50_ms = sample.latency_ms(50)
     level.put_p99_ms = sample.latency_ms(99)
@@ -241,7 +250,7 @@ async def main(args: argparse.Namespace) -> None:
                 levels.append(level)
                 await settle(pd, level, args)
                 await measure_idle(http, level, pids, status_urls, args)
-                await measure_writes(kv, level, pids, value, args)
+                await measure_writes(kv, http, level, pids, status_urls, value, args)
                 if level.settled.startswith("not settled"):
                     skipped = [r for r in args.region_counts if r > regions]
                     if skipped:
@@ -279,7 +288,7 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
         return "/".join(f"{x:.{digits}f}" for x in xs) if xs else "-"
 
     headers = ["regions", "leaders per store", "idle CPU % per store", "mean %", "PD %"]
-    headers += ["RSS MiB per store", *(label for label, _ in IDLE_COUNTERS), "setup s"]
+    headers += ["RSS MiB per store", *(label for label, _ in STORE_COUNTERS), "setup s"]
     rows = []
     for lv in levels:
         rows.append(
@@ -290,7 +299,7 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
                 f"{lv.mean_idle():.1f}",
                 f"{lv.pd_idle_percent:.1f}",
                 per_store(lv.rss_mib, 0),
-                *(f"{lv.idle_rates.get(label, math.nan):,.1f}" for label, _ in IDLE_COUNTERS),
+                *(f"{lv.idle_rates.get(label, math.nan):,.1f}" for label, _ in STORE_COUNTERS),
                 f"{lv.setup_s:.0f}",
             ]
         )
@@ -308,13 +317,28 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
             f"{lv.put_p99_ms:.2f}",
             f"{lv.write_cores:.2f}",
             f"{lv.puts_per_cpu_s:,.0f}",
+            f"{lv.write_rates.get('rounds/s', math.nan):,.0f}",
+            f"{lv.write_rates.get('raft msgs sent/s', math.nan):,.0f}",
+            f"{lv.write_rates.get('fsyncs/s', math.nan):,.0f}",
+            f"{lv.write_rates.get('fsync ms', math.nan):.2f}",
         ]
         for lv in levels
     ]
     print_table(
         f"writes spread over every region: {args.tasks} tasks, {args.value_size}-byte values "
-        f"over {args.keys:,} keys, {args.seconds:g} s",
-        ["regions", "puts/s", "p50 ms", "p99 ms", "cluster CPU (cores)", "puts per CPU-s"],
+        f"over {args.keys:,} keys, {args.seconds:g} s (store counters: per store, mean)",
+        [
+            "regions",
+            "puts/s",
+            "p50 ms",
+            "p99 ms",
+            "cluster CPU (cores)",
+            "puts per CPU-s",
+            "rounds/s",
+            "raft msgs sent/s",
+            "fsyncs/s",
+            "fsync ms",
+        ],
         rows,
     )
     print()

@@ -53,9 +53,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
 import trio
 
 import client
@@ -75,8 +77,16 @@ from benchmarks.driver import (
     run_main,
     workdir,
 )
-from benchmarks.pd_admin import PdAdmin, open_pd_admin, split_at, wait_balanced
+from benchmarks.pd_admin import (
+    PdAdmin,
+    activity,
+    open_pd_admin,
+    scrape_stores,
+    split_at,
+    wait_balanced,
+)
 from benchmarks.systems import ShardKv, cluster_pids, start_shardkv
+from shardkv.local_cluster import LocalCluster
 
 TARGET_RATIO = 0.85  # "falls by at most 15%"
 # The PD's leader_schedule_limit while setting up (the default is 4).
@@ -108,16 +118,22 @@ def mixed_op(kv: ShardKv, keys: int, value: bytes, put_percent: int) -> Op:
 
 
 async def measure(
-    kv: ShardKv, args: argparse.Namespace, pids: dict[str, int] | None, value: bytes
-) -> Sample:
+    kv: ShardKv, args: argparse.Namespace, cluster: LocalCluster | None, value: bytes
+) -> tuple[Sample, dict[str, float]]:
+    """The load's sample (with the cluster's CPU) and what the stores did
+    meanwhile (`pd_admin.activity`; with a local cluster only)."""
     op = mixed_op(kv, args.keys, value, args.put_percent)
     if args.warmup > 0:
         await run_for(op, args.tasks, args.warmup)
-    meter = proc.CpuMeter(pids) if pids else None
-    sample = await run_for(op, args.tasks, args.seconds)
-    if meter is not None:
+    if cluster is None:
+        return await run_for(op, args.tasks, args.seconds), {}
+    urls = {s.child.name: s.status_url for s in cluster.store_specs}
+    async with httpx.AsyncClient(timeout=30) as http:
+        before = await scrape_stores(http, urls)
+        meter = proc.CpuMeter(cluster_pids(cluster))
+        sample = await run_for(op, args.tasks, args.seconds)
         sample.server_cpu = meter.used()
-    return sample
+        return sample, activity(before, await scrape_stores(http, urls), sample.seconds)
 
 
 async def settle(
@@ -161,9 +177,14 @@ async def run_local(
                 setup, unbalanced = await settle(pd, regions, replicas, stores, args)
                 if unbalanced:
                     notes.append(f"{stores} stores, {regions} regions, run {run + 1}: {unbalanced}")
-                sample = await measure(kv, args, cluster_pids(cluster), value)
+                sample, did = await measure(kv, args, cluster, value)
                 results.add(
-                    sample, stores=stores, regions=regions, run=run + 1, setup_s=round(setup, 1)
+                    sample,
+                    stores=stores,
+                    regions=regions,
+                    run=run + 1,
+                    setup_s=round(setup, 1),
+                    store_activity={k: round(v, 2) for k, v in did.items()},
                 )
                 progress_line(stores, regions, sample)
 
@@ -185,7 +206,7 @@ async def run_remote(args: argparse.Namespace, results: Results, notes: list[str
                 setup, unbalanced = await settle(pd, regions, replicas, stores, args)
                 if unbalanced:
                     notes.append(f"{regions} regions, run {run + 1}: {unbalanced}")
-                sample = await measure(kv, args, None, value)
+                sample, _ = await measure(kv, args, None, value)
                 results.add(
                     sample, stores=stores, regions=regions, run=run + 1, setup_s=round(setup, 1)
                 )
@@ -212,6 +233,10 @@ def fmt_spread(xs: Sequence[float], digits: int = 0) -> str:
     return text
 
 
+def fmt_num(x: float, digits: int = 0) -> str:
+    return "-" if math.isnan(x) else f"{x:,.{digits}f}"
+
+
 def cell_median(results: Results, stores: int, regions: int, what: str) -> float:
     samples = results.samples(stores=stores, regions=regions)
     if what == "ops":
@@ -232,6 +257,9 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
         "ops per CPU-s (min-max)",
         "PD CPU %",
         "driver us/op",
+        "msgs/s",
+        "fsyncs/s",
+        "fsync ms",
         "setup s",
     ]
     rows = []
@@ -240,10 +268,16 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
             ss = results.samples(stores=stores, regions=regions)
             if not ss:
                 continue
-            labels = [lab for lab, _ in results.rows if lab["stores"] == stores]
-            setup = median(
-                lab["setup_s"] for lab in labels if lab["regions"] == regions and "setup_s" in lab
-            )
+            labels = [
+                lab
+                for lab, _ in results.rows
+                if (lab["stores"], lab["regions"]) == (stores, regions)
+            ]
+            setup = median(lab["setup_s"] for lab in labels)
+
+            def did(name: str, labels: list[dict[str, Any]] = labels) -> float:
+                return median(lab["store_activity"].get(name, math.nan) for lab in labels)
+
             cores = median(s.server_cpu_seconds() / s.seconds for s in ss)
             pd_share = median(
                 s.server_cpu.get("pd", math.nan) / s.server_cpu_seconds() * 100 for s in ss
@@ -260,6 +294,9 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
                     fmt_spread([s.ops_per_server_cpu_second() for s in ss]),
                     "-" if math.isnan(pd_share) else f"{pd_share:.0f}",
                     f"{median(s.cpu_us_per_op() for s in ss):.0f}",
+                    fmt_num(did("raft msgs sent/s")),
+                    fmt_num(did("fsyncs/s")),
+                    fmt_num(did("fsync ms"), 2),
                     f"{setup:.0f}",
                 ]
             )
@@ -274,7 +311,9 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
     print(
         "cluster CPU: utime + stime of the PD and every store over the measurement "
         "(/proc/<pid>/stat), in cores busy; ops per CPU-s = operations / those CPU seconds; "
-        "driver us/op: this process's CPU (client library); setup s: split + balance."
+        "driver us/op: this process's CPU (client library); msgs/s, fsyncs/s: Raft messages "
+        "sent and synced raft/ writes per second per store, fsync ms their mean duration "
+        "(the stores' /metrics); setup s: split + balance."
     )
     for note in notes:
         print(f"note: {note}")
