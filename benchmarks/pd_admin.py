@@ -5,7 +5,8 @@ through split operators.
 Not a benchmark itself (no printing: progress goes to a callback).
 
 * `PdAdmin` reads `/pd/api/v1/stores`, `/regions`, `/config`, `/cluster`,
-  `/schedulers` and posts `/regions/split` (httpx, on trio).
+  `/schedulers` and posts `/regions/split` and `/schedulers/{name}` (pause)
+  (httpx, on trio).
 * `Placement` is one reading: the Up stores, every region's voters, other
   peers, leader and weight, and the tolerance the balance schedulers use.
   `Placement.unbalanced()` says what still keeps the cluster from being
@@ -17,8 +18,9 @@ Not a benchmark itself (no printing: progress goes to a callback).
   store, at least 1 (placement_driver/schedule_context.py).
 * `split_at(pd, keys)` splits until every key is a region boundary: each
   round asks every region holding keys not yet boundaries to split at them
-  (at most `MAX_SPLIT_KEYS` per request, evenly spaced; a later round splits
-  the parts), then waits for the PD to see the splits.
+  (the first `MAX_SPLIT_KEYS` of them per request; the next round splits the
+  last part further), then waits for the PD to see the splits; the balance
+  schedulers are paused meanwhile (`POST /schedulers/{name}`).
 * `scrape(http, url)` reads a /metrics page (a store's status port, the PD);
   `scrape_stores` every store's, and `activity` what the stores did between
   two of them (rounds, Raft messages, region heartbeats, fsyncs and their
@@ -179,13 +181,26 @@ class PdAdmin:
         self.base = base.rstrip("/") + API
 
     async def get(self, path: str) -> Any:
-        r = await self.http.get(self.base + path)
+        r = await self._send("GET", path)
         r.raise_for_status()
         return r.json()
 
     async def post(self, path: str, body: object) -> tuple[int, Any]:
-        r = await self.http.post(self.base + path, json=body)
+        r = await self._send("POST", path, body)
         return r.status_code, r.json()
+
+    async def _send(self, method: str, path: str, body: object = None) -> httpx.Response:
+        # The server closes idle kept-alive connections: a request can meet
+        # one closing. Try again on a fresh one (a repeated split order is
+        # refused as a duplicate, 409, or as outside the region, 400).
+        for attempt in range(3):
+            try:
+                return await self.http.request(method, self.base + path, json=body)
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                await trio.sleep(0.2)
+        raise AssertionError("unreachable")
 
     async def up_stores(self) -> dict[int, str]:
         doc = await self.get("/stores")
@@ -212,6 +227,12 @@ class PdAdmin:
         doc = await self.get("/schedulers")
         return {s["name"]: int(s["operators_created"]) for s in doc["schedulers"]}
 
+    async def pause(self, scheduler: str, seconds: float) -> bool:
+        """Pause an active scheduler that long (0: resume); False if it is
+        not active."""
+        status, _ = await self.post(f"/schedulers/{scheduler}", {"delay": seconds})
+        return status == 200
+
     async def split(self, region_id: int, keys: Sequence[bytes]) -> tuple[int, str]:
         """Ask for a split operator: (HTTP status, the error or "")."""
         body = {"region_id": region_id, "keys": [{"hex": k.hex()} for k in keys]}
@@ -225,11 +246,7 @@ async def open_pd_admin(base: str, http_timeout: float = 60.0) -> AsyncIterator[
         yield PdAdmin(http, base)
 
 
-def spaced(keys: Sequence[bytes], most: int) -> list[bytes]:
-    """At most `most` of `keys` (sorted), evenly spaced."""
-    if len(keys) <= most:
-        return list(keys)
-    return [keys[(i * len(keys)) // most] for i in range(most)]
+BALANCE_SCHEDULERS: Final = ("balance-leader", "balance-region")
 
 
 async def split_at(
@@ -237,13 +254,21 @@ async def split_at(
     keys: Sequence[bytes],
     *,
     progress: Progress | None = None,
-    poll: float = 0.5,
     per_request: int = MAX_SPLIT_KEYS,
+    pause: Sequence[str] = BALANCE_SCHEDULERS,
+    round_wait: float = 10.0,
 ) -> int:
     """Split regions until every one of `keys` starts a region; returns the
-    number of split requests the PD took. A region busy with an operator
-    (409) or known to the PD under an older epoch is simply asked again in
-    the next round. Bound it from outside (a cancel scope)."""
+    number of split requests the PD took. Each round asks every region
+    holding missing keys to split at the first `per_request` of them: the
+    rest stay in the region's last part, which the next round splits again
+    (so 9,999 keys in one region take 10 requests of 1,000, each one batch
+    split on the stores), then waits until the PD's region count moves (at
+    most `round_wait` seconds) before it lists the regions again. A region
+    busy with an operator (409) or known to the PD under an older epoch is
+    simply asked again in the next round. The schedulers in `pause` are
+    paused meanwhile (their operators would hold regions the splits want)
+    and resumed at the end. Bound it from outside (a cancel scope)."""
     wanted = sorted(set(keys) - {b""})
     taken = 0
     said = ""
@@ -252,32 +277,41 @@ async def split_at(
     async def ask(region_id: int, ks: list[bytes]) -> None:
         nonlocal taken
         async with limiter:
-            status, _ = await pd.split(region_id, spaced(ks, per_request))
+            status, _ = await pd.split(region_id, ks[:per_request])
         if status == 200:
             taken += 1
 
-    while True:
-        regions = await pd.regions()
-        starts = {r.start_key for r in regions}
-        missing = [k for k in wanted if k not in starts]
-        what = f"{len(regions):,} regions, {len(missing):,} split keys to go"
-        if progress is not None and what != said:
-            progress(what)
-            said = what
-        if not missing:
-            return taken
-        bounds = [r.start_key for r in regions]
-        by_region: dict[int, list[bytes]] = {}
-        for k in missing:
-            region = regions[bisect.bisect_right(bounds, k) - 1]
-            if region.holds(k):
-                by_region.setdefault(region.id, []).append(k)
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for region_id, ks in by_region.items():
-                nursery.start_soon(ask, region_id, ks)
-        # A big region list costs the PD to serialize: poll less often then.
-        await trio.sleep(max(poll, time.perf_counter() - started))
+    paused = [name for name in pause if await pd.pause(name, 3600)]
+    try:
+        while True:
+            regions = await pd.regions()
+            starts = {r.start_key for r in regions}
+            missing = [k for k in wanted if k not in starts]
+            what = f"{len(regions):,} regions, {len(missing):,} split keys to go"
+            if progress is not None and what != said:
+                progress(what)
+                said = what
+            if not missing:
+                return taken
+            bounds = [r.start_key for r in regions]
+            by_region: dict[int, list[bytes]] = {}
+            for k in missing:
+                region = regions[bisect.bisect_right(bounds, k) - 1]
+                if region.holds(k):
+                    by_region.setdefault(region.id, []).append(k)
+            async with trio.open_nursery() as nursery:
+                for region_id, ks in by_region.items():
+                    nursery.start_soon(ask, region_id, ks)
+            # Listing thousands of regions costs the PD (and this process):
+            # wait for the count to move rather than poll the list.
+            with trio.move_on_after(round_wait):
+                while await pd.region_count() == len(regions):  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+            await trio.sleep(0.5)  # the rest of the batch split reports
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            for name in paused:
+                await pd.pause(name, 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,19 +2,20 @@
 and write throughput spread over all of them (issue 14: 1, 100, 1,000 and
 10,000 regions; target: 10,000 idle regions under 5% of one core per store).
 
-One cluster on loopback: a PD and 3 stores, 3 replicas, durable, the
-stores' default settings (tick 100 ms, region heartbeats every 10 s), the
-PD with --leader-schedule-limit 64 (setup only: spreading the leaders of
-thousands of fresh regions is otherwise slow). --keys keys (at least as
-many as the largest region count) are preloaded, then for each region
-count in ascending order:
+For each region count, a fresh cluster on loopback: a PD and 3 stores, 3
+replicas, durable, the stores' default settings (tick 100 ms, region
+heartbeats every 10 s), the PD with --leader-schedule-limit 64 (setup
+only: spreading the leaders of thousands of fresh regions is otherwise
+slow). It preloads --keys keys (at least as many as the largest region
+count), then:
 
 1. split the key range into that many equal regions through the PD's split
-   operators (POST /pd/api/v1/regions/split, up to 1,000 keys a request,
-   the PD's most), and wait until every region has 3 voters and a leader
-   the PD knows (--settle-timeout); then wait for the leaders and regions
-   to be balanced (--balance-timeout; past it the figures are taken anyway,
-   with the leaders per store shown);
+   operator (POST /pd/api/v1/regions/split, 1,000 keys a request, the PD's
+   most: 10,000 regions take 10 batch splits in a row), and wait until
+   every region has 3 voters and a leader the PD knows (--settle-timeout);
+   then wait for the leaders and regions to be balanced (--balance-timeout
+   or --stall; past it the figures are taken anyway, with the leaders per
+   store shown);
 2. leave the cluster alone --quiet seconds, then measure --idle seconds of
    idleness: CPU of each store and of the PD (utime + stime from
    /proc/<pid>/stat, in percent of one core), each store's resident memory
@@ -27,12 +28,11 @@ count in ascending order:
    CPU-second of the cluster, and the stores' rounds, Raft messages and
    fsyncs (count and mean duration) meanwhile.
 
-Counts only grow (a split cannot be undone), so each level is measured
-after the previous one's writes: --quiet covers the log truncations that
-follow. The per-region idle cost is the growth in a store's idle CPU per
-region added; the last lines extrapolate it linearly to 10,000 regions
-and judge the target (hibernating regions, which would make an idle region
-free, are not built yet: the target is not expected to be met).
+The per-region idle cost is the growth in a store's idle CPU per region
+added between the two largest counts measured; the last lines extrapolate
+it linearly to 10,000 regions (unless measured) and judge the target
+(hibernating regions, which would make an idle region free, are not built
+yet: the target is not expected to be met).
 
 Every process shares this machine's cores (printed): once the stores'
 idle work exceeds them, ticks run late and the figures only say "more than
@@ -129,7 +129,7 @@ async def settle(pd: PdAdmin, level: Level, args: argparse.Namespace) -> Placeme
     started = time.perf_counter()
     keys = [key(j * args.keys // level.regions) for j in range(1, level.regions)]
     with trio.move_on_after(args.settle_timeout) as settling:
-        await split_at(pd, keys, progress=progress, poll=1.0)
+        await split_at(pd, keys, progress=progress)
         await wait_balanced(pd, 3, stores=STORES, progress=progress, poll=1.0, balance=False)
     if settling.cancelled_caught:
         placement = await pd.placement()
@@ -226,14 +226,11 @@ async def measure_writes(
     )
 
 
-async def main(args: argparse.Namespace) -> None:
-    if not proc.available():
-        raise SystemExit("regions: no /proc here to read the processes' CPU from")
-    load_at_start = load_average()
-    levels: list[Level] = []
-    value = random.Random(0).randbytes(args.value_size)
-    with workdir(args.dir, "regions") as d:
-        progress(f"starting a PD and {STORES} stores")
+async def measure_level(level: Level, value: bytes, args: argparse.Namespace) -> None:
+    """A fresh cluster, split to the level's count, measured idle and under
+    writes, stopped."""
+    with workdir(args.dir, f"regions-{level.regions}") as d:
+        progress(f"{level.regions:,} regions: starting a PD and {STORES} stores")
         async with (
             start_shardkv(d, stores=STORES, replicas=3, pd_flags=SETUP_PD_FLAGS) as cluster,
             open_pd_admin(cluster.http_url) as pd,
@@ -245,17 +242,30 @@ async def main(args: argparse.Namespace) -> None:
             await kv.load([(key(i), value) for i in range(args.keys)])
             pids = cluster_pids(cluster)
             status_urls = {s.child.name: s.status_url for s in cluster.store_specs}
-            for regions in args.region_counts:
-                level = Level(regions)
-                levels.append(level)
-                await settle(pd, level, args)
-                await measure_idle(http, level, pids, status_urls, args)
+            await settle(pd, level, args)
+            await measure_idle(http, level, pids, status_urls, args)
+            if level.settled.startswith("not settled"):
+                # Regions without a leader would fail the client's calls.
+                progress("writes not measured: the regions did not settle")
+            else:
                 await measure_writes(kv, http, level, pids, status_urls, value, args)
-                if level.settled.startswith("not settled"):
-                    skipped = [r for r in args.region_counts if r > regions]
-                    if skipped:
-                        level.settled += f"; larger counts not tried: {skipped}"
-                    break
+
+
+async def main(args: argparse.Namespace) -> None:
+    if not proc.available():
+        raise SystemExit("regions: no /proc here to read the processes' CPU from")
+    load_at_start = load_average()
+    levels: list[Level] = []
+    value = random.Random(0).randbytes(args.value_size)
+    for regions in args.region_counts:
+        level = Level(regions)
+        levels.append(level)
+        await measure_level(level, value, args)
+        if level.settled.startswith("not settled"):
+            skipped = [r for r in args.region_counts if r > regions]
+            if skipped:
+                level.settled += f"; larger counts not tried: {skipped}"
+            break
     report(levels, args, load_at_start)
     if args.json:
         write_json(levels, args)
@@ -281,6 +291,10 @@ def fit(levels: list[Level]) -> tuple[Level, Level] | None:
     kindest extrapolation the measurements allow."""
     ok = settled(levels)
     return (ok[-2], ok[-1]) if len(ok) >= 2 else None
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    return "-" if math.isnan(x) else f"{x:,.{digits}f}"
 
 
 def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) -> None:
@@ -312,15 +326,15 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
     rows = [
         [
             f"{lv.regions:,}",
-            f"{lv.puts_per_s:,.0f}",
-            f"{lv.put_p50_ms:.2f}",
-            f"{lv.put_p99_ms:.2f}",
-            f"{lv.write_cores:.2f}",
-            f"{lv.puts_per_cpu_s:,.0f}",
-            f"{lv.write_rates.get('rounds/s', math.nan):,.0f}",
-            f"{lv.write_rates.get('raft msgs sent/s', math.nan):,.0f}",
-            f"{lv.write_rates.get('fsyncs/s', math.nan):,.0f}",
-            f"{lv.write_rates.get('fsync ms', math.nan):.2f}",
+            fmt(lv.puts_per_s),
+            fmt(lv.put_p50_ms, 2),
+            fmt(lv.put_p99_ms, 2),
+            fmt(lv.write_cores, 2),
+            fmt(lv.puts_per_cpu_s),
+            fmt(lv.write_rates.get("rounds/s", math.nan)),
+            fmt(lv.write_rates.get("raft msgs sent/s", math.nan)),
+            fmt(lv.write_rates.get("fsyncs/s", math.nan)),
+            fmt(lv.write_rates.get("fsync ms", math.nan), 2),
         ]
         for lv in levels
     ]
@@ -364,7 +378,7 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
         f"{slope * 1000:.1f}% of one core per 1,000 regions per store; memory "
         f"{rss:.0f} KiB per region per store"
     )
-    measured = [lv for lv in levels if lv.regions == TARGET_REGIONS and not lv.settled]
+    measured = [lv for lv in settled(levels) if lv.regions == TARGET_REGIONS]
     if measured:
         figure = measured[0].mean_idle()
         how = "measured"
