@@ -10,7 +10,8 @@ preloads --keys keys, then for each region count in ascending order:
 
 1. splits the key range into that many regions through the PD's split
    operators (POST /pd/api/v1/regions/split, many keys per request), the
-   split points evenly spaced over the keys;
+   split points evenly spaced over the keys, the balance schedulers paused
+   meanwhile (resumed after);
 2. waits until the PD's API shows every region with its replicas (voters
    only) and a leader, and the stores balanced the way the PD's schedulers
    judge it: leaders and region scores within the tolerance on every store
