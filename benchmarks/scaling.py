@@ -18,7 +18,9 @@ preloads --keys keys, then for each region count in ascending order:
    (benchmarks/pd_admin.py), in two readings in a row (if nothing moves
    for --stall seconds short of that, or --balance-timeout passes, it
    measures anyway and says so);
-3. runs the load: --tasks trio tasks (benchmarks/driver.py), each call a put
+3. measures the cluster's CPU over --idle seconds without load (its ticks
+   and heartbeats: the idle cost the load's figures carry);
+4. runs the load: --tasks trio tasks (benchmarks/driver.py), each call a put
    (--put-percent of them) or a get of one of the keys, spread over the key
    space (so over every region), for --seconds after --warmup, through the
    smart client. Over the measurement it reads utime + stime of the PD and
@@ -29,7 +31,10 @@ driver's own CPU is shown apart). On a machine with few cores, more stores
 cannot add throughput: every store shares the same cores, and each adds
 replication and coordination work, so ops/s falls as stores are added; ops
 per CPU-second is the figure that shows the overhead of scaling out (and,
-on real machines, what adding one buys). The last lines print the issue's
+on real machines, what adding one buys). It carries the idle cost of every
+region (ticks, heartbeats), which weighs more the fewer operations there
+are to share it, so it is also shown above idle: operations per CPU-second
+the load added. The last lines print the ratios of both, and the issue's
 targets: ops per CPU-second at 7 stores over 3, and at 256 regions over 1,
 each to fall by at most 15% (ratio >= 0.85).
 
@@ -122,19 +127,34 @@ async def measure(
     kv: ShardKv, args: argparse.Namespace, cluster: LocalCluster | None, value: bytes
 ) -> tuple[Sample, dict[str, float]]:
     """The load's sample (with the cluster's CPU) and what the stores did
-    meanwhile (`pd_admin.activity`; with a local cluster only)."""
+    meanwhile (`pd_admin.activity`, and "idle cores": the cluster's CPU over
+    --idle seconds without load just before; with a local cluster only)."""
     op = mixed_op(kv, args.keys, value, args.put_percent)
+    if cluster is None:
+        if args.warmup > 0:
+            await run_for(op, args.tasks, args.warmup)
+        return await run_for(op, args.tasks, args.seconds), {}
+    pids = cluster_pids(cluster)
+    idle = proc.CpuMeter(pids)
+    await trio.sleep(args.idle)
+    idle_cores = sum(idle.used().values()) / idle.elapsed()
     if args.warmup > 0:
         await run_for(op, args.tasks, args.warmup)
-    if cluster is None:
-        return await run_for(op, args.tasks, args.seconds), {}
     urls = {s.child.name: s.status_url for s in cluster.store_specs}
     async with httpx.AsyncClient(timeout=30) as http:
         before = await scrape_stores(http, urls)
-        meter = proc.CpuMeter(cluster_pids(cluster))
+        meter = proc.CpuMeter(pids)
         sample = await run_for(op, args.tasks, args.seconds)
         sample.server_cpu = meter.used()
-        return sample, activity(before, await scrape_stores(http, urls), sample.seconds)
+        did = activity(before, await scrape_stores(http, urls), sample.seconds)
+    return sample, {**did, "idle cores": idle_cores}
+
+
+def above_idle(sample: Sample, idle_cores: float) -> float:
+    """Operations per CPU-second of the cluster beyond its idle cost (its
+    ticks and heartbeats over the same time): the load's own cost."""
+    busy = sample.server_cpu_seconds() - idle_cores * sample.seconds
+    return sample.count() / busy if busy > 0 else math.nan
 
 
 async def settle(
@@ -239,10 +259,19 @@ def fmt_num(x: float, digits: int = 0) -> str:
 
 
 def cell_median(results: Results, stores: int, regions: int, what: str) -> float:
-    samples = results.samples(stores=stores, regions=regions)
+    """The median over runs of one cell's ops/s ("ops"), ops per CPU-second
+    ("cpu") or ops per CPU-second above idle ("above")."""
+    cell = [
+        (lab, s) for lab, s in results.rows if (lab["stores"], lab["regions"]) == (stores, regions)
+    ]
     if what == "ops":
-        return median(s.throughput() for s in samples)
-    return median(s.ops_per_server_cpu_second() for s in samples)
+        return median(s.throughput() for _, s in cell)
+    if what == "above":
+        return median(
+            above_idle(s, lab.get("store_activity", {}).get("idle cores", math.nan))
+            for lab, s in cell
+        )
+    return median(s.ops_per_server_cpu_second() for _, s in cell)
 
 
 def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None:
@@ -256,6 +285,8 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
         "get p50 ms",
         "cluster CPU (cores)",
         "ops per CPU-s (min-max)",
+        "idle cores",
+        "ops per CPU-s above idle",
         "PD CPU %",
         "driver us/op",
         "msgs/s",
@@ -280,6 +311,10 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
                 return median(lab["store_activity"].get(name, math.nan) for lab in labels)
 
             cores = median(s.server_cpu_seconds() / s.seconds for s in ss)
+            beyond = [
+                above_idle(s, lab["store_activity"].get("idle cores", math.nan))
+                for lab, s in zip(labels, ss, strict=True)
+            ]
             pd_share = median(
                 s.server_cpu.get("pd", math.nan) / s.server_cpu_seconds() * 100 for s in ss
             )
@@ -293,6 +328,8 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
                     fmt_ms(ss, 50, "get"),
                     "-" if math.isnan(cores) else f"{cores:.2f}",
                     fmt_spread([s.ops_per_server_cpu_second() for s in ss]),
+                    fmt_num(did("idle cores"), 2),
+                    fmt_spread(beyond),
                     "-" if math.isnan(pd_share) else f"{pd_share:.0f}",
                     f"{median(s.cpu_us_per_op() for s in ss):.0f}",
                     fmt_num(did("raft msgs sent/s")),
@@ -312,6 +349,8 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
     print(
         "cluster CPU: utime + stime of the PD and every store over the measurement "
         "(/proc/<pid>/stat), in cores busy; ops per CPU-s = operations / those CPU seconds; "
+        "idle cores: the same over --idle seconds without load just before (ticks, "
+        "heartbeats); above idle: operations / (CPU seconds - idle cores x seconds); "
         "driver us/op: this process's CPU (client library); msgs/s, fsyncs/s: Raft messages "
         "sent and synced raft/ writes per second per store, fsync ms their mean duration "
         "(the stores' /metrics); setup s: split + balance."
@@ -330,38 +369,47 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
         print("CPU not measured: the cluster's processes are not on this machine (--pd).")
         return
     print()
+    print(ratio_line(results, args, "stores", 3, 7, "above"))
+    print(ratio_line(results, args, "regions", 1, 256, "above"))
     print(ratio_line(results, args, "stores", 3, 7))
     print(ratio_line(results, args, "regions", 1, 256))
 
 
-def ratio_line(results: Results, args: argparse.Namespace, axis: str, low: int, high: int) -> str:
-    """Ops per CPU-second at `high` over `low` along `axis`, at each value
-    of the other axis, judged against the target."""
+def ratio_line(
+    results: Results,
+    args: argparse.Namespace,
+    axis: str,
+    low: int,
+    high: int,
+    what: str = "cpu",
+) -> str:
+    """Ops per CPU-second (`what` "cpu", or "above" idle) at `high` over
+    `low` along `axis`, at each value of the other axis; the "cpu" figure is
+    judged against the target."""
     if axis == "stores":
-        others = args.region_counts
-        pairs = [(o, (low, o), (high, o)) for o in others]
-        what, other_name = f"{high} stores / {low} stores", "regions"
+        pairs = [(o, (low, o), (high, o)) for o in args.region_counts]
+        ratio_of, other_name = f"{high} stores / {low} stores", "region"
     else:
-        others = results.values(stores=None)
-        pairs = [(o, (o, low), (o, high)) for o in others]
-        what, other_name = f"{high} regions / {low} region", "stores"
+        pairs = [(o, (o, low), (o, high)) for o in results.values(stores=None)]
+        ratio_of, other_name = f"{high} regions / {low} region", "store"
+    figure = "ops per CPU-second" + (" above idle" if what == "above" else "")
     parts = []
     ratios = []
     for other, (s0, r0), (s1, r1) in pairs:
-        a = cell_median(results, s1, r1, "cpu")
-        b = cell_median(results, s0, r0, "cpu")
+        a = cell_median(results, s1, r1, what)
+        b = cell_median(results, s0, r0, what)
         if math.isnan(a) or math.isnan(b) or b == 0:
             continue
         ratios.append(a / b)
-        parts.append(f"{other} {other_name}: {a / b:.2f}")
+        parts.append(f"{other} {other_name}{'s' if other > 1 else ''}: {a / b:.2f}")
     if not ratios:
-        return f"ops per CPU-second, {what}: not measured (needs both in --{axis})"
+        return f"{figure}, {ratio_of}: not measured (needs both in --{axis})"
+    line = f"{figure}, {ratio_of}: {', '.join(parts)}"
+    if what != "cpu":
+        return line
     worst = min(ratios)
     verdict = "met" if worst >= TARGET_RATIO else "NOT met"
-    return (
-        f"ops per CPU-second, {what}: {', '.join(parts)}; target >= {TARGET_RATIO} "
-        f"(falls at most 15%): {verdict} (worst {worst:.2f})"
-    )
+    return f"{line}; target >= {TARGET_RATIO} (falls at most 15%): {verdict} (worst {worst:.2f})"
 
 
 def plot(results: Results, args: argparse.Namespace) -> None:
@@ -419,6 +467,12 @@ def cli() -> None:
     parser.add_argument("--tasks", type=int, default=64, help="concurrent driver tasks")
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds before")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        help="seconds of the cluster's idle CPU measured before each load (default %(default)s)",
+    )
     parser.add_argument("--keys", type=int, default=10_000, help="keys preloaded and used")
     parser.add_argument("--value-size", type=int, default=100, help="bytes per value")
     parser.add_argument("--put-percent", type=int, default=50, help="share of puts (0-100)")
