@@ -88,11 +88,14 @@ def percentile(sorted_xs: Sequence[float], p: float) -> float:
 class Sample:
     """One measurement: the latencies (seconds) of each operation type, the
     wall time from the first call to the end of the last, and this process's
-    CPU time over it (the driver's own cost: client library, encoding)."""
+    CPU time over it (the driver's own cost: client library, encoding).
+    `server_cpu`: the CPU seconds each server process used over it, where
+    the benchmark measured them (benchmarks/proc.py)."""
 
     seconds: float
     cpu_seconds: float
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    server_cpu: dict[str, float] = field(default_factory=dict)
 
     def kinds(self) -> list[str]:
         return sorted(self.latencies)
@@ -117,6 +120,16 @@ class Sample:
         n = self.count()
         return self.cpu_seconds / n * 1e6 if n else math.nan
 
+    def server_cpu_seconds(self) -> float:
+        """The servers' CPU seconds, summed (NaN if not measured)."""
+        return sum(self.server_cpu.values()) if self.server_cpu else math.nan
+
+    def ops_per_server_cpu_second(self) -> float:
+        """Operations per CPU-second of all server processes (NaN if not
+        measured): what the work costs the cluster, whatever the cores."""
+        cpu = self.server_cpu_seconds()
+        return self.count() / cpu if cpu > 0 else math.nan
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: per type and for all operations."""
         out: dict[str, Any] = {
@@ -126,6 +139,9 @@ class Sample:
             "driver_cpu_us_per_op": round(self.cpu_us_per_op(), 1),
             "by_type": {},
         }
+        if self.server_cpu:
+            out["server_cpu_s"] = {k: round(v, 3) for k, v in self.server_cpu.items()}
+            out["ops_per_server_cpu_s"] = round(self.ops_per_server_cpu_second(), 1)
         for kind in self.kinds():
             out["by_type"][kind] = {
                 "ops": self.count(kind),
@@ -308,6 +324,41 @@ def plot_lines(
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_panels(
+    path: str | Path,
+    title: str,
+    panels: Sequence[tuple[str, dict[str, list[tuple[float, float]]]]],
+    *,
+    xlabel: str,
+    series: bool = False,
+) -> None:
+    """One panel per (y label, {label: (x, y) points}), side by side, linear
+    axes from 0; the x ticks are the xs given (`series`: a time series,
+    matplotlib's ticks and no markers). NaN points are left out."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0, :], panels, strict=True):
+        ticks: set[float] = set()
+        for k, (label, points) in enumerate(lines.items()):
+            kept = sorted((x, y) for x, y in points if not math.isnan(y))
+            if not kept:
+                continue
+            xs, ys = zip(*kept, strict=True)
+            ticks.update(xs)
+            marker = None if series else "o"
+            ax.plot(xs, ys, marker=marker, color=f"C{k}", label=label)
+        if not series:
+            ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+        ax.set_ylim(bottom=0)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -2,7 +2,9 @@
 and how each is started on loopback and stopped again.
 
 * shardkv: `LocalCluster` (a PD and N stores as child processes, durable),
-  driven through the public smart client (`client.connect`);
+  driven through the public smart client (`client.connect`); `start_shardkv`
+  starts one of any shape (stores, replicas, flags) for the scaling
+  benchmarks, `cluster_pids` names its processes;
 * etcd: `benchmarks/etcd_kv.py`; PySyncObj: `benchmarks/pysyncobj_kv.py`.
 
 `open_system(name, root, ...)` is an async context manager yielding a `Kv`;
@@ -152,20 +154,51 @@ class ShardKv:
 
 
 @asynccontextmanager
-async def open_shardkv(root: Path, *, replicas: int = 3) -> AsyncIterator[ShardKv]:
-    cluster = LocalCluster(root, stores=replicas, pd_flags={"--max-replicas": str(replicas)})
+async def start_shardkv(
+    root: Path,
+    *,
+    stores: int = 3,
+    replicas: int = 3,
+    pd_flags: dict[str, str] | None = None,
+    store_flags: dict[str, str] | None = None,
+    ready_within: float = 120.0,
+) -> AsyncIterator[LocalCluster]:
+    """A LocalCluster of a PD and `stores` stores under `root`, with
+    `--max-replicas replicas` (and `pd_flags`, `store_flags`), once every
+    store is up and the first region has `replicas` voters; stopped on the
+    way out."""
+    pd_flags = {"--max-replicas": str(replicas), **(pd_flags or {})}
+    cluster = LocalCluster(root, stores=stores, pd_flags=pd_flags, store_flags=store_flags or {})
     try:
         await cluster.start()
         async with open_pd_client([cluster.pd_address]) as pd:
-            with trio.move_on_after(120) as waiting:
-                await cluster.wait_ready(pd, min_stores=replicas)
+            with trio.move_on_after(ready_within) as waiting:
+                await cluster.wait_ready(pd, min_stores=stores)
                 await wait_for_voters(pd, replicas)
             if waiting.cancelled_caught:
                 raise RuntimeError(
-                    f"shardkv: no {replicas} voters serving after 120 s; logs in "
+                    f"shardkv: no {replicas} voters serving after {ready_within:g} s; logs in "
                     f"{root / 'logs'} (--dir keeps them)"
                 )
-        async with client.connect([cluster.pd_address]) as kv:
-            yield ShardKv(kv, replicas)
+        yield cluster
     finally:
         await cluster.aclose()
+
+
+def cluster_pids(cluster: LocalCluster) -> dict[str, int]:
+    """The process id of the PD ("pd") and of each running store
+    ("store-N"): what the scaling benchmarks read CPU and memory of."""
+    return {
+        child.name: child.process.pid
+        for child in cluster.children()
+        if child.process is not None and child.running
+    }
+
+
+@asynccontextmanager
+async def open_shardkv(root: Path, *, replicas: int = 3) -> AsyncIterator[ShardKv]:
+    async with (
+        start_shardkv(root, stores=replicas, replicas=replicas) as cluster,
+        client.connect([cluster.pd_address]) as kv,
+    ):
+        yield ShardKv(kv, replicas)
