@@ -336,10 +336,11 @@ def plot_panels(
     *,
     xlabel: str,
     series: bool = False,
+    logx: bool = False,
 ) -> None:
-    """One panel per (y label, {label: (x, y) points}), side by side, linear
-    axes from 0; the x ticks are the xs given (`series`: a time series,
-    matplotlib's ticks and no markers). NaN points are left out."""
+    """One panel per (y label, {label: (x, y) points}), side by side, y from
+    0, x linear (or log 10); the x ticks are the xs given (`series`: a time
+    series, matplotlib's ticks and no markers). NaN points are left out."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (ylabel, lines) in zip(axes[0, :], panels, strict=True):
@@ -352,8 +353,11 @@ def plot_panels(
             ticks.update(xs)
             marker = None if series else "o"
             ax.plot(xs, ys, marker=marker, color=f"C{k}", label=label)
+        if logx:
+            ax.set_xscale("log")
         if not series:
             ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+            ax.set_xticks([], minor=True)
         ax.set_ylim(bottom=0)
         ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.grid(True, alpha=0.3)

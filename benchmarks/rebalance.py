@@ -338,8 +338,9 @@ def report(runs: list[Run], args: argparse.Namespace, load_at_start: float) -> N
             print(f"run {i}: {r.setup_note}")
         for name, n in sorted(r.errors.items()):
             print(f"run {i}: client error {name}: {n}")
-    flags = [f"--{k} {v}" for k, v in {**args.pd_flags, **args.store_flags}.items()]
-    print(f"settings: {'defaults' if not flags else ' '.join(flags)}")
+    flags = [f"pd {k} {v}" for k, v in args.pd_flags.items()]
+    flags += [f"stores {k} {v}" for k, v in args.store_flags.items()]
+    print(f"settings: {'defaults' if not flags else ', '.join(flags)}")
     print(machine_line(load_at_start))
     print(f"cores: {os.cpu_count()}, shared by the 5 stores, the PD and this driver.")
     times = [r.balanced_s for r in runs]

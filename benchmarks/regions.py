@@ -102,6 +102,7 @@ class Level:
     """What one region count measured."""
 
     regions: int
+    reached: int = 0  # regions the PD listed when the measurements began
     setup_s: float = math.nan
     settled: str = ""  # "" if settled and balanced, else what was not
     leaders: list[int] = field(default_factory=list)  # per store, in store order
@@ -115,6 +116,11 @@ class Level:
     put_p99_ms: float = math.nan
     write_cores: float = math.nan
     puts_per_cpu_s: float = math.nan
+
+    def label(self) -> str:
+        if self.reached and self.reached != self.regions:
+            return f"{self.regions:,} ({self.reached:,} reached)"
+        return f"{self.regions:,}"
 
     def mean_idle(self) -> float:
         return statistics.fmean(self.idle_percent) if self.idle_percent else math.nan
@@ -159,6 +165,7 @@ async def settle(pd: PdAdmin, level: Level, args: argparse.Namespace) -> Placeme
     placement = await pd.placement()
     leaders = placement.leaders()
     level.leaders = [leaders[s] for s in sorted(placement.stores)]
+    level.reached = len(placement.regions)
     progress(f"{placement.summary()} after {level.setup_s:.0f} s")
     return placement
 
@@ -307,7 +314,7 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
     for lv in levels:
         rows.append(
             [
-                f"{lv.regions:,}",
+                lv.label(),
                 "/".join(map(str, lv.leaders)),
                 per_store(lv.idle_percent),
                 f"{lv.mean_idle():.1f}",
@@ -325,7 +332,7 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
     )
     rows = [
         [
-            f"{lv.regions:,}",
+            lv.label(),
             fmt(lv.puts_per_s),
             fmt(lv.put_p50_ms, 2),
             fmt(lv.put_p99_ms, 2),
@@ -393,7 +400,7 @@ def report(levels: list[Level], args: argparse.Namespace, load_at_start: float) 
 
 
 def plot(levels: list[Level], args: argparse.Namespace) -> None:
-    xs = [float(lv.regions) for lv in levels]
+    xs = [float(lv.reached or lv.regions) for lv in levels]
     idle = {
         f"store {i + 1}": [(x, lv.idle_percent[i]) for x, lv in zip(xs, levels, strict=True)]
         for i in range(STORES)
@@ -405,9 +412,11 @@ def plot(levels: list[Level], args: argparse.Namespace) -> None:
     }
     plot_panels(
         args.plot,
-        f"idle regions on {STORES} stores ({os.cpu_count()} shared cores)",
+        f"idle regions on {STORES} stores ({os.cpu_count()} shared cores)"
+        + ("; the last count did not settle" if len(settled(levels)) < len(levels) else ""),
         [("idle CPU, % of one core", idle), ("resident memory, MiB", rss)],
-        xlabel="regions",
+        xlabel="regions (reached)",
+        logx=True,
     )
     print(f"\nplot: {args.plot}")
 

@@ -227,11 +227,27 @@ async def run_remote(args: argparse.Namespace, results: Results, notes: list[str
                 setup, unbalanced = await settle(pd, regions, replicas, stores, args)
                 if unbalanced:
                     notes.append(f"{regions} regions, run {run + 1}: {unbalanced}")
+                spanning = await regions_over_keys(pd, args.keys)
+                if spanning != regions:
+                    notes.append(
+                        f"{regions} regions, run {run + 1}: the keys span {spanning} regions "
+                        "(splits of earlier counts or runs, or the cluster's own)"
+                    )
                 sample, _ = await measure(kv, args, None, value)
                 results.add(
                     sample, stores=stores, regions=regions, run=run + 1, setup_s=round(setup, 1)
                 )
                 progress_line(stores, regions, sample)
+
+
+async def regions_over_keys(pd: PdAdmin, keys: int) -> int:
+    """How many regions the benchmark's keys span."""
+    first, last = key(0), key(keys - 1)
+    return sum(
+        1
+        for r in await pd.regions()
+        if (not r.end_key or r.end_key > first) and r.start_key <= last
+    )
 
 
 def progress_line(stores: int, regions: int, s: Sample) -> None:
@@ -308,11 +324,11 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
             setup = median(lab["setup_s"] for lab in labels)
 
             def did(name: str, labels: list[dict[str, Any]] = labels) -> float:
-                return median(lab["store_activity"].get(name, math.nan) for lab in labels)
+                return median(lab.get("store_activity", {}).get(name, math.nan) for lab in labels)
 
             cores = median(s.server_cpu_seconds() / s.seconds for s in ss)
             beyond = [
-                above_idle(s, lab["store_activity"].get("idle cores", math.nan))
+                above_idle(s, lab.get("store_activity", {}).get("idle cores", math.nan))
                 for lab, s in zip(labels, ss, strict=True)
             ]
             pd_share = median(
@@ -359,15 +375,18 @@ def report(results: Results, args: argparse.Namespace, notes: list[str]) -> None
         print(f"note: {note}")
     print(machine_line(results.meta["load_at_start"]))
     cores = os.cpu_count() or 0
+    if args.pd is not None:
+        print(
+            f"cores here (the driver's machine): {cores}. CPU not measured: the cluster's "
+            "processes are not on this machine (--pd), so only ops/s and latencies are shown."
+        )
+        return
     print(
         f"cores: {cores}. Every store, the PD and this driver share them, so with {cores} "
         "cores more stores cannot add throughput (ops/s shows the cost of more stores on "
         "the same cores, not what more machines would give); ops per CPU-second is the "
         "figure that shows the overhead of scaling out."
     )
-    if args.pd is not None:
-        print("CPU not measured: the cluster's processes are not on this machine (--pd).")
-        return
     print()
     print(ratio_line(results, args, "stores", 3, 7, "above"))
     print(ratio_line(results, args, "regions", 1, 256, "above"))
