@@ -257,7 +257,9 @@ class Hibernation:
             # heartbeat. An ACK counts towards its sleep.
             if msg.hibernate == HibernateFlag.ACK and peer.wants_sleep:
                 peer.sleep_acks.add(msg.from_peer.id)
-        elif msg.hibernate == HibernateFlag.REQUEST and may_sleep_on(peer, m):
+        elif msg.hibernate == HibernateFlag.REQUEST and self.after_ticks and may_sleep_on(peer, m):
+            # (A store with hibernation off never sleeps, nor acks: its
+            # regions stay awake whatever their leaders' stores do.)
             if not peer.asleep:
                 self.sleep(peer, tick)
         else:

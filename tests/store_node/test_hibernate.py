@@ -243,3 +243,16 @@ def test_the_metrics_count_the_sleeping_regions_and_the_naps(c: CoreCluster) -> 
     gauges = {m.name: m.samples[0].value for m in _peer_gauges(core)}
     assert gauges["shardkv_store_regions_asleep"] == 0
     assert core.stats["wakeups"] >= 1
+
+
+def test_a_store_with_hibernation_off_keeps_its_regions_awake(tmp_path: Path) -> None:
+    c = bootstrapped(tmp_path, STORES, CONFIG, ticks=0)
+    c.cores[3].hibernation.after_ticks = 0  # as `--hibernate-regions false` there
+    c.tick(70)
+    found = c.leader_of(1)
+    assert found is not None
+    # Store 3 never sleeps nor acks, so the leader stays awake and keeps
+    # heartbeating (another follower may doze between its heartbeats).
+    assert not c.cores[3].peers[1].asleep
+    assert not c.cores[found[0]].peers[1].asleep
+    assert raft_messages(c, 10) >= 10
