@@ -67,17 +67,7 @@ __all__ = [
 
 def leader_idle(peer: Peer) -> bool:
     """Whether a leader may ask its region to sleep: see the module doc."""
-    if (
-        peer.proposals
-        or peer.queued_writes
-        or peer.queued_reads
-        or peer.queued_stale
-        or peer.reading
-        or peer.read_waiting
-        or peer.pending_remove
-        or peer.generating
-        or not peer.initialized
-    ):
+    if peer.has_waiting() or peer.pending_remove or peer.generating or not peer.initialized:
         return False
     node = peer.node
     last = node.last_index

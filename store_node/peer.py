@@ -301,6 +301,17 @@ class Peer:
         self.proposals = keep
         return replies
 
+    def has_waiting(self) -> bool:
+        """Whether anything waits in this peer: what `fail_all` answers."""
+        return bool(
+            self.proposals
+            or self.queued_writes
+            or self.queued_reads
+            or self.queued_stale
+            or self.reading
+            or self.read_waiting
+        )
+
     def fail_all(self, err: RegionError) -> list[Reply]:
         """Answer everything waiting (the peer is being destroyed or stopped)."""
         replies = [Reply(t, err) for p in self.proposals for t, _ in p.waiters]
