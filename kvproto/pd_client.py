@@ -86,12 +86,14 @@ class PdClient:
     def _header(self) -> pdpb.RequestHeader:
         return pdpb.RequestHeader(cluster_id=self.cluster_id)
 
-    async def _call(self, request: object, expected: type[R]) -> R:
+    async def _call(self, request: object, expected: type[R], *, hold: float = 0.0) -> R:
+        """`hold`: how long the PD may hold the answer (a long poll), on top
+        of the usual timeout."""
         last: Exception | None = None
         for attempt in range(len(self._conns)):
             conn = self._conns[(self._current + attempt) % len(self._conns)]
             try:
-                resp = await conn.call(request, timeout=self.timeout)
+                resp = await conn.call(request, timeout=self.timeout + hold)
             except RpcUnavailableError as e:
                 # Not sent: safe to try the next PD.
                 last = e
@@ -169,6 +171,19 @@ class PdClient:
         )
 
     # -- regions -------------------------------------------------------------
+
+    async def wait_orders(self, store_id: int, wait_seconds: float) -> tuple[RegionId, ...]:
+        """Regions led on the store that the PD wants a heartbeat from now
+        (it holds a new operator for them); waits up to `wait_seconds` for
+        some, then answers none."""
+        if not 0 <= wait_seconds <= 3600:
+            raise ValueError(f"wait_seconds must be within 0..3600, got {wait_seconds}")
+        resp = await self._call(
+            pdpb.WaitOrdersRequest(self._header(), StoreId(store_id), float(wait_seconds)),
+            pdpb.WaitOrdersResponse,
+            hold=wait_seconds,
+        )
+        return resp.report_regions
 
     async def region_heartbeat(
         self, request: pdpb.RegionHeartbeatRequest

@@ -199,6 +199,25 @@ class StoreHeartbeatResponse:
     report_regions: tuple[RegionId, ...] = ()
 
 
+@wire(145)
+@dataclass(frozen=True, slots=True)
+class WaitOrdersRequest:
+    """A store's long poll for the regions the PD wants to hear from now
+    (the same as `StoreHeartbeatResponse.report_regions`): answered as soon
+    as there are some, or with none after `wait_seconds` (the PD caps it)."""
+
+    header: RequestHeader
+    store_id: StoreId
+    wait_seconds: float
+
+
+@wire(146)
+@dataclass(frozen=True, slots=True)
+class WaitOrdersResponse:
+    header: ResponseHeader
+    report_regions: tuple[RegionId, ...] = ()
+
+
 # -- regions -----------------------------------------------------------------------
 
 

@@ -86,6 +86,9 @@ class OperatorController:
         self._running: dict[RegionId, Operator] = {}
         # Regions whose running operator no heartbeat has answered yet.
         self._unsent: set[RegionId] = set()
+        # Called when an operator starts (the PD server answers the stores'
+        # long polls for regions to report: `regions_waiting`).
+        self.on_start: Callable[[], None] | None = None
         self._history: deque[Operator] = deque(maxlen=history_size)
         # Counts since start for the PD's metrics (placement_driver.metrics
         # reads them when scraped): started by (kind, desc), finished by
@@ -176,6 +179,8 @@ class OperatorController:
         op.start(now)
         self._running[op.region_id] = op
         self._unsent.add(op.region_id)
+        if self.on_start is not None:
+            self.on_start()
         self.created_counts[op.kind.value, op.desc] += 1
         if scheduler is not None:
             self.scheduler_counts[scheduler] += 1

@@ -11,7 +11,10 @@ core's (`Cluster`, `PdService`). One lifetime, one nursery:
   config changes), on `trio.current_time()`, so trio's MockClock drives it;
 * a task that flushes region metadata every `region_flush_interval`;
 * the scheduling: an `OperatorController` answers region heartbeats with
-  operator steps, and a task runs its `patrol` every `patrol_interval`
+  operator steps (a store long-polls with WaitOrders for the regions whose
+  new operator waits for a heartbeat: held here until an operator starts,
+  so a step goes out in about a round trip), and a task runs its `patrol`
+  every `patrol_interval`
   (timeouts, the replica checker over every region, burying empty Offline
   stores), then the schedulers (`SchedulerController.run`: balance-leader,
   balance-region, evict-leader; their set persisted in the storage).
@@ -74,6 +77,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGION_FLUSH_INTERVAL = 1.0
 DEFAULT_PATROL_INTERVAL = 1.0
+# The longest a WaitOrders long poll is held (a store asks for less).
+MAX_ORDER_WAIT = 60.0
 
 # Requests after which the store-state task must look at the stores again.
 _WAKES_STORE_STATES = (
@@ -142,6 +147,10 @@ class PdServer:
         self._service: PdService | None = None
         self._addresses: PdAddresses | None = None
         self._wake_store_states = trio.Event()
+        # Set (and replaced) when an operator starts: wakes the long polls.
+        self._operator_started = trio.Event()
+        if self._controller is not None:
+            self._controller.on_start = self._wake_long_polls
         self._rpc_server = RpcServer(dict.fromkeys(RESPONSE_TYPES, self._handle))
         self.metrics = PdMetrics(lambda: self._cluster, self._controller)
 
@@ -239,7 +248,31 @@ class PdServer:
             self.metrics.observe_region_heartbeat(time.perf_counter() - started, response)
         if isinstance(request, _WAKES_STORE_STATES):
             self._wake_store_states.set()
+        if isinstance(request, pdpb.WaitOrdersRequest):
+            return await self._hold_wait_orders(request, response)
         return response
+
+    async def _hold_wait_orders(self, request: pdpb.WaitOrdersRequest, response: object) -> object:
+        """Hold an empty answer to a store's long poll until an operator
+        starts for one of its regions or its wait is over (an unusable wait,
+        NaN or out of range, is the longest)."""
+        wait = request.wait_seconds
+        if not 0 <= wait <= MAX_ORDER_WAIT:
+            wait = MAX_ORDER_WAIT
+        with trio.move_on_after(wait):
+            while (
+                isinstance(response, pdpb.WaitOrdersResponse)
+                and response.header.error is None
+                and not response.report_regions
+            ):
+                await self._operator_started.wait()
+                assert self._service is not None
+                response = self._service.handle(request, trio.current_time())
+        return response
+
+    def _wake_long_polls(self) -> None:
+        self._operator_started.set()
+        self._operator_started = trio.Event()
 
     # -- HTTP ---------------------------------------------------------------------
 

@@ -70,6 +70,7 @@ RESPONSE_TYPES: Final[Mapping[type, type]] = {
     pdpb.GetStoreRequest: pdpb.GetStoreResponse,
     pdpb.GetAllStoresRequest: pdpb.GetAllStoresResponse,
     pdpb.StoreHeartbeatRequest: pdpb.StoreHeartbeatResponse,
+    pdpb.WaitOrdersRequest: pdpb.WaitOrdersResponse,
     pdpb.RegionHeartbeatRequest: pdpb.RegionHeartbeatResponse,
     pdpb.GetRegionRequest: pdpb.GetRegionResponse,
     pdpb.GetRegionByIdRequest: pdpb.GetRegionResponse,
@@ -99,6 +100,7 @@ class PdService:
             pdpb.GetStoreRequest: self._get_store,
             pdpb.GetAllStoresRequest: self._get_all_stores,
             pdpb.StoreHeartbeatRequest: self._store_heartbeat,
+            pdpb.WaitOrdersRequest: self._wait_orders,
             pdpb.RegionHeartbeatRequest: self._region_heartbeat,
             pdpb.GetRegionRequest: self._get_region,
             pdpb.GetRegionByIdRequest: self._get_region_by_id,
@@ -174,6 +176,13 @@ class PdService:
         return pdpb.StoreHeartbeatResponse(
             self._header(), config.region_max_size, config.region_max_keys, waiting
         )
+
+    def _wait_orders(self, req: pdpb.WaitOrdersRequest, now: float) -> pdpb.WaitOrdersResponse:
+        """What a store's long poll gets now; the server holds the answer
+        while it is empty (`PdServer`)."""
+        self.cluster.check_bootstrapped()
+        waiting = self.operators.regions_waiting(self.cluster, req.store_id)
+        return pdpb.WaitOrdersResponse(self._header(), waiting)
 
     def _region_heartbeat(
         self, req: pdpb.RegionHeartbeatRequest, now: float

@@ -80,6 +80,13 @@ class StoreConfig:
     region_heartbeat_interval: float = setting(
         10.0, "interval of region heartbeats from leaders", kind="duration", min=0.01
     )
+    asleep_region_heartbeat_interval: float = setting(
+        60.0,
+        "interval of region heartbeats from sleeping leaders (a sleeping region changes "
+        "nothing the PD hears of; anything that would, wakes it first)",
+        kind="duration",
+        min=0.01,
+    )
     kv_sync_interval: float = setting(
         60.0,
         "interval of fsyncs of kv/ (bounds log replay after a machine crash; log "

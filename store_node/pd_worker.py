@@ -76,6 +76,7 @@ class PdWorker:
             nursery.start_soon(self._run_store_heartbeats)
             nursery.start_soon(self._run_periodic_region_heartbeats)
             nursery.start_soon(self._run_due_region_heartbeats)
+            nursery.start_soon(self._run_order_watch)
 
     # -- store -----------------------------------------------------------------
 
@@ -129,6 +130,22 @@ class PdWorker:
             if p.is_leader() and p.initialized
         ]
 
+    async def _run_order_watch(self) -> None:
+        """Long-poll the PD for the regions it holds a new operator for, and
+        report them at once: an operator's first step then goes out in
+        about a round trip rather than with the next store heartbeat's
+        answer (which still carries them, for a PD without WaitOrders)."""
+        store_id = await self.store.call_core(lambda core: core.store_id)
+        while True:
+            try:
+                region_ids = await self.pd.wait_orders(store_id, ORDER_WAIT)
+            except PD_UNAVAILABLE as e:
+                log.debug("waiting for PD orders failed: %s", e)
+                await trio.sleep(self.config.store_heartbeat_interval)
+                continue
+            if region_ids:
+                await self._report_now(region_ids)
+
     async def _report_now(self, region_ids: Sequence[int]) -> None:
         """Heartbeats of the regions the PD asked to hear from (it holds an
         operator step for them)."""
@@ -141,13 +158,24 @@ class PdWorker:
             await self.region_heartbeat(req)
 
     async def _run_periodic_region_heartbeats(self) -> None:
+        cfg = self.config
+        asleep_ticks = max(1, round(cfg.asleep_region_heartbeat_interval / cfg.tick_interval))
+
+        def due(core: StoreCore) -> list[int]:
+            return periodic_heartbeats_due(core.leader_regions(), core.ticks, asleep_ticks)
+
+        def take(ids: list[int], core: StoreCore) -> list[pdpb.RegionHeartbeatRequest]:
+            return self._requests(core, [p for r in ids if (p := core.peers.get(r)) is not None])
+
         while True:
-            await trio.sleep(self.config.region_heartbeat_interval)
-            requests = await self.store.call_core(
-                lambda core: self._requests(core, core.leader_regions())
-            )
-            for req in requests:
-                await self.region_heartbeat(req)
+            await trio.sleep(cfg.region_heartbeat_interval)
+            region_ids = await self.store.call_core(due)
+            # Built a slice at a time: ten thousand requests in one call would
+            # hold the store loop for a good part of a second.
+            for start in range(0, len(region_ids), HEARTBEAT_SLICE):
+                ids = region_ids[start : start + HEARTBEAT_SLICE]
+                for req in await self.store.call_core(partial(take, ids)):
+                    await self.region_heartbeat(req)
 
     async def _run_due_region_heartbeats(self) -> None:
         def take(
@@ -212,6 +240,27 @@ def _learn_limits(limits: tuple[int, int]) -> Callable[[StoreCore], None]:
         core.split_limits = limits
 
     return learn
+
+
+# How long one long poll for PD orders waits (the PD answers sooner when
+# it has some).
+ORDER_WAIT = 30.0
+
+# Periodic region heartbeats built per call into the store loop.
+HEARTBEAT_SLICE = 256
+
+
+def periodic_heartbeats_due(leaders: Sequence[Peer], now_tick: int, asleep_ticks: int) -> list[int]:
+    """The regions among `leaders` whose periodic heartbeat is due: every
+    awake one, and a sleeping one once `asleep_ticks` passed since its last
+    heartbeat (`Flow.since_tick`, which every heartbeat resets). A sleeping
+    region has nothing new to tell: a write, a read round, a conf change, a
+    leader change or a silent follower store wakes it first (`hibernate`),
+    and the PD hears of those as they happen. TiKV's leaders report every
+    60 s whatever their state; awake ones here report more often."""
+    return [
+        p.region_id for p in leaders if not p.asleep or now_tick - p.flow.since_tick >= asleep_ticks
+    ]
 
 
 # The token of orders from the PD: nobody waits for their replies.

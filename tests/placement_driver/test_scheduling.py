@@ -19,9 +19,9 @@ import trio
 import trio.testing
 
 from kvproto import pdpb
-from kvproto.metapb import RegionEpoch, StoreState
+from kvproto.metapb import RegionEpoch, StoreId, StoreState
 from placement_driver.operators import OperatorKind, OperatorStatus, OperatorTimeouts
-from placement_driver.server import PdServer
+from placement_driver.server import MAX_ORDER_WAIT, PdServer
 from placement_driver.testing import TEST_CLUSTER_CONFIG, connect_in_memory, open_pd
 from plumbing.nursery import open_background_nursery
 from tests.factories import learner
@@ -343,3 +343,44 @@ async def test_a_new_store_fills_with_regions_and_leaders_until_balanced(
                 assert len({p.store_id for p in fr.region.peers}) == len(fr.region.peers) == 3
             descs = {op.desc for op in pd.operator_controller.history()}
             assert {"balance-region", "balance-leader"} <= descs
+
+
+async def wait_orders(fake: FakeStores, store_id: int, wait: float) -> pdpb.WaitOrdersResponse:
+    request = pdpb.WaitOrdersRequest(fake.pd.header(), StoreId(store_id), float(wait))
+    response = await fake.pd.conn.call(request, timeout=(wait if wait >= 0 else 0) + 70)
+    assert isinstance(response, pdpb.WaitOrdersResponse) and response.header.error is None
+    return response
+
+
+async def test_a_stores_long_poll_is_answered_when_an_operator_starts_for_its_region(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # One store: nothing to do, so the poll is held its whole wait.
+    with trio.fail_after(LIMIT):
+        async with cluster(tmp_path, stores=1) as (_pd, fake):
+            rid = first_region_id(fake)
+            (s1,) = fake.stores
+            t0 = trio.current_time()
+            assert (await wait_orders(fake, s1, 20)).report_regions == ()
+            assert trio.current_time() - t0 == 20
+            # An unusable wait is the PD's longest.
+            t0 = trio.current_time()
+            assert (await wait_orders(fake, s1, float("nan"))).report_regions == ()
+            assert trio.current_time() - t0 == MAX_ORDER_WAIT
+            # Two more stores: the next patrol (every second) starts an
+            # add-replica operator, and the held poll answers with the region
+            # then, not when its 30 s are over.
+            answer: list[pdpb.WaitOrdersResponse] = []
+
+            async def poll() -> None:
+                answer.append(await wait_orders(fake, s1, 30))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                await trio.sleep(5)
+                assert answer == []
+                t0 = trio.current_time()
+                await fake.add_store()
+                await fake.add_store()
+            assert answer[0].report_regions == (rid,)
+            assert trio.current_time() - t0 <= 2

@@ -17,7 +17,7 @@ from kvproto.raft_cmdpb import Put
 from kvproto.raft_serverpb import RaftMessage
 from raft.types import MessageType, Role
 from store_node.config import CoreConfig
-from store_node.pd_worker import region_heartbeat_request
+from store_node.pd_worker import periodic_heartbeats_due, region_heartbeat_request
 from store_node.peer import ReadPermit, WriteDone
 from tests.store_node.harness import CoreCluster, bootstrapped
 
@@ -256,3 +256,23 @@ def test_a_store_with_hibernation_off_keeps_its_regions_awake(tmp_path: Path) ->
     assert not c.cores[3].peers[1].asleep
     assert not c.cores[found[0]].peers[1].asleep
     assert raft_messages(c, 10) >= 10
+
+
+def test_a_sleeping_leader_reports_to_the_pd_at_the_slower_interval(c: CoreCluster) -> None:
+    """Ten thousand sleeping leaders heartbeating every 10 s cost their
+    store ~10% of a core in heartbeat RPCs alone (benchmarks/regions.py);
+    asleep, a region has nothing new to say, so it reports at the slower
+    interval, and awake again at every one."""
+    found = c.leader_of(1)
+    assert found is not None
+    core = c.cores[found[0]]
+    peer = core.peers[1]
+    assert peer.asleep
+    region_heartbeat_request(peer, core.heard_ticks(peer), core.ticks, 0.1, 20)
+    reported = core.ticks
+    assert periodic_heartbeats_due([peer], reported + 599, 600) == []
+    assert periodic_heartbeats_due([peer], reported + 600, 600) == [1]
+    assert write(c, "w", b"k")
+    assert not peer.asleep
+    region_heartbeat_request(peer, core.heard_ticks(peer), core.ticks, 0.1, 20)
+    assert periodic_heartbeats_due([peer], core.ticks, 600) == [1]

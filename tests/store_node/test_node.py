@@ -189,3 +189,20 @@ async def test_a_pd_ordered_split_divides_the_region_at_the_key(tmp_path: Path) 
                 async with connect(info.address) as conn:
                     r = await conn.call(kv.RawGetRequest(part_ctx, key))
                     assert r.value == b"v"
+
+
+async def test_an_operator_reaches_its_store_through_the_long_poll_alone(tmp_path: Path) -> None:
+    # No heartbeat of either kind is due for an hour: the split operator's
+    # step can only travel because the store's long poll (WaitOrders) was
+    # answered when the operator started and the store then reported the
+    # region at once.
+    with trio.fail_after(30):
+        async with pd_and_one_store(
+            tmp_path, store_heartbeat_interval=3600.0, region_heartbeat_interval=3600.0
+        ) as (pd, _, ctx):
+            op = pd.split_region(ctx.region_id, (b"m",))
+            while op.is_running:
+                await trio.sleep(0.05)
+            assert op.status.value == "success", op.describe()
+            starts = sorted(r.region.start_key for r in pd.cluster.regions())
+            assert starts == [b"", b"m"]
