@@ -64,7 +64,11 @@ class RegionTree:
         # still overlap (the tree has no overlaps).
         i = max(self._by_start.bisect_right(start_key) - 1, 0)
         count = 0
-        for region in self._by_start.values()[i:]:
+        # islice walks from i lazily; values()[i:] built the whole tail (half
+        # the tree per region heartbeat on average).
+        by_start = self._by_start
+        for key in by_start.islice(i):
+            region = by_start[key]
             if end_key and region.start_key >= end_key:
                 return
             if not ranges_overlap(region.start_key, region.end_key, start_key, end_key):

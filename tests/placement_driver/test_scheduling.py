@@ -384,3 +384,37 @@ async def test_a_stores_long_poll_is_answered_when_an_operator_starts_for_its_re
                 await fake.add_store()
             assert answer[0].report_regions == (rid,)
             assert trio.current_time() - t0 <= 2
+
+
+async def test_schedulers_run_again_soon_while_they_find_work(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # 30 regions led on store 1 of 3: balance-leader has ~20 leaders to move.
+    # Run once per patrol (1 s) with 4 operators a run, it started 4 a
+    # second; run again 50 ms after a run that started some, it starts all
+    # it may (the limit, 64 here, bounds how many run at once) well within
+    # the first second.
+    with trio.fail_after(LIMIT):
+        async with cluster(tmp_path, 3, {"leader_schedule_limit": 64}) as (pd, fake):
+            pd.schedulers.pause("balance-leader", 3600, trio.current_time())
+            rid = first_region_id(fake)
+            await fake.wait_until(lambda: len(voters(fake.region(rid))) == 3 and settled(pd))
+            op = pd.split_region(rid, tuple(b"k%02d" % i for i in range(1, 30)))
+            await fake.wait_until(lambda: not op.is_running)
+            await fake.wait_until(
+                lambda: (
+                    all(r.leader is not None for r in pd.cluster.regions())
+                    and len(fake.regions) == 30
+                    and settled(pd)
+                )
+            )
+            s1 = fake.stores[0]
+            assert all(fr.leader_peer.store_id == s1 for fr in fake.regions.values())
+            before = pd.schedulers.get("balance-leader").operators_created
+            pd.schedulers.pause("balance-leader", 0, trio.current_time())
+            await trio.sleep(1.0)
+            made = pd.schedulers.get("balance-leader").operators_created - before
+            assert made >= 16, made
+            await fake.wait_until(lambda: settled(pd))
+            led = Counter(fr.leader_peer.store_id for fr in fake.regions.values())
+            assert max(led.values()) - min(led.values()) <= 2, led
