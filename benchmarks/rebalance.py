@@ -272,22 +272,18 @@ async def add_stores_and_wait(
 
 
 def leader_diagnosis(placement: Placement) -> str:
-    """Why balance-leader may have nothing to move: it moves a leader off
-    the store with the most only to the least-led other voter of one of
-    its regions, and only past the tolerance."""
+    """Why balance-leader may have nothing to move: it moves a leader only
+    to a voter whose store leads at least 2 fewer than the leader's."""
     leaders = placement.leaders()
-    top = max(leaders, key=lambda s: (leaders[s], -s))
-    best = [
-        min(leaders[v] for v in r.voters if v != top)
+    narrowing = [
+        r
         for r in placement.regions
-        if r.leader_store == top and len(r.voters) > 1
+        if r.leader_store is not None
+        and any(leaders[r.leader_store] - leaders[v] >= 2 for v in r.voters)
     ]
-    if not best:
-        return f"store {top} leads no region with other voters"
-    return (
-        f"store {top} leads {leaders[top]}; the least-led other voter of each of its "
-        f"regions leads at least {min(best)} (the fewest on any store: {min(leaders.values())})"
-    )
+    if narrowing:
+        return f"{len(narrowing)} region(s) still have a voter leading at least 2 fewer"
+    return "no region has a voter whose store leads at least 2 fewer than its leader's"
 
 
 def report(runs: list[Run], args: argparse.Namespace, load_at_start: float) -> None:

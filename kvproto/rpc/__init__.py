@@ -5,6 +5,7 @@ one-way messages, the other answers. The modules, from the wire up:
 
 * `envelope`: the ``[kind, request_id, body]`` array each frame carries,
   and the envelope-level messages (`RpcError`, `Echo`; tags 60..79);
+* `auth`: the shared-secret handshake and the roles it proves;
 * `errors`: what a caller gets from `call`, by what it may do next
   (`RpcCallError` and its subclasses);
 * `client`: `RpcConnection`, `connect`, stream openers, `parse_address`;
@@ -18,6 +19,13 @@ The names below are the public API: import them from `kvproto.rpc`.
 
 from __future__ import annotations
 
+from kvproto.rpc.auth import (
+    AuthRefusedError,
+    Credentials,
+    Role,
+    ServerAuth,
+    authenticating_opener,
+)
 from kvproto.rpc.client import (
     RpcConnection,
     StreamOpener,
@@ -46,6 +54,8 @@ from kvproto.rpc.server import (
 )
 
 __all__ = [
+    "AuthRefusedError",
+    "Credentials",
     "Deferred",
     "Echo",
     "FrameKind",
@@ -53,6 +63,7 @@ __all__ = [
     "OnewayHandler",
     "RequestContext",
     "Respond",
+    "Role",
     "RpcCallError",
     "RpcConnection",
     "RpcConnectionLostError",
@@ -63,7 +74,9 @@ __all__ = [
     "RpcServer",
     "RpcTimeoutError",
     "RpcUnavailableError",
+    "ServerAuth",
     "StreamOpener",
+    "authenticating_opener",
     "connect",
     "echo_handler",
     "open_connection_stream",

@@ -59,6 +59,9 @@ class RpcErrorCode(IntEnum):
     # The handler raised, or its answer could not be encoded: it may have
     # done part of its work.
     INTERNAL = 3
+    # The connection's role (`kvproto.rpc.auth`) may not send this message:
+    # nothing ran.
+    PERMISSION_DENIED = 4
 
 
 @wire(60)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -63,6 +63,7 @@ from kvproto.frame import (
     FrameReader,
     FrameWriter,
 )
+from kvproto.rpc.auth import AuthRefusedError, Role, ServerAuth, authenticate_server
 from kvproto.rpc.batching import EnvelopeBatcher
 from kvproto.rpc.envelope import (
     Echo,
@@ -108,6 +109,7 @@ class RequestContext:
     peer: str
     connection_id: int
     request_id: int  # 0 for one-way messages
+    role: Role | None = None  # what the connection proved (None: no auth configured)
 
 
 Handler = Callable[[Any, RequestContext], Awaitable[object]]
@@ -165,7 +167,12 @@ class RpcServer:
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         max_frame_items: int = DEFAULT_MAX_FRAME_ITEMS,
         max_decode_ratio: float = DEFAULT_MAX_DECODE_RATIO,
+        auth: ServerAuth | None = None,
+        client_messages: Collection[type] = (),
     ) -> None:
+        """`auth`: every connection must first prove a role (`kvproto.rpc.auth`);
+        one with the CLIENT role may send only `client_messages` (others are
+        answered PERMISSION_DENIED, or dropped if one-way)."""
         if max_buffered_bytes < HEADER_SIZE + max_frame_size:
             raise ValueError(
                 f"max_buffered_bytes ({max_buffered_bytes}) must hold a frame of "
@@ -180,6 +187,8 @@ class RpcServer:
         self.frame_timeout = frame_timeout
         self.max_frame_items = max_frame_items
         self.max_decode_ratio = max_decode_ratio
+        self.auth = auth
+        self.client_messages = frozenset(client_messages)
         # Shared by the frame readers of every connection.
         self.buffer_budget = FrameBudget(max_buffered_bytes)
         self._cost_checkers: trio.CapacityLimiter | None = None
@@ -189,6 +198,21 @@ class RpcServer:
         # many had been when the current burst of refusals began.
         self.refused_connections = 0
         self._burst_start: int | None = None
+        self.refused_handshakes = 0  # connections that failed to authenticate
+
+    def _handlers_for(
+        self, role: Role | None
+    ) -> tuple[dict[type, Handler | Deferred], dict[type, OnewayHandler]]:
+        if role != Role.CLIENT:
+            return self._handlers, self._oneway_handlers
+        allowed = self.client_messages
+        handlers: dict[type, Handler | Deferred] = {
+            cls: h if cls in allowed else _deny for cls, h in self._handlers.items()
+        }
+        oneways: dict[type, OnewayHandler] = {
+            cls: h if cls in allowed else _deny_oneway for cls, h in self._oneway_handlers.items()
+        }
+        return handlers, oneways
 
     async def serve(
         self,
@@ -234,18 +258,28 @@ class RpcServer:
                 self.refused_connections - self._burst_start,
             )
             self._burst_start = None
-        conn = _ServerConnection(
-            self._handlers, self._oneway_handlers, self, stream, peer, next(self._connection_ids)
-        )
         self.open_connections += 1
+        conn: _ServerConnection | None = None
         try:
+            role = None
+            if self.auth is not None:
+                try:
+                    role = await authenticate_server(stream, self.auth)
+                except AuthRefusedError as e:
+                    self.refused_handshakes += 1
+                    logger.warning("%s: connection refused: %s", peer, e)
+                    return
+            conn = _ServerConnection(
+                *self._handlers_for(role), self, stream, peer, next(self._connection_ids), role
+            )
             await conn.run()
         except Exception:
             # A bug in this module; the server and other connections go on.
             logger.exception("%s: connection crashed", peer)
         finally:
             self.open_connections -= 1
-            conn.release()
+            if conn is not None:
+                conn.release()
             await trio.aclose_forcefully(stream)
 
     def _refuse(self, peer: str) -> None:
@@ -296,7 +330,9 @@ class _ServerConnection:
         stream: trio.abc.Stream,
         peer: str,
         conn_id: int,
+        role: Role | None = None,
     ) -> None:
+        self._role = role
         self._handlers = handlers
         self._oneway_handlers = oneway_handlers
         self._peer = peer
@@ -420,7 +456,9 @@ class _ServerConnection:
             self._send_answer(request_id, RpcError(RpcErrorCode.BAD_REQUEST, str(e)))
             return
         try:
-            handler.fn(request, RequestContext(self._peer, self._id, request_id), respond)
+            handler.fn(
+                request, RequestContext(self._peer, self._id, request_id, self._role), respond
+            )
         except Exception as e:
             if not answered:
                 respond(e)
@@ -466,7 +504,9 @@ class _ServerConnection:
             return RpcError(RpcErrorCode.BAD_REQUEST, str(e))
         assert not isinstance(handler, Deferred)
         try:
-            return await handler(request, RequestContext(self._peer, self._id, request_id))
+            return await handler(
+                request, RequestContext(self._peer, self._id, request_id, self._role)
+            )
         except Exception as e:
             logger.exception("%s: handler for %s failed", self._peer, type(request).__qualname__)
             return RpcError(RpcErrorCode.INTERNAL, f"{type(e).__name__}: {e}"[:1000])
@@ -494,7 +534,18 @@ class _ServerConnection:
             logger.warning("%s: dropping bad one-way message: %s", self._peer, e)
             return
         try:
-            await handler(msg, RequestContext(self._peer, self._id, 0))
+            await handler(msg, RequestContext(self._peer, self._id, 0, self._role))
         except Exception:
             name = type(msg).__qualname__
             logger.exception("%s: one-way handler for %s failed", self._peer, name)
+
+
+async def _deny(request: object, ctx: RequestContext) -> RpcError:
+    return RpcError(
+        RpcErrorCode.PERMISSION_DENIED,
+        f"a client connection may not send {type(request).__qualname__}",
+    )
+
+
+async def _deny_oneway(msg: object, ctx: RequestContext) -> None:
+    logger.warning("%s: dropping %s from a client connection", ctx.peer, type(msg).__qualname__)
