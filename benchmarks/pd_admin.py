@@ -36,7 +36,7 @@ import bisect
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -257,6 +257,7 @@ async def split_at(
     per_request: int = MAX_SPLIT_KEYS,
     pause: Sequence[str] = BALANCE_SCHEDULERS,
     round_wait: float = 10.0,
+    after_round: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Split regions until every one of `keys` starts a region; returns the
     number of split requests the PD took. Each round asks every region
@@ -268,7 +269,9 @@ async def split_at(
     busy with an operator (409) or known to the PD under an older epoch is
     simply asked again in the next round. The schedulers in `pause` are
     paused meanwhile (their operators would hold regions the splits want)
-    and resumed at the end. Bound it from outside (a cancel scope)."""
+    and resumed at the end. `after_round`, if given, is awaited after each
+    round (pacing: regions.py waits for the new regions to sleep). Bound it
+    from outside (a cancel scope)."""
     wanted = sorted(set(keys) - {b""})
     taken = 0
     said = ""
@@ -308,6 +311,8 @@ async def split_at(
                 while await pd.region_count() == len(regions):  # noqa: ASYNC110
                     await trio.sleep(0.2)
             await trio.sleep(0.5)  # the rest of the batch split reports
+            if after_round is not None:
+                await after_round()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             for name in paused:

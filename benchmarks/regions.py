@@ -11,7 +11,10 @@ count), then:
 
 1. split the key range into that many equal regions through the PD's split
    operator (POST /pd/api/v1/regions/split, 1,000 keys a request, the PD's
-   most: 10,000 regions take 10 batch splits in a row), and wait until
+   most: 10,000 regions take 10 batch splits, each round waiting up to
+   --split-pace seconds for the new regions to fall asleep: 10 rounds in
+   one burst keep 10,000 fresh regions awake at once, whose elections and
+   heartbeats overload the leader store on this machine), and wait until
    every region has 3 voters and a leader the PD knows (--settle-timeout);
    then wait for the leaders and regions to be balanced (--balance-timeout
    or --stall; past it the figures are taken anyway, with the leaders per
@@ -131,13 +134,42 @@ class Level:
         return statistics.fmean(self.rss_mib) if self.rss_mib else math.nan
 
 
-async def settle(pd: PdAdmin, level: Level, args: argparse.Namespace) -> Placement:
-    """Split to the level's count, wait for replicas and leaders, then for
-    balance; notes on `level` what did not happen in time."""
+async def wait_asleep(
+    http: httpx.AsyncClient, status_urls: dict[str, str], limit: float, share: float = 0.95
+) -> None:
+    """Wait (at most `limit` s) until every store has `share` of its regions
+    asleep (hibernating), from the stores' /metrics."""
+    with trio.move_on_after(limit):
+        while True:
+            stores = await scrape_stores(http, status_urls)
+            if all(
+                m.get("shardkv_store_regions_asleep", 0)
+                >= share * m.get("shardkv_store_regions", 0)
+                for m in stores.values()
+            ):
+                return
+            await trio.sleep(0.5)
+
+
+async def settle(
+    pd: PdAdmin,
+    level: Level,
+    args: argparse.Namespace,
+    http: httpx.AsyncClient,
+    status_urls: dict[str, str],
+) -> Placement:
+    """Split to the level's count (each round of splits paced by
+    --split-pace), wait for replicas and leaders, then for balance; notes on
+    `level` what did not happen in time."""
     started = time.perf_counter()
     keys = [key(j * args.keys // level.regions) for j in range(1, level.regions)]
+
+    async def pace() -> None:
+        if args.split_pace > 0:
+            await wait_asleep(http, status_urls, args.split_pace)
+
     with trio.move_on_after(args.settle_timeout) as settling:
-        await split_at(pd, keys, progress=progress)
+        await split_at(pd, keys, progress=progress, after_round=pace)
         await wait_balanced(pd, 3, stores=STORES, progress=progress, poll=1.0, balance=False)
     if settling.cancelled_caught:
         placement = await pd.placement()
@@ -251,7 +283,7 @@ async def measure_level(level: Level, value: bytes, args: argparse.Namespace) ->
             await kv.load([(key(i), value) for i in range(args.keys)])
             pids = cluster_pids(cluster)
             status_urls = {s.child.name: s.status_url for s in cluster.store_specs}
-            await settle(pd, level, args)
+            await settle(pd, level, args, http, status_urls)
             await measure_idle(http, level, pids, status_urls, args)
             if level.settled.startswith("not settled"):
                 # Regions without a leader would fail the client's calls.
@@ -463,6 +495,13 @@ def cli() -> None:
         type=float,
         default=30.0,
         help="stop waiting for balance once nothing moved this long (default %(default)s)",
+    )
+    parser.add_argument(
+        "--split-pace",
+        type=float,
+        default=60.0,
+        help="after each round of splits, wait up to this many seconds for 95%% of every "
+        "store's regions to sleep before the next (0: split in one burst; default %(default)s)",
     )
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
     parser.add_argument(

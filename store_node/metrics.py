@@ -74,6 +74,8 @@ COUNTER_HELP: Final = {
     "follower_reads": "Follower reads forwarded to the leader for a read index",
     "stale_reads": "Stale reads served from the applied state",
     "stale_reads_refused": "Stale reads too stale, served as follower reads",
+    "ticks_skipped": "Raft ticks skipped because the last one still waited for the loop "
+    "(an overloaded store's Raft clock runs slow)",
 }
 
 

@@ -30,7 +30,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -64,6 +63,7 @@ from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
 from store_node.split import scan_region
 from store_node.status import status_json, store_status
 from store_node.status_http import Page, StatusApp, json_page, serve_status
+from store_node.ticker import Ticker
 from store_node.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class StoreNode:
         self.address = ""
         self.raft_frames_received = 0
         self.raft_messages_received = 0
+        self.ticker = Ticker[StoreCore](config.tick_interval, self.submit, _tick)
         self.metrics = StoreMetrics(self)
 
     # -- lifetime -----------------------------------------------------------
@@ -198,7 +199,7 @@ class StoreNode:
                 )
                 worker = PdWorker(self, pd, cfg, self.metrics.observe_pd_heartbeat)
                 nursery.start_soon(self._run_loop)
-                nursery.start_soon(self._run_ticker)
+                nursery.start_soon(self.ticker.run)
                 nursery.start_soon(self._run_kv_syncer)
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
@@ -455,6 +456,7 @@ class StoreNode:
             "raft_messages_dropped": transport.dropped if transport else 0,
             "raft_frames_received": self.raft_frames_received,
             "raft_messages_received": self.raft_messages_received,
+            "ticks_skipped": self.ticker.skipped,
         }
 
     def queued_events(self) -> int:
@@ -482,18 +484,6 @@ class StoreNode:
         """Wait until the PD must hear of something (a leader or epoch
         changed, a split happened)."""
         await self._round_done.wait()
-
-    async def _run_ticker(self) -> None:
-        interval = self.config.tick_interval
-        next_tick = trio.current_time() + interval
-        while True:
-            await trio.sleep_until(next_tick)
-            # Never two ticks closer than the interval, even after a stall:
-            # followers' election timers must not run ahead of real time
-            # (leader leases rely on it, store_node.lease).
-            next_tick = max(next_tick + interval, trio.current_time() + interval)
-            # The wall clock stamps commands (session expiry reads it).
-            await self.submit(partial(StoreCore.tick, now_ms=int(time.time() * 1000)))
 
     async def _run_kv_syncer(self) -> None:
         while True:
@@ -562,3 +552,8 @@ class StoreNode:
             log.debug("resolving store %d: %s", store_id, e)
             return None
         return None if store is None else store.address
+
+
+def _tick(core: StoreCore) -> None:
+    # The wall clock stamps commands (session expiry reads it).
+    core.tick(now_ms=int(time.time() * 1000))
