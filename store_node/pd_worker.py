@@ -10,6 +10,7 @@ being away must never stop the store from serving.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -160,9 +161,10 @@ class PdWorker:
     async def _run_periodic_region_heartbeats(self) -> None:
         cfg = self.config
         asleep_ticks = max(1, round(cfg.asleep_region_heartbeat_interval / cfg.tick_interval))
+        share = min(1.0, cfg.region_heartbeat_interval / cfg.asleep_region_heartbeat_interval)
 
         def due(core: StoreCore) -> list[int]:
-            return periodic_heartbeats_due(core.leader_regions(), core.ticks, asleep_ticks)
+            return periodic_heartbeats_due(core.leader_regions(), core.ticks, asleep_ticks, share)
 
         def take(ids: list[int], core: StoreCore) -> list[pdpb.RegionHeartbeatRequest]:
             return self._requests(core, [p for r in ids if (p := core.peers.get(r)) is not None])
@@ -170,12 +172,17 @@ class PdWorker:
         while True:
             await trio.sleep(cfg.region_heartbeat_interval)
             region_ids = await self.store.call_core(due)
-            # Built a slice at a time: ten thousand requests in one call would
-            # hold the store loop for a good part of a second.
-            for start in range(0, len(region_ids), HEARTBEAT_SLICE):
+            # A slice at a time, spread over half the interval: ten thousand
+            # heartbeats sent back to back held the trio thread for seconds,
+            # the store's liveness pings went out late, and the other stores
+            # woke every region led here.
+            slices = range(0, len(region_ids), HEARTBEAT_SLICE)
+            pause = cfg.region_heartbeat_interval / 2 / max(1, len(slices))
+            for start in slices:
                 ids = region_ids[start : start + HEARTBEAT_SLICE]
                 for req in await self.store.call_core(partial(take, ids)):
                     await self.region_heartbeat(req)
+                await trio.sleep(pause)
 
     async def _run_due_region_heartbeats(self) -> None:
         def take(
@@ -247,20 +254,30 @@ def _learn_limits(limits: tuple[int, int]) -> Callable[[StoreCore], None]:
 ORDER_WAIT = 30.0
 
 # Periodic region heartbeats built per call into the store loop.
-HEARTBEAT_SLICE = 256
+HEARTBEAT_SLICE = 64
 
 
-def periodic_heartbeats_due(leaders: Sequence[Peer], now_tick: int, asleep_ticks: int) -> list[int]:
+def periodic_heartbeats_due(
+    leaders: Sequence[Peer], now_tick: int, asleep_ticks: int, share: float = 1.0
+) -> list[int]:
     """The regions among `leaders` whose periodic heartbeat is due: every
-    awake one, and a sleeping one once `asleep_ticks` passed since its last
-    heartbeat (`Flow.since_tick`, which every heartbeat resets). A sleeping
-    region has nothing new to tell: a write, a read round, a conf change, a
-    leader change or a silent follower store wakes it first (`hibernate`),
-    and the PD hears of those as they happen. TiKV's leaders report every
-    60 s whatever their state; awake ones here report more often."""
-    return [
-        p.region_id for p in leaders if not p.asleep or now_tick - p.flow.since_tick >= asleep_ticks
-    ]
+    awake one, and sleeping ones once `asleep_ticks` passed since their last
+    heartbeat (`Flow.since_tick`, which every heartbeat resets), the longest
+    unreported first and at most `share` of the sleeping leaders (regions
+    that fell asleep together are then reported over several passes rather
+    than all in one). A sleeping region has nothing new to tell: a write, a
+    read round, a conf change, a leader change or a silent follower store
+    wakes it first (`hibernate`), and the PD hears of those as they happen.
+    TiKV's leaders report every 60 s whatever their state; awake ones here
+    report more often."""
+    awake = [p.region_id for p in leaders if not p.asleep]
+    asleep = [p for p in leaders if p.asleep]
+    quota = math.ceil(len(asleep) * share)
+    stale = sorted(
+        (p for p in asleep if now_tick - p.flow.since_tick >= asleep_ticks),
+        key=lambda p: (p.flow.since_tick, p.region_id),
+    )
+    return awake + [p.region_id for p in stale[:quota]]
 
 
 # The token of orders from the PD: nobody waits for their replies.

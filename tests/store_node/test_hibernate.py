@@ -7,6 +7,8 @@ stores' liveness and its lease ends on time.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from kvproto.raft_serverpb import RaftMessage
 from raft.types import MessageType, Role
 from store_node.config import CoreConfig
 from store_node.pd_worker import periodic_heartbeats_due, region_heartbeat_request
-from store_node.peer import ReadPermit, WriteDone
+from store_node.peer import Flow, Peer, ReadPermit, WriteDone
 from tests.store_node.harness import CoreCluster, bootstrapped
 
 CONFIG = CoreConfig(
@@ -276,3 +278,32 @@ def test_a_sleeping_leader_reports_to_the_pd_at_the_slower_interval(c: CoreClust
     assert not peer.asleep
     region_heartbeat_request(peer, core.heard_ticks(peer), core.ticks, 0.1, 20)
     assert periodic_heartbeats_due([peer], core.ticks, 600) == [1]
+
+
+def test_sleeping_leaders_due_together_are_reported_over_several_passes(
+    c: CoreCluster,
+) -> None:
+    """Regions that fell asleep together fall due together: each pass takes
+    at most its share of the sleeping leaders, the longest unreported first
+    (a burst of 10,000 heartbeats made the store's liveness pings late and
+    woke every region it led)."""
+    found = c.leader_of(1)
+    assert found is not None
+    core = c.cores[found[0]]
+    peer = core.peers[1]
+    assert peer.asleep
+    region_heartbeat_request(peer, core.heard_ticks(peer), core.ticks, 0.1, 20)
+    now = core.ticks + 1000
+    assert periodic_heartbeats_due([peer], now, 600, share=1 / 6) == [1]  # ceil(1/6) = 1
+    others = [copy_asleep(peer, rid, since) for rid, since in ((7, 50), (8, 10), (9, 30))]
+    # Four sleeping leaders, a share of a half: the two reported longest ago.
+    assert periodic_heartbeats_due([*others, peer], now, 600, share=0.5) == [8, 9]
+
+
+def copy_asleep(peer: Peer, region_id: int, since_tick: int) -> Peer:
+    """A stand-in sleeping leader of another region, last reported at
+    `since_tick` (only what periodic_heartbeats_due reads)."""
+    other = copy.copy(peer)
+    other.region = dataclasses.replace(peer.region, id=RegionId(region_id))
+    other.flow = Flow(since_tick=since_tick)
+    return other
