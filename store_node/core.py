@@ -605,6 +605,8 @@ class StoreCore:
                 self._on_split(peer, res.regions)
         for region in outcome.new_regions:
             self._create_split_peer(peer, region)
+        if any(res.writes for res in outcome.entries):
+            peer.size_changed = True
         if peer.approximate_size is not None:
             peer.approximate_size += outcome.size_hint_bytes
         if peer.approximate_keys is not None:

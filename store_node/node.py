@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -119,6 +120,11 @@ class StoreNode:
         self.address = ""
         self.raft_frames_received = 0
         self.raft_messages_received = 0
+        # Regions to measure, in the order their checks came due (each is
+        # marked split_checking in the core, so it is queued at most once).
+        self._split_checks_send, self._split_checks_recv = trio.open_memory_channel[Region](
+            math.inf
+        )
         self.ticker = Ticker[StoreCore](config.tick_interval, self.submit, _tick)
         self.metrics = StoreMetrics(self)
 
@@ -204,6 +210,7 @@ class StoreNode:
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
                 nursery.start_soon(self._run_split_scanner)
+                nursery.start_soon(self._run_split_checks)
                 log.info(
                     "store %d serving on %s (cluster %d, %d regions)%s",
                     ident.store_id,
@@ -320,9 +327,16 @@ class StoreNode:
         for store_id, msg, path in out.snapshot_sends:
             nursery.start_soon(self._send_snapshot, core.store_id, store_id, msg, path)
         for region in out.split_checks:
-            nursery.start_soon(self._split_check, region, ())
+            self._split_checks_send.send_nowait(region)
 
     # -- splits ---------------------------------------------------------------
+
+    async def _run_split_checks(self) -> None:
+        """One region at a time (the scans share one thread anyway): ten
+        thousand regions due at once were ten thousand tasks, whose answers
+        to the loop stalled it for seconds."""
+        async for region in self._split_checks_recv:
+            await self._split_check(region, ())
 
     async def _split_check(self, region: Region, forced_keys: tuple[bytes, ...]) -> None:
         """Measure a region (choosing split keys) or, with `forced_keys`, split

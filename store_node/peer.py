@@ -165,6 +165,9 @@ class Peer:
     approximate_size: int | None = None
     approximate_keys: int | None = None
     split_checking: bool = False
+    # A write applied since the region was last measured (or never
+    # measured): only such regions are measured again by the periodic scan.
+    size_changed: bool = True
 
     # A snapshot is being generated for followers (at most one at a time).
     generating: bool = False

@@ -154,3 +154,19 @@ def test_split_keys_are_existing_keys_in_order_and_parts_respect_limits(
     assert all(k in all_keys for k in split_keys)
     assert split_keys == sorted(set(split_keys))
     assert all(k != all_keys[0] for k in split_keys)
+
+
+def test_the_periodic_scan_measures_only_regions_written_since_last_measured(
+    tmp_path: Path,
+) -> None:
+    # Every leader's region every minute was ten thousand scans a minute
+    # for idle regions, whose sizes cannot have changed.
+    c = bootstrapped(tmp_path, (1, 2, 3), CONFIG)
+    leader_store, rid = route(c, key(1))
+    core = c.cores[leader_store]
+    assert core.splits.schedule_all(core.peers.values()) == [rid]  # never measured
+    (region,) = core.splits.take_due(core.peers)
+    core.on_split_checked(rid, 0, 0, (), region.epoch.version)
+    assert core.splits.schedule_all(core.peers.values()) == []  # idle since
+    put_keys(c, range(1, 2))
+    assert core.splits.schedule_all(core.peers.values()) == [rid]
