@@ -80,6 +80,7 @@ from benchmarks.driver import (
     workdir,
 )
 from benchmarks.pd_admin import (
+    BALANCE_SCHEDULERS,
     STORE_COUNTERS,
     PdAdmin,
     Placement,
@@ -141,7 +142,11 @@ async def wait_asleep(
     asleep (hibernating), from the stores' /metrics."""
     with trio.move_on_after(limit):
         while True:
-            stores = await scrape_stores(http, status_urls)
+            try:
+                stores = await scrape_stores(http, status_urls)
+            except httpx.HTTPError:  # a busy store closed a kept-alive connection
+                await trio.sleep(0.5)
+                continue
             if all(
                 m.get("shardkv_store_regions_asleep", 0)
                 >= share * m.get("shardkv_store_regions", 0)
@@ -284,12 +289,23 @@ async def measure_level(level: Level, value: bytes, args: argparse.Namespace) ->
             pids = cluster_pids(cluster)
             status_urls = {s.child.name: s.status_url for s in cluster.store_specs}
             await settle(pd, level, args, http, status_urls)
+            if level.settled and not level.settled.startswith("not settled"):
+                # Still balancing: idle means no scheduling either. Pause the
+                # balance schedulers and let the regions they moved fall asleep.
+                for name in BALANCE_SCHEDULERS:
+                    await pd.pause(name, args.quiet + args.idle + 60)
+                await wait_asleep(http, status_urls, 60)
+                level.settled += "; balance schedulers paused for the idle window"
             await measure_idle(http, level, pids, status_urls, args)
             if level.settled.startswith("not settled"):
                 # Regions without a leader would fail the client's calls.
                 progress("writes not measured: the regions did not settle")
             else:
-                await measure_writes(kv, http, level, pids, status_urls, value, args)
+                try:
+                    await measure_writes(kv, http, level, pids, status_urls, value, args)
+                except Exception as e:  # a write that failed: say so, keep the rest
+                    level.settled += f"; writes failed: {str(e).splitlines()[0][:200]}"
+                    progress(level.settled)
 
 
 async def main(args: argparse.Namespace) -> None:
