@@ -33,6 +33,7 @@ from client.errors import ClientError
 from client.rawkv import connect
 from kvproto.rpc import parse_address
 from plumbing.cli import add_log_level_flag, configure_logging
+from plumbing.config_file import ConfigError, read_token_file
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -63,6 +64,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="127.0.0.1:2379",
         metavar="ADDRS",
         help="PD addresses, comma separated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the cluster's client token (or its cluster token), for a "
+        "cluster run with --cluster-token-file",
     )
     p.add_argument(
         "--hex", action="store_true", help="keys and values are hex, in arguments and output"
@@ -122,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
         pd = _pd_addresses(args.pd)
         if not args.timeout > 0:
             raise UsageError(f"--timeout must be positive, got {args.timeout}")
-        return trio.run(_run, args, pd)
+        try:
+            token = read_token_file(args.token_file, "token") if args.token_file else None
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+        return trio.run(_run, args, pd, token)
     except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
@@ -196,14 +207,14 @@ def _note_staleness(args: argparse.Namespace, staleness: float) -> None:
         print(f"{PROG}: stale by at most {staleness:.3f} s", file=sys.stderr)
 
 
-async def _run(args: argparse.Namespace, pd: list[str]) -> int:
+async def _run(args: argparse.Namespace, pd: list[str], token: str | None) -> int:
     cmd = args.kv_command
     key = b""
     if cmd in ("put", "get", "delete"):
         key = _arg_bytes(args, "KEY", args.key)
         if not key:
             raise UsageError("KEY must not be empty")
-    async with connect(pd, timeout=args.timeout) as kv:
+    async with connect(pd, timeout=args.timeout, token=token) as kv:
         if cmd == "put":
             await kv.put(key, _arg_bytes(args, "VALUE", args.value))
         elif cmd == "get":

@@ -77,7 +77,7 @@ from client.scan import ScanIterator, next_filled_page, next_page
 from client.sender import RequestSender
 from kvproto import kvrpcpb as kv
 from kvproto.pd_client import PdClient
-from kvproto.rpc import StreamOpener, open_tcp
+from kvproto.rpc import Credentials, Role, StreamOpener, authenticating_opener, open_tcp
 from plumbing.nursery import open_background_nursery
 
 __all__ = [
@@ -534,11 +534,13 @@ async def connect(
     timeout: float | None = None,  # noqa: ASYNC109
     config: ClientConfig | None = None,
     rng: random.Random | None = None,
+    token: str | None = None,
 ) -> AsyncIterator[Client]:
     """``async with connect(["127.0.0.1:2379"]) as kv``: a client of the
     cluster whose PD listens at `pd_addresses` ("host:port", one or more).
-    `timeout` is the default deadline of each call (seconds). Nothing is
-    contacted until the first call."""
+    `timeout` is the default deadline of each call (seconds). `token`: the
+    cluster's client token (or its cluster token), for a cluster run with
+    one (`kvproto.rpc.auth`). Nothing is contacted until the first call."""
     addresses = [pd_addresses] if isinstance(pd_addresses, str) else list(pd_addresses)
     if not addresses:
         raise ValueError("at least one PD address is needed")
@@ -546,9 +548,12 @@ async def connect(
     if timeout is not None:
         cfg = dataclasses.replace(cfg, timeout=timeout)
     async with open_background_nursery() as nursery:
-        pd = PdClient(addresses, nursery, timeout=cfg.pd_timeout, rng=rng)
+        opener: StreamOpener = open_tcp
+        if token:
+            opener = authenticating_opener(open_tcp, Credentials(Role.CLIENT, token.encode()))
+        pd = PdClient(addresses, nursery, timeout=cfg.pd_timeout, rng=rng, open_stream=opener)
         try:
-            async with open_client(pd, config=cfg, rng=rng) as kvc:
+            async with open_client(pd, config=cfg, rng=rng, open_stream=opener) as kvc:
                 yield kvc
         finally:
             pd.close()

@@ -242,11 +242,19 @@ class PdClient:
 
 @asynccontextmanager
 async def open_pd_client(
-    addresses: Sequence[str], *, cluster_id: int = 0, call_timeout: float = DEFAULT_TIMEOUT
+    addresses: Sequence[str],
+    *,
+    cluster_id: int = 0,
+    call_timeout: float = DEFAULT_TIMEOUT,
+    open_stream: StreamOpener = open_tcp,
 ) -> AsyncIterator[PdClient]:
-    """``async with open_pd_client(["127.0.0.1:2379"]) as pd``."""
+    """``async with open_pd_client(["127.0.0.1:2379"]) as pd``; `open_stream`
+    opens (and may authenticate, `kvproto.rpc.authenticating_opener`) each
+    connection."""
     async with open_background_nursery() as nursery:
-        pd = PdClient(addresses, nursery, cluster_id=cluster_id, timeout=call_timeout)
+        pd = PdClient(
+            addresses, nursery, cluster_id=cluster_id, timeout=call_timeout, open_stream=open_stream
+        )
         try:
             yield pd
         finally:

@@ -48,6 +48,13 @@ something (POST, DELETE) needs the header 'Authorization: Bearer <token>'
 (shardkv ctl --token-file FILE sends it); reads stay open. A missing or
 empty token file stops the PD at start.
 
+With --cluster-token-file FILE (the same token on the PD and every store),
+every connection to the PD RPC port must first prove a token
+(challenge-response, the token never travels): the cluster token for
+stores, the client token (--client-token-file, else the cluster token) for
+clients, which may then only read routing. Without TLS the traffic itself
+is not encrypted: see the README on untrusted networks.
+
 Durations are seconds or text: 500ms, 20s, 30m, 1h. Sizes are bytes or
 text: 64KiB, 96MiB (MB = 1000**2 bytes). An unknown key or a bad value stops
 the PD at start with exit code 2. Ctrl-C or SIGTERM stop it cleanly (exit 0).
@@ -66,7 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     server = p.add_argument_group("server options (start-up only)")
     defaults = ServerConfig()
     for f in dataclasses.fields(ServerConfig):
-        metavar = {"data_dir": "DIR", "admin_token_file": "FILE"}.get(f.name, "HOST:PORT")
+        metavar = (
+            "DIR" if f.name == "data_dir" else "FILE" if f.name.endswith("_file") else "HOST:PORT"
+        )
         default = getattr(defaults, f.name)
         suffix = f" (default: {default})" if default else ""
         server.add_argument(

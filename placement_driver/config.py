@@ -76,10 +76,23 @@ class ServerConfig:
         "file holding the admin token: every admin API request but GET and HEAD then needs "
         "'Authorization: Bearer <token>' (read at start; default: no token, orders are open)",
     )
+    cluster_token_file: str = setting(
+        "",
+        "file holding the cluster token (every store holds the same one): PD RPC "
+        "connections must then prove it (stores) or the client token (clients, which may "
+        "then only read routing: regions, stores, config) (default: no authentication)",
+    )
+    client_token_file: str = setting(
+        "",
+        "file holding the token clients prove (with --cluster-token-file; default: clients "
+        "prove the cluster token)",
+    )
 
     def validate(self) -> None:
         if not self.data_dir:
             raise ValueError("data_dir is required: pass --data-dir DIR or set data_dir in pd.toml")
+        if self.client_token_file and not self.cluster_token_file:
+            raise ValueError("client_token_file needs cluster_token_file too")
         for name in ("listen", "http"):
             try:
                 parse_listen_address(getattr(self, name))

@@ -47,7 +47,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import hypercorn.config
 import hypercorn.trio
@@ -56,6 +56,7 @@ import trio
 from kvproto import pdpb
 from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
+from kvproto.rpc.auth import security
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
 from placement_driver.http_api import AdminApi, Text
@@ -85,6 +86,21 @@ MIN_SCHEDULE_INTERVAL = 0.05
 SCHEDULE_BACKOFF = 1.5
 # The longest a WaitOrders long poll is held (a store asks for less).
 MAX_ORDER_WAIT = 60.0
+
+# What a connection proven with the client token may ask (routing reads);
+# the rest (registration, heartbeats, ids, splits, config changes) is the
+# cluster's.
+CLIENT_REQUESTS: Final = frozenset(
+    {
+        pdpb.IsBootstrappedRequest,
+        pdpb.GetStoreRequest,
+        pdpb.GetAllStoresRequest,
+        pdpb.GetRegionRequest,
+        pdpb.GetRegionByIdRequest,
+        pdpb.ScanRegionsRequest,
+        pdpb.GetConfigRequest,
+    }
+)
 
 # Requests after which the store-state task must look at the stores again.
 _WAKES_STORE_STATES = (
@@ -196,6 +212,17 @@ class PdServer:
         token_file = self.config.admin_token_file
         # Before anything is opened: a bad token file stops the PD at start.
         admin_token = read_token_file(token_file, "admin token") if token_file else None
+        cfg = self.config
+        auth, _ = security(
+            read_token_file(cfg.cluster_token_file, "cluster token")
+            if cfg.cluster_token_file
+            else None,
+            read_token_file(cfg.client_token_file, "client token")
+            if cfg.client_token_file
+            else None,
+        )
+        self._rpc_server.auth = auth
+        self._rpc_server.client_messages = CLIENT_REQUESTS
         owned: LmdbMetaStorage | None = None
         storage = self._storage
         if storage is None:

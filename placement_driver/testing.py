@@ -52,19 +52,25 @@ async def open_pd(
     operator_history_size: int = 256,
     operator_timeouts: OperatorTimeouts | None = None,
     admin_token_file: str | os.PathLike[str] | None = None,
+    cluster_token_file: str | os.PathLike[str] | None = None,
+    client_token_file: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[PdServer]:
     """A running PdServer on `data_dir`; `config` holds cluster keys (as in
     pd.toml) applied over the stored config, default TEST_CLUSTER_CONFIG.
     `seed` makes the cluster id reproducible. Scheduling is on (the
     replica checker; set `replica_schedule_limit` 0 to turn it off);
     `pd.split_region(region_id, keys)` starts a manual split. With
-    `admin_token_file`, the admin API's orders need its token."""
+    `admin_token_file`, the admin API's orders need its token; with
+    `cluster_token_file` (and `client_token_file`), RPC connections must
+    authenticate."""
     server = PdServer(
         ServerConfig(
             data_dir=os.fspath(data_dir),
             listen=f"{host}:0",
             http=f"{host}:0",
             admin_token_file="" if admin_token_file is None else os.fspath(admin_token_file),
+            cluster_token_file="" if cluster_token_file is None else os.fspath(cluster_token_file),
+            client_token_file="" if client_token_file is None else os.fspath(client_token_file),
         ),
         cluster_overrides=TEST_CLUSTER_CONFIG if config is None else config,
         id_alloc_step=id_alloc_step,

@@ -36,6 +36,19 @@ class StoreConfig:
         "JSON), e.g. 127.0.0.1:20180; port 0 picks a free one (logged); off by default",
         metavar="HOST:PORT",
     )
+    cluster_token_file: str = setting(
+        "",
+        "file holding the cluster token (the PD and every store hold the same one): "
+        "connections to and from this store must then prove it (or the client token), "
+        "and only the cluster's may carry Raft traffic (default: no authentication)",
+        metavar="FILE",
+    )
+    client_token_file: str = setting(
+        "",
+        "file holding the token clients prove (with --cluster-token-file; default: "
+        "clients prove the cluster token)",
+        metavar="FILE",
+    )
     pd: tuple[str, ...] = setting(
         ("127.0.0.1:2379",), "PD addresses, comma separated", metavar="HOST:PORT[,...]"
     )
@@ -132,6 +145,8 @@ class StoreConfig:
             raise ValueError("election_ticks must be greater than heartbeat_ticks")
         if not self.pd:
             raise ValueError("at least one PD address is needed (--pd HOST:PORT)")
+        if self.client_token_file and not self.cluster_token_file:
+            raise ValueError("client_token_file needs cluster_token_file too")
         if self.status:
             try:
                 parse_address(self.status, listen=True)

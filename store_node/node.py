@@ -43,7 +43,17 @@ from kvproto.metapb import Region, StoreId
 from kvproto.pd_client import PdClient, PdServerError, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
-from kvproto.rpc import RequestContext, RpcCallError, RpcServer, parse_address
+from kvproto.rpc import (
+    RequestContext,
+    RpcCallError,
+    RpcServer,
+    StreamOpener,
+    authenticating_opener,
+    open_tcp,
+    parse_address,
+)
+from kvproto.rpc.auth import security
+from plumbing.config_file import read_token_file
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
@@ -118,6 +128,7 @@ class StoreNode:
         self._snap_gen = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
         self.address = ""
+        self._open_stream: StreamOpener = open_tcp  # authenticating with a cluster token
         self.raft_frames_received = 0
         self.raft_messages_received = 0
         # Regions to measure, in the order their checks came due (each is
@@ -136,8 +147,21 @@ class StoreNode:
         cfg = self.config
         if not cfg.sync:
             log.warning("sync is off: acknowledged writes may be lost if the machine crashes")
+        auth, creds = security(
+            read_token_file(cfg.cluster_token_file, "cluster token")
+            if cfg.cluster_token_file
+            else None,
+            read_token_file(cfg.client_token_file, "client token")
+            if cfg.client_token_file
+            else None,
+        )
+        opener = open_tcp if creds is None else authenticating_opener(open_tcp, creds)
+        self._open_stream = opener
         try:
-            async with open_pd_client(cfg.pd) as pd, trio.open_nursery() as nursery:
+            async with (
+                open_pd_client(cfg.pd, open_stream=opener) as pd,
+                trio.open_nursery() as nursery,
+            ):
                 self.pd = pd
                 self._nursery = nursery
                 self.snap_dir.clear_stale()
@@ -145,12 +169,16 @@ class StoreNode:
                     self.snap_dir, self._deliver_snapshot, max_receives=cfg.max_snapshot_receives
                 )
                 host, port = parse_address(cfg.listen, listen=True)
+                kv_handlers = KvService(
+                    self, Limits(cfg.max_key_size, cfg.max_value_size)
+                ).handlers()
+                # With a cluster token, a client-role connection may send the
+                # KV API only: Raft traffic and snapshots are the stores'.
                 server = RpcServer(
-                    {
-                        **KvService(self, Limits(cfg.max_key_size, cfg.max_value_size)).handlers(),
-                        **receiver.handlers(),
-                    },
+                    {**kv_handlers, **receiver.handlers()},
                     {RaftMessageBatch: self._on_raft_batch},
+                    auth=auth,
+                    client_messages=kv_handlers.keys(),
                 )
                 # Serve first (port 0 is only known once bound), but accept
                 # events only once the core exists: the channel buffers them.
@@ -202,6 +230,7 @@ class StoreNode:
                     nursery,
                     self._resolve_store,
                     incarnation=random.SystemRandom().getrandbits(63),
+                    open_stream=opener,
                 )
                 worker = PdWorker(self, pd, cfg, self.metrics.observe_pd_heartbeat)
                 nursery.start_soon(self._run_loop)
@@ -417,7 +446,12 @@ class StoreNode:
                 try:
                     started = trio.current_time()
                     sent = await send_snapshot(
-                        address, key, msg, path, chunk_size=self.config.snapshot_chunk_size
+                        address,
+                        key,
+                        msg,
+                        path,
+                        chunk_size=self.config.snapshot_chunk_size,
+                        open_stream=self._open_stream,
                     )
                     ok = True
                     log.info(

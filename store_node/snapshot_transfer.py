@@ -46,11 +46,12 @@ async def send_snapshot(
     *,
     chunk_size: int,
     chunk_timeout: float = 30.0,
+    open_stream: rpc.StreamOpener = rpc.open_tcp,
 ) -> int:
     """Stream `path` to the store at `address`; returns the bytes sent.
     Raises SnapshotSendError (or an RPC error) if the transfer fails."""
     sent = 0
-    async with rpc.connect(address, connect_timeout=chunk_timeout) as conn:
+    async with rpc.connect(address, connect_timeout=chunk_timeout, open_stream=open_stream) as conn:
         async with await trio.open_file(path, "rb") as f:
             while True:
                 chunk = await f.read(chunk_size)

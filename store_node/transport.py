@@ -22,7 +22,7 @@ import trio
 
 from kvproto.metapb import StoreId
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch
-from kvproto.rpc import RpcCallError
+from kvproto.rpc import RpcCallError, StreamOpener, open_tcp
 from kvproto.rpc.reconnect import Backoff, ReconnectingConnection
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,10 @@ class Transport:
         rng: random.Random | None = None,
         incarnation: int = 0,
         max_batch_messages: int = MAX_BATCH_MESSAGES,
+        open_stream: StreamOpener = open_tcp,
     ) -> None:
         self.store_id = store_id
+        self._open_stream = open_stream
         self._max_batch = max_batch_messages
         # Stamped on every batch: the receivers tell a restart of this store
         # from a quiet spell by it (store_node.hibernate).
@@ -129,6 +131,7 @@ class Transport:
                         backoff=Backoff(initial=0.05, max_delay=2.0),
                         rng=random.Random(self._rng.getrandbits(32)),
                         connect_timeout=2.0,
+                        open_stream=self._open_stream,
                     )
                     self._conns[store_id] = conn
                 # An empty batch (a ping) is one frame too.

@@ -33,12 +33,12 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
+from kvproto.rpc.client import StreamOpener
 from kvproto.rpc.errors import RpcUnavailableError
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "authenticate_client",
     "authenticate_server",
     "authenticating_opener",
+    "security",
 ]
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,19 @@ async def authenticate_client(stream: trio.abc.Stream, creds: Credentials, peer:
         ) from None
 
 
-def authenticating_opener(
-    opener: Callable[[str], Awaitable[trio.abc.Stream]], creds: Credentials
-) -> Callable[[str], Awaitable[trio.abc.Stream]]:
+def security(
+    cluster_token: str | None, client_token: str | None = None
+) -> tuple[ServerAuth | None, Credentials | None]:
+    """What a cluster member (a PD, a store) serves with and connects with,
+    from its tokens (None: no authentication)."""
+    if not cluster_token:
+        return None, None
+    cluster = cluster_token.encode()
+    auth = ServerAuth(cluster, client_token.encode() if client_token else None)
+    return auth, Credentials(Role.CLUSTER, cluster)
+
+
+def authenticating_opener(opener: StreamOpener, creds: Credentials) -> StreamOpener:
     """A stream opener (`StreamOpener`) that authenticates each stream it
     opens with `opener`, closing it if that fails."""
 
