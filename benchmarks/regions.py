@@ -304,6 +304,8 @@ async def measure_level(level: Level, value: bytes, args: argparse.Namespace) ->
                 try:
                     await measure_writes(kv, http, level, pids, status_urls, value, args)
                 except Exception as e:  # a write that failed: say so, keep the rest
+                    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+                        e = e.exceptions[0]  # the first failure, not "1 sub-exception"
                     level.settled += f"; writes failed: {str(e).splitlines()[0][:200]}"
                     progress(level.settled)
 
