@@ -76,6 +76,9 @@ async def _serve(cfg: StoreConfig) -> int:
     ) as eg:
         print_errors("shardkv store", eg)
         code = 1
+    except* ConfigError as eg:  # a token file that cannot be read
+        print_errors("shardkv store", eg)
+        code = 2
     if code == 0:
         log.info("store stopped")
     return code

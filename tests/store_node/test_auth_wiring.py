@@ -7,6 +7,8 @@ dropped; a connection without a token is closed. In-process, TCP on
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,30 @@ async def test_an_unreadable_token_file_stops_the_store_at_start(tmp_path: Path)
     with trio.fail_after(10), pytest.raises(ConfigError, match="cannot read the cluster token"):
         async with running_store(cfg):
             pass
+
+
+def test_the_store_command_says_why_in_one_line_when_the_token_file_is_missing(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-such-token"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shardkv",
+            "store",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--pd",
+            "127.0.0.1:1",
+            "--cluster-token-file",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "cannot read the cluster token file" in r.stderr
+    assert "Traceback" not in r.stderr
