@@ -155,8 +155,25 @@ class PdWorker:
             peers = [p for rid in region_ids if (p := core.peers.get(rid)) is not None]
             return self._requests(core, peers)
 
-        for req in await self.store.call_core(take):
-            await self.region_heartbeat(req)
+        await self.send_region_heartbeats(await self.store.call_core(take))
+
+    async def send_region_heartbeats(self, requests: Sequence[pdpb.RegionHeartbeatRequest]) -> None:
+        """Send heartbeats of distinct regions, up to HEARTBEATS_IN_FLIGHT at
+        once on the PD connection (they leave in batched frames). One at a
+        time, the new leaders of 64 transferred regions waited for each
+        other's round trips to a busy PD: about 3 s at 10,000 regions."""
+        if len(requests) == 1:
+            await self.region_heartbeat(requests[0])
+            return
+        limiter = trio.CapacityLimiter(HEARTBEATS_IN_FLIGHT)
+
+        async def one(req: pdpb.RegionHeartbeatRequest) -> None:
+            async with limiter:
+                await self.region_heartbeat(req)
+
+        async with trio.open_nursery() as nursery:
+            for req in requests:
+                nursery.start_soon(one, req)
 
     async def _run_periodic_region_heartbeats(self) -> None:
         cfg = self.config
@@ -180,8 +197,7 @@ class PdWorker:
             pause = cfg.region_heartbeat_interval / 2 / max(1, len(slices))
             for start in slices:
                 ids = region_ids[start : start + HEARTBEAT_SLICE]
-                for req in await self.store.call_core(partial(take, ids)):
-                    await self.region_heartbeat(req)
+                await self.send_region_heartbeats(await self.store.call_core(partial(take, ids)))
                 await trio.sleep(pause)
 
     async def _run_due_region_heartbeats(self) -> None:
@@ -199,8 +215,7 @@ class PdWorker:
                     await self.pd.report_batch_split(regions)
                 except PD_UNAVAILABLE as e:  # heartbeats of the new regions follow anyway
                     log.warning("split report failed: %s", e)
-            for req in requests:
-                await self.region_heartbeat(req)
+            await self.send_region_heartbeats(requests)
             if not more:
                 await self.store.pd_work_due()
 
@@ -252,6 +267,9 @@ def _learn_limits(limits: tuple[int, int]) -> Callable[[StoreCore], None]:
 # How long one long poll for PD orders waits (the PD answers sooner when
 # it has some).
 ORDER_WAIT = 30.0
+
+# Region heartbeats in flight at once (one store to the PD).
+HEARTBEATS_IN_FLIGHT = 16
 
 # Periodic region heartbeats built per call into the store loop.
 HEARTBEAT_SLICE = 64
