@@ -147,6 +147,27 @@ def test_the_leader_schedule_limit_caps_leader_operators() -> None:
     assert mc.schedule() == []
 
 
+def test_a_run_fills_the_leader_limits_room_but_moves_replicas_a_few_at_a_time() -> None:
+    # Leader transfers are cheap and a run's cost is its pass over the
+    # regions: with room for 64, one run plans every transfer balance needs
+    # (8 leaders on store 1 of 4: 5 move, to 3/2/2/1, within the tolerance
+    # of 2), not 4 a run.
+    mc = imbalanced(leader_schedule_limit=64)
+    first = mc.schedule()
+    assert len(first) == 5 and {op.kind for op in first} == {OperatorKind.LEADER}
+    mc.settle()
+    counts = mc.leader_counts((1, 2, 3, 4)).values()
+    assert max(counts) - min(counts) <= 2
+    assert mc.schedule() == []
+    # Replica moves (a snapshot each) stay BATCH a run whatever the room.
+    mc = MockCluster(leader_schedule_limit=0, region_schedule_limit=64)
+    for store in (1, 2, 3, 4, 5, 6):
+        mc.store(store)
+    for r in range(1, 21):
+        mc.region(r, voters=(1, 2, 3))
+    assert len(mc.schedule()) == BATCH
+
+
 def test_the_replica_checker_comes_first() -> None:
     # Region 1 lacks a voter; the patrol plans it, so balance-region leaves it.
     mc = MockCluster().store(1).store(2).store(3).store(4)
