@@ -306,7 +306,8 @@ async def measure_level(level: Level, value: bytes, args: argparse.Namespace) ->
                 except Exception as e:  # a write that failed: say so, keep the rest
                     while isinstance(e, BaseExceptionGroup) and e.exceptions:
                         e = e.exceptions[0]  # the first failure, not "1 sub-exception"
-                    level.settled += f"; writes failed: {str(e).splitlines()[0][:200]}"
+                    failed = f"writes failed: {str(e).splitlines()[0][:200]}"
+                    level.settled = "; ".join(x for x in (level.settled, failed) if x)
                     progress(level.settled)
 
 
