@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -73,6 +74,7 @@ from kvproto.rpc.envelope import (
     decode_envelopes,
     encode_inner,
 )
+from kvproto.rpc.tls import accept_tls, tls_role
 
 __all__ = [
     "Deferred",
@@ -169,10 +171,14 @@ class RpcServer:
         max_decode_ratio: float = DEFAULT_MAX_DECODE_RATIO,
         auth: ServerAuth | None = None,
         client_messages: Collection[type] = (),
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`auth`: every connection must first prove a role (`kvproto.rpc.auth`);
-        one with the CLIENT role may send only `client_messages` (others are
-        answered PERMISSION_DENIED, or dropped if one-way)."""
+        """`tls`: every connection is TLS (`kvproto.rpc.tls`); with a CA in
+        the context, a client certificate proves the CLUSTER role, none the
+        CLIENT role. `auth`: every connection must then prove a role with a
+        token (`kvproto.rpc.auth`), which decides. A CLIENT-role connection
+        may send only `client_messages` (others are answered
+        PERMISSION_DENIED, or dropped if one-way)."""
         if max_buffered_bytes < HEADER_SIZE + max_frame_size:
             raise ValueError(
                 f"max_buffered_bytes ({max_buffered_bytes}) must hold a frame of "
@@ -188,6 +194,7 @@ class RpcServer:
         self.max_frame_items = max_frame_items
         self.max_decode_ratio = max_decode_ratio
         self.auth = auth
+        self.tls = tls
         self.client_messages = frozenset(client_messages)
         # Shared by the frame readers of every connection.
         self.buffer_budget = FrameBudget(max_buffered_bytes)
@@ -262,13 +269,17 @@ class RpcServer:
         conn: _ServerConnection | None = None
         try:
             role = None
-            if self.auth is not None:
-                try:
+            try:
+                if self.tls is not None:
+                    stream = await accept_tls(stream, self.tls)
+                    if self.tls.verify_mode != ssl.CERT_NONE:
+                        role = tls_role(stream)
+                if self.auth is not None:
                     role = await authenticate_server(stream, self.auth)
-                except AuthRefusedError as e:
-                    self.refused_handshakes += 1
-                    logger.warning("%s: connection refused: %s", peer, e)
-                    return
+            except AuthRefusedError as e:
+                self.refused_handshakes += 1
+                logger.warning("%s: connection refused: %s", peer, e)
+                return
             conn = _ServerConnection(
                 *self._handlers_for(role), self, stream, peer, next(self._connection_ids), role
             )
