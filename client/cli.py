@@ -23,6 +23,7 @@ of a key without a value is a failure), 2 on a usage error.
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,7 @@ from client.config import DEFAULT_MAX_STALENESS, DEFAULT_TIMEOUT, Consistency
 from client.errors import ClientError
 from client.rawkv import connect
 from kvproto.rpc import parse_address
+from kvproto.rpc.tls import client_context
 from plumbing.cli import add_log_level_flag, configure_logging
 from plumbing.config_file import ConfigError, read_token_file
 
@@ -71,6 +73,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="file holding the cluster's client token (or its cluster token), for a "
         "cluster run with --cluster-token-file",
     )
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA of a cluster run with TLS: the PD and the stores are checked against it",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate, if asked for")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     p.add_argument(
         "--hex", action="store_true", help="keys and values are hex, in arguments and output"
     )
@@ -133,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
             token = read_token_file(args.token_file, "token") if args.token_file else None
         except ConfigError as e:
             raise UsageError(str(e)) from None
+        if (args.tls_cert or args.tls_key) and not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise UsageError("--tls-cert and --tls-key go together, with --tls-ca")
+        if args.tls_ca:
+            try:  # the files are read again by the client; here, to say why they cannot be
+                client_context(args.tls_ca, args.tls_cert, args.tls_key)
+            except (OSError, ssl.SSLError) as e:
+                raise UsageError(f"cannot load the TLS files: {e}") from None
         return trio.run(_run, args, pd, token)
     except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
@@ -214,7 +230,15 @@ async def _run(args: argparse.Namespace, pd: list[str], token: str | None) -> in
         key = _arg_bytes(args, "KEY", args.key)
         if not key:
             raise UsageError("KEY must not be empty")
-    async with connect(pd, timeout=args.timeout, token=token) as kv:
+    session = connect(
+        pd,
+        timeout=args.timeout,
+        token=token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    async with session as kv:
         if cmd == "put":
             await kv.put(key, _arg_bytes(args, "VALUE", args.value))
         elif cmd == "get":

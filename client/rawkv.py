@@ -77,7 +77,8 @@ from client.scan import ScanIterator, next_filled_page, next_page
 from client.sender import RequestSender
 from kvproto import kvrpcpb as kv
 from kvproto.pd_client import PdClient
-from kvproto.rpc import Credentials, Role, StreamOpener, authenticating_opener, open_tcp
+from kvproto.rpc import Credentials, Role, StreamOpener, open_tcp
+from kvproto.rpc.tls import client_context, opener_for
 from plumbing.nursery import open_background_nursery
 
 __all__ = [
@@ -535,12 +536,18 @@ async def connect(
     config: ClientConfig | None = None,
     rng: random.Random | None = None,
     token: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
 ) -> AsyncIterator[Client]:
     """``async with connect(["127.0.0.1:2379"]) as kv``: a client of the
     cluster whose PD listens at `pd_addresses` ("host:port", one or more).
     `timeout` is the default deadline of each call (seconds). `token`: the
     cluster's client token (or its cluster token), for a cluster run with
-    one (`kvproto.rpc.auth`). Nothing is contacted until the first call."""
+    one (`kvproto.rpc.auth`). `tls_ca`: the PEM CA of a cluster run with TLS
+    (the PD and the stores are verified against it); `tls_cert` and
+    `tls_key`: a client certificate, if the cluster asks for one. Nothing is
+    contacted until the first call."""
     addresses = [pd_addresses] if isinstance(pd_addresses, str) else list(pd_addresses)
     if not addresses:
         raise ValueError("at least one PD address is needed")
@@ -548,9 +555,9 @@ async def connect(
     if timeout is not None:
         cfg = dataclasses.replace(cfg, timeout=timeout)
     async with open_background_nursery() as nursery:
-        opener: StreamOpener = open_tcp
-        if token:
-            opener = authenticating_opener(open_tcp, Credentials(Role.CLIENT, token.encode()))
+        creds = Credentials(Role.CLIENT, token.encode()) if token else None
+        tls = client_context(tls_ca, tls_cert, tls_key) if tls_ca else None
+        opener = opener_for(tls, creds)
         pd = PdClient(addresses, nursery, timeout=cfg.pd_timeout, rng=rng, open_stream=opener)
         try:
             async with open_client(pd, config=cfg, rng=rng, open_stream=opener) as kvc:

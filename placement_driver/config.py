@@ -88,9 +88,25 @@ class ServerConfig:
         "prove the cluster token)",
     )
 
+    tls_cert_file: str = setting(
+        "",
+        "PEM certificate of the PD's RPC port (for the address stores and clients dial): "
+        "with tls_key_file, its RPC connections are TLS (default: no TLS)",
+    )
+    tls_key_file: str = setting("", "PEM private key of tls_cert_file")
+    tls_ca_file: str = setting(
+        "",
+        "PEM CA of the cluster: a client certificate it signed proves a cluster member "
+        "(mutual TLS); without one, connections are encrypted and roles come from tokens",
+    )
+
     def validate(self) -> None:
         if not self.data_dir:
             raise ValueError("data_dir is required: pass --data-dir DIR or set data_dir in pd.toml")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS needs tls_cert_file and tls_key_file together")
+        if self.tls_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_ca_file needs tls_cert_file and tls_key_file")
         if self.client_token_file and not self.cluster_token_file:
             raise ValueError("client_token_file needs cluster_token_file too")
         for name in ("listen", "http"):

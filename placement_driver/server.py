@@ -44,6 +44,7 @@ import dataclasses
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from kvproto import pdpb
 from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
 from kvproto.rpc.auth import security
+from kvproto.rpc.tls import server_context
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
 from placement_driver.http_api import AdminApi, Text
@@ -72,7 +74,7 @@ from placement_driver.schedulers import SchedulerController
 from placement_driver.service import RESPONSE_TYPES, OperatorHook, PdService
 from placement_driver.storage import LmdbMetaStorage, MetaStorage
 from placement_driver.stores import StoreInfo
-from plumbing.config_file import read_token_file
+from plumbing.config_file import ConfigError, read_token_file
 
 __all__ = ["PdAddresses", "PdServer"]
 
@@ -223,6 +225,13 @@ class PdServer:
         )
         self._rpc_server.auth = auth
         self._rpc_server.client_messages = CLIENT_REQUESTS
+        if cfg.tls_cert_file:
+            try:
+                self._rpc_server.tls = server_context(
+                    cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file or None
+                )
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"cannot load the TLS files: {e}") from None
         owned: LmdbMetaStorage | None = None
         storage = self._storage
         if storage is None:

@@ -54,6 +54,9 @@ async def open_pd(
     admin_token_file: str | os.PathLike[str] | None = None,
     cluster_token_file: str | os.PathLike[str] | None = None,
     client_token_file: str | os.PathLike[str] | None = None,
+    tls_cert_file: str = "",
+    tls_key_file: str = "",
+    tls_ca_file: str = "",
 ) -> AsyncIterator[PdServer]:
     """A running PdServer on `data_dir`; `config` holds cluster keys (as in
     pd.toml) applied over the stored config, default TEST_CLUSTER_CONFIG.
@@ -71,6 +74,9 @@ async def open_pd(
             admin_token_file="" if admin_token_file is None else os.fspath(admin_token_file),
             cluster_token_file="" if cluster_token_file is None else os.fspath(cluster_token_file),
             client_token_file="" if client_token_file is None else os.fspath(client_token_file),
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_ca_file=tls_ca_file,
         ),
         cluster_overrides=TEST_CLUSTER_CONFIG if config is None else config,
         id_alloc_step=id_alloc_step,

@@ -49,6 +49,20 @@ class StoreConfig:
         "clients prove the cluster token)",
         metavar="FILE",
     )
+    tls_cert_file: str = setting(
+        "",
+        "PEM certificate of this store (for the address others dial): with tls_key_file "
+        "and tls_ca_file, every connection to and from the store is TLS, mutual between "
+        "members (default: no TLS)",
+        metavar="FILE",
+    )
+    tls_key_file: str = setting("", "PEM private key of tls_cert_file", metavar="FILE")
+    tls_ca_file: str = setting(
+        "",
+        "PEM CA that signed the cluster's certificates: the PD's and other stores' are "
+        "checked against it, and a client certificate it signed proves a cluster member",
+        metavar="FILE",
+    )
     pd: tuple[str, ...] = setting(
         ("127.0.0.1:2379",), "PD addresses, comma separated", metavar="HOST:PORT[,...]"
     )
@@ -147,6 +161,9 @@ class StoreConfig:
             raise ValueError("at least one PD address is needed (--pd HOST:PORT)")
         if self.client_token_file and not self.cluster_token_file:
             raise ValueError("client_token_file needs cluster_token_file too")
+        tls = (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+        if any(tls) and not all(tls):
+            raise ValueError("TLS needs tls_cert_file, tls_key_file and tls_ca_file together")
         if self.status:
             try:
                 parse_address(self.status, listen=True)

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,12 +49,12 @@ from kvproto.rpc import (
     RpcCallError,
     RpcServer,
     StreamOpener,
-    authenticating_opener,
     open_tcp,
     parse_address,
 )
 from kvproto.rpc.auth import security
-from plumbing.config_file import read_token_file
+from kvproto.rpc.tls import client_context, opener_for, server_context
+from plumbing.config_file import ConfigError, read_token_file
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
@@ -155,7 +156,14 @@ class StoreNode:
             if cfg.client_token_file
             else None,
         )
-        opener = open_tcp if creds is None else authenticating_opener(open_tcp, creds)
+        server_tls = client_tls = None
+        if cfg.tls_cert_file:
+            try:
+                server_tls = server_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file)
+                client_tls = client_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"cannot load the TLS files: {e}") from None
+        opener = opener_for(client_tls, creds)
         self._open_stream = opener
         try:
             async with (
@@ -179,6 +187,7 @@ class StoreNode:
                     {RaftMessageBatch: self._on_raft_batch},
                     auth=auth,
                     client_messages=kv_handlers.keys(),
+                    tls=server_tls,
                 )
                 # Serve first (port 0 is only known once bound), but accept
                 # events only once the core exists: the channel buffers them.

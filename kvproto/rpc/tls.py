@@ -19,10 +19,16 @@ import ssl
 
 import trio
 
-from kvproto.rpc.auth import HANDSHAKE_TIMEOUT, AuthRefusedError, Role
-from kvproto.rpc.client import StreamOpener, parse_address
+from kvproto.rpc.auth import (
+    HANDSHAKE_TIMEOUT,
+    AuthRefusedError,
+    Credentials,
+    Role,
+    authenticating_opener,
+)
+from kvproto.rpc.client import StreamOpener, open_tcp, parse_address
 
-__all__ = ["client_context", "server_context", "tls_opener", "tls_role"]
+__all__ = ["client_context", "opener_for", "server_context", "tls_opener", "tls_role"]
 
 
 def server_context(cert_file: str, key_file: str, ca_file: str | None = None) -> ssl.SSLContext:
@@ -96,3 +102,14 @@ def tls_opener(opener: StreamOpener, ctx: ssl.SSLContext) -> StreamOpener:
         return tls
 
     return open_tls
+
+
+def opener_for(tls: ssl.SSLContext | None, creds: Credentials | None) -> StreamOpener:
+    """How to open a connection: TCP, then TLS if `tls`, then the token
+    handshake if `creds`."""
+    opener: StreamOpener = open_tcp
+    if tls is not None:
+        opener = tls_opener(opener, tls)
+    if creds is not None:
+        opener = authenticating_opener(opener, creds)
+    return opener
