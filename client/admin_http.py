@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any, Final
@@ -51,11 +52,24 @@ class PdAdminClient:
     `token` is sent as ``Authorization: Bearer`` on every call."""
 
     def __init__(
-        self, base_url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls_ca: str | None = None,
     ) -> None:
+        """`tls_ca`: the PEM CA an https PD is checked against (default: the
+        system's)."""
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        self._tls: ssl.SSLContext | None = None
+        if tls_ca is not None:
+            try:
+                self._tls = ssl.create_default_context(cafile=tls_ca)
+            except (OSError, ssl.SSLError) as e:
+                raise AdminError(f"cannot load the CA file {tls_ca}: {e}") from None
 
     def get(self, path: str, **query: object) -> Any:
         return self.call("GET", path, query=query)
@@ -89,7 +103,9 @@ class PdAdminClient:
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         log.debug("%s %s", method, url)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self._timeout, context=self._tls
+            ) as response:
                 return _decode(response.read(), url)
         except urllib.error.HTTPError as e:
             raise AdminError(_reason(e), e.code) from None

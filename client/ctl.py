@@ -161,6 +161,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="FILE",
         help="file holding the PD's admin token (its --admin-token-file), for orders",
     )
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA an https:// PD is checked against (a PD run with --tls-cert-file)",
+    )
     p.add_argument("--json", action="store_true", help="print the server's JSON, for scripts")
     p.add_argument(
         "--timeout",
@@ -511,7 +516,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         token = None if args.token_file is None else read_token(args.token_file)
-        client = PdAdminClient(url, token=token, timeout=args.timeout)
+        client = PdAdminClient(url, token=token, timeout=args.timeout, tls_ca=args.tls_ca)
         doc = client.call(call.method, call.path, body=call.body, query=call.query)
         text = json.dumps(doc, indent=2) if args.json else _shown(args, doc)
     except AdminError as e:

@@ -119,10 +119,11 @@ class PdAddresses:
 
     rpc: str
     http: str
+    tls: bool = False  # the HTTP port is HTTPS
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.http}"
+        return f"{'https' if self.tls else 'http'}://{self.http}"
 
 
 class PdServer:
@@ -256,7 +257,7 @@ class PdServer:
                     if self._controller is not None:
                         nursery.start_soon(self._patrol_periodically, cluster, self._controller)
                         nursery.start_soon(self._schedule_adaptively, cluster, self._controller)
-                    self._addresses = PdAddresses(rpc, http)
+                    self._addresses = PdAddresses(rpc, http, tls=bool(self.config.tls_cert_file))
                     log.info(
                         "PD serving: RPC on %s, HTTP on http://%s, data dir %s, %s",
                         rpc,
@@ -326,6 +327,9 @@ class PdServer:
         config.bind = [self.config.http]
         config.accesslog = None
         config.errorlog = logging.getLogger("placement_driver.http")
+        if self.config.tls_cert_file:  # the same certificate as the RPC port
+            config.certfile = self.config.tls_cert_file
+            config.keyfile = self.config.tls_key_file
         app = AdminApi(
             cluster,
             trio.current_time,
@@ -339,7 +343,7 @@ class PdServer:
             log.info("admin API: orders need the admin token of %s", self.config.admin_token_file)
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(_hypercorn_serve, app, config)
-            task_status.started(binds[0].removeprefix("http://"))
+            task_status.started(binds[0].removeprefix("http://").removeprefix("https://"))
 
     # -- administrators' orders ---------------------------------------------------
 

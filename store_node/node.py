@@ -32,6 +32,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -199,7 +200,15 @@ class StoreNode:
                 status_address: str | None = None
                 if cfg.status:
                     app = StatusApp(self.status_pages())
-                    status_address = await nursery.start(serve_status, app, cfg.status)
+                    status_address = await nursery.start(
+                        partial(
+                            serve_status,
+                            app,
+                            cfg.status,
+                            tls_cert_file=cfg.tls_cert_file,
+                            tls_key_file=cfg.tls_key_file,
+                        )
+                    )
                 ident, fresh_regions = await self._register(pd, address)
                 PROCESS_FIELDS.fields["store"] = ident.store_id
                 tombstones, regions = load_store(self.engine)

@@ -108,13 +108,22 @@ class StatusApp:
 
 
 async def serve_status(
-    app: StatusApp, address: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    app: StatusApp,
+    address: str,
+    *,
+    tls_cert_file: str = "",
+    tls_key_file: str = "",
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on `address` ("host:port", port 0: any free one) until
-    cancelled; `task_status` gets the bound "host:port". A failure to
-    listen (address in use, unknown host) is a StatusAddressError."""
+    cancelled, over HTTPS with `tls_cert_file`; `task_status` gets the bound
+    "host:port". A failure to listen (address in use, unknown host) is a
+    StatusAddressError."""
     config = hypercorn.config.Config()
     config.bind = [address]
+    if tls_cert_file:
+        config.certfile = tls_cert_file
+        config.keyfile = tls_key_file
     config.accesslog = None
     config.errorlog = log
     bound = _BoundAddress(task_status)
@@ -136,5 +145,5 @@ class _BoundAddress:
         self.started_at: str | None = None
 
     def started(self, binds: list[str]) -> None:
-        self.started_at = binds[0].removeprefix("http://")
+        self.started_at = binds[0].removeprefix("http://").removeprefix("https://")
         self._task_status.started(self.started_at)

@@ -6,12 +6,16 @@ In-process, TCP on 127.0.0.1, a throwaway CA (trustme)."""
 
 from __future__ import annotations
 
+import dataclasses
+import ssl
+import urllib.request
 from pathlib import Path
 
 import pytest
 import trio
 
 import client
+from client.admin_http import AdminError, PdAdminClient
 from client.errors import ClientError
 from kvproto import kvrpcpb as kv
 from kvproto.pd_client import open_pd_client
@@ -68,6 +72,42 @@ async def test_a_store_joins_over_tls_and_clients_that_trust_the_ca_use_it(
             async with client.connect([pd.addresses.rpc], timeout=2.0) as c:
                 with pytest.raises(ClientError):
                     await c.get(b"k")
+
+
+async def test_the_http_ports_serve_https_with_the_same_certificate(tmp_path: Path) -> None:
+    files = Files(tmp_path)
+    with trio.fail_after(30):
+        async with (
+            open_pd(
+                tmp_path / "pd",
+                tls_cert_file=files.server_cert,
+                tls_key_file=files.server_key,
+                tls_ca_file=files.ca,
+            ) as pd,
+            running_store(
+                dataclasses.replace(
+                    tls_store(tmp_path, files, pd.addresses.rpc), status="127.0.0.1:0"
+                )
+            ) as (_, info),
+        ):
+            url = pd.addresses.http_url
+            assert url.startswith("https://")
+            # shardkv ctl's client with the CA; without it the PD is not trusted.
+            ctl = PdAdminClient(url, tls_ca=files.ca)
+            stores = await trio.to_thread.run_sync(ctl.get, "/stores")
+            assert [s["id"] for s in stores["stores"]] == [info.store_id]
+            with pytest.raises(AdminError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"):
+                await trio.to_thread.run_sync(PdAdminClient(url).get, "/stores")
+            # The store's status port: HTTPS, checked against the CA.
+            ctx = ssl.create_default_context(cafile=files.ca)
+
+            def metrics() -> bytes:
+                address = f"https://{info.status_address}/metrics"
+                with urllib.request.urlopen(address, context=ctx, timeout=10) as r:
+                    body: bytes = r.read()
+                    return body
+
+            assert b"shardkv_store_regions" in await trio.to_thread.run_sync(metrics)
 
 
 def test_tls_settings_come_together() -> None:
