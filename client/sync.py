@@ -57,7 +57,13 @@ class SyncClient:
         *,
         timeout: float | None = None,
         config: ClientConfig | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
+        """The arguments are `client.connect`'s."""
+        security = {"token": token, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key}
         self._client: Client | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
@@ -66,7 +72,7 @@ class SyncClient:
         self._ready = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main,
-            args=(pd_addresses, timeout, config),
+            args=(pd_addresses, timeout, config, security),
             name="shardkv-client",
             daemon=True,
         )
@@ -83,9 +89,10 @@ class SyncClient:
         pd_addresses: Sequence[str] | str,
         timeout: float | None,
         config: ClientConfig | None,
+        security: dict[str, str | None],
     ) -> None:
         try:
-            trio.run(self._serve, pd_addresses, timeout, config)
+            trio.run(self._serve, pd_addresses, timeout, config, security)
         except BaseException as e:
             if not self._ready.is_set():
                 self._error = e
@@ -97,8 +104,17 @@ class SyncClient:
         pd_addresses: Sequence[str] | str,
         timeout: float | None,  # noqa: ASYNC109 (the client's default deadline)
         config: ClientConfig | None,
+        security: dict[str, str | None],
     ) -> None:
-        async with connect(pd_addresses, timeout=timeout, config=config) as kv:
+        async with connect(
+            pd_addresses,
+            timeout=timeout,
+            config=config,
+            token=security["token"],
+            tls_ca=security["tls_ca"],
+            tls_cert=security["tls_cert"],
+            tls_key=security["tls_key"],
+        ) as kv:
             self._client = kv
             self._token = trio.lowlevel.current_trio_token()
             self._stop = trio.Event()

@@ -31,7 +31,9 @@ import trio
 from kvproto import kvrpcpb as kv
 from kvproto.metapb import PeerRole, Region, StoreState
 from kvproto.pd_client import PdClient
-from kvproto.rpc import RpcCallError, connect
+from kvproto.rpc import RpcCallError, StreamOpener, connect, open_tcp
+from kvproto.rpc.tls import client_context, tls_opener
+from shardkv.tls_files import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +187,12 @@ class StoreSpec:
     data_dir: Path
     child: Child
     status_address: str = ""
+    tls: bool = False  # the status port is HTTPS
 
     @property
     def status_url(self) -> str:
         """Where the store serves /metrics and /status."""
-        return f"http://{self.status_address}"
+        return f"{'https' if self.tls else 'http'}://{self.status_address}"
 
     def set_address(self, flag: str, address: str) -> None:
         """Change the address given to `flag` (--listen, --status); a
@@ -220,6 +223,8 @@ class LocalCluster:
     # (stand-ins for machines); empty: every store on 127.0.0.1, without
     # --advertise. The PD stays on 127.0.0.1.
     hosts: tuple[str, ...] = ()
+    # TLS on every port, with these files (shardkv.tls_files); None: plain.
+    tls: TlsFiles | None = None
     python: str = sys.executable
     pd_address: str = ""
     http_address: str = ""
@@ -241,7 +246,7 @@ class LocalCluster:
             "--http",
             self.http_address,
         ]
-        for k, v in self.pd_flags.items():
+        for k, v in {**self.tls_flags(), **self.pd_flags}.items():
             pd_args += [k, v]
         self.pd = Child("pd", pd_args, self.root / "logs" / "pd.log")
         for i in range(1, self.stores + 1):
@@ -262,10 +267,11 @@ class LocalCluster:
             # every other store and client dials (here the same as --listen).
             args += ["--advertise", address]
         args += ["--status", status]
-        for k, v in self.store_flags.items():
+        for k, v in {**self.tls_flags(), **self.store_flags}.items():
             args += [k, v]
         log_path = self.root / "logs" / f"store-{i}.log"
-        return StoreSpec(i, address, data_dir, Child(f"store-{i}", args, log_path), status)
+        child = Child(f"store-{i}", args, log_path)
+        return StoreSpec(i, address, data_dir, child, status, tls=self.tls is not None)
 
     def add_store(self, host: str | None = None) -> StoreSpec:
         """One more store, on `host` (default: its entry in `hosts`, else
@@ -276,7 +282,17 @@ class LocalCluster:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.http_address}"
+        return f"{'https' if self.tls else 'http'}://{self.http_address}"
+
+    def tls_flags(self) -> dict[str, str]:
+        return {} if self.tls is None else self.tls.member_flags()
+
+    def opener(self) -> StreamOpener:
+        """How this process connects to the cluster (TLS, with the member
+        certificate, when the cluster runs it)."""
+        if self.tls is None:
+            return open_tcp
+        return tls_opener(open_tcp, client_context(str(self.tls.ca)))
 
     # -- processes -----------------------------------------------------------
 
@@ -379,7 +395,7 @@ class LocalCluster:
             return False
         ctx = kv.Context(region.id, region.epoch, leader)
         try:
-            async with connect(store.address, connect_timeout=2) as conn:
+            async with connect(store.address, connect_timeout=2, open_stream=self.opener()) as conn:
                 w = await conn.call(kv.RawPutRequest(ctx, key, b"ok"), timeout=5)
                 if not isinstance(w, kv.RawWriteResponse) or w.region_error or w.error:
                     return False

@@ -60,6 +60,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="S",
         help="give up if the cluster is not serving within S seconds (default: 60)",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every port, with a throwaway CA and certificate made in DATA_DIR/tls "
+        "(the banner shows how clients trust it)",
+    )
     p.set_defaults(run=run)
 
 
@@ -100,6 +106,7 @@ def _load_ports(root: Path) -> dict[str, int]:
 async def _main(root: Path, args: argparse.Namespace) -> int:
     from kvproto.pd_client import open_pd_client
     from shardkv.local_cluster import LocalCluster, free_port
+    from shardkv.tls_files import local_tls_files
 
     saved = _load_ports(root)
     pd_port = args.pd_port or saved.get("pd") or free_port()
@@ -110,6 +117,7 @@ async def _main(root: Path, args: argparse.Namespace) -> int:
         pd_port=pd_port,
         http_port=http_port,
         pd_flags={"--max-replicas": str(min(3, args.stores))},
+        tls=local_tls_files(root / "tls") if args.tls else None,
     )
     ports: dict[str, int] = {"pd": pd_port, "http": http_port}
     for spec in cluster.store_specs:
@@ -128,7 +136,7 @@ async def _main(root: Path, args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             print(f"starting a PD and {args.stores} stores in {root} ...", file=sys.stderr)
             await cluster.start()
-            async with open_pd_client([cluster.pd_address]) as pd:
+            async with open_pd_client([cluster.pd_address], open_stream=cluster.opener()) as pd:
                 replicas = min(3, args.stores)
                 outcome = await _wait_ready(cluster, pd, signals, args.ready_timeout, replicas)
                 if outcome == "timeout":
@@ -219,17 +227,20 @@ def _print_banner(cluster: LocalCluster, stores: Sequence[Store], root: Path) ->
         url = status.get(s.address)
         where = "" if url is None else f"   status: {url}/status, {url}/metrics"
         lines.append(f"  store {s.id}:   {s.address}{where}")
+    ca = "" if cluster.tls is None else f" --tls-ca {cluster.tls.ca}"
+    py_ca = "" if cluster.tls is None else f', tls_ca="{cluster.tls.ca}"'
     lines += [
         f"  logs:      {root / 'logs'}",
+        *([] if cluster.tls is None else [f"  TLS CA:    {cluster.tls.ca}"]),
         "",
         "Try it from another terminal:",
-        f"  shardkv kv --pd {cluster.pd_address} put hello world",
-        f"  shardkv kv --pd {cluster.pd_address} get hello",
-        f"  shardkv ctl --pd-http {cluster.http_url} store list",
+        f"  shardkv kv --pd {cluster.pd_address}{ca} put hello world",
+        f"  shardkv kv --pd {cluster.pd_address}{ca} get hello",
+        f"  shardkv ctl --pd-http {cluster.http_url}{ca} store list",
         "",
         "or from Python:",
         "  import client",
-        f'  with client.SyncClient(["{cluster.pd_address}"]) as kv:',
+        f'  with client.SyncClient(["{cluster.pd_address}"]{py_ca}) as kv:',
         '      kv.put(b"hello", b"world")',
         '      print(kv.get(b"hello"))',
         "",

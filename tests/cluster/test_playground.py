@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 import client
+from client.admin_http import PdAdminClient
+from client.errors import ClientError
 from kvproto.pd_client import open_pd_client
 from shardkv.local_cluster import under_replicated
 from tests.placement_driver.helpers import http_request
@@ -37,9 +40,9 @@ def processes_mentioning(marker: str) -> list[int]:
     return pids
 
 
-async def start_playground(data_dir: Path) -> tuple[trio.Process, str, str]:
+async def start_playground(data_dir: Path, *extra: str) -> tuple[trio.Process, str, str]:
     """The playground's process, its PD address and its banner."""
-    argv = [sys.executable, "-m", "shardkv", "playground", "--stores", "2"]
+    argv = [sys.executable, "-m", "shardkv", "playground", "--stores", "2", *extra]
     proc = await trio.lowlevel.open_process(
         [*argv, "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,
@@ -124,3 +127,30 @@ async def test_children_die_with_a_killed_playground(tmp_path: Path) -> None:
         proc.kill()
         await proc.wait()
         await wait_gone(str(data_dir))
+
+
+async def test_playground_with_tls_serves_clients_that_trust_its_ca(tmp_path: Path) -> None:
+    data_dir = tmp_path / "pg"
+    with trio.fail_after(90):
+        proc, pd, banner = await start_playground(data_dir, "--tls")
+        try:
+            m = re.search(r"TLS CA:\s+(\S+)", banner)
+            assert m is not None
+            ca = m.group(1)
+            assert f"--tls-ca {ca} put hello world" in banner
+            async with client.connect([pd], tls_ca=ca) as kv:
+                await kv.put(b"hello", b"tls")
+                assert await kv.get(b"hello") == b"tls"
+            async with client.connect([pd], timeout=2.0) as kv:  # no TLS: no answer
+                with pytest.raises(ClientError):
+                    await kv.get(b"hello")
+            m = re.search(r"admin API: (https://\S+)/pd/api/v1/stores", banner)
+            assert m is not None
+            ctl = PdAdminClient(m.group(1), tls_ca=ca)
+            stores = await trio.to_thread.run_sync(ctl.get, "/stores")
+            assert len(stores["stores"]) == 2
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 0
+            await wait_gone(str(data_dir))
+        finally:
+            proc.kill()
