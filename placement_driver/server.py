@@ -57,7 +57,7 @@ import trio
 from kvproto import pdpb
 from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
-from kvproto.rpc.auth import security
+from kvproto.rpc.auth import security_from_files
 from kvproto.rpc.tls import server_context
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
@@ -216,14 +216,7 @@ class PdServer:
         # Before anything is opened: a bad token file stops the PD at start.
         admin_token = read_token_file(token_file, "admin token") if token_file else None
         cfg = self.config
-        auth, _ = security(
-            read_token_file(cfg.cluster_token_file, "cluster token")
-            if cfg.cluster_token_file
-            else None,
-            read_token_file(cfg.client_token_file, "client token")
-            if cfg.client_token_file
-            else None,
-        )
+        auth, _ = security_from_files(cfg.cluster_token_file, cfg.client_token_file)
         self._rpc_server.auth = auth
         self._rpc_server.client_messages = CLIENT_REQUESTS
         if cfg.tls_cert_file:

@@ -53,9 +53,9 @@ from kvproto.rpc import (
     open_tcp,
     parse_address,
 )
-from kvproto.rpc.auth import security
+from kvproto.rpc.auth import security_from_files
 from kvproto.rpc.tls import client_context, opener_for, server_context
-from plumbing.config_file import ConfigError, read_token_file
+from plumbing.config_file import ConfigError
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
@@ -149,14 +149,7 @@ class StoreNode:
         cfg = self.config
         if not cfg.sync:
             log.warning("sync is off: acknowledged writes may be lost if the machine crashes")
-        auth, creds = security(
-            read_token_file(cfg.cluster_token_file, "cluster token")
-            if cfg.cluster_token_file
-            else None,
-            read_token_file(cfg.client_token_file, "client token")
-            if cfg.client_token_file
-            else None,
-        )
+        auth, creds = security_from_files(cfg.cluster_token_file, cfg.client_token_file)
         server_tls = client_tls = None
         if cfg.tls_cert_file:
             try:

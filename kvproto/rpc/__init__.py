@@ -6,6 +6,8 @@ one-way messages, the other answers. The modules, from the wire up:
 * `envelope`: the ``[kind, request_id, body]`` array each frame carries,
   and the envelope-level messages (`RpcError`, `Echo`; tags 60..79);
 * `auth`: the shared-secret handshake and the roles it proves;
+* `tls`: TLS below it (server and client contexts, the certificate role;
+  import it from `kvproto.rpc.tls`);
 * `errors`: what a caller gets from `call`, by what it may do next
   (`RpcCallError` and its subclasses);
 * `client`: `RpcConnection`, `connect`, stream openers, `parse_address`;

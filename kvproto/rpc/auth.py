@@ -40,6 +40,7 @@ import trio
 
 from kvproto.rpc.client import StreamOpener
 from kvproto.rpc.errors import RpcUnavailableError
+from plumbing.config_file import read_token_file
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -51,6 +52,7 @@ __all__ = [
     "authenticate_server",
     "authenticating_opener",
     "security",
+    "security_from_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -185,6 +187,17 @@ def security(
     cluster = cluster_token.encode()
     auth = ServerAuth(cluster, client_token.encode() if client_token else None)
     return auth, Credentials(Role.CLUSTER, cluster)
+
+
+def security_from_files(
+    cluster_token_file: str, client_token_file: str
+) -> tuple[ServerAuth | None, Credentials | None]:
+    """`security` from the token files a PD or store is configured with
+    ("": none); ConfigError if one cannot be read."""
+    return security(
+        read_token_file(cluster_token_file, "cluster token") if cluster_token_file else None,
+        read_token_file(client_token_file, "client token") if client_token_file else None,
+    )
 
 
 def authenticating_opener(opener: StreamOpener, creds: Credentials) -> StreamOpener:
