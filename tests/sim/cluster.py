@@ -17,7 +17,7 @@ One run (`run(seed, root, options)`):
    decommissioning a store and bringing it back).
 3. Heal everything, let the cluster settle, read every key once more.
 4. Check: every operation completed; the history is linearizable per key
-   (`tests.sim.linearizability`); every region's replicas are byte-equal
+   (`shardkv.check.linearizability`); every region's replicas are byte-equal
    (data and client sessions); the PD's region tree tiles the key space;
    no call failed in a way the workload cannot cause (invalid argument).
 
@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from shardkv.check.explain import describe_check_result
+from shardkv.check.linearizability import check
 from store_node.bootstrap import write_initial_region
 from store_node.config import CoreConfig
 from store_node.engine import Engine
@@ -50,8 +52,6 @@ from tests.sim import end_checks
 from tests.sim.chaos import CHAOS_WEIGHTS, FLAVORS, Chaos
 from tests.sim.client import SimClient
 from tests.sim.disk import SyncMode
-from tests.sim.linearizability import check
-from tests.sim.linearizability_explain import describe_check_result
 from tests.sim.pd import SimPd
 from tests.sim.store import TICK, SimStore
 from tests.sim.workload import Workload

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from tests.sim.history import Cas, KeyCall, KeyOp, OpResult, Outcome, Read, Swap, Value, Write
-from tests.sim.linearizability import KeyCheck, Verdict, check_key
+from shardkv.check.history import Cas, KeyCall, KeyOp, OpResult, Outcome, Read, Swap, Value, Write
+from shardkv.check.linearizability import KeyCheck, Verdict, check_key
 
 OK, FAILED, UNKNOWN = Outcome.OK, Outcome.FAILED, Outcome.UNKNOWN
 

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from tests.sim.history import (
+from shardkv.check.explain import describe_check_result
+from shardkv.check.history import (
     BatchDelete,
     BatchGet,
     BatchPut,
@@ -30,8 +31,7 @@ from tests.sim.history import (
     Value,
     Write,
 )
-from tests.sim.linearizability import check
-from tests.sim.linearizability_explain import describe_check_result
+from shardkv.check.linearizability import check
 from tests.sim.linearizability_reference import FAILED, OK, UNKNOWN
 
 KEYSPACE = (b"a", b"b", b"c", b"d", b"e")

@@ -8,9 +8,9 @@ import dataclasses
 import math
 import random
 
-from tests.sim.history import Cas, KeyCall, KeyOp, OpResult, Read, Swap, Value, Write
-from tests.sim.linearizability import Verdict, check_key
-from tests.sim.linearizability_explain import describe_key_check
+from shardkv.check.explain import describe_key_check
+from shardkv.check.history import Cas, KeyCall, KeyOp, OpResult, Read, Swap, Value, Write
+from shardkv.check.linearizability import Verdict, check_key
 from tests.sim.linearizability_reference import (
     FAILED,
     OK,

@@ -8,9 +8,9 @@ import math
 import random
 import time
 
-from tests.sim.history import Cas, Get, History, KeyCall, KeyOp, Put, Read, Swap, Value, Write
-from tests.sim.linearizability import Verdict, check, check_key
-from tests.sim.linearizability_explain import describe_check_result, describe_key_check
+from shardkv.check.explain import describe_check_result, describe_key_check
+from shardkv.check.history import Cas, Get, History, KeyCall, KeyOp, Put, Read, Swap, Value, Write
+from shardkv.check.linearizability import Verdict, check, check_key
 from tests.sim.linearizability_reference import (
     OK,
     UNKNOWN,

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sim.history import Cas, Outcome, Read, Swap, Value, Write
-from tests.sim.linearizability import Verdict, check_key
-from tests.sim.linearizability_explain import describe_key_check
+from shardkv.check.explain import describe_key_check
+from shardkv.check.history import Cas, Outcome, Read, Swap, Value, Write
+from shardkv.check.linearizability import Verdict, check_key
 from tests.sim.linearizability_reference import FAILED, OK, UNKNOWN, numbered, op, verdict
 
 # --- known-good histories --------------------------------------------------

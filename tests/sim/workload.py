@@ -12,8 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from client.errors import ClientError, UndeterminedError
-from tests.sim.client import Op, SimClient
-from tests.sim.history import (
+from shardkv.check.history import (
     BatchDelete,
     BatchGet,
     BatchPut,
@@ -30,6 +29,7 @@ from tests.sim.history import (
     Scan,
     describe_call,
 )
+from tests.sim.client import Op, SimClient
 from tests.sim.world import World
 
 

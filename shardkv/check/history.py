@@ -1,5 +1,5 @@
 """What the clients of a simulation did, recorded for the linearizability
-checker (`tests.sim.linearizability`).
+checker (`shardkv.check.linearizability`).
 
 The simulation records every client call in a `History`: `invoke` before
 sending, `complete` with what came back. Linearizability is local (Herlihy &

@@ -11,7 +11,7 @@ one. Checking the whole history against the sequential model of a key catches
 all of them, and it needs nothing from the store but what its clients saw.
 
 What: the simulation records every client call in a `History`
-(`tests.sim.history` says what a call, one key's operation and an outcome
+(`shardkv.check.history` says what a call, one key's operation and an outcome
 are, and how a multi-key call splits into one operation per key);
 `check(history)` answers per key, since linearizability is local (Herlihy &
 Wing): a history is linearizable iff the sub-history of every object is.
@@ -59,7 +59,7 @@ of hanging.
 
 Every key is checked (not only up to the first violation): which keys failed,
 and how many, tells more about a bug than the first one alone.
-`tests.sim.linearizability_explain` puts a verdict in words: on a
+`shardkv.check.explain` puts a verdict in words: on a
 violation, the longest linearizable prefix the search found, the ops that
 could not come next and why, and the ops of the key up to there.
 """
@@ -71,7 +71,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
-from tests.sim.history import Cas, History, KeyCall, KeyOp, Outcome, Read, Swap, Value, Write
+from shardkv.check.history import Cas, History, KeyCall, KeyOp, Outcome, Read, Swap, Value, Write
 
 DEFAULT_MAX_STEPS: Final = 2_000_000
 """Search steps per key before it is UNDECIDED: about half a second (0.2-0.3 us a

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from tests.sim.history import (
+from shardkv.check.history import (
     Cas,
     CompareAndSet,
     Delete,
@@ -27,7 +27,7 @@ from tests.sim.history import (
     describe_call,
     fmt_value,
 )
-from tests.sim.linearizability import (
+from shardkv.check.linearizability import (
     ANY,
     COND,
     IMPOSSIBLE,
