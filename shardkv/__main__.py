@@ -30,6 +30,7 @@ SUBCOMMANDS: Final = (
     "client.cli",  # shardkv kv
     "client.ctl",  # shardkv ctl
     "shardkv.playground",  # shardkv playground
+    "shardkv.chaos",  # shardkv chaos
 )
 
 
