@@ -7,8 +7,8 @@ set of keys, every call recorded with its invoke and completion times in a
 `History`, and meanwhile injects faults on a seeded schedule:
 
 * kill: SIGKILL a store, restart it 1-4 s later;
-* pause: SIGSTOP a store for 1-4 s (a process that is alive but silent: the
-  leader cut off from everyone and still reachable by nobody);
+* pause: SIGSTOP a store for 1-4 s (alive but silent: its connections stay
+  open and nothing answers, as with a long GC pause or a frozen VM);
 * transfer: an admin transfer-leader operator on a random region;
 * split: an admin split of a random region at a random key.
 
@@ -178,6 +178,7 @@ async def _main(root: Path, args: argparse.Namespace, faults: Sequence[str], see
                 for cid in range(args.clients):
                     nursery.start_soon(worker, cid)
                 nursery.start_soon(_nemesis, cluster, faults, rng, state, t0)
+                nursery.start_soon(_progress, state, t0, args.seconds)
                 await trio.sleep(args.seconds)
                 nursery.cancel_scope.cancel()
             # Calls cut off here stay pending: the checker counts them UNKNOWN.
@@ -282,6 +283,18 @@ async def _nemesis(
         except AdminError as e:  # refused (busy region, key outside it...): noted
             if state.faults and state.faults[-1].at == at:
                 state.faults[-1].outcome = f"refused: {str(e)[:80]}"
+
+
+async def _progress(state: Run, t0: float, seconds: float) -> None:
+    while True:
+        await trio.sleep(10.0)
+        done = sum(state.outcomes.values())
+        faults = len(state.faults)
+        elapsed = trio.current_time() - t0
+        print(
+            f"  {elapsed:.0f}/{seconds:g} s: {done:,} operations, {faults} faults",
+            file=sys.stderr,
+        )
 
 
 async def _heal(cluster: Any, state: Run, t0: float) -> None:
