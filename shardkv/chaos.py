@@ -16,12 +16,15 @@ Then it heals (every store running), waits for every region to have its
 voters and a leader that serves (`--recovery-timeout`), reads every key,
 and checks the history per key for linearizability (shardkv.check: an
 acknowledged write must stay, no write may apply twice, no read may be
-stale). It prints a summary and exits 0 if all holds, 1 on a violation, 2
+stale); then it stops the cluster and compares every region's copies in
+the stores' data directories (those at the region's highest applied index
+must hold the same data). It prints a summary and exits 0 if all holds, 1 on a violation, 2
 if the cluster did not recover. `--out FILE` writes the history and the
 fault log as JSON.
 
 Not built yet (issue 15): network partitions (nftables in a network
 namespace), disk faults, faults on a cluster started elsewhere (--pd).
+The replica comparison needs the server extra (it reads LMDB).
 """
 
 from __future__ import annotations
@@ -67,6 +70,65 @@ class Run:
     faults: list[Fault]
     outcomes: Counter[str]
     recovery_seconds: float | None = None
+    replicas: str = ""  # the replica comparison's summary
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """One store's copy of a region, read from its data directory."""
+
+    store: int
+    region_id: int
+    version: int  # the region epoch's version (splits)
+    applied_index: int
+    checksum: int  # CRC-32 of its data, keys and values in order
+
+
+def replica_mismatches(replicas: Sequence[ReplicaState]) -> tuple[list[str], int]:
+    """Per region, the copies at its newest epoch version and its highest
+    applied index must hold the same data. Returns the regions whose copies
+    differ (described) and how many copies were behind (not compared)."""
+    by_region: dict[int, list[ReplicaState]] = {}
+    for r in replicas:
+        by_region.setdefault(r.region_id, []).append(r)
+    differ: list[str] = []
+    behind = 0
+    for region_id, copies in sorted(by_region.items()):
+        newest = max((c.version, c.applied_index) for c in copies)
+        current = [c for c in copies if (c.version, c.applied_index) == newest]
+        behind += len(copies) - len(current)
+        if len({c.checksum for c in current}) > 1:
+            sums = ", ".join(f"store {c.store}: {c.checksum:08x}" for c in current)
+            differ.append(
+                f"region {region_id} at applied index {newest[1]}: copies differ ({sums})"
+            )
+    return differ, behind
+
+
+def read_replicas(data_dirs: Sequence[tuple[int, Path]]) -> list[ReplicaState]:
+    """Every region copy in the (stopped) stores' data directories."""
+    import zlib
+
+    from store_node import keys
+    from store_node.bootstrap import load_regions
+    from store_node.engine import Engine
+
+    out: list[ReplicaState] = []
+    for store, data_dir in data_dirs:
+        engine = Engine(data_dir)
+        try:
+            for region, apply_state in load_regions(engine):
+                crc = 0
+                for k, v in engine.kv_items(keys.DATA_DB, region.start_key, region.end_key):
+                    crc = zlib.crc32(v, zlib.crc32(k, crc))
+                out.append(
+                    ReplicaState(
+                        store, region.id, region.epoch.version, apply_state.applied_index, crc
+                    )
+                )
+        finally:
+            engine.close()
+    return out
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -206,12 +268,29 @@ async def _main(root: Path, args: argparse.Namespace, faults: Sequence[str], see
                     history.complete(op_id, Outcome.FAILED, None, trio.current_time() - t0)
                     continue
                 history.complete(op_id, Outcome.OK, value, trio.current_time() - t0)
+        # Every copy of a region at the same applied index holds the same
+        # data: read from the stores' data directories once they stopped
+        # (after a quiet moment for followers to catch up).
+        await trio.sleep(3.0)
+        await cluster.aclose()
+        copies = await trio.to_thread.run_sync(
+            read_replicas, [(s.index, s.data_dir) for s in cluster.store_specs]
+        )
+        differ, behind = replica_mismatches(copies)
+        regions = len({c.region_id for c in copies})
+        state.replicas = (
+            f"{regions} regions, {len(copies)} copies compared, {behind} behind, "
+            f"{len(differ)} differing"
+        )
         result = check(history)
-        verdict = _report(state, result.ok, args, seed, root)
+        ok = result.ok and not differ
+        verdict = _report(state, ok, args, seed, root)
         if not result.ok:
             print(describe_check_result(result), file=sys.stderr)
+        for line in differ:
+            print(f"{PROG}: {line}", file=sys.stderr)
         _write(args.out, history, state, seed, verdict=verdict)
-        return 0 if result.ok else 1
+        return 0 if ok else 1
     finally:
         await cluster.aclose()
 
@@ -323,6 +402,8 @@ def _report(state: Run, ok: bool | None, args: argparse.Namespace, seed: int, ro
             lines.append(f"  {kind:<40} {by_kind[kind]:>7}{extra}")
     if state.recovery_seconds is not None:
         lines.append(f"recovery after healing: {state.recovery_seconds:.1f} s")
+    if state.replicas:
+        lines.append(f"replicas: {state.replicas}")
     lines.append(f"verdict: {verdict}")
     print("\n".join(lines))
     del root

@@ -7,6 +7,7 @@ store never held (a lying client stands in for a bug here)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 import client.rawkv
 from shardkv.__main__ import main
-from shardkv.chaos import FAULTS
+from shardkv.chaos import FAULTS, ReplicaState, replica_mismatches
 
 
 def test_a_seeded_run_covers_every_fault_kind_and_is_linearizable(tmp_path: Path) -> None:
@@ -40,6 +41,9 @@ def test_a_seeded_run_covers_every_fault_kind_and_is_linearizable(tmp_path: Path
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "verdict: linearizable" in r.stdout
+    assert re.search(
+        r"replicas: \d+ regions, \d+ copies compared, \d+ behind, 0 differing", r.stdout
+    )
     doc = json.loads(out.read_text())
     assert doc["seed"] == 7 and doc["verdict"] == "linearizable"
     assert {f["kind"] for f in doc["faults"]} == set(FAULTS)
@@ -65,3 +69,19 @@ def test_a_stale_read_is_a_violation_and_exit_status_1(
     assert code == 1, captured.out + captured.err
     assert "verdict: VIOLATION" in captured.out
     assert "never written" in captured.err
+
+
+def test_copies_at_the_same_applied_index_must_hold_the_same_data() -> None:
+    copies = [
+        ReplicaState(1, 2, version=3, applied_index=40, checksum=0xAA),
+        ReplicaState(2, 2, version=3, applied_index=40, checksum=0xAA),
+        ReplicaState(3, 2, version=3, applied_index=38, checksum=0x11),  # behind: not compared
+        ReplicaState(1, 5, version=4, applied_index=9, checksum=0xBB),
+        ReplicaState(2, 5, version=4, applied_index=9, checksum=0xBC),  # diverged
+        ReplicaState(3, 5, version=2, applied_index=30, checksum=0x00),  # an older epoch
+    ]
+    differ, behind = replica_mismatches(copies)
+    assert behind == 2
+    assert differ == [
+        "region 5 at applied index 9: copies differ (store 1: 000000bb, store 2: 000000bc)"
+    ]
