@@ -305,12 +305,15 @@ async def _nemesis(
     # Every kind in turn, in a seeded order: a short run still covers each.
     order = list(faults)
     rng.shuffle(order)
+    # The stores too: every one is hit before any is hit twice.
+    rng.shuffle(stores)
+    victims = itertools.cycle(stores)
     for turn in itertools.count():
         await trio.sleep(rng.uniform(1.0, 3.0))
         kind = order[turn % len(order)]
         at = trio.current_time() - t0
         if kind in ("kill", "pause"):
-            index = rng.choice(stores)
+            index = next(victims)
             spec = cluster.store_specs[index - 1]
             if not spec.child.running:
                 continue
