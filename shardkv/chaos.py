@@ -173,7 +173,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     if args.data_dir:
-        return trio.run(_main, Path(args.data_dir), args, faults, seed)
+        root = Path(args.data_dir)
+        if root.exists() and any(root.iterdir()):
+            # The history starts from empty keys: old data would read as a violation.
+            print(f"{PROG}: --data-dir {root} must be new or empty", file=sys.stderr)
+            return 2
+        return trio.run(_main, root, args, faults, seed)
     with tempfile.TemporaryDirectory(prefix="shardkv-chaos-") as d:
         return trio.run(_main, Path(d), args, faults, seed)
 
@@ -197,9 +202,15 @@ async def _main(root: Path, args: argparse.Namespace, faults: Sequence[str], see
     try:
         await cluster.start()
         async with open_pd_client([cluster.pd_address]) as pd:
-            with trio.fail_after(60):
+            with trio.move_on_after(60) as starting:
                 await cluster.wait_ready(pd)
                 await wait_replicated(pd, replicas)
+        if starting.cancelled_caught:
+            print(
+                f"{PROG}: the cluster was not serving within 60 s; logs in {root / 'logs'}",
+                file=sys.stderr,
+            )
+            return 2
         async with client.connect([cluster.pd_address], timeout=5.0) as kv:
             t0 = trio.current_time()
 
@@ -251,7 +262,7 @@ async def _main(root: Path, args: argparse.Namespace, faults: Sequence[str], see
                     await cluster.wait_ready(pd)
                     await wait_replicated(pd, replicas)
             if recovering.cancelled_caught:
-                _report(state, None, args, seed, root)
+                _report(state, None, args, seed)
                 print(
                     f"{PROG}: the cluster did not recover within "
                     f"{args.recovery_timeout:g} s; logs in {root / 'logs'}",
@@ -284,7 +295,7 @@ async def _main(root: Path, args: argparse.Namespace, faults: Sequence[str], see
         )
         result = check(history)
         ok = result.ok and not differ
-        verdict = _report(state, ok, args, seed, root)
+        verdict = _report(state, ok, args, seed)
         if not result.ok:
             print(describe_check_result(result), file=sys.stderr)
         for line in differ:
@@ -390,7 +401,7 @@ async def _heal(cluster: Any, state: Run, t0: float) -> None:
             fault.healed_at = trio.current_time() - t0
 
 
-def _report(state: Run, ok: bool | None, args: argparse.Namespace, seed: int, root: Path) -> str:
+def _report(state: Run, ok: bool | None, args: argparse.Namespace, seed: int) -> str:
     verdict = {True: "linearizable", False: "VIOLATION", None: "not recovered"}[ok]
     lines = [f"{PROG}: seed {seed}, {args.seconds:g} s, {args.clients} clients, {args.keys} keys"]
     lines.append("operations:")
@@ -409,7 +420,6 @@ def _report(state: Run, ok: bool | None, args: argparse.Namespace, seed: int, ro
         lines.append(f"replicas: {state.replicas}")
     lines.append(f"verdict: {verdict}")
     print("\n".join(lines))
-    del root
     return verdict
 
 
