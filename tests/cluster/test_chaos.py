@@ -19,7 +19,7 @@ from shardkv.__main__ import main
 from shardkv.chaos import FAULTS, ReplicaState, replica_mismatches
 
 
-def test_a_seeded_run_covers_every_fault_kind_and_is_linearizable(tmp_path: Path) -> None:
+def test_a_40_second_seeded_run_covers_every_fault_kind_and_is_linearizable(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     r = subprocess.run(
         [
@@ -28,7 +28,7 @@ def test_a_seeded_run_covers_every_fault_kind_and_is_linearizable(tmp_path: Path
             "shardkv",
             "chaos",
             "--seconds",
-            "14",
+            "40",
             "--seed",
             "7",
             "--out",
