@@ -44,7 +44,6 @@ import dataclasses
 import logging
 import math
 import random
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from kvproto import pdpb
 from kvproto.metapb import StoreState
 from kvproto.rpc import RequestContext, RpcServer
 from kvproto.rpc.auth import security_from_files
-from kvproto.rpc.tls import server_context
+from kvproto.rpc.tls import tls_from_files
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
 from placement_driver.http_api import AdminApi, Text
@@ -74,7 +73,7 @@ from placement_driver.schedulers import SchedulerController
 from placement_driver.service import RESPONSE_TYPES, OperatorHook, PdService
 from placement_driver.storage import LmdbMetaStorage, MetaStorage
 from placement_driver.stores import StoreInfo
-from plumbing.config_file import ConfigError, read_token_file
+from plumbing.config_file import read_token_file
 
 __all__ = ["PdAddresses", "PdServer"]
 
@@ -219,13 +218,9 @@ class PdServer:
         auth, _ = security_from_files(cfg.cluster_token_file, cfg.client_token_file)
         self._rpc_server.auth = auth
         self._rpc_server.client_messages = CLIENT_REQUESTS
-        if cfg.tls_cert_file:
-            try:
-                self._rpc_server.tls = server_context(
-                    cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file or None
-                )
-            except (OSError, ssl.SSLError) as e:
-                raise ConfigError(f"cannot load the TLS files: {e}") from None
+        self._rpc_server.tls, _ = tls_from_files(
+            cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file
+        )
         owned: LmdbMetaStorage | None = None
         storage = self._storage
         if storage is None:

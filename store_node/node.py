@@ -28,7 +28,6 @@ import contextlib
 import logging
 import math
 import random
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,8 +53,7 @@ from kvproto.rpc import (
     parse_address,
 )
 from kvproto.rpc.auth import security_from_files
-from kvproto.rpc.tls import client_context, opener_for, server_context
-from plumbing.config_file import ConfigError
+from kvproto.rpc.tls import opener_for, tls_from_files
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
@@ -150,13 +148,9 @@ class StoreNode:
         if not cfg.sync:
             log.warning("sync is off: acknowledged writes may be lost if the machine crashes")
         auth, creds = security_from_files(cfg.cluster_token_file, cfg.client_token_file)
-        server_tls = client_tls = None
-        if cfg.tls_cert_file:
-            try:
-                server_tls = server_context(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file)
-                client_tls = client_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
-            except (OSError, ssl.SSLError) as e:
-                raise ConfigError(f"cannot load the TLS files: {e}") from None
+        server_tls, client_tls = tls_from_files(
+            cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file
+        )
         opener = opener_for(client_tls, creds)
         self._open_stream = opener
         try:

@@ -51,7 +51,6 @@ __all__ = [
     "authenticate_client",
     "authenticate_server",
     "authenticating_opener",
-    "security",
     "security_from_files",
 ]
 
@@ -177,27 +176,19 @@ async def authenticate_client(stream: trio.abc.Stream, creds: Credentials, peer:
         ) from None
 
 
-def security(
-    cluster_token: str | None, client_token: str | None = None
-) -> tuple[ServerAuth | None, Credentials | None]:
-    """What a cluster member (a PD, a store) serves with and connects with,
-    from its tokens (None: no authentication)."""
-    if not cluster_token:
-        return None, None
-    cluster = cluster_token.encode()
-    auth = ServerAuth(cluster, client_token.encode() if client_token else None)
-    return auth, Credentials(Role.CLUSTER, cluster)
-
-
 def security_from_files(
     cluster_token_file: str, client_token_file: str
 ) -> tuple[ServerAuth | None, Credentials | None]:
-    """`security` from the token files a PD or store is configured with
-    ("": none); ConfigError if one cannot be read."""
-    return security(
-        read_token_file(cluster_token_file, "cluster token") if cluster_token_file else None,
-        read_token_file(client_token_file, "client token") if client_token_file else None,
+    """What a cluster member (a PD, a store) serves with and connects with,
+    from the token files it is configured with ("": none; no cluster token:
+    no authentication). ConfigError if one cannot be read."""
+    if not cluster_token_file:
+        return None, None
+    cluster = read_token_file(cluster_token_file, "cluster token").encode()
+    client = (
+        read_token_file(client_token_file, "client token").encode() if client_token_file else None
     )
+    return ServerAuth(cluster, client), Credentials(Role.CLUSTER, cluster)
 
 
 def authenticating_opener(opener: StreamOpener, creds: Credentials) -> StreamOpener:

@@ -27,8 +27,16 @@ from kvproto.rpc.auth import (
     authenticating_opener,
 )
 from kvproto.rpc.client import StreamOpener, open_tcp, parse_address
+from plumbing.config_file import ConfigError
 
-__all__ = ["client_context", "opener_for", "server_context", "tls_opener", "tls_role"]
+__all__ = [
+    "client_context",
+    "opener_for",
+    "server_context",
+    "tls_from_files",
+    "tls_opener",
+    "tls_role",
+]
 
 
 def server_context(cert_file: str, key_file: str, ca_file: str | None = None) -> ssl.SSLContext:
@@ -63,20 +71,25 @@ def tls_role(stream: trio.SSLStream[trio.abc.Stream]) -> Role:
     return Role.CLUSTER if stream.getpeercert() else Role.CLIENT
 
 
+async def _handshake(tls: trio.SSLStream[trio.abc.Stream], who: str) -> None:
+    """Either side's TLS handshake; AuthRefusedError (prefixed by `who`) if
+    it fails or takes longer than HANDSHAKE_TIMEOUT."""
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await tls.do_handshake()
+    except trio.TooSlowError:
+        raise AuthRefusedError(f"{who}no TLS handshake within {HANDSHAKE_TIMEOUT:g} s") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+        raise AuthRefusedError(f"{who}TLS handshake failed: {e.__cause__ or e}") from None
+
+
 async def accept_tls(
     stream: trio.abc.Stream, ctx: ssl.SSLContext
 ) -> trio.SSLStream[trio.abc.Stream]:
     """The server's TLS handshake; AuthRefusedError if it fails or takes
     longer than HANDSHAKE_TIMEOUT."""
     tls = trio.SSLStream(stream, ctx, server_side=True)
-    try:
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await tls.do_handshake()
-    except trio.TooSlowError:
-        raise AuthRefusedError(f"no TLS handshake within {HANDSHAKE_TIMEOUT:g} s") from None
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-        cause = e.__cause__ or e
-        raise AuthRefusedError(f"TLS handshake failed: {cause}") from None
+    await _handshake(tls, "")
     return tls
 
 
@@ -89,19 +102,30 @@ def tls_opener(opener: StreamOpener, ctx: ssl.SSLContext) -> StreamOpener:
         host, _ = parse_address(address)
         tls = trio.SSLStream(stream, ctx, server_hostname=host)
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                await tls.do_handshake()
-        except BaseException as e:
+            await _handshake(tls, f"{address}: ")
+        except BaseException:
             await trio.aclose_forcefully(stream)
-            if isinstance(e, trio.TooSlowError):
-                raise AuthRefusedError(f"{address}: no TLS handshake within 5 s") from None
-            if isinstance(e, (trio.BrokenResourceError, trio.ClosedResourceError, OSError)):
-                cause = e.__cause__ or e
-                raise AuthRefusedError(f"{address}: TLS handshake failed: {cause}") from None
             raise
         return tls
 
     return open_tls
+
+
+def tls_from_files(
+    cert_file: str, key_file: str, ca_file: str
+) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """A cluster member's TLS from its settings ("": not set): the server
+    context (None without a certificate) and, with a CA, the client context
+    it connects to other members with (presenting its certificate).
+    ConfigError if a file cannot be loaded."""
+    if not cert_file:
+        return None, None
+    try:
+        server = server_context(cert_file, key_file, ca_file or None)
+        client = client_context(ca_file, cert_file, key_file) if ca_file else None
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"cannot load the TLS files: {e}") from None
+    return server, client
 
 
 def opener_for(tls: ssl.SSLContext | None, creds: Credentials | None) -> StreamOpener:
