@@ -49,6 +49,16 @@ def workdir(keep: str | None, name: str) -> Iterator[Path]:
         yield Path(d)
 
 
+def add_output_flags(parser: Any, plot_help: str = "save a chart (matplotlib)") -> None:
+    """--json, --plot and --dir, as the cluster benchmarks take them (with
+    `workdir` for --dir)."""
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
+    parser.add_argument("--plot", default=None, metavar="PATH.png", help=plot_help)
+    parser.add_argument(
+        "--dir", default=None, help="keep data and logs under DIR (default: temporary, removed)"
+    )
+
+
 def run_main(main: Callable[[Any], Awaitable[None]], args: Any) -> None:
     """trio.run(main, args); Ctrl-C ends it with a line instead of a
     traceback, once every process it started has been stopped."""

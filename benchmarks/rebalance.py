@@ -52,6 +52,7 @@ import trio
 
 import client
 from benchmarks.driver import (
+    add_output_flags,
     load_average,
     machine_line,
     median,
@@ -439,13 +440,7 @@ def cli() -> None:
     parser.add_argument(
         "--store-flag", action="append", default=[], metavar="NAME=VALUE", help="a store flag"
     )
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
-    parser.add_argument(
-        "--plot", default=None, metavar="PATH.png", help="chart of the last run (matplotlib)"
-    )
-    parser.add_argument(
-        "--dir", default=None, help="keep data and logs under DIR (default: temporary, removed)"
-    )
+    add_output_flags(parser, "chart of the last run (matplotlib)")
     args = parser.parse_args()
     args.pd_flags = flag_pairs(args.pd_flag)
     args.store_flags = flag_pairs(args.store_flag)

@@ -70,6 +70,7 @@ import client
 from benchmarks import proc
 from benchmarks.driver import (
     Op,
+    add_output_flags,
     load_average,
     machine_line,
     plot_panels,
@@ -522,13 +523,7 @@ def cli() -> None:
         help="after each round of splits, wait up to this many seconds for 95%% of every "
         "store's regions to sleep before the next (0: split in one burst; default %(default)s)",
     )
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
-    parser.add_argument(
-        "--plot", default=None, metavar="PATH.png", help="save a chart (matplotlib)"
-    )
-    parser.add_argument(
-        "--dir", default=None, help="keep data and logs under DIR (default: temporary, removed)"
-    )
+    add_output_flags(parser)
     args = parser.parse_args()
     args.region_counts = sorted(int(x) for x in args.regions.split(","))
     if min(args.region_counts) < 1:

@@ -72,6 +72,7 @@ from benchmarks.driver import (
     Op,
     Results,
     Sample,
+    add_output_flags,
     fmt_ms,
     load_average,
     machine_line,
@@ -516,13 +517,7 @@ def cli() -> None:
     parser.add_argument(
         "--pd-http", default=None, metavar="URL", help="its PD's admin HTTP root (with --pd)"
     )
-    parser.add_argument("--json", default=None, metavar="PATH", help="write the results here")
-    parser.add_argument(
-        "--plot", default=None, metavar="PATH.png", help="save a chart (matplotlib)"
-    )
-    parser.add_argument(
-        "--dir", default=None, help="keep data and logs under DIR (default: temporary, removed)"
-    )
+    add_output_flags(parser)
     args = parser.parse_args()
     if (args.pd is None) != (args.pd_http is None):
         parser.error("--pd and --pd-http go together")
