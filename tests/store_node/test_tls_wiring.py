@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ssl
 import urllib.request
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from kvproto.raft_serverpb import RaftMessageBatch
 from kvproto.rpc import connect, open_tcp
 from kvproto.rpc.tls import client_context, tls_opener
 from placement_driver.config import ServerConfig
+from placement_driver.server import PdServer
 from placement_driver.testing import open_pd
 from shardkv.local_cluster import leader_context
 from store_node.config import StoreConfig
@@ -41,18 +43,22 @@ def tls_store(tmp: Path, files: Files, pd: str) -> StoreConfig:
     )
 
 
+def tls_pd(tmp: Path, files: Files) -> AbstractAsyncContextManager[PdServer]:
+    return open_pd(
+        tmp / "pd",
+        tls_cert_file=files.server_cert,
+        tls_key_file=files.server_key,
+        tls_ca_file=files.ca,
+    )
+
+
 async def test_a_store_joins_over_tls_and_clients_that_trust_the_ca_use_it(
     tmp_path: Path,
 ) -> None:
     files = Files(tmp_path)
     with trio.fail_after(30):
         async with (
-            open_pd(
-                tmp_path / "pd",
-                tls_cert_file=files.server_cert,
-                tls_key_file=files.server_key,
-                tls_ca_file=files.ca,
-            ) as pd,
+            tls_pd(tmp_path, files) as pd,
             running_store(tls_store(tmp_path, files, pd.addresses.rpc)) as (node, info),
         ):
             async with client.connect([pd.addresses.rpc], tls_ca=files.ca) as c:
@@ -78,12 +84,7 @@ async def test_the_http_ports_serve_https_with_the_same_certificate(tmp_path: Pa
     files = Files(tmp_path)
     with trio.fail_after(30):
         async with (
-            open_pd(
-                tmp_path / "pd",
-                tls_cert_file=files.server_cert,
-                tls_key_file=files.server_key,
-                tls_ca_file=files.ca,
-            ) as pd,
+            tls_pd(tmp_path, files) as pd,
             running_store(
                 dataclasses.replace(
                     tls_store(tmp_path, files, pd.addresses.rpc), status="127.0.0.1:0"
