@@ -219,10 +219,11 @@ class LocalCluster:
     # Extra flags (flag -> value) for every store and for the PD.
     store_flags: dict[str, str] = field(default_factory=dict)
     pd_flags: dict[str, str] = field(default_factory=dict)
-    # Store i listens, advertises and serves its status on hosts[i - 1]
-    # (stand-ins for machines); empty: every store on 127.0.0.1, without
-    # --advertise. The PD stays on 127.0.0.1.
+    # Store i listens, advertises, serves its status and dials from
+    # hosts[i - 1] (stand-ins for machines); empty: every store on 127.0.0.1,
+    # without --advertise.
     hosts: tuple[str, ...] = ()
+    pd_host: str = "127.0.0.1"
     # TLS on every port, with these files (shardkv.tls_files); None: plain.
     tls: TlsFiles | None = None
     python: str = sys.executable
@@ -235,8 +236,8 @@ class LocalCluster:
         if self.hosts and len(self.hosts) < self.stores:
             raise ValueError(f"{self.stores} stores need as many hosts, got {list(self.hosts)}")
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        self.pd_address = f"127.0.0.1:{self.pd_port or free_port()}"
-        self.http_address = f"127.0.0.1:{self.http_port or free_port()}"
+        self.pd_address = f"{self.pd_host}:{self.pd_port or free_port(self.pd_host)}"
+        self.http_address = f"{self.pd_host}:{self.http_port or free_port(self.pd_host)}"
         pd_args = [
             "pd",
             "--data-dir",
@@ -265,7 +266,7 @@ class LocalCluster:
         if host is not None:
             # What a store on a machine of its own is given: the address
             # every other store and client dials (here the same as --listen).
-            args += ["--advertise", address]
+            args += ["--advertise", address, "--source-host", host]
         args += ["--status", status]
         for k, v in {**self.tls_flags(), **self.store_flags}.items():
             args += [k, v]
@@ -324,7 +325,10 @@ class LocalCluster:
 
     async def kill_store(self, index: int) -> None:
         """SIGKILL: no clean shutdown, as in a crash."""
-        child = self.store_specs[index - 1].child
+        await self.kill_child(self.store_specs[index - 1].child)
+
+    async def kill_child(self, child: Child) -> None:
+        """SIGKILL `child` (the PD or a store) and reap it."""
         if child.process is not None and child.process.returncode is None:
             child.process.kill()
             await child.process.wait()

@@ -30,6 +30,13 @@ class StoreConfig:
         "address other stores and clients use (default: the bound --listen address)",
         metavar="HOST:PORT",
     )
+    source_host: str | None = setting(
+        None,
+        "host that connections to other stores and the PD come from, e.g. the listen "
+        "host on a machine with several addresses, so firewalls and peers see this "
+        "store's own address (default: the system picks)",
+        metavar="HOST",
+    )
     status: str | None = setting(
         None,
         "address of the status HTTP server (GET /metrics for Prometheus, GET /status as "

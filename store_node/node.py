@@ -151,7 +151,7 @@ class StoreNode:
         server_tls, client_tls = tls_from_files(
             cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file
         )
-        opener = opener_for(client_tls, creds)
+        opener = opener_for(client_tls, creds, cfg.source_host)
         self._open_stream = opener
         try:
             async with (

@@ -35,6 +35,7 @@ from kvproto.rpc.client import (
     open_connection_stream,
     open_tcp,
     parse_address,
+    tcp_opener,
 )
 from kvproto.rpc.envelope import Echo, FrameKind, RpcError, RpcErrorCode
 from kvproto.rpc.errors import (
@@ -84,4 +85,5 @@ __all__ = [
     "open_connection_stream",
     "open_tcp",
     "parse_address",
+    "tcp_opener",
 ]

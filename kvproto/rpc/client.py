@@ -40,6 +40,7 @@ __all__ = [
     "open_connection_stream",
     "open_tcp",
     "parse_address",
+    "tcp_opener",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,20 @@ async def open_tcp(address: str) -> trio.abc.Stream:
     """The default StreamOpener: TCP (trio sets TCP_NODELAY)."""
     host, port = parse_address(address)
     return await trio.open_tcp_stream(host, port)
+
+
+def tcp_opener(source_host: str | None = None) -> StreamOpener:
+    """TCP from `source_host` (None: the system picks, as `open_tcp`). A
+    member with an address of its own sends from it, so that a firewall
+    rule (or a peer's log) can tell members on one machine apart."""
+    if source_host is None:
+        return open_tcp
+
+    async def open_from(address: str) -> trio.abc.Stream:
+        host, port = parse_address(address)
+        return await trio.open_tcp_stream(host, port, local_address=source_host)
+
+    return open_from
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from kvproto.rpc.auth import (
     Role,
     authenticating_opener,
 )
-from kvproto.rpc.client import StreamOpener, open_tcp, parse_address
+from kvproto.rpc.client import StreamOpener, parse_address, tcp_opener
 from plumbing.config_file import ConfigError
 
 __all__ = [
@@ -128,10 +128,12 @@ def tls_from_files(
     return server, client
 
 
-def opener_for(tls: ssl.SSLContext | None, creds: Credentials | None) -> StreamOpener:
-    """How to open a connection: TCP, then TLS if `tls`, then the token
-    handshake if `creds`."""
-    opener: StreamOpener = open_tcp
+def opener_for(
+    tls: ssl.SSLContext | None, creds: Credentials | None, source_host: str | None = None
+) -> StreamOpener:
+    """How to open a connection: TCP (from `source_host` if given), then TLS
+    if `tls`, then the token handshake if `creds`."""
+    opener: StreamOpener = tcp_opener(source_host)
     if tls is not None:
         opener = tls_opener(opener, tls)
     if creds is not None:

@@ -7,6 +7,8 @@ the autojump clock where timeouts are involved.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 import trio.testing
@@ -24,6 +26,7 @@ from kvproto.rpc import (
     RpcUnavailableError,
     connect,
     parse_address,
+    tcp_opener,
 )
 from tests.kvproto.rpc_helpers import (
     Hold,
@@ -282,3 +285,27 @@ async def test_close_fails_calls_in_flight_and_later_calls(
                     await conn.call(Hold(1))
             with pytest.raises(RpcUnavailableError, match="closed by the client"):
                 await conn.call(Echo(b"x"))
+
+
+async def test_a_tcp_opener_with_a_source_host_dials_from_that_host() -> None:
+    # What lets a firewall (shardkv chaos's partitions) tell members on one
+    # machine apart: the peer sees the member's own address.
+    seen: list[str] = []
+    both = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        seen.append(stream.socket.getpeername()[0])
+        await stream.aclose()
+        if len(seen) == 2:
+            both.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            for source in (None, "127.0.0.3"):
+                stream = await tcp_opener(source)(f"127.0.0.1:{port}")
+                await stream.aclose()
+            await both.wait()
+            nursery.cancel_scope.cancel()
+    assert sorted(seen) == ["127.0.0.1", "127.0.0.3"]

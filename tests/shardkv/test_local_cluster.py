@@ -35,6 +35,7 @@ def test_hosts_give_each_store_its_own_listen_advertise_and_status_host(
         assert flag(args, "--status") == spec.status_address
         assert spec.status_address.startswith(host + ":")
         assert flag(args, "--pd") == cluster.pd_address
+        assert flag(args, "--source-host") == host  # its peers see it come from there
     # A changed listen address is advertised too (the playground keeps ports).
     spec = cluster.store_specs[0]
     spec.set_address("--listen", "127.0.0.2:20160")
