@@ -191,12 +191,16 @@ class StoreHeartbeatResponse:
     """Carries the split thresholds so stores learn them from the PD, and
     the regions led on the store that the PD asks to hear from now (it has
     an operator step waiting for them, which travels only in the answer to
-    a region heartbeat)."""
+    a region heartbeat). `report_leaders`: the PD has not heard from this
+    store since it started, so it knows none of its leaders (they are not
+    persisted): the store reports every region it leads now, sleeping ones
+    included, rather than within their 60-s interval."""
 
     header: ResponseHeader
     region_max_size: int = 0
     region_max_keys: int = 0
     report_regions: tuple[RegionId, ...] = ()
+    report_leaders: bool = False
 
 
 @wire(145)

@@ -170,11 +170,18 @@ class PdService:
     def _store_heartbeat(
         self, req: pdpb.StoreHeartbeatRequest, now: float
     ) -> pdpb.StoreHeartbeatResponse:
+        known = self.cluster.find_store(req.stats.store_id)
+        first = known is None or known.last_heartbeat is None
         self.cluster.store_heartbeat(req.stats, now)
         config = self.cluster.config
         waiting = self.operators.regions_waiting(self.cluster, req.stats.store_id)
         return pdpb.StoreHeartbeatResponse(
-            self._header(), config.region_max_size, config.region_max_keys, waiting
+            self._header(),
+            config.region_max_size,
+            config.region_max_keys,
+            waiting,
+            # A PD that just started knows no leaders until they report.
+            report_leaders=first,
         )
 
     def _wait_orders(self, req: pdpb.WaitOrdersRequest, now: float) -> pdpb.WaitOrdersResponse:
