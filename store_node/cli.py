@@ -38,8 +38,8 @@ Exit status: 0 stopped by SIGINT or SIGTERM, 1 refused at start, 2 a bad
 setting, 3 a write or fsync of the data failed (a failing or full disk: the
 store never carries on after one; nothing it acknowledged is lost).
 
-Failpoints (testing only): SHARDKV_FAILPOINTS="engine.sync=eio" sets
-faults at start.
+Failpoints (testing only): SHARDKV_FAILPOINTS="engine.sync=eio;disk.free=0"
+sets faults at start.
 """
 
 

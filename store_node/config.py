@@ -121,6 +121,14 @@ class StoreConfig:
         kind="duration",
         min=0.01,
     )
+    min_free_disk: int = setting(
+        256 << 20,
+        "free space kept in reserve on the data (and Raft) directory's disk: below it the "
+        "store refuses client writes (DiskFull) while reads, replication and PD orders go "
+        "on, until a tenth more than the reserve is free again; 0 turns the refusal off",
+        kind="size",
+        min=0,
+    )
     kv_sync_interval: float = setting(
         60.0,
         "interval of fsyncs of kv/ (bounds log replay after a machine crash; log "

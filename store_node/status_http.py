@@ -15,7 +15,7 @@ bodies are read and dropped.
 It is a minimal ASGI app served by hypercorn's trio worker, as the PD's
 admin API is, in the store's nursery: it stops with the store. `StatusApp`
 only maps a method and a path to a page, so it is testable without a
-socket; the pages are the node's (`StoreNode.status_pages`).
+socket; `store_pages` makes the store's pages.
 """
 
 from __future__ import annotations
@@ -24,15 +24,29 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import hypercorn.config
 import hypercorn.trio
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from plumbing.asgi import Receive, Scope, Send, lifespan
 from plumbing.cli import error_leaves
+from store_node.core import StoreCore
+from store_node.disk import DiskMonitor
+from store_node.metrics import StoreMetrics
+from store_node.status import status_json, store_status
 
-__all__ = ["Page", "StatusAddressError", "StatusApp", "json_page", "serve_status"]
+__all__ = [
+    "Page",
+    "StatusAddressError",
+    "StatusApp",
+    "StatusSource",
+    "json_page",
+    "serve_status",
+    "store_pages",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +61,46 @@ class Page:
 def json_page(document: object, status: int = 200) -> Page:
     data = json.dumps(document, indent=None, separators=(",", ":")).encode() + b"\n"
     return Page(status, "application/json", data)
+
+
+class StatusSource(Protocol):
+    """What the store's pages read (`StoreNode` has it)."""
+
+    @property
+    def core(self) -> StoreCore | None: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def disk(self) -> DiskMonitor: ...
+
+    @property
+    def metrics(self) -> StoreMetrics: ...
+
+    def loop_counters(self) -> dict[str, int]: ...
+
+
+def store_pages(store: StatusSource) -> dict[str, Callable[[], Page]]:
+    """The store's pages: /metrics and /status.
+
+    Both read the core directly, not through the store loop: the loop
+    changes the core only on this thread, and a status must answer while a
+    round is stuck (when it matters most)."""
+
+    def metrics() -> Page:
+        return Page(200, CONTENT_TYPE_LATEST, store.metrics.exposition())
+
+    def status() -> Page:
+        core = store.core
+        if core is None:
+            return json_page({"error": "the store is starting: registering with the PD"}, 503)
+        document = status_json(
+            store_status(core, store.loop_counters()), store.address, store.disk.state()
+        )
+        return json_page(document)
+
+    return {"/metrics": metrics, "/status": status}
 
 
 class StatusAddressError(Exception):

@@ -1,21 +1,26 @@
-"""Disk faults below the store loop: the engine's fatal disk errors, and
-LMDB maps that fill up (grown, nothing lost, snapshot installs included)."""
+"""Disk faults below the store loop: the engine's fatal disk errors, LMDB
+maps that fill up (grown, nothing lost, snapshot installs included), and
+the disk monitor's reserve (fake disks under trio's MockClock)."""
 
 from __future__ import annotations
 
 import errno
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import pytest
+import trio
+import trio.testing
 
+from kvproto.errorpb import DiskFull
 from plumbing import failpoints
 from store_node import keys
 from store_node.apply import write_apply_state, write_region_state
-from store_node.disk import ENGINE_SYNC, DiskFailure
+from store_node.disk import DISK_FREE, ENGINE_SYNC, DiskFailure, DiskMonitor, DiskSpace
 from store_node.engine import Engine, WriteBatch
 from store_node.persist import persist_and_apply
 from store_node.records import ApplyState
@@ -32,6 +37,11 @@ def no_failpoints() -> Iterator[None]:
     failpoints.reset()
     yield
     failpoints.reset()
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 @pytest.fixture
@@ -191,3 +201,109 @@ def test_a_snapshot_install_that_fills_the_map_is_retried_whole(tmp_path: Path) 
         assert len(target.raft_items(keys.LOG_DB)) == 300
     finally:
         target.close()
+
+
+# -- the disk monitor ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FakeDisk:
+    free: int
+    total: int = 1000 * MiB
+    error: OSError | None = None
+    asked: list[str] | None = None
+
+    def __call__(self, path: str, /) -> DiskSpace:
+        if self.asked is not None:
+            self.asked.append(path)
+        if self.error is not None:
+            raise self.error
+        return DiskSpace(self.total, self.free)
+
+
+def monitor(disk: FakeDisk, min_free: int = 100 * MiB) -> DiskMonitor:
+    return DiskMonitor(["/data"], min_free, probe=disk, interval=1.0, blocking=False)
+
+
+async def test_the_reserve_is_entered_below_it_and_left_a_tenth_above(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = FakeDisk(free=500 * MiB)
+    m = monitor(disk)
+    caplog.set_level(logging.INFO, logger="store_node.disk")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.run)
+        await trio.sleep(0.5)
+        assert not m.full and m.refusal is None and m.space == DiskSpace(1000 * MiB, 500 * MiB)
+        disk.free = 99 * MiB
+        await trio.sleep(1)  # the next sample, a second after the last
+        assert m.full
+        assert m.refusal == DiskFull("99MiB free, below the reserve of 100MiB")
+        for free in (105 * MiB, 109 * MiB, 50 * MiB):  # hovering at the line: still full
+            disk.free = free
+            await trio.sleep(1)
+            assert m.full
+        disk.free = 110 * MiB
+        await trio.sleep(1)
+        assert not m.full and m.refusal is None
+        nursery.cancel_scope.cancel()
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in records] == ["WARNING", "INFO"]
+    assert "disk full: 99MiB free in /data, below the reserve of 100MiB" in records[0][1]
+    assert "client writes are refused until 110MiB are free" in records[0][1]
+    assert "disk space is back: 110MiB free in /data" in records[1][1]
+
+
+async def test_refresh_waits_for_a_sample_taken_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    disk = FakeDisk(free=500 * MiB)
+    m = DiskMonitor(["/data"], 100 * MiB, probe=disk, interval=3600.0, blocking=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.run)
+        await m.refresh()
+        disk.free = 0
+        start = trio.current_time()
+        await m.refresh()
+        assert m.full and trio.current_time() == start  # at once, not in an hour
+        nursery.cancel_scope.cancel()
+
+
+def test_the_tightest_directory_counts_and_the_failpoint_overrides_it() -> None:
+    asked: list[str] = []
+    disks = {"/data": FakeDisk(free=900 * MiB), "/raft": FakeDisk(free=300 * MiB)}
+
+    def probe(path: str, /) -> DiskSpace:
+        asked.append(path)
+        return disks[path](path)
+
+    m = DiskMonitor(["/data", "/raft", None, "/data"], 100 * MiB, probe=probe)
+    assert m.sample() == DiskSpace(1000 * MiB, 300 * MiB)
+    assert asked == ["/data", "/raft"]
+    failpoints.enable(DISK_FREE, "0")
+    assert m.sample() == DiskSpace(1000 * MiB, 0)
+    failpoints.enable(DISK_FREE, "return(2GiB)")
+    assert m.sample().free == 2 << 30
+
+
+async def test_a_disk_that_cannot_be_measured_keeps_the_state_and_warns_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = FakeDisk(free=0)
+    m = monitor(disk)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.run)
+        await m.refresh()
+        assert m.full
+        disk.error = OSError(errno.EIO, "Input/output error")
+        await trio.sleep(3.5)
+        assert m.full
+        nursery.cancel_scope.cancel()
+    warnings = [r for r in caplog.records if "cannot measure" in r.getMessage()]
+    assert len(warnings) == 1 and "/data: [Errno 5] Input/output error" in warnings[0].getMessage()
+
+
+def test_a_zero_reserve_never_refuses() -> None:
+    m = monitor(FakeDisk(free=0), min_free=0)
+    m.observe(DiskSpace(1000, 0))
+    assert not m.full and m.state() == {"full": False, "free": 0, "total": 1000, "min_free": 0}

@@ -1,7 +1,8 @@
 """Disk faults of a real store in-process (a real PD, TCP on 127.0.0.1,
 LMDB in tmp dirs; every test bounded by `trio.fail_after`): a failed raft/
-write stops the store and loses no acknowledged write; the store command's
-exit paths."""
+write stops the store and loses no acknowledged write; a full disk refuses
+every write with DiskFull while reads go on, shown on the status port; the
+store command's exit paths."""
 
 from __future__ import annotations
 
@@ -18,14 +19,20 @@ from typing import Any
 import pytest
 import trio
 
+import client
 from kvproto import kvrpcpb as kv
+from kvproto.errorpb import DiskFull, RegionNotFound
 from kvproto.rpc import RpcCallError, connect
 from placement_driver.testing import open_pd
 from plumbing import failpoints
+from plumbing.config_file import ConfigError, load
 from plumbing.nursery import open_background_nursery
+from store_node.config import StoreConfig
 from store_node.disk import DiskFailure
 from store_node.node import StoreInfo, StoreNode
-from tests.store_node.test_disk import fail_env_writes
+from tests.placement_driver.helpers import http_request
+from tests.prometheus import Samples
+from tests.store_node.test_disk import FakeDisk, fail_env_writes
 from tests.store_node.test_node import leader_context, running_store, store_config
 
 MiB = 1 << 20
@@ -157,7 +164,102 @@ async def test_a_failed_raft_write_stops_the_store_and_loses_no_acknowledged_wri
                     assert {k: stored.get(k) for k in acked} == acked
 
 
+# -- a full disk refuses writes -----------------------------------------------------------
+
+
+WRITES: list[Any] = [
+    lambda ctx: kv.RawPutRequest(ctx, b"n", b"1"),
+    lambda ctx: kv.RawBatchPutRequest(ctx, ((b"n", b"1"), (b"o", b"2"))),
+    lambda ctx: kv.RawDeleteRequest(ctx, b"a"),
+    lambda ctx: kv.RawBatchDeleteRequest(ctx, (b"a", b"b")),
+    lambda ctx: kv.RawDeleteRangeRequest(ctx, b"a", b"z"),
+    lambda ctx: kv.RawCompareAndSetRequest(ctx, b"a", b"1", b"2"),
+]
+
+
+async def status_of(url: str) -> dict[str, Any]:
+    r = await http_request(url + "/status")
+    assert r.status == 200
+    document: dict[str, Any] = r.json()
+    return document
+
+
+async def metrics_of(url: str) -> Samples:
+    r = await http_request(url + "/metrics")
+    assert r.status == 200
+    return Samples(r.body.decode())
+
+
+async def test_a_full_disk_refuses_every_write_and_serves_reads(tmp_path: Path) -> None:
+    disk = FakeDisk(free=10 << 30)
+    with trio.fail_after(60):
+        async with open_pd(tmp_path / "pd") as pd:
+            cfg = store_config(
+                tmp_path, "s1", pd.addresses.rpc, status="127.0.0.1:0", min_free_disk=100 * MiB
+            )
+            node = StoreNode(cfg)
+            node.disk.probe, node.disk.blocking = disk, False
+            async with (
+                serving(node) as (info, _),
+                connect(info.address) as conn,
+                client.connect(pd.addresses.rpc, timeout=1.0) as kvc,
+            ):
+                url = f"http://{info.status_address}"
+                ctx = await leader_context(pd.addresses.rpc)
+                await kvc.batch_put([(b"a", b"1"), (b"b", b"2")])
+                assert (await status_of(url))["disk"] == {
+                    "full": False,
+                    "free": 10 << 30,
+                    "total": disk.total,
+                    "min_free": 100 * MiB,
+                }
+
+                disk.free = 50 * MiB
+                await node.disk.refresh()
+                for make in WRITES:
+                    r = await conn.call(make(ctx))
+                    assert r.region_error == DiskFull("50MiB free, below the reserve of 100MiB")
+                # Routing errors come first: the leader may be elsewhere.
+                wrong = kv.Context(ctx.region_id + 100, ctx.region_epoch, ctx.peer)
+                r = await conn.call(kv.RawPutRequest(wrong, b"n", b"1"))
+                assert isinstance(r.region_error, RegionNotFound)
+                # Reads go on: at the leader, its lease or not, and scans.
+                assert await kvc.get(b"a") == b"1"
+                assert await kvc.batch_get([b"a", b"b"]) == {b"a": b"1", b"b": b"2"}
+                assert await kvc.scan(b"", b"") == [(b"a", b"1"), (b"b", b"2")]
+                r = await conn.call(kv.RawGetRequest(ctx, b"b"))
+                assert r == kv.RawGetResponse(value=b"2")
+                # The client library retries for its deadline, then says why.
+                with pytest.raises(client.StoreDiskFull) as refused:
+                    await kvc.put(b"n", b"1")
+                assert refused.value.store_id == info.store_id
+                assert f"store {info.store_id} is out of disk space" in str(refused.value)
+                assert isinstance(refused.value, client.DeadlineExceeded)
+                assert (await status_of(url))["disk"]["full"] is True
+                m = await metrics_of(url)
+                assert (m["shardkv_store_disk_full"], m["shardkv_store_disk_free_bytes"]) == (
+                    1,
+                    50 * MiB,
+                )
+
+                disk.free = 200 * MiB
+                await node.disk.refresh()
+                await kvc.put(b"n", b"1")
+                assert await kvc.get(b"n") == b"1"
+                assert (await status_of(url))["disk"]["full"] is False
+                assert (await metrics_of(url))["shardkv_store_disk_full"] == 0
+
+
 # -- the store command ----------------------------------------------------------------------
+
+
+def test_the_reserve_is_a_size_setting() -> None:
+    settings = {"data_dir": "d", "pd": "127.0.0.1:1"}
+    assert load(StoreConfig, overrides=settings).min_free_disk == 256 * MiB
+    cfg = load(StoreConfig, overrides={**settings, "min_free_disk": "1GiB"})
+    assert cfg.min_free_disk == 1 << 30
+    with pytest.raises(ConfigError, match="min_free_disk"):
+        load(StoreConfig, overrides={**settings, "min_free_disk": "-1"})
 
 
 def test_a_bad_failpoint_spec_stops_the_store_command_with_a_clear_error(tmp_path: Path) -> None:
