@@ -39,7 +39,9 @@ setting, 3 a write or fsync of the data failed (a failing or full disk: the
 store never carries on after one; nothing it acknowledged is lost).
 
 Failpoints (testing only): SHARDKV_FAILPOINTS="engine.sync=eio;disk.free=0"
-sets faults at start.
+sets faults at start; with --enable-failpoints true, PUT /failpoints/NAME
+(body: the action) and DELETE /failpoints/NAME on the status port set them
+later.
 """
 
 

@@ -190,7 +190,7 @@ class StoreNode:
                 address = self.address = cfg.advertise or f"{bound[0]}:{bound[1]}"
                 status_address: str | None = None
                 if cfg.status:
-                    app = StatusApp(self.status_pages())
+                    app = StatusApp(self.status_pages(), cfg.enable_failpoints, self.disk.wake)
                     status_address = await nursery.start(
                         partial(
                             serve_status,

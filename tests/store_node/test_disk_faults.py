@@ -1,8 +1,8 @@
 """Disk faults of a real store in-process (a real PD, TCP on 127.0.0.1,
 LMDB in tmp dirs; every test bounded by `trio.fail_after`): a failed raft/
 write stops the store and loses no acknowledged write; a full disk refuses
-every write with DiskFull while reads go on, shown on the status port; the
-store command's exit paths."""
+every write with DiskFull while reads go on, shown on the status port;
+failpoints set through the status port; the store command's exit paths."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from plumbing.nursery import open_background_nursery
 from store_node.config import StoreConfig
 from store_node.disk import DiskFailure
 from store_node.node import StoreInfo, StoreNode
+from store_node.status_http import StatusApp
 from tests.placement_driver.helpers import http_request
 from tests.prometheus import Samples
 from tests.store_node.test_disk import FakeDisk, fail_env_writes
@@ -164,6 +165,31 @@ async def test_a_failed_raft_write_stops_the_store_and_loses_no_acknowledged_wri
                     assert {k: stored.get(k) for k in acked} == acked
 
 
+async def test_engine_sync_failpoint_set_through_the_status_port_stops_the_store(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with open_pd(tmp_path / "pd") as pd:
+            cfg = store_config(
+                tmp_path, "s1", pd.addresses.rpc, status="127.0.0.1:0", enable_failpoints=True
+            )
+            async with serving(StoreNode(cfg)) as (info, stopped):
+                ctx = await leader_context(pd.addresses.rpc)
+                r = await http_request(
+                    f"http://{info.status_address}/failpoints/engine.sync", "PUT", b"eio"
+                )
+                assert (r.status, r.json()) == (
+                    200,
+                    {"name": "engine.sync", "action": "error(EIO)"},
+                )
+                async with connect(info.address) as conn:
+                    with pytest.raises(RpcCallError):
+                        await conn.call(kv.RawPutRequest(ctx, b"k", b"v"))
+                await stopped.done.wait()
+            failure = only(stopped.error)
+            assert isinstance(failure, DiskFailure) and "failpoint engine.sync" in str(failure)
+
+
 # -- a full disk refuses writes -----------------------------------------------------------
 
 
@@ -250,6 +276,57 @@ async def test_a_full_disk_refuses_every_write_and_serves_reads(tmp_path: Path) 
                 assert (await metrics_of(url))["shardkv_store_disk_full"] == 0
 
 
+async def test_the_disk_free_failpoint_over_the_status_port_fills_and_frees_the_disk(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with open_pd(tmp_path / "pd") as pd:
+            cfg = store_config(
+                tmp_path, "s1", pd.addresses.rpc, status="127.0.0.1:0", enable_failpoints=True
+            )
+            node = StoreNode(cfg)
+            async with serving(node) as (info, _), connect(info.address) as conn:
+                url = f"http://{info.status_address}/failpoints"
+                ctx = await leader_context(pd.addresses.rpc)
+                r = await http_request(f"{url}/disk.free", "PUT", b"0")
+                assert (r.status, r.json()) == (200, {"name": "disk.free", "action": "return(0)"})
+                await node.disk.refresh()
+                r = await conn.call(kv.RawPutRequest(ctx, b"k", b"v"))
+                assert isinstance(r.region_error, DiskFull)
+                r = await http_request(url)
+                assert r.json()["set"] == {"disk.free": "return(0)"}
+                assert set(r.json()["known"]) >= {"disk.free", "engine.sync"}
+
+                r = await http_request(f"{url}/disk.free", "DELETE")
+                assert (r.status, r.json()["was_set"]) == (200, True)
+                await node.disk.refresh()
+                r = await conn.call(kv.RawPutRequest(ctx, b"k", b"v"))
+                assert r == kv.RawWriteResponse()
+
+                # Bad requests are refused, and change nothing.
+                for method, path, body, status in [
+                    ("PUT", "/disk.free", b"eio", 400),
+                    ("PUT", "/disk.free", b"lots", 400),
+                    ("PUT", "/disk.free", b"\xff", 400),
+                    ("PUT", "/disk.fre", b"0", 404),
+                    ("DELETE", "/nope", b"", 404),
+                    ("POST", "/disk.free", b"0", 405),
+                    ("PUT", "/disk.free", b"0" * 5000, 413),
+                ]:
+                    r = await http_request(url + path, method, body)
+                    assert r.status == status, (path, body, r.body)
+                    assert "error" in r.json()
+                assert failpoints.current() == {}
+
+
+def test_failpoints_are_refused_without_enable_failpoints() -> None:
+    app = StatusApp({})
+    for method, path in [("PUT", "/failpoints/disk.free"), ("GET", "/failpoints")]:
+        page, _ = app.respond(method, path, b"0")
+        assert page.status == 403 and b"--enable-failpoints" in page.body
+    assert failpoints.current() == {}
+
+
 # -- the store command ----------------------------------------------------------------------
 
 
@@ -260,6 +337,14 @@ def test_the_reserve_is_a_size_setting() -> None:
     assert cfg.min_free_disk == 1 << 30
     with pytest.raises(ConfigError, match="min_free_disk"):
         load(StoreConfig, overrides={**settings, "min_free_disk": "-1"})
+
+
+def test_failpoints_at_run_time_need_the_status_port() -> None:
+    settings = {"data_dir": "d", "pd": "127.0.0.1:1", "enable_failpoints": "true"}
+    with pytest.raises(ConfigError, match="enable_failpoints needs a status port"):
+        load(StoreConfig, overrides=settings)
+    assert load(StoreConfig, overrides={**settings, "status": "127.0.0.1:0"}).enable_failpoints
+    assert not load(StoreConfig, overrides={"data_dir": "d"}).enable_failpoints
 
 
 def test_a_bad_failpoint_spec_stops_the_store_command_with_a_clear_error(tmp_path: Path) -> None:
