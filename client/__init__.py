@@ -42,6 +42,7 @@ from client.errors import (
     DeadlineExceeded,
     InvalidArgument,
     PdUnavailable,
+    StoreDiskFull,
     StoreError,
     UndeterminedError,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "PdUnavailable",
     "ReadResult",
     "ScanIterator",
+    "StoreDiskFull",
     "StoreError",
     "SyncClient",
     "SyncScanIterator",

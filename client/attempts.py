@@ -17,7 +17,13 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Final, TypeAlias
 
-from client.errors import ClientError, DeadlineExceeded, PdUnavailable, UndeterminedError
+from client.errors import (
+    ClientError,
+    DeadlineExceeded,
+    PdUnavailable,
+    StoreDiskFull,
+    UndeterminedError,
+)
 from client.session import Session
 from kvproto.kvrpcpb import SessionRef
 from kvproto.metapb import StoreId
@@ -53,6 +59,7 @@ class BackoffKind(Enum):
     LEADER = "leader"  # no leader known (election), or a stale proposal
     STORE = "store"  # a store could not be reached
     BUSY = "busy"  # a store sheds load
+    DISK_FULL = "disk full"  # a store refuses writes until space is freed
     PD = "pd"  # the PD could not be reached or erred
 
 
@@ -62,6 +69,9 @@ DEFAULT_BACKOFFS: Final[Mapping[BackoffKind, Backoff]] = MappingProxyType(
         BackoffKind.LEADER: Backoff(initial=0.01, max_delay=0.5),
         BackoffKind.STORE: Backoff(initial=0.05, max_delay=1.0),
         BackoffKind.BUSY: Backoff(initial=0.05, max_delay=2.0),
+        # Space comes back when an operator frees it, or the region's
+        # leader moves: no point asking often.
+        BackoffKind.DISK_FULL: Backoff(initial=0.2, max_delay=2.0),
         BackoffKind.PD: Backoff(initial=0.1, max_delay=2.0),
     }
 )
@@ -117,6 +127,9 @@ class Attempts:
     last_cause: str = ""
     # Whether the last cause was the PD (a deadline then says PdUnavailable).
     pd_cause: bool = False
+    # The store whose full disk was the last cause (a deadline then says
+    # StoreDiskFull).
+    full_store: StoreId | None = None
     # A write attempt may have been applied (a deadline then says
     # UndeterminedError).
     maybe_executed: bool = False
@@ -184,6 +197,7 @@ class Attempts:
             self.max_free_retries,
             last_cause=self.last_cause,
             pd_cause=self.pd_cause,
+            full_store=self.full_store,
             maybe_executed=self.maybe_executed,
             session=self.session,
             seq=self.seq,
@@ -193,9 +207,10 @@ class Attempts:
             leader_only=self.leader_only,
         )
 
-    def note(self, cause: str, *, pd: bool = False) -> None:
+    def note(self, cause: str, *, pd: bool = False, full_store: StoreId | None = None) -> None:
         self.last_cause = cause
         self.pd_cause = pd
+        self.full_store = full_store
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.deadline - now)
@@ -222,6 +237,10 @@ class Attempts:
                 self.what,
                 f"deadline of {self.timeout:g} s exceeded after part of the call was "
                 f"written; {self.last_cause}",
+            )
+        if self.full_store is not None:
+            return StoreDiskFull(
+                self.what, self.timeout, self.attempts, self.full_store, self.last_cause
             )
         cls = PdUnavailable if self.pd_cause else DeadlineExceeded
         return cls(self.what, self.timeout, self.attempts, self.last_cause or "no answer")

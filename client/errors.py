@@ -3,6 +3,7 @@
     ClientError
      +-- DeadlineExceeded        the call's deadline passed; nothing was written
      |    +-- PdUnavailable      ... and the last cause was the PD (unreachable, erroring)
+     |    +-- StoreDiskFull      ... and the last cause was a store out of disk space
      +-- UndeterminedError       a write whose outcome is unknown (it may or may not
      |                           have been applied); never retried as if nothing happened
      +-- InvalidArgument         a request no retry can fix (empty or too large key...)
@@ -23,6 +24,7 @@ __all__ = [
     "DeadlineExceeded",
     "InvalidArgument",
     "PdUnavailable",
+    "StoreDiskFull",
     "StoreError",
     "UndeterminedError",
     "describe_key",
@@ -79,6 +81,17 @@ class PdUnavailable(DeadlineExceeded):
     with an error."""
 
     reason = "PD unavailable, deadline"
+
+
+class StoreDiskFull(DeadlineExceeded):
+    """The deadline passed while the store leading the region refused the
+    write because its disk is full (below its reserve of free space). Nothing
+    was written; reads still work. `store_id` names the store."""
+
+    def __init__(self, what: str, timeout: float, attempts: int, store_id: int, cause: str) -> None:
+        self.store_id = store_id
+        self.reason = f"store {store_id} is out of disk space and refuses writes; deadline"
+        super().__init__(what, timeout, attempts, cause)
 
 
 class UndeterminedError(ClientError):

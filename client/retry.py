@@ -32,8 +32,13 @@ The policy (see also `POLICY`, which the docs and tests print):
   (refused at admission, or the proposal was refused by Raft);
   `EpochNotMatch`, `KeyNotInRegion` (refused at admission, or re-checked
   at apply time where nothing of the command is written); `ServerIsBusy`,
-  `StoreNotMatch` (admission); `StaleCommand` (the proposal's log entry was
-  overwritten or can never commit: `store_node.peer.Peer.resolve_applied`).
+  `StoreNotMatch`, `DiskFull` (admission); `StaleCommand` (the proposal's
+  log entry was overwritten or can never commit:
+  `store_node.peer.Peer.resolve_applied`).
+* `DiskFull`: the leader's store is below its reserve of free space and
+  refuses writes (it serves reads). The write is retried after a backoff
+  of its own, as space may be freed or the leader move; at the deadline the
+  call raises `StoreDiskFull`, naming the store.
 * NOT proof: `UndeterminedResult` (the proposal's entry may have been
   committed by another leader and reached this peer only in a snapshot:
   `Peer.resolve_snapshot`). `RegionNotFound`. A store answers it at admission (no peer
@@ -67,6 +72,7 @@ from client.attempts import (
 from client.cache import CachedRegion, RegionCache
 from client.errors import InvalidArgument, StoreError, UndeterminedError
 from kvproto.errorpb import (
+    DiskFull,
     EpochNotMatch,
     KeyNotInRegion,
     NotLeader,
@@ -163,6 +169,7 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
     ),
     ("KeyNotInRegion", "yes", "reload region from PD, back off (region miss)"),
     ("ServerIsBusy", "yes", "back off (busy), at least the store's backoff_ms"),
+    ("DiskFull", "yes", "back off (disk full); at the deadline StoreDiskFull naming the store"),
     ("StaleCommand", "yes", "back off (leader) and retry"),
     (
         "UndeterminedResult",
@@ -215,7 +222,7 @@ def on_region_error(
 ) -> Decision:
     """A store answered `err` to a request for `entry`'s region sent to `peer`."""
     cause = f"store {peer.store_id}: {err}"
-    att.note(cause)
+    att.note(cause, full_store=peer.store_id if isinstance(err, DiskFull) else None)
     region = entry.region
     if att.is_write and not proves_not_applied(err):
         if att.kind is OpKind.CONDITIONAL_WRITE and not att.exactly_once:
@@ -263,6 +270,8 @@ def on_region_error(
         return Retry(BackoffKind.REGION_MISS)
     if isinstance(err, ServerIsBusy):
         return Retry(BackoffKind.BUSY, floor=max(err.backoff_ms, 0) / 1000)
+    if isinstance(err, DiskFull):
+        return Retry(BackoffKind.DISK_FULL)
     if isinstance(err, StaleCommand | UndeterminedResult):
         return Retry(BackoffKind.LEADER)
     if isinstance(err, StoreNotMatch):

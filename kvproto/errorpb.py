@@ -154,6 +154,24 @@ class UndeterminedResult:
         return self.describe()
 
 
+@wire(48)
+@dataclass(frozen=True, slots=True)
+class DiskFull:
+    """The store's free disk space is below its reserve (`min_free_disk`):
+    it refuses client writes before proposing them (nothing was applied) and
+    still serves reads. Retry later: an operator frees space, or the
+    region's leader moves to a store that has room."""
+
+    reason: str = ""
+
+    def describe(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"disk full{why}: writes refused"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
 RegionError: TypeAlias = (
     NotLeader
     | EpochNotMatch
@@ -163,4 +181,5 @@ RegionError: TypeAlias = (
     | StaleCommand
     | StoreNotMatch
     | UndeterminedResult
+    | DiskFull
 )

@@ -7,6 +7,8 @@
   one-line error reports.
 * `nursery`: a nursery for a block's background tasks whose own error
   leaves the block as itself, not wrapped in an ExceptionGroup.
+* `failpoints`: named faults a test or a chaos tool injects into a running
+  process (from SHARDKV_FAILPOINTS, or at run time).
 * `asgi`: the ASGI types and lifespan answers of the PD's and the stores'
   HTTP apps; `metrics`: what their Prometheus metrics share.
 

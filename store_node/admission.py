@@ -18,7 +18,7 @@ from kvproto.errorpb import RegionError, ServerIsBusy
 from kvproto.kvrpcpb import Consistency, Context, SessionRef
 from kvproto.raft_cmdpb import WriteOp
 from store_node.core import StoreCore
-from store_node.peer import ReadPermit, Reply, ReplyValue, WriteDone
+from store_node.peer import Peer, ReadPermit, Reply, ReplyValue, WriteDone
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,19 @@ def admit_write(
     nbytes: int,
     session: SessionRef | None,
     done: Callable[[WriteDone | RegionError], None],
+    refusal: RegionError | None = None,
 ) -> None:
-    """Queue a client write; `done` gets its reply (at once if refused)."""
+    """Queue a client write; `done` gets its reply (at once if refused).
+    With `refusal` (the store's disk is full: `store_node.disk`) every write
+    that reaches a leader here gets it instead of being proposed."""
     if core is None:
         done(STARTING)
+        return
+    if refusal is not None:
+        # Routing errors first: they send the client to the leader, which
+        # may be on a store with room.
+        routed = core.check_context(ctx)
+        done(refusal if isinstance(routed, Peer) else routed)
         return
     token = Callback(done)
     err = core.propose_write(token, ctx, ops, nbytes, session)

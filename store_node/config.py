@@ -121,6 +121,19 @@ class StoreConfig:
         kind="duration",
         min=0.01,
     )
+    min_free_disk: int = setting(
+        256 << 20,
+        "free space kept in reserve on the data (and Raft) directory's disk: below it the "
+        "store refuses client writes (DiskFull) while reads, replication and PD orders go "
+        "on, until a tenth more than the reserve is free again; 0 turns the refusal off",
+        kind="size",
+        min=0,
+    )
+    enable_failpoints: bool = setting(
+        False,
+        "serve PUT and DELETE /failpoints/NAME on the status port to inject disk faults at "
+        "run time (engine.sync, disk.free; see docs/deploy.md): for testing only",
+    )
     kv_sync_interval: float = setting(
         60.0,
         "interval of fsyncs of kv/ (bounds log replay after a machine crash; log "
@@ -171,6 +184,8 @@ class StoreConfig:
         tls = (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
         if any(tls) and not all(tls):
             raise ValueError("TLS needs tls_cert_file, tls_key_file and tls_ca_file together")
+        if self.enable_failpoints and not self.status:
+            raise ValueError("enable_failpoints needs a status port (--status HOST:PORT)")
         if self.status:
             try:
                 parse_address(self.status, listen=True)

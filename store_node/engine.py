@@ -19,6 +19,10 @@ Threads: writes run in one worker thread at a time (the store loop hands them
 over), reads run anywhere. When a map fills up, the writer grows it and
 retries the whole transaction; growing needs no reader inside the
 environment, so readers hold `reading()` around their transactions.
+
+A write or sync that fails (an OSError or an LMDB error that is not a bad
+call: `store_node.disk`) raises `DiskFailure` and leaves the engine failed:
+every later write raises it again, untried, and `close` flushes nothing.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
+from plumbing import failpoints
 from plumbing.dirlock import DirLock
 from store_node import keys
+from store_node.disk import ENGINE_SYNC, DiskFailure, is_disk_error
 
 log = logging.getLogger(__name__)
 
@@ -316,15 +322,38 @@ class Engine:
         # Raft writes that need no fsync of their own (a commit index moving):
         # they ride with the next synced write, or `flush()`.
         self._deferred = WriteBatch()
+        # The first disk failure: no write is tried after it.
+        self.failed: DiskFailure | None = None
 
     def close(self) -> None:
-        self.flush()
-        self.sync_kv()
+        if self.failed is None:
+            self.flush()
+            self.sync_kv()
         self.kv.close()
         self.raft.close()
         self._lock.release()
 
     # -- writes (one worker thread at a time) --------------------------------
+
+    def _write(self, env: _Env, fn: Callable[[Any], T]) -> T:
+        """`env.write(fn)`; a disk error in it fails the engine. (Not a
+        context manager: this runs on every write, and a generator-based one
+        costs a few microseconds each time.)"""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            if failpoints.registry.active:
+                failpoints.fire(ENGINE_SYNC)
+            return env.write(fn)
+        except Exception as e:
+            if not is_disk_error(e):
+                raise
+            raise self._fail(env, e) from e
+
+    def _fail(self, env: _Env, error: Exception) -> DiskFailure:
+        self.failed = DiskFailure(env.path, error)
+        log.critical("%s", self.failed)
+        return self.failed
 
     def write_raft(self, batch: WriteBatch, must_sync: bool = True) -> None:
         """Write a round's Raft batch in one transaction (one fsync when the
@@ -339,30 +368,39 @@ class Engine:
             combined, self._deferred = self._deferred, WriteBatch()
             combined.extend(batch)
             batch = combined
-        self.raft.write(lambda txn: _apply_batch(txn, self.raft.dbs, batch))
+        self._write(self.raft, lambda txn: _apply_batch(txn, self.raft.dbs, batch))
 
     def flush(self) -> None:
         """Write deferred Raft writes now (on shutdown)."""
         if self._deferred.ops:
             deferred, self._deferred = self._deferred, WriteBatch()
-            self.raft.write(lambda txn: _apply_batch(txn, self.raft.dbs, deferred))
+            self._write(self.raft, lambda txn: _apply_batch(txn, self.raft.dbs, deferred))
 
     def write_kv(self, fn: Callable[[KvTxn], T]) -> T:
         """Run `fn` in one kv transaction (see `_Env.write` for retries)."""
-        result = self.kv.write(lambda txn: fn(_LmdbKvTxn(txn, self.kv.dbs)))
+        result = self._write(self.kv, lambda txn: fn(_LmdbKvTxn(txn, self.kv.dbs)))
         self._kv_seq += 1
         return result
 
     def write_kv_batch(self, batch: WriteBatch) -> None:
         if batch.ops:
-            self.kv.write(lambda txn: _apply_batch(txn, self.kv.dbs, batch))
+            self._write(self.kv, lambda txn: _apply_batch(txn, self.kv.dbs, batch))
             self._kv_seq += 1
 
     def sync_kv(self) -> int:
         """Make every kv write so far durable; returns the synced sequence."""
         seq = self._kv_seq
-        with self.kv.lock.shared():
-            self.kv.env.sync(True)
+        if self.failed is not None:
+            raise self.failed
+        try:
+            if failpoints.registry.active:
+                failpoints.fire(ENGINE_SYNC)
+            with self.kv.lock.shared():
+                self.kv.env.sync(True)
+        except Exception as e:
+            if not is_disk_error(e):
+                raise
+            raise self._fail(self.kv, e) from e
         self.kv_durable_seq = seq
         return seq
 

@@ -12,6 +12,8 @@ prometheus_client Counter takes a lock on every `inc`. So:
   `StoreNode.loop_counters()` (rounds, Raft messages); `StoreCollector` reads
   them, and the gauges (regions and leaders hosted, log sizes, the loop's
   queue), only when scraped;
+* the disk's state (`store_node.disk.DiskMonitor`: full or not, free bytes)
+  is read from its last sample when scraped;
 * latencies are prometheus_client Histograms observed by the shell once per
   round from the durations `store_node.persist` measured (about a
   microsecond per round for the two), and once per PD heartbeat.
@@ -37,6 +39,7 @@ from prometheus_client.registry import Collector
 
 from plumbing.metrics import LATENCY_BUCKETS
 from store_node.core import StoreCore
+from store_node.disk import DiskMonitor
 from store_node.round_output import RoundOutput
 
 __all__ = ["COUNTER_HELP", "MetricsSource", "StoreCollector", "StoreMetrics"]
@@ -81,10 +84,13 @@ COUNTER_HELP: Final = {
 
 class MetricsSource(Protocol):
     """What the collector reads (`StoreNode` has it): the core once it
-    exists, the shell's counters, the loop's queue."""
+    exists, the shell's counters, the loop's queue, the disk's state."""
 
     @property
     def core(self) -> StoreCore | None: ...
+
+    @property
+    def disk(self) -> DiskMonitor: ...
 
     def loop_counters(self) -> dict[str, int]: ...
 
@@ -160,7 +166,23 @@ class StoreCollector(Collector):
             "Events waiting for the store loop (Raft messages, ticks, orders)",
             value=source.queued_events(),
         )
+        yield from _disk_gauges(source.disk)
         yield from _counters(counters)
+
+
+def _disk_gauges(disk: DiskMonitor) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "shardkv_store_disk_full",
+        "1 while the free disk space is below the reserve (min_free_disk) and client "
+        "writes are refused, else 0",
+        value=int(disk.full),
+    )
+    if disk.space is not None:
+        yield GaugeMetricFamily(
+            "shardkv_store_disk_free_bytes",
+            "Free bytes on the data (or Raft) directory's disk, the tighter one, as last measured",
+            value=disk.space.free,
+        )
 
 
 def _peer_gauges(core: StoreCore) -> Iterator[Metric]:

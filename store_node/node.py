@@ -2,9 +2,12 @@
 
 It owns the nursery of everything the store runs: the RPC server (KV service
 and Raft traffic on one port), the store loop, the ticker, the kv syncer, the
-transport to other stores and the PD worker. Cancelling `run` stops all of
-it; a round being persisted finishes first (worker threads are not
-cancellable), so a stop never tears a write.
+transport to other stores, the PD worker and the disk monitor. Cancelling
+`run` stops all of it; a round being persisted finishes first (worker
+threads are not cancellable), so a stop never tears a write. A write or
+sync that fails (`store_node.disk.DiskFailure`) ends `run` with it, the
+round's later messages unsent; a full disk refuses client writes at
+admission.
 
 The services (`KvService`, `PdWorker`) take it as a small Protocol each
 (`kv_service.StoreAccess`, `pd_worker.StoreLoop`) and reach the core only
@@ -36,7 +39,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Consistency, Context, SessionRef
@@ -59,6 +61,7 @@ from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig, StoreConfig
 from store_node.core import StoreCore
+from store_node.disk import DiskMonitor
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
@@ -72,8 +75,7 @@ from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
 from store_node.split import scan_region
-from store_node.status import status_json, store_status
-from store_node.status_http import Page, StatusApp, json_page, serve_status
+from store_node.status_http import Page, StatusApp, serve_status, store_pages
 from store_node.ticker import Ticker
 from store_node.transport import Transport
 
@@ -113,6 +115,7 @@ class StoreNode:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.engine = Engine(config.data_dir, config.raft_dir, sync=config.sync)
+        self.disk = DiskMonitor((config.data_dir, config.raft_dir), config.min_free_disk)
         self.core: StoreCore | None = None
         self.pd: PdClient | None = None
         self.transport: Transport | None = None
@@ -160,6 +163,7 @@ class StoreNode:
             ):
                 self.pd = pd
                 self._nursery = nursery
+                nursery.start_soon(self.disk.run)
                 self.snap_dir.clear_stale()
                 receiver = SnapshotReceiver(
                     self.snap_dir, self._deliver_snapshot, max_receives=cfg.max_snapshot_receives
@@ -186,7 +190,7 @@ class StoreNode:
                 address = self.address = cfg.advertise or f"{bound[0]}:{bound[1]}"
                 status_address: str | None = None
                 if cfg.status:
-                    app = StatusApp(self.status_pages())
+                    app = StatusApp(self.status_pages(), cfg.enable_failpoints, self.disk.wake)
                     status_address = await nursery.start(
                         partial(
                             serve_status,
@@ -516,22 +520,8 @@ class StoreNode:
         """Events waiting for the store loop."""
         return self._recv_events.statistics().current_buffer_used
 
-    # -- the status port --------------------------------------------------------
-
     def status_pages(self) -> dict[str, Callable[[], Page]]:
-        return {"/metrics": self._metrics_page, "/status": self._status_page}
-
-    def _metrics_page(self) -> Page:
-        return Page(200, CONTENT_TYPE_LATEST, self.metrics.exposition())
-
-    def _status_page(self) -> Page:
-        """Read from the core directly, not through the loop: it changes the
-        core only on this thread, and a status must answer while a round is
-        stuck (when it matters most)."""
-        core = self.core
-        if core is None:
-            return json_page({"error": "the store is starting: registering with the PD"}, 503)
-        return json_page(status_json(store_status(core, self.loop_counters()), self.address))
+        return store_pages(self)
 
     async def pd_work_due(self) -> None:
         """Wait until the PD must hear of something (a leader or epoch
@@ -557,7 +547,7 @@ class StoreNode:
         done: Callable[[WriteDone | RegionError], None],
     ) -> None:
         """`write` for deferred handlers: `done` gets the reply in the loop."""
-        admit_write(self.core, ctx, ops, nbytes, session, done)
+        admit_write(self.core, ctx, ops, nbytes, session, done, self.disk.refusal)
         self._nudge()
 
     def submit_read(

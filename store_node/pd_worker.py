@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -25,6 +24,7 @@ from kvproto.pd_client import PdClient, PdClusterMismatchError, PdServerError
 from kvproto.rpc import RpcCallError
 from store_node.config import StoreConfig
 from store_node.core import StoreCore
+from store_node.disk import DiskMonitor
 from store_node.peer import Flow, Peer
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,12 @@ PD_UNAVAILABLE = (RpcCallError, PdServerError, PdClusterMismatchError)
 
 class StoreLoop(Protocol):
     """What the PD worker needs of the store (`StoreNode` has it): the core
-    is reached only through the store loop, between rounds."""
+    is reached only through the store loop, between rounds; the free space
+    reported is its disk monitor's (a full disk tells the PD to place no
+    replica there)."""
+
+    @property
+    def disk(self) -> DiskMonitor: ...
 
     async def submit(self, event: Callable[[StoreCore], None]) -> None: ...
 
@@ -85,11 +90,13 @@ class PdWorker:
         store_id, regions, leaders = await self.store.call_core(
             lambda core: (core.store_id, len(core.peers), len(core.leader_regions()))
         )
-        usage = shutil.disk_usage(self.config.data_dir)
+        space = self.store.disk.space
+        if space is None:  # not measured yet
+            space = await trio.to_thread.run_sync(self.store.disk.sample)
         return pdpb.StoreStats(
             store_id=store_id,
-            capacity=usage.total,
-            available=usage.free,
+            capacity=space.total,
+            available=space.free,
             used_size=self.store.used_bytes(),
             region_count=regions,
             leader_count=leaders,

@@ -39,9 +39,13 @@ def store_status(core: StoreCore, shell_counters: Mapping[str, int]) -> StoreSta
     return StoreStatusResponse(core.store_id, tuple(peers), tuple(sorted(counters.items())))
 
 
-def status_json(status: StoreStatusResponse, address: str) -> dict[str, Any]:
+def status_json(
+    status: StoreStatusResponse, address: str, disk: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """`status` as the JSON document of `GET /status`: keys in hex (an empty
-    end key is +infinity), this store's peer and its role in each region."""
+    end key is +infinity), this store's peer and its role in each region;
+    `disk`: the disk's state (`DiskMonitor.state`: full or not, free and
+    total bytes, the reserve)."""
     regions = []
     for p in status.peers:
         r = p.region
@@ -70,6 +74,7 @@ def status_json(status: StoreStatusResponse, address: str) -> dict[str, Any]:
         "address": address,
         "region_count": len(regions),
         "leader_count": sum(p.is_leader for p in status.peers),
+        "disk": dict(disk or {}),
         "regions": regions,
         "counters": dict(status.counters),
     }

@@ -43,6 +43,7 @@ from shardkv.chaos.model import Fault, Run
 from shardkv.chaos.netns import Firewall, cut_both_ways
 from shardkv.chaos.processes import Processes
 from shardkv.local_cluster import LocalCluster
+from store_node.cli import EXIT_DISK_FAILURE
 
 __all__ = ["Nemesis"]
 
@@ -123,6 +124,12 @@ class Nemesis:
         doc = await trio.to_thread.run_sync(self.admin.get, "/regions")
         return [r for r in doc["regions"] if r.get("leader")]
 
+    async def _busiest_leader(self) -> str:
+        """The address of the store leading the most regions."""
+        led = Counter(r["leader"]["store_id"] for r in await self._regions())
+        stores = await self.stores()
+        return max(stores, key=lambda s: (led[s.id], self.rng.random())).address
+
     async def _next_victim(self) -> str:
         if self._victims is None:
             addresses = [s.address for s in await self.stores()]
@@ -181,11 +188,10 @@ class Nemesis:
         mode: str = next(self._modes)
         all_hosts = sorted(hosts.values())
         if mode == "isolate-leader":
-            led = Counter(r["leader"]["store_id"] for r in await self._regions())
-            store_id = max(hosts, key=lambda s: (led[s], self.rng.random()))
-            cut = hosts[store_id]
+            address = await self._busiest_leader()
+            cut = parse_address(address)[0]
             pairs = cut_both_ways([cut], [h for h in [*all_hosts, pd] if h != cut])
-            target = f"store {store_id} (leads {led[store_id]}) from its peers and the PD"
+            target = f"store {address} from its peers and the PD"
         elif mode == "split":
             shuffled = list(all_hosts)
             self.rng.shuffle(shuffled)
@@ -279,13 +285,17 @@ class Nemesis:
 
     async def _disk(self) -> None:
         assert self.cluster is not None
-        address = await self._next_victim()
+        full = self.rng.random() < 0.5
+        if full:  # where writes are proposed: the busiest leader's store
+            address = await self._busiest_leader()
+        else:
+            address = await self._next_victim()
         spec = next(s for s in self.cluster.store_specs if s.address == address)
         if not spec.child.running:
             return
         url = f"{spec.status_url}/failpoints"
         self._failpoints_set = True
-        if self.rng.random() < 0.5:
+        if full:
             fault = self._record("disk", f"store {address}: disk full")
             await _failpoint(url, "disk.free", "0")
             try:
@@ -303,6 +313,11 @@ class Nemesis:
         with trio.move_on_after(10):
             code = await process.wait()
             fault.outcome = f"applied: the store stopped (exit {code})"
+            if code != EXIT_DISK_FAILURE:
+                self.state.violations.append(
+                    f"store {address} exited {code} after a failed sync, not "
+                    f"{EXIT_DISK_FAILURE} (a disk failure)"
+                )
         if spec.child.running:
             fault.outcome = "VIOLATION: the store carried on after a failed sync"
             self.state.violations.append(f"store {address} carried on after a failed sync")

@@ -9,7 +9,7 @@ from typing import Final
 
 __all__ = ["FAULTS", "OWN_CLUSTER_FAULTS", "PROCESS_FAULTS", "Fault", "Run"]
 
-FAULTS: Final = ("kill", "pause", "pd-kill", "partition", "transfer", "split", "move")
+FAULTS: Final = ("kill", "pause", "pd-kill", "partition", "transfer", "split", "move", "disk")
 # Signals to store processes: a cluster started elsewhere only with --allow-kill.
 PROCESS_FAULTS: Final = frozenset({"kill", "pause"})
 # Need the processes and the network this tool made.

@@ -17,12 +17,14 @@ from client import (
     DeadlineExceeded,
     InvalidArgument,
     PdUnavailable,
+    StoreDiskFull,
     StoreError,
     UndeterminedError,
 )
 from kvproto import kvrpcpb as kv
 from kvproto import pdpb
 from kvproto.errorpb import (
+    DiskFull,
     EpochNotMatch,
     KeyNotInRegion,
     NotLeader,
@@ -64,6 +66,34 @@ async def test_server_is_busy_backs_off_at_least_its_hint(
     assert h.cluster.data[b"k"] == b"2"
 
 
+async def test_a_store_out_of_disk_space_ends_writes_with_store_disk_full_naming_it(
+    autojump_clock: trio.testing.MockClock, h: Harness
+) -> None:
+    await h.kv.put(b"k", b"1")
+    writes = (kv.RawPutRequest, kv.RawBatchPutRequest, kv.RawCompareAndSetRequest)
+    h.store(1).add_rule(on(writes), DiskFull("1MiB free, below the reserve of 256MiB"), 1000)
+    start = trio.current_time()
+    with pytest.raises(StoreDiskFull) as info:
+        await h.kv.put(b"k", b"2", timeout=3.0)
+    assert trio.current_time() - start <= 3.0
+    error = info.value
+    assert isinstance(error, DeadlineExceeded) and error.store_id == 1
+    msg = str(error)
+    assert msg.startswith("put b'k': store 1 is out of disk space and refuses writes; deadline")
+    assert "disk full (1MiB free, below the reserve of 256MiB)" in msg
+    # Backed off rather than spinning, and nothing was written.
+    assert 3 < len(h.cluster.seen) - 1 < 20
+    assert h.cluster.data[b"k"] == b"1"
+    # Reads are not refused; conditional writes end alike.
+    assert await h.kv.get(b"k") == b"1"
+    with pytest.raises(StoreDiskFull):
+        await h.kv.compare_and_set(b"k", b"1", b"3", timeout=1.0)
+    # Space freed: the same call goes through.
+    h.store(1).script.clear()
+    await h.kv.put(b"k", b"4")
+    assert h.cluster.data[b"k"] == b"4"
+
+
 async def test_stale_command_is_retried_even_for_compare_and_set(
     autojump_clock: trio.testing.MockClock, h: Harness
 ) -> None:
@@ -81,6 +111,7 @@ async def test_stale_command_is_retried_even_for_compare_and_set(
         ServerIsBusy("busy", 10),
         StaleCommand(),
         StoreNotMatch(StoreId(9), StoreId(1)),
+        DiskFull("full"),
     ],
 )
 async def test_errors_that_prove_nothing_was_applied_retry_conditional_writes(

@@ -21,6 +21,7 @@ from client.retry import Attempts, BackoffKind, GiveUp, OpKind, Retry
 from client.session import Session
 from kvproto import kvrpcpb as kv
 from kvproto.errorpb import (
+    DiskFull,
     EpochNotMatch,
     KeyNotInRegion,
     NotLeader,
@@ -75,6 +76,7 @@ def test_the_policy_table_names_every_region_error() -> None:
         (ServerIsBusy("x"), True),
         (StaleCommand(), True),
         (StoreNotMatch(StoreId(1), StoreId(2)), True),
+        (DiskFull("full"), True),
         (RegionNotFound(RegionId(1)), False),
         (UndeterminedResult(), False),
         (RpcUnavailableError("x"), True),

@@ -6,6 +6,7 @@ import typing
 
 from kvproto import codec
 from kvproto.errorpb import (
+    DiskFull,
     EpochNotMatch,
     KeyNotInRegion,
     NotLeader,
@@ -34,6 +35,8 @@ def test_each_region_error_describes_itself_in_one_line() -> None:
         ServerIsBusy("apply queue full", 50): "server is busy: apply queue full (retry in 50 ms)",
         StaleCommand(): "stale command",
         UndeterminedResult(): "result undetermined: the command may have been applied",
+        DiskFull("1MiB free"): "disk full (1MiB free): writes refused",
+        DiskFull(): "disk full: writes refused",
         StoreNotMatch(StoreId(1), StoreId(2)): "store not match: request for store 1, "
         "this is store 2",
     }
