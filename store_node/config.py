@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from kvproto.rpc import parse_address
 from plumbing.config_file import setting
+from store_node.keys import MAX_KEY_SIZE
 from store_node.log_gc import LogGcConfig
 
 
@@ -106,7 +107,13 @@ class StoreConfig:
     max_queued_events: int = setting(
         65536, "events queued for the store loop before callers wait", min=1
     )
-    max_key_size: int = setting(8 << 10, "largest key accepted", kind="size", min=1)
+    max_key_size: int = setting(
+        MAX_KEY_SIZE,
+        f"largest key accepted (at most {MAX_KEY_SIZE} bytes, LMDB's limit on a key)",
+        kind="size",
+        min=1,
+        max=MAX_KEY_SIZE,
+    )
     max_value_size: int = setting(8 << 20, "largest value accepted", kind="size", min=0)
     store_heartbeat_interval: float = setting(
         5.0, "interval of store heartbeats to the PD", kind="duration", min=0.01

@@ -33,6 +33,11 @@ STATE_DB = b"state"
 
 STORE_IDENT_KEY = b"store_ident"
 
+# User keys are LMDB keys (db "data"), and LMDB takes keys of at most 511
+# bytes (its compiled-in MDB_MAXKEYSIZE; `Environment.max_key_size()`):
+# the largest key a store accepts.
+MAX_KEY_SIZE = 511
+
 
 def region_key(region_id: int) -> bytes:
     """Key of a region's RegionLocalState, ApplyState or HardState."""

@@ -86,7 +86,7 @@ MAX_SCAN_LIMIT = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_key_size: int = 8 << 10
+    max_key_size: int = keys.MAX_KEY_SIZE
     max_value_size: int = 8 << 20
     max_batch_keys: int = 10_000
 

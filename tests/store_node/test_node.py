@@ -104,6 +104,27 @@ async def test_first_store_bootstraps_and_serves_every_operation(tmp_path: Path)
             assert [k for k, _ in r.pairs] == [b"b2", b"new"]
 
 
+async def test_a_key_beyond_lmdbs_limit_is_refused_not_applied(tmp_path: Path) -> None:
+    # LMDB takes keys of up to 511 bytes. A longer one, once accepted, was
+    # committed and then failed at apply: the store crashed, and crashed again
+    # replaying it at every restart, on every replica.
+    with trio.fail_after(30):
+        async with (
+            pd_and_one_store(tmp_path) as (_, info, ctx),
+            connect(info.address) as conn,
+        ):
+            for key in (b"k" * 512, b"k" * 8192):
+                r = await conn.call(kv.RawPutRequest(ctx, key, b"v"))
+                assert r.error.code == kv.KvErrorCode.KEY_TOO_LARGE
+                r = await conn.call(kv.RawBatchPutRequest(ctx, ((b"a", b"v"), (key, b"v"))))
+                assert r.error.code == kv.KvErrorCode.KEY_TOO_LARGE
+            longest = b"k" * 511
+            r = await conn.call(kv.RawPutRequest(ctx, longest, b"v"))
+            assert r == kv.RawWriteResponse()
+            r = await conn.call(kv.RawGetRequest(ctx, longest))
+            assert r.value == b"v"
+
+
 async def test_bad_input_gets_typed_errors(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with (
