@@ -92,12 +92,27 @@ class StoreIdent:
     store_id: StoreId
 
 
+@wire(289)
+@dataclass(frozen=True, slots=True)
+class SnapshotDelta:
+    """Marks a snapshot file as a delta (store_node.snapshot_delta): it holds
+    only the pairs of `ranges` ([start, end) pairs, end b"" = +infinity),
+    which replace the same ranges of the receiver's copy, and that copy must
+    still be the one it compared: applied at (`base_index`, `base_term`)."""
+
+    base_index: int
+    base_term: int
+    ranges: tuple[tuple[bytes, bytes], ...]
+
+
 @wire(284)
 @dataclass(frozen=True, slots=True)
 class SnapshotDescriptor:
     """What a region snapshot holds (carried as the opaque data of a Raft
     snapshot): the region at the snapshot index, and the size and checksum
-    (CRC-32) of the data file that travels beside the Raft message."""
+    (CRC-32) of the data file that travels beside the Raft message.
+    `delta`: set when the file holds only the ranges that differ from the
+    receiver's copy (None: the whole region)."""
 
     region: Region
     index: int
@@ -105,6 +120,7 @@ class SnapshotDescriptor:
     size: int
     checksum: int
     keys: int
+    delta: SnapshotDelta | None = None
 
 
 @wire(285)
@@ -145,3 +161,43 @@ class SnapshotResponse:
     or failed (the sender gives up and Raft retries later)."""
 
     error: str = ""
+
+
+@wire(290)
+@dataclass(frozen=True, slots=True)
+class DigestRun:
+    """Consecutive key ranges [bounds[i], bounds[i + 1]) and one hash of the
+    pairs of each (store_node.snapshot_digest); the last bound b"" is
+    +infinity."""
+
+    bounds: tuple[bytes, ...]
+    hashes: tuple[bytes, ...]
+
+
+@wire(291)
+@dataclass(frozen=True, slots=True)
+class SnapshotDigestRequest:
+    """Before sending a snapshot: which of these ranges differ in your copy
+    of the region? `region` is the snapshot's; `base_index` and `base_term`,
+    once a first answer named them (0: any), the applied point the copy
+    must still be at."""
+
+    key: SnapshotKey
+    region: Region
+    base_index: int
+    base_term: int
+    runs: tuple[DigestRun, ...]
+
+
+@wire(292)
+@dataclass(frozen=True, slots=True)
+class SnapshotDigestResponse:
+    """`error` set: no delta can go onto this store's copy (none usable, or
+    it changed since the base); otherwise the copy's applied point and the
+    positions, counted over every range of the request's runs, of those
+    whose hash differs."""
+
+    error: str = ""
+    base_index: int = 0
+    base_term: int = 0
+    differing: tuple[int, ...] = ()

@@ -163,6 +163,11 @@ class StoreConfig:
     )
     max_snapshot_sends: int = setting(2, "snapshots sent at once by this store", min=1)
     max_snapshot_receives: int = setting(4, "snapshots received at once by this store", min=1)
+    incremental_snapshots: bool = setting(
+        True,
+        "catch a follower that holds an older copy of a region up by sending only the "
+        "sub-ranges that differ (compared by hashes), not the whole snapshot",
+    )
     snapshot_chunk_size: int = setting(
         1 << 20, "bytes per snapshot chunk", kind="size", min=1024, max=32 << 20
     )

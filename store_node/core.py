@@ -73,6 +73,7 @@ from store_node.records import ApplyState
 from store_node.round_output import RoundOutput
 from store_node.snapshot import descriptor_of
 from store_node.snapshot_control import ReceivedSnapshots
+from store_node.snapshot_delta import delta_refusal
 from store_node.split_control import SplitControl
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,12 @@ class StoreCore:
                 other.region_id,
             )
             return False
+        if desc.delta is not None:
+            why = delta_refusal(self.peers.get(msg.region_id), msg.to_peer.id, desc)
+            if why is not None:
+                log.info("region %d: delta snapshot refused: %s", msg.region_id, why)
+                self.stats["delta_snapshots_refused"] += 1
+                return False
         peer = self._peer_for(msg)
         if peer is None:
             return False
@@ -538,7 +545,10 @@ class StoreCore:
         path = self.received_snapshots.take(peer.region_id, snap)
         others = other_ranges(self.peers, peer.region_id)
         snapshot_control.install(peer, snap, path, others, out)
-        self._set_region(peer, descriptor_of(snap).region)
+        desc = descriptor_of(snap)
+        if desc.delta is not None:
+            self.stats["delta_snapshots_installed"] += 1
+        self._set_region(peer, desc.region)
 
     def after_persist(self, out: RoundOutput, outcomes: list[ApplyOutcome]) -> list[Reply]:
         """The round's writes are durable and its tasks applied (outcomes in

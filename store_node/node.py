@@ -32,6 +32,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -73,7 +74,9 @@ from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import apply_and_truncate, must_block, persist_and_apply, persist_raft
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
-from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
+from store_node.snapshot_delta import DeltaPolicy
+from store_node.snapshot_digest import TreeShape, remove_files
+from store_node.snapshot_transfer import DigestService, SnapshotReceiver, send_snapshot
 from store_node.split import scan_region
 from store_node.status_http import Page, StatusApp, serve_status, store_pages
 from store_node.ticker import Ticker
@@ -129,6 +132,7 @@ class StoreNode:
         self.snap_dir = SnapDir(Path(config.data_dir) / "snap")
         self._snap_sends = trio.Semaphore(config.max_snapshot_sends)
         self._snap_gen = trio.CapacityLimiter(1)
+        self.snapshot_counts: Counter[str] = Counter()  # snapshot_transfer.SendResult.count
         self._nursery: trio.Nursery | None = None
         self.address = ""
         self._open_stream: StreamOpener = open_tcp  # authenticating with a cluster token
@@ -174,8 +178,9 @@ class StoreNode:
                 ).handlers()
                 # With a cluster token, a client-role connection may send the
                 # KV API only: Raft traffic and snapshots are the stores'.
+                digests = DigestService(self.engine, self._snap_gen).handlers()
                 server = RpcServer(
-                    {**kv_handlers, **receiver.handlers()},
+                    {**kv_handlers, **receiver.handlers(), **digests},
                     {RaftMessageBatch: self._on_raft_batch},
                     auth=auth,
                     client_messages=kv_handlers.keys(),
@@ -359,7 +364,7 @@ class StoreNode:
         nursery = self._nursery
         assert nursery is not None
         for path in out.obsolete_files:
-            path.unlink(missing_ok=True)
+            remove_files(path)
         for region_id in out.generate_snapshots:
             nursery.start_soon(self._generate_snapshot, region_id)
         for store_id, msg, path in out.snapshot_sends:
@@ -429,9 +434,11 @@ class StoreNode:
             await self.submit(StoreCore.schedule_split_checks)
 
     async def _generate_snapshot(self, region_id: int) -> None:
+        # The hash tree of an incremental catch-up comes from the same scan.
+        shape = TreeShape() if self.config.incremental_snapshots else None
         try:
             snap, path = await trio.to_thread.run_sync(
-                generate, self.engine, self.snap_dir, region_id, limiter=self._snap_gen
+                generate, self.engine, self.snap_dir, region_id, shape, limiter=self._snap_gen
             )
         except Exception:
             log.exception("region %d: snapshot generation failed", region_id)
@@ -439,7 +446,7 @@ class StoreNode:
             return
         old = await self.call_core(lambda core: core.on_snapshot_generated(region_id, snap, path))
         if old is not None:
-            old.unlink(missing_ok=True)
+            remove_files(old)
 
     async def _send_snapshot(
         self, from_store: StoreId, to_store: StoreId, msg: RaftMessage, path: Path
@@ -454,23 +461,27 @@ class StoreNode:
             if address is not None:
                 try:
                     started = trio.current_time()
-                    sent = await send_snapshot(
+                    res = await send_snapshot(
                         address,
                         key,
                         msg,
                         path,
                         chunk_size=self.config.snapshot_chunk_size,
                         open_stream=self._open_stream,
+                        delta=DeltaPolicy() if self.config.incremental_snapshots else None,
                     )
                     ok = True
+                    res.count(self.snapshot_counts)
                     log.info(
-                        "region %d: snapshot %d/%d sent to store %d: %d bytes in %.2f s",
+                        "region %d: %ssnapshot %d/%d sent to store %d: %d bytes in %.2f s%s",
                         msg.region_id,
+                        "delta " if res.delta else "",
                         desc.index,
                         desc.term,
                         to_store,
-                        sent,
+                        res.sent,
                         trio.current_time() - started,
+                        f" (whole: {res.full_size})" if res.delta else "",
                     )
                 except Exception as e:  # any failure: Raft retries later
                     log.warning(
@@ -514,6 +525,7 @@ class StoreNode:
             "raft_frames_received": self.raft_frames_received,
             "raft_messages_received": self.raft_messages_received,
             "ticks_skipped": self.ticker.skipped,
+            **self.snapshot_counts,
         }
 
     def queued_events(self) -> int:

@@ -10,6 +10,11 @@ replays the file into a `kv/` write transaction.
 The region's client sessions (`store_node.sessions`) travel with the data:
 a retry answered from a session must be answered alike by every replica.
 
+With a `TreeShape`, generating also builds the hash tree of the region's
+sub-ranges (`store_node.snapshot_digest`) from the same pairs, kept beside
+the file: what an incremental catch-up compares (`store_node.snapshot_delta`).
+A delta file has this same format, holding the pairs of its ranges only.
+
 File format: the magic b"SKVSNAP2", then per pair a 4-byte big-endian key
 length, a 4-byte big-endian value length, the key, the value: first the
 data pairs, then (after a record whose key length is 0xFFFFFFFF and value
@@ -31,6 +36,7 @@ from raft.types import Snapshot, SnapshotMetadata
 from store_node import keys, membership
 from store_node.engine import Engine, KvTxn, scan_cursor
 from store_node.records import decode_apply_state
+from store_node.snapshot_digest import TreeBuilder, TreeShape, save_tree, tree_path
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +67,16 @@ class SnapDir:
     def generated(self, region_id: int, term: int, index: int) -> Path:
         return self.path / f"gen_{region_id}_{term}_{index}.snap"
 
-    def received(self, key: SnapshotKey) -> Path:
-        return self.path / f"rcv_{key.region_id}_{key.term}_{key.index}_{key.from_store}.snap"
+    def received(self, key: SnapshotKey, *, delta: bool = False) -> Path:
+        kind = "delta" if delta else "rcv"
+        return self.path / f"{kind}_{key.region_id}_{key.term}_{key.index}_{key.from_store}.snap"
 
 
-def generate(engine: Engine, snap_dir: SnapDir, region_id: int) -> tuple[Snapshot, Path]:
-    """Write a snapshot of `region_id` at its current applied index (blocking:
-    run it in a worker thread)."""
+def generate(
+    engine: Engine, snap_dir: SnapDir, region_id: int, shape: TreeShape | None = None
+) -> tuple[Snapshot, Path]:
+    """Write a snapshot of `region_id` at its current applied index, and with
+    `shape` its hash tree (blocking: run it in a worker thread)."""
     with engine.read_kv() as txn:
         raw_apply = txn.get(keys.region_key(region_id), db=engine.kv_db(keys.APPLY_DB))
         raw_region = txn.get(keys.region_key(region_id), db=engine.kv_db(keys.REGION_DB))
@@ -89,11 +98,18 @@ def generate(engine: Engine, snap_dir: SnapDir, region_id: int) -> tuple[Snapsho
                 size += len(rec)
 
             f.write(MAGIC)
+            tree = None
+            if shape is not None:
+                tree = TreeBuilder(shape, region.start_key, region.end_key, size)
             for k, v in scan_cursor(
                 txn, engine.kv_db(keys.DATA_DB), region.start_key, region.end_key
             ):
-                write(_LENS.pack(len(k), len(v)) + bytes(k) + bytes(v))
+                key, value = bytes(k), bytes(v)
+                if tree is not None:
+                    tree.add(key, value, size)
+                write(_LENS.pack(len(key), len(value)) + key + value)
                 count += 1
+            data_end = size
             write(_LENS.pack(*_SESSIONS_MARK))
             prefix = keys.session_prefix(region_id)
             for k, v in scan_cursor(
@@ -103,6 +119,8 @@ def generate(engine: Engine, snap_dir: SnapDir, region_id: int) -> tuple[Snapsho
                 write(_LENS.pack(len(suffix), len(v)) + suffix + bytes(v))
             f.flush()
             os.fsync(f.fileno())
+        if tree is not None:
+            save_tree(tree.finish(data_end, size), tree_path(path))
     os.replace(tmp, path)
     desc = SnapshotDescriptor(
         region=region,

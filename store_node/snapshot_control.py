@@ -2,7 +2,9 @@
 until Raft takes or refuses their snapshot, and what installing one does to
 the peer (its data range replaced, its log restarted, its proposals
 answered). Generation and transfer are the shell's (store_node.snapshot,
-store_node.snapshot_transfer); installing into kv/ is region_tasks'.
+store_node.snapshot_transfer); installing into kv/ is region_tasks'. A delta
+(store_node.snapshot_delta) installs the same way, clearing only the ranges
+it replaces.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from store_node.peer import Peer
 from store_node.region_tasks import Range, SnapshotTask, subtract_ranges
 from store_node.round_output import RoundOutput
 from store_node.snapshot import descriptor_of
+from store_node.snapshot_delta import delta_refusal
 
 SnapKey = tuple[int, int, int]  # region id, index, term
 
@@ -47,10 +50,17 @@ def install(peer: Peer, snap: Snapshot, path: Path, others: list[Range], out: Ro
     data of its new (and old) range, except `others` (ranges of other peers
     here), restart its log at the snapshot, answer the proposals it covers.
     The caller then sets the peer's region to the snapshot's."""
-    region = descriptor_of(snap).region
+    desc = descriptor_of(snap)
+    region = desc.region
     index, term = snap.metadata.index, snap.metadata.term
     clear: list[Range] = [(region.start_key, region.end_key)]
-    if peer.initialized and (peer.region.start_key, peer.region.end_key) != clear[0]:
+    if desc.delta is not None:
+        # Checked as it arrived (core.on_snapshot_received); no round ran since.
+        why = delta_refusal(peer, peer.meta.id, desc)
+        if why is not None:
+            raise AssertionError(f"region {peer.region_id}: delta snapshot taken: {why}")
+        clear = list(desc.delta.ranges)
+    elif peer.initialized and (peer.region.start_key, peer.region.end_key) != clear[0]:
         clear.append((peer.region.start_key, peer.region.end_key))
     parts = [p for r in clear for p in subtract_ranges(r, others)]
     out.snapshot_tasks.append(SnapshotTask(region, path, index, term, tuple(parts)))

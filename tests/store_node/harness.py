@@ -28,6 +28,8 @@ from store_node.engine import Engine, WriteBatch
 from store_node.peer import Reply
 from store_node.persist import persist_and_apply
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
+from store_node.snapshot_delta import DeltaPolicy, NoDelta, compare, prepare
+from store_node.snapshot_digest import TreeError, TreeShape
 from store_node.split import scan_region
 from tests.factories import region as make_region
 
@@ -53,6 +55,13 @@ class CoreCluster:
         self.snap_dirs: dict[int, SnapDir] = {}
         # Snapshot deliveries: (from store, to store, region id).
         self.snapshots_delivered: list[tuple[int, int, int]] = []
+        # Incremental catch-up (store_node.snapshot_delta) when set: the
+        # deltas delivered (as above), and why a full file went instead.
+        self.tree_shape: TreeShape | None = None
+        self.delta_policy = DeltaPolicy()
+        self.deltas_delivered: list[tuple[int, int, int]] = []
+        self.delta_sizes: list[tuple[int, int]] = []  # (delta, whole) file bytes
+        self.why_full: list[str] = []
         # Ids for split regions and peers (the PD's AllocID).
         self.next_id = 1000
         # Fault injection: drop a message when this says so; (from, to)
@@ -113,7 +122,9 @@ class CoreCluster:
         for path in out.obsolete_files:
             path.unlink(missing_ok=True)
         for rid in out.generate_snapshots:
-            snap, path = generate(self.engines[store_id], self.snap_dirs[store_id], rid)
+            snap, path = generate(
+                self.engines[store_id], self.snap_dirs[store_id], rid, self.tree_shape
+            )
             old = core.on_snapshot_generated(rid, snap, path)
             if old is not None:
                 old.unlink(missing_ok=True)
@@ -146,6 +157,26 @@ class CoreCluster:
         snap = msg.message.snapshot
         desc = descriptor_of(snap)
         key = SnapshotKey(msg.region_id, desc.term, desc.index, StoreId(from_store))
+        if self.tree_shape is not None:
+            dest = self.snap_dirs[to_store].received(key, delta=True)
+            try:
+                delta = prepare(
+                    path,
+                    msg,
+                    key,
+                    lambda req: compare(self.engines[to_store], req),
+                    self.delta_policy,
+                    dest,
+                )
+            except (NoDelta, TreeError) as e:
+                self.why_full.append(str(e))
+            else:
+                if target.on_snapshot_received(delta, dest):
+                    self.deltas_delivered.append((from_store, to_store, msg.region_id))
+                    self.delta_sizes.append((dest.stat().st_size, desc.size))
+                    return True
+                dest.unlink()
+                self.why_full.append("refused")
         dest = self.snap_dirs[to_store].received(key)
         shutil.copyfile(path, dest)
         verify(dest, desc)
