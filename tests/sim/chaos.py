@@ -5,7 +5,8 @@ Each action (`Chaos._act_<name>`, picked with the weights of `CHAOS_WEIGHTS`
 or of a flavor in `FLAVORS`) is one kind of fault, and schedules its own
 end: store crashes and power losses (with each environment's durability
 modelled by `SimEngine`), all stores losing power at once, a power loss in
-the middle of an fsync, SIGSTOP pauses, symmetric and one-way partitions, a
+the middle of an fsync, a crash or power loss in the middle of a snapshot
+install, SIGSTOP pauses, symmetric and one-way partitions, a
 leader cut off from its followers while clients reach it, lossy /
 duplicating / reordering networks, lost answers (the store took the
 request, the client never hears), PD restarts, clock skew, and operator
@@ -18,6 +19,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from kvproto.metapb import StoreState
 from tests.sim import end_checks
@@ -32,6 +34,7 @@ CHAOS_WEIGHTS: dict[str, float] = {
     "power_loss": 10,
     "power_loss_all": 2,
     "crash_mid_fsync": 5,
+    "crash_mid_install": 8,
     "partition": 8,
     "partition_leader": 4,
     "deaf": 4,
@@ -57,6 +60,9 @@ FLAVORS: dict[str | None, dict[str, float]] = {
     "outages": {**dict.fromkeys(CHAOS_WEIGHTS, 0.0), "lull": 50, "outage": 20, "crash": 10},
     "deaf": {"deaf": 100, "split": 0, "move": 0, "bounce": 0, "decommission": 0},
     "crashes": {"crash_mid_fsync": 80, "power_loss": 10, "power_loss_all": 10},
+    # Followers back from a crash catch up by (delta) snapshots, and crash
+    # in the middle of installing them.
+    "catchup": {"crash": 30, "power_loss": 20, "crash_mid_install": 30},
     # Deposed leaders serving some clients while others find the successor.
     "leases": {
         **dict.fromkeys(CHAOS_WEIGHTS, 0.0),
@@ -128,6 +134,7 @@ class Chaos:
         for s in self.stores.values():
             s.clock_skew_ms = 0
             s.on_next_write = None
+            s.on_next_install = None
             if s.paused:
                 s.resume()
             if not s.up:
@@ -173,6 +180,25 @@ class Chaos:
 
         victim.on_next_write = hit
         self.faults["power loss mid-fsync" + (" (every store)" if everyone else "")] += 1
+
+    def _act_crash_mid_install(self, rng: random.Random) -> None:
+        """The next store to install a snapshot (a follower back from a
+        crash, mostly, whose older copy gets a delta) crashes or loses power
+        in the middle of it, between the kv/ transaction and the log reset:
+        it must come back on its old copy or on the new one."""
+        power = rng.random() < 0.5
+        stores = list(self.stores.values())
+
+        def hit(victim: SimStore) -> None:  # only while active: heal() disarms it
+            for s in stores:
+                s.on_next_install = None
+            what = "power loss" if power else "crash"
+            self.world.log(f"chaos: {victim.name} {what} in the middle of a snapshot install")
+            self.faults["snapshot install cut short"] += 1
+            self._stop_store(victim, power_loss=power, count=False)
+
+        for s in stores:
+            s.on_next_install = partial(hit, s)
 
     def _act_partition(self, rng: random.Random) -> None:
         """A store cut off from the other stores (and maybe the clients)."""

@@ -146,7 +146,8 @@ class Report:
         return (
             f"seed {self.seed}: {self.operations} operations ({outcomes}); "
             f"{self.regions} regions; {self.store_stats['lease_reads']} lease reads, "
-            f"{self.store_stats['follower_reads']} follower reads; "
+            f"{self.store_stats['follower_reads']} follower reads, "
+            f"{self.store_stats['delta_snapshots_installed']} delta snapshots; "
             f"faults: {faults or 'none'}; "
             f"{self.virtual_seconds:.0f} virtual s, {self.events} events"
         )

@@ -10,6 +10,14 @@ are answered. A crash in between loses the round's writes, like a process
 killed during its fsync. Between rounds the store takes the queued events
 (Raft messages, snapshot reports, PD orders); client requests enter the core
 at once (admission only queues work for the next round), as in the real one.
+
+Snapshots move as in a store (store_node.snapshot_transfer): the sender
+first compares hash trees with the receiver's copy (store_node.snapshot_delta,
+against the receiver's engine at that instant) and, if a delta is possible,
+delivers it a little later, the receiver's copy free to move meanwhile; a
+refused delta is followed by the whole file. `on_next_install` crashes the
+store in the middle of its next round that installs a snapshot: after the
+kv/ transaction, before the kv/ sync and the log reset.
 """
 
 from __future__ import annotations
@@ -39,9 +47,11 @@ from store_node.kv_service import KvService, Limits
 from store_node.node import SPLIT_ORDER
 from store_node.pd_worker import execute_order, region_heartbeat_request
 from store_node.peer import ReadPermit, WriteDone
-from store_node.persist import persist_and_apply
+from store_node.persist import apply_and_truncate, persist_and_apply, persist_raft
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
+from store_node.snapshot_delta import DeltaPolicy, NoDelta, compare, prepare
+from store_node.snapshot_digest import TreeError, TreeShape, remove_files
 from store_node.split import scan_region
 from tests.sim.disk import SimEngine, SyncMode
 from tests.sim.pd import SimPd
@@ -53,6 +63,11 @@ TICK = 0.1
 REGION_HEARTBEAT_INTERVAL = 1.0
 STORE_HEARTBEAT_INTERVAL = 1.0
 KV_SYNC_INTERVAL = 5.0
+# The simulation's regions hold a few short pairs: a leaf per key, groups of
+# a few, and a delta whenever the copy allows (however large), so that the
+# comparisons and delta installs are many.
+TREE_SHAPE = TreeShape(leaf_keys=1, leaf_bytes=1 << 20, group_bytes=24)
+DELTA_POLICY = DeltaPolicy(max_fraction=1.0)
 
 Event = Callable[[StoreCore], None]
 T = TypeVar("T")
@@ -92,6 +107,10 @@ class SimStore:
         # Called (once) when the next round that writes starts, to crash
         # stores in the middle of its fsync.
         self.on_next_write: Callable[[], None] | None = None
+        # Called (once) in the middle of the next round that installs a
+        # snapshot (kept across restarts: a store back from a crash is the
+        # one likely to need one).
+        self.on_next_install: Callable[[], None] | None = None
         # SIGSTOP: nothing runs; what arrives waits in arrival order.
         self.paused = False
         self._held: deque[Callable[[], None]] = deque()
@@ -295,12 +314,22 @@ class SimStore:
             return
         core = self.core
         assert core is not None
+        if out.snapshot_tasks and self.on_next_install is not None:
+            hook, self.on_next_install = self.on_next_install, None
+            # The install's kv/ transaction commits; the kv/ sync and the log
+            # reset that follow it never happen (the store dies first).
+            persist_raft(self.engine, out)
+            out.raft_after_kv.ops.clear()
+            apply_and_truncate(self.engine, out)
+            hook()
+            assert not self.up, "on_next_install must stop the store"
+            return
         outcomes = persist_and_apply(self.engine, out)
         self._send(out.messages_after_persist)
         answer(core.after_persist(out, outcomes))
         self.rounds += 1
         for path in out.obsolete_files:
-            path.unlink(missing_ok=True)
+            remove_files(path)
         for region_id in out.generate_snapshots:
             self.world.at(0.002, self._generate_snapshot, inc, region_id)
         for to_store, msg, path in out.snapshot_sends:
@@ -365,14 +394,14 @@ class SimStore:
 
         def generated(core: StoreCore) -> None:
             try:
-                snap, path = generate(self.engine, self.snap_dir, region_id)
+                snap, path = generate(self.engine, self.snap_dir, region_id, TREE_SHAPE)
             except Exception as e:  # the region went meanwhile
                 self.world.log(f"{self.name}: snapshot of region {region_id} failed: {e}")
                 core.on_snapshot_generation_failed(region_id)
                 return
             old = core.on_snapshot_generated(region_id, snap, path)
             if old is not None:
-                old.unlink(missing_ok=True)
+                remove_files(old)
 
         self.submit(generated)
 
@@ -398,17 +427,73 @@ class SimStore:
         assert snap is not None
         desc = descriptor_of(snap)
         key = SnapshotKey(msg.region_id, desc.term, desc.index, self.store_id)
-        dest = target.snap_dir.received(key)
-        shutil.copyfile(path, dest)
-        verify(dest, desc)
 
-        def deliver(core: StoreCore) -> None:
-            ok = core.on_snapshot_received(msg, dest)
-            if not ok:
-                dest.unlink(missing_ok=True)
-            report(ok)
+        def whole() -> Callable[[StoreCore], None] | None:
+            """The whole file copied to the target (None: it is gone, a
+            newer snapshot replaced it), and its delivery there."""
+            if not path.exists():
+                return None
+            dest = target.snap_dir.received(key)
+            shutil.copyfile(path, dest)
+            verify(dest, desc)
 
-        target.submit(deliver)
+            def deliver(core: StoreCore) -> None:
+                ok = core.on_snapshot_received(msg, dest)
+                if not ok:
+                    dest.unlink(missing_ok=True)
+                report(ok)
+
+            return deliver
+
+        delta = self._delta(target, key, msg, path)
+        if delta is None:
+            deliver = whole()
+            assert deliver is not None
+            target.submit(deliver)
+            return
+        delta_msg, dest = delta
+        incarnation = target.incarnation
+
+        def arrive() -> None:
+            if target.incarnation != incarnation or not self.net.allows(self.name, target.name):
+                dest.unlink(missing_ok=True)  # the connection broke: Raft retries
+                report(False)
+            else:
+                target.submit(install)
+
+        def install(core: StoreCore) -> None:
+            if core.on_snapshot_received(delta_msg, dest):
+                report(True)
+                return
+            dest.unlink(missing_ok=True)
+            # The copy moved: the whole file, on the same connection.
+            deliver = whole()
+            if deliver is None:
+                report(False)
+            else:
+                deliver(core)
+
+        # The delta leaves some time after the comparison: the copy may move.
+        self.world.at(self.world.rng.uniform(0.001, 0.05), arrive)
+
+    def _delta(
+        self, target: SimStore, key: SnapshotKey, msg: RaftMessage, path: Path
+    ) -> tuple[RaftMessage, Path] | None:
+        """The delta of the snapshot `msg` against `target`'s copy now, or
+        None (no usable copy, or the target is stopped: the exchange would
+        time out)."""
+        if target.paused:
+            return None
+        dest = target.snap_dir.received(key, delta=True)
+        try:
+            delta = prepare(path, msg, key, partial(compare, target.engine), DELTA_POLICY, dest)
+        except (NoDelta, TreeError) as e:
+            self.world.log(f"{self.name}: region {msg.region_id} to {target.name} whole: {e}")
+            return None
+        snap = delta.message.snapshot
+        assert snap is not None
+        verify(dest, descriptor_of(snap))
+        return delta, dest
 
     # -- splits and the PD ------------------------------------------------------------
 
