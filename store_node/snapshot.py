@@ -189,6 +189,24 @@ def read_records(path: Path) -> Iterator[tuple[bool, bytes, bytes]]:
             yield sessions, body[:klen], body[klen:]
 
 
+def read_pairs(path: Path, begin: int, end: int) -> Iterator[tuple[bytes, bytes]]:
+    """The data pairs of the records in bytes [begin, end) of the file (a
+    span whose bounds are record bounds, as a hash tree notes them)."""
+    with open(path, "rb") as f:
+        f.seek(begin)
+        data = f.read(end - begin)
+    if len(data) != end - begin:
+        raise SnapshotFileError(f"{path.name}: shorter than {end}")
+    pos = 0
+    while pos < len(data):
+        klen, vlen = _LENS.unpack_from(data, pos)
+        pos += _LENS.size
+        if pos + klen + vlen > len(data):
+            raise SnapshotFileError(f"{path.name}: a record crosses {end}")
+        yield data[pos : pos + klen], data[pos + klen : pos + klen + vlen]
+        pos += klen + vlen
+
+
 def load_into(txn: KvTxn, path: Path, region_id: int) -> int:
     """Write every record of the file into the transaction (the region's
     data and session rows); returns the count of data pairs."""

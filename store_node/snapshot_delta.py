@@ -58,12 +58,13 @@ from store_node import keys
 from store_node.engine import Engine
 from store_node.peer import Peer
 from store_node.records import decode_apply_state
-from store_node.snapshot import MAGIC
+from store_node.snapshot import MAGIC, read_pairs
 from store_node.snapshot_digest import (
     SnapshotTree,
     TreeError,
     check_runs,
     differing,
+    hash_leaves,
     load_tree,
     split_runs,
     tree_path,
@@ -101,10 +102,14 @@ class Differing:
 Exchange = Generator[SnapshotDigestRequest, object, Differing]
 
 
-def exchange(key: SnapshotKey, region: Region, tree: SnapshotTree, policy: DeltaPolicy) -> Exchange:
+def exchange(
+    key: SnapshotKey, region: Region, full: Path, tree: SnapshotTree, policy: DeltaPolicy
+) -> Exchange:
     """Yield the digest requests, each to be answered (`send`) with the
     receiver's response; returns the differing leaves. Raises NoDelta when
-    the receiver refuses or answers something else."""
+    the receiver refuses or answers something else. Between the levels it
+    reads the differing groups' records back from the snapshot file `full`
+    to hash their leaves (blocking: a store runs each step in a thread)."""
     base = (0, 0)
 
     def compare(runs: list[DigestRun]) -> Generator[SnapshotDigestRequest, object, list[int]]:
@@ -129,7 +134,12 @@ def exchange(key: SnapshotKey, region: Region, tree: SnapshotTree, policy: Delta
         return out
 
     groups = yield from compare([tree.group_run()])
-    positions = yield from compare([tree.leaf_run(g) for g in groups])
+    runs = []
+    for g in groups:
+        span = tree.group_span(g)
+        begin, end = tree.leaf_span(span[0])[0], tree.leaf_span(span[-1])[1]
+        runs.append(tree.leaf_run(g, hash_leaves(tree, read_pairs(full, begin, end), g)))
+    positions = yield from compare(runs)
     leaves = [i for g in groups for i in tree.group_span(g)]
     return Differing(base[0], base[1], tuple(leaves[p] for p in positions))
 
@@ -171,7 +181,7 @@ def prepare(
     assert snap is not None
     desc = codec.loads(snap.data, SnapshotDescriptor)
     tree = load_tree(tree_path(full))
-    steps = exchange(key, desc.region, tree, policy)
+    steps = exchange(key, desc.region, full, tree, policy)
     try:
         req = next(steps)
         while True:
@@ -194,6 +204,16 @@ def replaced_ranges(tree: SnapshotTree, leaves: tuple[int, ...]) -> tuple[tuple[
             out.append((start, end))
         prev = i
     return tuple(out)
+
+
+def step(steps: Exchange, answer: object) -> SnapshotDigestRequest | Differing:
+    """The next request of an exchange given the last answer (None to
+    start), or its outcome: for a driver running the steps in a thread."""
+    try:
+        return next(steps) if answer is None else steps.send(answer)
+    except StopIteration as done:
+        found: Differing = done.value
+        return found
 
 
 def build_delta(

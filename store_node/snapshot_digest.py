@@ -9,6 +9,12 @@ transaction as the data:
 * groups: consecutive leaves, cut after `group_bytes` (96 KiB): about a
   thousand for a 100 MB region, the first thing compared.
 
+Generating hashes the groups only, and notes where each leaf starts (its
+first key and the file offset of its first record); the hashes of a group's
+leaves are computed when that group is found to differ, from the file
+(`hash_leaves`): hashing every pair twice made generating a 100 MB snapshot
+take 0.46 s instead of 0.19 s, and most groups never need their leaves.
+
 Sub-range i covers [start_i, start_{i+1}): the first starts at the region's
 start key, the others at their first key, the last ends at the region's end
 key, so every key the receiver may hold, also those the leader no longer
@@ -78,14 +84,13 @@ def pair_bytes(key: bytes, value: bytes) -> bytes:
 
 @dataclass(slots=True)
 class SnapshotTree:
-    """The tree of one snapshot file: per leaf its start key, hash, pair
-    count and the file offset of its first record; per group its first leaf
-    and hash; where the data records end (the session section follows)."""
+    """The tree of one snapshot file: per leaf its start key, pair count and
+    the file offset of its first record; per group its first leaf and hash;
+    where the data records end (the session section follows)."""
 
     start_key: bytes
     end_key: bytes
     leaf_starts: list[bytes] = field(default_factory=list)
-    leaf_hashes: list[bytes] = field(default_factory=list)
     leaf_keys: list[int] = field(default_factory=list)
     leaf_offsets: list[int] = field(default_factory=list)
     group_leaves: list[int] = field(default_factory=list)
@@ -111,11 +116,24 @@ class SnapshotTree:
         bounds = [self.leaf_starts[i] for i in self.group_leaves] + [self.end_key]
         return DigestRun(tuple(bounds), tuple(self.group_hashes))
 
-    def leaf_run(self, g: int) -> DigestRun:
-        """The leaves of group g, as one run."""
+    def leaf_run(self, g: int, hashes: list[bytes]) -> DigestRun:
+        """The leaves of group g, with their `hashes`, as one run."""
         span = self.group_span(g)
         bounds = [self.leaf_starts[i] for i in span] + [self.leaf_end(span[-1])]
-        return DigestRun(tuple(bounds), tuple(self.leaf_hashes[i] for i in span))
+        return DigestRun(tuple(bounds), tuple(hashes))
+
+
+def hash_leaves(tree: SnapshotTree, pairs: Iterator[tuple[bytes, bytes]], g: int) -> list[bytes]:
+    """The hashes of group g's leaves, from its `pairs` (read back from the
+    snapshot file, in order)."""
+    out: list[bytes] = []
+    for i in tree.group_span(g):
+        h = _hasher()
+        for _ in range(tree.leaf_keys[i]):
+            k, v = next(pairs)
+            h.update(pair_bytes(k, v))
+        out.append(h.digest())
+    return out
 
 
 class TreeBuilder:
@@ -124,41 +142,38 @@ class TreeBuilder:
 
     def __init__(self, shape: TreeShape, start_key: bytes, end_key: bytes, offset: int) -> None:
         self._shape = shape
-        self.tree = SnapshotTree(start_key, end_key)
-        self._open_leaf(start_key, offset)
-        self.tree.group_leaves.append(0)
+        self.tree = SnapshotTree(start_key, end_key, [start_key], [0], [offset], [0])
         self._group = _hasher()
+        self._leaf_n = 0
+        self._leaf_bytes = 0
         self._group_bytes = 0
 
-    def _open_leaf(self, start: bytes, offset: int) -> None:
-        self.tree.leaf_starts.append(start)
-        self.tree.leaf_offsets.append(offset)
-        self.tree.leaf_keys.append(0)
-        self._leaf = _hasher()
-        self._leaf_bytes = 0
-
     def add(self, key: bytes, value: bytes, offset: int) -> None:
-        tree, shape = self.tree, self._shape
-        n = tree.leaf_keys[-1]
-        if n and (n >= shape.leaf_keys or self._leaf_bytes >= shape.leaf_bytes):
+        n = self._leaf_n
+        size = len(key) + len(value)
+        if n and (n >= self._shape.leaf_keys or self._leaf_bytes >= self._shape.leaf_bytes):
             # The leaf (and maybe its group) ends before this key.
-            tree.leaf_hashes.append(self._leaf.digest())
-            if self._group_bytes >= shape.group_bytes:
+            tree = self.tree
+            tree.leaf_keys[-1] = n
+            if self._group_bytes >= self._shape.group_bytes:
                 tree.group_hashes.append(self._group.digest())
                 tree.group_leaves.append(len(tree.leaf_starts))
                 self._group = _hasher()
                 self._group_bytes = 0
-            self._open_leaf(key, offset)
-        rec = pair_bytes(key, value)
-        self._leaf.update(rec)
-        self._group.update(rec)
-        tree.leaf_keys[-1] += 1
-        self._leaf_bytes += len(key) + len(value)
-        self._group_bytes += len(key) + len(value)
+            tree.leaf_starts.append(key)
+            tree.leaf_offsets.append(offset)
+            tree.leaf_keys.append(0)
+            n = self._leaf_bytes = 0
+        self._group.update(_PAIR.pack(len(key), len(value)))
+        self._group.update(key)
+        self._group.update(value)
+        self._leaf_n = n + 1
+        self._leaf_bytes += size
+        self._group_bytes += size
 
     def finish(self, data_end: int, file_size: int) -> SnapshotTree:
         tree = self.tree
-        tree.leaf_hashes.append(self._leaf.digest())
+        tree.leaf_keys[-1] = self._leaf_n
         tree.group_hashes.append(self._group.digest())
         tree.data_end = data_end
         tree.file_size = file_size
@@ -182,7 +197,6 @@ def save_tree(tree: SnapshotTree, path: Path) -> None:
         tree.start_key,
         tree.end_key,
         tree.leaf_starts,
-        tree.leaf_hashes,
         tree.leaf_keys,
         tree.leaf_offsets,
         tree.group_leaves,
@@ -199,14 +213,14 @@ def save_tree(tree: SnapshotTree, path: Path) -> None:
 def load_tree(path: Path) -> SnapshotTree:
     try:
         row = decode_cbor(path.read_bytes())
-        if not isinstance(row, list) or len(row) != 11 or row[0] != _TREE_VERSION:
+        if not isinstance(row, list) or len(row) != 10 or row[0] != _TREE_VERSION:
             raise TreeError(f"{path.name}: not a snapshot tree")
         tree = SnapshotTree(*row[1:])
     except (OSError, ValueError, TypeError) as e:
         raise TreeError(f"{path.name}: {e}") from e
     n = len(tree.leaf_starts)
     if not n or not (
-        len(tree.leaf_hashes) == len(tree.leaf_keys) == len(tree.leaf_offsets) == n
+        len(tree.leaf_keys) == len(tree.leaf_offsets) == n
         and len(tree.group_hashes) == len(tree.group_leaves) >= 1
     ):
         raise TreeError(f"{path.name}: inconsistent tree")

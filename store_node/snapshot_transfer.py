@@ -48,6 +48,7 @@ from store_node.snapshot_delta import (
     check_worth,
     compare,
     exchange,
+    step,
     with_descriptor,
 )
 from store_node.snapshot_digest import SnapshotTree, TreeError, load_tree, tree_path
@@ -130,17 +131,17 @@ async def _compare(
     assert snap is not None
     desc = descriptor_of(snap)
     tree = await trio.to_thread.run_sync(load_tree, tree_path(path))
-    steps = exchange(key, desc.region, tree, policy)
+    steps = exchange(key, desc.region, path, tree, policy)
     nbytes = 0
-    try:
-        req = next(steps)
-        while True:
-            resp = await conn.call(req, timeout=call_timeout)
-            # Encoded again only to count them: small next to the data.
-            nbytes += len(codec.dumps(req)) + len(codec.dumps(resp))
-            req = steps.send(resp)
-    except StopIteration as done:
-        found: Differing = done.value
+    # Each step reads the file or builds requests of thousands of ranges:
+    # in a thread, off the loop.
+    got = await trio.to_thread.run_sync(step, steps, None)
+    while not isinstance(got, Differing):
+        resp = await conn.call(got, timeout=call_timeout)
+        # Encoded again only to count them: small next to the data.
+        nbytes += len(codec.dumps(got)) + len(codec.dumps(resp))
+        got = await trio.to_thread.run_sync(step, steps, resp)
+    found = got
     check_worth(tree, found, desc.size, policy)
     return _Plan(tree, found, nbytes)
 

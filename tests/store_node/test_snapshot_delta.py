@@ -94,7 +94,7 @@ def _catch_up(tmp_path: Path, leader: Engine, follower: Engine, region: Region) 
     snap, path = generate(leader, SnapDir(tmp_path / "snap"), region.id, SHAPE)
     desc = descriptor_of(snap)
     tree = load_tree(tree_path(path))
-    steps = exchange(KEY, desc.region, tree, DeltaPolicy(max_ranges=5))
+    steps = exchange(KEY, desc.region, path, tree, DeltaPolicy(max_ranges=5))
     try:
         req = next(steps)
         while True:
@@ -194,7 +194,7 @@ def test_the_exchange_asks_leaf_hashes_only_of_groups_that_differ(tmp_path: Path
         asked.append(req)
         return compare(follower, req)
 
-    steps = exchange(KEY, region, tree, DeltaPolicy())
+    steps = exchange(KEY, region, path, tree, DeltaPolicy())
     try:
         req = next(steps)
         while True:
@@ -233,7 +233,7 @@ def test_a_copy_that_moves_between_the_two_levels_ends_the_exchange(tmp_path: Pa
     leader = _store(tmp_path, "l", region, [(k, b"x") for k, _ in _pairs(20)])
     follower = _store(tmp_path, "f", region, _pairs(20), applied=(30, 6))
     _, path = generate(leader, SnapDir(tmp_path / "snap"), 1, SHAPE)
-    steps = exchange(KEY, region, load_tree(tree_path(path)), DeltaPolicy())
+    steps = exchange(KEY, region, path, load_tree(tree_path(path)), DeltaPolicy())
     req = steps.send(compare(follower, next(steps)))
     follower.write_kv(
         lambda txn: write_apply_state(txn, 1, ApplyState(31, 31, 6, 6))
