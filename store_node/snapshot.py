@@ -104,10 +104,11 @@ def generate(
             for k, v in scan_cursor(
                 txn, engine.kv_db(keys.DATA_DB), region.start_key, region.end_key
             ):
-                key, value = bytes(k), bytes(v)
+                key = bytes(k)
+                rec = _LENS.pack(len(key), len(v)) + key + bytes(v)
                 if tree is not None:
-                    tree.add(key, value, size)
-                write(_LENS.pack(len(key), len(value)) + key + value)
+                    tree.add(key, rec, size)
+                write(rec)
                 count += 1
             data_end = size
             write(_LENS.pack(*_SESSIONS_MARK))
@@ -189,9 +190,10 @@ def read_records(path: Path) -> Iterator[tuple[bool, bytes, bytes]]:
             yield sessions, body[:klen], body[klen:]
 
 
-def read_pairs(path: Path, begin: int, end: int) -> Iterator[tuple[bytes, bytes]]:
-    """The data pairs of the records in bytes [begin, end) of the file (a
-    span whose bounds are record bounds, as a hash tree notes them)."""
+def read_span(path: Path, begin: int, end: int) -> Iterator[bytes]:
+    """The data records, whole (length header included), in bytes [begin,
+    end) of the file: a span whose bounds are record bounds, as a hash tree
+    notes them."""
     with open(path, "rb") as f:
         f.seek(begin)
         data = f.read(end - begin)
@@ -200,11 +202,11 @@ def read_pairs(path: Path, begin: int, end: int) -> Iterator[tuple[bytes, bytes]
     pos = 0
     while pos < len(data):
         klen, vlen = _LENS.unpack_from(data, pos)
-        pos += _LENS.size
-        if pos + klen + vlen > len(data):
+        stop = pos + _LENS.size + klen + vlen
+        if stop > len(data):
             raise SnapshotFileError(f"{path.name}: a record crosses {end}")
-        yield data[pos : pos + klen], data[pos + klen : pos + klen + vlen]
-        pos += klen + vlen
+        yield data[pos:stop]
+        pos = stop
 
 
 def load_into(txn: KvTxn, path: Path, region_id: int) -> int:

@@ -58,7 +58,7 @@ from store_node import keys
 from store_node.engine import Engine
 from store_node.peer import Peer
 from store_node.records import decode_apply_state
-from store_node.snapshot import MAGIC, read_pairs
+from store_node.snapshot import MAGIC, read_span
 from store_node.snapshot_digest import (
     SnapshotTree,
     TreeError,
@@ -138,7 +138,7 @@ def exchange(
     for g in groups:
         span = tree.group_span(g)
         begin, end = tree.leaf_span(span[0])[0], tree.leaf_span(span[-1])[1]
-        runs.append(tree.leaf_run(g, hash_leaves(tree, read_pairs(full, begin, end), g)))
+        runs.append(tree.leaf_run(g, hash_leaves(tree, read_span(full, begin, end), g)))
     positions = yield from compare(runs)
     leaves = [i for g in groups for i in tree.group_span(g)]
     return Differing(base[0], base[1], tuple(leaves[p] for p in positions))

@@ -13,14 +13,15 @@ Generating hashes the groups only, and notes where each leaf starts (its
 first key and the file offset of its first record); the hashes of a group's
 leaves are computed when that group is found to differ, from the file
 (`hash_leaves`): hashing every pair twice made generating a 100 MB snapshot
-take 0.46 s instead of 0.19 s, and most groups never need their leaves.
+(4 KiB values) take 0.49 s where it takes 0.18 s without a tree (0.28 s
+now), and most groups never need their leaves.
 
 Sub-range i covers [start_i, start_{i+1}): the first starts at the region's
 start key, the others at their first key, the last ends at the region's end
 key, so every key the receiver may hold, also those the leader no longer
-has, falls in exactly one. The hash of a sub-range is BLAKE2b (16 bytes)
-over its pairs as (4-byte key length, 4-byte value length, key, value);
-an empty sub-range hashes the empty string. The receiver hashes its copy
+has, falls in exactly one. The hash of a sub-range is SHA-256, cut to 16
+bytes, over its pairs as (4-byte key length, 4-byte value length, key,
+value); an empty sub-range hashes the empty string. The receiver hashes its copy
 over the leader's boundaries (`differing`) and names the sub-ranges whose
 hash differs.
 
@@ -49,13 +50,12 @@ from typing import Any
 
 from kvproto.codec import decode_cbor, encode_cbor
 from kvproto.raft_serverpb import DigestRun
-from store_node.engine import scan_cursor
 
 log = logging.getLogger(__name__)
 
 HASH_BYTES = 16
 _PAIR = struct.Struct(">II")
-_EMPTY = hashlib.blake2b(b"", digest_size=HASH_BYTES).digest()
+_EMPTY = hashlib.sha256().digest()[:HASH_BYTES]
 _TREE_VERSION = 1
 
 
@@ -74,11 +74,18 @@ class TreeShape:
 
 
 def _hasher() -> Any:
-    return hashlib.blake2b(digest_size=HASH_BYTES)
+    # SHA-256: CPUs hash it in hardware (1.5 GB/s here, BLAKE2b 0.8 GB/s).
+    return hashlib.sha256()
+
+
+def _digest(h: Any) -> bytes:
+    return bytes(h.digest()[:HASH_BYTES])
 
 
 def pair_bytes(key: bytes, value: bytes) -> bytes:
-    """What a pair contributes to its sub-range's hash."""
+    """What a pair contributes to its sub-range's hash: the pair as a
+    snapshot file's record holds it (store_node.snapshot), so that
+    generating hashes the records it writes."""
     return _PAIR.pack(len(key), len(value)) + key + value
 
 
@@ -123,40 +130,42 @@ class SnapshotTree:
         return DigestRun(tuple(bounds), tuple(hashes))
 
 
-def hash_leaves(tree: SnapshotTree, pairs: Iterator[tuple[bytes, bytes]], g: int) -> list[bytes]:
-    """The hashes of group g's leaves, from its `pairs` (read back from the
-    snapshot file, in order)."""
+def hash_leaves(tree: SnapshotTree, records: Iterator[bytes], g: int) -> list[bytes]:
+    """The hashes of group g's leaves, from its `records` (read back from
+    the snapshot file, in order: each is its pair's `pair_bytes`)."""
     out: list[bytes] = []
     for i in tree.group_span(g):
         h = _hasher()
         for _ in range(tree.leaf_keys[i]):
-            k, v = next(pairs)
-            h.update(pair_bytes(k, v))
-        out.append(h.digest())
+            h.update(next(records))
+        out.append(_digest(h))
     return out
 
 
 class TreeBuilder:
-    """Fed every data pair of a snapshot in key order with the file offset
-    of its record; `finish` gives the tree."""
+    """Fed every data pair of a snapshot in key order, as its record
+    (`pair_bytes`) with the record's file offset; `finish` gives the tree.
+    Sizes count record bytes."""
 
     def __init__(self, shape: TreeShape, start_key: bytes, end_key: bytes, offset: int) -> None:
-        self._shape = shape
+        # `add` runs for every pair: plain attributes, not the shape's.
+        self._leaf_keys, self._leaf_max = shape.leaf_keys, shape.leaf_bytes
+        self._group_max = shape.group_bytes
         self.tree = SnapshotTree(start_key, end_key, [start_key], [0], [offset], [0])
         self._group = _hasher()
         self._leaf_n = 0
         self._leaf_bytes = 0
         self._group_bytes = 0
 
-    def add(self, key: bytes, value: bytes, offset: int) -> None:
+    def add(self, key: bytes, record: bytes, offset: int) -> None:
         n = self._leaf_n
-        size = len(key) + len(value)
-        if n and (n >= self._shape.leaf_keys or self._leaf_bytes >= self._shape.leaf_bytes):
+        size = len(record)
+        if n and (n >= self._leaf_keys or self._leaf_bytes >= self._leaf_max):
             # The leaf (and maybe its group) ends before this key.
             tree = self.tree
             tree.leaf_keys[-1] = n
-            if self._group_bytes >= self._shape.group_bytes:
-                tree.group_hashes.append(self._group.digest())
+            if self._group_bytes >= self._group_max:
+                tree.group_hashes.append(_digest(self._group))
                 tree.group_leaves.append(len(tree.leaf_starts))
                 self._group = _hasher()
                 self._group_bytes = 0
@@ -164,9 +173,7 @@ class TreeBuilder:
             tree.leaf_offsets.append(offset)
             tree.leaf_keys.append(0)
             n = self._leaf_bytes = 0
-        self._group.update(_PAIR.pack(len(key), len(value)))
-        self._group.update(key)
-        self._group.update(value)
+        self._group.update(record)
         self._leaf_n = n + 1
         self._leaf_bytes += size
         self._group_bytes += size
@@ -174,7 +181,7 @@ class TreeBuilder:
     def finish(self, data_end: int, file_size: int) -> SnapshotTree:
         tree = self.tree
         tree.leaf_keys[-1] = self._leaf_n
-        tree.group_hashes.append(self._group.digest())
+        tree.group_hashes.append(_digest(self._group))
         tree.data_end = data_end
         tree.file_size = file_size
         return tree
@@ -254,21 +261,31 @@ def differing(txn: Any, db: Any, runs: Sequence[DigestRun]) -> list[int]:
     read transaction's pairs differs from the run's."""
     out: list[int] = []
     base = 0
+    pack = _PAIR.pack
     for run in runs:
         bounds, hashes = run.bounds, run.hashes
         n = len(hashes)
+        end = bounds[-1]
         j = 0
         h = _hasher()
-        for k, v in scan_cursor(txn, db, bounds[0], bounds[-1]):
-            key = bytes(k)
-            while j + 1 < n and key >= bounds[j + 1]:
-                if h.digest() != hashes[j]:
-                    out.append(base + j)
-                j += 1
-                h = _hasher()
-            h.update(pair_bytes(key, bytes(v)))
+        # The next bound to cross (None: the run's last range is open).
+        nxt = bounds[1] if n > 1 else None
+        # The cursor directly, not scan_cursor: this loop is the whole cost
+        # of a comparison (about a microsecond a pair).
+        with txn.cursor(db=db) as cur:
+            if cur.set_range(bounds[0]):
+                for k, v in cur:
+                    if end and k >= end:
+                        break
+                    while nxt is not None and k >= nxt:
+                        if _digest(h) != hashes[j]:
+                            out.append(base + j)
+                        j += 1
+                        h = _hasher()
+                        nxt = bounds[j + 1] if j + 1 < n else None
+                    h.update(pack(len(k), len(v)) + k + v)
         for i in range(j, n):
-            if (h.digest() if i == j else _EMPTY) != hashes[i]:
+            if (_digest(h) if i == j else _EMPTY) != hashes[i]:
                 out.append(base + i)
         base += n
     return out
