@@ -704,6 +704,7 @@ class StoreCore:
         peer.region = region
         peer.remember_peers(region)
         peer.storage.conf_state = membership.conf_state_of(region)
+        peer.storage.region_version = region.epoch.version
         me = region.find_peer(peer.meta.id)
         if me is not None:
             peer.meta = me

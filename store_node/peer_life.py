@@ -94,7 +94,13 @@ def start_peer(
 ) -> Peer:
     """A peer of `region` on this store, from its persisted state (`meta`
     and an empty region for one created uninitialized)."""
-    storage = PeerStorage(engine, region.id, membership.conf_state_of(region), apply_state)
+    storage = PeerStorage(
+        engine,
+        region.id,
+        membership.conf_state_of(region),
+        apply_state,
+        region_version=region.epoch.version,
+    )
     hs = storage.hard_state
     if hs.term < apply_state.truncated_term:
         # A region created by a split starts at the implied initial log

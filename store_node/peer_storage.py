@@ -26,6 +26,7 @@ from store_node.records import (
     encode_entry,
     encode_hard_state,
 )
+from store_node.snapshot import descriptor_of
 
 # The first index of a region created by bootstrap or split: entries below it
 # are implied by the initial kv state (TiKV's RAFT_INIT_LOG_INDEX).
@@ -106,10 +107,13 @@ class PeerStorage:
         conf_state: ConfState,
         apply_state: ApplyState,
         hard_state: HardState | None = None,
+        region_version: int = 0,
     ) -> None:
         self.engine = engine
         self.region_id = region_id
         self.conf_state = conf_state
+        # The region's epoch version now (kept by the core, as conf_state).
+        self.region_version = region_version
         self.apply_state = apply_state
         if hard_state is None:
             raw = engine.raft_get(keys.STATE_DB, keys.region_key(region_id))
@@ -219,15 +223,19 @@ class PeerStorage:
 
     def snapshot(self) -> Snapshot:
         """The generated snapshot if it still connects to our log (its index
-        is at or past the truncation point) and has the current config; else
-        ask for a new one."""
+        is at or past the truncation point) and has the current config and
+        range; else ask for a new one."""
         if self.generated is not None:
             snap = self.generated[0]
             # A snapshot from before a conf change would not name a peer
             # added since, which then refuses it: only the current config.
+            # One from before a split holds the old range, which overlaps
+            # the split-off regions a follower may hold by now (made from
+            # their own snapshots): it would be refused there for ever.
             if (
                 snap.metadata.index >= self.apply_state.truncated_index
                 and snap.metadata.conf_state == self.conf_state
+                and descriptor_of(snap).region.epoch.version >= self.region_version
             ):
                 return snap
         self.wants_snapshot = True
