@@ -10,6 +10,7 @@
                  | add-peer REGION STORE | remove-peer REGION STORE | split REGION KEY...
     scheduler list | add NAME [--store ID] | remove NAME | pause NAME SECONDS | resume NAME
     config show | set KEY VALUE
+    backup --to DIR [--pd ADDRS]   (client.backup: over the PD and store RPC, not HTTP)
 
 It speaks HTTP JSON only (`admin_http`), never the PD's code. Output:
 tables and listings for people (`ctl_format`, pure), or with `--json` the
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, quote_from_bytes, urlsplit
 
+from client import backup
 from client.admin_http import DEFAULT_TIMEOUT, AdminError, PdAdminClient, read_token
 from client.ctl_format import FORMATS, format_config
 from plumbing.cli import add_log_level_flag, configure_logging
@@ -183,6 +185,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_operator(groups)
     _add_scheduler(groups)
     _add_config(groups)
+    backup.add_parser(groups)
 
 
 # `--json` after the command too; SUPPRESS keeps the global flag's value

@@ -58,6 +58,7 @@ from kvproto.rpc.auth import security_from_files
 from kvproto.rpc.tls import opener_for, tls_from_files
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
+from store_node.backup_copies import BackupCopies
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig, StoreConfig
 from store_node.core import StoreCore
@@ -169,11 +170,12 @@ class StoreNode:
                     self.snap_dir, self._deliver_snapshot, max_receives=cfg.max_snapshot_receives
                 )
                 host, port = parse_address(cfg.listen, listen=True)
-                kv_handlers = KvService(
-                    self, Limits(cfg.max_key_size, cfg.max_value_size)
-                ).handlers()
+                limits = Limits(cfg.max_key_size, cfg.max_value_size)
+                backups = BackupCopies(self, self.snap_dir, self.disk, self._snap_gen)
+                kv_handlers = {**KvService(self, limits).handlers(), **backups.handlers()}
                 # With a cluster token, a client-role connection may send the
-                # KV API only: Raft traffic and snapshots are the stores'.
+                # KV API (backup copies included: a scan reads as much) only:
+                # Raft traffic and snapshots are the stores'.
                 server = RpcServer(
                     {**kv_handlers, **receiver.handlers()},
                     {RaftMessageBatch: self._on_raft_batch},
@@ -247,6 +249,7 @@ class StoreNode:
                 nursery.start_soon(self._run_kv_syncer)
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
+                nursery.start_soon(backups.run_sweeper)
                 nursery.start_soon(self._run_split_scanner)
                 nursery.start_soon(self._run_split_checks)
                 log.info(
