@@ -9,6 +9,11 @@ Crash safety: the first region is written locally *before* asking the PD,
 with a "prepared bootstrap" marker. After a crash, the marker is resolved
 against the PD: if the PD knows the region, the bootstrap happened (keep it);
 if the PD was bootstrapped by someone else, drop it; else try again.
+
+A data directory that `shardkv restore` filled (its kv/ data holds a backup,
+marked `RESTORED_BACKUP_KEY`) only ever bootstraps: the first region then
+holds all that data at its initial applied index. Joining a cluster instead
+would leave the data outside every region, so it is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from store_node.engine import Engine, WriteBatch
 log = logging.getLogger(__name__)
 
 PREPARE_BOOTSTRAP_KEY = b"prepare_bootstrap"
+# Value: the SHA-256 of the manifest of the backup `shardkv restore` loaded.
+RESTORED_BACKUP_KEY = b"restored_backup"
 
 
 async def ensure_identity(
@@ -88,6 +95,8 @@ async def ensure_identity(
             write_store_ident(engine, ident)
             return ident, created
         bootstrapped = True
+    if bootstrapped:
+        _refuse_if_restored(engine, pd)
 
     store_id = StoreId(await pd.alloc_id())
     if not bootstrapped:
@@ -131,9 +140,10 @@ async def _bootstrap(
     except PdServerError as e:
         if e.code != PdErrorCode.ALREADY_BOOTSTRAPPED:
             raise
-        log.info("another store bootstrapped the cluster first; joining it")
         _drop_region(engine, region.id)
         _clear_prepared(engine)
+        _refuse_if_restored(engine, pd)
+        log.info("another store bootstrapped the cluster first; joining it")
         await pd.is_bootstrapped()  # learn the cluster id
         return []
     _clear_prepared(engine)
@@ -141,6 +151,20 @@ async def _bootstrap(
         "bootstrapped cluster %d with region %d on store %d", pd.cluster_id, region.id, store_id
     )
     return [region.id]
+
+
+def read_restored(engine: Engine) -> bytes | None:
+    """The id of the backup restored into this data directory, if any."""
+    return engine.kv_get(keys.META_DB, RESTORED_BACKUP_KEY)
+
+
+def _refuse_if_restored(engine: Engine, pd: PdClient) -> None:
+    if read_restored(engine) is not None:
+        raise DataDirMismatchError(
+            "the data directory holds a restored backup (shardkv restore), which can only "
+            f"bootstrap a new cluster, but the PD at {','.join(pd.addresses)} is already "
+            "bootstrapped; give --pd a new PD"
+        )
 
 
 def _read_prepared(engine: Engine) -> Region | None:
