@@ -21,11 +21,19 @@ from client.backup_manifest import MANIFEST, Manifest, RegionEntry, read_manifes
 
 pytest.importorskip("placement_driver.testing", reason="needs the PD package (placement_driver/)")
 
+from kvproto.backuppb import (
+    BackupChunkRequest,
+    BackupChunkResponse,
+    BackupPrepareRequest,
+    BackupPrepareResponse,
+    BackupReleaseRequest,
+)
 from kvproto.pd_client import open_pd_client
+from kvproto.rpc import RequestContext
 from placement_driver.testing import open_pd
 from plumbing.nursery import open_background_nursery
 from shardkv.__main__ import main
-from store_node.backup_copies import data_digest
+from store_node.backup_copies import BackupCopies, data_digest
 from store_node.config import StoreConfig
 from store_node.node import StoreNode
 from store_node.snapshot import read_records
@@ -34,9 +42,15 @@ LIMIT = 60
 
 
 @asynccontextmanager
-async def one_store(tmp: Path) -> AsyncIterator[tuple[str, StoreNode]]:
-    """A PD and one store that bootstrapped it: (PD address, store)."""
-    async with open_pd(tmp / "pd") as pd, open_background_nursery() as nursery:
+async def one_store(
+    tmp: Path, cluster_token: Path | None = None, client_token: Path | None = None
+) -> AsyncIterator[tuple[str, StoreNode]]:
+    """A PD and one store that bootstrapped it: (PD address, store); with
+    the token files, both run with them."""
+    async with (
+        open_pd(tmp / "pd", cluster_token_file=cluster_token, client_token_file=client_token) as pd,
+        open_background_nursery() as nursery,
+    ):
         node = StoreNode(
             StoreConfig(
                 data_dir=str(tmp / "s1"),
@@ -45,6 +59,8 @@ async def one_store(tmp: Path) -> AsyncIterator[tuple[str, StoreNode]]:
                 tick_interval=0.02,
                 store_heartbeat_interval=0.2,
                 region_heartbeat_interval=0.3,
+                cluster_token_file=str(cluster_token or ""),
+                client_token_file=str(client_token or ""),
             )
         )
         await nursery.start(node.run)
@@ -201,3 +217,62 @@ async def test_the_command_prints_progress_and_writes_the_manifest(
     assert "2 regions, 2 keys" in captured.out and MANIFEST in captured.out
     manifest, _ = read_manifest(out)
     assert check_files(out, manifest) == {b"a": b"1", b"z": b"2"}
+
+
+async def test_a_copy_lost_while_it_is_fetched_is_prepared_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunk = BackupCopies.chunk
+    prepare = BackupCopies.prepare
+    prepared: list[int] = []
+    failed: list[int] = []
+
+    async def count_prepare(
+        self: BackupCopies, req: BackupPrepareRequest, ctx: RequestContext
+    ) -> BackupPrepareResponse:
+        resp = await prepare(self, req, ctx)
+        if resp.copy is not None:
+            prepared.append(resp.copy.copy_id)
+        return resp
+
+    async def lose_first(
+        self: BackupCopies, req: BackupChunkRequest, ctx: RequestContext
+    ) -> BackupChunkResponse:
+        if not failed:
+            # As if the store restarted, or swept it.
+            failed.append(req.copy_id)
+            await self.release(BackupReleaseRequest(req.copy_id), ctx)
+        return await chunk(self, req, ctx)
+
+    monkeypatch.setattr(BackupCopies, "prepare", count_prepare)
+    monkeypatch.setattr(BackupCopies, "chunk", lose_first)
+    with trio.fail_after(LIMIT):
+        async with one_store(tmp_path) as (pd, node), client.connect([pd]) as kvc:
+            await kvc.batch_put({b"k%d" % i: b"v" * 100 for i in range(50)})
+            manifest = await backup.backup([pd], tmp_path / "backup")
+            assert check_files(tmp_path / "backup", manifest) == {
+                b"k%d" % i: b"v" * 100 for i in range(50)
+            }
+            assert failed == prepared[:1] and len(prepared) == 2
+            assert not any((Path(node.config.data_dir) / "snap" / "backup").iterdir())
+    assert not list((tmp_path / "backup").glob("*.part"))
+
+
+async def test_a_cluster_run_with_tokens_is_backed_up_with_the_client_token(
+    tmp_path: Path,
+) -> None:
+    cluster, clients = tmp_path / "cluster.token", tmp_path / "client.token"
+    cluster.write_text("cluster-secret-1\n")
+    clients.write_text("client-secret-2\n")
+    with trio.fail_after(LIMIT):
+        async with (
+            one_store(tmp_path, cluster, clients) as (pd, _),
+            client.connect([pd], token="client-secret-2") as kvc,
+        ):
+            await kvc.put(b"k", b"v")
+            manifest = await backup.backup([pd], tmp_path / "backup", token="client-secret-2")
+            assert check_files(tmp_path / "backup", manifest) == {b"k": b"v"}
+            quick = backup.BackupOptions(region_timeout=1.0)
+            with pytest.raises(client.ClientError):
+                await backup.backup([pd], tmp_path / "nope", token="wrong", options=quick)
+            assert not (tmp_path / "nope" / MANIFEST).exists()
