@@ -76,6 +76,15 @@ class StoreConfig:
     labels: tuple[tuple[str, str], ...] = setting(
         (), "store labels, e.g. zone=z1,host=h1", metavar="KEY=VALUE[,...]"
     )
+    replace_store: int = setting(
+        0,
+        "join in the place of store ID, whose data was lost: with an empty data directory "
+        "at that store's address, register as a new store while the PD makes store ID a "
+        "Tombstone (its replicas are re-created); refused while store ID may be alive. "
+        "Once replaced, the setting is ignored; 0: none",
+        min=0,
+        metavar="ID",
+    )
     sync: bool = setting(
         True,
         "fsync the Raft log before acknowledging writes; false trades durability on "

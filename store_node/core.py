@@ -226,9 +226,8 @@ class StoreCore:
         if that is legitimate, refuse stale senders, destroy ourselves when
         told we were removed."""
         if msg.to_peer.store_id != self.store_id:
-            log.warning(
-                "store %d: message for store %d dropped", self.store_id, msg.to_peer.store_id
-            )
+            self.life.misaddressed(msg)
+            self.stats["raft_messages_misaddressed"] += 1
             return
         if msg.message.type == MessageType.SNAPSHOT:
             # A snapshot travels with its file (on_snapshot_received), never alone.

@@ -60,6 +60,8 @@ COUNTER_HELP: Final = {
     "raft_messages_received": "Raft messages received from other stores",
     "raft_frames_received": "Frames (batches of Raft messages) received from other stores",
     "raft_messages_dropped": "Raft messages dropped (queue full, store unreachable)",
+    "raft_messages_misaddressed": "Raft messages received for another store (dropped; "
+    "e.g. for the store this one replaced)",
     "log_entries_appended": "Raft log entries appended to this store's raft/",
     "log_bytes_appended": "Bytes of Raft log entry data appended to this store's raft/",
     "log_truncations": "Raft log prefixes truncated (compaction)",
