@@ -63,7 +63,6 @@ from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
 from store_node.lease import lease_duration
-from store_node.log_gc import LogGcConfig
 from store_node.metrics import StoreMetrics
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
@@ -216,11 +215,7 @@ class StoreNode:
                             2 * cfg.election_ticks if cfg.hibernate_regions else 0
                         ),
                         liveness_ticks=cfg.election_ticks,
-                        log_gc=LogGcConfig(
-                            threshold=cfg.raft_log_gc_threshold,
-                            count_limit=cfg.raft_log_gc_count_limit,
-                            size_limit=cfg.raft_log_gc_size_limit,
-                        ),
+                        log_gc=cfg.log_gc_config(),
                     ),
                     random.Random(),
                     tombstones=tombstones,
