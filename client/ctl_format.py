@@ -158,8 +158,19 @@ def format_store(doc: Doc) -> str:
             ("leaders' writes", _rate(flow, "write")),
             ("leaders' reads", _rate(flow, "read")),
             ("last heartbeat", heartbeat if heartbeat == "never" else f"{heartbeat} ago"),
+            *_replacement(doc),
         ]
     )
+
+
+def _replacement(doc: Doc) -> list[tuple[str, str]]:
+    """Rows for a store whose data was lost and the store in its place."""
+    rows = []
+    if doc.get("replaces") is not None:
+        rows.append(("replaces", f"store {doc['replaces']}"))
+    if doc.get("replaced_by") is not None:
+        rows.append(("replaced by", f"store {doc['replaced_by']}"))
+    return rows
 
 
 def _snapshots(stats: Doc) -> str:

@@ -146,6 +146,14 @@ class PdClient:
     async def put_store(self, store: Store) -> None:
         await self._call(pdpb.PutStoreRequest(self._header(), store), pdpb.PutStoreResponse)
 
+    async def replace_store(self, store: Store, replaced: int) -> None:
+        """Register `store` in the place of store `replaced` (its data was
+        lost): see `pdpb.ReplaceStoreRequest`."""
+        await self._call(
+            pdpb.ReplaceStoreRequest(self._header(), store, StoreId(replaced)),
+            pdpb.ReplaceStoreResponse,
+        )
+
     async def get_store(self, store_id: int) -> Store | None:
         """The store, or None if the PD does not know it."""
         try:

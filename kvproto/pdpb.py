@@ -149,6 +149,27 @@ class PutStoreResponse:
     header: ResponseHeader
 
 
+@wire(147)
+@dataclass(frozen=True, slots=True)
+class ReplaceStoreRequest:
+    """Register `store` (a new id from AllocId) in the place of store
+    `replaced`, whose data was lost: the PD makes `replaced` a Tombstone
+    (its peers are re-created elsewhere) and frees its address for
+    `store`. Refused unless `replaced` is at `store`'s address and has not
+    heartbeated for `store_disconnect_time` (a live store is never
+    replaced). Repeating an accepted request is accepted."""
+
+    header: RequestHeader
+    store: Store
+    replaced: StoreId
+
+
+@wire(148)
+@dataclass(frozen=True, slots=True)
+class ReplaceStoreResponse:
+    header: ResponseHeader
+
+
 @wire(113)
 @dataclass(frozen=True, slots=True)
 class GetStoreRequest:

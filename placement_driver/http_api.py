@@ -381,7 +381,10 @@ class AdminApi:
     def _stores(self, req: _Request) -> JsonObject:
         now = self._clock()
         c = self._cluster
-        stores = [store_json(s, now, c.store_leader_flow(s.id)) for s in c.stores()]
+        stores = [
+            store_json(s, now, c.store_leader_flow(s.id), c.store_replacement(s.id))
+            for s in c.stores()
+        ]
         return {"count": len(stores), "stores": stores}
 
     def _store(self, req: _Request) -> JsonObject:
@@ -389,7 +392,10 @@ class AdminApi:
         info = self._cluster.find_store(store_id)
         if info is None:
             raise HttpError(404, f"store {store_id} not found")
-        return store_json(info, self._clock(), self._cluster.store_leader_flow(store_id))
+        c = self._cluster
+        return store_json(
+            info, self._clock(), c.store_leader_flow(store_id), c.store_replacement(store_id)
+        )
 
     def _regions(self, req: _Request) -> JsonObject:
         now = self._clock()

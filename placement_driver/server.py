@@ -107,6 +107,7 @@ CLIENT_REQUESTS: Final = frozenset(
 _WAKES_STORE_STATES = (
     pdpb.BootstrapRequest,
     pdpb.PutStoreRequest,
+    pdpb.ReplaceStoreRequest,
     pdpb.StoreHeartbeatRequest,
     pdpb.SetConfigRequest,
 )

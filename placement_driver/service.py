@@ -67,6 +67,7 @@ RESPONSE_TYPES: Final[Mapping[type, type]] = {
     pdpb.BootstrapRequest: pdpb.BootstrapResponse,
     pdpb.AllocIdRequest: pdpb.AllocIdResponse,
     pdpb.PutStoreRequest: pdpb.PutStoreResponse,
+    pdpb.ReplaceStoreRequest: pdpb.ReplaceStoreResponse,
     pdpb.GetStoreRequest: pdpb.GetStoreResponse,
     pdpb.GetAllStoresRequest: pdpb.GetAllStoresResponse,
     pdpb.StoreHeartbeatRequest: pdpb.StoreHeartbeatResponse,
@@ -97,6 +98,7 @@ class PdService:
             pdpb.BootstrapRequest: self._bootstrap,
             pdpb.AllocIdRequest: self._alloc_id,
             pdpb.PutStoreRequest: self._put_store,
+            pdpb.ReplaceStoreRequest: self._replace_store,
             pdpb.GetStoreRequest: self._get_store,
             pdpb.GetAllStoresRequest: self._get_all_stores,
             pdpb.StoreHeartbeatRequest: self._store_heartbeat,
@@ -154,6 +156,12 @@ class PdService:
     def _put_store(self, req: pdpb.PutStoreRequest, now: float) -> pdpb.PutStoreResponse:
         self.cluster.put_store(req.store, now)
         return pdpb.PutStoreResponse(self._header())
+
+    def _replace_store(
+        self, req: pdpb.ReplaceStoreRequest, now: float
+    ) -> pdpb.ReplaceStoreResponse:
+        self.cluster.replace_store(req.store, req.replaced, now)
+        return pdpb.ReplaceStoreResponse(self._header())
 
     def _get_store(self, req: pdpb.GetStoreRequest, now: float) -> pdpb.GetStoreResponse:
         self.cluster.check_bootstrapped()

@@ -58,7 +58,7 @@ from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
 from store_node.hibernate import Hibernation
-from store_node.log_gc import truncate_point, write_truncations
+from store_node.log_gc import LogGc
 from store_node.peer import Flow, Peer, ReadPermit, Reply, Token
 from store_node.peer_life import (
     Create,
@@ -103,7 +103,7 @@ class StoreCore:
         self.received_snapshots = ReceivedSnapshots()
         # Answers decided between rounds (reads that timed out), sent with the next.
         self._replies: list[Reply] = []
-        self._truncations: dict[int, tuple[int, int]] = {}
+        self.log_gc = LogGc(self.config.log_gc)
         # Counters since start, reported as store metrics (store_node.metrics
         # reads them when scraped: plain ints, as they change every round).
         self.stats: dict[str, int] = defaultdict(int)
@@ -154,6 +154,7 @@ class StoreCore:
         peer.remember_peers(region)
         self.peers[region.id] = peer
         self.tombstones.pop(region.id, None)
+        self.log_gc.start(region.id, self.ticks)
         self._touch(region.id)
         voters = storage.conf_state.voters
         if voters == (meta.id,) and not storage.conf_state.voters_outgoing:
@@ -204,6 +205,7 @@ class StoreCore:
             self.hibernation.ticked(peer, self.ticks)
         for rid in self.hibernation.check_liveness(self.ticks):
             self._touch(rid)
+        self.log_gc.on_tick(self.peers, self.ticks)
 
     def _touch(self, region_id: int) -> None:
         """Something happened to the region: run it this round, awake."""
@@ -226,9 +228,8 @@ class StoreCore:
         if that is legitimate, refuse stale senders, destroy ourselves when
         told we were removed."""
         if msg.to_peer.store_id != self.store_id:
-            log.warning(
-                "store %d: message for store %d dropped", self.store_id, msg.to_peer.store_id
-            )
+            self.life.misaddressed(msg)
+            self.stats["raft_messages_misaddressed"] += 1
             return
         if msg.message.type == MessageType.SNAPSHOT:
             # A snapshot travels with its file (on_snapshot_received), never alone.
@@ -454,6 +455,7 @@ class StoreCore:
             or self.life.messages
             or self.splits.has_due
             or self._replies
+            or self.log_gc.truncations
         )
 
     def end_round(self, now: float) -> RoundOutput:
@@ -501,8 +503,8 @@ class StoreCore:
                 self.tombstones
             )
             out.apply_tasks = [replace(t, skip_regions=skip) for t in out.apply_tasks]
-        self.stats["log_truncations"] += write_truncations(self.peers, self._truncations, out)
-        self._truncations.clear()
+        for trigger, n in self.log_gc.write(self.peers, out, self.ticks).items():
+            self.stats[trigger.stat] += n
         # A received snapshot Raft took is installed by this round; any other
         # was refused (below the commit index, replaced by a newer one...).
         self.received_snapshots.sweep(out)
@@ -559,20 +561,14 @@ class StoreCore:
             replies.extend(peer.serve_reads())
             if peer.pending_remove:
                 self.life.to_destroy[peer.region_id] = "removed by a conf change"
-            elif outcome is not None:
-                self._maybe_truncate(peer)
+            elif outcome is not None and self.log_gc.on_applied(peer, self.ticks):
+                # Its next round runs, as it always has with a truncation due
+                # (the simulation's seeds were found with these rounds).
+                self._dirty.add(peer.region_id)
             if peer.node.has_ready():
                 self._dirty.add(peer.region_id)
         replies.extend(queries.grant_stale(self.peers, out))
         return replies
-
-    def _maybe_truncate(self, peer: Peer) -> None:
-        index = truncate_point(peer, self.config.log_gc)
-        if index is None:
-            return
-        term = peer.storage.term(index)
-        self._truncations[peer.region_id] = (index, term)
-        self._dirty.add(peer.region_id)
 
     def _absorb(self, peer: Peer, outcome: ApplyOutcome) -> list[Reply]:
         replies: list[Reply] = []

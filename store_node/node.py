@@ -66,7 +66,6 @@ from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
 from store_node.lease import lease_duration
-from store_node.log_gc import LogGcConfig
 from store_node.metrics import StoreMetrics
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
@@ -220,11 +219,7 @@ class StoreNode:
                             2 * cfg.election_ticks if cfg.hibernate_regions else 0
                         ),
                         liveness_ticks=cfg.election_ticks,
-                        log_gc=LogGcConfig(
-                            threshold=cfg.raft_log_gc_threshold,
-                            count_limit=cfg.raft_log_gc_count_limit,
-                            size_limit=cfg.raft_log_gc_size_limit,
-                        ),
+                        log_gc=cfg.log_gc_config(),
                     ),
                     random.Random(),
                     tombstones=tombstones,
@@ -264,19 +259,19 @@ class StoreNode:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.engine.close, limiter=self._limiter)
 
-    async def _register(self, pd: PdClient, address: str) -> tuple[StoreIdent, list[int]]:
+    async def _register(self, pd: PdClient, addr: str) -> tuple[StoreIdent, list[int]]:
         """Identity and registration, retried until the PD answers: a store may
         start before its PD. (`ensure_identity` is safe to run again after any
         failure: a bootstrap that half happened is resolved from its marker.)"""
-        delay = 0.1
+        delay, cfg = 0.1, self.config
         while True:
             try:
-                return await ensure_identity(self.engine, pd, address, self.config.labels)
+                return await ensure_identity(self.engine, pd, addr, cfg.labels, cfg.replace_store)
             except PdServerError as e:
                 # Refused, not unreachable: retrying cannot help.
                 raise RegistrationRefusedError(f"the PD refused this store: {e}") from e
             except RpcCallError as e:
-                log.warning("waiting for the PD at %s: %s", ",".join(self.config.pd), e)
+                log.warning("waiting for the PD at %s: %s", ",".join(cfg.pd), e)
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

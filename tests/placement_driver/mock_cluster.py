@@ -70,8 +70,9 @@ class MockCluster:
     def __init__(self, **config: object) -> None:
         """`config`: cluster config keys over the defaults."""
         self.now = 1000.0
+        self.storage = MemoryMetaStorage()
         self.cluster = Cluster(
-            MemoryMetaStorage(),
+            self.storage,
             0.0,
             config_overrides={
                 "store_disconnect_time": DISCONNECT,

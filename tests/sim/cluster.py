@@ -79,8 +79,9 @@ PD_CONFIG: dict[str, object] = {
 CORE_CONFIG = CoreConfig(
     election_ticks=10,
     heartbeat_ticks=2,
-    # Small thresholds: logs get truncated and followers catch up by snapshot.
-    log_gc=LogGcConfig(threshold=8, count_limit=24, size_limit=1 << 20),
+    # Small thresholds: logs get truncated and followers catch up by snapshot
+    # (a compaction once 8 entries can go, as when the seeds were found).
+    log_gc=LogGcConfig(max_entries=7, max_follower_lag=24, hard_max_bytes=1 << 20),
     session_ttl_ms=120_000,
     # As a store computes it with the default margin (store_node.config).
     lease_seconds=lease_duration(10, TICK, 0.2),
