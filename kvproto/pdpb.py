@@ -2,9 +2,11 @@
 
 Every request starts with a `RequestHeader` and every response with a
 `ResponseHeader`. The cluster id is generated when the cluster is
-bootstrapped; a request may carry 0 ("not known yet"), any other id that is
-not the PD's is refused with `PdErrorCode.CLUSTER_MISMATCH`. A response
-header always carries the PD's cluster id (0 before bootstrap).
+bootstrapped. A request carries it, and an id that is not the PD's is
+refused with `PdErrorCode.CLUSTER_MISMATCH`; 0 ("not known yet") only in
+the `CLUSTER_ID_OPTIONAL` requests, those a fresh member sends before it
+can know the id. A response header always carries the PD's cluster id (0
+before bootstrap), which is how a member learns it.
 
 The PD never calls stores: it answers region heartbeats with the next step
 of the region's operator, if any.
@@ -437,3 +439,19 @@ class SetConfigRequest:
 class SetConfigResponse:
     header: ResponseHeader
     items: tuple[ConfigItem, ...] = ()
+
+
+# The requests that may carry cluster id 0 to a bootstrapped PD: what a
+# fresh store sends before it can know the id (store_node.identity). It asks
+# IsBootstrapped first, whose answer carries the id; but another fresh store
+# may bootstrap the cluster between that answer and this store's own
+# AllocId (its store, region and peer ids) and Bootstrap (then refused with
+# ALREADY_BOOTSTRAPPED, whose header teaches the id). Everything else,
+# PutStore included, is sent once the id is known; a client (PdClient) asks
+# IsBootstrapped before its first other call. None of these three changes
+# what the cluster holds beyond burning ids, so accepting them unchecked
+# costs nothing: the check is against a member of another cluster acting on
+# this one (authentication is the token's or TLS's job, not this id's).
+CLUSTER_ID_OPTIONAL: frozenset[type] = frozenset(
+    {IsBootstrappedRequest, BootstrapRequest, AllocIdRequest}
+)

@@ -176,7 +176,9 @@ class PdServer:
         self._operator_started = trio.Event()
         if self._controller is not None:
             self._controller.on_start = self._wake_long_polls
-        self._rpc_server = RpcServer(dict.fromkeys(RESPONSE_TYPES, self._handle))
+        self._rpc_server = RpcServer(
+            dict.fromkeys(RESPONSE_TYPES, self._handle), max_connections=config.max_connections
+        )
         self.metrics = PdMetrics(lambda: self._cluster, self._controller)
 
     @property

@@ -1,7 +1,8 @@
 """The PD's RPC contract (kvproto.pdpb) mapped onto `Cluster`: pure.
 
 `PdService.handle(request, now)` answers one pdpb request. It checks the
-request header's cluster id, calls the cluster, and turns a refusal
+request header's cluster id (0 only where a fresh store needs it,
+`pdpb.CLUSTER_ID_OPTIONAL`), calls the cluster, and turns a refusal
 (`PdRequestError`) into a `PdError` in the response header: a bad request
 never becomes an exception that would close the connection. Other
 exceptions (a storage failure) propagate: the RPC server answers them with
@@ -125,14 +126,24 @@ class PdService:
             return response_type(header=self._header(e.to_pb()))
 
     def _check_header(self, request: Any) -> None:
-        header: pdpb.RequestHeader = request.header
+        """CLUSTER_MISMATCH unless the request names our cluster; 0 passes
+        only in the requests a fresh store sends before it can know the id
+        (`pdpb.CLUSTER_ID_OPTIONAL`), and before bootstrap (there is no id
+        to name yet)."""
+        sent = request.header.cluster_id
         ours = self.cluster.cluster_id
-        if header.cluster_id not in (0, ours):
+        if sent == ours or (sent == 0 and type(request) in pdpb.CLUSTER_ID_OPTIONAL):
+            return
+        runs = f"cluster {ours}" if ours else "no cluster yet (not bootstrapped)"
+        if sent == 0:
             raise PdRequestError(
                 PdErrorCode.CLUSTER_MISMATCH,
-                f"the request is for cluster {header.cluster_id}, this PD runs "
-                + (f"cluster {ours}" if ours else "no cluster yet (not bootstrapped)"),
+                f"the request names no cluster (id 0), which only a fresh store's "
+                f"IsBootstrapped, Bootstrap and AllocId may; this PD runs {runs}",
             )
+        raise PdRequestError(
+            PdErrorCode.CLUSTER_MISMATCH, f"the request is for cluster {sent}, this PD runs {runs}"
+        )
 
     def _header(self, error: PdError | None = None) -> ResponseHeader:
         return ResponseHeader(self.cluster.cluster_id, error)

@@ -195,6 +195,12 @@ class StoreConfig:
     )
     max_snapshot_sends: int = setting(2, "snapshots sent at once by this store", min=1)
     max_snapshot_receives: int = setting(4, "snapshots received at once by this store", min=1)
+    max_connections: int = setting(
+        1024,
+        "connections the RPC port serves at once (clients and stores); at the limit a "
+        "newcomer takes the place of one that sent nothing yet or is idle, else is refused",
+        min=1,
+    )
     snapshot_chunk_size: int = setting(
         1 << 20, "bytes per snapshot chunk", kind="size", min=1024, max=32 << 20
     )

@@ -117,6 +117,8 @@ class StoreNode:
         self.disk = DiskMonitor((config.data_dir, config.raft_dir), config.min_free_disk)
         self.core: StoreCore | None = None
         self.pd: PdClient | None = None
+        # Its RPC port's server, once serving (its limits' counters).
+        self.rpc_server: RpcServer | None = None
         self.transport: Transport | None = None
         self._send_events, self._recv_events = trio.open_memory_channel[Event](
             config.max_queued_events
@@ -179,7 +181,9 @@ class StoreNode:
                     auth=auth,
                     client_messages=kv_handlers.keys(),
                     tls=server_tls,
+                    max_connections=cfg.max_connections,
                 )
+                self.rpc_server = server
                 # Serve first (port 0 is only known once bound), but accept
                 # events only once the core exists: the channel buffers them.
                 try:

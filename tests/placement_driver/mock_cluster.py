@@ -215,7 +215,7 @@ class MockCluster:
         assert leader_peer is not None
         return self.cluster.region_heartbeat(
             pdpb.RegionHeartbeatRequest(
-                pdpb.RequestHeader(),
+                pdpb.RequestHeader(self.cluster.cluster_id),
                 region,
                 leader_peer,
                 term=self._terms.setdefault(rid, 1),

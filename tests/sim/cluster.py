@@ -216,6 +216,8 @@ class Simulation:
         self.pd.start()
         stores = [factories.store(i, address=f"s{i}:20160") for i in self.stores]
         self.pd.bootstrap(stores[0], first, stores[1:])
+        for member in [*self.stores.values(), *self.clients]:
+            member.cluster_id = self.pd.cluster.cluster_id
         for s in self.stores.values():
             s.start()
 

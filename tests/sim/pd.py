@@ -14,7 +14,6 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 
-from kvproto import pdpb
 from kvproto.metapb import Peer, PeerId, PeerRole, Region, Store, StoreId, StoreState
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerType
 from placement_driver.cluster import Cluster
@@ -199,7 +198,3 @@ class SimPd:
             return
         self.cluster.flush_regions()
         self.world.at(1.0, self._flush, incarnation)
-
-
-def header() -> pdpb.RequestHeader:
-    return pdpb.RequestHeader()

@@ -19,6 +19,7 @@ import random
 import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -106,8 +107,15 @@ class SimStore:
             if isinstance(h, Deferred)
         }
         self.rounds = 0
+        # The cluster this store belongs to, set at the simulation's
+        # bootstrap (a real store keeps it in its ident): every PD request
+        # names it, as the PD refuses 0 there.
+        self.cluster_id = 0
         # Store counters of the incarnations before this one.
         self._stats_before: Counter[str] = Counter()
+
+    def pd_header(self) -> pdpb.RequestHeader:
+        return pdpb.RequestHeader(self.cluster_id)
 
     # -- life ------------------------------------------------------------------
 
@@ -308,7 +316,7 @@ class SimStore:
         for region in out.split_checks:
             self._split_check(core, region, ())
         for regions in core.take_split_reports():
-            self.pd.call(pdpb.ReportBatchSplitRequest(pdpb.RequestHeader(), regions), _ignore)
+            self.pd.call(pdpb.ReportBatchSplitRequest(self.pd_header(), regions), _ignore)
         for peer in core.take_heartbeat_due():
             self._region_heartbeat(core, peer.region_id)
         self._in_round = False
@@ -437,7 +445,7 @@ class SimStore:
 
             self.submit(propose)
 
-        request = pdpb.AskBatchSplitRequest(pdpb.RequestHeader(), target, len(split_keys))
+        request = pdpb.AskBatchSplitRequest(self.pd_header(), target, len(split_keys))
         self.pd.call(request, with_ids)
 
     def _region_heartbeats(self, inc: int) -> None:
@@ -457,12 +465,15 @@ class SimStore:
         if peer is None or not peer.is_leader() or not peer.initialized:
             return
         inc = self.incarnation
-        request = region_heartbeat_request(
-            peer,
-            core.heard_ticks(peer),
-            core.ticks,
-            TICK,
-            down_after_ticks=2 * self.config.election_ticks,
+        request = replace(
+            region_heartbeat_request(
+                peer,
+                core.heard_ticks(peer),
+                core.ticks,
+                TICK,
+                down_after_ticks=2 * self.config.election_ticks,
+            ),
+            header=self.pd_header(),  # as the store's PdClient does
         )
 
         def on_answer(resp: object | None) -> None:
@@ -507,7 +518,7 @@ class SimStore:
 
                 self.submit(learn)
 
-        self.pd.call(pdpb.StoreHeartbeatRequest(pdpb.RequestHeader(), stats), on_answer)
+        self.pd.call(pdpb.StoreHeartbeatRequest(self.pd_header(), stats), on_answer)
         self.world.at(STORE_HEARTBEAT_INTERVAL, self._store_heartbeat, inc)
 
 
