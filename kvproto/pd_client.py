@@ -253,6 +253,11 @@ class PdClient:
             pdpb.ReportBatchSplitResponse,
         )
 
+    async def report_region_hash(self, request: pdpb.ReportRegionHashRequest) -> None:
+        """A replica's hash at a consistency check (`store_node.consistency`)."""
+        request = dataclasses.replace(request, header=self._header())
+        await self._call(request, pdpb.ReportRegionHashResponse)
+
     # -- config --------------------------------------------------------------
 
     async def get_config(self) -> dict[str, str]:

@@ -299,7 +299,9 @@ class SplitRegion:
 class RegionHeartbeatResponse:
     """The next operator step for the region, if any (at most one of the
     step fields is set). `region_epoch` is the epoch the step was planned on:
-    the leader ignores a step planned on another epoch."""
+    the leader ignores a step planned on another epoch. `consistency_check`,
+    besides any step: the id of a consistency check an administrator asked
+    for, which the leader starts now (0: none)."""
 
     header: ResponseHeader
     region_id: int = 0
@@ -307,6 +309,7 @@ class RegionHeartbeatResponse:
     change_peer: ChangePeerRequest | None = None
     transfer_leader: Peer | None = None
     split_region: SplitRegion | None = None
+    consistency_check: int = 0
 
 
 @wire(124)
@@ -396,6 +399,31 @@ class ReportBatchSplitRequest:
 @wire(134)
 @dataclass(frozen=True, slots=True)
 class ReportBatchSplitResponse:
+    header: ResponseHeader
+
+
+# -- consistency checks ------------------------------------------------------------
+
+
+@wire(160)
+@dataclass(frozen=True, slots=True)
+class ReportRegionHashRequest:
+    """One replica's hash of its copy of a region at a consistency check's
+    index (`store_node.consistency`): every replica of `region` (the region
+    as of `index`) sends one. `check_id` is the id of the check the PD asked
+    for, 0 for a periodic one."""
+
+    header: RequestHeader
+    region: Region
+    check_id: int
+    index: int
+    store_id: StoreId
+    hash: bytes
+
+
+@wire(161)
+@dataclass(frozen=True, slots=True)
+class ReportRegionHashResponse:
     header: ResponseHeader
 
 

@@ -60,6 +60,7 @@ from kvproto.rpc.auth import security_from_files
 from kvproto.rpc.tls import tls_from_files
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
+from placement_driver.consistency import ConsistencyChecks
 from placement_driver.http_api import AdminApi, Text
 from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP
 from placement_driver.metrics import CONTENT_TYPE_LATEST, PdMetrics
@@ -172,10 +173,13 @@ class PdServer:
         self._service: PdService | None = None
         self._addresses: PdAddresses | None = None
         self._wake_store_states = trio.Event()
-        # Set (and replaced) when an operator starts: wakes the long polls.
+        # Set (and replaced) when an operator starts or a consistency check
+        # is ordered: wakes the long polls.
         self._operator_started = trio.Event()
         if self._controller is not None:
             self._controller.on_start = self._wake_long_polls
+        # Replica consistency checks: their digests reported by the stores.
+        self.consistency = ConsistencyChecks()
         self._rpc_server = RpcServer(
             dict.fromkeys(RESPONSE_TYPES, self._handle), max_connections=config.max_connections
         )
@@ -236,7 +240,7 @@ class PdServer:
                 id_alloc_step=self._id_alloc_step,
             )
             self._cluster = cluster
-            self._service = PdService(cluster, self._rng, self._operators)
+            self._service = PdService(cluster, self._rng, self._operators, self.consistency)
             if self._controller is not None:
                 self._schedulers = SchedulerController(storage)
             try:
@@ -289,8 +293,9 @@ class PdServer:
 
     async def _hold_wait_orders(self, request: pdpb.WaitOrdersRequest, response: object) -> object:
         """Hold an empty answer to a store's long poll until an operator
-        starts for one of its regions or its wait is over (an unusable wait,
-        NaN or out of range, is the longest)."""
+        starts (or a consistency check is ordered) for one of its regions
+        or its wait is over (an unusable wait, NaN or out of range, is the
+        longest)."""
         wait = request.wait_seconds
         if not 0 <= wait <= MAX_ORDER_WAIT:
             wait = MAX_ORDER_WAIT

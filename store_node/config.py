@@ -216,6 +216,15 @@ class StoreConfig:
     split_check_interval: float = setting(
         60.0, "interval of full size scans of leader regions", kind="duration", min=0.01
     )
+    consistency_check_interval: float = setting(
+        0.0,
+        "how often each region's replicas are hashed and compared (consistency check; "
+        "a store's leaders take their regions one at a time, the longest unchecked first); "
+        "each check reads the whole region on every replica; 0 turns periodic checks off "
+        "(`shardkv ctl region check ID` still runs one)",
+        kind="duration",
+        min=0.0,
+    )
 
     def validate(self) -> None:
         if not self.data_dir:
@@ -286,3 +295,6 @@ class CoreConfig:
     # ticks wakes the sleeping peers that depend on it.
     hibernate_after_ticks: int = 20
     liveness_ticks: int = 10
+    # Each region's replicas are hashed and compared every this many ticks
+    # (store_node.consistency; 0: only when the PD orders a check).
+    consistency_check_ticks: int = 0

@@ -53,7 +53,7 @@ from raft.errors import (
 )
 from raft.node import Ready
 from raft.types import MessageType, Role, Snapshot
-from store_node import commands, membership, queries, snapshot_control
+from store_node import commands, consistency, membership, queries, snapshot_control
 from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
@@ -119,6 +119,17 @@ class StoreCore:
             after_ticks=self.config.hibernate_after_ticks,
             liveness_ticks=self.config.liveness_ticks,
             heartbeat_ticks=self.config.heartbeat_ticks,
+        )
+        self.consistency = consistency.ConsistencyChecks(
+            store_id,
+            self.peers,
+            self.stats,
+            self.config.consistency_check_ticks,
+            self.rng,
+            touch=self._touch,
+            # A round after a digest came in: the PD worker sends it then.
+            # (A lambda: `_dirty` is a new set every round.)
+            run_round=lambda region_id: self._dirty.add(region_id),  # noqa: PLW0108
         )
 
     # -- peers -------------------------------------------------------------
@@ -206,6 +217,7 @@ class StoreCore:
         for rid in self.hibernation.check_liveness(self.ticks):
             self._touch(rid)
         self.log_gc.on_tick(self.peers, self.ticks)
+        self.consistency.on_tick(self.ticks)
 
     def _touch(self, region_id: int) -> None:
         """Something happened to the region: run it this round, awake."""
@@ -439,6 +451,15 @@ class StoreCore:
             self.stats["conf_changes_proposed"] += 1
         return refused
 
+    def check_consistency(self, region_id: int, check_id: int) -> str | None:
+        """Propose a consistency check of a region led here (`check_id`: the
+        PD's); why not, or None."""
+        return self.consistency.start(region_id, check_id)
+
+    def on_hash_computed(self, region_id: int, index: int, digest: bytes) -> None:
+        """This replica's digest of its region at `index` (`region_hash`)."""
+        self.consistency.computed(region_id, index, digest)
+
     def transfer_leader(self, region_id: int, to_peer: PeerId) -> None:
         peer = self.peers.get(region_id)
         if peer is not None:
@@ -575,6 +596,8 @@ class StoreCore:
         if outcome.region_changed:
             self._set_region(peer, outcome.region)
         peer.storage.apply_state = outcome.apply_state
+        if outcome.hash_jobs:
+            self.consistency.pinned(outcome.hash_jobs, self.ticks)
         # A leader counts the writes of its own term only: an earlier term's
         # entries were its leader's traffic (counted there if applied in time).
         flow_term = peer.node.term if peer.is_leader() else 0
@@ -591,6 +614,8 @@ class StoreCore:
                     # Validated against the same config when applied to the
                     # region metadata: this is a bug, not an input error.
                     raise AssertionError(f"region {peer.region_id}: {e}") from e
+            if res.hash_check is not None:
+                self.consistency.applied(peer.region_id, res.hash_check)
             if peer.proposals:
                 replies.extend(
                     peer.resolve_applied(
@@ -720,6 +745,7 @@ class StoreCore:
             extra=log_fields(region=region_id, peer=peer.meta.id),
         )
         self.life.destroy(peer, other_ranges(self.peers, region_id), out)
+        self.consistency.forget(region_id)
         self.stats["peers_destroyed"] += 1
 
     def _on_role_change(self, peer: Peer, rd: Ready, replies: list[Reply]) -> None:

@@ -108,6 +108,11 @@ COUNTER_HELP: Final = {
     "stale_reads_refused": "Stale reads too stale, served as follower reads",
     "ticks_skipped": "Raft ticks skipped because the last one still waited for the loop "
     "(an overloaded store's Raft clock runs slow)",
+    "consistency_checks_proposed": "Consistency checks proposed by leaders on this store",
+    "consistency_checks_computed": "Region copies hashed here for consistency checks",
+    "consistency_checks_matched": "Consistency checks whose digest here matched the leader's",
+    "consistency_mismatches": "Consistency checks whose digest here differed from the "
+    "leader's (this replica or the leader holds a corrupt copy; the PD names which)",
 }
 
 

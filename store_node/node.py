@@ -60,6 +60,7 @@ from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig, StoreConfig
+from store_node.consistency import interval_ticks
 from store_node.core import StoreCore
 from store_node.disk import DiskMonitor
 from store_node.engine import Engine
@@ -70,6 +71,7 @@ from store_node.metrics import StoreMetrics
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import apply_and_truncate, must_block, persist_and_apply, persist_raft
+from store_node.region_hash import hash_region, jobs_of
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
@@ -130,6 +132,7 @@ class StoreNode:
         self.snap_dir = SnapDir(Path(config.data_dir) / "snap")
         self._snap_sends = trio.Semaphore(config.max_snapshot_sends)
         self._snap_gen = trio.CapacityLimiter(1)
+        self._hashing = trio.CapacityLimiter(1)  # consistency checks' region hashes
         self._nursery: trio.Nursery | None = None
         self.address = ""
         self._open_stream: StreamOpener = open_tcp  # authenticating with a cluster token
@@ -223,6 +226,9 @@ class StoreNode:
                             2 * cfg.election_ticks if cfg.hibernate_regions else 0
                         ),
                         liveness_ticks=cfg.election_ticks,
+                        consistency_check_ticks=interval_ticks(
+                            cfg.consistency_check_interval, cfg.tick_interval
+                        ),
                         log_gc=cfg.log_gc_config(),
                     ),
                     random.Random(),
@@ -340,9 +346,12 @@ class StoreNode:
             outcomes = apply_and_truncate(self.engine, out)
         answer(core.after_persist(out, outcomes))
         self._start_snapshot_work(core, out)
+        for job in jobs_of(outcomes):
+            assert self._nursery is not None
+            self._nursery.start_soon(hash_region, job, self._hashing, self.submit)
         self.rounds += 1
         self.metrics.observe_round(out)
-        if core.heartbeat_due or core.split_reports:
+        if core.heartbeat_due or core.split_reports or core.consistency.reports:
             self._round_done.set()
             self._round_done = trio.Event()
 
