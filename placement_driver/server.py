@@ -178,7 +178,8 @@ class PdServer:
         self._operator_started = trio.Event()
         if self._controller is not None:
             self._controller.on_start = self._wake_long_polls
-        # Replica consistency checks: their digests reported by the stores.
+        # Replica consistency checks: ordered through the admin API, their
+        # digests reported by the stores.
         self.consistency = ConsistencyChecks()
         self._rpc_server = RpcServer(
             dict.fromkeys(RESPONSE_TYPES, self._handle), max_connections=config.max_connections
@@ -334,6 +335,8 @@ class PdServer:
             on_store_state_change=self._wake_store_watch,
             metrics=lambda: Text(self.metrics.exposition(), CONTENT_TYPE_LATEST),
             admin_token=admin_token,
+            checks=self.consistency,
+            on_check_ordered=self._wake_long_polls,
         )
         if admin_token is not None:
             log.info("admin API: orders need the admin token of %s", self.config.admin_token_file)

@@ -1,10 +1,13 @@
 """The PD's side of consistency checks (placement_driver.consistency, pure):
 an administrator's order reaches the region's leader in a heartbeat answer,
-the replicas' digests are compared."""
+the replicas' digests are compared, the admin API shows the result and
+answers bad input with typed 4xx, never 500."""
 
 from __future__ import annotations
 
+import json
 import random
+from typing import Any
 
 import pytest
 
@@ -19,6 +22,7 @@ from placement_driver.consistency import (
     RegionCheck,
 )
 from placement_driver.errors import PdRequestError
+from placement_driver.http_api import API_PREFIX, AdminApi
 from placement_driver.service import PdService
 from tests.placement_driver.mock_cluster import MockCluster
 
@@ -139,3 +143,100 @@ def test_orders_are_refused_with_reasons_and_expire(mc: MockCluster) -> None:
         checks.request(mc.cluster, 500, mc.now)
     # Orders nobody answered are given up.
     assert checks.request(mc.cluster, 500, mc.now + ORDER_TTL + 1).check_id > 0
+
+
+def request_json(api: AdminApi, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    return api.respond(method, (API_PREFIX + path).encode(), raw)
+
+
+def test_the_admin_api_orders_and_shows_checks(mc: MockCluster) -> None:
+    checks = ConsistencyChecks()
+    ordered: list[bool] = []
+    api = AdminApi(
+        mc.cluster, lambda: mc.now, checks=checks, on_check_ordered=lambda: ordered.append(True)
+    )
+    status, doc = request_json(api, "POST", "/regions/check", {"region_id": 1})
+    assert status == 200 and ordered == [True]
+    check_id = doc["check_id"]
+    assert doc == {
+        "region_id": 1,
+        "check_id": check_id,
+        "index": 0,
+        "state": "requested",
+        "stores": [],
+        "differing": [],
+        "missing": [],
+        "requested_ago": 0.0,
+        "reported_ago": None,
+    }
+    status, doc = request_json(api, "GET", f"/region/id/1/check?check_id={check_id}")
+    assert status == 200 and doc["state"] == "requested"
+    digest(mc, checks, 1, A, check_id=check_id)
+    digest(mc, checks, 2, B, check_id=check_id)
+    mc.now += 2
+    status, doc = request_json(api, "GET", f"/region/id/1/check?check_id={check_id}")
+    assert status == 200
+    assert doc["state"] == "mismatch" and doc["index"] == 10
+    assert doc["stores"] == [
+        {"store_id": 1, "digest": A.hex()},
+        {"store_id": 2, "digest": B.hex()},
+        {"store_id": 3, "digest": None},
+    ]
+    assert doc["differing"] == [1, 2] and doc["missing"] == [3]
+    assert doc["requested_ago"] == 2.0 and doc["reported_ago"] == 2.0
+    status, doc = request_json(api, "GET", "/region/id/1/check")  # the latest
+    assert status == 200 and doc["check_id"] == check_id
+    digest(mc, checks, 2, A, region_id=2, index=5)
+    status, doc = request_json(api, "GET", "/regions/check")
+    assert status == 200 and [c["region_id"] for c in doc["checks"]] == [1, 2]
+    status, doc = request_json(api, "GET", "/regions/check?state=mismatch")
+    assert status == 200 and doc["count"] == 1 and doc["checks"][0]["region_id"] == 1
+    status, doc = request_json(api, "GET", "/regions/check?state=PENDING")
+    assert status == 200 and [c["region_id"] for c in doc["checks"]] == [2]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "reason"),
+    [
+        ("POST", "/regions/check", {"region_id": 99}, 404, "region 99 not found"),
+        ("POST", "/regions/check", {}, 400, "region_id must be a positive integer"),
+        ("POST", "/regions/check", {"region_id": "1"}, 400, "region_id must be"),
+        ("POST", "/regions/check", {"region_id": True}, 400, "region_id must be"),
+        ("POST", "/regions/check", {"region_id": 1, "x": 1}, 400, "unknown field 'x'"),
+        ("POST", "/regions/check", b"[1]", 400, "must be a JSON object"),
+        ("GET", "/regions/check?state=odd", None, 400, "unknown state 'odd'"),
+        ("GET", "/regions/check?state=match&state=mismatch", None, 400, "at most once"),
+        ("GET", "/region/id/99/check", None, 404, "region 99 not found"),
+        ("GET", "/region/id/1/check", None, 404, "no consistency check of region 1"),
+        ("GET", "/region/id/1/check?check_id=5", None, 404, "no consistency check 5"),
+        ("GET", "/region/id/1/check?check_id=x", None, 400, "bad check id"),
+        ("GET", "/region/id/x/check", None, 400, "bad region id"),
+        ("DELETE", "/regions/check", None, 405, "not allowed"),
+        ("POST", "/region/id/1/check", None, 405, "read-only"),
+    ],
+)
+def test_bad_input_gets_a_typed_answer(
+    mc: MockCluster, method: str, path: str, body: Any, status: int, reason: str
+) -> None:
+    api = AdminApi(mc.cluster, lambda: mc.now)
+    got, doc = request_json(api, method, path, body)
+    assert (got, set(doc)) == (status, {"error"}), doc
+    assert reason in doc["error"]
+
+
+def test_an_order_for_a_region_without_a_known_leader_is_409() -> None:
+    mc = MockCluster().store(1)  # the bootstrap placeholder region has no reported leader
+    api = AdminApi(mc.cluster, lambda: mc.now)
+    region_id = next(iter(mc.cluster.regions())).region.id
+    got, doc = request_json(api, "POST", "/regions/check", {"region_id": region_id})
+    assert got == 409, doc
+    assert "no known leader" in doc["error"]
+
+
+def test_orders_need_the_admin_token(mc: MockCluster) -> None:
+    api = AdminApi(mc.cluster, lambda: mc.now, admin_token="secret")
+    got, _ = request_json(api, "POST", "/regions/check", {"region_id": 1})
+    assert got == 401
+    got, _ = request_json(api, "GET", "/regions/check")
+    assert got == 200
