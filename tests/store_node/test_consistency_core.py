@@ -12,8 +12,10 @@ import pytest
 
 from kvproto.kvrpcpb import SessionRef
 from kvproto.raft_cmdpb import Put
+from plumbing.config_file import ConfigError, load
 from store_node import keys
-from store_node.config import CoreConfig
+from store_node.config import CoreConfig, StoreConfig
+from store_node.consistency import interval_ticks
 from store_node.engine import Engine
 from store_node.region_hash import region_digest
 from tests.store_node.harness import CoreCluster, bootstrapped
@@ -231,3 +233,15 @@ def test_a_sleeping_region_is_woken_for_its_periodic_check_and_sleeps_again(
     c.tick(100)
     assert all_asleep()
     assert sum(stat(c, "consistency_checks_matched").values()) == 3 * proposed()
+
+
+def test_the_store_setting_is_a_duration_in_ticks_and_off_by_default() -> None:
+    base = {"data_dir": "d", "tick_interval": "100ms"}
+    assert load(StoreConfig, overrides=base).consistency_check_interval == 0.0
+    cfg = load(StoreConfig, overrides={**base, "consistency_check_interval": "24h"})
+    assert cfg.consistency_check_interval == 86400.0
+    assert interval_ticks(cfg.consistency_check_interval, cfg.tick_interval) == 864_000
+    assert interval_ticks(0.0, 0.1) == 0
+    assert interval_ticks(0.01, 0.1) == 1  # on, however short
+    with pytest.raises(ConfigError, match="consistency_check_interval"):
+        load(StoreConfig, overrides={**base, "consistency_check_interval": "-1s"})
