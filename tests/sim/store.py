@@ -14,6 +14,7 @@ at once (admission only queues work for the next round), as in the real one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
@@ -38,9 +39,10 @@ from store_node.core import StoreCore
 from store_node.engine import Engine
 from store_node.kv_service import KvService, Limits
 from store_node.node import SPLIT_ORDER
-from store_node.pd_worker import execute_order, region_heartbeat_request
+from store_node.pd_worker import execute_order, has_core_order, region_heartbeat_request
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import persist_and_apply
+from store_node.region_hash import HashJob, jobs_of
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
 from store_node.split import scan_region
@@ -317,11 +319,28 @@ class SimStore:
             self._split_check(core, region, ())
         for regions in core.take_split_reports():
             self.pd.call(pdpb.ReportBatchSplitRequest(self.pd_header(), regions), _ignore)
+        for job in jobs_of(outcomes):
+            self._hash(inc, job)
+        for report in core.consistency.take_reports():
+            self.pd.call(dataclasses.replace(report, header=self.pd_header()), _ignore)
         for peer in core.take_heartbeat_due():
             self._region_heartbeat(core, peer.region_id)
         self._in_round = False
         if self._events or core.has_work():
             self._nudge()
+
+    def _hash(self, inc: int, job: HashJob) -> None:
+        """A consistency check's pinned copy: hashed now (so no pin outlives
+        the round), its digest handed to the core a little later, as the
+        store's hashing thread does."""
+        digest = job.pinned.run()
+        region_id, index = job.region.id, job.index
+
+        def computed() -> None:
+            if inc == self.incarnation:
+                self.submit(lambda core: core.on_hash_computed(region_id, index, digest))
+
+        self.world.at(self.world.rng.uniform(0.0005, 0.02), computed)
 
     def _send(
         self, by_store: dict[StoreId, list[RaftMessage]], pings: Sequence[StoreId] = ()
@@ -481,7 +500,7 @@ class SimStore:
                 return
             if resp.split_region is not None:
                 self.submit(partial(self._split_order, region_id, resp.split_region.keys))
-            elif resp.change_peer is not None or resp.transfer_leader is not None:
+            if has_core_order(resp):
                 self.submit(partial(execute_order, region_id=region_id, resp=resp))
 
         self.pd.call(request, on_answer)
