@@ -3,8 +3,8 @@
 The shell (`StoreNode`) feeds it events and runs one round at a time:
 
 1. events: `step_raft`, `tick`, `propose_write`, `read`, `replica_read`,
-   `change_peer`, `transfer_leader` (each marks the region dirty; admission
-   errors are returned at once);
+   `change_peer`, `transfer_leader`, `check_consistency`, `on_hash_computed`
+   (each marks the region dirty; admission errors are returned at once);
 2. `end_round(now)` serves reads from leader leases and stale reads from
    applied states, flushes the round's queued writes and reads into the
    Raft nodes and collects `Ready` from dirty peers only: one `raft/` write

@@ -43,6 +43,16 @@ from store_node.apply import ApplyOutcome, ApplyTask, apply_task
 from store_node.core import StoreCore
 from store_node.engine import Engine, KvTxn, Pinned
 
+__all__ = [
+    "DIGEST_SIZE",
+    "MAX_PINNED",
+    "HashJob",
+    "finish_checks",
+    "hash_region",
+    "jobs_of",
+    "region_digest",
+]
+
 log = logging.getLogger(__name__)
 
 DIGEST_SIZE: Final = 16
@@ -187,14 +197,3 @@ async def hash_region(
     )
     computed = partial(StoreCore.on_hash_computed, region_id=region_id, index=index, digest=digest)
     await submit(computed)
-
-
-__all__ = [
-    "DIGEST_SIZE",
-    "MAX_PINNED",
-    "HashJob",
-    "finish_checks",
-    "hash_region",
-    "jobs_of",
-    "region_digest",
-]
