@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kvproto import pdpb
 from kvproto.kvrpcpb import SessionRef
 from kvproto.raft_cmdpb import Put
 from plumbing.config_file import ConfigError, load
@@ -17,6 +18,7 @@ from store_node import keys
 from store_node.config import CoreConfig, StoreConfig
 from store_node.consistency import interval_ticks
 from store_node.engine import Engine
+from store_node.pd_worker import execute_order, has_core_order
 from store_node.region_hash import region_digest
 from tests.store_node.harness import CoreCluster, bootstrapped
 from tests.store_node.test_split_core import route
@@ -62,11 +64,9 @@ def stat(c: CoreCluster, name: str) -> dict[int, int]:
 
 
 def pinned_digest(c: CoreCluster, store: int, region_id: int = 1) -> bytes:
+    """The digest of a store's copy of the region as it is now."""
     region = c.cores[store].peers[region_id].region
-    with c.engines[store].read_kv() as txn:
-        from store_node.engine import _LmdbKvTxn
-
-        return region_digest(_LmdbKvTxn(txn, c.engines[store].kv.dbs), region)
+    return c.engines[store].pin_kv(lambda txn: region_digest(txn, region)).run()
 
 
 def test_replicas_hash_alike_after_writes(tmp_path: Path) -> None:
@@ -245,3 +245,20 @@ def test_the_store_setting_is_a_duration_in_ticks_and_off_by_default() -> None:
     assert interval_ticks(0.01, 0.1) == 1  # on, however short
     with pytest.raises(ConfigError, match="consistency_check_interval"):
         load(StoreConfig, overrides={**base, "consistency_check_interval": "-1s"})
+
+
+def test_a_pd_order_starts_a_check_with_the_pds_id(tmp_path: Path) -> None:
+    c = bootstrapped(tmp_path, STORES, CONFIG)
+    write(c, 3)
+    first = leader(c)
+    header = pdpb.ResponseHeader()
+    for store in STORES:  # only the leader acts on it
+        order = pdpb.RegionHeartbeatResponse(header, region_id=1, consistency_check=41)
+        assert has_core_order(order)
+        execute_order(c.cores[store], 1, order)
+    c.stabilize()
+    c.tick(4)
+    assert stat(c, "consistency_checks_proposed") == {s: int(s == first) for s in STORES}
+    reports = [r for core in c.cores.values() for r in core.consistency.take_reports()]
+    assert sorted((r.store_id, r.check_id) for r in reports) == [(1, 41), (2, 41), (3, 41)]
+    assert not has_core_order(pdpb.RegionHeartbeatResponse(header, region_id=1))
