@@ -132,6 +132,11 @@ def prepare(backup_dir: Path, cfg: StoreConfig) -> None:
     before anything is written."""
     from store_node.restore import DataDirState, RestoreError, data_dir_state, verify_copy
 
+    if cfg.replace_store:
+        raise Refused(
+            "--replace-store joins an existing cluster; a restore bootstraps a new one; "
+            "nothing was written"
+        )
     try:
         manifest, raw = read_manifest(backup_dir)
     except ManifestError as e:

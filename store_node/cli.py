@@ -100,14 +100,17 @@ async def _serve(cfg: StoreConfig) -> int:
     from store_node.bootstrap import DataDirMismatchError
     from store_node.disk import DiskFailure
     from store_node.node import ListenAddressError, RegistrationRefusedError, StoreNode
+    from store_node.replace import AddressTakenError, ReplaceStoreError
     from store_node.status_http import StatusAddressError
 
     code = 0
     try:
         await serve_until_signal(StoreNode(cfg).run)
     except* (
+        AddressTakenError,
         DataDirMismatchError,
         DataDirLockedError,
+        ReplaceStoreError,
         ListenAddressError,
         RegistrationRefusedError,
         StatusAddressError,

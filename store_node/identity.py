@@ -27,6 +27,7 @@ from kvproto.pd_client import PdClient, PdServerError
 from kvproto.pdpb import PdErrorCode
 from kvproto.raft_serverpb import RegionLocalState, StoreIdent
 from store_node import keys
+from store_node import replace as replacing
 from store_node.bootstrap import (
     DataDirMismatchError,
     check_store_ident,
@@ -44,17 +45,27 @@ RESTORED_BACKUP_KEY = b"restored_backup"
 
 
 async def ensure_identity(
-    engine: Engine, pd: PdClient, address: str, labels: tuple[tuple[str, str], ...] = ()
+    engine: Engine,
+    pd: PdClient,
+    address: str,
+    labels: tuple[tuple[str, str], ...] = (),
+    replace: int = 0,
 ) -> tuple[StoreIdent, list[int]]:
-    """Register this store with the PD (bootstrapping the cluster if needed).
+    """Register this store with the PD (bootstrapping the cluster if needed);
+    with `replace`, a fresh store joins in the place of that store, whose
+    data was lost (`store_node.replace`).
 
     Returns the store's identity and the ids of regions it just created.
-    Raises DataDirMismatchError if the data directory is another cluster's.
+    Raises DataDirMismatchError if the data directory is another cluster's,
+    ReplaceStoreError if the replacement cannot be done, AddressTakenError
+    if a fresh store's address is another store's.
     """
     ident = read_store_ident(engine)
     prepared = _read_prepared(engine)
     bootstrapped = await pd.is_bootstrapped()
     if ident is not None:
+        if replace:
+            replacing.check_restart(engine, ident, replace)
         if not bootstrapped:
             raise DataDirMismatchError(
                 f"the data directory belongs to store {ident.store_id} of cluster "
@@ -74,6 +85,18 @@ async def ensure_identity(
             raise
         return ident, []
 
+    if replace:
+        _refuse_if_restored(engine, pd)
+        if prepared is not None:
+            raise replacing.ReplaceStoreError(
+                f"--replace-store {replace} needs an empty data directory, and a bootstrap "
+                "of a new cluster was begun in this one"
+            )
+        ident = await replacing.join_in_place(
+            engine, pd, address, labels, replace, bootstrapped=bootstrapped
+        )
+        return ident, []
+    replacing.check_no_pending(engine)
     created: list[int] = []
     if prepared is not None:
         store_id = prepared.peers[0].store_id
@@ -113,7 +136,12 @@ async def ensure_identity(
             ident = StoreIdent(pd.cluster_id, store_id)
             write_store_ident(engine, ident)
             return ident, created
-    await pd.put_store(Store(store_id, address, StoreState.UP, labels))
+    try:
+        await pd.put_store(Store(store_id, address, StoreState.UP, labels))
+    except PdServerError as e:
+        if e.code == PdErrorCode.DUPLICATE_STORE_ADDRESS:
+            raise await replacing.address_taken(pd, address, e) from None
+        raise
     ident = StoreIdent(pd.cluster_id, store_id)
     write_store_ident(engine, ident)
     log.info("joined cluster %d as store %d", pd.cluster_id, store_id)
@@ -162,8 +190,8 @@ def _refuse_if_restored(engine: Engine, pd: PdClient) -> None:
     if read_restored(engine) is not None:
         raise DataDirMismatchError(
             "the data directory holds a restored backup (shardkv restore), which can only "
-            f"bootstrap a new cluster, but the PD at {','.join(pd.addresses)} is already "
-            "bootstrapped; give --pd a new PD"
+            "bootstrap a new cluster: it cannot join the cluster of the PD at "
+            f"{','.join(pd.addresses)}, or replace one of its stores; give --pd a new PD"
         )
 
 

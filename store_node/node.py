@@ -61,17 +61,18 @@ from store_node.admission import admit_read, admit_write, answer
 from store_node.backup_copies import BackupCopies
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig, StoreConfig
+from store_node.consistency import interval_ticks
 from store_node.core import StoreCore
 from store_node.disk import DiskMonitor
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
 from store_node.lease import lease_duration
-from store_node.log_gc import LogGcConfig
 from store_node.metrics import StoreMetrics
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import apply_and_truncate, must_block, persist_and_apply, persist_raft
+from store_node.region_hash import hash_region, jobs_of
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
@@ -119,6 +120,8 @@ class StoreNode:
         self.disk = DiskMonitor((config.data_dir, config.raft_dir), config.min_free_disk)
         self.core: StoreCore | None = None
         self.pd: PdClient | None = None
+        # Its RPC port's server, once serving (its limits' counters).
+        self.rpc_server: RpcServer | None = None
         self.transport: Transport | None = None
         self._send_events, self._recv_events = trio.open_memory_channel[Event](
             config.max_queued_events
@@ -130,6 +133,7 @@ class StoreNode:
         self.snap_dir = SnapDir(Path(config.data_dir) / "snap")
         self._snap_sends = trio.Semaphore(config.max_snapshot_sends)
         self._snap_gen = trio.CapacityLimiter(1)
+        self._hashing = trio.CapacityLimiter(1)  # consistency checks' region hashes
         self._nursery: trio.Nursery | None = None
         self.address = ""
         self._open_stream: StreamOpener = open_tcp  # authenticating with a cluster token
@@ -182,7 +186,9 @@ class StoreNode:
                     auth=auth,
                     client_messages=kv_handlers.keys(),
                     tls=server_tls,
+                    max_connections=cfg.max_connections,
                 )
+                self.rpc_server = server
                 # Serve first (port 0 is only known once bound), but accept
                 # events only once the core exists: the channel buffers them.
                 try:
@@ -222,11 +228,10 @@ class StoreNode:
                             2 * cfg.election_ticks if cfg.hibernate_regions else 0
                         ),
                         liveness_ticks=cfg.election_ticks,
-                        log_gc=LogGcConfig(
-                            threshold=cfg.raft_log_gc_threshold,
-                            count_limit=cfg.raft_log_gc_count_limit,
-                            size_limit=cfg.raft_log_gc_size_limit,
+                        consistency_check_ticks=interval_ticks(
+                            cfg.consistency_check_interval, cfg.tick_interval
                         ),
+                        log_gc=cfg.log_gc_config(),
                     ),
                     random.Random(),
                     tombstones=tombstones,
@@ -267,19 +272,19 @@ class StoreNode:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.engine.close, limiter=self._limiter)
 
-    async def _register(self, pd: PdClient, address: str) -> tuple[StoreIdent, list[int]]:
+    async def _register(self, pd: PdClient, addr: str) -> tuple[StoreIdent, list[int]]:
         """Identity and registration, retried until the PD answers: a store may
         start before its PD. (`ensure_identity` is safe to run again after any
         failure: a bootstrap that half happened is resolved from its marker.)"""
-        delay = 0.1
+        delay, cfg = 0.1, self.config
         while True:
             try:
-                return await ensure_identity(self.engine, pd, address, self.config.labels)
+                return await ensure_identity(self.engine, pd, addr, cfg.labels, cfg.replace_store)
             except PdServerError as e:
                 # Refused, not unreachable: retrying cannot help.
                 raise RegistrationRefusedError(f"the PD refused this store: {e}") from e
             except RpcCallError as e:
-                log.warning("waiting for the PD at %s: %s", ",".join(self.config.pd), e)
+                log.warning("waiting for the PD at %s: %s", ",".join(cfg.pd), e)
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -344,9 +349,12 @@ class StoreNode:
             outcomes = apply_and_truncate(self.engine, out)
         answer(core.after_persist(out, outcomes))
         self._start_snapshot_work(core, out)
+        for job in jobs_of(outcomes):
+            assert self._nursery is not None
+            self._nursery.start_soon(hash_region, job, self._hashing, self.submit)
         self.rounds += 1
         self.metrics.observe_round(out)
-        if core.heartbeat_due or core.split_reports:
+        if core.heartbeat_due or core.split_reports or core.consistency.reports:
             self._round_done.set()
             self._round_done = trio.Event()
 

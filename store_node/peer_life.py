@@ -132,6 +132,23 @@ class PeerLife:
         self.to_destroy: dict[int, str] = {}
         # Tombstone messages to send (to removed peers still talking).
         self.messages: dict[StoreId, list[RaftMessage]] = defaultdict(list)
+        # Stores whose messages reached this one (already logged).
+        self._misaddressed: set[StoreId] = set()
+
+    def misaddressed(self, msg: RaftMessage) -> None:
+        """A message for another store arrived: after a store replaced one
+        whose data was lost, at its address, every leader with a peer on the
+        old store sends here until that peer is removed (thousands a second
+        at thousands of regions). Logged once per store addressed."""
+        store_id = msg.to_peer.store_id
+        if store_id not in self._misaddressed:
+            self._misaddressed.add(store_id)
+            log.warning(
+                "store %d: messages for store %d arrive here and are dropped (was it "
+                "replaced by this one?); further ones are counted, not logged",
+                self.store_id,
+                store_id,
+            )
 
     def route(self, msg: RaftMessage, peers: Mapping[int, Peer]) -> Route:
         """What to do with a Raft message for a region of this store: step it

@@ -156,6 +156,14 @@ def test_a_data_dir_that_is_not_empty_is_refused(
     )
 
 
+def test_replacing_a_store_is_refused(
+    tmp_path: Path, backup: tuple[Path, Manifest], capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory, _ = backup
+    args = [*restore_args(directory, tmp_path / "s1", "127.0.0.1:1"), "--replace-store", "4"]
+    refused(capsys, args, tmp_path / "s1", "--replace-store joins an existing cluster")
+
+
 async def test_a_bootstrapped_pd_is_refused_before_anything_is_written(
     tmp_path: Path, backup: tuple[Path, Manifest], capsys: pytest.CaptureFixture[str]
 ) -> None:

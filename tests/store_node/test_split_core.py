@@ -23,7 +23,7 @@ from tests.factories import learner
 from tests.store_node.harness import CoreCluster, bootstrapped
 
 CONFIG = CoreConfig(
-    election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(threshold=20, count_limit=200)
+    election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(max_entries=20, max_follower_lag=200)
 )
 
 
