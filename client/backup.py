@@ -210,6 +210,15 @@ class _Walk:
     async def _fetch(self, conn: ReconnectingConnection, copy: BackupCopy, path: Path) -> None:
         """Pull the copy into `path` (through `path`.part), checked."""
         part = path.with_name(path.name + ".part")
+        try:
+            await self._pull(conn, copy, part)
+        except BaseException:
+            # The next attempt may be another region's file (a split).
+            part.unlink(missing_ok=True)
+            raise
+        part.replace(path)
+
+    async def _pull(self, conn: ReconnectingConnection, copy: BackupCopy, part: Path) -> None:
         crc = 0
         offset = 0
         last_report = trio.current_time()
@@ -235,9 +244,7 @@ class _Walk:
             await f.flush()
             await trio.to_thread.run_sync(os.fsync, f.fileno())
         if crc != copy.crc32:
-            part.unlink(missing_ok=True)
             raise _CopyLost(f"CRC-32 {crc:08x} of the fetched file, expected {copy.crc32:08x}")
-        part.replace(path)
 
 
 async def _release(conn: ReconnectingConnection, copy_id: int) -> None:

@@ -276,3 +276,21 @@ async def test_a_cluster_run_with_tokens_is_backed_up_with_the_client_token(
             with pytest.raises(client.ClientError):
                 await backup.backup([pd], tmp_path / "nope", token="wrong", options=quick)
             assert not (tmp_path / "nope" / MANIFEST).exists()
+
+
+async def test_a_backup_that_gives_up_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(
+        self: BackupCopies, req: BackupChunkRequest, ctx: RequestContext
+    ) -> BackupChunkResponse:
+        return BackupChunkResponse(error="gone")
+
+    monkeypatch.setattr(BackupCopies, "chunk", never)
+    out = tmp_path / "backup"
+    with trio.fail_after(LIMIT):
+        async with one_store(tmp_path) as (pd, node):
+            with pytest.raises(client.DeadlineExceeded, match="gone"):
+                await backup.backup([pd], out, options=backup.BackupOptions(region_timeout=1.0))
+            assert not any((Path(node.config.data_dir) / "snap" / "backup").iterdir())
+    assert list(out.iterdir()) == []  # no manifest, no part file
