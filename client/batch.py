@@ -5,7 +5,9 @@ cut into chunks of at most `batch_max_keys` keys or `batch_max_bytes`
 bytes (`client.plan.chunks`); the groups are sent concurrently, and a
 region error re-splits only the group that got it. A range is cut at region
 boundaries the same way (delete_range). The first error of a group cancels
-the others and is raised as itself.
+the others and is raised as itself. A write's groups carry the call's
+session number, but a region's second and later chunks a number each of
+their own.
 """
 
 from __future__ import annotations
@@ -90,16 +92,36 @@ async def for_each_region(
                 return
             entry, group = groups[0]
 
-    async def fan_out_groups(att: Attempts, groups: list[tuple[CachedRegion, Sequence[T]]]) -> None:
+    async def numbered_task(att: Attempts, entry: CachedRegion, group: Sequence[T]) -> None:
+        att.begin_request(att.session)
+        try:
+            await group_task(att, entry, group)
+        finally:
+            att.end_request()
+
+    async def fan_out_groups(
+        att: Attempts, groups: list[tuple[CachedRegion, Sequence[T]]], first: bool = False
+    ) -> None:
         if len(groups) == 1:
             await group_task(att, *groups[0])
             return
         op = att.what.split(" ", 1)[0]
-        await fan_out(
-            [partial(group_task, att.child(describe_group(op, g, key_of)), e, g) for e, g in groups]
-        )
+        jobs = []
+        regions: set[int] = set()
+        for e, g in groups:
+            child = att.child(describe_group(op, g, key_of))
+            # Every chunk of a region after its first takes a session number
+            # of its own: under the call's, the region would answer it from
+            # the first chunk's record as a retry, and apply nothing of it.
+            # (Groups in distinct regions share the number: each region keeps
+            # its own records. A re-split group, within the limits, gives at
+            # most one group per region: `first` only.)
+            own = first and e.region.id in regions and child.session is not None
+            jobs.append(partial(numbered_task if own else group_task, child, e, g))
+            regions.add(e.region.id)
+        await fan_out(jobs)
 
-    await fan_out_groups(att, await split_keys(sender, att, items, key_of, size_of))
+    await fan_out_groups(att, await split_keys(sender, att, items, key_of, size_of), first=True)
 
 
 async def split_keys(
