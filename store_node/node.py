@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ import trio
 
 from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Consistency, Context, SessionRef
-from kvproto.metapb import Region, StoreId
+from kvproto.metapb import StoreId
 from kvproto.pd_client import PdClient, PdServerError, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
@@ -76,7 +75,7 @@ from store_node.region_hash import hash_region, jobs_of
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_transfer import SnapshotReceiver, send_snapshot
-from store_node.split import scan_region
+from store_node.split_worker import SplitWorker
 from store_node.status_http import Page, StatusApp, serve_status, store_pages
 from store_node.ticker import Ticker
 from store_node.transport import Transport
@@ -90,8 +89,6 @@ def _no_event(core: StoreCore) -> None:
     """Wakes the loop; the work is already queued in the core."""
 
 
-# The token of a split the store decided on: nobody waits for its reply.
-SPLIT_ORDER = "split-order"
 T = TypeVar("T")
 
 
@@ -139,11 +136,7 @@ class StoreNode:
         self._open_stream: StreamOpener = open_tcp  # authenticating with a cluster token
         self.raft_frames_received = 0
         self.raft_messages_received = 0
-        # Regions to measure, in the order their checks came due (each is
-        # marked split_checking in the core, so it is queued at most once).
-        self._split_checks_send, self._split_checks_recv = trio.open_memory_channel[Region](
-            math.inf
-        )
+        self.splits = SplitWorker(self, config.split_check_interval, self._snap_gen)
         self.ticker = Ticker[StoreCore](config.tick_interval, self.submit, _tick)
         self.metrics = StoreMetrics(self)
 
@@ -255,8 +248,7 @@ class StoreNode:
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
                 nursery.start_soon(backups.run_sweeper)
-                nursery.start_soon(self._run_split_scanner)
-                nursery.start_soon(self._run_split_checks)
+                nursery.start_soon(self.splits.run)
                 log.info(
                     "store %d serving on %s (cluster %d, %d regions)%s",
                     ident.store_id,
@@ -376,68 +368,10 @@ class StoreNode:
         for store_id, msg, path in out.snapshot_sends:
             nursery.start_soon(self._send_snapshot, core.store_id, store_id, msg, path)
         for region in out.split_checks:
-            self._split_checks_send.send_nowait(region)
-
-    # -- splits ---------------------------------------------------------------
-
-    async def _run_split_checks(self) -> None:
-        """One region at a time (the scans share one thread anyway): ten
-        thousand regions due at once were ten thousand tasks, whose answers
-        to the loop stalled it for seconds."""
-        async for region in self._split_checks_recv:
-            await self._split_check(region, ())
-
-    async def _split_check(self, region: Region, forced_keys: tuple[bytes, ...]) -> None:
-        """Measure a region (choosing split keys) or, with `forced_keys`, split
-        it there; then ask the PD for ids and propose the split."""
-        core = self.core
-        pd = self.pd
-        assert core is not None and pd is not None
-        limits = core.split_limits or (1 << 62, 1 << 62)
-        rid = region.id
-        try:
-            res = await trio.to_thread.run_sync(
-                scan_region, self.engine, region, limits[0], limits[1], limiter=self._snap_gen
-            )
-        except Exception:
-            log.exception("region %d: split check failed", rid)
-            await self.call_core(lambda c: c.on_split_checked(rid, 0, 0, (), -1))
-            return
-        split_keys = forced_keys or res.split_keys
-        target = await self.call_core(
-            lambda c: c.on_split_checked(rid, res.size, res.keys, split_keys, region.epoch.version)
-        )
-        if target is None:
-            return
-        try:
-            ids = await pd.ask_batch_split(target, len(split_keys))
-        except Exception as e:  # the PD being away: the next check retries
-            log.warning("region %d: cannot get ids for a split: %s", rid, e)
-            return
-        id_pairs = [(i.new_region_id, tuple(i.new_peer_ids)) for i in ids]
-
-        def propose(c: StoreCore) -> None:
-            refused = c.propose_split(SPLIT_ORDER, rid, target.epoch, split_keys, id_pairs)
-            if refused is not None:
-                log.info("region %d: split not proposed: %s", rid, refused)
-
-        await self.submit(propose)
+            self.splits.due(region)
 
     async def split_region(self, region_id: int, keys: tuple[bytes, ...]) -> None:
-        """Split on an order of the PD (at `keys`, or where a scan says)."""
-        core = self.core
-        assert core is not None
-        peer = core.peers.get(region_id)
-        if peer is None or not peer.is_leader():
-            return
-        await self._split_check(peer.region, keys)
-
-    async def _run_split_scanner(self) -> None:
-        """Measure every leader's region now and then: the sizes kept at apply
-        only grow, this corrects them (deletes, overwrites)."""
-        while True:
-            await trio.sleep(self.config.split_check_interval)
-            await self.submit(StoreCore.schedule_split_checks)
+        await self.splits.split_region(region_id, keys)
 
     async def _generate_snapshot(self, region_id: int) -> None:
         try:

@@ -38,7 +38,6 @@ from store_node.config import CoreConfig
 from store_node.core import StoreCore
 from store_node.engine import Engine
 from store_node.kv_service import KvService, Limits
-from store_node.node import SPLIT_ORDER
 from store_node.pd_worker import execute_order, has_core_order, region_heartbeat_request
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import persist_and_apply
@@ -46,6 +45,7 @@ from store_node.region_hash import HashJob, jobs_of
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
 from store_node.split import scan_region
+from store_node.split_worker import SPLIT_ORDER
 from tests.sim.disk import SimEngine, SyncMode
 from tests.sim.pd import SimPd
 from tests.sim.world import Net, World
