@@ -112,8 +112,8 @@ async def one_run(root: Path, incremental: bool, args: argparse.Namespace, seed:
             "--incremental-snapshots": "true" if incremental else "false",
             # A follower further behind than a quarter of the changes is
             # left to a snapshot: the leader truncates past the stopped one.
-            "--raft-log-gc-threshold": str(max(1, changes // 8)),
-            "--raft-log-gc-count-limit": str(max(2, changes // 4)),
+            "--log-gc-max-entries": str(max(1, changes // 8)),
+            "--log-gc-max-follower-lag": str(max(2, changes // 4)),
         },
     )
     rng = random.Random(seed)

@@ -37,7 +37,7 @@ from kvproto.rpc.tls import client_context
 from plumbing.cli import add_log_level_flag, configure_logging
 from plumbing.config_file import ConfigError, read_token_file
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "main", "pd_addresses", "run"]
 
 PROG = "shardkv kv"
 
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     """Run a parsed `kv` command; returns the exit status."""
     configure_logging(args.log_level, log_format=args.log_format)
     try:
-        pd = _pd_addresses(args.pd)
+        pd = pd_addresses(args.pd)
         if not args.timeout > 0:
             raise UsageError(f"--timeout must be positive, got {args.timeout}")
         try:
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------
 
 
-def _pd_addresses(text: str) -> list[str]:
+def pd_addresses(text: str) -> list[str]:
     addresses = [a.strip() for a in text.split(",") if a.strip()]
     if not addresses:
         raise UsageError("--pd needs at least one address")

@@ -4,12 +4,13 @@
 
     cluster
     store list | show ID | offline ID | remove-tombstone [ID]
-    region list | show ID | key KEY | store ID
+    region list | show ID | key KEY | store ID | check ID [--wait S] | checks [--state S]
     operator list | show REGION | remove REGION
     operator add transfer-leader REGION STORE | transfer-peer REGION FROM TO
                  | add-peer REGION STORE | remove-peer REGION STORE | split REGION KEY...
     scheduler list | add NAME [--store ID] | remove NAME | pause NAME SECONDS | resume NAME
     config show | set KEY VALUE
+    backup --to DIR [--pd ADDRS]   (client.backup: over the PD and store RPC, not HTTP)
 
 It speaks HTTP JSON only (`admin_http`), never the PD's code. Output:
 tables and listings for people (`ctl_format`, pure), or with `--json` the
@@ -31,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, quote_from_bytes, urlsplit
 
+from client import backup
 from client.admin_http import DEFAULT_TIMEOUT, AdminError, PdAdminClient, read_token
+from client.ctl_check import check_status, wait_for_check
 from client.ctl_format import FORMATS, format_config
 from plumbing.cli import add_log_level_flag, configure_logging
 
@@ -74,6 +77,8 @@ class Call:
     path: str
     body: object = None
     query: dict[str, object] = field(default_factory=dict)
+    # Calls after the first: given its answer, the document to show.
+    follow: Callable[[PdAdminClient, Any], Any] | None = None
 
 
 # A command: the call it makes from its arguments, and what it prints of
@@ -183,6 +188,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_operator(groups)
     _add_scheduler(groups)
     _add_config(groups)
+    backup.add_parser(groups)
 
 
 # `--json` after the command too; SUPPRESS keeps the global flag's value
@@ -308,6 +314,41 @@ def _add_region(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         _doc("regions"),
     )
     on_store.add_argument("id", type=_positive, metavar="ID")
+    check = _leaf(
+        sub,
+        "check",
+        "check that a region's replicas hold the same data",
+        lambda a: Call(
+            "POST",
+            "/regions/check",
+            {"region_id": a.id},
+            follow=lambda client, doc: wait_for_check(client, doc, a.wait),
+        ),
+        _doc("check"),
+        desc="Order a consistency check of a region: every replica hashes its copy at\n"
+        "the same applied index; the PD compares the digests. Waits until every replica\n"
+        "answered (or --wait is over) and prints the verdict: match, or which stores\n"
+        "differ. Exit status 0 on a match, 1 otherwise.",
+    )
+    check.add_argument("id", type=_positive, metavar="ID")
+    check.add_argument(
+        "--wait",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for every replica's answer (default: %(default)s)",
+    )
+    check.set_defaults(exit_status=check_status)
+    checks = _leaf(
+        sub,
+        "checks",
+        "list each region's latest consistency check",
+        lambda a: Call("GET", "/regions/check", query={"state": a.state}),
+        _doc("checks"),
+    )
+    checks.add_argument(
+        "--state", choices=("requested", "pending", "match", "mismatch"), help="only these"
+    )
 
 
 def _add_operator(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -518,6 +559,8 @@ def run(args: argparse.Namespace) -> int:
         token = None if args.token_file is None else read_token(args.token_file)
         client = PdAdminClient(url, token=token, timeout=args.timeout, tls_ca=args.tls_ca)
         doc = client.call(call.method, call.path, body=call.body, query=call.query)
+        if call.follow is not None:
+            doc = call.follow(client, doc)
         text = json.dumps(doc, indent=2) if args.json else _shown(args, doc)
     except AdminError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -532,7 +575,8 @@ def run(args: argparse.Namespace) -> int:
         # at exit either, when Python flushes stdout again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return 0
+    exit_status: Callable[[Any], int] | None = getattr(args, "exit_status", None)
+    return 0 if exit_status is None else exit_status(doc)
 
 
 def _shown(args: argparse.Namespace, doc: Any) -> str:

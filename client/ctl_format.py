@@ -14,6 +14,8 @@ from typing import Any
 
 __all__ = [
     "FORMATS",
+    "format_check",
+    "format_checks",
     "format_cluster",
     "format_config",
     "format_operator",
@@ -158,8 +160,19 @@ def format_store(doc: Doc) -> str:
             ("leaders' writes", _rate(flow, "write")),
             ("leaders' reads", _rate(flow, "read")),
             ("last heartbeat", heartbeat if heartbeat == "never" else f"{heartbeat} ago"),
+            *_replacement(doc),
         ]
     )
+
+
+def _replacement(doc: Doc) -> list[tuple[str, str]]:
+    """Rows for a store whose data was lost and the store in its place."""
+    rows = []
+    if doc.get("replaces") is not None:
+        rows.append(("replaces", f"store {doc['replaces']}"))
+    if doc.get("replaced_by") is not None:
+        rows.append(("replaced by", f"store {doc['replaced_by']}"))
+    return rows
 
 
 def _snapshots(stats: Doc) -> str:
@@ -302,6 +315,57 @@ def format_removed(doc: Doc) -> str:
 
 
 # The formatter of each document kind, by the name the CLI uses.
+def _stores(ids: Sequence[int]) -> str:
+    return ("store " if len(ids) == 1 else "stores ") + ", ".join(map(str, ids))
+
+
+def format_check(doc: Doc) -> str:
+    """A consistency check: its verdict in one line, then each replica's
+    digest (those outside the majority marked)."""
+    head = f"region {doc['region_id']}: consistency check {doc['check_id']}"
+    state = doc["state"]
+    if state == "requested":
+        return f"{head}: requested; no replica has answered yet"
+    head += f" at applied index {doc['index']}"
+    missing = doc["missing"]
+    if state == "match":
+        verdict = "match: every replica holds the same data"
+    elif state == "mismatch":
+        verdict = f"MISMATCH: {_stores(doc['differing'])} differ"
+    else:
+        verdict = "pending, alike so far"
+    if missing:
+        verdict += f"; no answer yet from {_stores(missing)}"
+    differing = set(doc["differing"])
+    rows = [
+        [
+            str(s["store_id"]),
+            s["digest"] or "-",
+            "differs" if s["store_id"] in differing else "",
+        ]
+        for s in doc["stores"]
+    ]
+    return f"{head}: {verdict}\n" + table(["STORE", "DIGEST", ""], rows)
+
+
+def format_checks(doc: Doc) -> str:
+    """Each region's latest consistency check."""
+    rows = [
+        [
+            str(c["region_id"]),
+            str(c["check_id"]),
+            str(c["index"]),
+            c["state"],
+            ",".join(map(str, c["differing"])) or "-",
+            ",".join(map(str, c["missing"])) or "-",
+            seconds(c["reported_ago"]) + (" ago" if c["reported_ago"] is not None else ""),
+        ]
+        for c in doc["checks"]
+    ]
+    headers = ["REGION", "CHECK", "INDEX", "STATE", "DIFFERING", "MISSING", "REPORTED"]
+    return table(headers, rows)
+
+
 FORMATS: Mapping[str, Callable[[Doc], str]] = {
     "cluster": format_cluster,
     "stores": format_stores,
@@ -313,4 +377,6 @@ FORMATS: Mapping[str, Callable[[Doc], str]] = {
     "schedulers": format_schedulers,
     "config": format_config,
     "removed": format_removed,
+    "check": format_check,
+    "checks": format_checks,
 }

@@ -16,6 +16,7 @@ docstring states its range); a tag is never reused or renumbered:
     20..39    metapb         cluster metadata
     40..59    errorpb        region errors
     60..79    rpc            envelope-level messages
+    80..99    backuppb       backup copies of regions (shardkv ctl backup)
     100..199  pdpb           placement driver RPC
     200..239  kvrpcpb        client-facing KV service
     240..279  raft_cmdpb     commands proposed through a region's log

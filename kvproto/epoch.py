@@ -36,6 +36,8 @@ class AdminCmdType(IntEnum):
     PREPARE_MERGE = 5
     COMMIT_MERGE = 6
     ROLLBACK_MERGE = 7
+    COMPUTE_HASH = 8
+    VERIFY_HASH = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ class EpochRule:
 # * TRANSFER_LEADER checks both: the target peer must still be a member and
 #   the leader the client meant to move must still own the same range.
 # * COMPACT_LOG is local bookkeeping that any epoch can run.
+# * COMPUTE_HASH and VERIFY_HASH check nothing: every replica applies them at
+#   the same index, so each hashes the region as it is there, whatever the
+#   epoch when the check was proposed.
 ADMIN_CMD_EPOCH_RULES: Final = MappingProxyType(
     {
         AdminCmdType.CHANGE_PEER: EpochRule(False, True, False, True),
@@ -72,6 +77,8 @@ ADMIN_CMD_EPOCH_RULES: Final = MappingProxyType(
         AdminCmdType.PREPARE_MERGE: EpochRule(True, True, True, True),
         AdminCmdType.COMMIT_MERGE: EpochRule(True, True, True, False),
         AdminCmdType.ROLLBACK_MERGE: EpochRule(True, True, True, False),
+        AdminCmdType.COMPUTE_HASH: EpochRule(False, False, False, False),
+        AdminCmdType.VERIFY_HASH: EpochRule(False, False, False, False),
     }
 )
 

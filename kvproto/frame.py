@@ -15,6 +15,10 @@ Limits for a server facing peers it does not trust (`RpcServer` sets both):
   long as they like), nor time the owner spends not reading (its own
   backpressure). It also bounds a slow sender: at 30 s, a 64 MiB frame
   needs 2.2 MB/s.
+* `first_frame_deadline`: the first frame must begin (its first byte
+  arrive) by then, else `FrameStartTimeout`; from its first byte on,
+  `frame_timeout` bounds it like any other (a large first frame on a slow
+  link is not cut for being first).
 * `budget`, a `FrameBudget` shared by the readers of one server: a frame
   larger than `LARGE_FRAME` reserves its whole size from it once its
   length is known and before its body is read, and holds it until the
@@ -46,6 +50,7 @@ __all__ = [
     "FrameError",
     "FrameLimitError",
     "FrameReader",
+    "FrameStartTimeout",
     "FrameWriter",
     "encode_frame",
 ]
@@ -73,10 +78,17 @@ class FrameLimitError(FrameError):
     complete within the frame timeout (a stalled or too slow peer)."""
 
 
+class FrameStartTimeout(FrameLimitError):
+    """No frame begun by the reader's `first_frame_deadline` (a connection
+    opened and left silent)."""
+
+
 class FrameBudget:
-    """Bytes that the large frames being received (and, each, until the
-    frame after it is asked for) may hold across every reader sharing this
-    budget: one per server, bounding what its connections buffer together.
+    """Bytes shared by the connections of one server, reserved and given
+    back: what the large frames being received hold (and, each, until the
+    frame after it is asked for) across every reader sharing it, bounding
+    what its connections buffer together; an `RpcServer` keeps a second one
+    for the decoded size of large frames (kvproto.rpc.limits).
 
     `acquire` waits first come first served: a large reservation at the
     head is not overtaken by smaller ones behind it. Not thread-safe (one
@@ -155,7 +167,8 @@ class FrameReader:
     announced length over `max_frame_size` (once the frames before it were
     returned, and without reading any further) and on EOF inside a frame,
     and FrameLimitError when a frame is not complete within `frame_timeout`
-    (see the module doc, with `budget`); stream errors
+    or the first has not begun by `first_frame_deadline` (see the module
+    doc, with `budget`); stream errors
     (trio.BrokenResourceError...) propagate unchanged. Not safe for
     concurrent use by two tasks. The owner of a reader with a budget calls
     `release()` when done with it.
@@ -166,6 +179,7 @@ class FrameReader:
         "_buffer",
         "_eof",
         "_error",
+        "_first_deadline",
         "_frame_timeout",
         "_frames",
         "_held",
@@ -183,6 +197,7 @@ class FrameReader:
         *,
         frame_timeout: float | None = None,
         budget: FrameBudget | None = None,
+        first_frame_deadline: float | None = None,
     ) -> None:
         if budget is not None and budget.limit < HEADER_SIZE + max_frame_size:
             raise ValueError(
@@ -192,6 +207,7 @@ class FrameReader:
         self._stream = stream
         self._max_frame_size = max_frame_size
         self._frame_timeout = frame_timeout
+        self._first_deadline = first_frame_deadline
         self._budget = budget
         self._buffer = bytearray()
         self._frames: deque[bytes] = deque()
@@ -219,6 +235,8 @@ class FrameReader:
             chunk: bytes | bytearray
             if self._buffer:
                 chunk = await self._receive_rest(want)
+            elif self._first_deadline is not None:
+                chunk = await self._receive_first(want)
             else:
                 chunk = await self._stream.receive_some(want)
             if not chunk:
@@ -240,6 +258,14 @@ class FrameReader:
             self._budget.release(self._held)
         self._held = 0
         self._held_done = False
+
+    async def _receive_first(self, want: int) -> bytes | bytearray:
+        assert self._first_deadline is not None
+        with trio.move_on_at(self._first_deadline):
+            chunk = await self._stream.receive_some(want)
+            self._first_deadline = None
+            return chunk
+        raise FrameStartTimeout("no frame begun in the time a new connection has")
 
     async def _receive_rest(self, want: int) -> bytes | bytearray:
         """The next chunk of a frame already begun, under its timeout, once

@@ -1,8 +1,11 @@
 """A typed client of the placement driver's RPC, shared by stores, the client
 library and `shardkv ctl`.
 
-It fills in request headers with the cluster id it knows (0 until a response
-tells it), checks the id of every response, turns a `PdError` in a response
+It fills in request headers with the cluster id it knows, learnt from the
+first answer: a bootstrapped PD refuses id 0 but in the few requests a
+fresh store sends before it can know the id (`pdpb.CLUSTER_ID_OPTIONAL`),
+so before any other call it asks IsBootstrapped while it knows none. It
+checks the id of every response, turns a `PdError` in a response
 header into `PdServerError`, and tries the next PD address when one cannot
 be reached. It never retries a call that may have executed: callers own
 their retry policy.
@@ -86,9 +89,27 @@ class PdClient:
     def _header(self) -> pdpb.RequestHeader:
         return pdpb.RequestHeader(cluster_id=self.cluster_id)
 
-    async def _call(self, request: object, expected: type[R], *, hold: float = 0.0) -> R:
-        """`hold`: how long the PD may hold the answer (a long poll), on top
-        of the usual timeout."""
+    async def _call(self, request: Any, expected: type[R], *, hold: float = 0.0) -> R:
+        """`request` with the cluster id in its header; `hold`: how long the
+        PD may hold the answer (a long poll), on top of the usual timeout."""
+        if self.cluster_id == 0 and type(request) not in pdpb.CLUSTER_ID_OPTIONAL:
+            await self.is_bootstrapped()  # its answer carries the id, if any
+        if request.header.cluster_id != self.cluster_id:
+            request = dataclasses.replace(request, header=self._header())
+        try:
+            return await self._send(request, expected, hold)
+        except PdServerError as e:
+            if not (
+                e.code == pdpb.PdErrorCode.CLUSTER_MISMATCH
+                and request.header.cluster_id == 0
+                and self.cluster_id
+            ):
+                raise
+        # The cluster was bootstrapped since we asked: the refusal taught us
+        # its id, and a refused request did not run, so it may go again.
+        return await self._send(dataclasses.replace(request, header=self._header()), expected, hold)
+
+    async def _send(self, request: object, expected: type[R], hold: float) -> R:
         last: Exception | None = None
         for attempt in range(len(self._conns)):
             conn = self._conns[(self._current + attempt) % len(self._conns)]
@@ -146,6 +167,14 @@ class PdClient:
     async def put_store(self, store: Store) -> None:
         await self._call(pdpb.PutStoreRequest(self._header(), store), pdpb.PutStoreResponse)
 
+    async def replace_store(self, store: Store, replaced: int) -> None:
+        """Register `store` in the place of store `replaced` (its data was
+        lost): see `pdpb.ReplaceStoreRequest`."""
+        await self._call(
+            pdpb.ReplaceStoreRequest(self._header(), store, StoreId(replaced)),
+            pdpb.ReplaceStoreResponse,
+        )
+
     async def get_store(self, store_id: int) -> Store | None:
         """The store, or None if the PD does not know it."""
         try:
@@ -188,7 +217,7 @@ class PdClient:
     async def region_heartbeat(
         self, request: pdpb.RegionHeartbeatRequest
     ) -> pdpb.RegionHeartbeatResponse:
-        request = dataclasses.replace(request, header=self._header())
+        """`request`'s header is replaced by this client's."""
         return await self._call(request, pdpb.RegionHeartbeatResponse)
 
     async def get_region(self, key: bytes) -> tuple[Region | None, Peer | None]:
@@ -223,6 +252,11 @@ class PdClient:
             pdpb.ReportBatchSplitRequest(self._header(), tuple(regions)),
             pdpb.ReportBatchSplitResponse,
         )
+
+    async def report_region_hash(self, request: pdpb.ReportRegionHashRequest) -> None:
+        """A replica's hash at a consistency check (`store_node.consistency`)."""
+        request = dataclasses.replace(request, header=self._header())
+        await self._call(request, pdpb.ReportRegionHashResponse)
 
     # -- config --------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 Every request starts with a `RequestHeader` and every response with a
 `ResponseHeader`. The cluster id is generated when the cluster is
-bootstrapped; a request may carry 0 ("not known yet"), any other id that is
-not the PD's is refused with `PdErrorCode.CLUSTER_MISMATCH`. A response
-header always carries the PD's cluster id (0 before bootstrap).
+bootstrapped. A request carries it, and an id that is not the PD's is
+refused with `PdErrorCode.CLUSTER_MISMATCH`; 0 ("not known yet") only in
+the `CLUSTER_ID_OPTIONAL` requests, those a fresh member sends before it
+can know the id. A response header always carries the PD's cluster id (0
+before bootstrap), which is how a member learns it.
 
 The PD never calls stores: it answers region heartbeats with the next step
 of the region's operator, if any.
@@ -149,6 +151,27 @@ class PutStoreResponse:
     header: ResponseHeader
 
 
+@wire(147)
+@dataclass(frozen=True, slots=True)
+class ReplaceStoreRequest:
+    """Register `store` (a new id from AllocId) in the place of store
+    `replaced`, whose data was lost: the PD makes `replaced` a Tombstone
+    (its peers are re-created elsewhere) and frees its address for
+    `store`. Refused unless `replaced` is at `store`'s address and has not
+    heartbeated for `store_disconnect_time` (a live store is never
+    replaced). Repeating an accepted request is accepted."""
+
+    header: RequestHeader
+    store: Store
+    replaced: StoreId
+
+
+@wire(148)
+@dataclass(frozen=True, slots=True)
+class ReplaceStoreResponse:
+    header: ResponseHeader
+
+
 @wire(113)
 @dataclass(frozen=True, slots=True)
 class GetStoreRequest:
@@ -276,7 +299,9 @@ class SplitRegion:
 class RegionHeartbeatResponse:
     """The next operator step for the region, if any (at most one of the
     step fields is set). `region_epoch` is the epoch the step was planned on:
-    the leader ignores a step planned on another epoch."""
+    the leader ignores a step planned on another epoch. `consistency_check`,
+    besides any step: the id of a consistency check an administrator asked
+    for, which the leader starts now (0: none)."""
 
     header: ResponseHeader
     region_id: int = 0
@@ -284,6 +309,7 @@ class RegionHeartbeatResponse:
     change_peer: ChangePeerRequest | None = None
     transfer_leader: Peer | None = None
     split_region: SplitRegion | None = None
+    consistency_check: int = 0
 
 
 @wire(124)
@@ -376,6 +402,31 @@ class ReportBatchSplitResponse:
     header: ResponseHeader
 
 
+# -- consistency checks ------------------------------------------------------------
+
+
+@wire(160)
+@dataclass(frozen=True, slots=True)
+class ReportRegionHashRequest:
+    """One replica's hash of its copy of a region at a consistency check's
+    index (`store_node.consistency`): every replica of `region` (the region
+    as of `index`) sends one. `check_id` is the id of the check the PD asked
+    for, 0 for a periodic one."""
+
+    header: RequestHeader
+    region: Region
+    check_id: int
+    index: int
+    store_id: StoreId
+    hash: bytes
+
+
+@wire(161)
+@dataclass(frozen=True, slots=True)
+class ReportRegionHashResponse:
+    header: ResponseHeader
+
+
 # -- config -------------------------------------------------------------------------
 
 
@@ -416,3 +467,19 @@ class SetConfigRequest:
 class SetConfigResponse:
     header: ResponseHeader
     items: tuple[ConfigItem, ...] = ()
+
+
+# The requests that may carry cluster id 0 to a bootstrapped PD: what a
+# fresh store sends before it can know the id (store_node.identity). It asks
+# IsBootstrapped first, whose answer carries the id; but another fresh store
+# may bootstrap the cluster between that answer and this store's own
+# AllocId (its store, region and peer ids) and Bootstrap (then refused with
+# ALREADY_BOOTSTRAPPED, whose header teaches the id). Everything else,
+# PutStore included, is sent once the id is known; a client (PdClient) asks
+# IsBootstrapped before its first other call. None of these three changes
+# what the cluster holds beyond burning ids, so accepting them unchecked
+# costs nothing: the check is against a member of another cluster acting on
+# this one (authentication is the token's or TLS's job, not this id's).
+CLUSTER_ID_OPTIONAL: frozenset[type] = frozenset(
+    {IsBootstrappedRequest, BootstrapRequest, AllocIdRequest}
+)

@@ -18,7 +18,7 @@ from typing import TypeAlias
 
 from kvproto.codec import wire
 from kvproto.kvrpcpb import KvError, SessionRef
-from kvproto.metapb import Peer, PeerId, RegionEpoch, RegionId
+from kvproto.metapb import Peer, PeerId, RegionEpoch, RegionId, StoreId
 
 
 @wire(240)
@@ -118,7 +118,35 @@ class CompactLogRequest:
     compact_term: int
 
 
-AdminRequest: TypeAlias = ChangePeerRequest | BatchSplitRequest | CompactLogRequest
+@wire(264)
+@dataclass(frozen=True, slots=True)
+class ComputeHashRequest:
+    """A consistency check: every replica hashes its copy of the region as
+    of this entry's index (`store_node.region_hash`) and reports it.
+    `check_id` is the PD's id of a check an administrator asked for (0: a
+    periodic one)."""
+
+    check_id: int = 0
+
+
+@wire(265)
+@dataclass(frozen=True, slots=True)
+class VerifyHashRequest:
+    """The hash the leader on store `store_id` computed at `index` (a
+    ComputeHash entry's): each replica compares its own with it."""
+
+    index: int
+    hash: bytes
+    store_id: StoreId
+
+
+AdminRequest: TypeAlias = (
+    ChangePeerRequest
+    | BatchSplitRequest
+    | CompactLogRequest
+    | ComputeHashRequest
+    | VerifyHashRequest
+)
 
 
 @wire(250)

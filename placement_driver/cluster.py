@@ -80,6 +80,7 @@ class Cluster:
             config=lambda: self.config,
             region_count=self._regions.peer_count,
             removed=meta.removed_stores,
+            replaced=meta.replaced_stores,
         )
 
     def _initial_config(
@@ -195,6 +196,18 @@ class Cluster:
         one. The state in `store` is ignored: the PD owns store states."""
         self.check_bootstrapped()
         return self._stores.put(store, now, next_id=self.ids.next_id)
+
+    def replace_store(self, store: Store, replaced: int, now: float) -> StoreInfo:
+        """Register a new store in the place of store `replaced`, whose data
+        was lost (`Stores.replace`): `replaced` becomes a Tombstone, and the
+        replica checker re-creates its peers."""
+        self.check_bootstrapped()
+        return self._stores.replace(store, replaced, now, next_id=self.ids.next_id)
+
+    def store_replacement(self, store_id: int) -> tuple[StoreId | None, StoreId | None]:
+        """(the store `store_id` replaced, the store that replaced it); None
+        where there is none."""
+        return self._stores.replacement_of(store_id), self._stores.replaced_by(store_id)
 
     def store_heartbeat(self, stats: StoreStats, now: float) -> StoreInfo:
         self.check_bootstrapped()

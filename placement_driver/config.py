@@ -88,6 +88,13 @@ class ServerConfig:
         "prove the cluster token)",
     )
 
+    max_connections: int = setting(
+        1024,
+        "connections the RPC port serves at once (stores and clients); at the limit a "
+        "newcomer takes the place of one that sent nothing yet or is idle, else is refused",
+        min=1,
+    )
+
     tls_cert_file: str = setting(
         "",
         "PEM certificate of the PD's RPC port (for the address stores and clients dial): "

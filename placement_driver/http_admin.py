@@ -75,7 +75,8 @@ class AdminOrders:
             self._on_change()
 
     def _store_json(self, info: StoreInfo, now: float) -> JsonObject:
-        return store_json(info, now, self._cluster.store_leader_flow(info.id))
+        c = self._cluster
+        return store_json(info, now, c.store_leader_flow(info.id), c.store_replacement(info.id))
 
     # -- operators ---------------------------------------------------------------------
 

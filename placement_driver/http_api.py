@@ -31,6 +31,13 @@ Endpoints under /pd/api/v1; GET (and HEAD) reads:
                           peer (any role) on the store, in key order
     /operators/{region_id}  same as /operator/{region_id}
 
+Consistency checks (`http_consistency`: the documents there):
+
+    POST /regions/check   {"region_id": N}: order a check of the region's
+                          replicas; answers the check ("requested")
+    GET /regions/check[?state=mismatch]   each region's latest check
+    GET /region/id/{id}/check[?check_id=C]   one check of a region
+
 Orders, POST and DELETE (answered once the order is taken, not once it is
 carried out; the views are `http_admin`'s):
 
@@ -105,6 +112,7 @@ from urllib.parse import parse_qs, unquote_to_bytes
 from kvproto.metapb import StoreId
 from kvproto.pdpb import PdErrorCode
 from placement_driver.cluster import Cluster
+from placement_driver.consistency import ConsistencyChecks
 from placement_driver.errors import (
     OperatorExistsError,
     PdRequestError,
@@ -112,6 +120,7 @@ from placement_driver.errors import (
     SchedulerNotFoundError,
 )
 from placement_driver.http_admin import AdminOrders
+from placement_driver.http_consistency import ConsistencyViews
 from placement_driver.http_json import (
     HttpError,
     JsonObject,
@@ -181,7 +190,9 @@ class AdminApi:
     states (a store state, the store list, the config). `metrics` returns
     the Prometheus exposition and its content type (None: /metrics answers
     503). `admin_token`: the token every request but a read must carry
-    (None: none needed).
+    (None: none needed). `checks`: the PD's consistency checks (None: an
+    empty set of its own); `on_check_ordered` is called after one is
+    ordered.
 
     Routes: the first route whose pattern matches the path and that has a
     view for the method answers; several routes may share a pattern (one
@@ -198,6 +209,8 @@ class AdminApi:
         on_store_state_change: Callable[[], None] | None = None,
         metrics: Callable[[], Text] | None = None,
         admin_token: str | None = None,
+        checks: ConsistencyChecks | None = None,
+        on_check_ordered: Callable[[], None] | None = None,
     ) -> None:
         if admin_token is not None and not admin_token:
             raise ValueError("an admin token must not be empty")
@@ -206,6 +219,9 @@ class AdminApi:
         self._operators = operators
         self._schedulers = schedulers
         self._orders = AdminOrders(cluster, clock, operators, on_store_state_change)
+        checks_view = ConsistencyViews(
+            cluster, checks or ConsistencyChecks(), clock, on_check_ordered
+        )
         self._token = None if admin_token is None else admin_token.encode()
         self._metrics_source = metrics
         p = re.escape(API_PREFIX.encode())
@@ -224,8 +240,10 @@ class AdminApi:
             route(rb"/store/(?P<id>[^/]*)/state/?", POST=self._orders.set_store_state),
             route(rb"/regions/?", GET=self._regions),
             route(rb"/regions/split/?", POST=self._orders.split_region),
+            route(rb"/regions/check/?", GET=checks_view.list, POST=checks_view.order),
             route(rb"/regions/store/(?P<id>[^/]*)/?", GET=self._regions_on_store),
             route(rb"/region/id/(?P<id>[^/]*)/?", GET=self._region_by_id),
+            route(rb"/region/id/(?P<id>[^/]*)/check/?", GET=checks_view.one),
             route(rb"/region/key/(?P<key>.*)", GET=self._region_by_key),
             route(rb"/config/?", GET=self._config),
             route(rb"/config/?", POST=self._orders.set_config),
@@ -381,7 +399,10 @@ class AdminApi:
     def _stores(self, req: _Request) -> JsonObject:
         now = self._clock()
         c = self._cluster
-        stores = [store_json(s, now, c.store_leader_flow(s.id)) for s in c.stores()]
+        stores = [
+            store_json(s, now, c.store_leader_flow(s.id), c.store_replacement(s.id))
+            for s in c.stores()
+        ]
         return {"count": len(stores), "stores": stores}
 
     def _store(self, req: _Request) -> JsonObject:
@@ -389,7 +410,10 @@ class AdminApi:
         info = self._cluster.find_store(store_id)
         if info is None:
             raise HttpError(404, f"store {store_id} not found")
-        return store_json(info, self._clock(), self._cluster.store_leader_flow(store_id))
+        c = self._cluster
+        return store_json(
+            info, self._clock(), c.store_leader_flow(store_id), c.store_replacement(store_id)
+        )
 
     def _regions(self, req: _Request) -> JsonObject:
         now = self._clock()

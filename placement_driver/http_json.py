@@ -165,10 +165,16 @@ def operator_json(op: Operator, now: float) -> JsonObject:
     }
 
 
-def store_json(info: StoreInfo, now: float, leader_flow: Flow) -> JsonObject:
-    """The store, what its last heartbeat said (`stats`), and `leader_flow`:
+def store_json(
+    info: StoreInfo,
+    now: float,
+    leader_flow: Flow,
+    replacement: tuple[int | None, int | None] = (None, None),
+) -> JsonObject:
+    """The store, what its last heartbeat said (`stats`), `leader_flow`:
     the sum of the flows of the regions led there (from region
-    heartbeats)."""
+    heartbeats), and `replacement`: the store it replaced and the store
+    that replaced it (`Cluster.store_replacement`)."""
     stats = None
     if info.stats is not None:
         stats = dataclasses.asdict(info.stats)
@@ -181,6 +187,8 @@ def store_json(info: StoreInfo, now: float, leader_flow: Flow) -> JsonObject:
         "seconds_since_heartbeat": _age(now, info.last_heartbeat),
         "stats": stats,
         "leader_flow": dataclasses.asdict(leader_flow),
+        "replaces": replacement[0],
+        "replaced_by": replacement[1],
     }
 
 

@@ -60,6 +60,7 @@ from kvproto.rpc.auth import security_from_files
 from kvproto.rpc.tls import tls_from_files
 from placement_driver.cluster import Cluster
 from placement_driver.config import ServerConfig, parse_listen_address
+from placement_driver.consistency import ConsistencyChecks
 from placement_driver.http_api import AdminApi, Text
 from placement_driver.id_alloc import DEFAULT_ID_ALLOC_STEP
 from placement_driver.metrics import CONTENT_TYPE_LATEST, PdMetrics
@@ -107,6 +108,7 @@ CLIENT_REQUESTS: Final = frozenset(
 _WAKES_STORE_STATES = (
     pdpb.BootstrapRequest,
     pdpb.PutStoreRequest,
+    pdpb.ReplaceStoreRequest,
     pdpb.StoreHeartbeatRequest,
     pdpb.SetConfigRequest,
 )
@@ -171,11 +173,17 @@ class PdServer:
         self._service: PdService | None = None
         self._addresses: PdAddresses | None = None
         self._wake_store_states = trio.Event()
-        # Set (and replaced) when an operator starts: wakes the long polls.
+        # Set (and replaced) when an operator starts or a consistency check
+        # is ordered: wakes the long polls.
         self._operator_started = trio.Event()
         if self._controller is not None:
             self._controller.on_start = self._wake_long_polls
-        self._rpc_server = RpcServer(dict.fromkeys(RESPONSE_TYPES, self._handle))
+        # Replica consistency checks: ordered through the admin API, their
+        # digests reported by the stores.
+        self.consistency = ConsistencyChecks()
+        self._rpc_server = RpcServer(
+            dict.fromkeys(RESPONSE_TYPES, self._handle), max_connections=config.max_connections
+        )
         self.metrics = PdMetrics(lambda: self._cluster, self._controller)
 
     @property
@@ -233,7 +241,7 @@ class PdServer:
                 id_alloc_step=self._id_alloc_step,
             )
             self._cluster = cluster
-            self._service = PdService(cluster, self._rng, self._operators)
+            self._service = PdService(cluster, self._rng, self._operators, self.consistency)
             if self._controller is not None:
                 self._schedulers = SchedulerController(storage)
             try:
@@ -286,8 +294,9 @@ class PdServer:
 
     async def _hold_wait_orders(self, request: pdpb.WaitOrdersRequest, response: object) -> object:
         """Hold an empty answer to a store's long poll until an operator
-        starts for one of its regions or its wait is over (an unusable wait,
-        NaN or out of range, is the longest)."""
+        starts (or a consistency check is ordered) for one of its regions
+        or its wait is over (an unusable wait, NaN or out of range, is the
+        longest)."""
         wait = request.wait_seconds
         if not 0 <= wait <= MAX_ORDER_WAIT:
             wait = MAX_ORDER_WAIT
@@ -326,6 +335,8 @@ class PdServer:
             on_store_state_change=self._wake_store_watch,
             metrics=lambda: Text(self.metrics.exposition(), CONTENT_TYPE_LATEST),
             admin_token=admin_token,
+            checks=self.consistency,
+            on_check_ordered=self._wake_long_polls,
         )
         if admin_token is not None:
             log.info("admin API: orders need the admin token of %s", self.config.admin_token_file)

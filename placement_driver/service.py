@@ -1,7 +1,8 @@
 """The PD's RPC contract (kvproto.pdpb) mapped onto `Cluster`: pure.
 
 `PdService.handle(request, now)` answers one pdpb request. It checks the
-request header's cluster id, calls the cluster, and turns a refusal
+request header's cluster id (0 only where a fresh store needs it,
+`pdpb.CLUSTER_ID_OPTIONAL`), calls the cluster, and turns a refusal
 (`PdRequestError`) into a `PdError` in the response header: a bad request
 never becomes an exception that would close the connection. Other
 exceptions (a storage failure) propagate: the RPC server answers them with
@@ -13,7 +14,9 @@ Scheduling slots in through `OperatorHook`: after a region heartbeat is
 accepted, the hook may return the next operator step for the region as a
 RegionHeartbeatResponse (its header is filled here). The PD's hook is
 `operator_controller.OperatorController` (operators, the replica checker);
-`NoOperators` answers none.
+`NoOperators` answers none. Consistency checks (`consistency.ConsistencyChecks`)
+ride on the same answers: an ordered check goes out with the region's next
+heartbeat answer, and the replicas' digests come in as ReportRegionHash.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kvproto import pdpb
 from kvproto.metapb import RegionId, StoreId
 from kvproto.pdpb import PdError, PdErrorCode, ResponseHeader
 from placement_driver.cluster import Cluster
+from placement_driver.consistency import ConsistencyChecks
 from placement_driver.errors import PdRequestError, invalid_argument
 from placement_driver.regions import RegionRecord
 
@@ -67,6 +71,7 @@ RESPONSE_TYPES: Final[Mapping[type, type]] = {
     pdpb.BootstrapRequest: pdpb.BootstrapResponse,
     pdpb.AllocIdRequest: pdpb.AllocIdResponse,
     pdpb.PutStoreRequest: pdpb.PutStoreResponse,
+    pdpb.ReplaceStoreRequest: pdpb.ReplaceStoreResponse,
     pdpb.GetStoreRequest: pdpb.GetStoreResponse,
     pdpb.GetAllStoresRequest: pdpb.GetAllStoresResponse,
     pdpb.StoreHeartbeatRequest: pdpb.StoreHeartbeatResponse,
@@ -79,6 +84,7 @@ RESPONSE_TYPES: Final[Mapping[type, type]] = {
     pdpb.ReportBatchSplitRequest: pdpb.ReportBatchSplitResponse,
     pdpb.GetConfigRequest: pdpb.GetConfigResponse,
     pdpb.SetConfigRequest: pdpb.SetConfigResponse,
+    pdpb.ReportRegionHashRequest: pdpb.ReportRegionHashResponse,
 }
 
 
@@ -88,15 +94,18 @@ class PdService:
         cluster: Cluster,
         rng: random.Random,
         operators: OperatorHook | None = None,
+        checks: ConsistencyChecks | None = None,
     ) -> None:
         self.cluster = cluster
         self._rng = rng
         self.operators: OperatorHook = operators or NoOperators()
+        self.checks = checks or ConsistencyChecks()
         self._handlers: dict[type, Callable[[Any, float], object]] = {
             pdpb.IsBootstrappedRequest: self._is_bootstrapped,
             pdpb.BootstrapRequest: self._bootstrap,
             pdpb.AllocIdRequest: self._alloc_id,
             pdpb.PutStoreRequest: self._put_store,
+            pdpb.ReplaceStoreRequest: self._replace_store,
             pdpb.GetStoreRequest: self._get_store,
             pdpb.GetAllStoresRequest: self._get_all_stores,
             pdpb.StoreHeartbeatRequest: self._store_heartbeat,
@@ -109,6 +118,7 @@ class PdService:
             pdpb.ReportBatchSplitRequest: self._report_batch_split,
             pdpb.GetConfigRequest: self._get_config,
             pdpb.SetConfigRequest: self._set_config,
+            pdpb.ReportRegionHashRequest: self._report_region_hash,
         }
         assert self._handlers.keys() == RESPONSE_TYPES.keys()
 
@@ -123,14 +133,24 @@ class PdService:
             return response_type(header=self._header(e.to_pb()))
 
     def _check_header(self, request: Any) -> None:
-        header: pdpb.RequestHeader = request.header
+        """CLUSTER_MISMATCH unless the request names our cluster; 0 passes
+        only in the requests a fresh store sends before it can know the id
+        (`pdpb.CLUSTER_ID_OPTIONAL`), and before bootstrap (there is no id
+        to name yet)."""
+        sent = request.header.cluster_id
         ours = self.cluster.cluster_id
-        if header.cluster_id not in (0, ours):
+        if sent == ours or (sent == 0 and type(request) in pdpb.CLUSTER_ID_OPTIONAL):
+            return
+        runs = f"cluster {ours}" if ours else "no cluster yet (not bootstrapped)"
+        if sent == 0:
             raise PdRequestError(
                 PdErrorCode.CLUSTER_MISMATCH,
-                f"the request is for cluster {header.cluster_id}, this PD runs "
-                + (f"cluster {ours}" if ours else "no cluster yet (not bootstrapped)"),
+                f"the request names no cluster (id 0), which only a fresh store's "
+                f"IsBootstrapped, Bootstrap and AllocId may; this PD runs {runs}",
             )
+        raise PdRequestError(
+            PdErrorCode.CLUSTER_MISMATCH, f"the request is for cluster {sent}, this PD runs {runs}"
+        )
 
     def _header(self, error: PdError | None = None) -> ResponseHeader:
         return ResponseHeader(self.cluster.cluster_id, error)
@@ -155,6 +175,12 @@ class PdService:
         self.cluster.put_store(req.store, now)
         return pdpb.PutStoreResponse(self._header())
 
+    def _replace_store(
+        self, req: pdpb.ReplaceStoreRequest, now: float
+    ) -> pdpb.ReplaceStoreResponse:
+        self.cluster.replace_store(req.store, req.replaced, now)
+        return pdpb.ReplaceStoreResponse(self._header())
+
     def _get_store(self, req: pdpb.GetStoreRequest, now: float) -> pdpb.GetStoreResponse:
         self.cluster.check_bootstrapped()
         info = self.cluster.get_store(req.store_id)
@@ -174,7 +200,7 @@ class PdService:
         first = known is None or known.last_heartbeat is None
         self.cluster.store_heartbeat(req.stats, now)
         config = self.cluster.config
-        waiting = self.operators.regions_waiting(self.cluster, req.stats.store_id)
+        waiting = self._regions_waiting(req.stats.store_id)
         return pdpb.StoreHeartbeatResponse(
             self._header(),
             config.region_max_size,
@@ -188,17 +214,28 @@ class PdService:
         """What a store's long poll gets now; the server holds the answer
         while it is empty (`PdServer`)."""
         self.cluster.check_bootstrapped()
-        waiting = self.operators.regions_waiting(self.cluster, req.store_id)
-        return pdpb.WaitOrdersResponse(self._header(), waiting)
+        return pdpb.WaitOrdersResponse(self._header(), self._regions_waiting(req.store_id))
+
+    def _regions_waiting(self, store_id: StoreId) -> tuple[RegionId, ...]:
+        """Regions led on the store with an operator step or a consistency
+        check to send: the store reports them at once."""
+        waiting = self.operators.regions_waiting(self.cluster, store_id)
+        checks = self.checks.regions_waiting(self.cluster, store_id)
+        if not checks:
+            return waiting
+        return tuple(sorted(set(waiting) | set(checks)))
 
     def _region_heartbeat(
         self, req: pdpb.RegionHeartbeatRequest, now: float
     ) -> pdpb.RegionHeartbeatResponse:
         record = self.cluster.region_heartbeat(req, now)
         step = self.operators.on_region_heartbeat(self.cluster, record, now)
+        check = self.checks.order_for(req.region.id, now)
         if step is None:
-            return pdpb.RegionHeartbeatResponse(self._header(), region_id=req.region.id)
-        return dataclasses.replace(step, header=self._header(), region_id=req.region.id)
+            step = pdpb.RegionHeartbeatResponse(self._header())
+        return dataclasses.replace(
+            step, header=self._header(), region_id=req.region.id, consistency_check=check
+        )
 
     def _get_region(self, req: pdpb.GetRegionRequest, now: float) -> pdpb.GetRegionResponse:
         return self._region_response(self.cluster.get_region(req.key))
@@ -230,6 +267,13 @@ class PdService:
     ) -> pdpb.ReportBatchSplitResponse:
         self.cluster.report_batch_split(req.regions, now)
         return pdpb.ReportBatchSplitResponse(self._header())
+
+    def _report_region_hash(
+        self, req: pdpb.ReportRegionHashRequest, now: float
+    ) -> pdpb.ReportRegionHashResponse:
+        self.cluster.check_bootstrapped()
+        self.checks.report(self.cluster, req, now)
+        return pdpb.ReportRegionHashResponse(self._header())
 
     def _get_config(self, req: pdpb.GetConfigRequest, now: float) -> pdpb.GetConfigResponse:
         return pdpb.GetConfigResponse(self._header(), _config_items(self.cluster.config.items()))

@@ -22,6 +22,8 @@ On-disk layout, one LMDB environment under the data directory::
         db "config"      key name (UTF-8) -> value text (UTF-8)
         db "removed_store"  store_id u64 BE -> b"" (Tombstone stores taken
                          off the store list: their ids never join again)
+        db "replaced_store" store_id u64 BE -> u64 BE, the id of the store
+                         that replaced it at its address (its data was lost)
 
 Keys are built by the named functions below. Big-endian integers make
 LMDB's byte order the numeric order.
@@ -70,6 +72,9 @@ CONFIG_DB: Final = b"config"
 # environment as before and does not know the removed ids (it would let a
 # removed store's process join again; it never writes this db).
 REMOVED_STORE_DB: Final = b"removed_store"
+# Likewise added without a format change (an older PD ignores it and shows
+# no replacements; the Tombstone it wrote stays a Tombstone).
+REPLACED_STORE_DB: Final = b"replaced_store"
 
 FORMAT_KEY: Final = b"format"
 CLUSTER_ID_KEY: Final = b"cluster_id"
@@ -107,6 +112,8 @@ class StoredMeta:
     regions: list[Region] = field(default_factory=list)
     config: dict[str, str] = field(default_factory=dict)
     removed_stores: list[int] = field(default_factory=list)  # ids, ascending
+    # A store whose data was lost -> the store that replaced it.
+    replaced_stores: dict[int, int] = field(default_factory=dict)
 
 
 class MetaStorage(Protocol):
@@ -127,6 +134,11 @@ class MetaStorage(Protocol):
     def remove_store(self, store_id: int) -> None:
         """Delete the store's record and remember its id as removed,
         atomically."""
+        ...
+
+    def save_replacement(self, old: Store, new: Store) -> None:
+        """`new` replaces `old` (now a Tombstone) at its address: both
+        records and the replacement, atomically."""
         ...
 
     def save_config(self, items: Mapping[str, str]) -> None:
@@ -165,6 +177,7 @@ class MemoryMetaStorage:
             list(m.regions),
             dict(m.config),
             list(m.removed_stores),
+            dict(m.replaced_stores),
         )
 
     def _write(self) -> None:
@@ -195,6 +208,12 @@ class MemoryMetaStorage:
         self._write()
         self.meta.stores = [s for s in self.meta.stores if s.id != store_id]
         self.meta.removed_stores = sorted({*self.meta.removed_stores, store_id})
+
+    def save_replacement(self, old: Store, new: Store) -> None:
+        self._write()
+        self._put_store(old)
+        self._put_store(new)
+        self.meta.replaced_stores[old.id] = new.id
 
     def save_config(self, items: Mapping[str, str]) -> None:
         self._write()
@@ -242,7 +261,14 @@ class LmdbMetaStorage:
             )
             self._dbs = {
                 name: self._env.open_db(name)
-                for name in (META_DB, STORE_DB, REGION_DB, CONFIG_DB, REMOVED_STORE_DB)
+                for name in (
+                    META_DB,
+                    STORE_DB,
+                    REGION_DB,
+                    CONFIG_DB,
+                    REMOVED_STORE_DB,
+                    REPLACED_STORE_DB,
+                )
             }
             self._check_format()
         except BaseException:
@@ -307,6 +333,8 @@ class LmdbMetaStorage:
                 meta.regions.append(_decode(bytes(v), Region, "region"))
             for k, _ in txn.cursor(db=self._db(REMOVED_STORE_DB)):
                 meta.removed_stores.append(_U64.unpack(bytes(k))[0])
+            for k, v in txn.cursor(db=self._db(REPLACED_STORE_DB)):
+                meta.replaced_stores[_U64.unpack(bytes(k))[0]] = _U64.unpack(bytes(v))[0]
             for k, v in txn.cursor(db=self._db(CONFIG_DB)):
                 try:
                     meta.config[bytes(k).decode()] = bytes(v).decode()
@@ -334,6 +362,14 @@ class LmdbMetaStorage:
         def fn(txn: Any) -> None:
             txn.delete(store_key(store_id), db=self._db(STORE_DB))
             txn.put(store_key(store_id), b"", db=self._db(REMOVED_STORE_DB))
+
+        self._write(fn)
+
+    def save_replacement(self, old: Store, new: Store) -> None:
+        def fn(txn: Any) -> None:
+            txn.put(store_key(old.id), codec.dumps(old), db=self._db(STORE_DB))
+            txn.put(store_key(new.id), codec.dumps(new), db=self._db(STORE_DB))
+            txn.put(store_key(old.id), _u64(new.id), db=self._db(REPLACED_STORE_DB))
 
         self._write(fn)
 

@@ -19,6 +19,14 @@ States (metapb.StoreState):
   Tombstone by `Stores.bury_empty_offline`) and kept as they are, whatever
   the heartbeats say. Only these "operator
   states" are persisted; the others are derived.
+* A store whose data was lost (its disk, its data directory wiped) is
+  replaced (`Stores.replace`, the store flag `--replace-store ID`): a new
+  store, with a new id, registers at its address, and the old one becomes
+  a Tombstone at once, though regions still have peers on it: the replica
+  checker treats them as dead and re-creates them (on the new store too).
+  Refused while the old store is alive (it heartbeated within
+  `store_disconnect_time`) or if it is at another address. The
+  replacement is persisted with both records and shown by the admin API.
 * A Tombstone store may be taken off the store list (`Stores.remove`):
   its record is deleted, and its id is remembered as removed, so that its
   process, started again on its old data directory, is refused
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from kvproto.metapb import Store, StoreId, StoreState
@@ -145,13 +153,16 @@ class Stores:
         config: Callable[[], ClusterConfig],
         region_count: Callable[[int], int],
         removed: Iterable[int] = (),
+        replaced: Mapping[int, int] | None = None,
     ) -> None:
-        """Load the stored stores and the ids of the removed ones; `now` is
-        the base of their heartbeat age."""
+        """Load the stored stores, the ids of the removed ones and the
+        replacements (old id -> new id); `now` is the base of their
+        heartbeat age."""
         self._storage = storage
         self._config = config
         self._region_count = region_count
         self._removed = {StoreId(i) for i in removed}
+        self._replaced = {StoreId(o): StoreId(n) for o, n in (replaced or {}).items()}
         self._by_id: dict[StoreId, StoreInfo] = {}
         for store in stored:
             info = StoreInfo(store, seen_at=now, operator_state=_operator_state(store.state))
@@ -193,6 +204,14 @@ class Stores:
         if store_id in self._removed or (info is not None and info.is_tombstone):
             raise _removed(store_id)
 
+    def replaced_by(self, store_id: int) -> StoreId | None:
+        """The store that replaced `store_id` (its data was lost), if one did."""
+        return self._replaced.get(StoreId(store_id))
+
+    def replacement_of(self, store_id: int) -> StoreId | None:
+        """The store `store_id` replaced, if it is a replacement."""
+        return next((old for old, new in self._replaced.items() if new == store_id), None)
+
     def next_state_change(self, now: float) -> float | None:
         """The earliest time after `now` at which a store's state changes
         without a heartbeat; None if none will."""
@@ -219,13 +238,7 @@ class Stores:
             raise invalid_argument(
                 f"store id {store.id} was not allocated by this PD (use AllocId)"
             )
-        for other in self._by_id.values():
-            if other.id != store.id and not other.is_tombstone and other.address == store.address:
-                raise PdRequestError(
-                    PdErrorCode.DUPLICATE_STORE_ADDRESS,
-                    f"address {store.address} is used by store {other.id} "
-                    f"({other.state.name.lower()}); remove that store first or use another address",
-                )
+        self._check_address_free(store)
         if old is None:
             info = StoreInfo(dataclasses.replace(store, state=StoreState.UP), seen_at=now)
             self._storage.save_store(info.persisted())
@@ -239,6 +252,92 @@ class Stores:
             log.info("store %d updated: %s", store.id, _describe(new))
             old.meta = meta
         return old
+
+    def replace(self, store: Store, replaced: int, now: float, *, next_id: int) -> StoreInfo:
+        """Register `store` (a new id below `next_id`) at the address of
+        store `replaced`, whose data was lost, and make `replaced` a
+        Tombstone: persisted together, then in memory. Accepted again for
+        the same pair (a store retrying after a lost answer). Refused:
+        STORE_NOT_FOUND for an unknown `replaced`; FAILED_PRECONDITION
+        while it is alive (heard from within `store_disconnect_time`: a
+        live store is never replaced), once it is a Tombstone, or once
+        another store replaced it; INVALID_ARGUMENT if it is at another
+        address than `store` or `store` is not a new store."""
+        check_store(store)
+        done = self._replaced.get(StoreId(replaced))
+        if done == store.id:
+            return self.get(store.id)
+        if done is not None:
+            raise failed_precondition(
+                f"store {replaced} was already replaced by store {done}: nothing to replace"
+            )
+        if store.id == replaced or store.id in self._by_id or store.id in self._removed:
+            raise invalid_argument(
+                f"store {store.id} is not a new store: a replacement joins with a new id"
+            )
+        if store.id >= next_id:
+            raise invalid_argument(
+                f"store id {store.id} was not allocated by this PD (use AllocId)"
+            )
+        old = self.get(replaced)
+        if old.is_tombstone:
+            raise failed_precondition(
+                f"store {replaced} is already a Tombstone: its address is free, "
+                "join without replacing it"
+            )
+        if old.address != store.address:
+            raise invalid_argument(
+                f"store {replaced} is at {old.address}, not at {store.address}: "
+                "a replacement takes the address of the store it replaces "
+                "(check the store id and the advertised address)"
+            )
+        config = self._config()
+        age = now - old.last_seen
+        if age < config.store_disconnect_time:
+            heard = (
+                f"its last heartbeat was {age:.1f} s ago"
+                if old.last_heartbeat is not None
+                else f"this PD started {age:.1f} s ago and has not heard from it yet"
+            )
+            raise failed_precondition(
+                f"store {replaced} may be alive ({heard}): a live store is never replaced; "
+                f"stop its process, and retry once it has been silent for "
+                f"store_disconnect_time ({config.store_disconnect_time:g} s)"
+            )
+        new = StoreInfo(dataclasses.replace(store, state=StoreState.UP), seen_at=now)
+        self._check_address_free(store, ignore=old.id)
+        self._storage.save_replacement(
+            dataclasses.replace(old.meta, state=StoreState.TOMBSTONE), new.persisted()
+        )
+        self._by_id[store.id] = new
+        self._replaced[old.id] = store.id
+        old.operator_state = StoreState.TOMBSTONE
+        self._follow(old, now)
+        log.warning(
+            "store %d replaced by store %d at %s (its data was lost): store %d is a "
+            "Tombstone, and the %d regions with a peer on it get a new one",
+            old.id,
+            store.id,
+            store.address,
+            old.id,
+            self._region_count(old.id),
+        )
+        return new
+
+    def _check_address_free(self, store: Store, *, ignore: int = 0) -> None:
+        """DUPLICATE_STORE_ADDRESS if a store other than `store` (and
+        `ignore`) that is not a Tombstone has `store`'s address."""
+        for other in self._by_id.values():
+            if (
+                other.id not in (store.id, ignore)
+                and not other.is_tombstone
+                and other.address == store.address
+            ):
+                raise PdRequestError(
+                    PdErrorCode.DUPLICATE_STORE_ADDRESS,
+                    f"address {store.address} is used by store {other.id} "
+                    f"({other.state.name.lower()}); remove that store first or use another address",
+                )
 
     def heartbeat(self, stats: StoreStats, now: float) -> StoreInfo:
         info = self.get_live(stats.store_id)

@@ -57,6 +57,7 @@ async def open_pd(
     tls_cert_file: str = "",
     tls_key_file: str = "",
     tls_ca_file: str = "",
+    max_connections: int = 1024,
 ) -> AsyncIterator[PdServer]:
     """A running PdServer on `data_dir`; `config` holds cluster keys (as in
     pd.toml) applied over the stored config, default TEST_CLUSTER_CONFIG.
@@ -65,7 +66,7 @@ async def open_pd(
     `pd.split_region(region_id, keys)` starts a manual split. With
     `admin_token_file`, the admin API's orders need its token; with
     `cluster_token_file` (and `client_token_file`), RPC connections must
-    authenticate."""
+    authenticate. `max_connections`: the RPC port's (`ServerConfig`)."""
     server = PdServer(
         ServerConfig(
             data_dir=os.fspath(data_dir),
@@ -77,6 +78,7 @@ async def open_pd(
             tls_cert_file=tls_cert_file,
             tls_key_file=tls_key_file,
             tls_ca_file=tls_ca_file,
+            max_connections=max_connections,
         ),
         cluster_overrides=TEST_CLUSTER_CONFIG if config is None else config,
         id_alloc_step=id_alloc_step,

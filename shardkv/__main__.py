@@ -27,6 +27,7 @@ from shardkv import __version__
 SUBCOMMANDS: Final = (
     "placement_driver.cli",  # shardkv pd
     "store_node.cli",  # shardkv store
+    "shardkv.restore",  # shardkv restore
     "client.cli",  # shardkv kv
     "client.ctl",  # shardkv ctl
     "shardkv.playground",  # shardkv playground

@@ -5,6 +5,11 @@ store's worker thread). It reads nothing but the transaction and its task,
 and returns what happened as values, so that it can be re-run from scratch
 when LMDB asks for a bigger map, and tested without a store.
 
+A consistency check (`ComputeHashRequest`) ends a task early: the region's
+copy must be read as of that entry, so the transaction commits there, the
+shell pins a read of it, and the rest of the task applies in a transaction
+of its own (`store_node.region_hash.finish_checks`).
+
 Every command is checked again here against the region *as of this entry*
 (a split or conf change applied earlier in the log may have changed it since
 the command was proposed): a mismatch is `EpochNotMatch` and nothing of the
@@ -16,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvproto import codec, epoch
 from kvproto.codec import DecodeError
@@ -27,10 +33,12 @@ from kvproto.raft_cmdpb import (
     ClientWrite,
     CompactLogRequest,
     CompareAndSet,
+    ComputeHashRequest,
     Delete,
     DeleteRange,
     Put,
     RaftCmdRequest,
+    VerifyHashRequest,
     WriteCommand,
     WriteOp,
     WriteOutcome,
@@ -44,6 +52,9 @@ from store_node import keys, membership, sessions, split
 from store_node.engine import KvTxn
 from store_node.peer_storage import RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM
 from store_node.records import ApplyState, encode_apply_state
+
+if TYPE_CHECKING:
+    from store_node.region_hash import HashJob
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +88,8 @@ class EntryResult:
     # the leader of its term counts it (`StoreCore._absorb`).
     written_bytes: int = 0
     written_keys: int = 0
+    # A consistency check's command (`store_node.consistency`).
+    hash_check: ComputeHashRequest | VerifyHashRequest | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +103,12 @@ class ApplyOutcome:
     size_hint_keys: int = 0
     # Regions created by splits applied in this task, in order.
     new_regions: list[Region] = field(default_factory=list)
+    # The task stopped right after a ComputeHash entry (its check id): the
+    # entries after it are `rest` (`store_node.region_hash.finish_checks`).
+    hash_check: int | None = None
+    rest: tuple[Entry, ...] = ()
+    # The region's copy pinned at each ComputeHash applied, to be hashed.
+    hash_jobs: list[HashJob] = field(default_factory=list)
 
 
 def region_state_bytes(region: Region, state: PeerState = PeerState.NORMAL) -> bytes:
@@ -110,7 +129,7 @@ def apply_round(txn: KvTxn, tasks: list[ApplyTask]) -> list[ApplyOutcome]:
 
 def apply_task(txn: KvTxn, task: ApplyTask) -> ApplyOutcome:
     out = ApplyOutcome(region=task.region, apply_state=task.apply_state)
-    for e in task.entries:
+    for i, e in enumerate(task.entries):
         if e.index <= out.apply_state.applied_index:
             raise AssertionError(
                 f"region {task.region.id}: entry {e.index} already applied "
@@ -126,6 +145,10 @@ def apply_task(txn: KvTxn, task: ApplyTask) -> ApplyOutcome:
         out.apply_state = dataclasses.replace(
             out.apply_state, applied_index=e.index, applied_term=e.term
         )
+        if isinstance(res.hash_check, ComputeHashRequest):
+            out.hash_check = res.hash_check.check_id
+            out.rest = task.entries[i + 1 :]
+            break
     if out.region_changed:
         write_region_state(txn, out.region)
     write_apply_state(txn, out.region.id, out.apply_state)
@@ -164,6 +187,8 @@ def _apply_command(
         return EntryResult(e.index, e.term, region_error=EpochNotMatch((region,)))
     if isinstance(cmd.admin, BatchSplitRequest):
         return _apply_split(txn, out, e, cmd.admin, skip_regions)
+    if isinstance(cmd.admin, ComputeHashRequest | VerifyHashRequest):
+        return EntryResult(e.index, e.term, hash_check=cmd.admin)
     if cmd.admin is not None:
         # Log compaction is decided locally by each peer; a CompactLog
         # command from a newer store version is a no-op here.
@@ -249,6 +274,10 @@ def _admin_type(cmd: RaftCmdRequest) -> epoch.AdminCmdType | None:
         return epoch.AdminCmdType.BATCH_SPLIT
     if isinstance(cmd.admin, CompactLogRequest):
         return epoch.AdminCmdType.COMPACT_LOG
+    if isinstance(cmd.admin, ComputeHashRequest):
+        return epoch.AdminCmdType.COMPUTE_HASH
+    if isinstance(cmd.admin, VerifyHashRequest):
+        return epoch.AdminCmdType.VERIFY_HASH
     raise AssertionError(f"unknown admin request {cmd.admin!r}")
 
 

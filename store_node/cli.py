@@ -52,10 +52,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_store_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, --log-level and a flag per setting (`shardkv restore` too)."""
     p.add_argument("--config", metavar="FILE", help="TOML file with store settings")
     add_log_level_flag(p)
     config_file.add_arguments(p, StoreConfig)
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,12 +70,22 @@ def run(args: argparse.Namespace) -> int:
         print(missing, file=sys.stderr)
         return EXIT_BAD_SETTING
     try:
-        cfg = config_file.load(
-            StoreConfig, args.config, config_file.overrides_from_args(args, StoreConfig)
-        )
+        cfg = load_config(args)
     except ConfigError as e:
         print(f"shardkv store: {e}", file=sys.stderr)
         return EXIT_BAD_SETTING
+    return serve(cfg)
+
+
+def load_config(args: argparse.Namespace) -> StoreConfig:
+    """The settings: the --config file's, overridden by flags (ConfigError)."""
+    return config_file.load(
+        StoreConfig, args.config, config_file.overrides_from_args(args, StoreConfig)
+    )
+
+
+def serve(cfg: StoreConfig) -> int:
+    """Run a store on `cfg` until SIGINT or SIGTERM; the exit status."""
     import store_node.disk  # noqa: F401  (declares the store's failpoints)
 
     try:
@@ -85,14 +100,17 @@ async def _serve(cfg: StoreConfig) -> int:
     from store_node.bootstrap import DataDirMismatchError
     from store_node.disk import DiskFailure
     from store_node.node import ListenAddressError, RegistrationRefusedError, StoreNode
+    from store_node.replace import AddressTakenError, ReplaceStoreError
     from store_node.status_http import StatusAddressError
 
     code = 0
     try:
         await serve_until_signal(StoreNode(cfg).run)
     except* (
+        AddressTakenError,
         DataDirMismatchError,
         DataDirLockedError,
+        ReplaceStoreError,
         ListenAddressError,
         RegistrationRefusedError,
         StatusAddressError,

@@ -7,6 +7,7 @@ flags of the same name (`--tick-interval 50ms`). Durations accept "100ms",
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kvproto.rpc import parse_address
@@ -76,6 +77,15 @@ class StoreConfig:
     )
     labels: tuple[tuple[str, str], ...] = setting(
         (), "store labels, e.g. zone=z1,host=h1", metavar="KEY=VALUE[,...]"
+    )
+    replace_store: int = setting(
+        0,
+        "join in the place of store ID, whose data was lost: with an empty data directory "
+        "at that store's address, register as a new store while the PD makes store ID a "
+        "Tombstone (its replicas are re-created); refused while store ID may be alive. "
+        "Once replaced, the setting is ignored; 0: none",
+        min=0,
+        metavar="ID",
     )
     sync: bool = setting(
         True,
@@ -149,20 +159,48 @@ class StoreConfig:
         min=0.001,
     )
 
-    raft_log_gc_threshold: int = setting(
-        128, "truncate a region's log once this many applied entries can go", min=1
+    # Log compaction (store_node.log_gc): a region's log is compacted when
+    # any of the first three holds, as far as the last two allow.
+    log_gc_interval: float = setting(
+        600.0,
+        "compact a region's log once this long has passed since its last compaction, "
+        "whatever its size (0: never for this reason)",
+        kind="duration",
+        min=0.0,
     )
-    raft_log_gc_count_limit: int = setting(
-        10_000,
-        "lag allowance: a follower further behind than this gets a snapshot instead of "
-        "holding back the leader's log truncation",
+    log_gc_max_entries: int = setting(
+        128,
+        "compact a region's log once more than this many of its entries can go (applied, "
+        "and not held for a follower)",
         min=1,
     )
-    raft_log_gc_size_limit: int = setting(
-        64 << 20, "truncate regardless of followers past this many log bytes", kind="size", min=1
+    log_gc_max_bytes: int = setting(
+        16 << 20,
+        "compact a region's log once more than this many of its bytes can go",
+        kind="size",
+        min=1,
+    )
+    log_gc_max_follower_lag: int = setting(
+        10_000,
+        "a leader keeps the log entries a follower at most this many entries behind still "
+        "needs; one further behind gets a snapshot instead",
+        min=1,
+    )
+    log_gc_hard_max_bytes: int = setting(
+        64 << 20,
+        "past this many bytes of a region's log, a leader compacts it to its applied index "
+        "whatever its followers still need (they get snapshots)",
+        kind="size",
+        min=1,
     )
     max_snapshot_sends: int = setting(2, "snapshots sent at once by this store", min=1)
     max_snapshot_receives: int = setting(4, "snapshots received at once by this store", min=1)
+    max_connections: int = setting(
+        1024,
+        "connections the RPC port serves at once (clients and stores); at the limit a "
+        "newcomer takes the place of one that sent nothing yet or is idle, else is refused",
+        min=1,
+    )
     incremental_snapshots: bool = setting(
         True,
         "catch a follower that holds an older copy of a region up by sending only the "
@@ -183,6 +221,15 @@ class StoreConfig:
     split_check_interval: float = setting(
         60.0, "interval of full size scans of leader regions", kind="duration", min=0.01
     )
+    consistency_check_interval: float = setting(
+        0.0,
+        "how often each region's replicas are hashed and compared (consistency check; "
+        "a store's leaders take their regions one at a time, the longest unchecked first); "
+        "each check reads the whole region on every replica; 0 turns periodic checks off "
+        "(`shardkv ctl region check ID` still runs one)",
+        kind="duration",
+        min=0.0,
+    )
 
     def validate(self) -> None:
         if not self.data_dir:
@@ -198,6 +245,8 @@ class StoreConfig:
             raise ValueError("TLS needs tls_cert_file, tls_key_file and tls_ca_file together")
         if self.enable_failpoints and not self.status:
             raise ValueError("enable_failpoints needs a status port (--status HOST:PORT)")
+        if self.log_gc_max_bytes > self.log_gc_hard_max_bytes:
+            raise ValueError("log_gc_max_bytes must not be above log_gc_hard_max_bytes")
         if self.status:
             try:
                 parse_address(self.status, listen=True)
@@ -210,6 +259,17 @@ class StoreConfig:
                 f"listen {self.listen} takes every interface: set advertise (--advertise "
                 "HOST:PORT) to the address other stores and clients dial"
             )
+
+    def log_gc_config(self) -> LogGcConfig:
+        """The log compaction settings in the core's units (ticks)."""
+        interval = self.log_gc_interval
+        return LogGcConfig(
+            max_entries=self.log_gc_max_entries,
+            max_bytes=self.log_gc_max_bytes,
+            interval_ticks=math.ceil(interval / self.tick_interval) if interval else 0,
+            max_follower_lag=self.log_gc_max_follower_lag,
+            hard_max_bytes=self.log_gc_hard_max_bytes,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,3 +300,6 @@ class CoreConfig:
     # ticks wakes the sleeping peers that depend on it.
     hibernate_after_ticks: int = 20
     liveness_ticks: int = 10
+    # Each region's replicas are hashed and compared every this many ticks
+    # (store_node.consistency; 0: only when the PD orders a check).
+    consistency_check_ticks: int = 0

@@ -3,8 +3,8 @@
 The shell (`StoreNode`) feeds it events and runs one round at a time:
 
 1. events: `step_raft`, `tick`, `propose_write`, `read`, `replica_read`,
-   `change_peer`, `transfer_leader` (each marks the region dirty; admission
-   errors are returned at once);
+   `change_peer`, `transfer_leader`, `check_consistency`, `on_hash_computed`
+   (each marks the region dirty; admission errors are returned at once);
 2. `end_round(now)` serves reads from leader leases and stale reads from
    applied states, flushes the round's queued writes and reads into the
    Raft nodes and collects `Ready` from dirty peers only: one `raft/` write
@@ -53,12 +53,12 @@ from raft.errors import (
 )
 from raft.node import Ready
 from raft.types import MessageType, Role, Snapshot
-from store_node import commands, membership, queries, snapshot_control
+from store_node import commands, consistency, membership, queries, snapshot_control
 from store_node.apply import ApplyOutcome, ApplyTask
 from store_node.config import CoreConfig
 from store_node.engine import Engine, WriteBatch
 from store_node.hibernate import Hibernation
-from store_node.log_gc import truncate_point, write_truncations
+from store_node.log_gc import LogGc
 from store_node.peer import Flow, Peer, ReadPermit, Reply, Token
 from store_node.peer_life import (
     Create,
@@ -104,7 +104,7 @@ class StoreCore:
         self.received_snapshots = ReceivedSnapshots()
         # Answers decided between rounds (reads that timed out), sent with the next.
         self._replies: list[Reply] = []
-        self._truncations: dict[int, tuple[int, int]] = {}
+        self.log_gc = LogGc(self.config.log_gc)
         # Counters since start, reported as store metrics (store_node.metrics
         # reads them when scraped: plain ints, as they change every round).
         self.stats: dict[str, int] = defaultdict(int)
@@ -120,6 +120,17 @@ class StoreCore:
             after_ticks=self.config.hibernate_after_ticks,
             liveness_ticks=self.config.liveness_ticks,
             heartbeat_ticks=self.config.heartbeat_ticks,
+        )
+        self.consistency = consistency.ConsistencyChecks(
+            store_id,
+            self.peers,
+            self.stats,
+            self.config.consistency_check_ticks,
+            self.rng,
+            touch=self._touch,
+            # A round after a digest came in: the PD worker sends it then.
+            # (A lambda: `_dirty` is a new set every round.)
+            run_round=lambda region_id: self._dirty.add(region_id),  # noqa: PLW0108
         )
 
     # -- peers -------------------------------------------------------------
@@ -155,6 +166,7 @@ class StoreCore:
         peer.remember_peers(region)
         self.peers[region.id] = peer
         self.tombstones.pop(region.id, None)
+        self.log_gc.start(region.id, self.ticks)
         self._touch(region.id)
         voters = storage.conf_state.voters
         if voters == (meta.id,) and not storage.conf_state.voters_outgoing:
@@ -205,6 +217,8 @@ class StoreCore:
             self.hibernation.ticked(peer, self.ticks)
         for rid in self.hibernation.check_liveness(self.ticks):
             self._touch(rid)
+        self.log_gc.on_tick(self.peers, self.ticks)
+        self.consistency.on_tick(self.ticks)
 
     def _touch(self, region_id: int) -> None:
         """Something happened to the region: run it this round, awake."""
@@ -227,9 +241,8 @@ class StoreCore:
         if that is legitimate, refuse stale senders, destroy ourselves when
         told we were removed."""
         if msg.to_peer.store_id != self.store_id:
-            log.warning(
-                "store %d: message for store %d dropped", self.store_id, msg.to_peer.store_id
-            )
+            self.life.misaddressed(msg)
+            self.stats["raft_messages_misaddressed"] += 1
             return
         if msg.message.type == MessageType.SNAPSHOT:
             # A snapshot travels with its file (on_snapshot_received), never alone.
@@ -445,6 +458,15 @@ class StoreCore:
             self.stats["conf_changes_proposed"] += 1
         return refused
 
+    def check_consistency(self, region_id: int, check_id: int) -> str | None:
+        """Propose a consistency check of a region led here (`check_id`: the
+        PD's); why not, or None."""
+        return self.consistency.start(region_id, check_id)
+
+    def on_hash_computed(self, region_id: int, index: int, digest: bytes) -> None:
+        """This replica's digest of its region at `index` (`region_hash`)."""
+        self.consistency.computed(region_id, index, digest)
+
     def transfer_leader(self, region_id: int, to_peer: PeerId) -> None:
         peer = self.peers.get(region_id)
         if peer is not None:
@@ -461,6 +483,7 @@ class StoreCore:
             or self.life.messages
             or self.splits.has_due
             or self._replies
+            or self.log_gc.truncations
         )
 
     def end_round(self, now: float) -> RoundOutput:
@@ -508,8 +531,8 @@ class StoreCore:
                 self.tombstones
             )
             out.apply_tasks = [replace(t, skip_regions=skip) for t in out.apply_tasks]
-        self.stats["log_truncations"] += write_truncations(self.peers, self._truncations, out)
-        self._truncations.clear()
+        for trigger, n in self.log_gc.write(self.peers, out, self.ticks).items():
+            self.stats[trigger.stat] += n
         # A received snapshot Raft took is installed by this round; any other
         # was refused (below the commit index, replaced by a newer one...).
         self.received_snapshots.sweep(out)
@@ -569,26 +592,22 @@ class StoreCore:
             replies.extend(peer.serve_reads())
             if peer.pending_remove:
                 self.life.to_destroy[peer.region_id] = "removed by a conf change"
-            elif outcome is not None:
-                self._maybe_truncate(peer)
+            elif outcome is not None and self.log_gc.on_applied(peer, self.ticks):
+                # Its next round runs, as it always has with a truncation due
+                # (the simulation's seeds were found with these rounds).
+                self._dirty.add(peer.region_id)
             if peer.node.has_ready():
                 self._dirty.add(peer.region_id)
         replies.extend(queries.grant_stale(self.peers, out))
         return replies
-
-    def _maybe_truncate(self, peer: Peer) -> None:
-        index = truncate_point(peer, self.config.log_gc)
-        if index is None:
-            return
-        term = peer.storage.term(index)
-        self._truncations[peer.region_id] = (index, term)
-        self._dirty.add(peer.region_id)
 
     def _absorb(self, peer: Peer, outcome: ApplyOutcome) -> list[Reply]:
         replies: list[Reply] = []
         if outcome.region_changed:
             self._set_region(peer, outcome.region)
         peer.storage.apply_state = outcome.apply_state
+        if outcome.hash_jobs:
+            self.consistency.pinned(outcome.hash_jobs, self.ticks)
         # A leader counts the writes of its own term only: an earlier term's
         # entries were its leader's traffic (counted there if applied in time).
         flow_term = peer.node.term if peer.is_leader() else 0
@@ -605,6 +624,8 @@ class StoreCore:
                     # Validated against the same config when applied to the
                     # region metadata: this is a bug, not an input error.
                     raise AssertionError(f"region {peer.region_id}: {e}") from e
+            if res.hash_check is not None:
+                self.consistency.applied(peer.region_id, res.hash_check)
             if peer.proposals:
                 replies.extend(
                     peer.resolve_applied(
@@ -714,6 +735,7 @@ class StoreCore:
         peer.region = region
         peer.remember_peers(region)
         peer.storage.conf_state = membership.conf_state_of(region)
+        peer.storage.region_version = region.epoch.version
         me = region.find_peer(peer.meta.id)
         if me is not None:
             peer.meta = me
@@ -734,6 +756,7 @@ class StoreCore:
             extra=log_fields(region=region_id, peer=peer.meta.id),
         )
         self.life.destroy(peer, other_ranges(self.peers, region_id), out)
+        self.consistency.forget(region_id)
         self.stats["peers_destroyed"] += 1
 
     def _on_role_change(self, peer: Peer, rd: Ready, replies: list[Reply]) -> None:

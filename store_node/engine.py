@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import lmdb
 
@@ -169,8 +169,19 @@ class _Env:
         self.dbs: dict[bytes, Any] = {name: self.env.open_db(name) for name in db_names}
         self.sync = sync
         self.lock = _ReadWriteLock()
+        # Open `Pinned` reads: growing the map runs their work first.
+        self.pins: set[Pinned[Any]] = set()
+        self.pins_lock = threading.Lock()
 
     def grow(self) -> None:
+        # A pinned read holds the lock until its work has run, and its work
+        # may be waiting for the thread that now wants to grow (pinned in
+        # this round, not handed to its own thread yet): run it here.
+        with self.pins_lock:
+            pins = list(self.pins)
+        for pin in pins:
+            with suppress(Exception):  # kept in the pin for its owner
+                pin.run()
         with self.lock.exclusive():
             size = self.env.info()["map_size"] * 2
             log.info("LMDB map of %s is full, growing it to %d MiB", self.path, size >> 20)
@@ -194,6 +205,65 @@ class _Env:
 
     def close(self) -> None:
         self.env.close()
+
+
+class Pinned(Generic[T]):
+    """A read transaction of one environment, begun when this is made, and
+    the work to run on it once, later and in any thread: `run()` runs it
+    (or waits for the run under way) and returns its result; then the
+    transaction ends. It sees the state of the last commit before it was
+    made, however long the work waits (LMDB's MVCC; py-lmdb opens every
+    environment MDB_NOTLS, so a read transaction may move between threads).
+
+    While it is open the map cannot grow (LMDB remaps only with no
+    transaction active), so `_Env.grow` runs the work of every open pin
+    first rather than wait for it: the pin may be the grower's own. Each
+    open pin also holds one of LMDB's reader slots, and keeps the pages it
+    sees from reuse: pin for work that runs soon. `close()` gives up
+    without running it."""
+
+    def __init__(self, env: _Env, work: Callable[[KvTxn], T]) -> None:
+        self._env = env
+        self._work: Callable[[KvTxn], T] | None = work
+        self._mutex = threading.Lock()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        env.lock.acquire_shared()
+        try:
+            self._txn: Any = env.env.begin(write=False)
+        except BaseException:
+            env.lock.release_shared()
+            raise
+        with env.pins_lock:
+            env.pins.add(self)
+
+    def run(self) -> T:
+        with self._mutex:
+            work, self._work = self._work, None
+            if work is not None:
+                try:
+                    self._result = work(_LmdbKvTxn(self._txn, self._env.dbs))
+                except Exception as e:
+                    self._error = e
+                finally:
+                    self._end()
+            if self._error is not None:
+                raise self._error
+            return self._result  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._work is not None:
+                self._work = None
+                self._error = RuntimeError("the pinned read was closed before its work ran")
+                self._end()
+
+    def _end(self) -> None:
+        with suppress(lmdb.Error):  # the environment was closed under it
+            self._txn.abort()
+        with self._env.pins_lock:
+            self._env.pins.discard(self)
+        self._env.lock.release_shared()
 
 
 def _apply_batch(txn: Any, dbs: dict[bytes, Any], batch: WriteBatch) -> None:
@@ -326,6 +396,10 @@ class Engine:
         self.failed: DiskFailure | None = None
 
     def close(self) -> None:
+        with self.kv.pins_lock:
+            pins = list(self.kv.pins)
+        for pin in pins:  # LMDB closes an environment with no transaction open
+            pin.close()
         if self.failed is None:
             self.flush()
             self.sync_kv()
@@ -423,6 +497,14 @@ class Engine:
     def read_raft(self) -> Iterator[Any]:
         with self.raft.read() as txn:
             yield txn
+
+    def pin_kv(self, work: Callable[[KvTxn], T]) -> Pinned[T]:
+        """A read of kv/ as it is now, for `work` to run later (`Pinned`)."""
+        return Pinned(self.kv, work)
+
+    def pinned_kv(self) -> int:
+        """Pinned reads of kv/ still open."""
+        return len(self.kv.pins)
 
     def kv_get(self, db: bytes, key: bytes) -> bytes | None:
         # Every strong get comes here: no generator context managers (they

@@ -9,6 +9,11 @@ Crash safety: the first region is written locally *before* asking the PD,
 with a "prepared bootstrap" marker. After a crash, the marker is resolved
 against the PD: if the PD knows the region, the bootstrap happened (keep it);
 if the PD was bootstrapped by someone else, drop it; else try again.
+
+A data directory that `shardkv restore` filled (its kv/ data holds a backup,
+marked `RESTORED_BACKUP_KEY`) only ever bootstraps: the first region then
+holds all that data at its initial applied index. Joining a cluster instead
+would leave the data outside every region, so it is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from kvproto.pd_client import PdClient, PdServerError
 from kvproto.pdpb import PdErrorCode
 from kvproto.raft_serverpb import RegionLocalState, StoreIdent
 from store_node import keys
+from store_node import replace as replacing
 from store_node.bootstrap import (
     DataDirMismatchError,
     check_store_ident,
@@ -34,20 +40,32 @@ from store_node.engine import Engine, WriteBatch
 log = logging.getLogger(__name__)
 
 PREPARE_BOOTSTRAP_KEY = b"prepare_bootstrap"
+# Value: the SHA-256 of the manifest of the backup `shardkv restore` loaded.
+RESTORED_BACKUP_KEY = b"restored_backup"
 
 
 async def ensure_identity(
-    engine: Engine, pd: PdClient, address: str, labels: tuple[tuple[str, str], ...] = ()
+    engine: Engine,
+    pd: PdClient,
+    address: str,
+    labels: tuple[tuple[str, str], ...] = (),
+    replace: int = 0,
 ) -> tuple[StoreIdent, list[int]]:
-    """Register this store with the PD (bootstrapping the cluster if needed).
+    """Register this store with the PD (bootstrapping the cluster if needed);
+    with `replace`, a fresh store joins in the place of that store, whose
+    data was lost (`store_node.replace`).
 
     Returns the store's identity and the ids of regions it just created.
-    Raises DataDirMismatchError if the data directory is another cluster's.
+    Raises DataDirMismatchError if the data directory is another cluster's,
+    ReplaceStoreError if the replacement cannot be done, AddressTakenError
+    if a fresh store's address is another store's.
     """
     ident = read_store_ident(engine)
     prepared = _read_prepared(engine)
     bootstrapped = await pd.is_bootstrapped()
     if ident is not None:
+        if replace:
+            replacing.check_restart(engine, ident, replace)
         if not bootstrapped:
             raise DataDirMismatchError(
                 f"the data directory belongs to store {ident.store_id} of cluster "
@@ -67,6 +85,18 @@ async def ensure_identity(
             raise
         return ident, []
 
+    if replace:
+        _refuse_if_restored(engine, pd)
+        if prepared is not None:
+            raise replacing.ReplaceStoreError(
+                f"--replace-store {replace} needs an empty data directory, and a bootstrap "
+                "of a new cluster was begun in this one"
+            )
+        ident = await replacing.join_in_place(
+            engine, pd, address, labels, replace, bootstrapped=bootstrapped
+        )
+        return ident, []
+    replacing.check_no_pending(engine)
     created: list[int] = []
     if prepared is not None:
         store_id = prepared.peers[0].store_id
@@ -88,6 +118,8 @@ async def ensure_identity(
             write_store_ident(engine, ident)
             return ident, created
         bootstrapped = True
+    if bootstrapped:
+        _refuse_if_restored(engine, pd)
 
     store_id = StoreId(await pd.alloc_id())
     if not bootstrapped:
@@ -104,7 +136,12 @@ async def ensure_identity(
             ident = StoreIdent(pd.cluster_id, store_id)
             write_store_ident(engine, ident)
             return ident, created
-    await pd.put_store(Store(store_id, address, StoreState.UP, labels))
+    try:
+        await pd.put_store(Store(store_id, address, StoreState.UP, labels))
+    except PdServerError as e:
+        if e.code == PdErrorCode.DUPLICATE_STORE_ADDRESS:
+            raise await replacing.address_taken(pd, address, e) from None
+        raise
     ident = StoreIdent(pd.cluster_id, store_id)
     write_store_ident(engine, ident)
     log.info("joined cluster %d as store %d", pd.cluster_id, store_id)
@@ -131,9 +168,10 @@ async def _bootstrap(
     except PdServerError as e:
         if e.code != PdErrorCode.ALREADY_BOOTSTRAPPED:
             raise
-        log.info("another store bootstrapped the cluster first; joining it")
         _drop_region(engine, region.id)
         _clear_prepared(engine)
+        _refuse_if_restored(engine, pd)
+        log.info("another store bootstrapped the cluster first; joining it")
         await pd.is_bootstrapped()  # learn the cluster id
         return []
     _clear_prepared(engine)
@@ -141,6 +179,20 @@ async def _bootstrap(
         "bootstrapped cluster %d with region %d on store %d", pd.cluster_id, region.id, store_id
     )
     return [region.id]
+
+
+def read_restored(engine: Engine) -> bytes | None:
+    """The id of the backup restored into this data directory, if any."""
+    return engine.kv_get(keys.META_DB, RESTORED_BACKUP_KEY)
+
+
+def _refuse_if_restored(engine: Engine, pd: PdClient) -> None:
+    if read_restored(engine) is not None:
+        raise DataDirMismatchError(
+            "the data directory holds a restored backup (shardkv restore), which can only "
+            "bootstrap a new cluster: it cannot join the cluster of the PD at "
+            f"{','.join(pd.addresses)}, or replace one of its stores; give --pd a new PD"
+        )
 
 
 def _read_prepared(engine: Engine) -> Region | None:

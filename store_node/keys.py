@@ -6,6 +6,10 @@ Layout (see DESIGN.md):
            db "region"  region_id (8B BE)             -> RegionLocalState
            db "apply"   region_id (8B BE)             -> ApplyState
            db "meta"    STORE_IDENT_KEY               -> StoreIdent
+                        REPLACED_STORE_KEY            -> store id (8B BE) this store
+                                                         replaced (its data was lost)
+                        PREPARE_REPLACE_KEY           -> new id + replaced id (8B BE
+                                                         each): a replacement begun
            db "session" region_id + 0x00              -> SessionMeta
                         region_id + 0x01 + session    -> SessionRecord
                         region_id + 0x02 + session + seq (8B BE) -> SessionAnswer
@@ -32,6 +36,8 @@ LOG_DB = b"log"
 STATE_DB = b"state"
 
 STORE_IDENT_KEY = b"store_ident"
+REPLACED_STORE_KEY = b"replaced_store"
+PREPARE_REPLACE_KEY = b"prepare_replace"
 
 # User keys are LMDB keys (db "data"), and LMDB takes keys of at most 511
 # bytes (its compiled-in MDB_MAXKEYSIZE; `Environment.max_key_size()`):

@@ -23,26 +23,47 @@ between two of its steps needs no lock; they do not wait for the loop (a
 store stuck in a long round still answers).
 
 Every counter is `shardkv_store_<name>_total` for a counter `<name>` of the
-core or the shell (documented in `COUNTER_HELP`), except the proposals:
-`shardkv_store_proposals_total{type=write|conf_change|split}`.
+core or the shell (documented in `COUNTER_HELP`), except the proposals,
+`shardkv_store_proposals_total{type=write|conf_change|split}`, and the log
+compactions, `shardkv_store_log_truncations_total{trigger=bytes|entries|interval}`.
+
+Log growth per region without a series per region (10,000 regions would be
+10,000 series): the totals, the largest region's log, and how many regions'
+logs fall in each size bucket (gauge histograms, `LOG_BYTES_BUCKETS` and
+`LOG_ENTRIES_BUCKETS`); `GET /status` lists every region's.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from plumbing.metrics import LATENCY_BUCKETS
 from store_node.core import StoreCore
 from store_node.disk import DiskMonitor
+from store_node.log_gc import Trigger
 from store_node.round_output import RoundOutput
 
-__all__ = ["COUNTER_HELP", "MetricsSource", "StoreCollector", "StoreMetrics"]
+__all__ = [
+    "COUNTER_HELP",
+    "LOG_BYTES_BUCKETS",
+    "LOG_ENTRIES_BUCKETS",
+    "MetricsSource",
+    "StoreCollector",
+    "StoreMetrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +73,13 @@ PROPOSAL_TYPES: Final = {
     "conf_changes_proposed": "conf_change",
     "splits_proposed": "split",
 }
+
+# The counters of `StoreCore.stats` folded into shardkv_store_log_truncations_total.
+TRUNCATION_TRIGGERS: Final = {t.stat: t.value for t in Trigger}
+
+# Upper bounds of the buckets of regions by the size of their log.
+LOG_BYTES_BUCKETS: Final = (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20)
+LOG_ENTRIES_BUCKETS: Final = (16, 64, 128, 256, 1024, 4096, 16384)
 
 # Every counter kept by the core or the shell, with its meaning. All are
 # exported from the start (at 0); a counter missing here is still exported,
@@ -63,9 +91,10 @@ COUNTER_HELP: Final = {
     "raft_messages_received": "Raft messages received from other stores",
     "raft_frames_received": "Frames (batches of Raft messages) received from other stores",
     "raft_messages_dropped": "Raft messages dropped (queue full, store unreachable)",
+    "raft_messages_misaddressed": "Raft messages received for another store (dropped; "
+    "e.g. for the store this one replaced)",
     "log_entries_appended": "Raft log entries appended to this store's raft/",
     "log_bytes_appended": "Bytes of Raft log entry data appended to this store's raft/",
-    "log_truncations": "Raft log prefixes truncated (compaction)",
     "snapshots_generated": "Snapshots generated for followers",
     "snapshots_sent": "Snapshots sent to other stores",
     "snapshot_send_failures": "Snapshots that failed to reach another store",
@@ -85,6 +114,11 @@ COUNTER_HELP: Final = {
     "stale_reads_refused": "Stale reads too stale, served as follower reads",
     "ticks_skipped": "Raft ticks skipped because the last one still waited for the loop "
     "(an overloaded store's Raft clock runs slow)",
+    "consistency_checks_proposed": "Consistency checks proposed by leaders on this store",
+    "consistency_checks_computed": "Region copies hashed here for consistency checks",
+    "consistency_checks_matched": "Consistency checks whose digest here matched the leader's",
+    "consistency_mismatches": "Consistency checks whose digest here differed from the "
+    "leader's (this replica or the leader holds a corrupt copy; the PD names which)",
 }
 
 
@@ -192,15 +226,17 @@ def _disk_gauges(disk: DiskMonitor) -> Iterator[Metric]:
 
 
 def _peer_gauges(core: StoreCore) -> Iterator[Metric]:
-    regions = leaders = asleep = entries = log_bytes = 0
+    regions = leaders = asleep = 0
+    entries: list[int] = []
+    sizes: list[int] = []
     for peer in core.peers.values():
         if not peer.initialized:
             continue
         regions += 1
         leaders += peer.is_leader()
         asleep += peer.asleep
-        entries += peer.storage.log_entries()
-        log_bytes += peer.storage.log_bytes
+        entries.append(peer.storage.log_entries())
+        sizes.append(peer.storage.log_bytes)
     yield GaugeMetricFamily(
         "shardkv_store_regions", "Regions with an initialized peer on this store", value=regions
     )
@@ -215,13 +251,48 @@ def _peer_gauges(core: StoreCore) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "shardkv_store_raft_log_entries",
         "Raft log entries kept (not yet truncated), all regions",
-        value=entries,
+        value=sum(entries),
     )
     yield GaugeMetricFamily(
         "shardkv_store_raft_log_bytes",
-        "Approximate bytes of the Raft log entries kept, all regions",
-        value=log_bytes,
+        "Bytes of the Raft log entries kept, as stored, all regions",
+        value=sum(sizes),
     )
+    yield GaugeMetricFamily(
+        "shardkv_store_region_raft_log_entries_max",
+        "Raft log entries kept by the region with the longest log",
+        value=max(entries, default=0),
+    )
+    yield GaugeMetricFamily(
+        "shardkv_store_region_raft_log_bytes_max",
+        "Bytes of Raft log kept by the region with the largest log",
+        value=max(sizes, default=0),
+    )
+    yield _regions_by(
+        "shardkv_store_region_raft_log_entries",
+        "Regions by the entries of Raft log they keep",
+        entries,
+        LOG_ENTRIES_BUCKETS,
+    )
+    yield _regions_by(
+        "shardkv_store_region_raft_log_bytes",
+        "Regions by the bytes of Raft log they keep",
+        sizes,
+        LOG_BYTES_BUCKETS,
+    )
+
+
+def _regions_by(name: str, doc: str, values: list[int], bounds: Sequence[int]) -> Metric:
+    """A gauge histogram of `values` (one a region) over `bounds`."""
+    counts = [0] * (len(bounds) + 1)
+    for v in values:
+        counts[bisect.bisect_left(bounds, v)] += 1
+    buckets = []
+    total = 0
+    for bound, n in zip([*map(floatToGoString, bounds), "+Inf"], counts, strict=True):
+        total += n
+        buckets.append((bound, total))
+    return GaugeHistogramMetricFamily(name, doc, buckets=buckets, gsum_value=sum(values))
 
 
 def _counters(counters: Mapping[str, int]) -> Iterator[Metric]:
@@ -234,8 +305,17 @@ def _counters(counters: Mapping[str, int]) -> Iterator[Metric]:
     for name, kind in PROPOSAL_TYPES.items():
         proposals.add_metric([kind], counters.get(name, 0))
     yield proposals
+    truncations = CounterMetricFamily(
+        "shardkv_store_log_truncations",
+        "Raft log prefixes truncated (compactions), by the trigger that fired "
+        "(store_node.log_gc): the log's bytes, its entries, the interval",
+        labels=["trigger"],
+    )
+    for name, trigger in TRUNCATION_TRIGGERS.items():
+        truncations.add_metric([trigger], counters.get(name, 0))
+    yield truncations
     for name in sorted(COUNTER_HELP.keys() | counters.keys()):
-        if name in PROPOSAL_TYPES:
+        if name in PROPOSAL_TYPES or name in TRUNCATION_TRIGGERS:
             continue
         help_text = COUNTER_HELP.get(name, f"Store counter {name}")
         yield CounterMetricFamily(f"shardkv_store_{name}", help_text, value=counters.get(name, 0))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -43,7 +42,7 @@ import trio
 
 from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Consistency, Context, SessionRef
-from kvproto.metapb import Region, StoreId
+from kvproto.metapb import StoreId
 from kvproto.pd_client import PdClient, PdServerError, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
@@ -59,25 +58,27 @@ from kvproto.rpc.auth import security_from_files
 from kvproto.rpc.tls import opener_for, tls_from_files
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
+from store_node.backup_copies import BackupCopies
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig, StoreConfig
+from store_node.consistency import interval_ticks
 from store_node.core import StoreCore
 from store_node.disk import DiskMonitor
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
 from store_node.lease import lease_duration
-from store_node.log_gc import LogGcConfig
 from store_node.metrics import StoreMetrics
 from store_node.pd_worker import PdWorker
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import apply_and_truncate, must_block, persist_and_apply, persist_raft
+from store_node.region_hash import hash_region, jobs_of
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate
 from store_node.snapshot_delta import DeltaPolicy
 from store_node.snapshot_digest import TreeShape, remove_files
 from store_node.snapshot_transfer import DigestService, SnapshotReceiver, send_snapshot
-from store_node.split import scan_region
+from store_node.split_worker import SplitWorker
 from store_node.status_http import Page, StatusApp, serve_status, store_pages
 from store_node.ticker import Ticker
 from store_node.transport import Transport
@@ -91,8 +92,6 @@ def _no_event(core: StoreCore) -> None:
     """Wakes the loop; the work is already queued in the core."""
 
 
-# The token of a split the store decided on: nobody waits for its reply.
-SPLIT_ORDER = "split-order"
 T = TypeVar("T")
 
 
@@ -121,6 +120,8 @@ class StoreNode:
         self.disk = DiskMonitor((config.data_dir, config.raft_dir), config.min_free_disk)
         self.core: StoreCore | None = None
         self.pd: PdClient | None = None
+        # Its RPC port's server, once serving (its limits' counters).
+        self.rpc_server: RpcServer | None = None
         self.transport: Transport | None = None
         self._send_events, self._recv_events = trio.open_memory_channel[Event](
             config.max_queued_events
@@ -133,16 +134,13 @@ class StoreNode:
         self._snap_sends = trio.Semaphore(config.max_snapshot_sends)
         self._snap_gen = trio.CapacityLimiter(1)
         self.snapshot_counts: Counter[str] = Counter()  # snapshot_transfer.SendResult.count
+        self._hashing = trio.CapacityLimiter(1)  # consistency checks' region hashes
         self._nursery: trio.Nursery | None = None
         self.address = ""
         self._open_stream: StreamOpener = open_tcp  # authenticating with a cluster token
         self.raft_frames_received = 0
         self.raft_messages_received = 0
-        # Regions to measure, in the order their checks came due (each is
-        # marked split_checking in the core, so it is queued at most once).
-        self._split_checks_send, self._split_checks_recv = trio.open_memory_channel[Region](
-            math.inf
-        )
+        self.splits = SplitWorker(self, config.split_check_interval, self._snap_gen)
         self.ticker = Ticker[StoreCore](config.tick_interval, self.submit, _tick)
         self.metrics = StoreMetrics(self)
 
@@ -173,11 +171,12 @@ class StoreNode:
                     self.snap_dir, self._deliver_snapshot, max_receives=cfg.max_snapshot_receives
                 )
                 host, port = parse_address(cfg.listen, listen=True)
-                kv_handlers = KvService(
-                    self, Limits(cfg.max_key_size, cfg.max_value_size)
-                ).handlers()
+                limits = Limits(cfg.max_key_size, cfg.max_value_size)
+                backups = BackupCopies(self, self.snap_dir, self.disk, self._snap_gen)
+                kv_handlers = {**KvService(self, limits).handlers(), **backups.handlers()}
                 # With a cluster token, a client-role connection may send the
-                # KV API only: Raft traffic and snapshots are the stores'.
+                # KV API (backup copies included: a scan reads as much) only:
+                # Raft traffic and snapshots are the stores'.
                 digests = DigestService(self.engine, self._snap_gen).handlers()
                 server = RpcServer(
                     {**kv_handlers, **receiver.handlers(), **digests},
@@ -185,7 +184,9 @@ class StoreNode:
                     auth=auth,
                     client_messages=kv_handlers.keys(),
                     tls=server_tls,
+                    max_connections=cfg.max_connections,
                 )
+                self.rpc_server = server
                 # Serve first (port 0 is only known once bound), but accept
                 # events only once the core exists: the channel buffers them.
                 try:
@@ -225,11 +226,10 @@ class StoreNode:
                             2 * cfg.election_ticks if cfg.hibernate_regions else 0
                         ),
                         liveness_ticks=cfg.election_ticks,
-                        log_gc=LogGcConfig(
-                            threshold=cfg.raft_log_gc_threshold,
-                            count_limit=cfg.raft_log_gc_count_limit,
-                            size_limit=cfg.raft_log_gc_size_limit,
+                        consistency_check_ticks=interval_ticks(
+                            cfg.consistency_check_interval, cfg.tick_interval
                         ),
+                        log_gc=cfg.log_gc_config(),
                     ),
                     random.Random(),
                     tombstones=tombstones,
@@ -252,8 +252,8 @@ class StoreNode:
                 nursery.start_soon(self._run_kv_syncer)
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
-                nursery.start_soon(self._run_split_scanner)
-                nursery.start_soon(self._run_split_checks)
+                nursery.start_soon(backups.run_sweeper)
+                nursery.start_soon(self.splits.run)
                 log.info(
                     "store %d serving on %s (cluster %d, %d regions)%s",
                     ident.store_id,
@@ -269,19 +269,19 @@ class StoreNode:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.engine.close, limiter=self._limiter)
 
-    async def _register(self, pd: PdClient, address: str) -> tuple[StoreIdent, list[int]]:
+    async def _register(self, pd: PdClient, addr: str) -> tuple[StoreIdent, list[int]]:
         """Identity and registration, retried until the PD answers: a store may
         start before its PD. (`ensure_identity` is safe to run again after any
         failure: a bootstrap that half happened is resolved from its marker.)"""
-        delay = 0.1
+        delay, cfg = 0.1, self.config
         while True:
             try:
-                return await ensure_identity(self.engine, pd, address, self.config.labels)
+                return await ensure_identity(self.engine, pd, addr, cfg.labels, cfg.replace_store)
             except PdServerError as e:
                 # Refused, not unreachable: retrying cannot help.
                 raise RegistrationRefusedError(f"the PD refused this store: {e}") from e
             except RpcCallError as e:
-                log.warning("waiting for the PD at %s: %s", ",".join(self.config.pd), e)
+                log.warning("waiting for the PD at %s: %s", ",".join(cfg.pd), e)
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -346,9 +346,12 @@ class StoreNode:
             outcomes = apply_and_truncate(self.engine, out)
         answer(core.after_persist(out, outcomes))
         self._start_snapshot_work(core, out)
+        for job in jobs_of(outcomes):
+            assert self._nursery is not None
+            self._nursery.start_soon(hash_region, job, self._hashing, self.submit)
         self.rounds += 1
         self.metrics.observe_round(out)
-        if core.heartbeat_due or core.split_reports:
+        if core.heartbeat_due or core.split_reports or core.consistency.reports:
             self._round_done.set()
             self._round_done = trio.Event()
 
@@ -370,68 +373,10 @@ class StoreNode:
         for store_id, msg, path in out.snapshot_sends:
             nursery.start_soon(self._send_snapshot, core.store_id, store_id, msg, path)
         for region in out.split_checks:
-            self._split_checks_send.send_nowait(region)
-
-    # -- splits ---------------------------------------------------------------
-
-    async def _run_split_checks(self) -> None:
-        """One region at a time (the scans share one thread anyway): ten
-        thousand regions due at once were ten thousand tasks, whose answers
-        to the loop stalled it for seconds."""
-        async for region in self._split_checks_recv:
-            await self._split_check(region, ())
-
-    async def _split_check(self, region: Region, forced_keys: tuple[bytes, ...]) -> None:
-        """Measure a region (choosing split keys) or, with `forced_keys`, split
-        it there; then ask the PD for ids and propose the split."""
-        core = self.core
-        pd = self.pd
-        assert core is not None and pd is not None
-        limits = core.split_limits or (1 << 62, 1 << 62)
-        rid = region.id
-        try:
-            res = await trio.to_thread.run_sync(
-                scan_region, self.engine, region, limits[0], limits[1], limiter=self._snap_gen
-            )
-        except Exception:
-            log.exception("region %d: split check failed", rid)
-            await self.call_core(lambda c: c.on_split_checked(rid, 0, 0, (), -1))
-            return
-        split_keys = forced_keys or res.split_keys
-        target = await self.call_core(
-            lambda c: c.on_split_checked(rid, res.size, res.keys, split_keys, region.epoch.version)
-        )
-        if target is None:
-            return
-        try:
-            ids = await pd.ask_batch_split(target, len(split_keys))
-        except Exception as e:  # the PD being away: the next check retries
-            log.warning("region %d: cannot get ids for a split: %s", rid, e)
-            return
-        id_pairs = [(i.new_region_id, tuple(i.new_peer_ids)) for i in ids]
-
-        def propose(c: StoreCore) -> None:
-            refused = c.propose_split(SPLIT_ORDER, rid, target.epoch, split_keys, id_pairs)
-            if refused is not None:
-                log.info("region %d: split not proposed: %s", rid, refused)
-
-        await self.submit(propose)
+            self.splits.due(region)
 
     async def split_region(self, region_id: int, keys: tuple[bytes, ...]) -> None:
-        """Split on an order of the PD (at `keys`, or where a scan says)."""
-        core = self.core
-        assert core is not None
-        peer = core.peers.get(region_id)
-        if peer is None or not peer.is_leader():
-            return
-        await self._split_check(peer.region, keys)
-
-    async def _run_split_scanner(self) -> None:
-        """Measure every leader's region now and then: the sizes kept at apply
-        only grow, this corrects them (deletes, overwrites)."""
-        while True:
-            await trio.sleep(self.config.split_check_interval)
-            await self.submit(StoreCore.schedule_split_checks)
+        await self.splits.split_region(region_id, keys)
 
     async def _generate_snapshot(self, region_id: int) -> None:
         # The hash tree of an incremental catch-up comes from the same scan.

@@ -227,21 +227,42 @@ class PdWorker:
     async def _run_due_region_heartbeats(self) -> None:
         def take(
             core: StoreCore,
-        ) -> tuple[list[tuple[Region, ...]], list[pdpb.RegionHeartbeatRequest], bool]:
+        ) -> tuple[
+            list[tuple[Region, ...]],
+            list[pdpb.RegionHeartbeatRequest],
+            list[pdpb.ReportRegionHashRequest],
+            bool,
+        ]:
             reports = core.take_split_reports()
             requests = self._requests(core, core.take_heartbeat_due())
-            return reports, requests, bool(core.heartbeat_due or core.split_reports)
+            digests = core.consistency.take_reports()
+            return reports, requests, digests, bool(core.heartbeat_due or core.split_reports)
 
         while True:
-            reports, requests, more = await self.store.call_core(take)
+            reports, requests, digests, more = await self.store.call_core(take)
             for regions in reports:
                 try:
                     await self.pd.report_batch_split(regions)
                 except PD_UNAVAILABLE as e:  # heartbeats of the new regions follow anyway
                     log.warning("split report failed: %s", e)
             await self.send_region_heartbeats(requests)
+            await self.report_digests(digests)
             if not more:
                 await self.store.pd_work_due()
+
+    async def report_digests(self, digests: Sequence[pdpb.ReportRegionHashRequest]) -> None:
+        """Replicas' digests at consistency checks (`store_node.consistency`);
+        one the PD misses leaves that check unfinished there, nothing more."""
+        for req in digests:
+            try:
+                await self.pd.report_region_hash(req)
+            except PD_UNAVAILABLE as e:
+                log.warning(
+                    "region %d: digest at %d not reported to the PD: %s",
+                    req.region.id,
+                    req.index,
+                    e,
+                )
 
     async def region_heartbeat(self, req: pdpb.RegionHeartbeatRequest) -> None:
         region_id = req.region.id
@@ -265,14 +286,26 @@ class PdWorker:
         """Carry out the operator step the PD answered with, if any."""
         if resp.split_region is not None:
             await self.store.split_region(region_id, resp.split_region.keys)
-        elif resp.change_peer is not None or resp.transfer_leader is not None:
+        if has_core_order(resp):
             await self.store.submit(partial(execute_order, region_id=region_id, resp=resp))
 
 
+def has_core_order(resp: pdpb.RegionHeartbeatResponse) -> bool:
+    """Whether the answer holds an order `execute_order` carries out."""
+    return bool(
+        resp.change_peer is not None or resp.transfer_leader is not None or resp.consistency_check
+    )
+
+
 def execute_order(core: StoreCore, region_id: int, resp: pdpb.RegionHeartbeatResponse) -> None:
-    """Carry out a PD operator step that needs nothing but the core: a
+    """Carry out the PD's orders that need nothing but the core: a
     membership change (if planned on the region's epoch) or a leader
-    transfer. (A split order needs a size scan and ids first.)"""
+    transfer, and a consistency check. (A split order needs a size scan and
+    ids first.)"""
+    if resp.consistency_check:
+        not_started = core.check_consistency(region_id, resp.consistency_check)
+        if not_started is not None:
+            log.info("region %d: consistency check not proposed: %s", region_id, not_started)
     if resp.change_peer is not None and resp.region_epoch is not None:
         refused = core.change_peer(PD_ORDER, region_id, resp.region_epoch, resp.change_peer)
         if refused is not None:

@@ -94,7 +94,13 @@ def start_peer(
 ) -> Peer:
     """A peer of `region` on this store, from its persisted state (`meta`
     and an empty region for one created uninitialized)."""
-    storage = PeerStorage(engine, region.id, membership.conf_state_of(region), apply_state)
+    storage = PeerStorage(
+        engine,
+        region.id,
+        membership.conf_state_of(region),
+        apply_state,
+        region_version=region.epoch.version,
+    )
     hs = storage.hard_state
     if hs.term < apply_state.truncated_term:
         # A region created by a split starts at the implied initial log
@@ -126,6 +132,23 @@ class PeerLife:
         self.to_destroy: dict[int, str] = {}
         # Tombstone messages to send (to removed peers still talking).
         self.messages: dict[StoreId, list[RaftMessage]] = defaultdict(list)
+        # Stores whose messages reached this one (already logged).
+        self._misaddressed: set[StoreId] = set()
+
+    def misaddressed(self, msg: RaftMessage) -> None:
+        """A message for another store arrived: after a store replaced one
+        whose data was lost, at its address, every leader with a peer on the
+        old store sends here until that peer is removed (thousands a second
+        at thousands of regions). Logged once per store addressed."""
+        store_id = msg.to_peer.store_id
+        if store_id not in self._misaddressed:
+            self._misaddressed.add(store_id)
+            log.warning(
+                "store %d: messages for store %d arrive here and are dropped (was it "
+                "replaced by this one?); further ones are counted, not logged",
+                self.store_id,
+                store_id,
+            )
 
     def route(self, msg: RaftMessage, peers: Mapping[int, Peer]) -> Route:
         """What to do with a Raft message for a region of this store: step it

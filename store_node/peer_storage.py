@@ -10,6 +10,7 @@ never observes a queued-but-unwritten entry through this storage.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from store_node.records import (
     encode_entry,
     encode_hard_state,
 )
+from store_node.snapshot import descriptor_of
 
 # The first index of a region created by bootstrap or split: entries below it
 # are implied by the initial kv state (TiKV's RAFT_INIT_LOG_INDEX).
@@ -92,6 +94,53 @@ class EntryCache:
         self._bytes = 0
 
 
+class LogSizes:
+    """The stored size of every log entry of one region, as running sums
+    (8 bytes an entry): the log's bytes, and any prefix's, in O(1), so that
+    the size policy (`store_node.log_gc`) never scans the log.
+
+    `_ends[i]` is the sum of the sizes of every entry up to `first + i`,
+    counted from an origin that truncation moves past (`_start`)."""
+
+    __slots__ = ("_ends", "_start", "first")
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # the index of `_ends[0]`
+        self._ends = array("Q")
+        self._start = 0
+
+    @property
+    def total(self) -> int:
+        return self._ends[-1] - self._start if self._ends else 0
+
+    def up_to(self, index: int) -> int:
+        """Bytes of the entries from `first` to `index` (inclusive)."""
+        i = min(index - self.first, len(self._ends) - 1)
+        return self._ends[i] - self._start if i >= 0 else 0
+
+    def append(self, first: int, sizes: Sequence[int]) -> None:
+        """Entries of these sizes stored from index `first` on, replacing
+        any from there (`first` is at most one past the last)."""
+        del self._ends[max(0, first - self.first) :]
+        end = self._ends[-1] if self._ends else self._start
+        for size in sizes:
+            end += size
+            self._ends.append(end)
+
+    def truncate_to(self, index: int) -> None:
+        """Entries up to `index` (inclusive) are gone."""
+        n = min(max(0, index + 1 - self.first), len(self._ends))
+        if n:
+            self._start = self._ends[n - 1]
+            del self._ends[:n]
+        self.first = index + 1
+
+    def reset(self, first: int) -> None:
+        self._ends = array("Q")
+        self._start = 0
+        self.first = first
+
+
 class PeerStorage:
     """`raft.LogStorage` for one region on one store.
 
@@ -106,10 +155,13 @@ class PeerStorage:
         conf_state: ConfState,
         apply_state: ApplyState,
         hard_state: HardState | None = None,
+        region_version: int = 0,
     ) -> None:
         self.engine = engine
         self.region_id = region_id
         self.conf_state = conf_state
+        # The region's epoch version now (kept by the core, as conf_state).
+        self.region_version = region_version
         self.apply_state = apply_state
         if hard_state is None:
             raw = engine.raft_get(keys.STATE_DB, keys.region_key(region_id))
@@ -117,8 +169,8 @@ class PeerStorage:
         self.hard_state = hard_state
         self.cache = EntryCache()
         self._last_index, self.last_term = self._load_last()
-        # Approximate payload bytes of the stored log (for truncation limits).
-        self.log_bytes = self._load_log_bytes()
+        # Stored bytes of every entry of the log (the log size policy).
+        self.sizes = self._load_sizes()
         # The latest snapshot generated for followers, and its data file.
         self.generated: tuple[Snapshot, Path] | None = None
         # Set when the Raft core asked for a snapshot that is not built yet.
@@ -139,17 +191,28 @@ class PeerStorage:
                 break  # only leftovers of an interrupted truncation remain
         return self.apply_state.truncated_index, self.apply_state.truncated_term
 
-    def _load_log_bytes(self) -> int:
-        total = 0
+    def _load_sizes(self) -> LogSizes:
+        first = self.apply_state.truncated_index + 1
+        sizes = LogSizes(first)
         with self.engine.read_raft() as txn:
-            for _, v in scan_cursor(
-                txn,
-                self.engine.raft_db(keys.LOG_DB),
-                keys.raft_log_key(self.region_id, self.apply_state.truncated_index + 1),
-                keys.raft_log_prefix(self.region_id + 1),
-            ):
-                total += len(v)
-        return total
+            sizes.append(
+                first,
+                [
+                    len(v)
+                    for _, v in scan_cursor(
+                        txn,
+                        self.engine.raft_db(keys.LOG_DB),
+                        keys.raft_log_key(self.region_id, first),
+                        keys.raft_log_key(self.region_id, self._last_index + 1),
+                    )
+                ],
+            )
+        return sizes
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of the stored log, as stored (headers included)."""
+        return self.sizes.total
 
     # -- LogStorage -------------------------------------------------------------
 
@@ -219,15 +282,19 @@ class PeerStorage:
 
     def snapshot(self) -> Snapshot:
         """The generated snapshot if it still connects to our log (its index
-        is at or past the truncation point) and has the current config; else
-        ask for a new one."""
+        is at or past the truncation point) and has the current config and
+        range; else ask for a new one."""
         if self.generated is not None:
             snap = self.generated[0]
             # A snapshot from before a conf change would not name a peer
             # added since, which then refuses it: only the current config.
+            # One from before a split holds the old range, which overlaps
+            # the split-off regions a follower may hold by now (made from
+            # their own snapshots): it would be refused there for ever.
             if (
                 snap.metadata.index >= self.apply_state.truncated_index
                 and snap.metadata.conf_state == self.conf_state
+                and descriptor_of(snap).region.epoch.version >= self.region_version
             ):
                 return snap
         self.wants_snapshot = True
@@ -251,8 +318,10 @@ class PeerStorage:
             raise AssertionError(
                 f"region {self.region_id}: append at {first} leaves a hole after {self._last_index}"
             )
-        for e in ents:
-            batch.put(keys.LOG_DB, keys.raft_log_key(self.region_id, e.index), encode_entry(e))
+        stored = [encode_entry(e) for e in ents]
+        for e, raw in zip(ents, stored, strict=True):
+            batch.put(keys.LOG_DB, keys.raft_log_key(self.region_id, e.index), raw)
+        self.sizes.append(first, [len(raw) for raw in stored])
         last = ents[-1]
         if last.index < self._last_index:
             # Drop the stale suffix the new entries replace.
@@ -262,14 +331,6 @@ class PeerStorage:
                 keys.raft_log_key(self.region_id, self._last_index + 1),
             )
         self.cache.append(ents)
-        if last.index < self._last_index:
-            # Replaced entries: the byte count is an estimate from here on.
-            self.log_bytes = (
-                self.log_bytes
-                * (first - self.apply_state.truncated_index - 1)
-                // max(1, self._last_index - self.apply_state.truncated_index)
-            )
-        self.log_bytes += sum(len(e.data) + 17 for e in ents)
         self._last_index = last.index
         self.last_term = last.term
 
@@ -290,8 +351,7 @@ class PeerStorage:
                 f"region {self.region_id}: truncate to {index} outside "
                 f"({old.truncated_index}, {old.applied_index}]"
             )
-        kept = self._last_index - index
-        self.log_bytes = self.log_bytes * kept // max(1, self._last_index - old.truncated_index)
+        self.sizes.truncate_to(index)
         # From index 0: also sweeps leftovers of an interrupted earlier deletion.
         batch.delete_range(
             keys.LOG_DB,
@@ -306,7 +366,7 @@ class PeerStorage:
         self.clear_log(batch)
         self.apply_state = ApplyState(index, index, term, term)
         self._last_index, self.last_term = index, term
-        self.log_bytes = 0
+        self.sizes.reset(index + 1)
 
     def clear_log(self, batch: WriteBatch) -> None:
         """Queue deletion of the whole log (snapshot install or tombstone)."""

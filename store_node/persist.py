@@ -6,7 +6,9 @@ region). Order, and why:
 1. the Raft batch (one transaction, one fsync): entries must be durable
    before any of them is applied, as the `Ready` contract asks;
 2. one `kv/` transaction: committed entries, snapshot installs, peer
-   destructions and apply-state updates (log truncation points);
+   destructions and apply-state updates (log truncation points); a region
+   with a consistency check among its entries commits there and applies
+   the rest in a transaction of its own (`region_hash.finish_checks`);
 3. if the round resets or deletes any log prefix: fsync `kv/`, then write
    those Raft changes. A log is never shortened before the kv state that
    makes it unnecessary is durable.
@@ -18,6 +20,7 @@ import time
 
 from store_node.apply import ApplyOutcome, apply_round, write_apply_state
 from store_node.engine import Engine, KvTxn
+from store_node.region_hash import finish_checks
 from store_node.region_tasks import destroy_peer, install_snapshot
 from store_node.round_output import RoundOutput
 
@@ -91,7 +94,7 @@ def apply_and_truncate(engine: Engine, out: RoundOutput) -> list[ApplyOutcome]:
             return res
 
         started = time.perf_counter()
-        outcomes = engine.write_kv(kv)
+        outcomes = finish_checks(engine, out.apply_tasks, engine.write_kv(kv))
         out.apply_seconds = time.perf_counter() - started
     if out.raft_after_kv.ops:
         engine.sync_kv()

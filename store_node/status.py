@@ -75,6 +75,9 @@ def status_json(
         "region_count": len(regions),
         "leader_count": sum(p.is_leader for p in status.peers),
         "disk": dict(disk or {}),
+        # Log growth (per region below): what compaction has not taken yet.
+        "log_entries": sum(p.log_entries for p in status.peers),
+        "log_bytes": sum(p.log_bytes for p in status.peers),
         "regions": regions,
         "counters": dict(status.counters),
     }

@@ -11,8 +11,10 @@ one-way messages, the other answers. The modules, from the wire up:
 * `errors`: what a caller gets from `call`, by what it may do next
   (`RpcCallError` and its subclasses);
 * `client`: `RpcConnection`, `connect`, stream openers, `parse_address`;
-* `server`: `RpcServer` and what its handlers see (`RequestContext`,
-  `Deferred`);
+* `server`: `RpcServer`, its limits against hostile peers (module doc);
+  `limits` their mechanism (connection slots, the decode budget);
+  `connection` one served connection and what its handlers see
+  (`RequestContext`, `Deferred`);
 * `reconnect`: a client connection that comes back after failures (import
   it from `kvproto.rpc.reconnect`).
 

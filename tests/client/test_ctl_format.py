@@ -13,6 +13,7 @@ from client.ctl_format import (
     format_operator,
     format_removed,
     format_schedulers,
+    format_store,
     format_stores,
     show_key,
     size,
@@ -83,6 +84,16 @@ def test_a_store_without_a_heartbeat_yet_shows_dashes() -> None:
         "never",
         "rack=r1,zone=b",
     ]
+
+
+def test_a_replaced_store_and_its_replacement_say_so() -> None:
+    base = {"address": "10.0.0.13:20160", "labels": {}, "stats": None}
+    old = {**base, "id": 3, "state": "Tombstone", "replaces": None, "replaced_by": 9}
+    new = {**base, "id": 9, "state": "Up", "replaces": 3, "replaced_by": None}
+    assert format_store(old).splitlines()[-1] == "replaced by:     store 9"
+    assert format_store(new).splitlines()[-1] == "replaces:        store 3"
+    plain = {**base, "id": 1, "state": "Up"}
+    assert "replace" not in format_store(plain)
 
 
 def test_an_operator_shows_where_it_stopped_and_why() -> None:

@@ -21,7 +21,7 @@ from tests.cluster.helpers import (
     voters,
 )
 
-GC = {"--raft-log-gc-threshold": "50", "--raft-log-gc-count-limit": "200"}
+GC = {"--log-gc-max-entries": "50", "--log-gc-max-follower-lag": "200"}
 
 
 async def test_region_reaches_three_voters_and_a_killed_follower_catches_up(
@@ -122,6 +122,6 @@ async def test_logs_stay_bounded_while_writes_go_on(tmp_path: Path) -> None:
             for spec in cluster.store_specs:
                 st = await store_status(spec.address)
                 assert st is not None
-                truncations += dict(st.counters).get("log_truncations", 0)
+                truncations += dict(st.counters).get("log_truncations_by_entries", 0)
             assert truncations > 0
         assert worst <= 50 + 200, worst

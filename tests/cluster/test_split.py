@@ -24,7 +24,7 @@ from tests.cluster.helpers import (
 )
 
 TINY = {"--region-max-keys": "400", "--region-max-size": "1MiB"}
-STORE = {**FAST_STORE, "--split-check-interval": "1s", "--raft-log-gc-threshold": "100"}
+STORE = {**FAST_STORE, "--split-check-interval": "1s", "--log-gc-max-entries": "100"}
 
 
 def split_cluster(root: Path, stores: int = 3) -> LocalCluster:

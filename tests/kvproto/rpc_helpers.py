@@ -47,6 +47,25 @@ class Unhandled:
     x: int
 
 
+@wire(9104)
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A `Hold` carrying `data`: a large frame, answered once `key` is
+    released."""
+
+    key: int
+    data: bytes
+
+
+@wire(9105)
+@dataclass(frozen=True, slots=True)
+class Memo:
+    """A one-way message carrying `data`, handled once `key` is released."""
+
+    key: int
+    data: bytes
+
+
 class Service:
     """Handlers whose progress tests can observe and control."""
 
@@ -56,6 +75,8 @@ class Service:
         self.max_running = 0
         self.finished: list[int] = []
         self.notes: list[int] = []
+        self.memos: list[int] = []
+        self._memos_changed = trio.Event()
         self._notes_wanted = 0
         self._notes_arrived = trio.Event()
         self._running_changed = trio.Event()
@@ -74,6 +95,19 @@ class Service:
             self.running -= 1
         self.finished.append(request.key)
         return Echo(str(request.key).encode())
+
+    async def payload(self, request: Payload, ctx: RequestContext) -> Echo:
+        return await self.hold(Hold(request.key), ctx)
+
+    async def memo(self, msg: Memo, ctx: RequestContext) -> None:
+        await self.gate(msg.key).wait()
+        self.memos.append(msg.key)
+        self._memos_changed.set()
+        self._memos_changed = trio.Event()
+
+    async def wait_memos(self, count: int) -> None:
+        while len(self.memos) < count:
+            await self._memos_changed.wait()
 
     async def wait_running(self, count: int) -> None:
         """Wait until `count` Hold handlers are running at once."""
@@ -98,8 +132,8 @@ class Service:
 
     def server(self, **kwargs: Any) -> RpcServer:
         return RpcServer(
-            {Echo: echo_handler, Hold: self.hold, Boom: self.boom},
-            {Note: self.note},
+            {Echo: echo_handler, Hold: self.hold, Boom: self.boom, Payload: self.payload},
+            {Note: self.note, Memo: self.memo},
             **kwargs,
         )
 
@@ -139,6 +173,10 @@ def envelope(kind: int, request_id: int, body: Any) -> bytes:
 
 def request_frame(request_id: int, msg: object) -> bytes:
     return envelope(0, request_id, to_wire(msg))
+
+
+def oneway_frame(msg: object) -> bytes:
+    return envelope(3, 0, to_wire(msg))
 
 
 async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:

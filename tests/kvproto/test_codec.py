@@ -70,6 +70,7 @@ TAG_RANGES = {
     "kvproto.metapb": range(20, 40),
     "kvproto.errorpb": range(40, 60),
     "kvproto.rpc": range(60, 80),
+    "kvproto.backuppb": range(80, 100),
     "kvproto.pdpb": range(100, 200),
     "kvproto.kvrpcpb": range(200, 240),
     "kvproto.raft_cmdpb": range(240, 280),

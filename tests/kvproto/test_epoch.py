@@ -37,9 +37,11 @@ def test_the_rule_table_is_exactly_the_pinned_one() -> None:
         AdminCmdType.PREPARE_MERGE: EpochRule(True, True, True, True),
         AdminCmdType.COMMIT_MERGE: EpochRule(True, True, True, False),
         AdminCmdType.ROLLBACK_MERGE: EpochRule(True, True, True, False),
+        AdminCmdType.COMPUTE_HASH: EpochRule(False, False, False, False),
+        AdminCmdType.VERIFY_HASH: EpochRule(False, False, False, False),
     }
     assert EpochRule(True, False, False, False) == NORMAL_REQUEST_RULE
-    assert {int(c) for c in AdminCmdType} == set(range(1, 8))
+    assert {int(c) for c in AdminCmdType} == set(range(1, 10))
 
 
 def test_every_admin_command_has_a_rule() -> None:

@@ -19,6 +19,7 @@ from kvproto.frame import (
     FrameBudget,
     FrameLimitError,
     FrameReader,
+    FrameStartTimeout,
     encode_frame,
 )
 
@@ -81,6 +82,25 @@ async def test_a_slow_sender_is_cut_off_though_bytes_keep_coming(
     with pytest.raises(FrameLimitError):
         await reader.receive_frame()
     assert trio.current_time() - start <= TIMEOUT + 10
+
+
+async def test_a_first_frame_not_begun_by_its_deadline_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    reader = FrameReader(TimedStream([(11.0, FRAME)]), first_frame_deadline=10.0)
+    with pytest.raises(FrameStartTimeout, match="no frame begun"):
+        await reader.receive_frame()
+    assert trio.current_time() == 10.0
+
+
+async def test_a_first_frame_begun_in_time_has_its_frame_timeout_and_no_deadline_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    chunks = [(9.0, FRAME[:1]), (29.0, FRAME[1:]), (3600.0, FRAME)]
+    reader = FrameReader(TimedStream(chunks), frame_timeout=TIMEOUT, first_frame_deadline=10.0)
+    assert await reader.receive_frame() == FRAME[4:]
+    assert await reader.receive_frame() == FRAME[4:]  # an hour later: idle is fine
+    assert trio.current_time() == 9.0 + 29.0 + 3600.0
 
 
 async def test_time_between_frames_never_counts(autojump_clock: trio.testing.MockClock) -> None:

@@ -14,6 +14,10 @@ down (`kill`) stops heartbeating; peers on it are reported down. A split
 asks the PD for ids (AskBatchSplit), reports the parts (ReportBatchSplit)
 and lets their leaders (on the old leader's store) heartbeat.
 
+A consistency check the PD orders is "applied" at once: every replica's
+store that is up and not `silent` reports its digest (`digests`, by store;
+`DIGEST` otherwise) at the next index of the region.
+
 `wait_until(predicate)` returns once the predicate holds, checked after
 every heartbeat answer: tests await conditions instead of sleeping.
 
@@ -44,6 +48,7 @@ from tests.placement_driver.helpers import PdCaller, bootstrap_cluster
 from tests.placement_driver.mock_cluster import Refused, apply_order, leave_joint
 
 TiB = 1 << 40
+DIGEST = b"\x11" * 16
 
 
 @dataclass(slots=True)
@@ -51,6 +56,7 @@ class FakeRegion:
     region: Region
     leader: PeerId
     term: int = 1
+    index: int = 5  # the applied index consistency checks run at
     # Peer id -> heartbeat rounds until it has caught up.
     pending: dict[PeerId, float] = field(default_factory=dict)
 
@@ -72,6 +78,10 @@ class FakeStores:
         self.regions: dict[RegionId, FakeRegion] = {}
         self.orders: list[tuple[int, str]] = []  # (region id, what) carried out
         self.refused: list[tuple[int, str]] = []
+        # Consistency checks: a store's digest (default DIGEST), stores that
+        # never report one.
+        self.digests: dict[StoreId, bytes] = {}
+        self.silent: set[StoreId] = set()
         self._changed = trio.Event()
         self._lock = trio.Lock()
 
@@ -176,6 +186,8 @@ class FakeStores:
 
     async def _carry_out(self, fr: FakeRegion, resp: pdpb.RegionHeartbeatResponse) -> bool:
         rid = fr.region.id
+        if resp.consistency_check:
+            await self._report_digests(fr, resp.consistency_check)
         if resp.change_peer is not None:
             removed = {c.peer.id for c in resp.change_peer.changes}
             if fr.leader in removed:  # the PD must move the leadership first
@@ -205,6 +217,22 @@ class FakeStores:
             await self._split(fr, resp.split_region.keys)
             return True
         return False
+
+    async def _report_digests(self, fr: FakeRegion, check_id: int) -> None:
+        fr.index += 1
+        for p in fr.region.peers:
+            if p.store_id not in self.up or p.store_id in self.silent:
+                continue
+            req = pdpb.ReportRegionHashRequest(
+                self.pd.header(),
+                fr.region,
+                check_id,
+                fr.index,
+                p.store_id,
+                self.digests.get(p.store_id, DIGEST),
+            )
+            await self.pd.ok(req, pdpb.ReportRegionHashResponse)
+        self.orders.append((fr.region.id, f"consistency check {check_id}"))
 
     async def _split(self, fr: FakeRegion, keys: tuple[bytes, ...]) -> None:
         assert keys, "fake stores split at given keys only"

@@ -24,9 +24,11 @@ class PdCaller:
     type and the cluster id in its header, and returns the response
     (errors in the header are for the test to look at)."""
 
-    def __init__(self, conn: RpcConnection) -> None:
+    def __init__(self, conn: RpcConnection, cluster_id: int = 0) -> None:
+        """`cluster_id` 0: learnt from the first answer (the PD refuses 0
+        after bootstrap but in `pdpb.CLUSTER_ID_OPTIONAL` requests)."""
         self.conn = conn
-        self.cluster_id = 0
+        self.cluster_id = cluster_id
 
     def header(self) -> pdpb.RequestHeader:
         return pdpb.RequestHeader(self.cluster_id)

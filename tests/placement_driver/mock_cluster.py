@@ -70,8 +70,9 @@ class MockCluster:
     def __init__(self, **config: object) -> None:
         """`config`: cluster config keys over the defaults."""
         self.now = 1000.0
+        self.storage = MemoryMetaStorage()
         self.cluster = Cluster(
-            MemoryMetaStorage(),
+            self.storage,
             0.0,
             config_overrides={
                 "store_disconnect_time": DISCONNECT,
@@ -214,7 +215,7 @@ class MockCluster:
         assert leader_peer is not None
         return self.cluster.region_heartbeat(
             pdpb.RegionHeartbeatRequest(
-                pdpb.RequestHeader(),
+                pdpb.RequestHeader(self.cluster.cluster_id),
                 region,
                 leader_peer,
                 term=self._terms.setdefault(rid, 1),

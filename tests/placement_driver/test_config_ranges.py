@@ -25,7 +25,7 @@ from placement_driver.service import PdService
 from placement_driver.storage import MemoryMetaStorage
 from tests.factories import peer, region, store
 
-H = pdpb.RequestHeader()
+H = pdpb.RequestHeader()  # before bootstrap: no cluster id yet
 FORTY_NINES = "9" * 40
 HINTS = typing.get_type_hints(ClusterConfig)
 FIELDS = {f.name: f for f in dataclasses.fields(ClusterConfig)}
@@ -39,9 +39,17 @@ def bootstrapped_service(storage: MemoryMetaStorage) -> PdService:
     return service
 
 
+def header(service: PdService) -> pdpb.RequestHeader:
+    """A header naming the service's cluster, as every request after
+    bootstrap must."""
+    return pdpb.RequestHeader(service.cluster.cluster_id)
+
+
 def heartbeat_answer(service: PdService) -> pdpb.StoreHeartbeatResponse:
     """The answer to store 1's heartbeat, as the store decodes it."""
-    answer = service.handle(pdpb.StoreHeartbeatRequest(H, pdpb.StoreStats(store_id=1)), now=1.0)
+    answer = service.handle(
+        pdpb.StoreHeartbeatRequest(header(service), pdpb.StoreStats(store_id=1)), now=1.0
+    )
     assert isinstance(answer, pdpb.StoreHeartbeatResponse)
     decoded = codec.loads(codec.dumps(answer), pdpb.StoreHeartbeatResponse)
     assert decoded == answer
@@ -69,7 +77,9 @@ def test_set_config_over_rpc_refuses_a_value_out_of_range_and_stores_nothing(nam
     service = bootstrapped_service(storage)
     before, stored = service.cluster.config, dict(storage.meta.config)
     for value in over_the_maximum(name):
-        answer = service.handle(pdpb.SetConfigRequest(H, (pdpb.ConfigItem(name, value),)), now=1.0)
+        answer = service.handle(
+            pdpb.SetConfigRequest(header(service), (pdpb.ConfigItem(name, value),)), now=1.0
+        )
         assert isinstance(answer, pdpb.SetConfigResponse)
         error = answer.header.error
         assert error is not None and error.code == PdErrorCode.INVALID_ARGUMENT, value[:50]
@@ -101,7 +111,8 @@ def test_post_config_over_http_refuses_a_value_out_of_range_and_stores_nothing(
 def test_the_answer_to_a_store_heartbeat_stays_decodable_after_a_refused_set() -> None:
     service = bootstrapped_service(MemoryMetaStorage())
     service.handle(
-        pdpb.SetConfigRequest(H, (pdpb.ConfigItem("region_max_size", FORTY_NINES),)), now=1.0
+        pdpb.SetConfigRequest(header(service), (pdpb.ConfigItem("region_max_size", FORTY_NINES),)),
+        now=1.0,
     )
     assert heartbeat_answer(service).region_max_size == 96 << 20
 
@@ -113,7 +124,7 @@ def test_values_in_range_are_still_taken() -> None:
         pdpb.ConfigItem("region_max_keys", str(2**40)),
         pdpb.ConfigItem("region_schedule_limit", str(2**20)),
     )
-    answer = service.handle(pdpb.SetConfigRequest(H, items), now=1.0)
+    answer = service.handle(pdpb.SetConfigRequest(header(service), items), now=1.0)
     assert isinstance(answer, pdpb.SetConfigResponse) and answer.header.error is None
     assert heartbeat_answer(service).region_max_keys == 2**40
 

@@ -301,3 +301,37 @@ async def test_the_store_nodes_pd_client_works_against_the_pd(pd: PdServer) -> N
             ids = await client.ask_batch_split(first, 2)
             assert len(ids) == 2
             assert (await client.set_config({"max_replicas": "1"}))["max_replicas"] == "1"
+
+
+async def test_a_fresh_pd_client_learns_the_cluster_id_before_other_calls(
+    pd: PdServer, caller: PdCaller
+) -> None:
+    """The PD refuses id 0 on everything but IsBootstrapped, Bootstrap and
+    AllocId once bootstrapped: a client that knows no id asks first."""
+    with trio.fail_after(TIMEOUT):
+        (s1,) = await bootstrap_cluster(caller)
+        async with open_pd_client([pd.addresses.rpc]) as client:
+            assert client.cluster_id == 0
+            found, _ = await client.get_region(b"k")
+            assert found is not None
+            assert client.cluster_id == pd.cluster.cluster_id
+            assert [s.id for s in await client.get_all_stores()] == [s1.id]
+
+
+async def test_a_call_refused_for_id_0_goes_again_once_the_refusal_taught_the_id(
+    pd: PdServer, caller: PdCaller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster bootstrapped between the client's IsBootstrapped (no id
+    yet) and its call: refused unexecuted, the call is sent again with the
+    id the refusal carried."""
+    with trio.fail_after(TIMEOUT):
+        async with open_pd_client([pd.addresses.rpc]) as client:
+            assert not await client.is_bootstrapped()
+            (s1,) = await bootstrap_cluster(caller)
+
+            async def answer_from_before_the_bootstrap() -> bool:
+                return False
+
+            monkeypatch.setattr(client, "is_bootstrapped", answer_from_before_the_bootstrap)
+            assert [s.id for s in await client.get_all_stores()] == [s1.id]
+            assert client.cluster_id == pd.cluster.cluster_id

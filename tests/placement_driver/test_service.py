@@ -12,7 +12,7 @@ from placement_driver.service import RESPONSE_TYPES, PdService
 from placement_driver.storage import MemoryMetaStorage
 from tests.factories import peer, region, store
 
-H = pdpb.RequestHeader()
+H = pdpb.RequestHeader()  # no cluster id: before bootstrap
 
 
 class TransferToSecondPeer:
@@ -38,10 +38,11 @@ def test_the_operator_hook_answers_region_heartbeats() -> None:
     first = region(1, peers=(peer(100, 1),))
     service.handle(pdpb.BootstrapRequest(H, store(1), first), now=0.0)
     cluster_id = service.cluster.cluster_id
-    service.handle(pdpb.PutStoreRequest(H, store(2)), now=0.0)  # id 2 < bootstrap's skip
+    named = pdpb.RequestHeader(cluster_id)
+    service.handle(pdpb.PutStoreRequest(named, store(2)), now=0.0)  # id 2 < bootstrap's skip
     two = first.with_peer(peer(101, 2))
     two = two.with_epoch(pdpb.RegionEpoch(2, 1))
-    answer = service.handle(pdpb.RegionHeartbeatRequest(H, two, two.peers[0]), now=1.0)
+    answer = service.handle(pdpb.RegionHeartbeatRequest(named, two, two.peers[0]), now=1.0)
     assert isinstance(answer, pdpb.RegionHeartbeatResponse)
     assert answer.header == pdpb.ResponseHeader(cluster_id)
     assert answer.region_id == 1 and answer.region_epoch == two.epoch
@@ -75,3 +76,63 @@ def test_the_cluster_id_comes_from_the_injected_random() -> None:
         )
         ids.append(service.cluster.cluster_id)
     assert ids[0] == ids[1] != 0
+
+
+def bootstrapped() -> PdService:
+    service = PdService(Cluster(MemoryMetaStorage(), 0.0), random.Random(1))
+    service.handle(pdpb.BootstrapRequest(H, store(1), region(1, peers=(peer(100, 1),))), now=0.0)
+    assert service.cluster.cluster_id != 0
+    return service
+
+
+def test_cluster_id_0_is_refused_after_bootstrap_but_where_a_fresh_store_needs_it() -> None:
+    """Issue 15: 0 passed the cluster check on every request. A fresh store
+    sends IsBootstrapped, AllocId and Bootstrap before it can know the id
+    (store_node.identity); nothing else may name no cluster."""
+    service = bootstrapped()
+    first = region(1, peers=(peer(100, 1),))
+    grown = first.with_epoch(pdpb.RegionEpoch(1, 2))
+    refused = [
+        pdpb.SetConfigRequest(H, (pdpb.ConfigItem("max_replicas", "1"),)),
+        pdpb.RegionHeartbeatRequest(H, grown, first.peers[0], term=9),
+        pdpb.ReportBatchSplitRequest(H, (grown,)),
+        pdpb.StoreHeartbeatRequest(H, pdpb.StoreStats(store_id=1)),
+        pdpb.PutStoreRequest(H, store(1, address="elsewhere:1")),
+        pdpb.AskBatchSplitRequest(H, first, 1),
+        pdpb.GetRegionRequest(H, b""),
+        pdpb.GetAllStoresRequest(H),
+        pdpb.GetConfigRequest(H),
+    ]
+    for request in refused:
+        answer = service.handle(request, now=1.0)
+        assert type(answer) is RESPONSE_TYPES[type(request)]
+        error = answer.header.error  # type: ignore[attr-defined]
+        assert error is not None and error.code == pdpb.PdErrorCode.CLUSTER_MISMATCH, request
+        assert "id 0" in error.message
+    assert service.cluster.config.max_replicas == 3
+    record = service.cluster.get_region_by_id(RegionId(1))
+    assert record is not None and record.region == first
+    # What a fresh store sends before it knows the id is answered, with the
+    # id in the header to learn.
+    ours = service.cluster.cluster_id
+    asked = service.handle(pdpb.IsBootstrappedRequest(H), now=1.0)
+    assert asked == pdpb.IsBootstrappedResponse(pdpb.ResponseHeader(ours), True)
+    allocated = service.handle(pdpb.AllocIdRequest(H), now=1.0)
+    assert isinstance(allocated, pdpb.AllocIdResponse) and allocated.header.error is None
+    late = service.handle(pdpb.BootstrapRequest(H, store(2), region(7)), now=1.0)
+    assert isinstance(late, pdpb.BootstrapResponse) and late.header.cluster_id == ours
+    assert late.header.error is not None
+    assert late.header.error.code == pdpb.PdErrorCode.ALREADY_BOOTSTRAPPED
+    # With the id, the same requests pass.
+    named = pdpb.RequestHeader(ours)
+    answer = service.handle(
+        pdpb.SetConfigRequest(named, (pdpb.ConfigItem("max_replicas", "5"),)), now=1.0
+    )
+    assert isinstance(answer, pdpb.SetConfigResponse) and answer.header.error is None
+    assert service.cluster.config.max_replicas == 5
+
+
+def test_before_bootstrap_there_is_no_id_to_name() -> None:
+    service = PdService(Cluster(MemoryMetaStorage(), 0.0), random.Random(1))
+    answer = service.handle(pdpb.GetConfigRequest(H), now=0.0)
+    assert isinstance(answer, pdpb.GetConfigResponse) and answer.header.error is None

@@ -110,7 +110,7 @@ async def test_a_restarted_pd_gives_stores_a_full_grace_period(
             await trio.sleep(DOWN + 1)
             assert await state(caller, s1.id) == StoreState.DOWN
         async with open_pd(tmp_path / "pd") as pd, connect_in_memory(pd) as conn:
-            caller = PdCaller(conn)
+            caller = PdCaller(conn, caller.cluster_id)
             assert await state(caller, s1.id) == StoreState.UP
             await trio.sleep(DISCONNECT + 0.01)
             assert await state(caller, s1.id) == StoreState.DISCONNECTED

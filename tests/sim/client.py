@@ -88,6 +88,9 @@ class SimClient:
         self.rng = random.Random(world.rng.getrandbits(64))
         self.cache = RegionCache()
         self._session: Session | None = None
+        # Learnt at the simulation's bootstrap (a real client asks the PD
+        # first, `PdClient`): every PD request names it.
+        self.cluster_id = 0
 
     # -- driving ---------------------------------------------------------------------
 
@@ -166,7 +169,8 @@ class SimClient:
             entry = self.cache.lookup(key)
             if entry is not None:
                 return entry
-            resp = yield from self._ask_pd(att, pdpb.GetRegionRequest(pdpb.RequestHeader(), key))
+            req = pdpb.GetRegionRequest(pdpb.RequestHeader(self.cluster_id), key)
+            resp = yield from self._ask_pd(att, req)
             region, leader = resp.region, resp.leader
             if region is None or not region.contains(key):
                 yield from self._wait(att, retry.on_region_unknown(repr(key), att))
@@ -180,7 +184,7 @@ class SimClient:
             entry = self.cache.lookup_before(end)
             if entry is not None:
                 return entry
-            req = pdpb.ScanRegionsRequest(pdpb.RequestHeader(), start, end, 0)
+            req = pdpb.ScanRegionsRequest(pdpb.RequestHeader(self.cluster_id), start, end, 0)
             resp = yield from self._ask_pd(att, req)
             for info in resp.regions:
                 self.cache.insert(info.region, info.leader)

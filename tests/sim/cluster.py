@@ -18,7 +18,8 @@ One run (`run(seed, root, options)`):
 3. Heal everything, let the cluster settle, read every key once more.
 4. Check: every operation completed; the history is linearizable per key
    (`shardkv.check.linearizability`); every region's replicas are byte-equal
-   (data and client sessions); the PD's region tree tiles the key space;
+   (data and client sessions); no consistency check (when the options turn
+   them on) found replicas that differ; the PD's region tree tiles the key space;
    no call failed in a way the workload cannot cause (invalid argument).
 
 The parts: `workload.Workload` (the calls and their history),
@@ -79,8 +80,9 @@ PD_CONFIG: dict[str, object] = {
 CORE_CONFIG = CoreConfig(
     election_ticks=10,
     heartbeat_ticks=2,
-    # Small thresholds: logs get truncated and followers catch up by snapshot.
-    log_gc=LogGcConfig(threshold=8, count_limit=24, size_limit=1 << 20),
+    # Small thresholds: logs get truncated and followers catch up by snapshot
+    # (a compaction once 8 entries can go, as when the seeds were found).
+    log_gc=LogGcConfig(max_entries=7, max_follower_lag=24, hard_max_bytes=1 << 20),
     session_ttl_ms=120_000,
     # As a store computes it with the default margin (store_node.config).
     lease_seconds=lease_duration(10, TICK, 0.2),
@@ -115,6 +117,12 @@ class Options:
     clock_drift: float = 0.04
     # Leader lease reads (False: every read takes a ReadIndex round).
     lease_reads: bool = True
+    # Consistency checks: each store's periodic ones every this many ticks
+    # (0: none), and one the PD orders for a random region every this many
+    # virtual seconds (0: none). Off by default: checks add log entries, and
+    # the seeds of the other tests were found without them.
+    consistency_check_ticks: int = 0
+    order_checks_every: float = 0.0
 
 
 class SimulationFailure(AssertionError):
@@ -163,6 +171,8 @@ class Simulation:
         self.pd = SimPd(self.world, PD_CONFIG)
         self.stores: dict[int, SimStore] = {}
         config = CORE_CONFIG if options.lease_reads else replace(CORE_CONFIG, lease_seconds=0.0)
+        if options.consistency_check_ticks:
+            config = replace(config, consistency_check_ticks=options.consistency_check_ticks)
         drift = options.clock_drift
         for i in range(1, options.stores + 1):
             store = SimStore(
@@ -216,6 +226,8 @@ class Simulation:
         self.pd.start()
         stores = [factories.store(i, address=f"s{i}:20160") for i in self.stores]
         self.pd.bootstrap(stores[0], first, stores[1:])
+        for member in [*self.stores.values(), *self.clients]:
+            member.cluster_id = self.pd.cluster.cluster_id
         for s in self.stores.values():
             s.start()
 
@@ -236,6 +248,8 @@ class Simulation:
         self.workload.start()
         if opts.chaos:
             self.chaos.start()
+        if opts.order_checks_every:
+            self.world.at(opts.order_checks_every, self._order_check)
         self.world.run_until(self.world.now + opts.duration)
         self.workload.stop()
         self.chaos.heal()
@@ -250,6 +264,15 @@ class Simulation:
         self._wait_for(answered, "final read answers")
         self._wait_for(self._converged, "the replicas to agree after the final reads")
         return self._check()
+
+    def _order_check(self) -> None:
+        """An administrator asks the PD for a check of a random region."""
+        if not self.workload.active:
+            return
+        regions = sorted(r.id for r in self.pd.regions())
+        if regions:
+            self.pd.order_check(self.world.rng.choice(regions))
+        self.world.at(self.options.order_checks_every, self._order_check)
 
     def _wait_for(self, cond: Callable[[], bool], what: str, limit: float = 30.0) -> None:
         end = self.world.now + limit
@@ -291,6 +314,9 @@ class Simulation:
         differ = end_checks.differing_replicas(self.stores)
         if differ is not None:
             self._fail(*differ)
+        differ = end_checks.consistency_mismatches(self.stores, self.pd)
+        if differ is not None:
+            self._fail("a consistency check found replicas that differ", differ)
         # The PD hears from every leader within a heartbeat interval.
         self.world.run_until(self.world.now + 2.5)
         problem = end_checks.tiles(sorted(self.pd.regions(), key=lambda r: r.start_key))

@@ -2,8 +2,8 @@
 (the history is the linearizability checker's): that it settled (every
 region has one leader whose replicas applied all it committed, and every
 key has a region with a leader), that every region's replicas are
-byte-equal (data and client sessions), and that a region tree tiles the key
-space.
+byte-equal (data and client sessions), that no consistency check found
+replicas that differ, and that a region tree tiles the key space.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import zlib
 from collections.abc import Mapping
 
 from kvproto.metapb import PeerRole, Region
+from placement_driver.consistency import CheckState
 from store_node import keys
 from store_node.engine import Engine, scan_cursor
+from tests.sim.pd import SimPd
 from tests.sim.store import SimStore
 
 
@@ -95,6 +97,21 @@ def differing_replicas(stores: Mapping[int, SimStore]) -> tuple[str, str] | None
         if len(set(sums.values())) != 1:
             return f"replicas of region {region_id} differ", f"digests by store: {sums}"
     return None
+
+
+def consistency_mismatches(stores: Mapping[int, SimStore], pd: SimPd) -> str | None:
+    """What any consistency check of the run found to differ, or None: a
+    store that counted a mismatch, or a check the PD judged one."""
+    counted = {s.store_id: s.stats()["consistency_mismatches"] for s in stores.values()}
+    found = [f"store {s} counted {n} mismatches" for s, n in sorted(counted.items()) if n]
+    if pd.up:
+        for check in pd.service.checks.latest():
+            if check.state is CheckState.MISMATCH:
+                found.append(
+                    f"region {check.region_id} at {check.index}: "
+                    + ", ".join(f"store {s} {d.hex()}" for s, d in sorted(check.digests.items()))
+                )
+    return "\n".join(found) or None
 
 
 def tiles(regions: list[Region]) -> str | None:

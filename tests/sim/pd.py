@@ -14,10 +14,10 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 
-from kvproto import pdpb
 from kvproto.metapb import Peer, PeerId, PeerRole, Region, Store, StoreId, StoreState
 from kvproto.raft_cmdpb import ChangePeer, ChangePeerType
 from placement_driver.cluster import Cluster
+from placement_driver.errors import PdRequestError
 from placement_driver.operator_controller import OperatorController
 from placement_driver.operators import (
     AddLearner,
@@ -95,6 +95,17 @@ class SimPd:
             self.controller.split_region(self.cluster, region_id, (key,), self.world.now)
         except Exception as e:  # a stale region, a running operator: skip it
             self.world.log(f"pd: split of region {region_id} at {key!r} not ordered: {e}")
+            return False
+        return True
+
+    def order_check(self, region_id: int) -> bool:
+        """A consistency check of the region (the admin API's order)."""
+        if not self.up:
+            return False
+        try:
+            self.service.checks.request(self.cluster, region_id, self.world.now)
+        except PdRequestError as e:  # no leader known yet, too many waiting
+            self.world.log(f"pd: check of region {region_id} not ordered: {e}")
             return False
         return True
 
@@ -199,7 +210,3 @@ class SimPd:
             return
         self.cluster.flush_regions()
         self.world.at(1.0, self._flush, incarnation)
-
-
-def header() -> pdpb.RequestHeader:
-    return pdpb.RequestHeader()

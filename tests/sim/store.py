@@ -22,11 +22,13 @@ kv/ transaction, before the kv/ sync and the log reset.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -44,15 +46,16 @@ from store_node.config import CoreConfig
 from store_node.core import StoreCore
 from store_node.engine import Engine
 from store_node.kv_service import KvService, Limits
-from store_node.node import SPLIT_ORDER
-from store_node.pd_worker import execute_order, region_heartbeat_request
+from store_node.pd_worker import execute_order, has_core_order, region_heartbeat_request
 from store_node.peer import ReadPermit, WriteDone
 from store_node.persist import apply_and_truncate, persist_and_apply, persist_raft
+from store_node.region_hash import HashJob, jobs_of
 from store_node.round_output import RoundOutput
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
 from store_node.snapshot_delta import DeltaPolicy, NoDelta, compare, prepare
 from store_node.snapshot_digest import TreeError, TreeShape, remove_files
 from store_node.split import scan_region
+from store_node.split_worker import SPLIT_ORDER
 from tests.sim.disk import SimEngine, SyncMode
 from tests.sim.pd import SimPd
 from tests.sim.world import Net, World
@@ -125,8 +128,15 @@ class SimStore:
             if isinstance(h, Deferred)
         }
         self.rounds = 0
+        # The cluster this store belongs to, set at the simulation's
+        # bootstrap (a real store keeps it in its ident): every PD request
+        # names it, as the PD refuses 0 there.
+        self.cluster_id = 0
         # Store counters of the incarnations before this one.
         self._stats_before: Counter[str] = Counter()
+
+    def pd_header(self) -> pdpb.RequestHeader:
+        return pdpb.RequestHeader(self.cluster_id)
 
     # -- life ------------------------------------------------------------------
 
@@ -337,12 +347,29 @@ class SimStore:
         for region in out.split_checks:
             self._split_check(core, region, ())
         for regions in core.take_split_reports():
-            self.pd.call(pdpb.ReportBatchSplitRequest(pdpb.RequestHeader(), regions), _ignore)
+            self.pd.call(pdpb.ReportBatchSplitRequest(self.pd_header(), regions), _ignore)
+        for job in jobs_of(outcomes):
+            self._hash(inc, job)
+        for report in core.consistency.take_reports():
+            self.pd.call(dataclasses.replace(report, header=self.pd_header()), _ignore)
         for peer in core.take_heartbeat_due():
             self._region_heartbeat(core, peer.region_id)
         self._in_round = False
         if self._events or core.has_work():
             self._nudge()
+
+    def _hash(self, inc: int, job: HashJob) -> None:
+        """A consistency check's pinned copy: hashed now (so no pin outlives
+        the round), its digest handed to the core a little later, as the
+        store's hashing thread does."""
+        digest = job.pinned.run()
+        region_id, index = job.region.id, job.index
+
+        def computed() -> None:
+            if inc == self.incarnation:
+                self.submit(lambda core: core.on_hash_computed(region_id, index, digest))
+
+        self.world.at(self.world.rng.uniform(0.0005, 0.02), computed)
 
     def _send(
         self, by_store: dict[StoreId, list[RaftMessage]], pings: Sequence[StoreId] = ()
@@ -522,7 +549,7 @@ class SimStore:
 
             self.submit(propose)
 
-        request = pdpb.AskBatchSplitRequest(pdpb.RequestHeader(), target, len(split_keys))
+        request = pdpb.AskBatchSplitRequest(self.pd_header(), target, len(split_keys))
         self.pd.call(request, with_ids)
 
     def _region_heartbeats(self, inc: int) -> None:
@@ -542,12 +569,15 @@ class SimStore:
         if peer is None or not peer.is_leader() or not peer.initialized:
             return
         inc = self.incarnation
-        request = region_heartbeat_request(
-            peer,
-            core.heard_ticks(peer),
-            core.ticks,
-            TICK,
-            down_after_ticks=2 * self.config.election_ticks,
+        request = replace(
+            region_heartbeat_request(
+                peer,
+                core.heard_ticks(peer),
+                core.ticks,
+                TICK,
+                down_after_ticks=2 * self.config.election_ticks,
+            ),
+            header=self.pd_header(),  # as the store's PdClient does
         )
 
         def on_answer(resp: object | None) -> None:
@@ -555,7 +585,7 @@ class SimStore:
                 return
             if resp.split_region is not None:
                 self.submit(partial(self._split_order, region_id, resp.split_region.keys))
-            elif resp.change_peer is not None or resp.transfer_leader is not None:
+            if has_core_order(resp):
                 self.submit(partial(execute_order, region_id=region_id, resp=resp))
 
         self.pd.call(request, on_answer)
@@ -592,7 +622,7 @@ class SimStore:
 
                 self.submit(learn)
 
-        self.pd.call(pdpb.StoreHeartbeatRequest(pdpb.RequestHeader(), stats), on_answer)
+        self.pd.call(pdpb.StoreHeartbeatRequest(self.pd_header(), stats), on_answer)
         self.world.at(STORE_HEARTBEAT_INTERVAL, self._store_heartbeat, inc)
 
 

@@ -12,8 +12,10 @@ a read served without ReadIndex; issue 13's leader leases (one that outlives
 the election timeout, one kept through a leader transfer) and follower reads
 (served from what the replica has applied, without asking the leader);
 issue 14's hibernating regions (sleeping followers that do not wake when
-their leader's store dies); issue 16's incremental catch-up (a delta install
-that writes the replaced sub-ranges without clearing them first).
+their leader's store dies); issue 16's consistency checks (a copy hashed at
+the end of its round instead of at the check's entry) and incremental catch-up
+(a delta install that writes the replaced sub-ranges without clearing them
+first).
 
 A run costs a second or two, so each search starts at the seed that caught
 the bug when the test was written (in its `seeds`) and goes a few seeds
@@ -26,19 +28,22 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from kvproto.errorpb import RegionError, RegionNotFound, StaleCommand
 from kvproto.kvrpcpb import Consistency, Context
-from kvproto.metapb import RegionId
+from kvproto.metapb import Region, RegionId
 from raft.node import RaftNode, Ready
 from raft.types import Snapshot
-from store_node import bootstrap, keys, queries, snapshot_control
+from store_node import bootstrap, keys, persist, queries, region_hash, snapshot_control
+from store_node.apply import ApplyOutcome, ApplyTask, apply_task
 from store_node.core import StoreCore
+from store_node.engine import Engine
 from store_node.freshness import Freshness
 from store_node.hibernate import Hibernation
 from store_node.peer import Peer, ReadPermit, Reply, Token
@@ -303,6 +308,63 @@ def test_sleeping_followers_that_ignore_their_leaders_store_dying_are_caught(
         range(6),
         OUTAGE_OPTIONS,
     )
+
+
+# -- issue 16's consistency checks --------------------------------------------------------
+
+CHECK_OPTIONS = Options(duration=10.0, consistency_check_ticks=30, order_checks_every=0.5)
+
+
+def test_a_copy_hashed_after_its_round_rather_than_at_the_check_is_caught(
+    tmp_path: Path,
+) -> None:
+    def late_pins(
+        engine: Engine, tasks: Sequence[ApplyTask], outcomes: list[ApplyOutcome]
+    ) -> list[ApplyOutcome]:
+        # The whole round applied first, the copies pinned only then: each
+        # replica hashes its region as of wherever its round ended.
+        skips = {t.region.id: t.skip_regions for t in tasks}
+        checks: list[tuple[ApplyOutcome, Region, int, int]] = []
+        while stopped := [o for o in outcomes if o.hash_check is not None]:
+            for o in stopped:
+                checks.append((o, o.region, o.apply_state.applied_index, o.hash_check or 0))
+                o.hash_check = None
+            resumed = [o for o in stopped if o.rest]
+            done = engine.write_kv(
+                lambda txn, resumed=resumed: [
+                    apply_task(txn, ApplyTask(o.region, o.apply_state, o.rest, skips[o.region.id]))
+                    for o in resumed
+                ]
+            )
+            for o, more in zip(resumed, done, strict=True):
+                region_hash._extend(o, more)
+        for o, region, index, check_id in checks:
+            pinned = engine.pin_kv(partial(region_hash.region_digest, region=region))
+            o.hash_jobs.append(region_hash.HashJob(region, index, check_id, pinned))
+        return outcomes
+
+    def mutate(m: pytest.MonkeyPatch) -> None:
+        m.setattr(persist, "finish_checks", late_pins)
+
+    # Caught by seed 0 when written (followers apply a check's entry with
+    # the writes after it in rounds of their own making).
+    _caught(
+        tmp_path,
+        mutate,
+        ("a consistency check found replicas that differ",),
+        range(6),
+        CHECK_OPTIONS,
+    )
+
+
+def test_healthy_runs_with_consistency_checks_find_no_mismatch(tmp_path: Path) -> None:
+    for seed in range(3):
+        report = run(seed, tmp_path / f"s{seed}", CHECK_OPTIONS)
+        stats = report.store_stats
+        # Checks ran, periodic and ordered, and every replica judged its own.
+        assert stats["consistency_checks_proposed"] >= 10, report.summary()
+        assert stats["consistency_checks_matched"] >= 2 * stats["consistency_checks_proposed"]
+        assert stats["consistency_mismatches"] == 0
 
 
 # -- incremental catch-up -----------------------------------------------------------------

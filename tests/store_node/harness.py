@@ -27,6 +27,7 @@ from store_node.core import StoreCore
 from store_node.engine import Engine, WriteBatch
 from store_node.peer import Reply
 from store_node.persist import persist_and_apply
+from store_node.region_hash import HashJob, jobs_of
 from store_node.snapshot import SnapDir, descriptor_of, generate, verify
 from store_node.snapshot_delta import DeltaPolicy, NoDelta, compare, prepare
 from store_node.snapshot_digest import TreeError, TreeShape
@@ -73,6 +74,10 @@ class CoreCluster:
         self.now = 0.0
         # Each store's life, stamped on what it sends (store liveness).
         self.incarnations: dict[int, int] = {}
+        # Consistency checks' pinned copies: hashed at the end of their
+        # round, or with `hold_hashes` kept here until `finish_hashes`.
+        self.hold_hashes = False
+        self.held_hashes: list[tuple[int, HashJob]] = []
         for s in store_ids:
             self.start(s)
 
@@ -119,6 +124,11 @@ class CoreCluster:
         self._deliver(store_id, out.messages_after_persist)
         for r in core.after_persist(out, outcomes):
             self.replies[r.token] = r
+        for job in jobs_of(outcomes):
+            if self.hold_hashes:
+                self.held_hashes.append((store_id, job))
+            else:
+                core.on_hash_computed(job.region.id, job.index, job.pinned.run())
         for path in out.obsolete_files:
             path.unlink(missing_ok=True)
         for rid in out.generate_snapshots:
@@ -134,6 +144,15 @@ class CoreCluster:
         for region in out.split_checks:
             self._split_check(core, region)
         return True
+
+    def finish_hashes(self) -> None:
+        """Hash the held copies and hand each digest to its store."""
+        held, self.held_hashes = self.held_hashes, []
+        for store_id, job in held:
+            digest = job.pinned.run()
+            core = self.cores.get(store_id)
+            if core is not None:
+                core.on_hash_computed(job.region.id, job.index, digest)
 
     def alloc(self) -> int:
         self.next_id += 1

@@ -72,13 +72,12 @@ async def test_members_and_clients_prove_their_tokens_and_clients_stay_clients(
             )
             # The PD: a client may not register a store or heartbeat.
             async with connect(pd.addresses.rpc, open_stream=as_client) as conn:
-                stores = await conn.call(pdpb.GetAllStoresRequest(pdpb.RequestHeader()))
+                named = pdpb.RequestHeader(info.cluster_id)
+                stores = await conn.call(pdpb.GetAllStoresRequest(named))
                 assert isinstance(stores, pdpb.GetAllStoresResponse) and stores.stores
                 with pytest.raises(RpcRemoteError) as err:
                     await conn.call(
-                        pdpb.StoreHeartbeatRequest(
-                            pdpb.RequestHeader(), pdpb.StoreStats(info.store_id)
-                        )
+                        pdpb.StoreHeartbeatRequest(named, pdpb.StoreStats(info.store_id))
                     )
                 assert err.value.code == RpcErrorCode.PERMISSION_DENIED
             # The store: a client's Raft batch is dropped (one-way messages

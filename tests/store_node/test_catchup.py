@@ -105,8 +105,8 @@ async def three_stores(tmp: Path, **store_kw: object) -> AsyncIterator[Stores]:
     """A PD and stores 1-3 (store 1 bootstraps), region 1 on all three,
     logs truncated after a few dozen entries whatever the followers."""
     settings: dict[str, object] = {
-        "raft_log_gc_threshold": 10,
-        "raft_log_gc_count_limit": 20,
+        "log_gc_max_entries": 10,
+        "log_gc_max_follower_lag": 20,
         "kv_sync_interval": 0.1,
         **store_kw,
     }

@@ -19,7 +19,7 @@ from store_node.snapshot_digest import TreeShape
 from tests.store_node.harness import CoreCluster, bootstrapped
 from tests.store_node.test_replication_core import checksum
 
-GC = LogGcConfig(threshold=20, count_limit=50, size_limit=1 << 30)
+GC = LogGcConfig(max_entries=20, max_follower_lag=50, hard_max_bytes=1 << 30)
 CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2, log_gc=GC)
 SHAPE = TreeShape(leaf_keys=4, leaf_bytes=1 << 20, group_bytes=1 << 10)
 

@@ -4,6 +4,7 @@ and apply; proposals and requests are checked against the region."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from kvproto.kvrpcpb import Context
 from kvproto.metapb import Peer as PeerMeta
 from kvproto.metapb import RegionEpoch, RegionId, StoreId
 from kvproto.raft_cmdpb import CompareAndSet, Delete, DeleteRange, Put, WriteResult
+from kvproto.raft_serverpb import RaftMessage
+from raft.types import Message, MessageType
 from store_node import keys
 from store_node.peer import ReadPermit, WriteDone
 from tests.factories import peer
@@ -110,3 +113,32 @@ def test_key_outside_region_is_refused(single: CoreCluster) -> None:
     peer.region = peer.region.with_range(b"a", b"m")
     err = core.propose_write("k", single.context(1), (Put(b"z", b"1"),), 2)
     assert isinstance(err, KeyNotInRegion)
+
+
+def test_messages_for_another_store_are_counted_and_logged_once_per_store(
+    single: CoreCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a store replaced one whose data was lost, at its address, every
+    leader with a peer on the old store sends there until that peer goes:
+    one warning per store addressed, not one per message."""
+    core = single.cores[1]
+
+    def to_store(store_id: int) -> RaftMessage:
+        return RaftMessage(
+            RegionId(1),
+            peer(12, 2),
+            peer(11, store_id),
+            RegionEpoch(1, 1),
+            Message(MessageType.HEARTBEAT, to=11, from_=12, term=1),
+        )
+
+    with caplog.at_level(logging.WARNING, logger="store_node.peer_life"):
+        for store_id in (9, 9, 9, 8):
+            core.step_raft(to_store(store_id))
+    assert core.stats["raft_messages_misaddressed"] == 4
+    assert [r.getMessage() for r in caplog.records] == [
+        f"store 1: messages for store {s} arrive here and are dropped (was it replaced by "
+        "this one?); further ones are counted, not logged"
+        for s in (9, 8)
+    ]
+    assert not core.has_work()

@@ -24,7 +24,7 @@ from tests import factories
 from tests.store_node.harness import CoreCluster, bootstrapped
 
 CONFIG = CoreConfig(
-    election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(threshold=30, count_limit=60)
+    election_ticks=10, heartbeat_ticks=2, log_gc=LogGcConfig(max_entries=30, max_follower_lag=60)
 )
 STORES = [1, 2, 3]
 

@@ -17,7 +17,7 @@ from store_node.log_gc import LogGcConfig
 from tests.factories import learner, peer
 from tests.store_node.harness import CoreCluster, bootstrapped
 
-GC = LogGcConfig(threshold=20, count_limit=50, size_limit=1 << 30)
+GC = LogGcConfig(max_entries=20, max_follower_lag=50, hard_max_bytes=1 << 30)
 CONFIG = CoreConfig(election_ticks=10, heartbeat_ticks=2, log_gc=GC)
 
 
@@ -109,8 +109,8 @@ def test_each_log_stays_bounded_while_writes_go_on(tmp_path: Path) -> None:
         c.tick(1)
         for s in (1, 2, 3):
             worst = max(worst, c.cores[s].peers[1].storage.log_entries())
-    assert worst <= GC.threshold + GC.count_limit
-    assert sum(c.cores[s].stats["log_truncations"] for s in (1, 2, 3)) > 10
+    assert worst <= GC.max_entries + GC.max_follower_lag
+    assert sum(c.cores[s].stats["log_truncations_by_entries"] for s in (1, 2, 3)) > 10
 
 
 def test_a_stale_peer_back_after_removal_is_told_to_destroy_itself(tmp_path: Path) -> None:

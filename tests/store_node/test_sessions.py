@@ -168,7 +168,7 @@ def test_sessions_per_region_are_bounded(tmp_path: Path, monkeypatch: pytest.Mon
 CONFIG = CoreConfig(
     election_ticks=10,
     heartbeat_ticks=2,
-    log_gc=LogGcConfig(threshold=20, count_limit=50, size_limit=1 << 30),
+    log_gc=LogGcConfig(max_entries=20, max_follower_lag=50, hard_max_bytes=1 << 30),
 )
 
 

@@ -5,6 +5,7 @@ cannot be reached."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ import trio
 
 from placement_driver.testing import open_pd
 from plumbing.config_file import ConfigError, load
+from store_node import cli
 from store_node.config import StoreConfig
-from store_node.node import ListenAddressError, RegistrationRefusedError
+from store_node.node import ListenAddressError
+from store_node.replace import AddressTakenError
 from tests.store_node.test_node import running_store, store_config
 
 
@@ -46,11 +49,34 @@ async def test_an_address_another_store_registered_is_refused_at_start(
                     store_config(tmp_path, "s2", pd.addresses.rpc), advertise=info.address
                 )
                 with pytest.RaisesGroup(
-                    pytest.RaisesExc(RegistrationRefusedError, match="duplicate_store_address"),
+                    pytest.RaisesExc(
+                        AddressTakenError,
+                        match=f"is store {info.store_id}'s .*--replace-store {info.store_id}",
+                    ),
                     flatten_subgroups=True,
                 ):
                     async with running_store(second):
                         pass
+
+
+async def test_a_wiped_store_at_its_old_address_exits_1_saying_how_to_replace_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with trio.fail_after(30):
+        async with open_pd(tmp_path / "pd") as pd:
+            first = store_config(tmp_path, "s1", pd.addresses.rpc)
+            async with running_store(first) as (_, info):
+                pass
+            shutil.rmtree(first.data_dir)
+            assert await cli._serve(dataclasses.replace(first, listen=info.address)) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"shardkv store: address {info.address} is store {info.store_id}'s (up), and this "
+        f"data directory holds no store. If store {info.store_id} lost its data, start this "
+        f"store with --replace-store {info.store_id} to join in its place (store "
+        f"{info.store_id} becomes a Tombstone and its replicas are re-created); otherwise "
+        "give this store another address (--advertise)\n"
+    )
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:20160", "[::]:20160"])
