@@ -210,6 +210,33 @@ class StoreConfig:
         1 << 20, "bytes per snapshot chunk", kind="size", min=1024, max=32 << 20
     )
 
+    # Large values apart from kv/ (store_node.blob_files, blob_gc).
+    large_value_threshold: int = setting(
+        64 << 10,
+        "values longer than this are stored apart from kv/, in blob files under "
+        "<data-dir>/blobs (kv/ keeps a pointer; WiscKey, TiKV's Titan); 0 keeps every "
+        "value in kv/. Changing it leaves values already written where they are",
+        kind="size",
+        min=0,
+    )
+    blob_file_size: int = setting(
+        64 << 20, "a blob file takes appends until it is this large", kind="size", min=4096
+    )
+    blob_gc_interval: float = setting(
+        60.0,
+        "how often the blob files are checked for values kv/ no longer holds (files with "
+        "none left are deleted, mostly dead ones rewritten)",
+        kind="duration",
+        min=0.001,
+    )
+    blob_gc_discardable_ratio: float = setting(
+        0.5,
+        "a blob file whose share of dead values reaches this has its live values moved "
+        "to the current file, then is deleted",
+        min=0.01,
+        max=1.0,
+    )
+
     session_ttl: float = setting(
         600.0,
         "a client session idle this long in a region is forgotten there (a retry in it "

@@ -41,6 +41,7 @@ import lmdb
 from plumbing import failpoints
 from plumbing.dirlock import DirLock
 from store_node import keys
+from store_node.blob_files import DEFAULT_FILE_SIZE, POINTER_SIZE, BlobFiles, value_size
 from store_node.disk import ENGINE_SYNC, DiskFailure, is_disk_error
 
 log = logging.getLogger(__name__)
@@ -48,36 +49,65 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling when full
+DEFAULT_LARGE_VALUE_THRESHOLD = 64 << 10
 MAX_DBS = 8
 
 
 class _ReadWriteLock:
-    """Many readers or one exclusive holder (the map resizer)."""
+    """Many readers or one exclusive holder (the map resizer).
+
+    Readers are counted by generation, so that a writer can ask whether
+    every read that began before some moment has ended (`advance`, then
+    `quiet`) without waiting for a moment with no reader at all: a blob
+    file is deleted only once no read that might hold a pointer into it
+    still runs (`store_node.blob_files`)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._exclusive = False
+        self._generation = 0
+        self._by_generation: dict[int, int] = {}
 
-    def acquire_shared(self) -> None:
+    def acquire_shared(self) -> int:
+        """Returns the token to give back to `release_shared`."""
         with self._cond:
             while self._exclusive:
                 self._cond.wait()
             self._readers += 1
+            g = self._generation
+            self._by_generation[g] = self._by_generation.get(g, 0) + 1
+            return g
 
-    def release_shared(self) -> None:
+    def release_shared(self, token: int) -> None:
         with self._cond:
             self._readers -= 1
+            left = self._by_generation[token] - 1
+            if left:
+                self._by_generation[token] = left
+            else:
+                del self._by_generation[token]
             if self._readers == 0:
                 self._cond.notify_all()
 
+    def advance(self) -> int:
+        """End the current generation of readers; returns it."""
+        with self._cond:
+            self._generation += 1
+            return self._generation - 1
+
+    def quiet(self, generation: int) -> bool:
+        """Whether every read of `generation` or older has ended."""
+        with self._cond:
+            return all(g > generation for g in self._by_generation)
+
     @contextmanager
     def shared(self) -> Iterator[None]:
-        self.acquire_shared()
+        token = self.acquire_shared()
         try:
             yield
         finally:
-            self.release_shared()
+            self.release_shared(token)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -222,17 +252,18 @@ class Pinned(Generic[T]):
     sees from reuse: pin for work that runs soon. `close()` gives up
     without running it."""
 
-    def __init__(self, env: _Env, work: Callable[[KvTxn], T]) -> None:
+    def __init__(self, env: _Env, work: Callable[[KvTxn], T], blobs: BlobFiles) -> None:
         self._env = env
         self._work: Callable[[KvTxn], T] | None = work
         self._mutex = threading.Lock()
         self._result: T | None = None
         self._error: BaseException | None = None
-        env.lock.acquire_shared()
+        self._blobs = blobs
+        self._token = env.lock.acquire_shared()
         try:
             self._txn: Any = env.env.begin(write=False)
         except BaseException:
-            env.lock.release_shared()
+            env.lock.release_shared(self._token)
             raise
         with env.pins_lock:
             env.pins.add(self)
@@ -242,7 +273,7 @@ class Pinned(Generic[T]):
             work, self._work = self._work, None
             if work is not None:
                 try:
-                    self._result = work(_LmdbKvTxn(self._txn, self._env.dbs))
+                    self._result = work(_LmdbKvTxn(self._txn, self._env.dbs, self._blobs))
                 except Exception as e:
                     self._error = e
                 finally:
@@ -263,7 +294,7 @@ class Pinned(Generic[T]):
             self._txn.abort()
         with self._env.pins_lock:
             self._env.pins.discard(self)
-        self._env.lock.release_shared()
+        self._env.lock.release_shared(self._token)
 
 
 def _apply_batch(txn: Any, dbs: dict[bytes, Any], batch: WriteBatch) -> None:
@@ -296,19 +327,27 @@ def _delete_range(txn: Any, db: Any, start: bytes, end: bytes) -> int:
 
 
 class _LmdbKvTxn:
-    """`KvTxn` over an LMDB write transaction."""
+    """`KvTxn` over an LMDB transaction of kv/. Its "data" db holds values
+    however they are stored: a long value goes to a blob file and kv/ keeps
+    a pointer (`store_node.blob_files`), and reads resolve pointers, so the
+    rest of the store (apply, snapshots, hashes) sees values only."""
 
-    __slots__ = ("_dbs", "_txn")
+    __slots__ = ("_blobs", "_dbs", "_txn")
 
-    def __init__(self, txn: Any, dbs: dict[bytes, Any]) -> None:
+    def __init__(self, txn: Any, dbs: dict[bytes, Any], blobs: BlobFiles) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._blobs = blobs
 
     def get(self, db: bytes, key: bytes) -> bytes | None:
         v = self._txn.get(key, db=self._dbs[db])
-        return None if v is None else bytes(v)
+        if v is None:
+            return None
+        return self._blobs.resolve(key, v) if db == keys.DATA_DB else bytes(v)
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
+        if db == keys.DATA_DB and self._blobs.separate(value):
+            value = self._blobs.append(key, value).encode()
         self._txn.put(key, value, db=self._dbs[db])
 
     def delete(self, db: bytes, key: bytes) -> bool:
@@ -320,7 +359,18 @@ class _LmdbKvTxn:
     def scan(
         self, db: bytes, start: bytes, end: bytes, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        return scan_cursor(self._txn, self._dbs[db], start, end, reverse=reverse)
+        pairs = scan_cursor(self._txn, self._dbs[db], start, end, reverse=reverse)
+        return self._blobs.resolved(pairs) if db == keys.DATA_DB else pairs
+
+
+def _apply_kv(txn: KvTxn, batch: WriteBatch) -> None:
+    for op, db, key, value in batch.ops:
+        if op == "put":
+            txn.put(db, key, value)
+        elif op == "del":
+            txn.delete(db, key)
+        else:
+            txn.delete_range(db, key, value)
 
 
 def scan_cursor(
@@ -369,10 +419,14 @@ class Engine:
         sync: bool = True,
         map_size: int = DEFAULT_MAP_SIZE,
         flush_to_disk: bool = True,
+        large_value_threshold: int = DEFAULT_LARGE_VALUE_THRESHOLD,
+        blob_file_size: int = DEFAULT_FILE_SIZE,
     ) -> None:
         """`flush_to_disk` False opens both environments without any fsync
         while the engine keeps `sync`'s rules (which writes wait for which):
-        for a simulation that models what a crash keeps by itself."""
+        for a simulation that models what a crash keeps by itself. Values
+        longer than `large_value_threshold` (0: none) are stored apart, in
+        blob files of about `blob_file_size` bytes."""
         self.data_dir = Path(data_dir)
         # One store process per data directory (two would corrupt it).
         self._lock = DirLock(self.data_dir, "store")
@@ -385,9 +439,22 @@ class Engine:
             self.data_dir / "kv", self.KV_DBS, sync=flush, metasync=False, map_size=map_size
         )
         self.raft = _Env(raft_path, self.RAFT_DBS, sync=flush, map_size=map_size)
+        self.blobs = BlobFiles(
+            self.data_dir / "blobs",
+            threshold=large_value_threshold,
+            file_size=blob_file_size,
+            sync=flush,
+            quiet=self.kv.lock.quiet,
+        )
         self.sync = sync
-        # Bumped by every kv write; `kv_durable_seq` is the last one synced.
-        self._kv_seq = 0
+        # Every kv write takes a sequence number inside its transaction
+        # (LMDB runs one at a time, so numbers follow commit order):
+        # `_kv_begun` is the last one taken (no state a read sees is newer),
+        # `_kv_seq` the last committed, `kv_durable_seq` the last synced.
+        # The state kv/ opened with counts as write 1: after a crash a power
+        # loss may still undo its last transaction, until the first sync.
+        self._kv_begun = 1
+        self._kv_seq = 1
         self.kv_durable_seq = 0
         # Raft writes that need no fsync of their own (a commit index moving):
         # they ride with the next synced write, or `flush()`.
@@ -403,6 +470,7 @@ class Engine:
         if self.failed is None:
             self.flush()
             self.sync_kv()
+        self.blobs.close()
         self.kv.close()
         self.raft.close()
         self._lock.release()
@@ -419,6 +487,10 @@ class Engine:
             if failpoints.registry.active:
                 failpoints.fire(ENGINE_SYNC)
             return env.write(fn)
+        except DiskFailure as e:  # a blob file's write or read
+            self.failed = e
+            log.critical("%s", e)
+            raise
         except Exception as e:
             if not is_disk_error(e):
                 raise
@@ -451,15 +523,52 @@ class Engine:
             self._write(self.raft, lambda txn: _apply_batch(txn, self.raft.dbs, deferred))
 
     def write_kv(self, fn: Callable[[KvTxn], T]) -> T:
-        """Run `fn` in one kv transaction (see `_Env.write` for retries)."""
-        result = self._write(self.kv, lambda txn: fn(_LmdbKvTxn(txn, self.kv.dbs)))
-        self._kv_seq += 1
+        """Run `fn` in one kv transaction (see `_Env.write` for retries);
+        the blob records it appended are synced before it commits."""
+        dbs, blobs = self.kv.dbs, self.blobs
+        return self._write_kv(lambda txn: fn(_LmdbKvTxn(txn, dbs, blobs)))
+
+    def _write_kv(self, fn: Callable[[Any], T]) -> T:
+        blobs = self.blobs
+        seq = 0
+
+        def run(txn: Any) -> T:
+            nonlocal seq
+            self._kv_begun += 1
+            seq = self._kv_begun
+            blobs.begin(seq)
+            result = fn(txn)
+            blobs.sync_appends()
+            return result
+
+        result = self._write(self.kv, run)
+        self._kv_seq = max(self._kv_seq, seq)
+        blobs.committed(seq)
         return result
 
     def write_kv_batch(self, batch: WriteBatch) -> None:
         if batch.ops:
-            self._write(self.kv, lambda txn: _apply_batch(txn, self.kv.dbs, batch))
-            self._kv_seq += 1
+            self.write_kv(lambda txn: _apply_kv(txn, batch))
+
+    def write_kv_raw(self, fn: Callable[[Any, dict[bytes, Any]], T]) -> T:
+        """Run `fn(txn, dbs)` on the bare LMDB transaction of kv/ (pointers
+        as stored: the blob collector's); blob appends synced before commit."""
+        return self._write_kv(lambda txn: fn(txn, self.kv.dbs))
+
+    @property
+    def kv_seq(self) -> int:
+        """The sequence number of the last committed kv write."""
+        return self._kv_seq
+
+    @property
+    def kv_begun_seq(self) -> int:
+        """The last sequence number a kv write took: a read transaction
+        begun before this is read sees no newer state."""
+        return self._kv_begun
+
+    def read_generation(self) -> int:
+        """End the current generation of kv/ reads (see `_ReadWriteLock`)."""
+        return self.kv.lock.advance()
 
     def sync_kv(self) -> int:
         """Make every kv write so far durable; returns the synced sequence."""
@@ -476,11 +585,16 @@ class Engine:
                 raise
             raise self._fail(self.kv, e) from e
         self.kv_durable_seq = seq
+        try:
+            self.blobs.reap(seq)
+        except DiskFailure as e:
+            self.failed = e
+            raise
         return seq
 
     def used_bytes(self) -> int:
         """Bytes of both environments' data files on disk."""
-        total = 0
+        total = self.blobs.usage().bytes
         for env in (self.kv, self.raft):
             with suppress(OSError):
                 total += (env.path / "data.mdb").stat().st_size
@@ -500,7 +614,7 @@ class Engine:
 
     def pin_kv(self, work: Callable[[KvTxn], T]) -> Pinned[T]:
         """A read of kv/ as it is now, for `work` to run later (`Pinned`)."""
-        return Pinned(self.kv, work)
+        return Pinned(self.kv, work, self.blobs)
 
     def pinned_kv(self) -> int:
         """Pinned reads of kv/ still open."""
@@ -510,13 +624,19 @@ class Engine:
         # Every strong get comes here: no generator context managers (they
         # were a tenth of a store's CPU per get at 64 client tasks).
         env = self.kv
-        env.lock.acquire_shared()
+        token = env.lock.acquire_shared()
         try:
             with env.env.begin(write=False) as txn:
                 v = txn.get(key, db=env.dbs[db])
+            if v is None:
+                return None
+            if len(v) == POINTER_SIZE and db == keys.DATA_DB:
+                # Read under the lock: the file outlives every read that
+                # began while kv/ still pointed into it.
+                return self.blobs.resolve(key, v)
         finally:
-            env.lock.release_shared()
-        return None if v is None else bytes(v)
+            env.lock.release_shared(token)
+        return bytes(v)
 
     def raft_get(self, db: bytes, key: bytes) -> bytes | None:
         with self.raft.read() as txn:
@@ -527,7 +647,23 @@ class Engine:
         self, db: bytes, start: bytes = b"", end: bytes = b""
     ) -> list[tuple[bytes, bytes]]:
         with self.kv.read() as txn:
-            return [(bytes(k), bytes(v)) for k, v in scan_cursor(txn, self.kv.dbs[db], start, end)]
+            pairs = scan_cursor(txn, self.kv.dbs[db], start, end)
+            if db == keys.DATA_DB:
+                pairs = self.blobs.resolved(pairs)
+            return [(bytes(k), bytes(v)) for k, v in pairs]
+
+    def scan_data(
+        self, txn: Any, start: bytes, end: bytes, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """User pairs of a kv/ read transaction (`read_kv`) in [start, end),
+        values resolved (`scan_cursor` shows blob pointers as stored)."""
+        pairs = scan_cursor(txn, self.kv.dbs[keys.DATA_DB], start, end, reverse=reverse)
+        return self.blobs.resolved(pairs)
+
+    def scan_data_sizes(self, txn: Any, start: bytes, end: bytes) -> Iterator[tuple[bytes, int]]:
+        """Keys of [start, end) with the length of their values, unread."""
+        for k, v in scan_cursor(txn, self.kv.dbs[keys.DATA_DB], start, end):
+            yield k, value_size(v)
 
     def raft_items(
         self, db: bytes, start: bytes = b"", end: bytes = b""

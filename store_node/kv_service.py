@@ -276,7 +276,8 @@ class KvService:
                 for k in req.keys:
                     v = txn.get(k, db=db)
                     if v is not None:
-                        pairs.append((k, bytes(v)))
+                        v = engine.blobs.resolve(k, v)
+                        pairs.append((k, v))
                         nbytes += len(k) + len(v)
             self.node.count_read(permit.region.id, nbytes, len(pairs))
             respond(kv.RawBatchGetResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
@@ -302,13 +303,16 @@ class KvService:
             nbytes = 0
             engine = self.node.engine
             with engine.read_kv() as txn:
-                for k, v in scan_cursor(
+                found = scan_cursor(
                     txn,
                     engine.kv_db(keys.DATA_DB),
                     req.start_key,
                     req.end_key,
                     reverse=req.reverse,
-                ):
+                )
+                if not req.keys_only:  # (keys only: no blob is read)
+                    found = engine.blobs.resolved(found)
+                for k, v in found:
                     pair = (bytes(k), b"" if req.keys_only else bytes(v))
                     pairs.append(pair)
                     nbytes += len(pair[0]) + len(pair[1])

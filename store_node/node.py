@@ -59,6 +59,7 @@ from kvproto.rpc.tls import opener_for, tls_from_files
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.backup_copies import BackupCopies
+from store_node.blob_gc import collect
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig, StoreConfig
 from store_node.consistency import interval_ticks
@@ -116,7 +117,13 @@ class ListenAddressError(Exception):
 class StoreNode:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-        self.engine = Engine(config.data_dir, config.raft_dir, sync=config.sync)
+        self.engine = Engine(
+            config.data_dir,
+            config.raft_dir,
+            sync=config.sync,
+            large_value_threshold=config.large_value_threshold,
+            blob_file_size=config.blob_file_size,
+        )
         self.disk = DiskMonitor((config.data_dir, config.raft_dir), config.min_free_disk)
         self.core: StoreCore | None = None
         self.pd: PdClient | None = None
@@ -250,6 +257,7 @@ class StoreNode:
                 nursery.start_soon(self._run_loop)
                 nursery.start_soon(self.ticker.run)
                 nursery.start_soon(self._run_kv_syncer)
+                nursery.start_soon(self._run_blob_collector)
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
                 nursery.start_soon(backups.run_sweeper)
@@ -489,6 +497,17 @@ class StoreNode:
         while True:
             await trio.sleep(self.config.kv_sync_interval)
             await trio.to_thread.run_sync(self.engine.sync_kv)
+
+    async def _run_blob_collector(self) -> None:
+        """Collect blob files (`blob_gc.collect`), first at once: files a
+        crash left behind go now (after a kv/ sync makes their end final)."""
+        await trio.to_thread.run_sync(self.engine.sync_kv, limiter=self._limiter)
+        ratio = self.config.blob_gc_discardable_ratio
+        while True:
+            await trio.to_thread.run_sync(
+                lambda: collect(self.engine, discardable_ratio=ratio), limiter=self._limiter
+            )
+            await trio.sleep(self.config.blob_gc_interval)
 
     # -- requests -----------------------------------------------------------
 

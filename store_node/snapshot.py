@@ -101,9 +101,7 @@ def generate(
             tree = None
             if shape is not None:
                 tree = TreeBuilder(shape, region.start_key, region.end_key, size)
-            for k, v in scan_cursor(
-                txn, engine.kv_db(keys.DATA_DB), region.start_key, region.end_key
-            ):
+            for k, v in engine.scan_data(txn, region.start_key, region.end_key):
                 key = bytes(k)
                 rec = _LENS.pack(len(key), len(v)) + key + bytes(v)
                 if tree is not None:

@@ -277,7 +277,7 @@ def compare(engine: Engine, req: SnapshotDigestRequest) -> SnapshotDigestRespons
         base = (apply.applied_index, apply.applied_term)
         if req.base_index and base != (req.base_index, req.base_term):
             return SnapshotDigestResponse(error="the copy moved during the comparison")
-        diff = differing(txn, engine.kv_db(keys.DATA_DB), req.runs)
+        diff = differing(txn, engine.kv_db(keys.DATA_DB), req.runs, engine.blobs.resolve)
     return SnapshotDigestResponse(base_index=base[0], base_term=base[1], differing=tuple(diff))
 
 

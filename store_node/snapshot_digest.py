@@ -43,13 +43,14 @@ import hashlib
 import logging
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvproto.codec import decode_cbor, encode_cbor
 from kvproto.raft_serverpb import DigestRun
+from store_node.blob_files import POINTER_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +257,12 @@ def check_runs(runs: Sequence[DigestRun], start_key: bytes, end_key: bytes) -> N
             raise TreeError("run bounds must increase")
 
 
-def differing(txn: Any, db: Any, runs: Sequence[DigestRun]) -> list[int]:
+def differing(
+    txn: Any, db: Any, runs: Sequence[DigestRun], resolve: Callable[[bytes, bytes], bytes]
+) -> list[int]:
     """Positions (over every range of `runs`, in order) whose hash of this
-    read transaction's pairs differs from the run's."""
+    read transaction's pairs differs from the run's; `resolve` turns a
+    stored value into the user's (a blob pointer into its value)."""
     out: list[int] = []
     base = 0
     pack = _PAIR.pack
@@ -283,7 +287,8 @@ def differing(txn: Any, db: Any, runs: Sequence[DigestRun]) -> list[int]:
                         j += 1
                         h = _hasher()
                         nxt = bounds[j + 1] if j + 1 < n else None
-                    h.update(pack(len(k), len(v)) + k + v)
+                    value = resolve(k, v) if len(v) == POINTER_SIZE else v
+                    h.update(pack(len(k), len(value)) + k + value)
         for i in range(j, n):
             if (_digest(h) if i == j else _EMPTY) != hashes[i]:
                 out.append(base + i)

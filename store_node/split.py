@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from kvproto import epoch
 from kvproto.metapb import Peer, PeerRole, Region
 from kvproto.raft_cmdpb import BatchSplitRequest
-from store_node import keys
-from store_node.engine import Engine, scan_cursor
+from store_node.engine import Engine
 
 
 class SplitError(ValueError):
@@ -102,10 +101,8 @@ def scan_region(engine: Engine, region: Region, max_size: int, max_keys: int) ->
     worker thread)."""
     with engine.read_kv() as txn:
         pairs = (
-            (bytes(k), len(k) + len(v))
-            for k, v in scan_cursor(
-                txn, engine.kv_db(keys.DATA_DB), region.start_key, region.end_key
-            )
+            (bytes(k), len(k) + n)
+            for k, n in engine.scan_data_sizes(txn, region.start_key, region.end_key)
         )
         size, count, split_keys = choose_split_keys(pairs, max_size, max_keys)
     return SplitCheck(region, size, count, tuple(split_keys))
