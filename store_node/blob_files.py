@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Final
 
 from store_node.disk import DiskFailure
+from store_node.keys import MAX_KEY_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,9 @@ class BlobFiles:
         # torn record, and appending after it would bury it.
         self._next = max(self._sizes, default=0) + 1
         self._sealed = set(self._sizes)
+        # Bytes of each file known to be on disk (synced, or there at open):
+        # what a power loss keeps (the simulation's disk model reads it).
+        self.synced_sizes: dict[int, int] = dict(self._sizes)
         # (kv/ write sequence, file): sealed once that write commits.
         self._sealing: list[tuple[int, int]] = []
         self._txn_seq = 0
@@ -210,6 +214,8 @@ class BlobFiles:
                 except OSError as e:
                     raise DiskFailure(self.path, e) from e
             self._unsynced = False
+            assert self._active is not None
+            self.synced_sizes[self._active] = self._sizes[self._active]
 
     def begin(self, seq: int) -> None:
         """A kv/ write transaction numbered `seq` begins (its appends are
@@ -241,6 +247,7 @@ class BlobFiles:
         except OSError as e:
             raise DiskFailure(p, e) from e
         self._active = file
+        self.synced_sizes[file] = 0
         with self._lock:
             self._sizes[file] = 0
 
@@ -300,13 +307,13 @@ class BlobFiles:
         end = self.size(file)
         offset = 0
         while offset + RECORD_HEADER <= end:
-            head = os.pread(fd, RECORD_HEADER + 512, offset)
+            head = os.pread(fd, RECORD_HEADER + MAX_KEY_SIZE, offset)
             if len(head) < RECORD_HEADER:
                 return
             _, klen, vlen = _RECORD.unpack_from(head)
             size = RECORD_HEADER + klen + vlen
-            if offset + size > end or len(head) < RECORD_HEADER + klen:
-                return
+            if not 0 < klen <= MAX_KEY_SIZE or offset + size > end or len(head) < size - vlen:
+                return  # not a record: what a crash mid-append left
             yield Record(offset, head[RECORD_HEADER : RECORD_HEADER + klen], vlen, size)
             offset += size
 
@@ -337,6 +344,7 @@ class BlobFiles:
             for r in ready:
                 self._retired.remove(r)
                 self._sizes.pop(r.file, None)
+                self.synced_sizes.pop(r.file, None)
                 self._sealed.discard(r.file)
         if not ready:
             return 0

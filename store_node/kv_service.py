@@ -25,7 +25,9 @@ from kvproto.raft_cmdpb import CompareAndSet, Delete, DeleteRange, Put, WriteOp
 from kvproto.rpc import Deferred, Handler, RequestContext, Respond
 from store_node import keys
 from store_node.apply import range_inside
+from store_node.blob_files import BlobError
 from store_node.core import StoreCore
+from store_node.disk import DiskFailure
 from store_node.engine import Engine, scan_cursor
 from store_node.peer import ReadPermit, WriteDone
 from store_node.sessions import check_session_id
@@ -70,6 +72,8 @@ class StoreAccess(Protocol):
     ) -> None: ...
 
     def count_read(self, region_id: int, nbytes: int, nkeys: int) -> None: ...
+
+    def fail(self, error: DiskFailure) -> None: ...
 
     async def call_core(self, fn: Callable[[StoreCore], T]) -> T: ...
 
@@ -249,7 +253,11 @@ class KvService:
             if not isinstance(permit, ReadPermit):
                 respond(kv.RawGetResponse(region_error=permit))
             else:
-                value = self.node.engine.kv_get(keys.DATA_DB, req.key)
+                try:
+                    value = self.node.engine.kv_get(keys.DATA_DB, req.key)
+                except BlobError as e:
+                    self.node.fail(e)  # no answer: the store stops
+                    return
                 if value is not None:
                     self.node.count_read(permit.region.id, len(req.key) + len(value), 1)
                 respond(kv.RawGetResponse(value=value, staleness_ms=_ms(permit.staleness)))
@@ -271,14 +279,18 @@ class KvService:
             pairs = []
             nbytes = 0
             engine = self.node.engine
-            with engine.read_kv() as txn:
-                db = engine.kv_db(keys.DATA_DB)
-                for k in req.keys:
-                    v = txn.get(k, db=db)
-                    if v is not None:
-                        v = engine.blobs.resolve(k, v)
-                        pairs.append((k, v))
-                        nbytes += len(k) + len(v)
+            try:
+                with engine.read_kv() as txn:
+                    db = engine.kv_db(keys.DATA_DB)
+                    for k in req.keys:
+                        v = txn.get(k, db=db)
+                        if v is not None:
+                            v = engine.blobs.resolve(k, v)
+                            pairs.append((k, v))
+                            nbytes += len(k) + len(v)
+            except BlobError as e:
+                self.node.fail(e)
+                return
             self.node.count_read(permit.region.id, nbytes, len(pairs))
             respond(kv.RawBatchGetResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
 
@@ -302,22 +314,26 @@ class KvService:
             pairs: list[tuple[bytes, bytes]] = []
             nbytes = 0
             engine = self.node.engine
-            with engine.read_kv() as txn:
-                found = scan_cursor(
-                    txn,
-                    engine.kv_db(keys.DATA_DB),
-                    req.start_key,
-                    req.end_key,
-                    reverse=req.reverse,
-                )
-                if not req.keys_only:  # (keys only: no blob is read)
-                    found = engine.blobs.resolved(found)
-                for k, v in found:
-                    pair = (bytes(k), b"" if req.keys_only else bytes(v))
-                    pairs.append(pair)
-                    nbytes += len(pair[0]) + len(pair[1])
-                    if len(pairs) >= limit:
-                        break
+            try:
+                with engine.read_kv() as txn:
+                    found = scan_cursor(
+                        txn,
+                        engine.kv_db(keys.DATA_DB),
+                        req.start_key,
+                        req.end_key,
+                        reverse=req.reverse,
+                    )
+                    if not req.keys_only:  # (keys only: no blob is read)
+                        found = engine.blobs.resolved(found)
+                    for k, v in found:
+                        pair = (bytes(k), b"" if req.keys_only else bytes(v))
+                        pairs.append(pair)
+                        nbytes += len(pair[0]) + len(pair[1])
+                        if len(pairs) >= limit:
+                            break
+            except BlobError as e:
+                self.node.fail(e)
+                return
             self.node.count_read(permit.region.id, nbytes, len(pairs))
             respond(kv.RawScanResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
 

@@ -51,6 +51,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from plumbing.metrics import LATENCY_BUCKETS
+from store_node.blob_files import BlobStats
 from store_node.core import StoreCore
 from store_node.disk import DiskMonitor
 from store_node.log_gc import Trigger
@@ -132,6 +133,8 @@ class MetricsSource(Protocol):
     @property
     def disk(self) -> DiskMonitor: ...
 
+    def blob_usage(self) -> BlobStats: ...
+
     def loop_counters(self) -> dict[str, int]: ...
 
     def queued_events(self) -> int: ...
@@ -207,6 +210,7 @@ class StoreCollector(Collector):
             value=source.queued_events(),
         )
         yield from _disk_gauges(source.disk)
+        yield from _blob_metrics(source.blob_usage())
         yield from _counters(counters)
 
 
@@ -223,6 +227,33 @@ def _disk_gauges(disk: DiskMonitor) -> Iterator[Metric]:
             "Free bytes on the data (or Raft) directory's disk, the tighter one, as last measured",
             value=disk.space.free,
         )
+
+
+def _blob_metrics(blobs: BlobStats) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "shardkv_store_blob_files",
+        "Blob files (values longer than large_value_threshold, stored apart from kv/)",
+        value=blobs.files,
+    )
+    yield GaugeMetricFamily(
+        "shardkv_store_blob_bytes", "Bytes of the blob files on disk", value=blobs.bytes
+    )
+    yield GaugeMetricFamily(
+        "shardkv_store_blob_live_bytes",
+        "Bytes of the sealed blob files that kv/ still points at, as of the last collection "
+        "pass (blob_gc_interval)",
+        value=blobs.live_bytes,
+    )
+    yield CounterMetricFamily(
+        "shardkv_store_blob_files_collected",
+        "Blob files deleted since the store started (no value left in them)",
+        value=blobs.collected_files,
+    )
+    yield CounterMetricFamily(
+        "shardkv_store_blob_bytes_rewritten",
+        "Value bytes moved out of mostly dead blob files since the store started",
+        value=blobs.rewritten_bytes,
+    )
 
 
 def _peer_gauges(core: StoreCore) -> Iterator[Metric]:

@@ -59,12 +59,13 @@ from kvproto.rpc.tls import opener_for, tls_from_files
 from plumbing.logs import PROCESS_FIELDS
 from store_node.admission import admit_read, admit_write, answer
 from store_node.backup_copies import BackupCopies
+from store_node.blob_files import BlobError, BlobStats
 from store_node.blob_gc import collect
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig, StoreConfig
 from store_node.consistency import interval_ticks
 from store_node.core import StoreCore
-from store_node.disk import DiskMonitor
+from store_node.disk import DiskFailure, DiskMonitor
 from store_node.engine import Engine
 from store_node.identity import ensure_identity
 from store_node.kv_service import KvService, Limits
@@ -134,6 +135,7 @@ class StoreNode:
             config.max_queued_events
         )
         self._round_done = trio.Event()
+        self._fatal = trio.Event()
         self._loop_idle = False
         self.rounds = 0
         self._limiter = trio.CapacityLimiter(1)
@@ -258,6 +260,7 @@ class StoreNode:
                 nursery.start_soon(self.ticker.run)
                 nursery.start_soon(self._run_kv_syncer)
                 nursery.start_soon(self._run_blob_collector)
+                nursery.start_soon(self._stop_on_failure)
                 nursery.start_soon(worker.run)
                 nursery.start_soon(receiver.run_sweeper)
                 nursery.start_soon(backups.run_sweeper)
@@ -393,6 +396,9 @@ class StoreNode:
             snap, path = await trio.to_thread.run_sync(
                 generate, self.engine, self.snap_dir, region_id, shape, limiter=self._snap_gen
             )
+        except BlobError as e:
+            self.fail(e)
+            return
         except Exception:
             log.exception("region %d: snapshot generation failed", region_id)
             await self.submit(lambda core: core.on_snapshot_generation_failed(region_id))
@@ -466,6 +472,22 @@ class StoreNode:
         """What a read served at a permit returned (the region's read flow)."""
         if self.core is not None:
             self.core.count_read(region_id, nbytes, nkeys)
+
+    def fail(self, error: DiskFailure) -> None:
+        """Stop the store for `error`, found outside the write path (a blob
+        that does not read back as written): `run` ends with it."""
+        if self.engine.failed is None:
+            self.engine.failed = error
+            log.critical("%s", error)
+        self._fatal.set()
+
+    async def _stop_on_failure(self) -> None:
+        await self._fatal.wait()
+        assert self.engine.failed is not None
+        raise self.engine.failed
+
+    def blob_usage(self) -> BlobStats:
+        return self.engine.blobs.usage()
 
     def loop_counters(self) -> dict[str, int]:
         """Counters of the shell (the core keeps its own)."""

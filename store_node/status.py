@@ -40,12 +40,17 @@ def store_status(core: StoreCore, shell_counters: Mapping[str, int]) -> StoreSta
 
 
 def status_json(
-    status: StoreStatusResponse, address: str, disk: Mapping[str, Any] | None = None
+    status: StoreStatusResponse,
+    address: str,
+    disk: Mapping[str, Any] | None = None,
+    *,
+    blobs: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """`status` as the JSON document of `GET /status`: keys in hex (an empty
     end key is +infinity), this store's peer and its role in each region;
     `disk`: the disk's state (`DiskMonitor.state`: full or not, free and
-    total bytes, the reserve)."""
+    total bytes, the reserve); `blobs`: the blob files' figures
+    (`BlobFiles.usage`)."""
     regions = []
     for p in status.peers:
         r = p.region
@@ -75,6 +80,7 @@ def status_json(
         "region_count": len(regions),
         "leader_count": sum(p.is_leader for p in status.peers),
         "disk": dict(disk or {}),
+        "blobs": dict(blobs or {}),
         # Log growth (per region below): what compaction has not taken yet.
         "log_entries": sum(p.log_entries for p in status.peers),
         "log_bytes": sum(p.log_bytes for p in status.peers),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import hypercorn.config
@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from plumbing import failpoints
 from plumbing.asgi import Receive, Scope, Send, lifespan
 from plumbing.cli import error_leaves
+from store_node.blob_files import BlobStats
 from store_node.core import StoreCore
 from store_node.disk import DiskMonitor
 from store_node.metrics import StoreMetrics
@@ -91,6 +92,8 @@ class StatusSource(Protocol):
     @property
     def metrics(self) -> StoreMetrics: ...
 
+    def blob_usage(self) -> BlobStats: ...
+
     def loop_counters(self) -> dict[str, int]: ...
 
 
@@ -109,7 +112,10 @@ def store_pages(store: StatusSource) -> dict[str, Callable[[], Page]]:
         if core is None:
             return json_page({"error": "the store is starting: registering with the PD"}, 503)
         document = status_json(
-            store_status(core, store.loop_counters()), store.address, store.disk.state()
+            store_status(core, store.loop_counters()),
+            store.address,
+            store.disk.state(),
+            blobs=asdict(store.blob_usage()),
         )
         return json_page(document)
 

@@ -12,16 +12,16 @@ first, in one transaction, then closes the engine without flushing or syncing.
 Reopening the directory shows exactly the durable state.
 
 How the journal hooks in: every write transaction of an environment goes
-through `_Env.write(fn)`, whichever `Engine` method (`write_raft`, `flush`,
+through `Env.write(fn)`, whichever `Engine` method (`write_raft`, `flush`,
 `write_kv`, `write_kv_batch`, ...) starts it. `SimEngine` shadows `write` on
-its two `_Env` instances with a wrapper that hands `fn` a recording proxy of
+its two `Env` instances with a wrapper that hands `fn` a recording proxy of
 the LMDB transaction instead of the transaction. The proxy records the
 before-image of a key before forwarding put/delete/replace/pop, on the
 transaction or on a cursor (so `_delete_range`'s cursor deletes are seen), and
 forwards everything else (reads, cursor moves). This is less fragile than
 overriding the `Engine` write methods, which would mean copying their logic
 (the deferral, the sequence numbers) and missing any write method added later:
-it depends only on `_Env.write(fn)` calling `fn(txn)` and on the engine using
+it depends only on `Env.write(fn)` calling `fn(txn)` and on the engine using
 the transaction's ordinary put/delete/cursor calls. Mutations the proxy does
 not model (`putmulti`, `drop`) raise rather than go unrecorded. A retry after
 `lmdb.MapFullError` runs `fn` again with a fresh record; only the record of
@@ -29,6 +29,11 @@ the attempt that committed is journaled.
 
 Durability is forced only by `sync_kv()` (kv) and by every commit of an
 environment in `SyncMode.SYNC`, whose writes are therefore not journaled.
+
+Blob files (large values apart from kv/, `store_node.blob_files`): a power
+loss keeps what was synced of each (`BlobFiles.synced_sizes`, which
+`sync_appends` advances) and an rng-chosen part of the rest, cutting each
+file there; a deleted file stays deleted.
 
 Limits of the model: the journal lives in this object, so a power loss after a
 `crash()` and a restart treats everything committed before the crash as
@@ -39,12 +44,14 @@ durable; dupsort databases are not modelled (the engine opens none); writes
 from __future__ import annotations
 
 import enum
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from store_node.engine import Engine, WriteBatch, _Env
+from store_node.engine import Engine, WriteBatch
+from store_node.lmdb_env import Env
 
 T = TypeVar("T")
 
@@ -54,7 +61,7 @@ _Images = dict[tuple[Any, bytes], bytes | None]
 
 
 class _Write(Protocol):
-    """The signature of `_Env.write`."""
+    """The signature of `Env.write`."""
 
     def __call__(self, fn: Callable[[Any], T]) -> T: ...
 
@@ -80,6 +87,7 @@ class Loss:
     kv_txns: int
     raft_txns: int
     deferred_ops: int
+    blob_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -250,8 +258,25 @@ class SimEngine(Engine):
         deferred = self._drop_deferred()
         kv_lost = _undo(self.kv, self._kv_journal.take_lost(self.rng))
         raft_lost = _undo(self.raft, self._raft_journal.take_lost(self.rng))
+        blob_lost = self._cut_blob_files()
         self._die()
-        return Loss(kv_txns=kv_lost, raft_txns=raft_lost, deferred_ops=deferred)
+        return Loss(
+            kv_txns=kv_lost, raft_txns=raft_lost, deferred_ops=deferred, blob_bytes=blob_lost
+        )
+
+    def _cut_blob_files(self) -> int:
+        """Cut each blob file somewhere between its synced size and its end
+        (the rng's draws come after the journals', so runs without blob
+        files draw as before)."""
+        lost = 0
+        for path in sorted(self.blobs.path.glob("*.blob")):
+            size = path.stat().st_size
+            synced = self.blobs.synced_sizes.get(int(path.stem, 16), 0)
+            if size > synced:
+                keep = self.rng.randint(synced, size)
+                os.truncate(path, keep)
+                lost += size - keep
+        return lost
 
     def close(self) -> None:
         """A clean shutdown (`Engine.close`); nothing after a crash."""
@@ -268,12 +293,13 @@ class SimEngine(Engine):
         if self._dead:
             raise RuntimeError("this SimEngine is already closed")
         self._dead = True
+        self.blobs.close()
         self.kv.close()
         self.raft.close()
         self._lock.release()
 
 
-def _journaled_write(env: _Env, journal: _Journal) -> _Write:
+def _journaled_write(env: Env, journal: _Journal) -> _Write:
     """`env.write` that journals the before-images of the attempt that
     committed (an attempt that hit MapFullError was aborted: it is dropped)."""
 
@@ -284,14 +310,14 @@ def _journaled_write(env: _Env, journal: _Journal) -> _Write:
             attempts.append({})
             return fn(_RecordingTxn(txn, attempts[-1]))
 
-        result = _Env.write(env, attempt)  # returns only once committed
+        result = Env.write(env, attempt)  # returns only once committed
         journal.committed(attempts[-1])
         return result
 
     return write
 
 
-def _undo(env: _Env, lost: list[_Images]) -> int:
+def _undo(env: Env, lost: list[_Images]) -> int:
     """Restore the before-images of `lost` (oldest first), newest first, so
     the oldest transaction's images win; one unjournaled transaction."""
 
@@ -304,5 +330,5 @@ def _undo(env: _Env, lost: list[_Images]) -> int:
                     txn.put(key, old, db=db)
 
     if lost:
-        _Env.write(env, revert)
+        Env.write(env, revert)
     return len(lost)

@@ -41,9 +41,11 @@ from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, SnapshotKey
 from kvproto.rpc import Deferred, RequestContext
 from store_node.admission import admit_read, admit_write, answer
+from store_node.blob_gc import collect
 from store_node.bootstrap import load_store
 from store_node.config import CoreConfig
 from store_node.core import StoreCore
+from store_node.disk import DiskFailure
 from store_node.engine import Engine
 from store_node.kv_service import KvService, Limits
 from store_node.pd_worker import execute_order, has_core_order, region_heartbeat_request
@@ -66,6 +68,10 @@ TICK = 0.1
 REGION_HEARTBEAT_INTERVAL = 1.0
 STORE_HEARTBEAT_INTERVAL = 1.0
 KV_SYNC_INTERVAL = 5.0
+# Large values apart: tiny files, collected often, so that files fill, die,
+# are rewritten and deleted all through a run.
+BLOB_FILE_SIZE = 256
+BLOB_GC_INTERVAL = 1.0
 # The simulation's regions hold a few short pairs: a leaf per key, groups of
 # a few, and a delta whenever the copy allows (however large), so that the
 # comparisons and delta installs are many.
@@ -87,6 +93,7 @@ class SimStore:
         config: CoreConfig,
         kv_mode: SyncMode,
         clock_rate: float = 1.0,
+        large_value_threshold: int = 0,
     ) -> None:
         self.world = world
         self.net = net
@@ -96,6 +103,7 @@ class SimStore:
         self.root = root
         self.config = config
         self.kv_mode = kv_mode
+        self.large_value_threshold = large_value_threshold
         self.others: dict[int, SimStore] = {}
         self.up = False
         self.incarnation = 0
@@ -134,6 +142,8 @@ class SimStore:
         self.cluster_id = 0
         # Store counters of the incarnations before this one.
         self._stats_before: Counter[str] = Counter()
+        # Blob file work over every incarnation (collections, power losses).
+        self.blob_stats: Counter[str] = Counter()
 
     def pd_header(self) -> pdpb.RequestHeader:
         return pdpb.RequestHeader(self.cluster_id)
@@ -148,6 +158,8 @@ class SimStore:
             flush_to_disk=False,
             rng=random.Random(self.world.rng.getrandbits(64)),
             kv_mode=self.kv_mode,
+            large_value_threshold=self.large_value_threshold,
+            blob_file_size=BLOB_FILE_SIZE,
         )
         self.engine = engine
         self.snap_dir = SnapDir(self.root / "snap")
@@ -176,12 +188,15 @@ class SimStore:
         self.world.at(self.world.rng.uniform(0, 1), self._region_heartbeats, inc)
         self.world.at(self.world.rng.uniform(0, 1), self._store_heartbeat, inc)
         self.world.at(KV_SYNC_INTERVAL, self._sync_kv, inc)
+        if self.large_value_threshold:
+            self.world.at(BLOB_GC_INTERVAL, self._collect_blobs, inc)
         self._nudge()
 
     def stop(self, *, power_loss: bool) -> None:
         """SIGKILL (`power_loss` False) or a machine crash."""
         assert isinstance(self.engine, SimEngine)
         loss = self.engine.power_loss() if power_loss else self.engine.crash()
+        self.blob_stats["blob_bytes_cut"] += loss.blob_bytes
         self.world.log(f"{self.name}: {'power loss' if power_loss else 'crash'}: lost {loss}")
         self._forget_core()
         for broken in list(self.connections):
@@ -205,14 +220,14 @@ class SimStore:
             self.engine.close()
 
     def _forget_core(self) -> None:
-        self._stats_before = self.stats()
+        self._stats_before += Counter(self.core.stats if self.core else {})
         self.up = False
         self.incarnation += 1
         self.core = None
 
     def stats(self) -> Counter[str]:
         """The store's counters (`StoreCore.stats`), over its lives."""
-        return self._stats_before + Counter(self.core.stats if self.core else {})
+        return self._stats_before + Counter(self.core.stats if self.core else {}) + self.blob_stats
 
     # -- inputs ------------------------------------------------------------------
 
@@ -275,6 +290,9 @@ class SimStore:
     def count_read(self, region_id: int, nbytes: int, nkeys: int) -> None:
         if self.core is not None:
             self.core.count_read(region_id, nbytes, nkeys)
+
+    def fail(self, error: DiskFailure) -> None:
+        raise error  # a real store stops; here the run fails
 
     def loop_counters(self) -> dict[str, int]:
         return {"rounds": self.rounds}
@@ -412,6 +430,15 @@ class SimStore:
             return
         self.engine.sync_kv()
         self.world.at(KV_SYNC_INTERVAL, self._sync_kv, inc)
+
+    def _collect_blobs(self, inc: int) -> None:
+        if inc != self.incarnation:
+            return
+        if not self.paused:
+            report = collect(self.engine, discardable_ratio=0.5)
+            self.blob_stats["blob_files_retired"] += len(report.retired) + len(report.rewritten)
+            self.blob_stats["blob_bytes_rewritten"] += report.rewritten_bytes
+        self.world.at(BLOB_GC_INTERVAL, self._collect_blobs, inc)
 
     # -- snapshots --------------------------------------------------------------------
 

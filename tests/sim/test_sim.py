@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,25 @@ def test_followers_catch_up_by_delta_through_crashes_in_the_install(tmp_path: Pa
     received = sum(r.store_stats["snapshots_received"] for r in reports)
     cut = sum(r.faults["snapshot install cut short"] for r in reports)
     assert deltas >= 5 and 2 * deltas >= received and cut >= 1, [r.summary() for r in reports]
+
+
+def test_large_values_apart_survive_crashes_power_losses_and_collection(
+    tmp_path: Path,
+) -> None:
+    # Most of the workload's values go to blob files (Options'
+    # large_value_threshold), files of 256 bytes collected every second:
+    # files fill, die, are rewritten and deleted while stores crash and lose
+    # power (which keeps only what was synced of each file, `SimEngine`).
+    # That the model loses what was not synced is shown by the mutation
+    # tests (test_sim_mutations).
+    options = Options(duration=10.0, flavor="crashes")
+    reports = [_run(seed, tmp_path / f"r{seed}", options) for seed in range(2)]
+    stats = sum((r.store_stats for r in reports), Counter())
+    power_losses = sum(n for r in reports for k, n in r.faults.items() if "power loss" in k)
+    assert power_losses >= 2, [r.summary() for r in reports]
+    assert stats["blob_files_retired"] >= 20, stats
+    assert stats["blob_bytes_rewritten"] > 0, stats
+    assert stats["delta_snapshots_installed"] + stats["snapshots_received"] > 0, stats
 
 
 @pytest.mark.soak

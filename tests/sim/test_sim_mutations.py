@@ -13,9 +13,11 @@ the election timeout, one kept through a leader transfer) and follower reads
 (served from what the replica has applied, without asking the leader);
 issue 14's hibernating regions (sleeping followers that do not wake when
 their leader's store dies); issue 16's consistency checks (a copy hashed at
-the end of its round instead of at the check's entry) and incremental catch-up
+the end of its round instead of at the check's entry), incremental catch-up
 (a delta install that writes the replaced sub-ranges without clearing them
-first).
+first) and large values apart (blob records not synced before the kv/ commit
+that points at them; blob files deleted before kv/ is durable past their
+last pointer).
 
 A run costs a second or two, so each search starts at the seed that caught
 the bug when the test was written (in its `seeds`) and goes a few seeds
@@ -42,6 +44,7 @@ from raft.node import RaftNode, Ready
 from raft.types import Snapshot
 from store_node import bootstrap, keys, persist, queries, region_hash, snapshot_control
 from store_node.apply import ApplyOutcome, ApplyTask, apply_task
+from store_node.blob_files import BlobFiles
 from store_node.core import StoreCore
 from store_node.engine import Engine
 from store_node.freshness import Freshness
@@ -392,3 +395,29 @@ def test_a_delta_install_that_keeps_the_replaced_ranges_old_keys_is_caught(
     # Caught by seed 0 when written: a follower whose delta left a deleted
     # key in place leads later, and the final reads see the old value.
     _caught(tmp_path, mutate, ("replicas", "not linearizable"), range(6), CATCHUP_OPTIONS)
+
+
+# -- large values apart (blob files) ------------------------------------------------------
+
+BLOB_OPTIONS = Options(duration=10.0, flavor="crashes")
+
+
+def test_blob_records_not_synced_before_the_kv_commit_are_caught(tmp_path: Path) -> None:
+    def mutate(m: pytest.MonkeyPatch) -> None:
+        # kv/ commits pointers to records a power loss may not keep.
+        m.setattr(BlobFiles, "sync_appends", lambda self: None)
+
+    # Caught by seed 0 when written: a power loss cuts a blob file under
+    # pointers kv/ kept, and the next read of one of them fails its check.
+    _caught(tmp_path, mutate, ("BlobError",), range(6), BLOB_OPTIONS)
+
+
+def test_blob_files_deleted_before_kv_is_durable_are_caught(tmp_path: Path) -> None:
+    reap = BlobFiles.reap
+
+    def mutate(m: pytest.MonkeyPatch) -> None:
+        # A file dead in kv/'s latest state is deleted at once, though a
+        # power loss may undo the transaction that dropped its last pointer.
+        m.setattr(BlobFiles, "reap", lambda self, durable_seq: reap(self, 1 << 62))
+
+    _caught(tmp_path, mutate, ("BlobError",), range(10), BLOB_OPTIONS)
