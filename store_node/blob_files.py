@@ -5,15 +5,15 @@ file under `<data-dir>/blobs/`, and kv/'s "data" db holds a pointer to it
 instead (`store_node.blob_txn` decides, resolves and collects). A blob file
 is a sequence of records, each
 
-    crc32 (4)  key length (2)  value length (4)  key  value
+    value crc32 (4)  key length (2)  value length (4)  key  value
 
-where the CRC covers the key and the value. A pointer is
+A pointer is
 
     POINTER_MAGIC (4)  file number (8)  record offset (8)  value length (4)  value crc32 (4)
 
-so a read checks the value it gets twice: against the pointer's CRC, and
-the record's key against the key asked for (a pointer to the wrong record
-is caught as surely as a torn one).
+so a read checks what it gets twice: the value against the pointer's CRC,
+and the record's key against the key asked for (a pointer to the wrong
+record is caught as surely as a torn one).
 
 Durability rules (the simulation checks both, `tests/sim/disk.py`):
 
@@ -196,9 +196,9 @@ class BlobFiles:
         file = self._active
         assert file is not None
         crc = zlib.crc32(value)
-        header = _RECORD.pack(zlib.crc32(value, zlib.crc32(key)), len(key), len(value))
         offset = self._sizes[file]
-        _write_all(self._active_fd, header + key + value, self._file_path(file))
+        head = _RECORD.pack(crc, len(key), len(value)) + key
+        _write_all(self._active_fd, head, value, self._file_path(file))
         with self._lock:
             self._sizes[file] = offset + RECORD_HEADER + len(key) + len(value)
         self._unsynced = True
@@ -270,19 +270,19 @@ class BlobFiles:
         if len(data) != want:
             raise BlobError(self._file_path(pointer.file), f"short record at {pointer.offset}")
         crc, klen, vlen = _RECORD.unpack_from(data)
-        value = data[RECORD_HEADER + len(key) :]
+        view = memoryview(data)
         if (
-            klen != len(key)
+            crc != pointer.crc
+            or klen != len(key)
             or vlen != pointer.length
-            or data[RECORD_HEADER : RECORD_HEADER + klen] != key
-            or zlib.crc32(value) != pointer.crc
-            or zlib.crc32(value, zlib.crc32(key)) != crc
+            or view[RECORD_HEADER : RECORD_HEADER + klen] != key
+            or zlib.crc32(view[RECORD_HEADER + klen :]) != pointer.crc
         ):
             raise BlobError(
                 self._file_path(pointer.file),
                 f"the record at {pointer.offset} is not key {key[:32]!r}'s value as written",
             )
-        return value
+        return data[RECORD_HEADER + klen :]
 
     def resolve(self, key: bytes, value: bytes) -> bytes:
         """The user value a kv/ "data" value stands for (a pointer's
@@ -383,12 +383,17 @@ class BlobFiles:
         return self.path / f"{file:016x}.blob"
 
 
-def _write_all(fd: int, data: bytes, path: Path) -> None:
-    view = memoryview(data)
+def _write_all(fd: int, head: bytes, value: bytes, path: Path) -> None:
+    """`head` then `value`, without joining them (a value may be 16 MiB)."""
+    parts = [memoryview(head), memoryview(value)]
     try:
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        while parts:
+            n = os.writev(fd, parts)
+            while parts and n >= len(parts[0]):
+                n -= len(parts[0])
+                parts.pop(0)
+            if parts and n:
+                parts[0] = parts[0][n:]
     except OSError as e:
         raise DiskFailure(path, e) from e
 
