@@ -162,8 +162,6 @@ class BlobFiles:
             m = _NAME.match(p.name)
             if m:
                 self._sizes[int(m.group(1), 16)] = p.stat().st_size
-            elif p.name.endswith(".tmp"):
-                p.unlink()
         # A new file for this run's appends: an old file's tail may hold a
         # torn record, and appending after it would bury it.
         self._next = max(self._sizes, default=0) + 1

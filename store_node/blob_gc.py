@@ -46,6 +46,8 @@ class CollectReport:
     retired: list[int] = field(default_factory=list)
     rewritten: list[int] = field(default_factory=list)
     rewritten_bytes: int = 0
+    # Mostly dead files left for the next pass (over this one's budget).
+    more: bool = False
 
 
 def liveness(txn: Any, data_db: Any, blobs: BlobFiles, file: int) -> Liveness:
@@ -66,7 +68,7 @@ def collect(
     engine: Engine,
     *,
     discardable_ratio: float,
-    max_rewrite_bytes: int = 64 << 20,
+    max_rewrite_bytes: int = 16 << 20,
     on_rewrite: Callable[[int], None] | None = None,
 ) -> CollectReport:
     """One collection pass over the sealed blob files (the kv/ writer's
@@ -93,10 +95,13 @@ def collect(
             report.retired.append(lv.file)
         elif lv.size and (lv.size - lv.live_bytes) / lv.size >= discardable_ratio:
             sparse.append(lv)
+    # The writer's thread is the store's: a bounded rewrite per pass, the
+    # emptiest files first (most space back per byte copied).
     budget = max_rewrite_bytes
     chosen: list[Liveness] = []
     for lv in sorted(sparse, key=lambda lv: lv.live_bytes):
         if lv.live_bytes > budget and chosen:
+            report.more = True
             break
         chosen.append(lv)
         budget -= lv.live_bytes

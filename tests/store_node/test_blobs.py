@@ -345,3 +345,22 @@ def test_random_writes_and_collections_keep_every_value(tmp_path: Path) -> None:
         assert e.blobs.usage().bytes <= live * 1.2 + 2 * 4096
     finally:
         e.close()
+
+
+def test_a_pass_rewrites_within_its_budget_and_says_more_is_left(engine: Engine) -> None:
+    pairs = fill_files(engine, 16)
+    sealed = engine.blobs.sealed()
+    assert len(sealed) >= 3
+    # In every sealed file, all values but one deleted: each mostly dead.
+    by_file: dict[int, list[bytes]] = {}
+    for k in pairs:
+        by_file.setdefault(decode_pointer(raw(engine, k) or b"").file, []).append(k)
+    doomed = [k for f in sealed for k in by_file[f][1:]]
+    engine.write_kv(lambda txn: [txn.delete(DATA, k) for k in doomed])
+    first = collect(engine, discardable_ratio=0.5, max_rewrite_bytes=1500)
+    assert len(first.rewritten) == 1 and first.more
+    rest = collect(engine, discardable_ratio=0.5)
+    assert len(rest.rewritten) == len(sealed) - 1 and not rest.more
+    engine.sync_kv()
+    for k, v in pairs.items():
+        assert engine.kv_get(DATA, k) == (None if k in doomed else v)
