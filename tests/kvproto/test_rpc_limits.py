@@ -419,16 +419,21 @@ async def test_a_frame_of_empty_arrays_is_refused_without_its_memory_or_a_stall(
             with loop_stall_and_memory() as figures:
                 inner.start_soon(ticker, figures)
                 async with await trio.open_tcp_stream(host, int(port)) as bad:
+                    sent = time.perf_counter()
                     await bad.send_all(frame)
                     # Its cost walk (a million items, under tracemalloc) takes ~8 s
                     # on a loaded two-core machine.
                     closed = await is_closed_by_server(bad, within=40)
+                    walk = time.perf_counter() - sent
                 assert await good.call(Echo(b"fine")) == Echo(b"fine")
                 inner.cancel_scope.cancel()
     # Decoded, it is 260 MB, and it took seconds of the loop (issue 15).
     # The frame, a copy in the reader's buffer and one in the worker: 12 MB.
     assert figures["memory"] < 40e6, figures
-    assert figures["stall"] < 0.5, figures
+    # The walk ran off the loop: the loop kept running through it. (Relative
+    # to the walk, not an absolute bound: a loaded machine slows both; the
+    # walk in the loop was a stall as long as the walk.)
+    assert figures["stall"] < max(0.5, walk / 4), (figures, walk)
     assert closed
     assert any("decoding would cost too much" in r.getMessage() for r in caplog.records)
 
