@@ -322,8 +322,9 @@ class KvService:
                         req.start_key,
                         req.end_key,
                         reverse=req.reverse,
+                        values=not req.keys_only,
                     )
-                    if not req.keys_only:  # (keys only: no blob is read)
+                    if not req.keys_only:
                         found = engine.blobs.resolved(found)
                     for k, v in found:
                         pair = (bytes(k), b"" if req.keys_only else bytes(v))

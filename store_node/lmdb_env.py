@@ -355,13 +355,26 @@ def apply_kv(txn: KvTxn, batch: WriteBatch) -> None:
 
 
 def scan_cursor(
-    txn: Any, db: Any, start: bytes, end: bytes, *, reverse: bool = False
+    txn: Any,
+    db: Any,
+    start: bytes,
+    end: bytes,
+    *,
+    reverse: bool = False,
+    values: bool = True,
 ) -> Iterator[tuple[bytes, bytes]]:
     """Items with start <= key < end (empty end: no bound) in key order, or in
-    reverse order."""
+    reverse order; without `values`, each value is b"" (none is read: a
+    long one is a run of overflow pages)."""
     with txn.cursor(db=db) as cur:
         if not reverse:
             if not cur.set_range(start):
+                return
+            if not values:
+                for k in cur.iternext(keys=True, values=False):
+                    if end and k >= end:
+                        return
+                    yield k, b""
                 return
             for k, v in cur:
                 if end and k >= end:
@@ -381,6 +394,6 @@ def scan_cursor(
             k = cur.key()
             if k < start:
                 return
-            yield k, cur.value()
+            yield k, cur.value() if values else b""
             if not cur.prev():
                 return

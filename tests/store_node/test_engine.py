@@ -150,7 +150,11 @@ def test_scan_and_delete_range_match_a_sorted_list(
                 bytes(k)
                 for k, _ in scan_cursor(txn, e.kv_db(keys.DATA_DB), start, end, reverse=reverse)
             ]
+            keys_only = list(
+                scan_cursor(txn, e.kv_db(keys.DATA_DB), start, end, reverse=reverse, values=False)
+            )
         assert got == model
+        assert [(bytes(k), v) for k, v in keys_only] == [(k, b"") for k in model]
         deleted = e.write_kv(lambda txn: txn.delete_range(keys.DATA_DB, start, end))
         assert deleted == len(model)
         assert sorted(k for k, _ in e.kv_items(keys.DATA_DB)) == sorted(set(present) - set(model))
