@@ -107,6 +107,8 @@ class Options:
     # "all" calls, or only reads and conditional writes (which a client
     # without sessions never retries after an unknown outcome).
     workload: str = "all"
+    # Values "unique" per write, or "few" (tests.sim.workload).
+    values: str = "unique"
     # How many of the clients only read.
     readers: int = 0
     # Chaos weights for a kind of bug (FLAVORS); None: the default mix.
@@ -126,6 +128,10 @@ class Options:
     # Values longer than this are stored apart (blob files; 0: none). The
     # workload's values are 5 to 8 bytes: most go apart.
     large_value_threshold: int = 6
+    # The longest a delta snapshot takes from the comparison of the copies
+    # to its arrival (virtual s): longer, and the copy moves meanwhile more
+    # often (a heartbeat raises its commit index).
+    delta_delay: float = 0.05
 
 
 class SimulationFailure(AssertionError):
@@ -188,6 +194,7 @@ class Simulation:
                 options.kv_mode,
                 clock_rate=self.world.rng.uniform(1 - drift, 1 + drift),
                 large_value_threshold=options.large_value_threshold,
+                delta_delay=options.delta_delay,
             )
             self.stores[i] = store
         for s in self.stores.values():
@@ -207,7 +214,12 @@ class Simulation:
             for c in range(1, options.clients + 1)
         ]
         self.workload = Workload(
-            self.world, self.clients, self.keyspace, options.workload, options.readers
+            self.world,
+            self.clients,
+            self.keyspace,
+            options.workload,
+            options.readers,
+            options.values,
         )
         self.history = self.workload.history
         self.chaos = Chaos(

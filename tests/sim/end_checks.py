@@ -9,13 +9,11 @@ replicas that differ, and that a region tree tiles the key space.
 from __future__ import annotations
 
 import itertools
-import zlib
 from collections.abc import Mapping
 
 from kvproto.metapb import PeerRole, Region
 from placement_driver.consistency import CheckState
-from store_node import keys
-from store_node.engine import Engine, scan_cursor
+from tests.sim.digests import region_digest
 from tests.sim.pd import SimPd
 from tests.sim.store import SimStore
 
@@ -126,20 +124,3 @@ def tiles(regions: list[Region]) -> str | None:
     if regions[-1].end_key != b"":
         return f"nothing covers keys from {regions[-1].end_key!r}"
     return None
-
-
-def region_digest(engine: Engine, region: Region) -> int:
-    """CRC of a region's data and client sessions on one store."""
-    crc = 0
-    with engine.read_kv() as txn:
-        # Values, not how each store keeps them (blob pointers differ).
-        for k, v in engine.scan_data(txn, region.start_key, region.end_key):
-            crc = zlib.crc32(bytes(k) + b"=" + bytes(v), crc)
-        for k, v in scan_cursor(
-            txn,
-            engine.kv_db(keys.SESSION_DB),
-            keys.session_prefix(region.id),
-            keys.session_prefix(region.id + 1),
-        ):
-            crc = zlib.crc32(bytes(k) + b"=" + bytes(v), crc)
-    return crc

@@ -58,6 +58,7 @@ from store_node.snapshot_delta import DeltaPolicy, NoDelta, compare, prepare
 from store_node.snapshot_digest import TreeError, TreeShape, remove_files
 from store_node.split import scan_region
 from store_node.split_worker import SPLIT_ORDER
+from tests.sim.digests import region_digest, snapshot_file_digest
 from tests.sim.disk import SimEngine, SyncMode
 from tests.sim.pd import SimPd
 from tests.sim.world import Net, World
@@ -94,6 +95,7 @@ class SimStore:
         kv_mode: SyncMode,
         clock_rate: float = 1.0,
         large_value_threshold: int = 0,
+        delta_delay: float = 0.05,
     ) -> None:
         self.world = world
         self.net = net
@@ -104,6 +106,11 @@ class SimStore:
         self.config = config
         self.kv_mode = kv_mode
         self.large_value_threshold = large_value_threshold
+        # The longest a delta takes from the comparison to its arrival.
+        self.delta_delay = delta_delay
+        # (region, index, term) of a snapshot sent here -> the digest of the
+        # copy it holds: an install, whole or delta, must leave exactly it.
+        self.expected_installs: dict[tuple[int, int, int], int] = {}
         self.others: dict[int, SimStore] = {}
         self.up = False
         self.incarnation = 0
@@ -353,6 +360,13 @@ class SimStore:
             assert not self.up, "on_next_install must stop the store"
             return
         outcomes = persist_and_apply(self.engine, out)
+        for task in out.snapshot_tasks:
+            expected = self.expected_installs.pop((task.region.id, task.index, task.term), None)
+            if expected is not None and region_digest(self.engine, task.region) != expected:
+                raise AssertionError(
+                    f"{self.name}: region {task.region.id}: the copy installed from snapshot "
+                    f"{task.index}/{task.term} is not the snapshot's"
+                )
         self._send(out.messages_after_persist)
         answer(core.after_persist(out, outcomes))
         self.rounds += 1
@@ -481,6 +495,7 @@ class SimStore:
         assert snap is not None
         desc = descriptor_of(snap)
         key = SnapshotKey(msg.region_id, desc.term, desc.index, self.store_id)
+        target.expected_installs[rid, desc.index, desc.term] = snapshot_file_digest(path, rid)
 
         def whole() -> Callable[[StoreCore], None] | None:
             """The whole file copied to the target (None: it is gone, a
@@ -528,7 +543,7 @@ class SimStore:
                 deliver(core)
 
         # The delta leaves some time after the comparison: the copy may move.
-        self.world.at(self.world.rng.uniform(0.001, 0.05), arrive)
+        self.world.at(self.world.rng.uniform(0.001, self.delta_delay), arrive)
 
     def _delta(
         self, target: SimStore, key: SnapshotKey, msg: RaftMessage, path: Path

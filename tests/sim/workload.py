@@ -41,11 +41,15 @@ class Workload:
         keyspace: Sequence[bytes],
         calls: str,
         readers: int = 0,
+        values: str = "unique",
     ) -> None:
         """`calls`: "all" kinds of calls, or only reads and "conditional"
         writes; the last `readers` clients only read (they stay with the
         leader they know as long as it answers: no write tells them of
-        another)."""
+        another). `values`: "unique" per write, or "few" (three, so that a
+        key often gets back a value it held before: a range can be equal at
+        two points of the log with writes between them, which unique values
+        never allow)."""
         self.world = world
         self.readers = (
             {c.client_id for c in clients[len(clients) - readers :]} if readers else set()
@@ -53,6 +57,7 @@ class Workload:
         self.clients = clients
         self.keyspace = keyspace
         self.calls = calls
+        self.values = values
         self.history = History(keyspace)
         self.outcomes: Counter[str] = Counter()
         # Errors no fault can cause (a bug in the store or the client).
@@ -123,6 +128,8 @@ class Workload:
             r *= 0.32
 
         def value() -> bytes:
+            if self.values == "few":
+                return b"v%d" % rng.randrange(3)
             return b"c%d.%d" % (client.client_id, next(self._values))
 
         if r < 0.18:
