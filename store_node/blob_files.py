@@ -43,6 +43,7 @@ import re
 import struct
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ _RECORD = struct.Struct(">IHI")
 RECORD_HEADER: Final = _RECORD.size
 
 DEFAULT_FILE_SIZE: Final = 64 << 20
+# Read descriptors kept open (a store may hold thousands of blob files).
+MAX_OPEN_READERS: Final = 128
 _NAME = re.compile(r"^([0-9a-f]{16})\.blob$")
 
 
@@ -113,6 +116,13 @@ class Record:
     key: bytes
     length: int
     size: int  # header, key and value
+
+
+@dataclass(slots=True)
+class _Fd:
+    fd: int
+    users: int = 0
+    dropped: bool = False
 
 
 @dataclass(slots=True)
@@ -175,10 +185,17 @@ class BlobFiles:
         self._active: int | None = None
         self._active_fd = -1
         self._unsynced = False
-        self._readers: dict[int, int] = {}
+        # Open descriptors for reads, least recently used first, at most
+        # MAX_OPEN_READERS of them unless more are in use at once.
+        self._readers: OrderedDict[int, _Fd] = OrderedDict()
         self._readers_lock = threading.Lock()
         self._retired: list[_Retired] = []
         self.stats = BlobStats()
+        # The collector's bookkeeping (store_node.blob_gc): its passes, the
+        # pass that last looked at each file, the live bytes it found there.
+        self.passes = 0
+        self.scanned: dict[int, int] = {}
+        self.live: dict[int, int] = {}
 
     # -- what goes apart -----------------------------------------------------
 
@@ -264,7 +281,11 @@ class BlobFiles:
     def read(self, key: bytes, pointer: Pointer) -> bytes:
         """The value `pointer` (held by `key`) names, checked."""
         want = RECORD_HEADER + len(key) + pointer.length
-        data = os.pread(self._reader(pointer.file), want, pointer.offset)
+        handle = self._acquire(pointer.file)
+        try:
+            data = os.pread(handle.fd, want, pointer.offset)
+        finally:
+            self._release(handle)
         if len(data) != want:
             raise BlobError(self._file_path(pointer.file), f"short record at {pointer.offset}")
         crc, klen, vlen = _RECORD.unpack_from(data)
@@ -301,31 +322,62 @@ class BlobFiles:
     def records(self, file: int) -> Iterator[Record]:
         """The records of `file`, headers and keys only; a torn tail (a
         crash mid-append) ends the walk."""
-        fd = self._reader(file)
-        end = self.size(file)
-        offset = 0
-        while offset + RECORD_HEADER <= end:
-            head = os.pread(fd, RECORD_HEADER + MAX_KEY_SIZE, offset)
-            if len(head) < RECORD_HEADER:
-                return
-            _, klen, vlen = _RECORD.unpack_from(head)
-            size = RECORD_HEADER + klen + vlen
-            if not 0 < klen <= MAX_KEY_SIZE or offset + size > end or len(head) < size - vlen:
-                return  # not a record: what a crash mid-append left
-            yield Record(offset, head[RECORD_HEADER : RECORD_HEADER + klen], vlen, size)
-            offset += size
+        handle = self._acquire(file)
+        try:
+            end = self.size(file)
+            offset = 0
+            while offset + RECORD_HEADER <= end:
+                head = os.pread(handle.fd, RECORD_HEADER + MAX_KEY_SIZE, offset)
+                if len(head) < RECORD_HEADER:
+                    return
+                _, klen, vlen = _RECORD.unpack_from(head)
+                size = RECORD_HEADER + klen + vlen
+                if not 0 < klen <= MAX_KEY_SIZE or offset + size > end or len(head) < size - vlen:
+                    return  # not a record: what a crash mid-append left
+                yield Record(offset, head[RECORD_HEADER : RECORD_HEADER + klen], vlen, size)
+                offset += size
+        finally:
+            self._release(handle)
 
-    def _reader(self, file: int) -> int:
+    def _acquire(self, file: int) -> _Fd:
+        """A read descriptor of `file`, held until `_release` (an evicted
+        or deleted file's descriptor closes when its last user is done)."""
         with self._readers_lock:
-            fd = self._readers.get(file)
-            if fd is None:
+            handle = self._readers.get(file)
+            if handle is None:
                 p = self._file_path(file)
                 try:
-                    fd = os.open(p, os.O_RDONLY)
+                    handle = _Fd(os.open(p, os.O_RDONLY))
                 except FileNotFoundError:
                     raise BlobError(p, "the file is missing") from None
-                self._readers[file] = fd
-            return fd
+                self._readers[file] = handle
+                self._evict()
+            else:
+                self._readers.move_to_end(file)
+            handle.users += 1
+            return handle
+
+    def _release(self, handle: _Fd) -> None:
+        with self._readers_lock:
+            handle.users -= 1
+            if handle.users == 0 and handle.dropped:
+                os.close(handle.fd)
+
+    def _evict(self) -> None:
+        over = len(self._readers) - MAX_OPEN_READERS
+        for file in [f for f, h in self._readers.items() if h.users == 0][: max(over, 0)]:
+            self._drop(file)
+
+    def _drop(self, file: int) -> None:
+        handle = self._readers.pop(file, None)
+        if handle is not None:
+            handle.dropped = True
+            if handle.users == 0:
+                os.close(handle.fd)
+
+    def open_readers(self) -> int:
+        with self._readers_lock:
+            return len(self._readers)
 
     # -- deletion ----------------------------------------------------------------
 
@@ -343,14 +395,14 @@ class BlobFiles:
                 self._retired.remove(r)
                 self._sizes.pop(r.file, None)
                 self.synced_sizes.pop(r.file, None)
+                self.scanned.pop(r.file, None)
+                self.live.pop(r.file, None)
                 self._sealed.discard(r.file)
         if not ready:
             return 0
         for r in ready:
             with self._readers_lock:
-                fd = self._readers.pop(r.file, None)
-            if fd is not None:
-                os.close(fd)
+                self._drop(r.file)
             try:
                 self._file_path(r.file).unlink(missing_ok=True)
             except OSError as e:
@@ -373,9 +425,8 @@ class BlobFiles:
             os.close(self._active_fd)
             self._active = None
         with self._readers_lock:
-            for fd in self._readers.values():
-                os.close(fd)
-            self._readers.clear()
+            for file in list(self._readers):
+                self._drop(file)
 
     def _file_path(self, file: int) -> Path:
         return self.path / f"{file:016x}.blob"

@@ -46,7 +46,7 @@ class CollectReport:
     retired: list[int] = field(default_factory=list)
     rewritten: list[int] = field(default_factory=list)
     rewritten_bytes: int = 0
-    # Mostly dead files left for the next pass (over this one's budget).
+    # Files left for the next pass (over this one's budgets).
     more: bool = False
 
 
@@ -69,15 +69,22 @@ def collect(
     *,
     discardable_ratio: float,
     max_rewrite_bytes: int = 16 << 20,
+    max_files: int = 64,
     on_rewrite: Callable[[int], None] | None = None,
 ) -> CollectReport:
     """One collection pass over the sealed blob files (the kv/ writer's
-    thread: it may write). Files with no live record are retired; files
-    whose dead share is at least `discardable_ratio` have their live
-    records moved, up to `max_rewrite_bytes` of them per pass."""
+    thread: it may write): the `max_files` looked at longest ago (a header
+    read and an LMDB get per record). Files with no live record are
+    retired; files whose dead share is at least `discardable_ratio` have
+    their live records moved, up to `max_rewrite_bytes` of them per pass."""
     blobs = engine.blobs
     report = CollectReport()
-    files = blobs.sealed()
+    sealed = blobs.sealed()
+    files = sorted(sealed, key=lambda f: blobs.scanned.get(f, -1))[:max_files]
+    report.more = len(files) < len(sealed)
+    blobs.passes += 1
+    for f in files:
+        blobs.scanned[f] = blobs.passes
     with engine.read_kv() as txn:
         # No state this read sees is newer than `seen_seq`: once that is
         # durable, no state a power loss returns to points into a file
@@ -90,6 +97,7 @@ def collect(
     for lv in found:
         report.files += 1
         report.live_bytes += lv.live_bytes
+        blobs.live[lv.file] = lv.live_bytes
         if lv.live_bytes == 0:
             blobs.retire(lv.file, seen_seq, generation)
             report.retired.append(lv.file)
@@ -114,7 +122,8 @@ def collect(
         report.rewritten_bytes += moved
         if on_rewrite is not None:
             on_rewrite(moved)
-    blobs.stats.live_bytes = report.live_bytes
+    # Files not looked at in this pass count as last seen (new: all live).
+    blobs.stats.live_bytes = sum(blobs.live.get(f, blobs.size(f)) for f in blobs.sealed())
     blobs.stats.rewritten_bytes += report.rewritten_bytes
     blobs.reap(engine.kv_durable_seq)
     if report.retired or report.rewritten:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from store_node import blob_files as files_module
 from store_node import keys
 from store_node.blob_files import (
     POINTER_MAGIC,
@@ -364,3 +365,33 @@ def test_a_pass_rewrites_within_its_budget_and_says_more_is_left(engine: Engine)
     engine.sync_kv()
     for k, v in pairs.items():
         assert engine.kv_get(DATA, k) == (None if k in doomed else v)
+
+
+def test_read_descriptors_stay_bounded_across_many_files(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files_module, "MAX_OPEN_READERS", 2)
+    pairs = fill_files(engine, 24)
+    assert len(engine.blobs.sealed()) >= 4
+    for _ in range(2):
+        for k, v in pairs.items():
+            assert engine.kv_get(DATA, k) == v
+            assert engine.blobs.open_readers() <= 2
+    # A read under way keeps its descriptor though others push it out.
+    it = engine.blobs.records(engine.blobs.sealed()[0])
+    first = next(it)
+    for k, v in pairs.items():
+        assert engine.kv_get(DATA, k) == v
+    assert [first, *it] == list(engine.blobs.records(engine.blobs.sealed()[0]))
+
+
+def test_a_pass_looks_at_the_files_looked_at_longest_ago(engine: Engine) -> None:
+    pairs = fill_files(engine, 16)
+    sealed = engine.blobs.sealed()
+    engine.write_kv(lambda txn: [txn.delete(DATA, k) for k in pairs])
+    retired = []
+    for n in range(len(sealed)):
+        report = collect(engine, discardable_ratio=0.5, max_files=1)
+        retired += report.retired
+        assert report.more == (n < len(sealed) - 1)
+    assert sorted(retired) == sealed
