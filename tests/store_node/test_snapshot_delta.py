@@ -58,8 +58,9 @@ def _store(
     pairs: Iterable[tuple[bytes, bytes]],
     applied: tuple[int, int] = (40, 7),
     sessions: Iterable[tuple[bytes, bytes]] = (),
+    large_value_threshold: int = 0,
 ) -> Engine:
-    engine = Engine(root / name, sync=False)
+    engine = Engine(root / name, sync=False, large_value_threshold=large_value_threshold)
     write_initial_region(engine, region)
 
     def fill(txn: KvTxn) -> None:
@@ -145,6 +146,25 @@ def test_a_delta_replaces_only_what_differs_and_ends_equal(tmp_path: Path) -> No
     assert _sessions(follower, 1) == _sessions(leader, 1)
     raw = follower.kv_get(keys.APPLY_DB, keys.region_key(1))
     assert raw is not None and decode_apply_state(raw) == ApplyState(40, 40, 7, 7)
+
+
+def test_copies_laid_out_differently_compare_by_value_and_a_delta_carries_values(
+    tmp_path: Path,
+) -> None:
+    """The leader keeps long values in blob files, the follower in kv/: the
+    comparison sees values (only what changed differs), and the values
+    installed are the leader's, kept as the follower's threshold says."""
+    region = factories.region(1)
+    base = [(b"k%03d" % i, (b"%03d" % i) * 100) for i in range(30)]
+    leader_pairs = dict(base)
+    leader_pairs[b"k007"] = b"x" * 500
+    leader = _store(tmp_path, "l", region, sorted(leader_pairs.items()), large_value_threshold=100)
+    follower = _store(tmp_path, "f", region, base, applied=(25, 6), large_value_threshold=0)
+    assert any(p.suffix == ".blob" for p in (tmp_path / "l" / "blobs").iterdir())
+    found = _catch_up(tmp_path, leader, follower, region)
+    assert len(found.leaves) == 1  # the leaf of k007 alone
+    assert _data(follower, region) == sorted(leader_pairs.items())
+    assert not list((tmp_path / "f" / "blobs").iterdir())
 
 
 def test_equal_copies_send_no_pairs_but_the_state_and_sessions(tmp_path: Path) -> None:
