@@ -20,10 +20,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
 from kvproto.codec import wire
 from kvproto.errorpb import RegionError
+from kvproto.frame import DEFAULT_MAX_FRAME_SIZE
 from kvproto.metapb import Peer, RegionEpoch, RegionId
+
+# The largest value a store accepts unless its `max_value_size` says
+# otherwise; the client refuses larger ones before sending
+# (`ClientConfig.max_value_size`).
+DEFAULT_MAX_VALUE_SIZE: Final = 16 << 20
+# No store may accept larger values: a compare-and-set carries two of them
+# in one request, one log entry and one Raft message.
+MAX_VALUE_SIZE_LIMIT: Final = 24 << 20
+# The keys and values of one write request (a batch put's pairs, a
+# compare-and-set's two values and key) at most: with its envelope, its log
+# entry's and its Raft message's framing (a few bytes a pair, a few hundred
+# a message) far inside the 64 MiB frame limit.
+MAX_WRITE_BYTES: Final = 2 * MAX_VALUE_SIZE_LIMIT + (1 << 20)
+assert MAX_WRITE_BYTES + (8 << 20) <= DEFAULT_MAX_FRAME_SIZE
 
 
 @wire(200)

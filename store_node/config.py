@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from kvproto.kvrpcpb import DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT
 from kvproto.rpc import parse_address
 from plumbing.config_file import setting
 from store_node.keys import MAX_KEY_SIZE
@@ -124,7 +125,15 @@ class StoreConfig:
         min=1,
         max=MAX_KEY_SIZE,
     )
-    max_value_size: int = setting(8 << 20, "largest value accepted", kind="size", min=0)
+    max_value_size: int = setting(
+        DEFAULT_MAX_VALUE_SIZE,
+        f"largest value accepted (at most {MAX_VALUE_SIZE_LIMIT >> 20}MiB: a compare-and-set "
+        "carries two in one request, log entry and Raft message); larger ones are refused "
+        "before anything is proposed",
+        kind="size",
+        min=0,
+        max=MAX_VALUE_SIZE_LIMIT,
+    )
     store_heartbeat_interval: float = setting(
         5.0, "interval of store heartbeats to the PD", kind="duration", min=0.01
     )

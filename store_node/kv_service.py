@@ -87,8 +87,10 @@ MAX_SCAN_LIMIT = 10_000
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_key_size: int = keys.MAX_KEY_SIZE
-    max_value_size: int = 8 << 20
+    max_value_size: int = kv.DEFAULT_MAX_VALUE_SIZE
     max_batch_keys: int = 10_000
+    # Keys and values of one write request (kvproto.kvrpcpb.MAX_WRITE_BYTES).
+    max_write_bytes: int = kv.MAX_WRITE_BYTES
 
 
 def _err(code: kv.KvErrorCode, message: str) -> kv.KvError:
@@ -144,9 +146,25 @@ class KvService:
         if value is not None and len(value) > self.limits.max_value_size:
             return _err(
                 kv.KvErrorCode.VALUE_TOO_LARGE,
-                f"value of {len(value)} bytes exceeds {self.limits.max_value_size}",
+                f"value of {len(value)} bytes exceeds the limit of "
+                f"{self.limits.max_value_size} bytes (max_value_size)",
             )
         return None
+
+    def _check_pairs(self, pairs: Sequence[kv.Pair]) -> kv.KvError | None:
+        """A batch put's keys, values and their total (its log entry and Raft
+        message must fit a frame)."""
+        e = self._check_keys([k for k, _v in pairs])
+        for _k, v in pairs:
+            e = e or self._check_value(v)
+        total = sum(len(k) + len(v) for k, v in pairs)
+        if e is None and total > self.limits.max_write_bytes:
+            return _err(
+                kv.KvErrorCode.REQUEST_TOO_LARGE,
+                f"{total} bytes of keys and values in one request exceed "
+                f"{self.limits.max_write_bytes}",
+            )
+        return e
 
     def _check_keys(self, ks: Sequence[bytes]) -> kv.KvError | None:
         if len(ks) > self.limits.max_batch_keys:
@@ -359,9 +377,7 @@ class KvService:
     def raw_batch_put(
         self, req: kv.RawBatchPutRequest, _: RequestContext, respond: Respond
     ) -> None:
-        e = self._check_keys([k for k, _v in req.pairs])
-        for _k, v in req.pairs:
-            e = e or self._check_value(v)
+        e = self._check_pairs(req.pairs)
         ops = tuple(Put(k, v) for k, v in req.pairs)
         self._plain_write(req.context, ops, req.session, e, respond)
 
