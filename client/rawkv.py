@@ -71,7 +71,7 @@ from client.config import (
     Consistency,
     ConsistencyArg,
 )
-from client.errors import ValueTooLarge
+from client.errors import StoreError, ValueTooLarge
 from client.locate import PdApi, RegionLocator
 from client.plan import MAX_SCAN_PAGE, Pair, ScanCursor, range_is_empty
 from client.reads import STRONG_READ, ReadMode, ReadResult, read_mode
@@ -219,8 +219,16 @@ class Client:
             found.update(resp.pairs)
             staleness_ms = max(staleness_ms, resp.staleness_ms)
 
+        def unread(resp: kv.RawBatchGetResponse, keys: Sequence[bytes]) -> Sequence[bytes]:
+            # The store stopped at its byte bound (large values): the rest.
+            if resp.unread <= 0:
+                return ()
+            if resp.unread >= len(keys):
+                raise StoreError(att.what, f"a store read none of {len(keys)} keys asked")
+            return keys[len(keys) - resp.unread :]
+
         await batch.for_each_region(
-            self._sender, att, ks, own_key, len, request, kv.RawBatchGetResponse, take
+            self._sender, att, ks, own_key, len, request, kv.RawBatchGetResponse, take, unread
         )
         return ReadResult({k: found[k] for k in sorted(found)}, staleness_ms / 1000)
 

@@ -13,6 +13,15 @@ Reads (get, batch get, scan) carry a `Consistency` and, for stale reads, the
 staleness the caller accepts (`max_staleness_ms`); their answers say how
 stale they may be (`staleness_ms`, 0 for strong and follower reads).
 
+Size limits (below): a value is at most `max_value_size` bytes (store
+setting and `client.ClientConfig`, default `DEFAULT_MAX_VALUE_SIZE`; larger
+ones are refused before anything is proposed, `VALUE_TOO_LARGE`), a write
+request's keys and values at most `MAX_WRITE_BYTES` (`REQUEST_TOO_LARGE`),
+so that every write, as a request, a log entry and a Raft message, fits the
+frame limit (`kvproto.frame.DEFAULT_MAX_FRAME_SIZE`). Read answers are cut
+by the store to stay far inside it (`RawScanResponse.more`,
+`RawBatchGetResponse.unread`).
+
 Tags are part of the wire format: never reused, never renumbered.
 """
 
@@ -131,6 +140,9 @@ class RawBatchGetResponse:
     error: KvError | None = None
     pairs: tuple[Pair, ...] = ()  # found keys only, in request order
     staleness_ms: int = 0
+    # The request's last `unread` keys were not read: the answer reached the
+    # store's byte bound (large values); ask for them again.
+    unread: int = 0
 
 
 @wire(206)
@@ -156,6 +168,9 @@ class RawScanResponse:
     error: KvError | None = None
     pairs: tuple[Pair, ...] = ()  # values are b"" when keys_only
     staleness_ms: int = 0
+    # Fewer than `limit` pairs, cut at the store's byte bound (large
+    # values): the range may hold more past the last pair.
+    more: bool = False
 
 
 @wire(216)

@@ -82,6 +82,12 @@ log = logging.getLogger(__name__)
 # loop (at its permit), so it must stay short; clients page through larger
 # scans.
 MAX_SCAN_LIMIT = 10_000
+# A scan or batch get answer stops once it holds this many bytes of keys and
+# values (`RawScanResponse.more`, `RawBatchGetResponse.unread`: the client
+# asks for the rest): at most this plus one pair, far inside the frame limit
+# (a page of 10,000 large values was gigabytes, refused whole), and a short
+# read in the store loop.
+MAX_READ_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +199,9 @@ class KvService:
             )
         return None
 
-    def _check_range(self, start: bytes, end: bytes) -> kv.KvError | None:
-        if len(start) > self.limits.max_key_size or len(end) > self.limits.max_key_size:
+    def _check_range(self, start: bytes, end: bytes, slack: int = 0) -> kv.KvError | None:
+        """`slack`: how much longer than a key the start bound may be."""
+        if len(start) > self.limits.max_key_size + slack or len(end) > self.limits.max_key_size:
             return _err(kv.KvErrorCode.KEY_TOO_LARGE, "range bound too large")
         if end and end <= start:
             return _err(kv.KvErrorCode.INVALID_ARGUMENT, "end key must be above start key")
@@ -288,21 +295,31 @@ class KvService:
                 return
             pairs = []
             nbytes = 0
+            unread = 0
             engine = self.node.engine
             with engine.read_kv() as txn:
                 db = engine.kv_db(keys.DATA_DB)
-                for k in req.keys:
+                for i, k in enumerate(req.keys):
+                    if nbytes >= MAX_READ_BYTES:
+                        unread = len(req.keys) - i
+                        break
                     v = txn.get(k, db=db)
                     if v is not None:
                         pairs.append((k, bytes(v)))
                         nbytes += len(k) + len(v)
             self.node.count_read(permit.region.id, nbytes, len(pairs))
-            respond(kv.RawBatchGetResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
+            respond(
+                kv.RawBatchGetResponse(
+                    pairs=tuple(pairs), staleness_ms=_ms(permit.staleness), unread=unread
+                )
+            )
 
         self._read(req, req.keys, done)
 
     def raw_scan(self, req: kv.RawScanRequest, _: RequestContext, respond: Respond) -> None:
-        e = self._check_range(req.start_key, req.end_key) or self._check_read(req)
+        # A scan's next page starts just past the last key read (the key and a
+        # zero byte): past a key of the largest size, one byte longer.
+        e = self._check_range(req.start_key, req.end_key, 1) or self._check_read(req)
         if e is None and req.limit <= 0:
             e = _err(kv.KvErrorCode.INVALID_ARGUMENT, "scan limit must be positive")
         if e is not None:
@@ -318,22 +335,36 @@ class KvService:
             limit = min(req.limit, MAX_SCAN_LIMIT)
             pairs: list[tuple[bytes, bytes]] = []
             nbytes = 0
+            more = False
             engine = self.node.engine
+            # LMDB seeks no longer key than it holds: seek at a longer start
+            # bound's prefix and skip what lies below the bound.
+            start = req.start_key
+            long_start = len(start) > keys.MAX_KEY_SIZE
             with engine.read_kv() as txn:
                 for k, v in scan_cursor(
                     txn,
                     engine.kv_db(keys.DATA_DB),
-                    req.start_key,
+                    start[: keys.MAX_KEY_SIZE],
                     req.end_key,
                     reverse=req.reverse,
                 ):
+                    if long_start and k < start:
+                        continue
                     pair = (bytes(k), b"" if req.keys_only else bytes(v))
                     pairs.append(pair)
                     nbytes += len(pair[0]) + len(pair[1])
                     if len(pairs) >= limit:
                         break
+                    if nbytes >= MAX_READ_BYTES:
+                        more = True
+                        break
             self.node.count_read(permit.region.id, nbytes, len(pairs))
-            respond(kv.RawScanResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
+            respond(
+                kv.RawScanResponse(
+                    pairs=tuple(pairs), staleness_ms=_ms(permit.staleness), more=more
+                )
+            )
 
         self._read(req, [req.start_key], done, (req.start_key, req.end_key))
 

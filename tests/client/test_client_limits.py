@@ -1,7 +1,8 @@
 """The async client against a fake PD and fake stores (tests/client/fakes):
 values over `ClientConfig.max_value_size` are refused before anything is
 sent, with ValueTooLarge naming the size and the limit; a store's own
-VALUE_TOO_LARGE is the same error, not retried.
+VALUE_TOO_LARGE is the same error, not retried; reads whose answers the
+stores cut at their byte bound (large values) still return everything.
 
 Every test takes `autojump_clock` and the fixture `h`; rules: conftest.py.
 """
@@ -85,3 +86,32 @@ def test_the_config_refuses_limits_no_store_takes() -> None:
     with pytest.raises(ValueError, match="batch_max_bytes"):
         ClientConfig(batch_max_bytes=kv.MAX_WRITE_BYTES + 1)
     assert ClientConfig().max_value_size == MAX == 16 << 20
+
+
+@pytest.mark.cluster([b"m"])
+async def test_scans_page_on_when_a_store_cuts_an_answer_at_its_byte_bound(
+    autojump_clock: trio.testing.MockClock, h: Harness
+) -> None:
+    data = {b"%s%02d" % (p, i): bytes([i]) * 100 for p in (b"a", b"x") for i in range(10)}
+    h.cluster.data.update(data)
+    h.cluster.max_read_bytes = 250  # three pairs an answer
+    assert await h.kv.scan(b"", b"") == sorted(data.items())
+    assert await h.kv.scan(b"", b"", reverse=True) == sorted(data.items(), reverse=True)
+    assert await h.kv.scan(b"a05", b"x03", limit=7) == sorted(data.items())[5:12]
+    pages = [p async for p in h.kv.scan_iter(b"", b"", page_size=4)]
+    assert pages == sorted(data.items())
+    scans = [s for s in h.cluster.seen if s.kind == "Scan"]
+    assert len(scans) > 8
+
+
+@pytest.mark.cluster([b"m"])
+async def test_a_batch_get_asks_again_for_the_keys_a_store_left_unread(
+    autojump_clock: trio.testing.MockClock, h: Harness
+) -> None:
+    data = {b"%s%02d" % (p, i): bytes([i]) * 100 for p in (b"a", b"x") for i in range(10)}
+    h.cluster.data.update(data)
+    h.cluster.max_read_bytes = 250
+    asked = [*data, b"a99", b"b00"]
+    assert await h.kv.batch_get(asked) == dict(sorted(data.items()))
+    gets = [s for s in h.cluster.seen if s.kind == "BatchGet"]
+    assert len(gets) >= 6

@@ -2,19 +2,23 @@
 every write carrying a value over `max_value_size` (put, batch put, either
 value of a compare-and-set) is refused with VALUE_TOO_LARGE before anything
 reaches the store loop, a batch put over `max_write_bytes` with
-REQUEST_TOO_LARGE; a value of exactly the limit goes through."""
+REQUEST_TOO_LARGE; a value of exactly the limit goes through. Read answers
+stop at `MAX_READ_BYTES` and say so (`more`, `unread`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kvproto import kvrpcpb as kv
 from kvproto.errorpb import RegionError
 from kvproto.raft_cmdpb import WriteOp, WriteResult
 from kvproto.rpc import Deferred, RequestContext
-from store_node import keys
-from store_node.engine import Engine
+from store_node import keys, kv_service
+from store_node.engine import Engine, WriteBatch
 from store_node.kv_service import KvService, Limits
 from store_node.peer import ReadPermit, WriteDone
 from tests.factories import region
@@ -117,3 +121,66 @@ def test_a_batch_put_over_the_write_bound_is_refused() -> None:
     assert "102 bytes of keys and values in one request exceed 100" in resp.error.message
     assert node.submitted == []
     assert Limits().max_write_bytes >= 2 * (MAX + keys.MAX_KEY_SIZE)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    e = Engine(tmp_path)
+    batch = WriteBatch()
+    for i in range(5):
+        batch.put(keys.DATA_DB, b"k%d" % i, bytes([i]) * 40)
+    e.write_kv_batch(batch)
+    return e
+
+
+def test_a_scan_stops_at_the_byte_bound_and_says_more(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kv_service, "MAX_READ_BYTES", 100)
+    service = KvService(Node(engine), Limits())  # type: ignore[arg-type]
+    resp = _call(service, kv.RawScanRequest(CTX, b"", b"", limit=10))
+    # 42 bytes a pair: the third passes the bound, the answer stops there.
+    assert [k for k, _ in resp.pairs] == [b"k0", b"k1", b"k2"] and resp.more
+    resp = _call(service, kv.RawScanRequest(CTX, b"k3", b"", limit=10))
+    assert [k for k, _ in resp.pairs] == [b"k3", b"k4"] and not resp.more
+    resp = _call(service, kv.RawScanRequest(CTX, b"", b"", limit=10, keys_only=True))
+    assert len(resp.pairs) == 5 and not resp.more
+    resp = _call(service, kv.RawScanRequest(CTX, b"", b"", limit=10, reverse=True))
+    assert [k for k, _ in resp.pairs] == [b"k4", b"k3", b"k2"] and resp.more
+    engine.close()
+
+
+def test_a_batch_get_stops_at_the_byte_bound_and_says_how_many_keys_it_left(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kv_service, "MAX_READ_BYTES", 100)
+    service = KvService(Node(engine), Limits())  # type: ignore[arg-type]
+    asked = (b"k0", b"absent", b"k1", b"k2", b"k3", b"k4")
+    resp = _call(service, kv.RawBatchGetRequest(CTX, asked))
+    assert [k for k, _ in resp.pairs] == [b"k0", b"k1", b"k2"] and resp.unread == 2
+    resp = _call(service, kv.RawBatchGetRequest(CTX, asked[-2:]))
+    assert [k for k, _ in resp.pairs] == [b"k3", b"k4"] and resp.unread == 0
+    engine.close()
+
+
+def test_a_scan_goes_on_past_a_key_of_the_largest_size(tmp_path: Path) -> None:
+    """A page that ends at a key of the largest size (every page of large
+    values does) is followed by one that starts just past it: the key and a
+    zero byte, one byte over the key limit, which the store refused
+    (KEY_TOO_LARGE), ending the client's scan."""
+    e = Engine(tmp_path)
+    longest = b"k" * keys.MAX_KEY_SIZE
+    batch = WriteBatch()
+    for k in (b"k", longest[:-1], longest, longest[:-1] + b"l", b"l"):
+        batch.put(keys.DATA_DB, k, b"v")
+    e.write_kv_batch(batch)
+    service = KvService(Node(e), Limits())  # type: ignore[arg-type]
+    after = longest + b"\x00"
+    resp = _call(service, kv.RawScanRequest(CTX, after, b"", limit=10))
+    assert resp.error is None
+    assert [k for k, _ in resp.pairs] == [longest[:-1] + b"l", b"l"]
+    resp = _call(service, kv.RawScanRequest(CTX, after, b"", limit=10, reverse=True))
+    assert [k for k, _ in resp.pairs] == [b"l", longest[:-1] + b"l"]
+    resp = _call(service, kv.RawScanRequest(CTX, after + b"\x00", b"", limit=10))
+    assert resp.error is not None and resp.error.code == kv.KvErrorCode.KEY_TOO_LARGE
+    e.close()
