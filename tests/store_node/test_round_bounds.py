@@ -3,16 +3,21 @@
 leaves the rounds to the others: its queued writes are proposed up to the
 bound (one at least; the rest in the next rounds), and its committed
 entries applied up to it (one at least). StoreCores with real LMDB, in one
-thread (tests/store_node/harness.py)."""
+thread (tests/store_node/harness.py). And the term of a large entry is read
+from its record's header."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from kvproto.raft_cmdpb import Put
+from raft.types import Entry
 from store_node import keys
 from store_node.config import CoreConfig
 from store_node.peer import WriteDone
+from store_node.records import CorruptRecordError, encode_entry, entry_term
 from tests.store_node.harness import bootstrapped
 
 # Each write is 601 bytes: two do not fit in a round.
@@ -76,3 +81,27 @@ def test_a_follower_applies_a_backlog_of_large_entries_one_round_at_a_time(
     assert max(steps) == 1
     for i in range(5):
         assert c.engines[behind].kv_get(keys.DATA_DB, b"k%d" % i) == value(i)
+
+
+def test_a_large_entrys_term_is_read_from_its_header() -> None:
+    """`PeerStorage.term` of an entry the cache does not hold (never a large
+    one) reads the stored record's header, not the whole entry decoded."""
+    raw = encode_entry(Entry(term=7, index=9, data=b"x" * (16 << 20)))
+    assert entry_term(raw, 9) == 7
+    with pytest.raises(CorruptRecordError):
+        entry_term(raw, 10)
+    with pytest.raises(CorruptRecordError):
+        entry_term(raw[:5], 9)
+
+
+def test_the_term_of_a_large_entry_off_the_cache_is_its_own(tmp_path: Path) -> None:
+    c = bootstrapped(tmp_path, [1], BOUND, ticks=30)
+    core = c.cores[1]
+    ops = (Put(b"k", b"x" * (5 << 20)),)
+    assert core.propose_write("w", c.context(1), ops, 5 << 20) is None
+    assert core.propose_write("v", c.context(1), (Put(b"j", b"y"),), 2) is None
+    c.stabilize()
+    storage = core.peers[1].storage
+    last = storage.last_index()
+    assert storage.cache.term(last - 1) is None  # 5 MiB: not cached
+    assert storage.term(last - 1) == storage.term(last) == core.peers[1].node.term
