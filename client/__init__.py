@@ -45,6 +45,7 @@ from client.errors import (
     StoreDiskFull,
     StoreError,
     UndeterminedError,
+    ValueTooLarge,
 )
 from client.rawkv import (
     DEFAULT_SCAN_LIMIT,
@@ -80,6 +81,7 @@ __all__ = [
     "SyncClient",
     "SyncScanIterator",
     "UndeterminedError",
+    "ValueTooLarge",
     "connect",
     "errors",
     "open_client",

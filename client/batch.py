@@ -75,17 +75,26 @@ async def for_each_region(
     request_for: GroupRequest[T],
     ans: type[A],
     take: Callable[[A], None] = _ignore,
+    rest: Callable[[A, Sequence[T]], Sequence[T]] | None = None,
 ) -> None:
     """Send a request for every region group of sorted `items`,
     concurrently, each until answered; `take` gets every answer. A group
-    whose routing was wrong is split again, and only it is retried."""
+    whose routing was wrong is split again, and only it is retried. With
+    `rest`, an answer may cover a group in part: `rest(answer, group)` is
+    what it left, asked for next (a batch get cut at the store's byte
+    bound)."""
 
     async def group_task(att: Attempts, entry: CachedRegion, group: Sequence[T]) -> None:
         while True:
             resp = await sender.call(att, entry, partial(request_for, att, group), ans)
             if resp is not None:
                 take(resp)
-                return
+                if rest is None:
+                    return
+                group = rest(resp, group)
+                if not group:
+                    return
+                continue
             groups = await split_keys(sender, att, group, key_of, size_of)
             if len(groups) > 1:
                 await fan_out_groups(att, groups)

@@ -2,7 +2,7 @@
 its errors ("get b'k'", "batch_get of 3 keys b'a'..b'c'").
 
 A wrong type raises TypeError; a value no store would accept raises
-InvalidArgument. Pure: no I/O.
+InvalidArgument (a value over the size limit: ValueTooLarge). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from client.errors import InvalidArgument, describe_key, describe_range
+from client.errors import InvalidArgument, ValueTooLarge, describe_key, describe_range
 
 __all__ = [
     "check_bytes",
@@ -49,12 +49,22 @@ def check_range(what: str, start: object, end: object) -> tuple[bytes, bytes]:
     return s, e
 
 
-def check_value(what: str, value: object) -> bytes:
-    return check_bytes(what, "value", value)
+def check_value(what: str, value: object, limit: int) -> bytes:
+    """A value of at most `limit` bytes (else ValueTooLarge)."""
+    v = check_bytes(what, "value", value)
+    if len(v) > limit:
+        raise ValueTooLarge.of(what, "value", len(v), limit)
+    return v
 
 
-def check_optional_value(what: str, name: str, value: object) -> bytes | None:
-    return None if value is None else check_bytes(what, name, value)
+def check_optional_value(what: str, name: str, value: object, limit: int) -> bytes | None:
+    """None, or a value of at most `limit` bytes (else ValueTooLarge)."""
+    if value is None:
+        return None
+    v = check_bytes(what, name, value)
+    if len(v) > limit:
+        raise ValueTooLarge.of(what, f"{name} value", len(v), limit)
+    return v
 
 
 def check_positive(what: str, name: str, n: float) -> None:

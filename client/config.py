@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
 from client.attempts import DEFAULT_BACKOFFS, BackoffKind
+from kvproto.kvrpcpb import DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT, MAX_WRITE_BYTES
 from kvproto.rpc.reconnect import Backoff
 
 __all__ = [
@@ -77,8 +78,13 @@ class ClientConfig:
     # A batch request carries at most this many keys (the store refuses
     # more than 10,000) ...
     batch_max_keys: int = 1024
-    # ... and about this many bytes of keys and values (at least one pair).
+    # ... and about this many bytes of keys and values (at least one pair;
+    # at most kvproto.kvrpcpb.MAX_WRITE_BYTES, the most a store takes).
     batch_max_bytes: int = 4 << 20
+    # A value larger than this is refused before anything is sent
+    # (ValueTooLarge); the store's own limit (its `max_value_size`, the same
+    # default) is checked again there.
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE
     # Waits between retries, by reason (see client.retry).
     backoffs: Mapping[BackoffKind, Backoff] = field(default_factory=lambda: dict(DEFAULT_BACKOFFS))
     # Reconnection backoff of a store connection, and the longest a TCP
@@ -107,7 +113,13 @@ class ClientConfig:
             raise ValueError(f"batch_max_keys must be in 1..10000, got {self.batch_max_keys}")
         if not self.attempt_timeout > 0:
             raise ValueError(f"attempt_timeout must be positive, got {self.attempt_timeout}")
-        if self.batch_max_bytes < 1:
-            raise ValueError(f"batch_max_bytes must be positive, got {self.batch_max_bytes}")
+        if not 1 <= self.batch_max_bytes <= MAX_WRITE_BYTES:
+            raise ValueError(
+                f"batch_max_bytes must be in 1..{MAX_WRITE_BYTES}, got {self.batch_max_bytes}"
+            )
+        if not 0 <= self.max_value_size <= MAX_VALUE_SIZE_LIMIT:
+            raise ValueError(
+                f"max_value_size must be in 0..{MAX_VALUE_SIZE_LIMIT}, got {self.max_value_size}"
+            )
         if not (self.max_staleness >= 0 and math.isfinite(self.max_staleness)):
             raise ValueError(f"max_staleness must be >= 0 and finite, got {self.max_staleness}")

@@ -7,6 +7,7 @@
      +-- UndeterminedError       a write whose outcome is unknown (it may or may not
      |                           have been applied); never retried as if nothing happened
      +-- InvalidArgument         a request no retry can fix (empty or too large key...)
+     |    +-- ValueTooLarge      ... a value over the size limit
      +-- StoreError              a store answered something no retry can fix
      +-- ClusterMismatch         the PD belongs to another cluster
      +-- ClientClosed            the client was closed
@@ -27,6 +28,7 @@ __all__ = [
     "StoreDiskFull",
     "StoreError",
     "UndeterminedError",
+    "ValueTooLarge",
     "describe_key",
     "describe_range",
 ]
@@ -110,6 +112,30 @@ class InvalidArgument(ClientError):
     def __init__(self, what: str, reason: str) -> None:
         self.reason = reason
         super().__init__(what, f"invalid argument: {reason}")
+
+
+class ValueTooLarge(InvalidArgument):
+    """A value over the size limit, refused before anything was written:
+    by the client before sending (`size` and `limit`, its
+    `ClientConfig.max_value_size`), or by the store (whose `max_value_size`
+    is lower; its message names both sizes, the attributes are None)."""
+
+    def __init__(
+        self, what: str, reason: str, size: int | None = None, limit: int | None = None
+    ) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(what, reason)
+
+    @classmethod
+    def of(cls, what: str, name: str, size: int, limit: int) -> ValueTooLarge:
+        """The client's own refusal of value `name` of `size` bytes."""
+        return cls(
+            what,
+            f"{name} of {size} bytes exceeds the limit of {limit} bytes (max_value_size)",
+            size,
+            limit,
+        )
 
 
 class StoreError(ClientError):

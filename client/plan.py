@@ -31,7 +31,8 @@ Pair = tuple[bytes, bytes]
 
 # The most pairs a store returns in one scan response
 # (store_node.kv_service.MAX_SCAN_LIMIT); a page never asks for more, so a
-# short page always means the region's part of the range is exhausted.
+# short page means the region's part of the range is exhausted, unless the
+# answer says `more` (cut at the store's byte bound).
 MAX_SCAN_PAGE: Final = 10_000
 
 
@@ -100,9 +101,10 @@ class ScanCursor:
     `page_limit()` pairs of the clipped range, then `advance` moves past
     what was read. A page shorter than asked means the region's part is
     exhausted, so the cursor moves on to the next region: the store never
-    returns fewer than asked unless nothing more is there
-    (see MAX_SCAN_PAGE). Every key is returned once, in order, whatever
-    splits happen between pages.
+    returns fewer than asked unless nothing more is there (see
+    MAX_SCAN_PAGE), or says so (`RawScanResponse.more`: it stopped at its
+    byte bound). Every key is returned once, in order, whatever splits
+    happen between pages.
     """
 
     start: bytes
@@ -128,14 +130,17 @@ class ScanCursor:
         """The range to ask `region` for."""
         return clip(region, self.start, self.end)
 
-    def advance(self, region: Region, pairs: Sequence[Pair], asked: int) -> None:
-        """Move past a page of `pairs` read from `region` (asked for `asked`)."""
+    def advance(
+        self, region: Region, pairs: Sequence[Pair], asked: int, *, more: bool = False
+    ) -> None:
+        """Move past a page of `pairs` read from `region` (asked for `asked`;
+        `more`: the store cut the page short at its byte bound)."""
         if self.remaining is not None:
             self.remaining -= len(pairs)
             if self.remaining <= 0:
                 self.done = True
                 return
-        if len(pairs) >= asked:
+        if len(pairs) >= asked or (more and pairs):
             # Maybe more in this region: continue right after the last key.
             last = pairs[-1][0]
             if self.reverse:

@@ -53,6 +53,7 @@ from client.attempts import Attempts, OpKind
 from client.batch import own_key, pair_key, pair_size
 from client.cache import RegionCache
 from client.checks import (
+    check_bytes,
     check_key,
     check_optional_value,
     check_positive,
@@ -70,6 +71,7 @@ from client.config import (
     Consistency,
     ConsistencyArg,
 )
+from client.errors import StoreError, ValueTooLarge
 from client.locate import PdApi, RegionLocator
 from client.plan import MAX_SCAN_PAGE, Pair, ScanCursor, range_is_empty
 from client.reads import STRONG_READ, ReadMode, ReadResult, read_mode
@@ -217,8 +219,16 @@ class Client:
             found.update(resp.pairs)
             staleness_ms = max(staleness_ms, resp.staleness_ms)
 
+        def unread(resp: kv.RawBatchGetResponse, keys: Sequence[bytes]) -> Sequence[bytes]:
+            # The store stopped at its byte bound (large values): the rest.
+            if resp.unread <= 0:
+                return ()
+            if resp.unread >= len(keys):
+                raise StoreError(att.what, f"a store read none of {len(keys)} keys asked")
+            return keys[len(keys) - resp.unread :]
+
         await batch.for_each_region(
-            self._sender, att, ks, own_key, len, request, kv.RawBatchGetResponse, take
+            self._sender, att, ks, own_key, len, request, kv.RawBatchGetResponse, take, unread
         )
         return ReadResult({k: found[k] for k in sorted(found)}, staleness_ms / 1000)
 
@@ -350,7 +360,7 @@ class Client:
     async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         what = describe_call("put", key)
         key = check_key(what, key)
-        value = check_value(what, value)
+        value = check_value(what, value, self.config.max_value_size)
         att = self._sender.attempts(what, OpKind.WRITE, timeout)
         await self._sender.single_write(
             att,
@@ -368,9 +378,15 @@ class Client:
         """Write every pair (the last of duplicate keys wins). Not atomic
         across regions: if it raises, some pairs may have been written."""
         items = pairs.items() if isinstance(pairs, Mapping) else pairs
+        limit = self.config.max_value_size
         latest: dict[bytes, bytes] = {}
         for k, v in items:
-            latest[check_key("batch_put", k)] = check_value("batch_put", v)
+            key = check_key("batch_put", k)
+            value = check_bytes("batch_put", "value", v)
+            if len(value) > limit:
+                what = describe_call("batch_put", key)
+                raise ValueTooLarge.of(what, "value", len(value), limit)
+            latest[key] = value
         if not latest:
             return
         ordered = sorted(latest.items())
@@ -435,8 +451,9 @@ class Client:
         Raises UndeterminedError if the outcome cannot be known."""
         what = describe_call("compare_and_set", key)
         key = check_key(what, key)
-        exp = check_optional_value(what, "expected", expected)
-        new_value = check_optional_value(what, "new", new)
+        limit = self.config.max_value_size
+        exp = check_optional_value(what, "expected", expected, limit)
+        new_value = check_optional_value(what, "new", new, limit)
         att = self._sender.attempts(what, OpKind.CONDITIONAL_WRITE, timeout)
         return await self._cas(att, key, exp, new_value)
 
@@ -451,7 +468,7 @@ class Client:
         set, else the value it has (and nothing is written)."""
         what = describe_call("put_if_absent", key)
         key = check_key(what, key)
-        value = check_value(what, value)
+        value = check_value(what, value, self.config.max_value_size)
         att = self._sender.attempts(what, OpKind.CONDITIONAL_WRITE, timeout)
         ok, previous = await self._cas(att, key, None, value)
         return None if ok else previous
@@ -467,7 +484,7 @@ class Client:
         one atomic step (a compare-and-set loop)."""
         what = describe_call("get_and_put", key)
         key = check_key(what, key)
-        value = check_value(what, value)
+        value = check_value(what, value, self.config.max_value_size)
         att = self._sender.attempts(what, OpKind.CONDITIONAL_WRITE, timeout)
         expected: bytes | None = None
         while True:

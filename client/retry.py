@@ -70,7 +70,7 @@ from client.attempts import (
     Retry,
 )
 from client.cache import CachedRegion, RegionCache
-from client.errors import InvalidArgument, StoreError, UndeterminedError
+from client.errors import InvalidArgument, StoreError, UndeterminedError, ValueTooLarge
 from kvproto.errorpb import (
     DiskFull,
     EpochNotMatch,
@@ -182,6 +182,7 @@ POLICY: Final[tuple[tuple[str, str, str], ...]] = (
         "yes",
         "UndeterminedError if an earlier attempt may have applied, else a new session",
     ),
+    ("KvError VALUE_TOO_LARGE", "yes", "ValueTooLarge (the store's max_value_size)"),
     ("KvError other", "yes", "InvalidArgument"),
     ("PD unreachable or PdServerError", "yes", "back off (pd); at the deadline PdUnavailable"),
     # Follower and stale reads at a replica other than the leader hint (reads
@@ -395,6 +396,8 @@ def judge(
     if outcome.error is not None:
         if outcome.error.code == KvErrorCode.SESSION_EXPIRED:
             return on_session_expired(peer, att)
+        if outcome.error.code == KvErrorCode.VALUE_TOO_LARGE:
+            raise ValueTooLarge(att.what, str(outcome.error))
         raise InvalidArgument(att.what, str(outcome.error))
     if att.is_write:
         att.applied()

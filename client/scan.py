@@ -52,7 +52,7 @@ async def next_page(
         if resp is None:
             continue
         pairs = list(resp.pairs)
-        cursor.advance(entry.region, pairs, limit)
+        cursor.advance(entry.region, pairs, limit, more=resp.more)
         return ReadResult(pairs, resp.staleness_ms / 1000)
 
 

@@ -13,6 +13,15 @@ Reads (get, batch get, scan) carry a `Consistency` and, for stale reads, the
 staleness the caller accepts (`max_staleness_ms`); their answers say how
 stale they may be (`staleness_ms`, 0 for strong and follower reads).
 
+Size limits (below): a value is at most `max_value_size` bytes (store
+setting and `client.ClientConfig`, default `DEFAULT_MAX_VALUE_SIZE`; larger
+ones are refused before anything is proposed, `VALUE_TOO_LARGE`), a write
+request's keys and values at most `MAX_WRITE_BYTES` (`REQUEST_TOO_LARGE`),
+so that every write, as a request, a log entry and a Raft message, fits the
+frame limit (`kvproto.frame.DEFAULT_MAX_FRAME_SIZE`). Read answers are cut
+by the store to stay far inside it (`RawScanResponse.more`,
+`RawBatchGetResponse.unread`).
+
 Tags are part of the wire format: never reused, never renumbered.
 """
 
@@ -20,10 +29,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Final
 
 from kvproto.codec import wire
 from kvproto.errorpb import RegionError
+from kvproto.frame import DEFAULT_MAX_FRAME_SIZE
 from kvproto.metapb import Peer, RegionEpoch, RegionId
+
+# The largest value a store accepts unless its `max_value_size` says
+# otherwise; the client refuses larger ones before sending
+# (`ClientConfig.max_value_size`).
+DEFAULT_MAX_VALUE_SIZE: Final = 16 << 20
+# No store may accept larger values: a compare-and-set carries two of them
+# in one request, one log entry and one Raft message.
+MAX_VALUE_SIZE_LIMIT: Final = 24 << 20
+# The keys and values of one write request (a batch put's pairs, a
+# compare-and-set's two values and key) at most: with its envelope, its log
+# entry's and its Raft message's framing (a few bytes a pair, a few hundred
+# a message) far inside the 64 MiB frame limit.
+MAX_WRITE_BYTES: Final = 2 * MAX_VALUE_SIZE_LIMIT + (1 << 20)
+assert MAX_WRITE_BYTES + (8 << 20) <= DEFAULT_MAX_FRAME_SIZE
 
 
 @wire(200)
@@ -115,6 +140,9 @@ class RawBatchGetResponse:
     error: KvError | None = None
     pairs: tuple[Pair, ...] = ()  # found keys only, in request order
     staleness_ms: int = 0
+    # The request's last `unread` keys were not read: the answer reached the
+    # store's byte bound (large values); ask for them again.
+    unread: int = 0
 
 
 @wire(206)
@@ -140,6 +168,9 @@ class RawScanResponse:
     error: KvError | None = None
     pairs: tuple[Pair, ...] = ()  # values are b"" when keys_only
     staleness_ms: int = 0
+    # Fewer than `limit` pairs, cut at the store's byte bound (large
+    # values): the range may hold more past the last pair.
+    more: bool = False
 
 
 @wire(216)

@@ -1,6 +1,7 @@
 """Commands through a region's log, at the leader: client writes queued
 during a round and proposed as one batched entry per region (split by
-`max_entry_bytes`), membership changes and splits proposed at once.
+`max_entry_bytes`; at most `max_round_bytes` a round, the rest in the next),
+membership changes and splits proposed at once.
 
 Functions of one `Peer` (the leader `StoreCore` found for the request);
 they answer at once what cannot be proposed and leave a `Proposal` for the
@@ -63,13 +64,27 @@ def queue_write(
 
 
 def propose_writes(
-    peer: Peer, max_entry_bytes: int, now_ms: int, session_ttl_ms: int, out: RoundOutput
-) -> None:
-    """Propose the round's queued writes, as few entries as the size allows."""
+    peer: Peer,
+    max_entry_bytes: int,
+    max_round_bytes: int,
+    now_ms: int,
+    session_ttl_ms: int,
+    out: RoundOutput,
+) -> bool:
+    """Propose the round's queued writes, as few entries as the size allows,
+    up to `max_round_bytes` of them (one write at least); True if some stay
+    queued for the next round (large values: a round that appends and
+    replicates several of them keeps every other region waiting)."""
     if not peer.queued_writes:
-        return
-    queued, peer.queued_writes = peer.queued_writes, []
-    peer.queued_bytes = 0
+        return False
+    n = total = 0
+    for w in peer.queued_writes:
+        if n and total + w.nbytes > max_round_bytes:
+            break
+        n += 1
+        total += w.nbytes
+    queued, peer.queued_writes = peer.queued_writes[:n], peer.queued_writes[n:]
+    peer.queued_bytes -= total
     batch: list[QueuedWrite] = []
     size = 0
     for w in queued:
@@ -80,6 +95,7 @@ def propose_writes(
         size += w.nbytes
     if batch:
         _propose_batch(peer, batch, now_ms, session_ttl_ms, out)
+    return bool(peer.queued_writes)
 
 
 def _propose_batch(

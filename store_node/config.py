@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from kvproto.kvrpcpb import DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT, MAX_WRITE_BYTES
 from kvproto.rpc import parse_address
 from plumbing.config_file import setting
 from store_node.keys import MAX_KEY_SIZE
@@ -109,9 +110,34 @@ class StoreConfig:
         "stores then watch each other's liveness instead",
     )
     max_inflight_msgs: int = setting(256, "unacknowledged appends per follower", min=1)
-    max_size_per_msg: int = setting(1 << 20, "entry bytes per append message", kind="size", min=1)
+    max_inflight_bytes: int = setting(
+        32 << 20,
+        "entry bytes of the unacknowledged appends per follower (at least one append); "
+        "0: no bound but max_inflight_msgs",
+        kind="size",
+        min=0,
+    )
+    max_size_per_msg: int = setting(
+        1 << 20,
+        "entry bytes per append message (at least one entry)",
+        kind="size",
+        min=1,
+        max=MAX_WRITE_BYTES,
+    )
     max_entry_bytes: int = setting(
-        8 << 20, "bytes of client writes batched into one log entry", kind="size", min=1
+        8 << 20,
+        "bytes of client writes batched into one log entry (a larger write is an entry of its own)",
+        kind="size",
+        min=1,
+        max=MAX_WRITE_BYTES,
+    )
+    max_round_bytes: int = setting(
+        16 << 20,
+        "bytes of client writes a region proposes, and of log entries it applies, in one "
+        "round of the store loop (at least one write, one entry; the rest in the next "
+        "rounds): a region busy with large values leaves the rounds to the others",
+        kind="size",
+        min=1,
     )
     max_round_events: int = setting(4096, "events drained into one round of the store loop", min=1)
     max_queued_events: int = setting(
@@ -124,7 +150,15 @@ class StoreConfig:
         min=1,
         max=MAX_KEY_SIZE,
     )
-    max_value_size: int = setting(8 << 20, "largest value accepted", kind="size", min=0)
+    max_value_size: int = setting(
+        DEFAULT_MAX_VALUE_SIZE,
+        f"largest value accepted (at most {MAX_VALUE_SIZE_LIMIT >> 20}MiB: a compare-and-set "
+        "carries two in one request, log entry and Raft message); larger ones are refused "
+        "before anything is proposed",
+        kind="size",
+        min=0,
+        max=MAX_VALUE_SIZE_LIMIT,
+    )
     store_heartbeat_interval: float = setting(
         5.0, "interval of store heartbeats to the PD", kind="duration", min=0.01
     )
@@ -307,9 +341,16 @@ class CoreConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     max_inflight_msgs: int = 256
+    # raft.Config.max_inflight_bytes (0: unlimited): with large entries, 256
+    # appends in flight to one follower could be gigabytes.
+    max_inflight_bytes: int = 32 << 20
     max_size_per_msg: int = 1 << 20
     # Upper bound on the ops bytes batched into one log entry.
     max_entry_bytes: int = 8 << 20
+    # Bytes of queued writes a region proposes in one round (at least one
+    # write), and raft.Config.max_committed_size_per_ready: the entry bytes
+    # it applies in one (at least one entry).
+    max_round_bytes: int = 16 << 20
     # Writes queued on one region beyond this many bytes get ServerIsBusy.
     max_pending_write_bytes: int = 64 << 20
     # A client session idle this long in a region is forgotten there

@@ -155,7 +155,9 @@ class StoreCore:
             election_ticks=self.config.election_ticks,
             heartbeat_ticks=self.config.heartbeat_ticks,
             max_inflight_msgs=self.config.max_inflight_msgs,
+            max_inflight_bytes=self.config.max_inflight_bytes,
             max_size_per_msg=self.config.max_size_per_msg,
+            max_committed_size_per_ready=self.config.max_round_bytes,
             applied=apply_state.applied_index,
             quiet_after_start=restarted,
             skip_bcast_commit=self.config.skip_bcast_commit,
@@ -513,7 +515,10 @@ class StoreCore:
             if peer is None:
                 continue
             cfg = self.config
-            commands.propose_writes(peer, cfg.max_entry_bytes, self.now_ms, cfg.session_ttl_ms, out)
+            if commands.propose_writes(
+                peer, cfg.max_entry_bytes, cfg.max_round_bytes, self.now_ms, cfg.session_ttl_ms, out
+            ):
+                self._dirty.add(rid)  # the rest in the next round
             queries.start_reads(peer, self.ticks, now, out)
             if peer.node.has_ready():
                 rd = peer.node.ready()

@@ -86,13 +86,21 @@ log = logging.getLogger(__name__)
 # loop (at its permit), so it must stay short; clients page through larger
 # scans.
 MAX_SCAN_LIMIT = 10_000
+# A scan or batch get answer stops once it holds this many bytes of keys and
+# values (`RawScanResponse.more`, `RawBatchGetResponse.unread`: the client
+# asks for the rest): at most this plus one pair, far inside the frame limit
+# (a page of 10,000 large values was gigabytes, refused whole), and a short
+# read in the store loop.
+MAX_READ_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_key_size: int = keys.MAX_KEY_SIZE
-    max_value_size: int = 8 << 20
+    max_value_size: int = kv.DEFAULT_MAX_VALUE_SIZE
     max_batch_keys: int = 10_000
+    # Keys and values of one write request (kvproto.kvrpcpb.MAX_WRITE_BYTES).
+    max_write_bytes: int = kv.MAX_WRITE_BYTES
 
 
 def _err(code: kv.KvErrorCode, message: str) -> kv.KvError:
@@ -148,9 +156,25 @@ class KvService:
         if value is not None and len(value) > self.limits.max_value_size:
             return _err(
                 kv.KvErrorCode.VALUE_TOO_LARGE,
-                f"value of {len(value)} bytes exceeds {self.limits.max_value_size}",
+                f"value of {len(value)} bytes exceeds the limit of "
+                f"{self.limits.max_value_size} bytes (max_value_size)",
             )
         return None
+
+    def _check_pairs(self, pairs: Sequence[kv.Pair]) -> kv.KvError | None:
+        """A batch put's keys, values and their total (its log entry and Raft
+        message must fit a frame)."""
+        e = self._check_keys([k for k, _v in pairs])
+        for _k, v in pairs:
+            e = e or self._check_value(v)
+        total = sum(len(k) + len(v) for k, v in pairs)
+        if e is None and total > self.limits.max_write_bytes:
+            return _err(
+                kv.KvErrorCode.REQUEST_TOO_LARGE,
+                f"{total} bytes of keys and values in one request exceed "
+                f"{self.limits.max_write_bytes}",
+            )
+        return e
 
     def _check_keys(self, ks: Sequence[bytes]) -> kv.KvError | None:
         if len(ks) > self.limits.max_batch_keys:
@@ -179,8 +203,9 @@ class KvService:
             )
         return None
 
-    def _check_range(self, start: bytes, end: bytes) -> kv.KvError | None:
-        if len(start) > self.limits.max_key_size or len(end) > self.limits.max_key_size:
+    def _check_range(self, start: bytes, end: bytes, slack: int = 0) -> kv.KvError | None:
+        """`slack`: how much longer than a key the start bound may be."""
+        if len(start) > self.limits.max_key_size + slack or len(end) > self.limits.max_key_size:
             return _err(kv.KvErrorCode.KEY_TOO_LARGE, "range bound too large")
         if end and end <= start:
             return _err(kv.KvErrorCode.INVALID_ARGUMENT, "end key must be above start key")
@@ -278,26 +303,36 @@ class KvService:
                 return
             pairs = []
             nbytes = 0
+            unread = 0
             engine = self.node.engine
             try:
                 with engine.read_kv() as txn:
                     db = engine.kv_db(keys.DATA_DB)
-                    for k in req.keys:
+                    for i, k in enumerate(req.keys):
+                        if nbytes >= MAX_READ_BYTES:
+                            unread = len(req.keys) - i
+                            break
                         v = txn.get(k, db=db)
                         if v is not None:
                             v = engine.blobs.resolve(k, v)
                             pairs.append((k, v))
                             nbytes += len(k) + len(v)
             except BlobError as e:
-                self.node.fail(e)
+                self.node.fail(e)  # no answer: the store stops
                 return
             self.node.count_read(permit.region.id, nbytes, len(pairs))
-            respond(kv.RawBatchGetResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
+            respond(
+                kv.RawBatchGetResponse(
+                    pairs=tuple(pairs), staleness_ms=_ms(permit.staleness), unread=unread
+                )
+            )
 
         self._read(req, req.keys, done)
 
     def raw_scan(self, req: kv.RawScanRequest, _: RequestContext, respond: Respond) -> None:
-        e = self._check_range(req.start_key, req.end_key) or self._check_read(req)
+        # A scan's next page starts just past the last key read (the key and a
+        # zero byte): past a key of the largest size, one byte longer.
+        e = self._check_range(req.start_key, req.end_key, 1) or self._check_read(req)
         if e is None and req.limit <= 0:
             e = _err(kv.KvErrorCode.INVALID_ARGUMENT, "scan limit must be positive")
         if e is not None:
@@ -313,30 +348,45 @@ class KvService:
             limit = min(req.limit, MAX_SCAN_LIMIT)
             pairs: list[tuple[bytes, bytes]] = []
             nbytes = 0
+            more = False
             engine = self.node.engine
+            # LMDB seeks no longer key than it holds: seek at a longer start
+            # bound's prefix and skip what lies below the bound.
+            start = req.start_key
+            long_start = len(start) > keys.MAX_KEY_SIZE
             try:
                 with engine.read_kv() as txn:
                     found = scan_cursor(
                         txn,
                         engine.kv_db(keys.DATA_DB),
-                        req.start_key,
+                        start[: keys.MAX_KEY_SIZE],
                         req.end_key,
                         reverse=req.reverse,
                         values=not req.keys_only,
                     )
-                    if not req.keys_only:
-                        found = engine.blobs.resolved(found)
                     for k, v in found:
-                        pair = (bytes(k), b"" if req.keys_only else bytes(v))
+                        if long_start and k < start:
+                            continue
+                        if req.keys_only:
+                            pair = (bytes(k), b"")
+                        else:  # (keys only: no blob is read)
+                            pair = (bytes(k), engine.blobs.resolve(k, v))
                         pairs.append(pair)
                         nbytes += len(pair[0]) + len(pair[1])
                         if len(pairs) >= limit:
+                            break
+                        if nbytes >= MAX_READ_BYTES:
+                            more = True
                             break
             except BlobError as e:
                 self.node.fail(e)
                 return
             self.node.count_read(permit.region.id, nbytes, len(pairs))
-            respond(kv.RawScanResponse(pairs=tuple(pairs), staleness_ms=_ms(permit.staleness)))
+            respond(
+                kv.RawScanResponse(
+                    pairs=tuple(pairs), staleness_ms=_ms(permit.staleness), more=more
+                )
+            )
 
         self._read(req, [req.start_key], done, (req.start_key, req.end_key))
 
@@ -380,9 +430,7 @@ class KvService:
     def raw_batch_put(
         self, req: kv.RawBatchPutRequest, _: RequestContext, respond: Respond
     ) -> None:
-        e = self._check_keys([k for k, _v in req.pairs])
-        for _k, v in req.pairs:
-            e = e or self._check_value(v)
+        e = self._check_pairs(req.pairs)
         ops = tuple(Put(k, v) for k, v in req.pairs)
         self._plain_write(req.context, ops, req.session, e, respond)
 

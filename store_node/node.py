@@ -225,8 +225,10 @@ class StoreNode:
                         election_ticks=cfg.election_ticks,
                         heartbeat_ticks=cfg.heartbeat_ticks,
                         max_inflight_msgs=cfg.max_inflight_msgs,
+                        max_inflight_bytes=cfg.max_inflight_bytes,
                         max_size_per_msg=cfg.max_size_per_msg,
                         max_entry_bytes=cfg.max_entry_bytes,
+                        max_round_bytes=cfg.max_round_bytes,
                         session_ttl_ms=int(cfg.session_ttl * 1000),
                         lease_seconds=lease_duration(
                             cfg.election_ticks, cfg.tick_interval, cfg.lease_margin

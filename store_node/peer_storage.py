@@ -26,6 +26,7 @@ from store_node.records import (
     decode_hard_state,
     encode_entry,
     encode_hard_state,
+    entry_term,
 )
 from store_node.snapshot import descriptor_of
 
@@ -240,7 +241,14 @@ class PeerStorage:
         t = self.cache.term(index)
         if t is not None:
             return t
-        return self._read(index, index + 1, None)[0].term
+        # The record's header only: a large entry is not decoded for it.
+        with self.engine.read_raft() as txn:
+            raw = txn.get(
+                keys.raft_log_key(self.region_id, index), db=self.engine.raft_db(keys.LOG_DB)
+            )
+        if raw is None:
+            raise AssertionError(f"region {self.region_id}: log hole at {index}")
+        return entry_term(raw, index)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         if lo <= self.apply_state.truncated_index:

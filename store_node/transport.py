@@ -3,23 +3,28 @@
 `send` never blocks the store loop: a round's messages for a store join that
 store's queue, and its sender task coalesces whatever is queued into
 `RaftMessageBatch` frames of at most `MAX_BATCH_MESSAGES` messages (TiKV's
-raft-msg-max-batch-size): a frame stays far inside the receiving server's
-decoding limits (kvproto.rpc.server: items and decoded size per frame),
+raft-msg-max-batch-size) and about `MAX_BATCH_BYTES` (one message at least):
+a frame stays far inside the receiving server's decoding limits
+(kvproto.rpc.server: items and decoded size per frame) and inside the frame
+limit (64 MiB: a round's appends of large values to one store are more),
 which would refuse it whole, and so every message to that store, again and
 again. When the queue is full or the store cannot be reached, messages are
 dropped: Raft recovers from loss by itself (probes, heartbeats, retries),
-and a store loop that waited for a dead peer would stall every region.
+and a store loop that waited for a dead peer would stall every region. A
+message that cannot be framed at all (over the frame limit, which the
+store's write limits rule out) is dropped with an error logged.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import trio
 
+from kvproto.codec import EncodeError
 from kvproto.metapb import StoreId
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch
 from kvproto.rpc import RpcCallError, StreamOpener, open_tcp
@@ -32,6 +37,43 @@ Resolver = Callable[[StoreId], Awaitable[str | None]]
 # Messages per frame. A heartbeat is about 36 CBOR items and 50 bytes, so a
 # frame of them is about 150,000 items and 200 KB, decoded in some 15 ms.
 MAX_BATCH_MESSAGES: Final = 4096
+# Bytes per frame (`message_size`), one message at least: a message is at
+# most one entry of the largest write (kvproto.kvrpcpb.MAX_WRITE_BYTES, 49
+# MiB) or `max_size_per_msg` of entries, so a frame stays under 64 MiB.
+MAX_BATCH_BYTES: Final = 8 << 20
+# What a message costs on the wire besides its entries' data, generously.
+_MESSAGE_OVERHEAD: Final = 512
+_ENTRY_OVERHEAD: Final = 32
+
+
+def message_size(m: RaftMessage) -> int:
+    """About the bytes `m` takes in a frame (at least: its entries' data,
+    context and snapshot descriptor, plus their framing)."""
+    msg = m.message
+    size = _MESSAGE_OVERHEAD + len(msg.context)
+    for e in msg.entries:
+        size += _ENTRY_OVERHEAD + len(e.data)
+    if msg.snapshot is not None:
+        size += len(msg.snapshot.data)
+    return size
+
+
+def frames(
+    messages: Sequence[RaftMessage], max_messages: int, max_bytes: int
+) -> list[tuple[RaftMessage, ...]]:
+    """`messages` in order, cut into batches of at most `max_messages`
+    messages and `max_bytes` (`message_size`), one message at least; no
+    messages: one empty batch (a ping)."""
+    out: list[tuple[RaftMessage, ...]] = []
+    start = size = 0
+    for i, m in enumerate(messages):
+        n = message_size(m)
+        if i > start and (i - start >= max_messages or size + n > max_bytes):
+            out.append(tuple(messages[start:i]))
+            start, size = i, 0
+        size += n
+    out.append(tuple(messages[start:]))
+    return out
 
 
 class Transport:
@@ -45,11 +87,13 @@ class Transport:
         rng: random.Random | None = None,
         incarnation: int = 0,
         max_batch_messages: int = MAX_BATCH_MESSAGES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         open_stream: StreamOpener = open_tcp,
     ) -> None:
         self.store_id = store_id
         self._open_stream = open_stream
         self._max_batch = max_batch_messages
+        self._max_batch_bytes = max_batch_bytes
         # Stamped on every batch: the receivers tell a restart of this store
         # from a quiet spell by it (store_node.hibernate).
         self.incarnation = incarnation
@@ -88,11 +132,16 @@ class Transport:
             and stats.tasks_waiting_receive
             and conn is not None
             and len(messages) <= self._max_batch
+            and (len(messages) <= 1 or sum(map(message_size, messages)) <= self._max_batch_bytes)
         ):
             live = conn.current
-            if live is not None and live.try_send_oneway(
-                RaftMessageBatch(self.store_id, tuple(messages), self.incarnation)
-            ):
+            batch = RaftMessageBatch(self.store_id, tuple(messages), self.incarnation)
+            try:
+                sent = live is not None and live.try_send_oneway(batch)
+            except EncodeError as e:
+                self._unsendable(store_id, len(messages), e)
+                return False
+            if sent:
                 self.sent_frames += 1
                 self.sent_messages += len(messages)
                 return True
@@ -106,6 +155,10 @@ class Transport:
     def close(self) -> None:
         for q in self._queues.values():
             q.close()
+
+    def _unsendable(self, store_id: StoreId, count: int, e: EncodeError) -> None:
+        self.dropped += count
+        log.error("to store %d: %d messages cannot be sent, dropped: %s", store_id, count, e)
 
     async def _run_sender(
         self, store_id: StoreId, recv: trio.MemoryReceiveChannel[list[RaftMessage]]
@@ -135,16 +188,18 @@ class Transport:
                     )
                     self._conns[store_id] = conn
                 # An empty batch (a ping) is one frame too.
-                for start in range(0, max(len(msgs), 1), self._max_batch):
-                    batch = tuple(msgs[start : start + self._max_batch])
+                batches = frames(msgs, self._max_batch, self._max_batch_bytes)
+                for i, batch in enumerate(batches):
                     try:
                         await conn.send_oneway(
                             RaftMessageBatch(self.store_id, batch, self.incarnation)
                         )
                         self.sent_frames += 1
                         self.sent_messages += len(batch)
+                    except EncodeError as e:
+                        self._unsendable(store_id, len(batch), e)
                     except RpcCallError as e:
-                        lost = len(msgs) - start
+                        lost = sum(map(len, batches[i:]))
                         self.dropped += lost
                         log.debug("to store %d: %s; %d messages dropped", store_id, e, lost)
                         if conn.failures >= 3:

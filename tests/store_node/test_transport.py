@@ -14,8 +14,8 @@ from kvproto.raft_serverpb import HibernateFlag, RaftMessage, RaftMessageBatch
 from kvproto.rpc import FrameKind, RequestContext, RpcServer
 from kvproto.rpc.envelope import encode_inner
 from kvproto.rpc.server import DEFAULT_MAX_DECODE_RATIO, DEFAULT_MAX_FRAME_ITEMS
-from raft import Message, MessageType
-from store_node.transport import MAX_BATCH_MESSAGES, Transport
+from raft import Entry, Message, MessageType
+from store_node.transport import MAX_BATCH_MESSAGES, Transport, frames, message_size
 from tests.factories import epoch, peer
 
 
@@ -146,3 +146,106 @@ def test_a_frame_of_max_batch_messages_is_well_inside_a_servers_decoding_limits(
     cost = cbor_cost(frame, max_items=1 << 40, max_memory=1 << 60)
     assert cost.items <= DEFAULT_MAX_FRAME_ITEMS / 4
     assert cost.memory <= DEFAULT_MAX_DECODE_RATIO * len(frame) / 1.4
+
+
+def _append(i: int, nbytes: int) -> RaftMessage:
+    entry = Entry(term=1, index=i, data=bytes([i % 256]) * nbytes)
+    return RaftMessage(
+        RegionId(1),
+        peer(11, 1),
+        peer(12, 2),
+        epoch(),
+        Message(MessageType.APPEND, to=12, from_=11, term=1, index=i - 1, entries=(entry,)),
+    )
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["sender-task", "direct"])
+async def test_a_round_of_large_appends_leaves_in_frames_under_the_frame_limit(
+    connected: bool,
+) -> None:
+    """Five appends of a 16 MiB entry each (one region's round of values at
+    the largest size, or five regions') are 80 MiB: in one frame, over the
+    64 MiB limit, which made `send` raise EncodeError out of the store loop."""
+    arrived: list[int] = []
+    more = trio.Event()
+
+    async def on_batch(batch: RaftMessageBatch, _: RequestContext) -> None:
+        arrived.extend(m.message.index + 1 for m in batch.messages)
+        more.set()
+
+    server = RpcServer({}, {RaftMessageBatch: on_batch})
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            host, port = await n.start(server.serve, "127.0.0.1", 0)
+
+            async def resolve(_: StoreId) -> str:
+                return f"{host}:{port}"
+
+            transport = Transport(StoreId(1), n, resolve)
+            if connected:
+                transport.send(StoreId(2), [_msg(0)])
+                while not arrived:
+                    await more.wait()
+                    more = trio.Event()
+                await trio.testing.wait_all_tasks_blocked()
+                arrived.clear()
+            transport.send(StoreId(2), [_append(i, 16 << 20) for i in range(1, 6)])
+            while len(arrived) < 5:
+                await more.wait()
+                more = trio.Event()
+            assert arrived == [1, 2, 3, 4, 5]
+            assert transport.dropped == 0
+            transport.close()
+            n.cancel_scope.cancel()
+
+
+def test_frames_are_cut_by_count_and_bytes_one_message_at_least() -> None:
+    small, large = _msg(1), _append(2, 5 << 20)
+    assert message_size(large) > 5 << 20 > message_size(small)
+    assert frames([], 3, 1 << 20) == [()]  # a ping
+    msgs = [small, small, large, small, large, large, small, small, small, small]
+    cut = frames(msgs, 3, 8 << 20)
+    assert [m for f in cut for m in f] == msgs
+    assert [len(f) for f in cut] == [3, 2, 3, 2]
+    # One message over the bound still goes, alone.
+    assert frames([small, _append(3, 9 << 20), small], 10, 8 << 20) == [
+        (small,),
+        (_append(3, 9 << 20),),
+        (small,),
+    ]
+
+
+@pytest.mark.parametrize("connected", [False, True], ids=["sender-task", "direct"])
+async def test_a_message_over_the_frame_limit_is_dropped_not_raised(connected: bool) -> None:
+    """The store's write limits keep every message under 64 MiB; one over it
+    is dropped with an error logged, and what follows still goes."""
+    arrived: list[int] = []
+    more = trio.Event()
+
+    async def on_batch(batch: RaftMessageBatch, _: RequestContext) -> None:
+        arrived.extend(m.message.commit for m in batch.messages)
+        more.set()
+
+    server = RpcServer({}, {RaftMessageBatch: on_batch})
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            host, port = await n.start(server.serve, "127.0.0.1", 0)
+
+            async def resolve(_: StoreId) -> str:
+                return f"{host}:{port}"
+
+            transport = Transport(StoreId(1), n, resolve)
+            if connected:
+                transport.send(StoreId(2), [_msg(0)])
+                while not arrived:
+                    await more.wait()
+                    more = trio.Event()
+                await trio.testing.wait_all_tasks_blocked()
+            assert transport.send(StoreId(2), [_append(1, 65 << 20)]) is False
+            transport.send(StoreId(2), [_msg(7)])
+            while 7 not in arrived:
+                await more.wait()
+                more = trio.Event()
+            assert transport.dropped == 1
+            transport.close()
+            n.cancel_scope.cancel()

@@ -47,6 +47,9 @@ class FakeCluster:
     # Stores answer EpochNotMatch with every region overlapping the request's
     # old range (like TiKV after a split), not just the region asked.
     epoch_error_with_siblings: bool = False
+    # Reads stop once they hold this many bytes of keys and values, as the
+    # store's do at its MAX_READ_BYTES (scan: `more`, batch get: `unread`).
+    max_read_bytes: int | None = None
     next_id: int = 100
     # Answers of session writes, by (region id, session id, number); a split
     # copies the region's to the new one.

@@ -257,15 +257,28 @@ class FakeStore:
         data = self.cluster.data
         if isinstance(req, kv.RawGetRequest):
             return kv.RawGetResponse(value=data.get(req.key))
+        bound = self.cluster.max_read_bytes
         if isinstance(req, kv.RawBatchGetRequest):
-            return kv.RawBatchGetResponse(pairs=tuple((k, data[k]) for k in req.keys if k in data))
+            pairs: list[tuple[bytes, bytes]] = []
+            nbytes = 0
+            for i, k in enumerate(req.keys):
+                if bound is not None and nbytes >= bound:
+                    return kv.RawBatchGetResponse(pairs=tuple(pairs), unread=len(req.keys) - i)
+                if k in data:
+                    pairs.append((k, data[k]))
+                    nbytes += len(k) + len(data[k])
+            return kv.RawBatchGetResponse(pairs=tuple(pairs))
         if isinstance(req, kv.RawScanRequest):
             lo, hi = req.start_key, req.end_key
             ks = list(data.irange(lo, hi or None, inclusive=(True, False), reverse=req.reverse))
             ks = ks[: min(req.limit, 10_000)]
-            return kv.RawScanResponse(
-                pairs=tuple((k, b"" if req.keys_only else data[k]) for k in ks)
-            )
+            found = [(k, b"" if req.keys_only else data[k]) for k in ks]
+            nbytes = 0
+            for i, (k, v) in enumerate(found):
+                nbytes += len(k) + len(v)
+                if bound is not None and nbytes >= bound and i + 1 < len(found):
+                    return kv.RawScanResponse(pairs=tuple(found[: i + 1]), more=True)
+            return kv.RawScanResponse(pairs=tuple(found))
         if isinstance(req, kv.RawPutRequest):
             data[req.key] = req.value
         elif isinstance(req, kv.RawBatchPutRequest):
