@@ -42,7 +42,7 @@ import trio
 
 from kvproto.errorpb import RegionError
 from kvproto.kvrpcpb import Consistency, Context, SessionRef
-from kvproto.metapb import StoreId
+from kvproto.metapb import Store, StoreId, StoreState
 from kvproto.pd_client import PdClient, PdServerError, open_pd_client
 from kvproto.raft_cmdpb import WriteOp
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch, SnapshotKey, StoreIdent
@@ -596,7 +596,16 @@ class StoreNode:
         except Exception as e:  # a PD hiccup must not kill a sender task
             log.debug("resolving store %d: %s", store_id, e)
             return None
-        return None if store is None else store.address
+        return dialable_address(store)
+
+
+def dialable_address(store: Store | None) -> str | None:
+    """Where to send a store's Raft messages: nowhere for a tombstone (its
+    peers linger in regions until the replica checker removes them, and
+    its address may be a new store's, `--replace-store`)."""
+    if store is None or store.state == StoreState.TOMBSTONE:
+        return None
+    return store.address
 
 
 def _tick(core: StoreCore) -> None:

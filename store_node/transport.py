@@ -18,6 +18,7 @@ store's write limits rule out) is dropped with an error logged.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -41,6 +42,8 @@ MAX_BATCH_MESSAGES: Final = 4096
 # most one entry of the largest write (kvproto.kvrpcpb.MAX_WRITE_BYTES, 49
 # MiB) or `max_size_per_msg` of entries, so a frame stays under 64 MiB.
 MAX_BATCH_BYTES: Final = 8 << 20
+# Seconds before a store found without an address is looked up again.
+UNRESOLVED_RETRY: Final = 5.0
 # What a message costs on the wire besides its entries' data, generously.
 _MESSAGE_OVERHEAD: Final = 512
 _ENTRY_OVERHEAD: Final = 32
@@ -164,6 +167,10 @@ class Transport:
         self, store_id: StoreId, recv: trio.MemoryReceiveChannel[list[RaftMessage]]
     ) -> None:
         conn: ReconnectingConnection | None = None
+        # After a lookup found no address (a store the PD does not know, or
+        # a tombstone whose peers are not removed yet), none before this:
+        # a leader heartbeats such a store every round it stays a member.
+        resolve_after = -math.inf
         try:
             async for first in recv:
                 msgs = list(first)
@@ -173,10 +180,14 @@ class Transport:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 if conn is None:
-                    address = await self._resolve(store_id)
+                    address = None
+                    if trio.current_time() >= resolve_after:
+                        address = await self._resolve(store_id)
+                        if address is None:
+                            resolve_after = trio.current_time() + UNRESOLVED_RETRY
                     if address is None:
                         self.dropped += len(msgs)
-                        log.debug("store %d: address unknown, %d dropped", store_id, len(msgs))
+                        log.debug("store %d: no address, %d dropped", store_id, len(msgs))
                         continue
                     conn = ReconnectingConnection(
                         address,

@@ -4,17 +4,20 @@ Either way they arrive in order. Loopback TCP."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import trio
 import trio.testing
 
 from kvproto.codec import cbor_cost
-from kvproto.metapb import RegionId, StoreId
+from kvproto.metapb import RegionId, Store, StoreId, StoreState
 from kvproto.raft_serverpb import HibernateFlag, RaftMessage, RaftMessageBatch
 from kvproto.rpc import FrameKind, RequestContext, RpcServer
 from kvproto.rpc.envelope import encode_inner
 from kvproto.rpc.server import DEFAULT_MAX_DECODE_RATIO, DEFAULT_MAX_FRAME_ITEMS
 from raft import Entry, Message, MessageType
+from store_node.node import dialable_address
 from store_node.transport import MAX_BATCH_MESSAGES, Transport, frames, message_size
 from tests.factories import epoch, peer
 
@@ -249,3 +252,34 @@ async def test_a_message_over_the_frame_limit_is_dropped_not_raised(connected: b
             assert transport.dropped == 1
             transport.close()
             n.cancel_scope.cancel()
+
+
+async def test_a_store_without_an_address_is_looked_up_again_only_after_a_while(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lookups: list[float] = []
+
+    async def resolve(_: StoreId) -> str | None:
+        lookups.append(trio.current_time())
+        return None  # a tombstone, or a store the PD does not know
+
+    async with trio.open_nursery() as n:
+        transport = Transport(StoreId(1), n, resolve)
+        start = trio.current_time()
+        # A leader's heartbeats every 0.1 s for 12 s.
+        for i in range(120):
+            transport.send(StoreId(2), [_msg(i)])
+            await trio.sleep(0.1)
+        assert len(lookups) == 3  # at 0, 5 and 10 s
+        assert [round(t - start) for t in lookups] == [0, 5, 10]
+        assert transport.dropped == 120
+        transport.close()
+        n.cancel_scope.cancel()
+
+
+def test_a_tombstone_has_no_address_to_dial() -> None:
+    up = Store(StoreId(3), "127.0.0.1:20160")
+    assert dialable_address(up) == "127.0.0.1:20160"
+    assert dialable_address(replace(up, state=StoreState.DISCONNECTED)) == "127.0.0.1:20160"
+    assert dialable_address(replace(up, state=StoreState.TOMBSTONE)) is None
+    assert dialable_address(None) is None
