@@ -22,7 +22,7 @@ from client.attempts import Attempts
 from client.cache import CachedRegion
 from client.checks import describe_group
 from client.errors import ClientError, describe_range
-from client.plan import Pair, chunks, clip, end_in_region
+from client.plan import Pair, chunks, clip, end_in_region, own_numbers
 from client.retry import Answer
 from client.sender import RequestSender
 from kvproto import kvrpcpb as kv
@@ -116,18 +116,13 @@ async def for_each_region(
             return
         op = att.what.split(" ", 1)[0]
         jobs = []
-        regions: set[int] = set()
-        for e, g in groups:
+        # (A re-split group, within the limits, gives at most one group per
+        # region: numbers of their own at the first split only.)
+        owns = own_numbers([e.region.id for e, _ in groups])
+        for (e, g), apart in zip(groups, owns, strict=True):
             child = att.child(describe_group(op, g, key_of))
-            # Every chunk of a region after its first takes a session number
-            # of its own: under the call's, the region would answer it from
-            # the first chunk's record as a retry, and apply nothing of it.
-            # (Groups in distinct regions share the number: each region keeps
-            # its own records. A re-split group, within the limits, gives at
-            # most one group per region: `first` only.)
-            own = first and e.region.id in regions and child.session is not None
+            own = apart and first and child.session is not None
             jobs.append(partial(numbered_task if own else group_task, child, e, g))
-            regions.add(e.region.id)
         await fan_out(jobs)
 
     await fan_out_groups(att, await split_keys(sender, att, items, key_of, size_of), first=True)

@@ -21,6 +21,7 @@ __all__ = [
     "clip",
     "end_in_region",
     "holds_keys_before",
+    "own_numbers",
     "range_is_empty",
 ]
 
@@ -87,6 +88,21 @@ def chunks(
         nbytes += n
     if lo < len(items):
         out.append(items[lo:])
+    return out
+
+
+def own_numbers(regions: Sequence[int]) -> list[bool]:
+    """For a write call's groups, in order (the region of each): whether a
+    group takes a session number of its own. Every chunk of a region after
+    its first does: under the call's number the region would answer it from
+    the first chunk's record as a retry, and apply nothing of it. Groups in
+    distinct regions share the call's number (each region keeps its own
+    records)."""
+    seen: set[int] = set()
+    out = []
+    for region in regions:
+        out.append(region in seen)
+        seen.add(region)
     return out
 
 

@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 from client import retry
 from client.cache import CachedRegion, RegionCache
 from client.errors import ClientError
-from client.plan import ScanCursor, clip, end_in_region, holds_keys_before
+from client.plan import (
+    ScanCursor,
+    chunks,
+    clip,
+    end_in_region,
+    holds_keys_before,
+    own_numbers,
+)
 from client.retry import Answer, Attempts, Decision, GiveUp, OpKind, Retry
 from client.session import Session
 from kvproto import kvrpcpb as kv
@@ -75,6 +82,7 @@ class SimClient:
         exactly_once: bool = True,
         timeout: float = TIMEOUT,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        batch_max_keys: int = 1 << 30,
     ) -> None:
         self.world = world
         self.net = net
@@ -85,6 +93,9 @@ class SimClient:
         self.exactly_once = exactly_once
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
+        # A batch's keys in a region go in chunks of at most this many
+        # (`client.plan.chunks`, as ClientConfig.batch_max_keys).
+        self.batch_max_keys = batch_max_keys
         self.rng = random.Random(world.rng.getrandbits(64))
         self.cache = RegionCache()
         self._session: Session | None = None
@@ -261,9 +272,39 @@ class SimClient:
         keys: Sequence[bytes],
         send: Callable[[Attempts, CachedRegion, int, int], Op[bool]],
     ) -> Op[None]:
-        """Send every region group of sorted `keys`; a group whose attempt
+        """Send every group of sorted `keys` (cut by region, then in chunks
+        of `batch_max_keys`), one after the other. A chunk of a region after
+        its first, in a session, is a request of its own (the client's rule,
+        `client.plan.own_numbers`)."""
+        groups = [
+            (e, c[0], c[-1] + 1)
+            for e, lo, hi in (yield from self._groups(att, keys))
+            for c in chunks(list(range(lo, hi)), self.batch_max_keys, 1 << 62, lambda _: 0)
+        ]
+        owns = own_numbers([e.region.id for e, _, _ in groups])
+        for (entry, lo, hi), own in zip(groups, owns, strict=True):
+            if not own or att.session is None:
+                yield from self._send_group(att, entry, lo, hi, keys, send)
+                continue
+            child = att.child(att.what)
+            child.begin_request(child.session)
+            try:
+                yield from self._send_group(child, entry, lo, hi, keys, send)
+            finally:
+                child.end_request()
+
+    def _send_group(
+        self,
+        att: Attempts,
+        entry: CachedRegion,
+        lo: int,
+        hi: int,
+        keys: Sequence[bytes],
+        send: Callable[[Attempts, CachedRegion, int, int], Op[bool]],
+    ) -> Op[None]:
+        """Send the group `keys[lo:hi]` until answered; one whose attempt
         failed (False) is cut again by the regions as now known."""
-        pending = [(att, e, lo, hi) for e, lo, hi in (yield from self._groups(att, keys))]
+        pending = [(att, entry, lo, hi)]
         while pending:
             a, entry, lo, hi = pending.pop(0)
             if (yield from send(a, entry, lo, hi)):

@@ -109,6 +109,10 @@ class Options:
     workload: str = "all"
     # Values "unique" per write, or "few" (tests.sim.workload).
     values: str = "unique"
+    # The clients' batch chunks (ClientConfig.batch_max_keys): the workload's
+    # batches are of 2-4 keys, so 1 or 2 cuts them, and a region's second
+    # chunk takes a session number of its own.
+    batch_max_keys: int = 1 << 30
     # How many of the clients only read.
     readers: int = 0
     # Chaos weights for a kind of bug (FLAVORS); None: the default mix.
@@ -210,6 +214,7 @@ class Simulation:
                 exactly_once=options.exactly_once,
                 timeout=options.client_timeout,
                 attempt_timeout=options.attempt_timeout,
+                batch_max_keys=options.batch_max_keys,
             )
             for c in range(1, options.clients + 1)
         ]

@@ -64,6 +64,7 @@ from store_node.peer_life import PeerLife
 from store_node.region_tasks import DestroyTask, Range, subtract_ranges
 from store_node.round_output import RoundOutput
 from store_node.snapshot import descriptor_of
+from tests.sim import client as sim_client
 from tests.sim import cluster as sim_cluster
 from tests.sim.cluster import Options, SimulationFailure, run
 
@@ -428,6 +429,19 @@ def test_a_delta_installed_on_a_copy_that_moved_since_the_comparison_is_caught(
     options = replace(CATCHUP_OPTIONS, values="few", delta_delay=1.0)
     # Caught by seed 26 when written (26 passing before it).
     _caught(tmp_path, mutate, ("is not the snapshot's",), range(26, 34), options)
+
+
+def test_chunks_of_one_region_sharing_a_session_number_are_caught(tmp_path: Path) -> None:
+    def mutate(m: pytest.MonkeyPatch) -> None:
+        # Every chunk under the call's number: a region answers its second
+        # chunk from the first one's record, as a retry, and applies nothing.
+        # (The rule is client.plan's; the simulation's client calls it.)
+        m.setattr(sim_client, "own_numbers", lambda regions: [False] * len(regions))
+
+    # Caught by seed 0 when written (the bug issue 16 found in client/batch.py,
+    # which the simulation's client now shares the rule of).
+    options = Options(duration=10.0, batch_max_keys=1)
+    _caught(tmp_path, mutate, ("not linearizable",), range(6), options)
 
 
 # -- large values apart (blob files) ------------------------------------------------------
