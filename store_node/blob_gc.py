@@ -11,7 +11,6 @@ kv/ transaction, and is retired in turn.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +69,6 @@ def collect(
     discardable_ratio: float,
     max_rewrite_bytes: int = 16 << 20,
     max_files: int = 64,
-    on_rewrite: Callable[[int], None] | None = None,
 ) -> CollectReport:
     """One collection pass over the sealed blob files (the kv/ writer's
     thread: it may write): the `max_files` looked at longest ago (a header
@@ -120,8 +118,6 @@ def collect(
             blobs.retire(lv.file, engine.kv_begun_seq, generation)
             report.rewritten.append(lv.file)
         report.rewritten_bytes += moved
-        if on_rewrite is not None:
-            on_rewrite(moved)
     # Files not looked at in this pass count as last seen (new: all live).
     blobs.stats.live_bytes = sum(blobs.live.get(f, blobs.size(f)) for f in blobs.sealed())
     blobs.stats.rewritten_bytes += report.rewritten_bytes
