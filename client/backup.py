@@ -47,7 +47,6 @@ from client.backup_manifest import (
     MANIFEST,
     Manifest,
     RegionEntry,
-    sync_directory,
     write_manifest,
 )
 from client.config import ClientConfig
@@ -67,6 +66,7 @@ from kvproto.pd_client import PdClient
 from kvproto.rpc import Credentials, Role, RpcCallError, StreamOpener
 from kvproto.rpc.reconnect import ReconnectingConnection
 from kvproto.rpc.tls import client_context, opener_for
+from plumbing.files import sync_directory
 from plumbing.nursery import open_background_nursery
 
 __all__ = ["BackupOptions", "Progress", "add_parser", "backup", "backup_cluster", "run"]

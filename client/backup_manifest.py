@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from plumbing.files import sync_directory
+
 __all__ = [
     "FORMAT",
     "MANIFEST",
@@ -238,15 +240,6 @@ def file_crc32(path: Path) -> tuple[int, int]:
             crc = zlib.crc32(chunk, crc)
             size += len(chunk)
     return size, crc
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync a directory, so that the names created in it survive a crash."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- field checks ----------------------------------------------------------------

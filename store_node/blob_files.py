@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from plumbing.files import sync_directory
 from store_node.disk import DiskFailure
 from store_node.keys import MAX_KEY_SIZE
 
@@ -258,7 +259,7 @@ class BlobFiles:
         try:
             self._active_fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             if self.sync:
-                _sync_dir(self.path)
+                sync_directory(self.path)
         except OSError as e:
             raise DiskFailure(p, e) from e
         self._active = file
@@ -409,7 +410,7 @@ class BlobFiles:
                 raise DiskFailure(self.path, e) from e
             log.debug("blob file %d deleted", r.file)
         if self.sync:
-            _sync_dir(self.path)
+            sync_directory(self.path)
         self.stats.collected_files += len(ready)
         return len(ready)
 
@@ -445,14 +446,6 @@ def _write_all(fd: int, head: bytes, value: bytes, path: Path) -> None:
                 parts[0] = parts[0][n:]
     except OSError as e:
         raise DiskFailure(path, e) from e
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = [
