@@ -74,10 +74,15 @@ class BlobError(DiskFailure):
 
     def __init__(self, path: Path, why: str) -> None:
         self.why = why
-        super().__init__(path, OSError(why))
-
-    def __str__(self) -> str:
-        return f"blob file {self.path}: {self.why}"
+        self.path = path
+        self.error = OSError(why)
+        self.disk_full = False
+        # Not DiskFailure's message: nothing failed to be written.
+        Exception.__init__(
+            self,
+            f"blob file {path}: {why}; the store stops rather than answer a wrong value "
+            "(its data is damaged: replace the store, `--replace-store`)",
+        )
 
 
 @dataclass(frozen=True, slots=True)
