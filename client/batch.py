@@ -2,7 +2,7 @@
 
 A batch call's sorted items are grouped by the region of their keys and
 cut into chunks of at most `batch_max_keys` keys or `batch_max_bytes`
-bytes (`client.plan.chunks`); the groups are sent concurrently, and a
+bytes (`plumbing.batches.chunks`); the groups are sent concurrently, and a
 region error re-splits only the group that got it. A range is cut at region
 boundaries the same way (delete_range). The first error of a group cancels
 the others and is raised as itself. A write's groups carry the call's
@@ -22,10 +22,11 @@ from client.attempts import Attempts
 from client.cache import CachedRegion
 from client.checks import describe_group
 from client.errors import ClientError, describe_range
-from client.plan import Pair, chunks, clip, end_in_region, own_numbers
+from client.plan import Pair, clip, end_in_region, own_numbers
 from client.retry import Answer
 from client.sender import RequestSender
 from kvproto import kvrpcpb as kv
+from plumbing.batches import chunks
 
 __all__ = [
     "delete_range",

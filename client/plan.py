@@ -7,7 +7,7 @@ empty `end` is +infinity.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -17,7 +17,6 @@ __all__ = [
     "MAX_SCAN_PAGE",
     "Pair",
     "ScanCursor",
-    "chunks",
     "clip",
     "end_in_region",
     "holds_keys_before",
@@ -70,25 +69,6 @@ def end_in_region(keys: Sequence[bytes], i: int, region: Region) -> int:
     if not region.end_key:
         return len(keys)
     return bisect.bisect_left(keys, region.end_key, lo=i)
-
-
-def chunks(
-    items: Sequence[T], max_count: int, max_bytes: int, size: Callable[[T], int]
-) -> list[Sequence[T]]:
-    """Consecutive runs of `items`, each at most `max_count` long and
-    `max_bytes` big (but at least one item)."""
-    out: list[Sequence[T]] = []
-    lo = 0
-    nbytes = 0
-    for i, item in enumerate(items):
-        n = size(item)
-        if i > lo and (i - lo >= max_count or nbytes + n > max_bytes):
-            out.append(items[lo:i])
-            lo, nbytes = i, 0
-        nbytes += n
-    if lo < len(items):
-        out.append(items[lo:])
-    return out
 
 
 def own_numbers(regions: Sequence[int]) -> list[bool]:

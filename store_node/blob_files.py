@@ -61,6 +61,7 @@ POINTER_SIZE: Final = _POINTER.size
 _RECORD = struct.Struct(">IHI")
 RECORD_HEADER: Final = _RECORD.size
 
+DEFAULT_THRESHOLD: Final = 64 << 10
 DEFAULT_FILE_SIZE: Final = 64 << 20
 # Read descriptors kept open (a store may hold thousands of blob files).
 MAX_OPEN_READERS: Final = 128
@@ -98,7 +99,8 @@ class Pointer:
 
 def looks_like_pointer(value: bytes) -> bool:
     """Whether a kv/ "data" value is a pointer. A user value that would be
-    mistaken for one is itself stored apart (`blob_txn`), so this is exact."""
+    mistaken for one is itself stored apart (`BlobFiles.separate`), so this
+    is exact."""
     return len(value) == POINTER_SIZE and value[:4] == POINTER_MAGIC
 
 
@@ -109,7 +111,7 @@ def decode_pointer(value: bytes) -> Pointer:
 
 def value_size(value: bytes) -> int:
     """The length of the user value a kv/ "data" value stands for, unread."""
-    if len(value) == POINTER_SIZE and value[:4] == POINTER_MAGIC:
+    if looks_like_pointer(value):
         return decode_pointer(bytes(value)).length
     return len(value)
 
@@ -312,14 +314,14 @@ class BlobFiles:
     def resolve(self, key: bytes, value: bytes) -> bytes:
         """The user value a kv/ "data" value stands for (a pointer's
         target, checked)."""
-        if len(value) == POINTER_SIZE and value[:4] == POINTER_MAGIC:
+        if looks_like_pointer(value):
             return self.read(bytes(key), decode_pointer(bytes(value)))
         return bytes(value)
 
     def resolved(self, pairs: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
         """The pairs of a kv/ "data" scan with their values resolved."""
         for k, v in pairs:
-            if len(v) == POINTER_SIZE and v[:4] == POINTER_MAGIC:
+            if looks_like_pointer(v):
                 key = bytes(k)
                 yield key, self.read(key, decode_pointer(bytes(v)))
             else:
@@ -454,6 +456,8 @@ def _write_all(fd: int, head: bytes, value: bytes, path: Path) -> None:
 
 
 __all__ = [
+    "DEFAULT_FILE_SIZE",
+    "DEFAULT_THRESHOLD",
     "POINTER_MAGIC",
     "POINTER_SIZE",
     "BlobError",

@@ -15,14 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from store_node import keys
-from store_node.blob_files import (
-    POINTER_MAGIC,
-    POINTER_SIZE,
-    BlobFiles,
-    Pointer,
-    Record,
-    decode_pointer,
-)
+from store_node.blob_files import BlobFiles, Pointer, Record, decode_pointer, looks_like_pointer
 from store_node.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -49,15 +42,21 @@ class CollectReport:
     more: bool = False
 
 
+def _pointer_to(txn: Any, data_db: Any, file: int, rec: Record) -> Pointer | None:
+    """kv/'s pointer to record `rec` of `file` (a raw LMDB transaction),
+    or None if its key holds anything else now."""
+    v = txn.get(rec.key, db=data_db)
+    if v is None or not looks_like_pointer(v):
+        return None
+    p = decode_pointer(bytes(v))
+    return p if p.file == file and p.offset == rec.offset else None
+
+
 def liveness(txn: Any, data_db: Any, blobs: BlobFiles, file: int) -> Liveness:
     """Which records of `file` kv/ (a raw LMDB transaction) points at."""
     out = Liveness(file, blobs.size(file))
     for rec in blobs.records(file):
-        v = txn.get(rec.key, db=data_db)
-        if v is None or len(v) != POINTER_SIZE or v[:4] != POINTER_MAGIC:
-            continue
-        p = decode_pointer(bytes(v))
-        if p.file == file and p.offset == rec.offset:
+        if _pointer_to(txn, data_db, file, rec) is not None:
             out.live_bytes += rec.size
             out.live.append(rec)
     return out
@@ -141,12 +140,9 @@ def _rewrite(txn: Any, data_db: Any, blobs: BlobFiles, chosen: list[Liveness]) -
     moved = 0
     for lv in chosen:
         for rec in lv.live:
-            v = txn.get(rec.key, db=data_db)
-            if v is None or len(v) != POINTER_SIZE or v[:4] != POINTER_MAGIC:
+            p = _pointer_to(txn, data_db, lv.file, rec)
+            if p is None:
                 continue  # overwritten since the liveness pass
-            p: Pointer = decode_pointer(bytes(v))
-            if p.file != lv.file or p.offset != rec.offset:
-                continue
             value = blobs.read(rec.key, p)
             txn.put(rec.key, blobs.append(rec.key, value).encode(), db=data_db)
             moved += len(value)

@@ -25,8 +25,8 @@ over), reads run anywhere. When a map fills up, the writer grows it and
 retries the whole transaction; growing needs no reader inside the
 environment, so readers hold the environment's read lock around their
 transactions (`store_node.lmdb_env`). kv/ writes take sequence numbers inside
-their transactions, so the numbers follow commit order: `kv_seq` (the last
-committed), `kv_durable_seq` (the last synced), `kv_begun_seq`.
+their transactions, so the numbers follow commit order: `kv_begun_seq` (the
+last taken), `kv_durable_seq` (the last synced).
 
 A write or sync that fails (an OSError or an LMDB error that is not a bad
 call: `store_node.disk`) raises `DiskFailure` and leaves the engine failed:
@@ -45,7 +45,13 @@ from typing import Any, TypeVar
 from plumbing import failpoints
 from plumbing.dirlock import DirLock
 from store_node import keys
-from store_node.blob_files import DEFAULT_FILE_SIZE, POINTER_SIZE, BlobFiles, value_size
+from store_node.blob_files import (
+    DEFAULT_FILE_SIZE,
+    DEFAULT_THRESHOLD,
+    POINTER_SIZE,
+    BlobFiles,
+    value_size,
+)
 from store_node.disk import ENGINE_SYNC, DiskFailure, is_disk_error
 from store_node.lmdb_env import (
     Env,
@@ -63,7 +69,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAP_SIZE = 1 << 30  # grows by doubling when full
-DEFAULT_LARGE_VALUE_THRESHOLD = 64 << 10
 
 
 class Engine:
@@ -80,7 +85,7 @@ class Engine:
         sync: bool = True,
         map_size: int = DEFAULT_MAP_SIZE,
         flush_to_disk: bool = True,
-        large_value_threshold: int = DEFAULT_LARGE_VALUE_THRESHOLD,
+        large_value_threshold: int = DEFAULT_THRESHOLD,
         blob_file_size: int = DEFAULT_FILE_SIZE,
     ) -> None:
         """`flush_to_disk` False opens both environments without any fsync
@@ -149,17 +154,19 @@ class Engine:
                 failpoints.fire(ENGINE_SYNC)
             return env.write(fn)
         except DiskFailure as e:  # a blob file's write or read
-            self.failed = e
-            log.critical("%s", e)
+            self.fail(e)
             raise
         except Exception as e:
             if not is_disk_error(e):
                 raise
-            raise self._fail(env, e) from e
+            raise self.fail(DiskFailure(env.path, e)) from e
 
-    def _fail(self, env: Env, error: Exception) -> DiskFailure:
-        self.failed = DiskFailure(env.path, error)
-        log.critical("%s", self.failed)
+    def fail(self, error: DiskFailure) -> DiskFailure:
+        """Leave the engine failed by `error` (the first failure stays, and
+        is logged once); returns the failure to raise."""
+        if self.failed is None:
+            self.failed = error
+            log.critical("%s", error)
         return self.failed
 
     def write_raft(self, batch: WriteBatch, must_sync: bool = True) -> None:
@@ -217,11 +224,6 @@ class Engine:
         return self._write_kv(lambda txn: fn(txn, self.kv.dbs))
 
     @property
-    def kv_seq(self) -> int:
-        """The sequence number of the last committed kv write."""
-        return self._kv_seq
-
-    @property
     def kv_begun_seq(self) -> int:
         """The last sequence number a kv write took: a read transaction
         begun before this is read sees no newer state."""
@@ -244,12 +246,12 @@ class Engine:
         except Exception as e:
             if not is_disk_error(e):
                 raise
-            raise self._fail(self.kv, e) from e
+            raise self.fail(DiskFailure(self.kv.path, e)) from e
         self.kv_durable_seq = seq
         try:
             self.blobs.reap(seq)
         except DiskFailure as e:
-            self.failed = e
+            self.fail(e)
             raise
         return seq
 
@@ -308,9 +310,10 @@ class Engine:
         self, db: bytes, start: bytes = b"", end: bytes = b""
     ) -> list[tuple[bytes, bytes]]:
         with self.kv.read() as txn:
-            pairs = scan_cursor(txn, self.kv.dbs[db], start, end)
             if db == keys.DATA_DB:
-                pairs = self.blobs.resolved(pairs)
+                pairs = self.scan_data(txn, start, end)
+            else:
+                pairs = scan_cursor(txn, self.kv.dbs[db], start, end)
             return [(bytes(k), bytes(v)) for k, v in pairs]
 
     def scan_data(
@@ -342,7 +345,6 @@ class Engine:
 
 
 __all__ = [
-    "DEFAULT_LARGE_VALUE_THRESHOLD",
     "DEFAULT_MAP_SIZE",
     "Engine",
     "KvTxn",

@@ -367,9 +367,9 @@ class KvService:
                     for k, v in found:
                         if long_start and k < start:
                             continue
-                        if req.keys_only:
+                        if req.keys_only:  # (no value read, no blob)
                             pair = (bytes(k), b"")
-                        else:  # (keys only: no blob is read)
+                        else:
                             pair = (bytes(k), engine.blobs.resolve(k, v))
                         pairs.append(pair)
                         nbytes += len(pair[0]) + len(pair[1])

@@ -478,9 +478,7 @@ class StoreNode:
     def fail(self, error: DiskFailure) -> None:
         """Stop the store for `error`, found outside the write path (a blob
         that does not read back as written): `run` ends with it."""
-        if self.engine.failed is None:
-            self.engine.failed = error
-            log.critical("%s", error)
+        self.engine.fail(error)
         self._fatal.set()
 
     async def _stop_on_failure(self) -> None:

@@ -242,10 +242,7 @@ class PeerStorage:
         if t is not None:
             return t
         # The record's header only: a large entry is not decoded for it.
-        with self.engine.read_raft() as txn:
-            raw = txn.get(
-                keys.raft_log_key(self.region_id, index), db=self.engine.raft_db(keys.LOG_DB)
-            )
+        raw = self.engine.raft_get(keys.LOG_DB, keys.raft_log_key(self.region_id, index))
         if raw is None:
             raise AssertionError(f"region {self.region_id}: log hole at {index}")
         return entry_term(raw, index)

@@ -30,6 +30,7 @@ from kvproto.metapb import StoreId
 from kvproto.raft_serverpb import RaftMessage, RaftMessageBatch
 from kvproto.rpc import RpcCallError, StreamOpener, open_tcp
 from kvproto.rpc.reconnect import Backoff, ReconnectingConnection
+from plumbing.batches import chunks
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,8 @@ def frames(
     """`messages` in order, cut into batches of at most `max_messages`
     messages and `max_bytes` (`message_size`), one message at least; no
     messages: one empty batch (a ping)."""
-    out: list[tuple[RaftMessage, ...]] = []
-    start = size = 0
-    for i, m in enumerate(messages):
-        n = message_size(m)
-        if i > start and (i - start >= max_messages or size + n > max_bytes):
-            out.append(tuple(messages[start:i]))
-            start, size = i, 0
-        size += n
-    out.append(tuple(messages[start:]))
-    return out
+    batches = chunks(messages, max_messages, max_bytes, message_size)
+    return [tuple(b) for b in batches] or [()]
 
 
 class Transport:

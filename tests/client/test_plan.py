@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.plan import MAX_SCAN_PAGE, ScanCursor, chunks, clip, end_in_region, holds_keys_before
+from client.plan import MAX_SCAN_PAGE, ScanCursor, clip, end_in_region, holds_keys_before
 from kvproto.metapb import Region
+from plumbing.batches import chunks
 from tests.factories import region
 
 

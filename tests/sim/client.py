@@ -25,7 +25,6 @@ from client.cache import CachedRegion, RegionCache
 from client.errors import ClientError
 from client.plan import (
     ScanCursor,
-    chunks,
     clip,
     end_in_region,
     holds_keys_before,
@@ -35,6 +34,7 @@ from client.retry import Answer, Attempts, Decision, GiveUp, OpKind, Retry
 from client.session import Session
 from kvproto import kvrpcpb as kv
 from kvproto import pdpb
+from plumbing.batches import chunks
 from tests.sim.pd import SimPd
 from tests.sim.store import SimStore
 from tests.sim.world import Net, World
@@ -94,7 +94,7 @@ class SimClient:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         # A batch's keys in a region go in chunks of at most this many
-        # (`client.plan.chunks`, as ClientConfig.batch_max_keys).
+        # (`plumbing.batches.chunks`, as ClientConfig.batch_max_keys).
         self.batch_max_keys = batch_max_keys
         self.rng = random.Random(world.rng.getrandbits(64))
         self.cache = RegionCache()
