@@ -49,22 +49,19 @@ def check_range(what: str, start: object, end: object) -> tuple[bytes, bytes]:
     return s, e
 
 
-def check_value(what: str, value: object, limit: int) -> bytes:
-    """A value of at most `limit` bytes (else ValueTooLarge)."""
-    v = check_bytes(what, "value", value)
+def check_value(what: str, value: object, limit: int, name: str = "value") -> bytes:
+    """A value (the argument `name`) of at most `limit` bytes (else
+    ValueTooLarge)."""
+    v = check_bytes(what, name, value)
     if len(v) > limit:
-        raise ValueTooLarge.of(what, "value", len(v), limit)
+        label = name if name == "value" else f"{name} value"
+        raise ValueTooLarge.of(what, label, len(v), limit)
     return v
 
 
 def check_optional_value(what: str, name: str, value: object, limit: int) -> bytes | None:
     """None, or a value of at most `limit` bytes (else ValueTooLarge)."""
-    if value is None:
-        return None
-    v = check_bytes(what, name, value)
-    if len(v) > limit:
-        raise ValueTooLarge.of(what, f"{name} value", len(v), limit)
-    return v
+    return None if value is None else check_value(what, value, limit, name)
 
 
 def check_positive(what: str, name: str, n: float) -> None:

@@ -149,7 +149,7 @@ class SimStore:
         self.cluster_id = 0
         # Store counters of the incarnations before this one.
         self._stats_before: Counter[str] = Counter()
-        # Blob file work over every incarnation (collections, power losses).
+        # Blob collection work over every incarnation.
         self.blob_stats: Counter[str] = Counter()
 
     def pd_header(self) -> pdpb.RequestHeader:
@@ -203,7 +203,6 @@ class SimStore:
         """SIGKILL (`power_loss` False) or a machine crash."""
         assert isinstance(self.engine, SimEngine)
         loss = self.engine.power_loss() if power_loss else self.engine.crash()
-        self.blob_stats["blob_bytes_cut"] += loss.blob_bytes
         self.world.log(f"{self.name}: {'power loss' if power_loss else 'crash'}: lost {loss}")
         self._forget_core()
         for broken in list(self.connections):
