@@ -51,7 +51,7 @@ from typing import Final
 
 from plumbing.files import sync_directory
 from store_node.disk import DiskFailure
-from store_node.keys import MAX_KEY_SIZE
+from store_node.keys import BLOB_FILE_SIZE, LARGE_VALUE_THRESHOLD, MAX_KEY_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ POINTER_SIZE: Final = _POINTER.size
 _RECORD = struct.Struct(">IHI")
 RECORD_HEADER: Final = _RECORD.size
 
-DEFAULT_THRESHOLD: Final = 64 << 10
-DEFAULT_FILE_SIZE: Final = 64 << 20
+DEFAULT_THRESHOLD: Final = LARGE_VALUE_THRESHOLD
+DEFAULT_FILE_SIZE: Final = BLOB_FILE_SIZE
 # Read descriptors kept open (a store may hold thousands of blob files).
 MAX_OPEN_READERS: Final = 128
 _NAME = re.compile(r"^([0-9a-f]{16})\.blob$")

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from kvproto.kvrpcpb import DEFAULT_MAX_VALUE_SIZE, MAX_VALUE_SIZE_LIMIT, MAX_WRITE_BYTES
 from kvproto.rpc import parse_address
 from plumbing.config_file import setting
-from store_node.blob_files import DEFAULT_FILE_SIZE, DEFAULT_THRESHOLD
-from store_node.keys import MAX_KEY_SIZE
+from store_node.keys import BLOB_FILE_SIZE, LARGE_VALUE_THRESHOLD, MAX_KEY_SIZE
 from store_node.log_gc import LogGcConfig
 
 
@@ -247,7 +246,7 @@ class StoreConfig:
 
     # Large values apart from kv/ (store_node.blob_files, blob_gc).
     large_value_threshold: int = setting(
-        DEFAULT_THRESHOLD,
+        LARGE_VALUE_THRESHOLD,
         "values longer than this are stored apart from kv/, in blob files under "
         "<data-dir>/blobs (kv/ keeps a pointer; WiscKey, TiKV's Titan); 0 keeps every "
         "value in kv/. Changing it leaves values already written where they are",
@@ -255,7 +254,7 @@ class StoreConfig:
         min=0,
     )
     blob_file_size: int = setting(
-        DEFAULT_FILE_SIZE, "a blob file takes appends until it is this large", kind="size", min=4096
+        BLOB_FILE_SIZE, "a blob file takes appends until it is this large", kind="size", min=4096
     )
     blob_gc_interval: float = setting(
         60.0,

@@ -44,6 +44,12 @@ PREPARE_REPLACE_KEY = b"prepare_replace"
 # the largest key a store accepts.
 MAX_KEY_SIZE = 511
 
+# Values longer than this go to blob files by default, in files of about
+# this size (store_node.blob_files; here, beside the other layout facts, so
+# the store's config reads them without importing the engine).
+LARGE_VALUE_THRESHOLD = 64 << 10
+BLOB_FILE_SIZE = 64 << 20
+
 
 def region_key(region_id: int) -> bytes:
     """Key of a region's RegionLocalState, ApplyState or HardState."""
